@@ -1,0 +1,82 @@
+"""Convolutional backbones from timm; layers are the stages timm lists in ``feature_info``."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .base import Backbone, Hook
+from .weights import WeightsError, check_source, timm_state_dict
+
+
+class TimmCNN(Backbone):
+    """A timm CNN (ResNet-50, EfficientNet-Lite0, ...).
+
+    Layer ``i`` is the output of the i-th entry of ``model.feature_info`` (stem, then each
+    stage that changes stride), NCHW. Maps are reductions of it over channels.
+
+    Args:
+        name: config name, e.g. ``resnet50``.
+        arch: timm architecture, e.g. ``resnet50``.
+        img_size, mean, std, pretrained, weights: as for ``TimmViT``.
+        num_classes: classifier size (0 = no head).
+        model_kwargs: extra ``timm.create_model`` arguments.
+    """
+
+    kind = "cnn"
+    methods = ("features",)
+
+    def __init__(self, name: str, arch: str, img_size: int, mean: Sequence[float], std: Sequence[float],
+                 pretrained: bool = True, weights: Mapping[str, Any] | None = None, num_classes: int = 1000,
+                 model_kwargs: Mapping[str, Any] | None = None):
+        import timm
+
+        super().__init__(name, img_size, mean, std)
+        self.weights_cfg = dict(weights or {})
+        self.pretrained = pretrained
+        check_source(name, self.weights_cfg)
+        self.model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **dict(model_kwargs or {}))
+        self.model.eval()
+        self.stages = [info["module"] for info in self.model.feature_info]
+        self.strides = [info["reduction"] for info in self.model.feature_info]
+        modules = dict(self.model.named_modules())
+        missing = [s for s in self.stages if s not in modules]
+        if missing:
+            raise ValueError(f"model {name}: feature_info names modules {missing} that {arch} does not have")
+        self._modules_by_stage = [modules[s] for s in self.stages]
+        if num_classes == 1000:
+            from timm.data import ImageNetInfo
+
+            info = ImageNetInfo()
+            self.labels = [info.index_to_description(i) for i in range(num_classes)]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.stages)
+
+    def num_maps(self, method: str) -> int:
+        return 1
+
+    def capture(self, layers: Sequence[int], method: str) -> tuple[list[tuple[nn.Module, Hook]], dict[int, torch.Tensor]]:
+        store: dict[int, torch.Tensor] = {}
+
+        def hook_for(layer: int) -> Hook:
+            def keep(_m, _i, out):
+                store[layer] = out
+            return keep
+
+        return [(self._modules_by_stage[layer], hook_for(layer)) for layer in layers], store
+
+    def load_weights(self) -> None:
+        if not self.pretrained:
+            return
+        sd = timm_state_dict(self.name, self.weights_cfg)
+        missing, unexpected = self.model.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise WeightsError(f"model {self.name}: checkpoint does not fit {type(self.model).__name__}: "
+                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor | None:
+        out = self.model(x)
+        return out if self.model.num_classes else None

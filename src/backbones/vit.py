@@ -1,0 +1,224 @@
+"""Vision Transformers: timm (DINO, DINOv2, bundled DINOv2) and Hugging Face transformers (supervised ViT)."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..maps.attention import cls_attention
+from .base import Backbone, Hook
+from .weights import WeightsError, check_source, hub_folder, timm_state_dict
+
+
+class _ViT(Backbone):
+    """Shared capture logic; subclasses say where q, k and block outputs live."""
+
+    kind = "vit"
+    methods = ("cls_attention", "features")
+    num_prefix: int
+    num_heads: int
+    patch_size: int
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        g = self.img_size // self.patch_size
+        return g, g
+
+    def num_maps(self, method: str) -> int:
+        return self.num_heads if method == "cls_attention" else 1
+
+    def _qk_modules(self, layer: int) -> tuple[nn.Module, nn.Module, float]:
+        """Modules whose outputs are this layer's q and k, and the attention scale."""
+        raise NotImplementedError
+
+    def _to_heads(self, t: torch.Tensor) -> torch.Tensor:
+        """A q/k module output -> (B, H, N, D)."""
+        return t
+
+    def _block(self, layer: int) -> nn.Module:
+        raise NotImplementedError
+
+    def capture(self, layers: Sequence[int], method: str) -> tuple[list[tuple[nn.Module, Hook]], dict[int, torch.Tensor]]:
+        store: dict[int, torch.Tensor] = {}
+        hooks: list[tuple[nn.Module, Hook]] = []
+        grid, prefix = self.grid, self.num_prefix
+        for layer in layers:
+            if method == "cls_attention":
+                q_mod, k_mod, scale = self._qk_modules(layer)
+                pending: dict[str, torch.Tensor] = {}
+
+                def keep_q(_m, _i, out, pending=pending):
+                    pending["q"] = self._to_heads(out)
+
+                def use_k(_m, _i, out, pending=pending, layer=layer, scale=scale):
+                    store[layer] = cls_attention(pending.pop("q"), self._to_heads(out), scale, prefix, grid)
+
+                hooks += [(q_mod, keep_q), (k_mod, use_k)]
+            else:
+                def keep_tokens(_m, _i, out, layer=layer):
+                    tokens = out[0] if isinstance(out, tuple) else out  # (B, N, C)
+                    b, _, c = tokens.shape
+                    store[layer] = tokens[:, prefix:].transpose(1, 2).reshape(b, c, *grid)
+
+                hooks.append((self._block(layer), keep_tokens))
+        return hooks, store
+
+
+class TimmViT(_ViT):
+    """A timm ``VisionTransformer`` (DINO, DINOv2, DINOv2 with registers).
+
+    Args:
+        name: config name, e.g. ``dino_vits8``.
+        arch: timm architecture, e.g. ``vit_small_patch8_224``.
+        img_size: input side in pixels; the position embedding is resampled (bicubic,
+            no antialias, as DINO does) when it differs from the checkpoint's grid.
+        mean, std: input normalisation.
+        pretrained: False builds a random-init model (no weights needed).
+        weights: ``source`` (hub/file/bundled), ``hub_id`` (timm pretrained tag),
+            ``path`` (file), ``bundle`` (bundled).
+        num_classes: classifier size (0 = no head).
+        model_kwargs: extra ``timm.create_model`` arguments (depth, embed_dim, reg_tokens, ...).
+    """
+
+    def __init__(self, name: str, arch: str, img_size: int, mean: Sequence[float], std: Sequence[float],
+                 pretrained: bool = True, weights: Mapping[str, Any] | None = None, num_classes: int = 0,
+                 model_kwargs: Mapping[str, Any] | None = None):
+        import timm
+
+        super().__init__(name, img_size, mean, std)
+        self.weights_cfg = dict(weights or {})
+        self.pretrained = pretrained
+        check_source(name, self.weights_cfg)
+        self.model = timm.create_model(arch, pretrained=False, img_size=self.img_size, num_classes=num_classes,
+                                       **dict(model_kwargs or {}))
+        self.model.eval()
+        attn = self.model.blocks[0].attn
+        if not hasattr(attn, "q_norm") or not hasattr(attn, "k_norm"):
+            raise ValueError(f"model {name}: timm arch {arch} has no q_norm/k_norm in its attention; not supported")
+        self.num_heads = attn.num_heads
+        self.num_prefix = self.model.num_prefix_tokens
+        self.patch_size = self.model.patch_embed.patch_size[0]
+        if self.img_size % self.patch_size:
+            raise ValueError(f"model.img_size={img_size} must be a multiple of the patch size {self.patch_size}")
+        if num_classes:
+            from timm.data import ImageNetInfo
+
+            self.labels = [ImageNetInfo().index_to_description(i) for i in range(num_classes)] if num_classes == 1000 else None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.blocks)
+
+    def _qk_modules(self, layer: int) -> tuple[nn.Module, nn.Module, float]:
+        attn = self.model.blocks[layer].attn
+        return attn.q_norm, attn.k_norm, attn.scale
+
+    def _block(self, layer: int) -> nn.Module:
+        return self.model.blocks[layer]
+
+    def load_weights(self) -> None:
+        """Fill the model from its weight source (no-op when ``pretrained`` is False)."""
+        if not self.pretrained:
+            return
+        from timm.layers import resample_abs_pos_embed
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        sd = timm_state_dict(self.name, self.weights_cfg)
+        pos = sd.get("pos_embed")
+        if pos is not None and pos.shape != self.model.pos_embed.shape and pos.ndim == 3:
+            n_old = pos.shape[1] - (0 if self.model.no_embed_class else self.model.num_prefix_tokens - self.model.num_reg_tokens)
+            old = int(round(n_old ** 0.5))
+            sd["pos_embed"] = resample_abs_pos_embed(
+                pos, new_size=list(self.grid), old_size=[old, old],
+                num_prefix_tokens=0 if self.model.no_embed_class else 1, interpolation="bicubic", antialias=False)
+        sd = checkpoint_filter_fn(sd, self.model)
+        missing, unexpected = self.model.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise WeightsError(f"model {self.name}: checkpoint does not fit {type(self.model).__name__}: "
+                               f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                               f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor | None:
+        out = self.model(x)
+        return out if self.model.num_classes else None
+
+
+class HFViT(_ViT):
+    """A Hugging Face ``ViTForImageClassification`` (the supervised ``google/vit-base-patch16-224``).
+
+    Runs with SDPA attention; the CLS rows come from the q/k projections, so no eager
+    ``output_attentions`` pass is needed.
+
+    Args:
+        name, img_size, mean, std, pretrained: as for ``TimmViT``.
+        weights: ``source`` (hub/file), ``hub_id`` (Hugging Face repo), ``path`` (model folder).
+        config: ``ViTConfig`` fields used for random init (hub or folder configs win when pretrained).
+    """
+
+    def __init__(self, name: str, img_size: int, mean: Sequence[float], std: Sequence[float],
+                 pretrained: bool = True, weights: Mapping[str, Any] | None = None,
+                 config: Mapping[str, Any] | None = None):
+        from transformers import ViTConfig, ViTForImageClassification
+
+        super().__init__(name, img_size, mean, std)
+        self.weights_cfg = dict(weights or {})
+        self.pretrained = pretrained
+        check_source(name, self.weights_cfg)
+        if self.weights_cfg.get("source", "hub") == "bundled":
+            raise ValueError(f"model {name}: no bundled weights exist for this model; use hub or file")
+        self.model = ViTForImageClassification(ViTConfig(**dict(config or {})))
+        self._set_up()
+
+    def _set_up(self) -> None:
+        cfg = self.model.config
+        self.model.eval()
+        self.num_heads = cfg.num_attention_heads
+        self.num_prefix = 1
+        self.patch_size = cfg.patch_size
+        if self.img_size % self.patch_size:
+            raise ValueError(f"model.img_size={self.img_size} must be a multiple of the patch size {self.patch_size}")
+        self.labels = [cfg.id2label[i] for i in range(cfg.num_labels)] if cfg.num_labels else None
+
+    def load_weights(self) -> None:
+        if not self.pretrained:
+            return
+        from transformers import ViTForImageClassification
+
+        w = self.weights_cfg
+        if w.get("source", "hub") == "file":
+            if not w.get("path"):
+                raise WeightsError(f"model {self.name}: model.weights.source=file needs model.weights.path (a model folder)")
+            folder = w["path"]
+        else:
+            folder = hub_folder(w["hub_id"], self.name)
+        try:
+            self.model = ViTForImageClassification.from_pretrained(folder, attn_implementation="sdpa")
+        except OSError as e:
+            raise WeightsError(f"model {self.name}: cannot read a Hugging Face ViT from {folder}: {e}") from e
+        self._set_up()
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    def _layer(self, layer: int) -> nn.Module:
+        vit = self.model.vit
+        return vit.layers[layer] if hasattr(vit, "layers") else vit.encoder.layer[layer]  # transformers >= 5 / 4
+
+    def _qk_modules(self, layer: int) -> tuple[nn.Module, nn.Module, float]:
+        attn = self._layer(layer).attention
+        if hasattr(attn, "q_proj"):  # transformers >= 5
+            return attn.q_proj, attn.k_proj, attn.scaling
+        inner = attn.attention
+        return inner.query, inner.key, inner.attention_head_size ** -0.5
+
+    def _to_heads(self, t: torch.Tensor) -> torch.Tensor:
+        b, n, _ = t.shape
+        return t.view(b, n, self.num_heads, -1).transpose(1, 2)
+
+    def _block(self, layer: int) -> nn.Module:
+        return self._layer(layer)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor | None:
+        return self.model(pixel_values=x, interpolate_pos_encoding=True).logits

@@ -1,0 +1,48 @@
+"""Reducing a feature tensor (B, C, h, w) to maps (B, K, h, w)."""
+from __future__ import annotations
+
+import torch
+
+
+def mean_abs(feat: torch.Tensor) -> torch.Tensor:
+    """Mean absolute activation over channels: (B, C, h, w) -> (B, 1, h, w)."""
+    return feat.abs().mean(dim=1, keepdim=True)
+
+
+def l2(feat: torch.Tensor) -> torch.Tensor:
+    """L2 norm over channels: (B, C, h, w) -> (B, 1, h, w)."""
+    return feat.norm(dim=1, keepdim=True)
+
+
+def pca(feat: torch.Tensor) -> torch.Tensor:
+    """First principal component of each image's positions in channel space: (B, C, h, w) -> (B, 1, h, w).
+
+    The sign of a principal component is arbitrary; it is fixed so that the map correlates
+    positively with the L2-norm map, so that "high" means "strong response" across images.
+    """
+    b, c, h, w = feat.shape
+    x = feat.float().flatten(2).transpose(1, 2)  # (B, hw, C)
+    x = x - x.mean(dim=1, keepdim=True)
+    _, _, v = torch.linalg.svd(x, full_matrices=False)  # v: (B, min(hw, C), C)
+    comp = (x @ v[:, 0, :].unsqueeze(-1)).squeeze(-1)  # (B, hw)
+    norm = l2(feat).flatten(1).float()
+    sign = torch.sign(((comp - comp.mean(1, keepdim=True)) * (norm - norm.mean(1, keepdim=True))).sum(1, keepdim=True))
+    comp = comp * torch.where(sign == 0, torch.ones_like(sign), sign)
+    return comp.view(b, 1, h, w)
+
+
+REDUCTIONS = {"l2": l2, "mean_abs": mean_abs, "pca": pca}
+
+
+def reduce_features(feat: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """Stack the named reductions: (B, C, h, w) -> (B, len(names), h, w).
+
+    Raises:
+        ValueError: an unknown reduction name; the message lists the valid ones.
+    """
+    if feat.ndim != 4:
+        raise ValueError(f"expected features (B, C, h, w), got {tuple(feat.shape)}")
+    bad = [n for n in names if n not in REDUCTIONS]
+    if bad or not names:
+        raise ValueError(f"method.reductions={list(names)}: expected a non-empty list from {', '.join(REDUCTIONS)}")
+    return torch.cat([REDUCTIONS[n](feat).float() for n in names], dim=1)

@@ -1,0 +1,23 @@
+"""Bringing grid maps to image resolution."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("nearest", "bilinear")
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int], mode: str = "nearest") -> torch.Tensor:
+    """Resize maps (..., h, w) to (..., H, W).
+
+    ``nearest`` repeats each patch (the DINO pictures); ``bilinear`` smooths between patch
+    centres. Bool masks are always resized nearest.
+    """
+    if mode not in MODES:
+        raise ValueError(f"upsample={mode!r}: expected one of {', '.join(MODES)}")
+    lead, (h, w) = maps.shape[:-2], maps.shape[-2:]
+    x = maps.reshape(-1, 1, h, w)
+    if maps.dtype == torch.bool:
+        return F.interpolate(x.float(), size=size, mode="nearest").bool().reshape(*lead, *size)
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(x.float(), size=size, mode=mode, **kwargs).reshape(*lead, *size)

@@ -1,0 +1,50 @@
+"""Saved maps: one ``.npz`` per image, enough to redraw figures or rescore without a model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def save_maps(path: Path, image: np.ndarray, mask: np.ndarray | None, maps: Mapping[int, np.ndarray],
+              names: Mapping[int, Sequence[str]], meta: Mapping[str, object]) -> None:
+    """Write one image's maps.
+
+    Args:
+        path: the ``.npz`` file.
+        image: (S, S, 3) uint8, the model's input before normalisation.
+        mask: (S, S) bool or None.
+        maps: layer -> (K, h, w) float32, every map of that layer (all heads / reductions).
+        names: layer -> K map names (``"0"``, ``"1"``, ... or ``"l2"``).
+        meta: JSON-serialisable facts (model, method, image id, ...).
+    """
+    arrays = {f"layer_{layer}": np.asarray(m, dtype=np.float32) for layer, m in maps.items()}
+    arrays["image"] = image
+    if mask is not None:
+        arrays["mask"] = mask.astype(bool)
+    info = dict(meta, names={str(k): list(v) for k, v in names.items()})
+    arrays["meta"] = np.frombuffer(json.dumps(info).encode(), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_maps(path: Path) -> dict:
+    """Read a file written by ``save_maps``.
+
+    Returns:
+        dict with ``image``, ``mask`` (or None), ``maps`` (layer -> (K, h, w)), ``names``, ``meta``.
+    """
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(bytes(z["meta"]).decode())
+        maps = {int(k[len("layer_"):]): z[k] for k in z.files if k.startswith("layer_")}
+        return {
+            "image": z["image"],
+            "mask": z["mask"] if "mask" in z.files else None,
+            "maps": dict(sorted(maps.items())),
+            "names": {int(k): v for k, v in meta.pop("names").items()},
+            "meta": meta,
+        }

@@ -1,0 +1,42 @@
+"""The tidy results table: one row per (image, model, layer, head-or-map, method, threshold)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Iterable, Mapping
+
+COLUMNS = (
+    "image", "category", "dataset", "model", "kind", "img_size", "layer", "grid_h", "grid_w",
+    "method", "head", "threshold_rule", "threshold",
+    "iou", "auroc", "entropy", "mask_fraction", "best_head", "pred_label", "pred_prob",
+)
+
+
+class ResultsWriter:
+    """Appends rows to ``results.csv`` as images finish, so an interrupted run keeps them."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.rows = 0
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self._file = open(self.path, "a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
+        if new:
+            self._writer.writeheader()
+
+    def write(self, rows: Iterable[Mapping[str, object]]) -> None:
+        for row in rows:
+            self._writer.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
+            self.rows += 1
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _fmt(value: object) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.6g}"  # NaN (undefined) -> empty cell
+    return value

@@ -1,0 +1,63 @@
+"""Entry point: ``python -m src.run model=dino_vits8 layer=range(0,12)``.
+
+In a single run, a sweep written for a list-valued key (``layer=range(0,12)``,
+``head=0,1``, ``threshold=0.5,0.6``) means *all of them in one run*: one forward pass per
+batch captures every requested layer. With ``-m``/``--multirun`` Hydra sweeps them as
+separate jobs, as usual.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+LIST_KEYS = ("layer", "head", "threshold")
+
+log = logging.getLogger("src.run")
+
+
+def listify_sweeps(args: list[str]) -> list[str]:
+    """Rewrite ``key=range(..)`` / ``key=a,b`` for ``LIST_KEYS`` to ``key=[...]`` unless multirun."""
+    if any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in args):
+        return args
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    out = []
+    for arg in args:
+        if not arg.startswith("-") and "=" in arg and arg.split("=", 1)[0].lstrip("+~") in LIST_KEYS:
+            override = parser.parse_overrides([arg])[0]
+            if override.is_sweep_override():
+                values = ",".join(repr(v) if isinstance(v, float) else str(v) for v in override.sweep_iterator())
+                arg = f"{arg.split('=', 1)[0]}=[{values}]"
+        out.append(arg)
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def _main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from .backbones.weights import WeightsError
+    from .study import run
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        results = run(cfg, out_dir)
+    except (ValueError, WeightsError, FileNotFoundError) as e:
+        log.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"results: {results}")
+
+
+def main() -> None:
+    sys.argv = [sys.argv[0], *listify_sweeps(sys.argv[1:])]
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Shared test helpers: config composition, a private weights cache, tiny inputs."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline_and_private_cache(tmp_path_factory):
+    """Tests never touch the network, and converted weights go to a cache of their own."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("LAYERSCOPE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+
+
+def compose(*overrides: str):
+    """The run's config with ``overrides``, as ``python -m src.run`` would build it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 600):
+    """Run ``python -m src.run ARGS`` in a subprocess; returns the CompletedProcess."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "src.run", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
