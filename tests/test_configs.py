@@ -1,0 +1,78 @@
+"""Every config composes; every model config instantiates; options are checked before loading."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from hydra.utils import instantiate
+
+from src.backbones import Backbone, WeightsError
+from src.study import build_dataset, plan_study
+
+from .conftest import CONF, compose
+
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+BUNDLED = [m for m in MODELS if m.endswith("_bundled")]
+
+
+def test_model_list_is_the_documented_one():
+    expected = {"dino_vits8", "dino_vits16", "dino_vitb8", "dino_vitb16", "vit_b16", "dinov2_vits14",
+                "dinov2_vits14_reg", "resnet50", "dinov2_vits14_bundled", "efficientnet_lite0_bundled"}
+    assert expected <= set(MODELS)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_instantiates(name):
+    cfg = compose(f"model={name}")
+    bb = instantiate(cfg.model, _convert_="all")
+    assert isinstance(bb, Backbone) and bb.name == name and bb.num_layers > 0
+    plan = plan_study(cfg, bb)
+    assert plan.layers == list(range(bb.num_layers))
+    if name in BUNDLED:
+        bb.load_weights()  # bundled weights are local: load them for real
+
+
+@pytest.mark.parametrize("name", [m for m in MODELS if m not in BUNDLED and not m.startswith("tiny")])
+def test_hub_models_offline_fail_fast_naming_the_ways_out(name):
+    bb = instantiate(compose(f"model={name}").model, _convert_="all")
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsError) as err:
+        bb.load_weights()
+    assert time.perf_counter() - t0 < 5
+    msg = str(err.value)
+    for way in ("hub", "model.weights.source=file", "model=dinov2_vits14_bundled", "model.pretrained=false"):
+        assert way in msg
+
+
+@pytest.mark.parametrize("group", ["data", "method", "logger"])
+def test_every_group_option_composes(group):
+    for path in sorted((CONF / group).glob("*.yaml")):
+        overrides = [f"{group}={path.stem}"] + (["data.root=/nonexistent"] if path.stem == "folder" else [])
+        cfg = compose(*overrides)
+        assert cfg[group].name == path.stem
+
+
+def test_builtin_datasets_build():
+    assert len(build_dataset(compose())) == 16
+    assert len(build_dataset(compose("data=samples"))) == 5
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["layer=2"], r"layer=2 is out of range: this model has 2 layers, valid -2..1"),
+    (["head=[0,5]"], r"head=5 is out of range: this model has 2 heads"),
+    (["threshold=[0.5,1.5]"], r"threshold=\[1.5\]"),
+    (["threshold_rule=otsu"], "threshold_rule=otsu"),
+    (["upsample=cubic"], "upsample=cubic"),
+    (["method=features", "method.reductions=[max]"], "method.reductions"),
+])
+def test_bad_options_are_rejected_before_loading(overrides, message):
+    cfg = compose("model=tiny_vit", *overrides)
+    bb = instantiate(cfg.model, _convert_="all")
+    with pytest.raises(ValueError, match=message):
+        plan_study(cfg, bb)
+
+
+def test_cls_attention_on_a_cnn_is_rejected():
+    cfg = compose("model=tiny_cnn", "method=cls_attention")
+    with pytest.raises(ValueError, match="method=cls_attention does not apply to model tiny_cnn"):
+        plan_study(cfg, instantiate(cfg.model, _convert_="all"))
