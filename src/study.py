@@ -19,7 +19,7 @@ from .figures.grid import layer_head_grid
 from .maps import reduce_features, threshold_maps, upsample
 from .maps.threshold import RULES
 from .maps.upsample import MODES
-from .metrics import auroc, iou, normalized_entropy
+from .metrics import auroc, auroc_counts, cell_counts, iou, normalized_entropy
 from .results.maps_io import save_maps
 from .results.table import ResultsWriter
 
@@ -117,7 +117,11 @@ def score_image(maps: torch.Tensor, names: list[str], mask: torch.Tensor | None,
     entropy = normalized_entropy(maps)
     rows = []
     has_mask = mask is not None and bool(mask.any()) and not bool(mask.all())
-    aurocs = auroc(upsample(maps, tuple(mask.shape), plan.upsample), mask) if has_mask else None
+    aurocs = None
+    if has_mask and plan.upsample == "nearest":  # exact and ~100x cheaper on the grid
+        aurocs = auroc_counts(maps.flatten(-2), *cell_counts(mask, tuple(maps.shape[-2:])))
+    elif has_mask:
+        aurocs = auroc(upsample(maps, tuple(mask.shape), plan.upsample), mask)
     for t in plan.thresholds:
         ious = iou(upsample(threshold_maps(maps, t, plan.rule), tuple(mask.shape)), mask) if mask is not None else None
         for k, name in enumerate(names):

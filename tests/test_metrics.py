@@ -59,3 +59,16 @@ def test_auroc_matches_sklearn_on_random_maps():
     ours = auroc(torch.from_numpy(scores), torch.from_numpy(target))
     for k in range(4):
         assert ours[k].item() == pytest.approx(roc_auc_score(target.ravel(), scores[k].ravel()), abs=1e-6)
+
+
+@pytest.mark.parametrize("grid,size", [((4, 4), (16, 16)), ((5, 7), (23, 30)), ((8, 8), (8, 8))])
+def test_auroc_on_grid_with_cell_counts_equals_pixel_auroc_after_nearest_upsampling(grid, size):
+    from src.maps import upsample
+    from src.metrics import auroc_counts, cell_counts
+
+    g = torch.Generator().manual_seed(3)
+    maps = torch.round(torch.rand(3, *grid, generator=g) * 10) / 10  # with ties
+    target = torch.rand(size, generator=g) > 0.7
+    pixel = auroc(upsample(maps, size, "nearest"), target)
+    grid_level = auroc_counts(maps.flatten(-2), *cell_counts(target, grid))
+    torch.testing.assert_close(grid_level, pixel, atol=1e-6, rtol=0)

@@ -5,11 +5,50 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from PIL import Image
+
+CELL = 96  # pixels per map in the mosaic
+GAP = 4
+
+
+def _colorize(m: np.ndarray, cmap) -> np.ndarray:
+    """(h, w) float -> (CELL, CELL, 3) uint8, min-max scaled per map, nearest upsampled."""
+    low, high = float(m.min()), float(m.max())
+    scaled = (m - low) / (high - low) if high > low else np.zeros_like(m)
+    rgb = (cmap(scaled)[..., :3] * 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(rgb).resize((CELL, CELL), Image.NEAREST))
+
+
+def _mosaic(image: np.ndarray, mask: np.ndarray | None, maps: Mapping[int, np.ndarray], cmap) -> np.ndarray:
+    layers = sorted(maps)
+    cols = max(m.shape[0] for m in maps.values()) + 1
+    canvas = np.full((len(layers) * (CELL + GAP), cols * (CELL + GAP), 3), 255, np.uint8)
+
+    def put(r: int, c: int, tile: np.ndarray) -> None:
+        y, x = r * (CELL + GAP), c * (CELL + GAP)
+        canvas[y:y + CELL, x:x + CELL] = tile
+
+    thumb = np.asarray(Image.fromarray(image).resize((CELL, CELL), Image.BILINEAR))
+    put(0, 0, thumb)
+    if mask is not None and len(layers) > 1:
+        small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((CELL, CELL), Image.NEAREST)) > 127
+        inner = np.zeros_like(small)
+        inner[1:-1, 1:-1] = small[1:-1, 1:-1] & small[:-2, 1:-1] & small[2:, 1:-1] & small[1:-1, :-2] & small[1:-1, 2:]
+        overlay = thumb.copy()
+        overlay[small & ~inner] = (0, 208, 255)  # outline only, the defect stays visible
+        put(1, 0, overlay)
+    for r, layer in enumerate(layers):
+        for k in range(maps[layer].shape[0]):
+            put(r, k + 1, _colorize(maps[layer][k], cmap))
+    return canvas
 
 
 def layer_head_grid(image: np.ndarray, mask: np.ndarray | None, maps: Mapping[int, np.ndarray],
                     names: Mapping[int, Sequence[str]], title: str, path: Path) -> None:
-    """Save a layer x head grid of maps beside the input (and its mask outline).
+    """Save a layer x head grid of maps beside the input (and the mask outline below it).
+
+    Each map is min-max scaled on its own (colours compare places within a map, not
+    across maps) and shown on its patch grid without smoothing.
 
     Args:
         image: (S, S, 3) uint8.
@@ -24,33 +63,23 @@ def layer_head_grid(image: np.ndarray, mask: np.ndarray | None, maps: Mapping[in
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    cmap = plt.get_cmap("inferno")
+    canvas = _mosaic(image, mask, maps, cmap)
     layers = sorted(maps)
-    cols = max(m.shape[0] for m in maps.values()) + 1
-    fig, axes = plt.subplots(len(layers), cols, figsize=(1.25 * cols, 1.25 * len(layers) + 0.4), squeeze=False)
-    for r, layer in enumerate(layers):
-        for c in range(cols):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if c == 0:
-                ax.set_ylabel(f"layer {layer}", fontsize=7)
-                if r == 0:
-                    ax.imshow(image)
-                    ax.set_title("input", fontsize=7)
-                elif r == 1 and mask is not None:
-                    ax.imshow(image)
-                    ax.contour(mask, levels=[0.5], colors="#00d0ff", linewidths=0.6)
-                    ax.set_title("mask", fontsize=7)
-                continue
-            k = c - 1
-            if k < maps[layer].shape[0]:
-                ax.imshow(maps[layer][k], cmap="inferno", interpolation="nearest")
-                if r == 0:
-                    ax.set_title(str(names[layer][k]), fontsize=7)
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout(pad=0.2)
+    first = names[layers[0]]
+    step = CELL + GAP
+    fig = plt.figure(figsize=(canvas.shape[1] / 100 + 0.6, canvas.shape[0] / 100 + 0.45), dpi=100)
+    ax = fig.add_axes((0.6 / (canvas.shape[1] / 100 + 0.6), 0, canvas.shape[1] / 100 / (canvas.shape[1] / 100 + 0.6),
+                       canvas.shape[0] / 100 / (canvas.shape[0] / 100 + 0.45)))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_xticks([CELL / 2 + c * step for c in range(len(first) + 1)], ["input" if mask is None else "input / mask",
+                                                                        *map(str, first)], fontsize=8)
+    ax.xaxis.tick_top()
+    ax.set_yticks([CELL / 2 + r * step for r in range(len(layers))], [f"layer {layer}" for layer in layers], fontsize=8)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    fig.suptitle(title, fontsize=9, y=1.0, va="bottom")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, bbox_inches="tight", dpi=100)
     plt.close(fig)

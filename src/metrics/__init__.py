@@ -1,6 +1,6 @@
 """Metrics: pure functions on tensors, shapes in their docstrings."""
 from .distribution import normalized_entropy
-from .ranking import auroc
+from .ranking import auroc, auroc_counts, cell_counts
 from .segmentation import iou
 
-__all__ = ["auroc", "iou", "normalized_entropy"]
+__all__ = ["auroc", "auroc_counts", "cell_counts", "iou", "normalized_entropy"]
