@@ -5,7 +5,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from hydra.utils import instantiate
@@ -16,12 +16,10 @@ from .backbones import Backbone, select_indices
 from .data.base import Sample
 from .data.transforms import to_input
 from .figures.grid import layer_head_grid
-from .maps import reduce_features, threshold_maps, upsample
-from .maps.threshold import RULES
-from .maps.upsample import MODES
-from .metrics import auroc, auroc_counts, cell_counts, iou, normalized_entropy
+from .maps.methods import MapMethod
 from .results.maps_io import save_maps
 from .results.table import ResultsWriter
+from .scoring import ScoreOptions, Target, score_layer
 
 log = logging.getLogger(__name__)
 
@@ -30,46 +28,41 @@ log = logging.getLogger(__name__)
 class Plan:
     """A study's checked choices, resolved against the model before any weights load."""
 
+    method: MapMethod
     layers: list[int]
     heads: list[int]
-    method: str
-    reductions: list[str]
-    thresholds: list[float]
-    rule: str
-    upsample: str
+    scoring: ScoreOptions
 
 
-def as_list(value: Any) -> Any:
+def as_plain(value: Any) -> Any:
     """OmegaConf containers to plain Python; scalars stay scalars."""
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
+def build(cfg: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets our own one-line errors through unwrapped.
+
+    Hydra wraps constructor errors in ``InstantiationException`` with a multi-line message;
+    a ValueError or FileNotFoundError raised by our code is already the message the user needs.
+    """
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(cfg, _convert_="all", **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, (ValueError, FileNotFoundError)):
+            raise e.__cause__ from None
+        raise
+
+
 def plan_study(cfg: DictConfig, backbone: Backbone) -> Plan:
     """Check every option against the model; raise ValueError naming the option otherwise."""
-    method = cfg.method.name
-    if method == "auto":
-        method = "cls_attention" if backbone.kind == "vit" else "features"
-    backbone.check_method(method)
-    reductions = list(as_list(cfg.method.get("reductions", [])) or [])
-    if method == "features":
-        reduce_features(torch.zeros(1, 2, 2, 2), reductions)  # validates the names
-    n_maps = backbone.num_maps(method) if method == "cls_attention" else len(reductions)
-    layers = select_indices(as_list(cfg.layer), backbone.num_layers, "layer")
-    heads = select_indices(as_list(cfg.head), n_maps, "head")
-    thresholds = as_list(cfg.threshold)
-    thresholds = [thresholds] if not isinstance(thresholds, list) else thresholds
-    if not thresholds or not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in thresholds):
-        raise ValueError(f"threshold={thresholds}: expected a number or a list of numbers in [0, 1]")
-    bad = [t for t in thresholds if not 0 <= t <= 1]
-    if bad:
-        raise ValueError(f"threshold={bad}: thresholds must be in [0, 1]")
-    if cfg.threshold_rule not in RULES:
-        raise ValueError(f"threshold_rule={cfg.threshold_rule}: expected one of {', '.join(RULES)}")
-    if cfg.upsample not in MODES:
-        raise ValueError(f"upsample={cfg.upsample}: expected one of {', '.join(MODES)}")
+    method: MapMethod = build(cfg.method, backbone=backbone)
+    layers = select_indices(as_plain(cfg.layer), backbone.num_layers, "layer")
+    heads = select_indices(as_plain(cfg.head), method.num_maps(), "head")
     if int(cfg.batch_size) < 1:
         raise ValueError(f"batch_size={cfg.batch_size}: expected an int >= 1")
-    return Plan(layers, heads, method, reductions, [float(t) for t in thresholds], cfg.threshold_rule, cfg.upsample)
+    return Plan(method, layers, heads, ScoreOptions.from_config(cfg))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,13 +79,14 @@ def build_dataset(cfg: DictConfig) -> Any:
     """Instantiate ``cfg.data`` (its ``name`` key is metadata, not an argument)."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data.pop("name", None)
-    return instantiate(data)
+    return build(data)
 
 
-def _batches(dataset: Any, size: int):
+def batches(samples: Any, size: int) -> Iterator[list[Sample]]:
+    """Lists of up to ``size`` samples from anything with ``len`` and indexing."""
     batch: list[Sample] = []
-    for i in range(len(dataset)):
-        batch.append(dataset[i])
+    for i in range(len(samples)):
+        batch.append(samples[i])
         if len(batch) == size:
             yield batch
             batch = []
@@ -100,39 +94,20 @@ def _batches(dataset: Any, size: int):
         yield batch
 
 
-def score_image(maps: torch.Tensor, names: list[str], mask: torch.Tensor | None, plan: Plan) -> list[dict]:
-    """Metrics of one image's maps at one layer.
-
-    Args:
-        maps: (K, h, w) float, the selected heads/reductions, plus the head mean as the last
-            map when ``names[-1] == "mean"``.
-        names: K names.
-        mask: (S, S) bool ground truth, or None.
-        plan: thresholds, rule and upsampling.
-
-    Returns:
-        One dict per (map, threshold), plus a ``best`` row per threshold for attention
-        (the DINO protocol: the head with the highest IoU on this image).
-    """
-    entropy = normalized_entropy(maps)
-    rows = []
-    has_mask = mask is not None and bool(mask.any()) and not bool(mask.all())
-    aurocs = None
-    if has_mask and plan.upsample == "nearest":  # exact and ~100x cheaper on the grid
-        aurocs = auroc_counts(maps.flatten(-2), *cell_counts(mask, tuple(maps.shape[-2:])))
-    elif has_mask:
-        aurocs = auroc(upsample(maps, tuple(mask.shape), plan.upsample), mask)
-    for t in plan.thresholds:
-        ious = iou(upsample(threshold_maps(maps, t, plan.rule), tuple(mask.shape)), mask) if mask is not None else None
-        for k, name in enumerate(names):
-            rows.append({"head": name, "threshold": t, "entropy": float(entropy[k]),
-                         "iou": float(ious[k]) if ious is not None else None,
-                         "auroc": float(aurocs[k]) if aurocs is not None else None})
-        if ious is not None and plan.method == "cls_attention":
-            heads = [k for k, n in enumerate(names) if n != "mean"]
-            k = max(heads, key=lambda j: -1.0 if ious[j] != ious[j] else float(ious[j]))
-            rows.append(dict(rows[-len(names) + k], head="best", best_head=names[k]))
-    return rows
+def fit_references(plan: Plan, backbone: Backbone, dataset: Any, batch_size: int, device: torch.device) -> None:
+    """Feed the dataset's normal reference images to a method that learns from them (patch_knn)."""
+    if not plan.method.needs_references:
+        return
+    if not hasattr(dataset, "references"):
+        raise ValueError(f"method={plan.method.name} needs normal reference images, which data={type(dataset).__name__} "
+                         "does not offer; use data=synthetic, data=mvtec, or data=folder with data.normal_dir")
+    n = plan.method.n_references or len(dataset)
+    refs = dataset.references(n)
+    size = backbone.img_size
+    xs = (torch.stack([to_input(s, size)[0] for s in batch]).to(device) for batch in batches(refs, batch_size))
+    t0 = time.perf_counter()
+    plan.method.fit(xs, plan.layers, lambda x: backbone.extract(x, plan.layers, plan.method.capture))
+    log.info("%s fitted on %d normal images in %.1fs", plan.method.name, len(refs), time.perf_counter() - t0)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> Path:
@@ -150,72 +125,68 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
     torch.manual_seed(int(cfg.seed))
     device = resolve_device(cfg.device)
 
-    backbone: Backbone = instantiate(cfg.model, _convert_="all")
+    backbone: Backbone = build(cfg.model)
     plan = plan_study(cfg, backbone)
     dataset = build_dataset(cfg)
     t0 = time.perf_counter()
     backbone.load_weights()
     backbone.to(device).eval()
+    method = plan.method
     log.info("model %s (%s, %d layers) ready in %.1fs; layers %s, method %s, %d images",
              backbone.name, backbone.kind, backbone.num_layers, time.perf_counter() - t0,
-             plan.layers, plan.method, len(dataset))
+             plan.layers, method.name, len(dataset))
+    fit_references(plan, backbone, dataset, int(cfg.batch_size), device)
 
+    all_names = method.map_names()
+    names = [all_names[h] for h in plan.heads] + (["mean"] if method.head_mean else [])
     writer = ResultsWriter(out_dir / "results.csv")
-    dataset_name = cfg.data.get("name", "")
     size = backbone.img_size
     n_figures = 0
     t_forward = 0.0
     try:
-        with tqdm(total=len(dataset), desc=f"{backbone.name}", unit="img", disable=not cfg.progress) as bar:
-            for batch in _batches(dataset, int(cfg.batch_size)):
+        with tqdm(total=len(dataset), desc=backbone.name, unit="img", disable=not cfg.progress) as bar:
+            for batch in batches(dataset, int(cfg.batch_size)):
                 inputs = [to_input(s, size) for s in batch]
                 x = torch.stack([i[0] for i in inputs]).to(device)
                 t1 = time.perf_counter()
-                captured, logits = backbone.extract(x, plan.layers, plan.method)
+                captured, logits = backbone.extract(x, plan.layers, method.capture)
+                layer_maps = {layer: m.cpu() for layer, m in method.maps(captured).items()}
                 t_forward += time.perf_counter() - t1
                 probs = logits.float().softmax(-1).cpu() if logits is not None else None
-                per_layer = {}
-                for layer, t in captured.items():
-                    t = t.cpu()
-                    if plan.method == "features":
-                        per_layer[layer] = (reduce_features(t, plan.reductions), list(plan.reductions))
-                    else:
-                        per_layer[layer] = (t, [str(h) for h in range(t.shape[1])])
                 for b, sample in enumerate(batch):
-                    mask = inputs[b][1]
-                    common = {"image": sample.id, "category": sample.category, "dataset": dataset_name,
-                              "model": backbone.name, "kind": backbone.kind, "img_size": size, "method": plan.method,
-                              "threshold_rule": plan.rule,
-                              "mask_fraction": float(mask.float().mean()) if mask is not None else None}
+                    _, mask, valid = inputs[b]
+                    target = Target(mask, valid) if mask is not None else None
+                    meta = {"image": sample.id, "group": sample.group or sample.id, "category": sample.category,
+                            "dataset": cfg.data.get("name", ""), "model": backbone.name, "kind": backbone.kind,
+                            "img_size": size, "method": method.name, "threshold_rule": plan.scoring.rule,
+                            "mask_fraction": target.fraction if target is not None else None}
                     if probs is not None and backbone.labels:
                         p, c = probs[b].max(-1)
-                        common.update(pred_label=backbone.labels[int(c)], pred_prob=float(p))
-                    rows, saved, saved_names = [], {}, {}
-                    for layer, (all_maps, all_names) in per_layer.items():
-                        maps = all_maps[b]
-                        names = [all_names[h] for h in plan.heads]
-                        chosen = maps[plan.heads]
-                        if plan.method == "cls_attention":
-                            chosen = torch.cat([chosen, maps.mean(0, keepdim=True)])
-                            names = names + ["mean"]
-                        for row in score_image(chosen, names, mask, plan):
-                            rows.append({**common, "layer": layer, "grid_h": maps.shape[-2], "grid_w": maps.shape[-1], **row})
-                        saved[layer], saved_names[layer] = chosen.numpy(), names
+                        meta.update(pred_label=backbone.labels[int(c)], pred_prob=float(p))
+                    rows, saved = [], {}
+                    for layer, maps in layer_maps.items():
+                        chosen = maps[b][plan.heads]
+                        if method.head_mean:
+                            chosen = torch.cat([chosen, maps[b].mean(0, keepdim=True)])
+                        saved[layer] = chosen.numpy()
+                        for row in score_layer(chosen, names, target, plan.scoring):
+                            rows.append({**meta, "layer": layer, "grid_h": chosen.shape[-2],
+                                         "grid_w": chosen.shape[-1], **row})
                     writer.write(rows)
                     image_u8 = (inputs[b][0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
                     mask_np = mask.numpy() if mask is not None else None
                     if cfg.save_maps:
-                        save_maps(out_dir / "maps" / f"{sample.id}.npz", image_u8, mask_np, saved, saved_names,
-                                  {"image": sample.id, "model": backbone.name, "method": plan.method,
-                                   "category": sample.category})
+                        save_maps(out_dir / "maps" / f"{sample.id}.npz", image_u8, mask_np, saved,
+                                  {layer: names for layer in saved}, meta,
+                                  valid=valid.numpy() if valid is not None else None)
                     if cfg.figures.grid and n_figures < int(cfg.figures.max_images):
-                        layer_head_grid(image_u8, mask_np, saved, saved_names,
-                                        f"{sample.id} | {backbone.name} | {plan.method}",
+                        layer_head_grid(image_u8, mask_np, saved, {layer: names for layer in saved},
+                                        f"{sample.id} | {backbone.name} | {method.name}",
                                         out_dir / "figures" / f"{sample.id}_grid.png")
                         n_figures += 1
                     bar.update(1)
     finally:
         writer.close()
-    log.info("backbone time %.2fs for %d images (%.3fs/img); %d rows -> %s", t_forward, len(dataset),
+    log.info("backbone + maps %.2fs for %d images (%.3fs/img); %d rows -> %s", t_forward, len(dataset),
              t_forward / max(len(dataset), 1), writer.rows, out_dir / "results.csv")
     return out_dir / "results.csv"

@@ -51,7 +51,7 @@ def test_to_input_keeps_mask_aligned():
     mask = np.zeros((40, 80), bool)
     mask[:, 40:] = True
     image[:, 40:] = 255
-    x, m = to_input(Sample("s", image, mask), 32)
+    x, m, _ = to_input(Sample("s", image, mask), 32)
     assert x.shape == (3, 32, 32) and m.shape == (32, 32)
     assert m[:, 16:].all() and not m[:, :16].any()
     assert x[:, :, 20:].min() > 0.9 and x[:, :, :12].max() < 0.1

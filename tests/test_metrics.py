@@ -64,11 +64,12 @@ def test_auroc_matches_sklearn_on_random_maps():
 @pytest.mark.parametrize("grid,size", [((4, 4), (16, 16)), ((5, 7), (23, 30)), ((8, 8), (8, 8))])
 def test_auroc_on_grid_with_cell_counts_equals_pixel_auroc_after_nearest_upsampling(grid, size):
     from src.maps import upsample
-    from src.metrics import auroc_counts, cell_counts
+    from src.metrics import auroc_counts, cells_from_mask
 
     g = torch.Generator().manual_seed(3)
     maps = torch.round(torch.rand(3, *grid, generator=g) * 10) / 10  # with ties
     target = torch.rand(size, generator=g) > 0.7
     pixel = auroc(upsample(maps, size, "nearest"), target)
-    grid_level = auroc_counts(maps.flatten(-2), *cell_counts(target, grid))
+    cells = cells_from_mask(target, grid)
+    grid_level = auroc_counts(maps.flatten(-2), cells.pos, cells.neg)
     torch.testing.assert_close(grid_level, pixel, atol=1e-6, rtol=0)

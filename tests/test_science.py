@@ -41,7 +41,7 @@ def density_ratio(attn: torch.Tensor, inside: np.ndarray, outside: np.ndarray) -
 
 def last_layer_attention_on_cat(bb) -> torch.Tensor:
     image = load_photo("cat")
-    x, _ = to_input(Sample("cat", image), bb.img_size)
+    x, _, _ = to_input(Sample("cat", image), bb.img_size)
     captured, _ = bb.extract(x[None], [bb.num_layers - 1], "cls_attention")
     return upsample(captured[bb.num_layers - 1][0], image.shape[:2], "nearest")  # (H, W) per head
 
@@ -68,7 +68,7 @@ def test_random_init_control_does_not_find_the_cat():
 @pytest.mark.parametrize("photo,label", [("cat", "cat"), ("coffee", "espresso")])
 def test_efficientnet_lite0_bundled_classifies(photo, label):
     bb = bundled("efficientnet_lite0_bundled")
-    x, _ = to_input(Sample(photo, load_photo(photo)), bb.img_size)
+    x, _, _ = to_input(Sample(photo, load_photo(photo)), bb.img_size)
     _, logits = bb.extract(x[None], [0], "features")
     top = int(logits[0].argmax())
     assert label in bb.labels[top].lower(), bb.labels[top]

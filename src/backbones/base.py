@@ -63,7 +63,7 @@ class Backbone(nn.Module):
     """
 
     kind: str = ""
-    methods: tuple[str, ...] = ()
+    captures: tuple[str, ...] = ()  # what ``capture`` can hook: "cls_attention", "features"
 
     def __init__(self, name: str, img_size: int, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
@@ -77,10 +77,6 @@ class Backbone(nn.Module):
     def num_layers(self) -> int:
         raise NotImplementedError
 
-    def num_maps(self, method: str) -> int:
-        """K, the number of maps per layer for ``method`` (heads for attention)."""
-        raise NotImplementedError
-
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1], (B, 3, H, W) -> the model's input."""
         return (x - self.mean) / self.std
@@ -89,7 +85,7 @@ class Backbone(nn.Module):
         """Forward pass on a normalised batch; class logits (B, C) or None without a head."""
         raise NotImplementedError
 
-    def capture(self, layers: Sequence[int], method: str) -> tuple[list[tuple[nn.Module, Hook]], dict[int, torch.Tensor]]:
+    def capture(self, layers: Sequence[int], what: str) -> tuple[list[tuple[nn.Module, Hook]], dict[int, torch.Tensor]]:
         """Hooks that fill a dict ``layer -> (B, C_or_H, h, w)`` during one forward pass.
 
         For ``cls_attention``: the CLS row of each head over the patch tokens, (B, H, h, w).
@@ -97,18 +93,20 @@ class Backbone(nn.Module):
         """
         raise NotImplementedError
 
-    def check_method(self, method: str) -> None:
-        if method not in self.methods:
-            raise ValueError(f"method={method} does not apply to model {self.name} ({self.kind}); valid: {', '.join(self.methods)}")
+    def check_capture(self, capture: str, method: str | None = None) -> None:
+        """Raise ValueError naming the method and model when this model cannot capture ``capture``."""
+        if capture not in self.captures:
+            raise ValueError(f"method={method or capture} does not apply to model {self.name} ({self.kind}): "
+                             f"it needs {capture}, this model offers {', '.join(self.captures)}")
 
     @torch.no_grad()
-    def extract(self, x: torch.Tensor, layers: Sequence[int], method: str) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+    def extract(self, x: torch.Tensor, layers: Sequence[int], capture: str) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
         """Run one forward pass and capture every requested layer.
 
         Args:
             x: RGB in [0, 1], (B, 3, S, S) with S = ``img_size``.
             layers: non-negative layer indices (see ``select_indices``).
-            method: ``cls_attention`` (ViT) or ``features``.
+            capture: ``cls_attention`` (ViT) or ``features``.
 
         Returns:
             (captured, logits): ``captured[layer]`` is (B, K, h, w) float32; logits (B, C) or None.
@@ -116,10 +114,10 @@ class Backbone(nn.Module):
         Raises:
             RuntimeError: a requested layer produced nothing (the hook never fired).
         """
-        self.check_method(method)
+        self.check_capture(capture)
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images (B, 3, H, W), got {tuple(x.shape)}")
-        hooks, store = self.capture(layers, method)
+        hooks, store = self.capture(layers, capture)
         with forward_hooks(hooks):
             logits = self.logits(self.normalize(x))
         missing = [layer for layer in layers if layer not in store]

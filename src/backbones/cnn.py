@@ -25,7 +25,7 @@ class TimmCNN(Backbone):
     """
 
     kind = "cnn"
-    methods = ("features",)
+    captures = ("features",)
 
     def __init__(self, name: str, arch: str, img_size: int, mean: Sequence[float], std: Sequence[float],
                  pretrained: bool = True, weights: Mapping[str, Any] | None = None, num_classes: int = 1000,
@@ -55,10 +55,7 @@ class TimmCNN(Backbone):
     def num_layers(self) -> int:
         return len(self.stages)
 
-    def num_maps(self, method: str) -> int:
-        return 1
-
-    def capture(self, layers: Sequence[int], method: str) -> tuple[list[tuple[nn.Module, Hook]], dict[int, torch.Tensor]]:
+    def capture(self, layers: Sequence[int], what: str) -> tuple[list[tuple[nn.Module, Hook]], dict[int, torch.Tensor]]:
         store: dict[int, torch.Tensor] = {}
 
         def hook_for(layer: int) -> Hook:

@@ -15,7 +15,7 @@ class _ViT(Backbone):
     """Shared capture logic; subclasses say where q, k and block outputs live."""
 
     kind = "vit"
-    methods = ("cls_attention", "features")
+    captures = ("cls_attention", "features")
     num_prefix: int
     num_heads: int
     patch_size: int
@@ -24,9 +24,6 @@ class _ViT(Backbone):
     def grid(self) -> tuple[int, int]:
         g = self.img_size // self.patch_size
         return g, g
-
-    def num_maps(self, method: str) -> int:
-        return self.num_heads if method == "cls_attention" else 1
 
     def _qk_modules(self, layer: int) -> tuple[nn.Module, nn.Module, float]:
         """Modules whose outputs are this layer's q and k, and the attention scale."""
@@ -39,12 +36,12 @@ class _ViT(Backbone):
     def _block(self, layer: int) -> nn.Module:
         raise NotImplementedError
 
-    def capture(self, layers: Sequence[int], method: str) -> tuple[list[tuple[nn.Module, Hook]], dict[int, torch.Tensor]]:
+    def capture(self, layers: Sequence[int], what: str) -> tuple[list[tuple[nn.Module, Hook]], dict[int, torch.Tensor]]:
         store: dict[int, torch.Tensor] = {}
         hooks: list[tuple[nn.Module, Hook]] = []
         grid, prefix = self.grid, self.num_prefix
         for layer in layers:
-            if method == "cls_attention":
+            if what == "cls_attention":
                 q_mod, k_mod, scale = self._qk_modules(layer)
                 pending: dict[str, torch.Tensor] = {}
 

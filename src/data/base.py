@@ -16,6 +16,10 @@ class Sample:
         mask: ground truth, (H, W) bool, or None where the dataset has no mask.
         category: defect type or object class ("" when unknown).
         source: where the image came from (texture name, file path, ...).
+        ignore: (H, W) bool, True where pixels count for no metric (VOC's object
+            borders), or None.
+        group: the source image when one image yields several samples (one per
+            VOC object), so results average over objects, then images; "" otherwise.
     """
 
     id: str
@@ -23,3 +27,5 @@ class Sample:
     mask: np.ndarray | None = None
     category: str = ""
     source: str = ""
+    ignore: np.ndarray | None = None
+    group: str = ""

@@ -31,19 +31,23 @@ class Folder:
         root: folder of images (searched recursively when ``recursive``).
         mask_dir: folder of masks, or None for no masks.
         recursive: include subfolders; their names become the category.
+        normal_dir: folder of defect-free images, the references of ``method=patch_knn``.
 
     Raises:
         FileNotFoundError: ``root`` (or ``mask_dir``) is missing.
         ValueError: no images found.
     """
 
-    def __init__(self, root: str, mask_dir: str | None = None, recursive: bool = False):
+    def __init__(self, root: str, mask_dir: str | None = None, recursive: bool = False, normal_dir: str | None = None):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.root={self.root}: no such folder")
         self.mask_dir = Path(mask_dir).expanduser() if mask_dir else None
         if self.mask_dir is not None and not self.mask_dir.is_dir():
             raise FileNotFoundError(f"data.mask_dir={self.mask_dir}: no such folder")
+        self.normal_dir = Path(normal_dir).expanduser() if normal_dir else None
+        if self.normal_dir is not None and not self.normal_dir.is_dir():
+            raise FileNotFoundError(f"data.normal_dir={self.normal_dir}: no such folder")
         pattern = "**/*" if recursive else "*"
         self.files = sorted(p for p in self.root.glob(pattern)
                             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
@@ -75,3 +79,16 @@ class Folder:
         sample_id = "__".join(rel.with_suffix("").parts)
         return Sample(id=sample_id, image=image, mask=mask, category=rel.parent.name if rel.parent.parts else "",
                       source=str(path))
+
+    def references(self, n: int) -> list[Sample]:
+        """The first ``n`` images of ``normal_dir``.
+
+        Raises:
+            ValueError: no ``normal_dir`` was given, or it holds no images.
+        """
+        if self.normal_dir is None:
+            raise ValueError("this method needs defect-free reference images: set data.normal_dir=/path/to/good")
+        files = sorted(p for p in self.normal_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise ValueError(f"data.normal_dir={self.normal_dir}: no images found")
+        return [Sample(id=f"normal_{p.stem}", image=read_image(p), category="good", source=str(p)) for p in files[:n]]

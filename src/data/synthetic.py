@@ -482,6 +482,9 @@ class SyntheticDefects:
         scale: Defect size multiplier, > 0.
         contrast: Defect strength in [0, 1]; 0 gives the clean texture.
         seed: Base random seed.
+        good_per_texture: Defect-free test images per texture (category
+            ``"good"``, empty mask), after the defective ones; they make
+            image-level AUROC measurable.
 
     Raises:
         ValueError: On an unknown texture or defect, or an option outside
@@ -497,6 +500,7 @@ class SyntheticDefects:
         scale: float = 1.0,
         contrast: float = 0.35,
         seed: int = 0,
+        good_per_texture: int = 0,
     ) -> None:
         self.textures = _as_names(textures, TEXTURES, "texture")
         self.defects = _as_names(defects, DEFECTS, "defect")
@@ -510,6 +514,9 @@ class SyntheticDefects:
             raise ValueError(f"contrast must be in [0, 1], got {contrast!r}")
         if not _is_int(seed) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        if not _is_int(good_per_texture) or good_per_texture < 0:
+            raise ValueError(f"good_per_texture must be an integer >= 0, got {good_per_texture!r}")
+        self.good_per_texture = int(good_per_texture)
         self.per_combination = int(per_combination)
         self.size = int(size)
         self.scale = float(scale)
@@ -518,7 +525,19 @@ class SyntheticDefects:
 
     def __len__(self) -> int:
         """Returns the number of samples."""
-        return len(self.textures) * len(self.defects) * self.per_combination
+        return len(self.textures) * (len(self.defects) * self.per_combination + self.good_per_texture)
+
+    def _good(self, j: int, stream: int, name: str, category: str) -> Sample:
+        texture = self.textures[j % len(self.textures)]
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, stream, j]))
+        grey = np.round(_texture_patch(texture, self.size, rng) * 255.0).astype(np.uint8)
+        return Sample(id=f"{texture}_{name}_{j // len(self.textures)}", image=np.repeat(grey[:, :, None], 3, axis=2),
+                      mask=np.zeros((self.size, self.size), bool), category=category, source=texture)
+
+    def references(self, n: int) -> list[Sample]:
+        """``n`` defect-free crops (textures in turn), disjoint in seed from the test items: the normal
+        images a reference method such as ``patch_knn`` learns from."""
+        return [self._good(j, 2, "train", "good") for j in range(n)]
 
     def __getitem__(self, i: int) -> Sample:
         """Generates sample ``i``.
@@ -540,6 +559,11 @@ class SyntheticDefects:
             i += n
         if not 0 <= i < n:
             raise IndexError(f"index {i} out of range for {n} samples")
+        n_defective = len(self.textures) * len(self.defects) * self.per_combination
+        if i >= n_defective:  # good items: texture-major like the defective ones
+            j = i - n_defective
+            t, r = divmod(j, self.good_per_texture)
+            return self._good(r * len(self.textures) + t, 1, "good", "good")
         per_texture = len(self.defects) * self.per_combination
         texture = self.textures[i // per_texture]
         defect = self.defects[(i // self.per_combination) % len(self.defects)]

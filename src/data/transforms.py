@@ -8,7 +8,12 @@ from PIL import Image
 from .base import Sample
 
 
-def to_input(sample: Sample, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _resize_bool(mask: np.ndarray, size: int) -> torch.Tensor:
+    m = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)
+    return torch.from_numpy(np.asarray(m) > 127)
+
+
+def to_input(sample: Sample, size: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Resize image and mask to ``size`` x ``size``.
 
     The whole image is resized (no crop) so the mask stays aligned with every pixel;
@@ -17,11 +22,10 @@ def to_input(sample: Sample, size: int) -> tuple[torch.Tensor, torch.Tensor | No
     Returns:
         image: float RGB in [0, 1], (3, size, size).
         mask: bool, (size, size), or None.
+        valid: bool, (size, size), False where the sample ignores pixels, or None.
     """
     image = np.asarray(Image.fromarray(sample.image).resize((size, size), Image.BICUBIC))
     x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
-    mask = None
-    if sample.mask is not None:
-        m = Image.fromarray(sample.mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)
-        mask = torch.from_numpy(np.asarray(m) > 127)
-    return x, mask
+    mask = _resize_bool(sample.mask, size) if sample.mask is not None else None
+    valid = ~_resize_bool(sample.ignore, size) if sample.ignore is not None else None
+    return x, mask, valid

@@ -54,20 +54,3 @@ def auroc(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     t = target.reshape(-1).bool()
     flat = scores.reshape(*scores.shape[: scores.ndim - target.ndim], -1)
     return auroc_counts(flat, t.double(), (~t).double())
-
-
-def cell_counts(target: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positive and negative pixels of ``target`` (H, W) that fall in each cell of ``grid`` under nearest upsampling.
-
-    Returns:
-        (pos, neg), each (h * w,) float.
-    """
-    import torch.nn.functional as F
-
-    h, w = grid
-    cells = torch.arange(h * w, dtype=torch.float32).view(1, 1, h, w)
-    index = F.interpolate(cells, size=tuple(target.shape), mode="nearest").long().flatten()
-    t = target.flatten().bool()
-    pos = torch.bincount(index[t], minlength=h * w).double()
-    neg = torch.bincount(index[~t], minlength=h * w).double()
-    return pos, neg

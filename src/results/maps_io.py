@@ -9,7 +9,7 @@ import numpy as np
 
 
 def save_maps(path: Path, image: np.ndarray, mask: np.ndarray | None, maps: Mapping[int, np.ndarray],
-              names: Mapping[int, Sequence[str]], meta: Mapping[str, object]) -> None:
+              names: Mapping[int, Sequence[str]], meta: Mapping[str, object], valid: np.ndarray | None = None) -> None:
     """Write one image's maps.
 
     Args:
@@ -18,12 +18,15 @@ def save_maps(path: Path, image: np.ndarray, mask: np.ndarray | None, maps: Mapp
         mask: (S, S) bool or None.
         maps: layer -> (K, h, w) float32, every map of that layer (all heads / reductions).
         names: layer -> K map names (``"0"``, ``"1"``, ... or ``"l2"``).
-        meta: JSON-serialisable facts (model, method, image id, ...).
+        meta: JSON-serialisable facts (model, method, image id, ...), the non-metric columns of its rows.
+        valid: (S, S) bool, False on ignored pixels, or None.
     """
     arrays = {f"layer_{layer}": np.asarray(m, dtype=np.float32) for layer, m in maps.items()}
     arrays["image"] = image
     if mask is not None:
         arrays["mask"] = mask.astype(bool)
+    if valid is not None:
+        arrays["valid"] = valid.astype(bool)
     info = dict(meta, names={str(k): list(v) for k, v in names.items()})
     arrays["meta"] = np.frombuffer(json.dumps(info).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,7 +39,7 @@ def load_maps(path: Path) -> dict:
     """Read a file written by ``save_maps``.
 
     Returns:
-        dict with ``image``, ``mask`` (or None), ``maps`` (layer -> (K, h, w)), ``names``, ``meta``.
+        dict with ``image``, ``mask`` and ``valid`` (or None), ``maps`` (layer -> (K, h, w)), ``names``, ``meta``.
     """
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(bytes(z["meta"]).decode())
@@ -44,6 +47,7 @@ def load_maps(path: Path) -> dict:
         return {
             "image": z["image"],
             "mask": z["mask"] if "mask" in z.files else None,
+            "valid": z["valid"] if "valid" in z.files else None,
             "maps": dict(sorted(maps.items())),
             "names": {int(k): v for k, v in meta.pop("names").items()},
             "meta": meta,

@@ -6,10 +6,13 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 COLUMNS = (
-    "image", "category", "dataset", "model", "kind", "img_size", "layer", "grid_h", "grid_w",
+    "image", "group", "category", "dataset", "model", "kind", "img_size", "layer", "grid_h", "grid_w",
     "method", "head", "threshold_rule", "threshold",
-    "iou", "auroc", "entropy", "mask_fraction", "best_head", "pred_label", "pred_prob",
+    "iou", "iou_oracle", "auroc", "aupro", "mass_in_mask", "mass_ratio", "pointing", "entropy",
+    "score_max", "score_topk", "mask_fraction", "best_head", "pred_label", "pred_prob",
 )
+METRICS = ("iou", "iou_oracle", "auroc", "aupro", "mass_in_mask", "mass_ratio", "pointing", "entropy",
+           "score_max", "score_topk")
 
 
 class ResultsWriter:

@@ -1,0 +1,164 @@
+"""Map methods: from what a backbone captured to maps (B, K, h, w) with K names per layer.
+
+Each method says what it needs captured (``cls_attention`` or ``features``) and turns one
+batch's captures into maps. ``PatchKNN`` first builds a memory bank from normal images.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from .reduce import reduce_features
+
+log = logging.getLogger(__name__)
+
+LayerMaps = dict[int, tuple[torch.Tensor, list[str]]]
+
+
+class MapMethod:
+    """Base class: ``name``, what to ``capture``, and ``maps`` from one batch's captures.
+
+    Args:
+        backbone: the model the method will run on; a method that does not apply to it
+            raises ValueError naming both.
+    """
+
+    name = ""
+    capture = ""
+    head_mean = False  # add the mean over all K maps as a map named "mean"
+    needs_references = False
+
+    def __init__(self, backbone):
+        backbone.check_capture(self.capture, self.name)
+        self.backbone = backbone
+
+    def num_maps(self) -> int:
+        raise NotImplementedError
+
+    def map_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def maps(self, captured: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """captured[layer] (B, C, h, w) -> maps[layer] (B, K, h, w) float32."""
+        raise NotImplementedError
+
+    def fit(self, batches: Iterable[torch.Tensor], layers: Sequence[int], extract: Callable) -> None:
+        """Learn from normal images (only methods with ``needs_references``)."""
+
+
+class ClsAttention(MapMethod):
+    """CLS-token attention of every head to the patch tokens (ViTs), plus the head mean."""
+
+    name = "cls_attention"
+    capture = "cls_attention"
+    head_mean = True
+
+    def num_maps(self) -> int:
+        return self.backbone.num_heads
+
+    def map_names(self) -> list[str]:
+        return [str(h) for h in range(self.num_maps())]
+
+    def maps(self, captured):
+        return captured
+
+
+class Features(MapMethod):
+    """Channel reductions of each layer's features: ViT patch tokens or CNN stage outputs.
+
+    Args:
+        reductions: any of ``l2``, ``mean_abs``, ``pca``.
+    """
+
+    name = "features"
+    capture = "features"
+
+    def __init__(self, backbone, reductions: Sequence[str] = ("l2", "mean_abs", "pca")):
+        super().__init__(backbone)
+        self.reductions = list(reductions)
+        reduce_features(torch.zeros(1, 2, 2, 2), self.reductions)  # validates the names
+
+    def num_maps(self) -> int:
+        return len(self.reductions)
+
+    def map_names(self) -> list[str]:
+        return list(self.reductions)
+
+    def maps(self, captured):
+        return {layer: reduce_features(t, self.reductions) for layer, t in captured.items()}
+
+
+class PatchKNN(MapMethod):
+    """Distance of each patch feature to its nearest normal patch features (PatchCore without training).
+
+    Per layer, a memory bank holds the patch features of normal images (``train/good`` or
+    defect-free synthetic images); a patch's map value is the mean distance to its ``k``
+    nearest bank entries. A random coreset keeps at most ``bank_size`` entries per layer.
+
+    Args:
+        k: neighbours averaged, >= 1.
+        bank_size: most entries kept per layer (random subset), or None for all.
+        n_references: normal images used, or None for all the dataset offers.
+        chunk: query rows per distance block (bounds memory).
+        seed: coreset sampling seed.
+    """
+
+    name = "patch_knn"
+    capture = "features"
+    needs_references = True
+
+    def __init__(self, backbone, k: int = 1, bank_size: int | None = 16384, n_references: int | None = 16,
+                 chunk: int = 2048, seed: int = 0):
+        super().__init__(backbone)
+        if int(k) < 1:
+            raise ValueError(f"method.k={k}: expected an int >= 1")
+        if bank_size is not None and int(bank_size) < int(k):
+            raise ValueError(f"method.bank_size={bank_size}: expected at least method.k={k} entries")
+        if n_references is not None and int(n_references) < 1:
+            raise ValueError(f"method.n_references={n_references}: expected an int >= 1 or null (all)")
+        self.k, self.bank_size, self.n_references = int(k), bank_size, n_references
+        self.chunk, self.seed = int(chunk), int(seed)
+        self.banks: dict[int, torch.Tensor] = {}
+
+    def num_maps(self) -> int:
+        return 1
+
+    def map_names(self) -> list[str]:
+        return ["knn"]
+
+    def fit(self, batches, layers, extract) -> None:
+        parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+        for x in batches:
+            captured, _ = extract(x)
+            for layer, t in captured.items():
+                parts[layer].append(t.flatten(2).transpose(1, 2).reshape(-1, t.shape[1]).float())
+        g = torch.Generator().manual_seed(self.seed)
+        for layer, chunks in parts.items():
+            if not chunks:
+                raise ValueError("method=patch_knn: the dataset offered no normal reference images")
+            bank = torch.cat(chunks)
+            if self.bank_size is not None and bank.shape[0] > int(self.bank_size):
+                bank = bank[torch.randperm(bank.shape[0], generator=g)[: int(self.bank_size)].to(bank.device)]
+            self.banks[layer] = bank
+        log.info("patch_knn banks: %s", {layer: tuple(b.shape) for layer, b in self.banks.items()})
+
+    def maps(self, captured):
+        out = {}
+        for layer, t in captured.items():
+            if layer not in self.banks:
+                raise RuntimeError(f"method=patch_knn: no memory bank for layer {layer}; fit() was not run")
+            b, c, h, w = t.shape
+            queries = t.flatten(2).transpose(1, 2).reshape(-1, c).float()
+            bank = self.banks[layer].to(queries.device)
+            k = min(self.k, bank.shape[0])
+            dist = torch.cat([torch.cdist(q, bank).topk(k, largest=False).values.mean(-1)
+                              for q in queries.split(self.chunk)])
+            out[layer] = dist.view(b, 1, h, w)
+        return out
+
+
+def auto(backbone, reductions: Sequence[str] = ("l2", "mean_abs", "pca")) -> MapMethod:
+    """``cls_attention`` for ViTs, ``features`` for CNNs: one sweep can span both kinds."""
+    return ClsAttention(backbone) if backbone.kind == "vit" else Features(backbone, reductions)

@@ -1,0 +1,169 @@
+"""Which layer finds it? Rank (model, method, layer, head) by a metric, per defect type, with 95% CIs.
+
+    python -m src.report RUN_OR_MULTIRUN_DIR [--metric auroc] [--threshold 0.6] [--top 5]
+
+Reads every ``results.csv`` below the folder, averages the metric per image (per object
+first, then per image, where one image holds several objects), and ranks the candidates
+per category by the mean over images, with a percentile bootstrap 95% confidence interval
+over images. ``--metric image_auroc`` (map maximum) and ``image_auroc_topk`` (mean of the
+top cells) rank how well a map's score separates defective from ``good`` images instead.
+Writes ``report.csv`` (every candidate) and ``report.md`` (the top ones) into the folder.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .results.table import METRICS
+
+KEYS = ["model", "method", "layer", "head"]
+IMAGE_METRICS = {"image_auroc": "score_max", "image_auroc_topk": "score_topk"}
+LOWER_IS_BETTER = {"entropy"}
+
+
+def load_results(folder: Path, name: str = "results.csv") -> pd.DataFrame:
+    """Every ``name`` below ``folder`` concatenated, with a ``job`` column (the relative folder).
+
+    Raises:
+        FileNotFoundError: none found.
+    """
+    folder = Path(folder)
+    files = sorted(folder.rglob(name)) if folder.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"{folder}: no {name} found below it (expected a run or multirun folder)")
+    frames = []
+    for f in files:
+        df = pd.read_csv(f, dtype={"head": str, "image": str, "group": str, "category": str})
+        df["job"] = str(f.parent.relative_to(folder)) if f.parent != folder else "."
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def bootstrap_mean(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float, float]:
+    """Mean and percentile-bootstrap 95% interval of the mean."""
+    if len(values) == 0:
+        return float("nan"), float("nan"), float("nan")
+    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
+    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def bootstrap_auroc(pos: np.ndarray, neg: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float, float]:
+    """AUROC of positive vs negative scores and a stratified bootstrap 95% interval."""
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan"), float("nan"), float("nan")
+    wins = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])  # (P, N)
+    auc = float(wins.mean())
+    wp = rng.multinomial(len(pos), np.full(len(pos), 1 / len(pos)), size=n_boot)
+    wn = rng.multinomial(len(neg), np.full(len(neg), 1 / len(neg)), size=n_boot)
+    boots = np.einsum("bi,ij,bj->b", wp, wins, wn) / (len(pos) * len(neg))
+    return auc, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def rank(df: pd.DataFrame, metric: str, threshold: float | None = None, n_boot: int = 1000, seed: int = 0,
+         include_best: bool = False) -> pd.DataFrame:
+    """The ranking table: one row per (category, model, method, layer, head).
+
+    Args:
+        df: concatenated results (see ``load_results``).
+        metric: a metric column of ``results.csv``, or ``image_auroc`` / ``image_auroc_topk``.
+        threshold: the threshold whose rows to use (threshold-dependent metrics such as
+            ``iou`` differ per threshold); None = the smallest one present.
+        n_boot: bootstrap resamples.
+        seed: bootstrap seed.
+        include_best: keep the per-image oracle ``best`` head rows.
+
+    Returns:
+        Columns: category, model, method, layer, head, mean, ci_low, ci_high, n, rank.
+
+    Raises:
+        ValueError: unknown metric, threshold absent, or no image can score this metric.
+    """
+    image_level = metric in IMAGE_METRICS
+    if metric not in METRICS and not image_level:
+        raise ValueError(f"--metric {metric}: expected one of {', '.join([*METRICS, *IMAGE_METRICS])}")
+    column = IMAGE_METRICS.get(metric, metric)
+    if column not in df.columns:
+        raise ValueError(f"--metric {metric}: the results have no column {column!r} (written by an older version?)")
+    thresholds = sorted(df["threshold"].dropna().unique())
+    if threshold is None:
+        threshold = thresholds[0]
+    if not np.isclose(thresholds, threshold).any():
+        raise ValueError(f"--threshold {threshold}: not in the results (found {', '.join(map(str, thresholds))})")
+    df = df[np.isclose(df["threshold"], threshold)]
+    if not include_best:
+        df = df[df["head"] != "best"]
+    df = df.assign(group=df["group"].fillna(df["image"]), category=df["category"].fillna(""))
+    rng = np.random.default_rng(seed)
+    out = []
+    if image_level:
+        good = df[df["category"] == "good"]
+        if good.empty:
+            raise ValueError(f"--metric {metric}: needs defect-free images (category 'good'), and the results have none")
+        negatives = {key: part.groupby("group")[column].mean().to_numpy(float) for key, part in good.groupby(KEYS)}
+        bad = df[df["category"] != "good"]
+        for category, by_category in [*bad.groupby("category"), ("all", bad)]:
+            for key, part in by_category.groupby(KEYS):
+                pos = part.groupby("group")[column].mean().to_numpy(float)
+                neg = negatives.get(key, np.array([]))
+                out.append([category, *key, *bootstrap_auroc(pos, neg, n_boot, rng), len(pos) + len(neg)])
+    else:
+        scored = df.dropna(subset=[column])
+        if scored.empty:
+            raise ValueError(f"--metric {metric}: undefined for every row (no masks, or only defect-free images?)")
+        per_image = scored.groupby(["category", *KEYS, "group"], as_index=False)[column].mean()
+        for category, by_category in [*per_image.groupby("category"), ("all", per_image)]:
+            for key, part in by_category.groupby(KEYS):
+                out.append([category, *key, *bootstrap_mean(part[column].to_numpy(float), n_boot, rng), len(part)])
+    table = pd.DataFrame(out, columns=["category", *KEYS, "mean", "ci_low", "ci_high", "n"])
+    ascending = metric in LOWER_IS_BETTER
+    table = table.sort_values(["category", "mean"], ascending=[True, ascending], kind="stable")
+    table["rank"] = table.groupby("category").cumcount() + 1
+    table.attrs.update(metric=metric, threshold=threshold)
+    return table.reset_index(drop=True)
+
+
+def to_markdown(table: pd.DataFrame, top: int) -> str:
+    """The top ``top`` candidates per category as Markdown tables."""
+    metric, threshold = table.attrs.get("metric", ""), table.attrs.get("threshold", "")
+    lines = [f"# Which layer finds it? `{metric}` (threshold {threshold}), mean over images, 95% bootstrap CI", ""]
+    for category, part in table.groupby("category", sort=False):
+        lines += [f"## {category}", "", "| rank | model | method | layer | head | mean | 95% CI | n |",
+                  "|---:|---|---|---:|---|---:|---|---:|"]
+        for r in part.head(top).itertuples():
+            lines.append(f"| {r.rank} | {r.model} | {r.method} | {r.layer} | {r.head} | {r.mean:.3f} | "
+                         f"[{r.ci_low:.3f}, {r.ci_high:.3f}] | {r.n} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m src.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", type=Path, help="a run folder or a multirun folder")
+    p.add_argument("--metric", default="auroc", help="results column (auroc, aupro, iou, ...) or image_auroc[_topk]")
+    p.add_argument("--threshold", type=float, default=None, help="which threshold's rows (default: the smallest)")
+    p.add_argument("--top", type=int, default=5, help="candidates shown per category")
+    p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results", default="results.csv", help="file name to collect (e.g. results_rescored.csv)")
+    p.add_argument("--include-best", action="store_true", help="rank the per-image oracle 'best' head too")
+    a = p.parse_args(argv)
+    try:
+        table = rank(load_results(a.folder, a.results), a.metric, a.threshold, a.boot, a.seed, a.include_best)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stem = f"report_{a.metric}"
+    table.to_csv(a.folder / f"{stem}.csv", index=False)
+    md = to_markdown(table, a.top)
+    (a.folder / f"{stem}.md").write_text(md)
+    print(md)
+    print(f"written: {a.folder / (stem + '.csv')}, {a.folder / (stem + '.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Score a finished run again from its saved maps, with new thresholds or metric options; no model runs.
+
+    python -m src.rescore RUN_OR_MULTIRUN_DIR threshold=[0.3,0.5,0.7] [threshold_rule=minmax]
+        [upsample=bilinear] [metrics.aupro_fpr_limit=0.1] [--out results_rescored.csv]
+
+Every folder below that holds ``config.yaml`` and ``maps/`` is rescored into ``--out`` beside
+its ``results.csv``, with the same columns, so ``src.report --results NAME`` ranks it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from .results.maps_io import load_maps
+from .results.table import ResultsWriter
+from .scoring import ScoreOptions, Target, score_layer
+
+OPTIONS = ("threshold", "threshold_rule", "upsample", "metrics.aupro_fpr_limit", "metrics.image_topk")
+
+
+def run_dirs(folder: Path) -> list[Path]:
+    """Folders below ``folder`` (itself included) holding a finished run's config and maps."""
+    candidates = [folder, *sorted(p.parent for p in folder.rglob("config.yaml"))]
+    return sorted({p for p in candidates if (p / "config.yaml").exists() and (p / "maps").is_dir()})
+
+
+def rescore_dir(run_dir: Path, overrides: list[str], out_name: str, progress: bool = True) -> Path:
+    """Rescore one run folder; returns the written table.
+
+    Raises:
+        ValueError: an override outside ``OPTIONS``, a bad value, or an existing output file.
+    """
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if "=" not in o or key not in OPTIONS:
+            raise ValueError(f"{o}: rescoring can change only {', '.join(OPTIONS)} (as key=value)")
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    opts = ScoreOptions.from_config(cfg)
+    out = run_dir / out_name
+    if out.exists() or out_name == "results.csv":
+        raise ValueError(f"{out}: exists; pass another --out (results are never overwritten)")
+    writer = ResultsWriter(out)
+    try:
+        for path in tqdm(sorted((run_dir / "maps").glob("*.npz")), desc=run_dir.name, disable=not progress):
+            saved = load_maps(path)
+            meta = dict(saved["meta"], threshold_rule=opts.rule)
+            mask = saved["mask"]
+            target = None
+            if mask is not None:
+                valid = torch.from_numpy(saved["valid"]) if saved["valid"] is not None else None
+                target = Target(torch.from_numpy(mask), valid)
+            rows = []
+            for layer, maps in saved["maps"].items():
+                for row in score_layer(torch.from_numpy(maps), list(saved["names"][layer]), target, opts):
+                    rows.append({**meta, "layer": layer, "grid_h": maps.shape[-2], "grid_w": maps.shape[-1], **row})
+            writer.write(rows)
+    finally:
+        writer.close()
+    OmegaConf.save(cfg, run_dir / f"{Path(out_name).stem}.config.yaml")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m src.rescore", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", type=Path, help="a run folder or a multirun folder")
+    p.add_argument("overrides", nargs="*", help=f"key=value for {', '.join(OPTIONS)}")
+    p.add_argument("--out", default="results_rescored.csv", help="file name written in each run folder")
+    a = p.parse_args(argv)
+    dirs = run_dirs(a.folder) if a.folder.is_dir() else []
+    if not dirs:
+        print(f"error: {a.folder}: no run with config.yaml and saved maps/ below it (was save_maps=false?)",
+              file=sys.stderr)
+        return 2
+    try:
+        for d in dirs:
+            print(f"rescored: {rescore_dir(d, a.overrides, a.out)}")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
