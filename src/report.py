@@ -114,9 +114,9 @@ def rank(df: pd.DataFrame, metric: str, threshold: float | None = None, n_boot: 
         scored = df.dropna(subset=[column])
         if scored.empty:
             raise ValueError(f"--metric {metric}: undefined for every row (no masks, or only defect-free images?)")
-        per_image = scored.groupby(["category", *KEYS, "group"], as_index=False)[column].mean()
-        for category, by_category in [*per_image.groupby("category"), ("all", per_image)]:
-            for key, part in by_category.groupby(KEYS):
+        for category, by_category in [*scored.groupby("category"), ("all", scored)]:
+            per_image = by_category.groupby([*KEYS, "group"], as_index=False)[column].mean()  # objects -> image
+            for key, part in per_image.groupby(KEYS):
                 out.append([category, *key, *bootstrap_mean(part[column].to_numpy(float), n_boot, rng), len(part)])
     table = pd.DataFrame(out, columns=["category", *KEYS, "mean", "ci_low", "ci_high", "n"])
     ascending = metric in LOWER_IS_BETTER
