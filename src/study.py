@@ -16,6 +16,8 @@ from .backbones import Backbone, select_indices
 from .data.base import Sample
 from .data.transforms import to_input
 from .figures.grid import layer_head_grid
+from .loggers import Logger
+from .maps import threshold_maps, upsample
 from .maps.methods import MapMethod
 from .results.maps_io import save_maps
 from .results.table import ResultsWriter
@@ -128,6 +130,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
     backbone: Backbone = build(cfg.model)
     plan = plan_study(cfg, backbone)
     dataset = build_dataset(cfg)
+    logger: Logger = build(cfg.logger)
     t0 = time.perf_counter()
     backbone.load_weights()
     backbone.to(device).eval()
@@ -135,8 +138,41 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
     log.info("model %s (%s, %d layers) ready in %.1fs; layers %s, method %s, %d images",
              backbone.name, backbone.kind, backbone.num_layers, time.perf_counter() - t0,
              plan.layers, method.name, len(dataset))
-    fit_references(plan, backbone, dataset, int(cfg.batch_size), device)
+    logger.start(cfg, out_dir, backbone.name, method.name)
+    ok = False
+    try:
+        stats = _study_loop(cfg, out_dir, plan, backbone, dataset, device, logger)
+        write_summary(out_dir, {"complete": True, "model": backbone.name, "method": method.name,
+                                "layers": plan.layers, "seconds": round(time.perf_counter() - t0, 3), **stats})
+        ok = True
+    finally:
+        if ok:
+            logger.log_results(out_dir / "results.csv")
+        logger.finish(ok)
+    return out_dir / "results.csv"
 
+
+SUMMARY = "run_summary.json"
+
+
+def write_summary(out_dir: Path, summary: dict) -> None:
+    """``run_summary.json``, written last (atomically): its presence marks a finished run."""
+    import json
+
+    tmp = out_dir / f"{SUMMARY}.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(out_dir / SUMMARY)
+
+
+def is_complete(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a finished run."""
+    return (Path(out_dir) / SUMMARY).exists()
+
+
+def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, dataset: Any, device: torch.device,
+                logger: Logger) -> dict:
+    method = plan.method
+    fit_references(plan, backbone, dataset, int(cfg.batch_size), device)
     all_names = method.map_names()
     names = [all_names[h] for h in plan.heads] + (["mean"] if method.head_mean else [])
     writer = ResultsWriter(out_dir / "results.csv")
@@ -179,6 +215,12 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
                         save_maps(out_dir / "maps" / f"{sample.id}.npz", image_u8, mask_np, saved,
                                   {layer: names for layer in saved}, meta,
                                   valid=valid.numpy() if valid is not None else None)
+                    if logger.wants_maps():
+                        first = plan.scoring.thresholds[0]
+                        kept = {layer: upsample(threshold_maps(torch.from_numpy(m), first, plan.scoring.rule),
+                                                (size, size)).numpy() for layer, m in saved.items()}
+                        logger.log_maps(sample.id, sample.category, image_u8, mask_np, saved,
+                                        {layer: names for layer in saved}, kept)
                     if cfg.figures.grid and n_figures < int(cfg.figures.max_images):
                         layer_head_grid(image_u8, mask_np, saved, {layer: names for layer in saved},
                                         f"{sample.id} | {backbone.name} | {method.name}",
@@ -189,4 +231,4 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
         writer.close()
     log.info("backbone + maps %.2fs for %d images (%.3fs/img); %d rows -> %s", t_forward, len(dataset),
              t_forward / max(len(dataset), 1), writer.rows, out_dir / "results.csv")
-    return out_dir / "results.csv"
+    return {"images": len(dataset), "rows": writer.rows, "backbone_seconds": round(t_forward, 3)}

@@ -1,0 +1,101 @@
+"""Merge a multirun folder's job results into one table, with each job's overrides as columns.
+
+    python -m src.collect MULTIRUN_DIR [--out all_results.csv]
+
+Reports jobs that failed (no ``results.csv``, or an empty one) and jobs Hydra planned but
+never started (fewer job folders than ``multirun.yaml`` lists), and exits 1 when any is
+missing, after writing what there is.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+
+def job_overrides(job_dir: Path) -> dict[str, str]:
+    """``key=value`` overrides of one job, from Hydra's ``.hydra/overrides.yaml``."""
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return {}
+    out = {}
+    for item in OmegaConf.to_container(OmegaConf.load(path)):
+        key, _, value = str(item).partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def planned_jobs(sweep_dir: Path) -> int | None:
+    """How many jobs Hydra's sweep planned, from the product of ``multirun.yaml``'s sweep lists."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.exists():
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = OmegaConf.load(path)
+    overrides = list(cfg.hydra.overrides.task)
+    params = cfg.hydra.sweeper.get("params") or {}
+    overrides += [f"{k}={v}" for k, v in params.items()]
+    n = 1
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if o.is_sweep_override():
+            n *= len(list(o.sweep_iterator()))
+    return n
+
+
+def collect(sweep_dir: Path, name: str = "results.csv") -> tuple[pd.DataFrame, list[str]]:
+    """The merged table (``job`` column + one column per override key) and a list of problems."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"{sweep_dir}: no such folder")
+    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
+                  key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    if not jobs:
+        raise FileNotFoundError(f"{sweep_dir}: no job folders (expected a Hydra multirun folder with 0/, 1/, ...)")
+    frames, problems = [], []
+    for job in jobs:
+        results = job / name
+        if not results.exists() or results.stat().st_size == 0:
+            problems.append(f"job {job.name}: failed or unfinished, no {name} ({' '.join(f'{k}={v}' for k, v in job_overrides(job).items())})")
+            continue
+        if not (job / "run_summary.json").exists():
+            problems.append(f"job {job.name}: unfinished (no run_summary.json); its {len(pd.read_csv(results))} rows are merged")
+        df = pd.read_csv(results, dtype={"head": str})
+        if df.empty:
+            problems.append(f"job {job.name}: {name} has no rows")
+            continue
+        for key, value in job_overrides(job).items():
+            df.insert(0, f"override.{key}", value)
+        df.insert(0, "job", job.name)
+        frames.append(df)
+    planned = planned_jobs(sweep_dir)
+    if planned is not None and planned > len(jobs):
+        problems.append(f"{planned - len(jobs)} of {planned} planned jobs never started")
+    merged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return merged, problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m src.collect", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", type=Path, help="a Hydra multirun folder")
+    p.add_argument("--out", default="all_results.csv", help="file written in the folder")
+    p.add_argument("--results", default="results.csv", help="per-job file name to merge")
+    a = p.parse_args(argv)
+    try:
+        merged, problems = collect(a.folder, a.results)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not merged.empty:
+        merged.to_csv(a.folder / a.out, index=False)
+        print(f"merged {merged['job'].nunique()} jobs, {len(merged)} rows -> {a.folder / a.out}")
+    for problem in problems:
+        print(f"missing: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

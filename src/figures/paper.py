@@ -1,0 +1,670 @@
+"""Publication figures from a finished run or multirun folder, from saved results only.
+
+    python -m src.figures RUN_OR_MULTIRUN_DIR [--out DIR] [--metric iou auroc] [--formats png pdf]
+
+Reads every ``results.csv`` below the folder and the ``maps/<image>.npz`` beside each; never builds
+or runs a model (nothing here imports ``src.backbones`` or torch). Five figure kinds, one function
+each; each returns the paths it wrote and logs why when it has nothing to draw:
+
+- ``layer_head_grids``: per (model, method), a few images: layers (rows) x maps (columns), the
+  input and its mask outline in the first column.
+- ``metric_vs_layer``: a metric against layer, one line per (model, method), mean over images with a
+  95% confidence band.
+- ``vit_vs_cnn``: the same images through a ViT and a CNN at comparable relative depths.
+- ``threshold_curves``: IoU against the threshold (kept mass) at each model's best layer.
+- ``best_map_overlays``: per defect type, the best (model, method, layer, head) map over examples.
+
+Every figure is written as PNG (200 dpi) and PDF (TrueType text, editable), in one style
+(``STYLE``, applied by ``_styled``), with seaborn's colour-blind palette.
+
+Series: rows are grouped by (model, method), plus the input size when one model was run at
+several sizes, plus the job when two jobs repeat the same (image, layer, head, threshold) rows
+(e.g. a sweep over some other option); jobs that split the layers of one model are merged.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
+
+from ..report import load_results
+from ..results.maps_io import load_maps
+
+log = logging.getLogger(__name__)
+
+KINDS = ("layer_head_grids", "metric_vs_layer", "vit_vs_cnn", "threshold_curves", "best_map_overlays")
+METRICS = ("iou", "auroc", "aupro", "entropy")
+LOWER_IS_BETTER = {"entropy"}  # as in src.report: a focused map has low entropy
+DEPTHS = (0.25, 0.5, 0.75, 1.0)
+DPI = 200
+SEP = " · "
+CMAP = "inferno"
+PALETTE = ["#0173B2", "#DE8F05", "#029E73", "#D55E00", "#CC78BC", "#CA9161", "#FBAFE4", "#949494", "#ECE133",
+           "#56B4E9"]  # seaborn "colorblind" (Okabe-Ito based), spelled out so colours never depend on state
+OUTLINE = "#56B4E9"  # mask outlines: light blue reads on photos and on inferno
+LAYER_LABEL = "layer (0 = first block)"
+METRIC_LABELS = {
+    "iou": "IoU (0–1)",
+    "auroc": "pixel AUROC (0–1)",
+    "aupro": "AUPRO (0–1)",
+    "entropy": "normalised entropy (0–1, 1 = uniform)",
+    "iou_oracle": "oracle IoU (0–1)",
+    "mass_in_mask": "attention mass in mask (0–1)",
+    "pointing": "pointing accuracy (0–1)",
+}
+METRIC_NAMES = {"iou": "IoU", "auroc": "AUROC", "aupro": "AUPRO", "entropy": "entropy"}
+
+STYLE = {
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans"],  # ships with matplotlib: the same glyphs on every machine
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "legend.title_fontsize": 7,
+    "figure.titlesize": 8,
+    "axes.linewidth": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.linewidth": 0.4,
+    "grid.alpha": 0.4,
+    "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6,
+    "lines.linewidth": 1.3,
+    "lines.markersize": 4,
+    "axes.prop_cycle": mpl.cycler(color=PALETTE),
+    "image.cmap": CMAP,
+    "image.interpolation": "nearest",
+    "pdf.fonttype": 42,  # TrueType in PDF/PS: text stays text (editable, searchable)
+    "ps.fonttype": 42,
+    "savefig.dpi": DPI,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.03,
+}
+
+
+def _styled(fn: Callable) -> Callable:
+    """Draw ``fn``'s figures in ``STYLE`` (the one place the style is applied)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with mpl.rc_context(STYLE):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------------------- inputs
+
+
+class Study:
+    """The results of a run or multirun folder, with their saved maps.
+
+    Attributes:
+        root: the folder.
+        df: every ``results.csv`` row below it, with ``job`` (relative folder), ``series`` (the line
+            label: model · method [· size] [· job]), ``group`` and ``category`` filled in.
+        images: one row per (series, job, image) with ``path`` (its ``.npz``, may be absent).
+    """
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: no such folder")
+        df = load_results(self.root)
+        df["head"] = df["head"].fillna("").astype(str)
+        df["category"] = df["category"].fillna("").astype(str)
+        df["group"] = df["group"].fillna(df["image"]).astype(str)
+        df["threshold_rule"] = df.get("threshold_rule", pd.Series("keep_mass", index=df.index)).fillna("keep_mass")
+        df["kind"] = df["kind"].fillna("").astype(str)
+        df["series"] = _series_labels(df)
+        self.df = df
+        images = df.drop_duplicates(["series", "job", "image"])[
+            ["series", "job", "image", "category", "dataset", "kind", "model", "method", "mask_fraction"]].copy()
+        images["path"] = [self.root / job / "maps" / f"{image}.npz" for job, image in zip(images["job"], images["image"])]
+        images["saved"] = [p.is_file() for p in images["path"]]
+        images["has_mask"] = images["mask_fraction"].fillna(0) > 0
+        self.images = images.reset_index(drop=True)
+        self._cache: dict[tuple[str, str], dict | None] = {}
+
+    def series(self) -> list[str]:
+        return sorted(self.df["series"].unique())
+
+    def info(self, series: str) -> dict:
+        """model, method and kind of a series (its first row)."""
+        row = self.df[self.df["series"] == series].iloc[0]
+        return {"model": row["model"], "method": row["method"], "kind": row["kind"]}
+
+    def saved_images(self, series: str) -> pd.DataFrame:
+        """One row per image of ``series`` that has saved maps (image, category, dataset, has_mask)."""
+        part = self.images[(self.images["series"] == series) & self.images["saved"]]
+        return part.drop_duplicates("image")[["image", "category", "dataset", "has_mask"]].reset_index(drop=True)
+
+    def maps(self, series: str, image: str) -> dict | None:
+        """``load_maps`` of ``image`` in ``series``, layers merged over the jobs that hold it."""
+        key = (series, image)
+        if key not in self._cache:
+            part = self.images[(self.images["series"] == series) & (self.images["image"] == image) & self.images["saved"]]
+            merged = None
+            for path in part["path"]:
+                d = load_maps(path)
+                if merged is None:
+                    merged = d
+                else:
+                    merged["maps"].update(d["maps"])
+                    merged["names"].update(d["names"])
+            if merged is not None:
+                merged["maps"] = dict(sorted(merged["maps"].items()))
+            self._cache[key] = merged
+        return self._cache[key]
+
+
+def _series_labels(df: pd.DataFrame) -> pd.Series:
+    base = df["model"].astype(str) + SEP + df["method"].astype(str)
+    sizes = df.groupby(["model", "method"])["img_size"].transform("nunique")
+    base = base.where(sizes <= 1, base + SEP + df["img_size"].astype(str) + " px")
+    series = base.copy()
+    key = ["image", "layer", "head", "threshold_rule", "threshold"]
+    for _, part in df.groupby(base):
+        if part["job"].nunique() > 1 and part.drop_duplicates(["job", *key]).duplicated(key).any():
+            series.loc[part.index] = base.loc[part.index] + SEP + "job " + part["job"]
+    return series
+
+
+def _as_study(source: Study | Path | str) -> Study:
+    return source if isinstance(source, Study) else Study(source)
+
+
+def _out_dir(study: Study, out: Path | str | None) -> Path:
+    return Path(out) if out is not None else study.root / "figures_paper"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text).replace(SEP, "_")).strip("-") or "x"
+
+
+def _save(fig: Figure, out: Path, stem: str, formats: Sequence[str]) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out / f"{stem}.{fmt}"
+        meta = {"CreationDate": None} if fmt == "pdf" else None  # same bytes for the same figure
+        fig.savefig(path, format=fmt, dpi=DPI, bbox_inches="tight", metadata=meta)
+        paths.append(path)
+    return paths
+
+
+def _pick_images(images: pd.DataFrame, n: int) -> list[str]:
+    """Up to ``n`` image ids: masked defects first, spread over categories (round robin)."""
+    if images.empty or n <= 0:
+        return []
+    images = images.assign(good=images["category"].isin(["good", ""]))
+    images = images.sort_values(["has_mask", "good", "category", "image"], ascending=[False, True, True, True])
+    queues = [list(part["image"]) for _, part in images.groupby(["has_mask", "good", "category"], sort=False)]
+    picked: list[str] = []
+    while len(picked) < n and any(queues):
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(q.pop(0))
+    return picked
+
+
+def _choice_label(method: str, name: str) -> str:
+    """How a chosen map reads in a label: ``head mean``, ``head 3``, ``l2``."""
+    return f"head {name}" if method == "cls_attention" else str(name)
+
+
+def _per_image(rows: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
+    """Mean of ``metric`` per (keys, image): objects of one image averaged first (as src.report)."""
+    return rows.dropna(subset=[metric]).groupby([*keys, "group"], as_index=False)[metric].mean()
+
+
+def _colours(study: Study) -> dict[str, str]:
+    return {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(study.series())}
+
+
+def _smallest_threshold(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows of each series' smallest threshold (threshold-free metrics repeat on every threshold)."""
+    smallest = rows.groupby("series")["threshold"].transform("min")
+    return rows[np.isclose(rows["threshold"], smallest) | (rows["threshold"].isna() & smallest.isna())]
+
+
+# ------------------------------------------------------------------------------------------ drawing
+
+
+def _bare(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _show_input(ax, image: np.ndarray, mask: np.ndarray | None, outline: bool) -> None:
+    ax.imshow(image, interpolation="bilinear")
+    if outline and mask is not None and mask.any() and not mask.all():
+        ax.contour(mask.astype(np.float32), levels=[0.5], colors=[OUTLINE], linewidths=0.8)
+    _bare(ax)
+
+
+def _show_map(ax, m: np.ndarray) -> None:
+    """A map on its own grid, min-max scaled on its own, no smoothing."""
+    low, high = float(np.nanmin(m)), float(np.nanmax(m))
+    ax.imshow(m, cmap=CMAP, interpolation="nearest", vmin=low, vmax=high if high > low else low + 1)
+    _bare(ax)
+
+
+def _upsample(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) float map -> ``size`` (H, W), bilinear."""
+    return np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize((size[1], size[0]), Image.BILINEAR))
+
+
+def _minmax(m: np.ndarray) -> np.ndarray:
+    low, high = float(np.nanmin(m)), float(np.nanmax(m))
+    return (m - low) / (high - low) if high > low else np.zeros_like(m)
+
+
+def _colorbar(fig: Figure, rect: Sequence[float], label: str) -> None:
+    cax = fig.add_axes(rect)
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), CMAP), cax=cax)
+    bar.set_ticks([0, 1], labels=["min", "max"])
+    bar.set_label(label)
+    bar.outline.set_linewidth(0.4)
+    cax.tick_params(length=2)
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+
+@_styled
+def layer_head_grids(source: Study | Path | str, out: Path | str | None = None,
+                     formats: Sequence[str] = ("png", "pdf"), max_images: int = 4) -> list[Path]:
+    """Per (model, method) and up to ``max_images`` images: layers (rows) x maps (columns).
+
+    The first column holds the input (top) and the input with the mask outline (below it; on the
+    input itself when there is one layer). Maps are min-max scaled each on its own and shown on
+    their patch grid with nearest interpolation ('inferno').
+    """
+    study = _as_study(source)
+    out = _out_dir(study, out)
+    paths: list[Path] = []
+    for series in study.series():
+        chosen = _pick_images(study.saved_images(series), max_images)
+        if not chosen:
+            log.info("layer_head_grids: %s has no saved maps (maps/<image>.npz; save_maps=false?), skipped", series)
+            continue
+        method = study.info(series)["method"]
+        for image in chosen:
+            d = study.maps(series, image)
+            category = d["meta"].get("category") or ""
+            fig = _grid_figure(d, method, f"{image}{f' ({category})' if category else ''}{SEP}{series}")
+            paths += _save(fig, out, f"grid_{_slug(series)}_{_slug(image)}", formats)
+    if not paths:
+        log.info("layer_head_grids: no saved maps below %s, skipped", study.root)
+    return paths
+
+
+def _grid_figure(d: dict, method: str, title: str) -> Figure:
+    layers = list(d["maps"])
+    cols = max(d["maps"][layer].shape[0] for layer in layers)
+    header = next(d["names"][layer] for layer in layers if len(d["names"][layer]) == cols)
+    mixed = any(list(d["names"][layer]) != list(header) for layer in layers)
+    cell, gap, label_w = 0.62, 0.04, 0.34  # inches: a map, the space between maps, the row-label column
+    left, right, top, bottom = 0.05, 0.75, 0.45, 0.38
+    body_w = (cols + 1) * cell + cols * gap + label_w
+    width = left + body_w + right
+    height = top + len(layers) * cell + (len(layers) - 1) * gap + bottom
+    fig = Figure(figsize=(width, height))
+    grid = fig.add_gridspec(len(layers), cols + 2, left=left / width, right=(left + body_w) / width,
+                            bottom=bottom / height, top=1 - top / height, wspace=gap / cell, hspace=gap / cell,
+                            width_ratios=[1, label_w / cell, *([1] * cols)])
+    mask = d["mask"]
+    for r, layer in enumerate(layers):
+        ax = fig.add_subplot(grid[r, 0])
+        if r == 0:
+            _show_input(ax, d["image"], mask, outline=len(layers) == 1)
+            ax.set_title("input" if mask is None or len(layers) > 1 else "input / mask", pad=3)
+        elif r == 1 and mask is not None:
+            _show_input(ax, d["image"], mask, outline=True)
+            ax.set_xlabel("mask outline", labelpad=2, fontsize=7)
+        else:
+            ax.axis("off")
+        for k in range(cols):
+            ax = fig.add_subplot(grid[r, k + 2])
+            if k >= d["maps"][layer].shape[0]:
+                ax.axis("off")
+                continue
+            _show_map(ax, d["maps"][layer][k])
+            if r == 0:
+                ax.set_title(_choice_label(method, header[k]), pad=3)
+            elif mixed:
+                ax.set_title(_choice_label(method, d["names"][layer][k]), pad=1, fontsize=6)
+            if k == 0:
+                ax.set_ylabel(f"L{layer}", rotation=0, ha="right", va="center", labelpad=4)
+    label_x = (left + cell + gap + label_w / 2) / width
+    fig.text(label_x, 1 - (top - 0.045) / height, "layer", ha="center", va="bottom", fontsize=8)
+    fig.text(0.5, 1 - 0.04 / height, title, ha="center", va="top", fontsize=8)
+    fig.text(left / width, 0.06 / height, "rows: layer (0 = first block); each map min–max scaled on its own",
+             ha="left", va="bottom", fontsize=6.5, color="0.3")
+    bar_h = min(len(layers) * cell, 2.0)
+    _colorbar(fig, [(left + body_w + 0.12) / width, 1 - (top + bar_h) / height, 0.1 / width, bar_h / height],
+              "map value")
+    return fig
+
+
+@_styled
+def metric_vs_layer(source: Study | Path | str, out: Path | str | None = None,
+                    formats: Sequence[str] = ("png", "pdf"), metrics: Iterable[str] = METRICS) -> list[Path]:
+    """One figure per metric: metric against layer, one line per (model, method).
+
+    Mean over images with a 95% bootstrap confidence band. Map per line: the head mean for
+    ``cls_attention``; otherwise the head or reduction with the best mean of that metric over all
+    layers (highest; lowest for entropy). Rows of each series' smallest threshold; no ``best`` rows.
+    """
+    import seaborn as sns
+
+    study = _as_study(source)
+    out = _out_dir(study, out)
+    colours = _colours(study)
+    rows = _smallest_threshold(study.df[study.df["head"] != "best"])
+    paths: list[Path] = []
+    for metric in metrics:
+        if metric not in rows.columns or rows[metric].notna().sum() == 0:
+            log.info("metric_vs_layer: no %s values (no masks?), skipped", metric)
+            continue
+        frames, palette = [], {}
+        for series, part in rows.dropna(subset=[metric]).groupby("series"):
+            method = part["method"].iloc[0]
+            head = _line_head(part, method, metric)
+            label = f"{series}{SEP}{_choice_label(method, head)}"
+            if metric == "iou" and rows["threshold"].nunique() > 1:
+                label += f"{SEP}thr {part['threshold'].iloc[0]:g}"
+            frames.append(_per_image(part[part["head"] == head], ["layer"], metric).assign(label=label))
+            palette[label] = colours[series]
+        data = pd.concat(frames, ignore_index=True)
+        fig = Figure(figsize=(3.6, 2.5))
+        ax = fig.add_subplot()
+        sns.lineplot(data=data, x="layer", y=metric, hue="label", style="label", palette=palette, markers=True,
+                     dashes=False, errorbar=("ci", 95), n_boot=1000, seed=0, ax=ax, err_kws={"linewidth": 0})
+        if metric == "auroc":
+            ax.axhline(0.5, color="0.4", linewidth=0.7, linestyle="--", zorder=0)
+            ax.text(ax.get_xlim()[1], 0.5, " chance", va="center", ha="left", fontsize=6, color="0.4")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(LAYER_LABEL)
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+        ax.set_title(f"{METRIC_NAMES.get(metric, metric)} by layer (mean over images, 95% CI)", pad=4)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, ncol=1, title=None)
+        paths += _save(fig, out, f"metric_vs_layer_{_slug(metric)}", formats)
+    return paths
+
+
+def _line_head(part: pd.DataFrame, method: str, metric: str) -> str:
+    heads = list(dict.fromkeys(part["head"]))
+    if method == "cls_attention" and "mean" in heads:
+        return "mean"
+    means = part.groupby("head")[metric].mean()
+    return str(means.idxmin() if metric in LOWER_IS_BETTER else means.idxmax())
+
+
+def _depth_layers(layers: Sequence[int]) -> list[int]:
+    """The saved layers nearest to the fractions ``DEPTHS`` of the depth (max layer + 1), unique."""
+    layers = sorted(set(layers))
+    n = layers[-1] + 1
+    picked = []
+    for f in DEPTHS:
+        target = max(math.ceil(f * n) - 1, 0)
+        best = min(layers, key=lambda x: (abs(x - target), -x))
+        if best not in picked:
+            picked.append(best)
+    return sorted(picked)
+
+
+def _first_or_mean(names: Sequence[str]) -> int:
+    names = list(names)
+    return names.index("mean") if "mean" in names else 0
+
+
+@_styled
+def vit_vs_cnn(source: Study | Path | str, out: Path | str | None = None,
+               formats: Sequence[str] = ("png", "pdf"), max_images: int = 3) -> list[Path]:
+    """ViT and CNN maps of the same images at comparable relative depths, side by side.
+
+    For each (ViT series, CNN series) pair sharing saved images: rows = up to ``max_images``
+    images, columns = input, ViT maps (head mean, or the first map) and CNN maps (first map) at the
+    saved layers nearest 25/50/75/100% of each model's depth (its deepest saved layer + 1).
+    """
+    study = _as_study(source)
+    out = _out_dir(study, out)
+    vits = [s for s in study.series() if study.info(s)["kind"] == "vit"]
+    cnns = [s for s in study.series() if study.info(s)["kind"] == "cnn"]
+    if not vits or not cnns:
+        log.info("vit_vs_cnn: needs a ViT run and a CNN run (found %d ViT, %d CNN), skipped", len(vits), len(cnns))
+        return []
+    paths: list[Path] = []
+    for v in vits:
+        for c in cnns:
+            vi, ci = study.saved_images(v), study.saved_images(c)
+            common = vi.merge(ci[["image", "dataset"]], on=["image", "dataset"])
+            chosen = _pick_images(common, max_images)
+            if not chosen:
+                log.info("vit_vs_cnn: %s and %s share no image with saved maps, skipped", v, c)
+                continue
+            fig = _pair_figure(study, v, c, chosen)
+            paths += _save(fig, out, f"vit_vs_cnn_{_slug(v)}__{_slug(c)}", formats)
+    return paths
+
+
+def _pair_figure(study: Study, v: str, c: str, images: list[str]) -> Figure:
+    first = {s: study.maps(s, images[0]) for s in (v, c)}
+    depth = {s: _depth_layers(list(first[s]["maps"])) for s in (v, c)}
+    pick = {s: _first_or_mean(first[s]["names"][depth[s][0]]) for s in (v, c)}
+    nv, nc = len(depth[v]), len(depth[c])
+    cell, spacer, left, top = 0.8, 0.14, 0.95, 0.5
+    ratios = [1, spacer / cell, *([1] * nv), spacer / cell, *([1] * nc)]
+    width = left + cell * sum(ratios) + 0.6
+    height = top + cell * len(images) + 0.06 * (len(images) - 1) + 0.05
+    fig = Figure(figsize=(width, height))
+    grid = fig.add_gridspec(len(images), len(ratios), width_ratios=ratios, left=left / width, right=1 - 0.6 / width,
+                            top=1 - top / height, bottom=0.05 / height, wspace=0.06, hspace=0.06)
+    for r, image in enumerate(images):
+        ax = fig.add_subplot(grid[r, 0])
+        d = study.maps(v, image)
+        _show_input(ax, d["image"], d["mask"], outline=True)
+        category = d["meta"].get("category") or ""
+        ax.set_ylabel(f"{image}\n({category})" if category else image, fontsize=6.5, labelpad=3)
+        if r == 0:
+            ax.set_title("input / mask", pad=3)
+        for s, offset, tag in ((v, 2, "ViT"), (c, 3 + nv, "CNN")):
+            d = study.maps(s, image)
+            for j, layer in enumerate(depth[s]):
+                ax = fig.add_subplot(grid[r, offset + j])
+                if layer in d["maps"]:
+                    k = _first_or_mean(d["names"][layer])
+                    _show_map(ax, d["maps"][layer][k])
+                else:
+                    ax.axis("off")
+                if r == 0:
+                    ax.set_title(f"{tag} L{layer}", pad=3)
+    describe = {s: f"{s}, {_choice_label(study.info(s)['method'], first[s]['names'][depth[s][0]][pick[s]])}"
+                for s in (v, c)}
+    fig.suptitle(f"ViT: {describe[v]}   |   CNN: {describe[c]}\n"
+                 f"layers at ~25/50/75/100% of each model's depth", y=1 - 0.04 / height, va="top", fontsize=7.5)
+    bar_h = min(cell * len(images), 1.6)
+    _colorbar(fig, [1 - 0.5 / width, 1 - (top + bar_h) / height, 0.09 / width, bar_h / height],
+              "map value (min–max per map)")
+    return fig
+
+
+@_styled
+def threshold_curves(source: Study | Path | str, out: Path | str | None = None,
+                     formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """IoU against the threshold, per (model, method), at its best layer (by mean IoU).
+
+    Map: the head mean for ``cls_attention``, else the first map. Mean over images, 95% CI.
+    One figure per threshold rule; series with a single threshold are left out.
+    """
+    import seaborn as sns
+
+    study = _as_study(source)
+    out = _out_dir(study, out)
+    colours = _colours(study)
+    rows = study.df[(study.df["head"] != "best")].dropna(subset=["iou", "threshold"])
+    if rows.empty:
+        log.info("threshold_curves: no IoU values (no masks?), skipped")
+        return []
+    paths: list[Path] = []
+    for rule, by_rule in rows.groupby("threshold_rule"):
+        frames, palette = [], {}
+        for series, part in by_rule.groupby("series"):
+            if part["threshold"].nunique() < 2:
+                continue
+            method = part["method"].iloc[0]
+            heads = list(dict.fromkeys(part["head"]))
+            head = "mean" if method == "cls_attention" and "mean" in heads else heads[0]
+            part = part[part["head"] == head]
+            layer = int(_per_image(part, ["layer"], "iou").groupby("layer")["iou"].mean().idxmax())
+            label = f"{series}{SEP}{_choice_label(method, head)}{SEP}L{layer}"
+            frames.append(_per_image(part[part["layer"] == layer], ["threshold"], "iou").assign(label=label))
+            palette[label] = colours[series]
+        if not frames:
+            log.info("threshold_curves: only one threshold per run (rule %s), skipped", rule)
+            continue
+        data = pd.concat(frames, ignore_index=True)
+        fig = Figure(figsize=(3.6, 2.5))
+        ax = fig.add_subplot()
+        sns.lineplot(data=data, x="threshold", y="iou", hue="label", style="label", palette=palette, markers=True,
+                     dashes=False, errorbar=("ci", 95), n_boot=1000, seed=0, ax=ax, err_kws={"linewidth": 0})
+        thresholds = sorted(data["threshold"].unique())
+        if len(thresholds) <= 10:
+            ax.set_xticks(thresholds)
+        attention = all(study.info(s)["method"] == "cls_attention" for s in by_rule["series"].unique())
+        ax.set_xlabel({"keep_mass": f"kept {'attention' if attention else 'map'} mass (threshold, fraction)",
+                       "minmax": "min–max level (threshold, 0–1)"}.get(rule, f"threshold ({rule})"))
+        ax.set_ylabel(METRIC_LABELS["iou"])
+        ax.set_title("IoU vs threshold at each model's best layer (mean, 95% CI)", pad=4)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, ncol=1, title=None)
+        paths += _save(fig, out, f"threshold_curves_{_slug(rule)}", formats)
+    return paths
+
+
+@_styled
+def best_map_overlays(source: Study | Path | str, out: Path | str | None = None,
+                      formats: Sequence[str] = ("png", "pdf"), max_images: int = 3) -> list[Path]:
+    """Per defect type, the (model, method, layer, head) with the best mean AUROC (else IoU).
+
+    Its map, bilinear-upsampled to the image and min-max scaled, is laid over up to
+    ``max_images`` images of that type (alpha 0.5, 'inferno') with the mask outline. Only
+    candidates whose maps were saved compete; ``best`` rows are left out.
+    """
+    study = _as_study(source)
+    out = _out_dir(study, out)
+    rows = _smallest_threshold(study.df[study.df["head"] != "best"])
+    rows = rows[~rows["category"].isin(["good", ""])]
+    metric = next((m for m in ("auroc", "iou") if m in rows.columns and rows[m].notna().any()), None)
+    if metric is None:
+        log.info("best_map_overlays: no AUROC or IoU values for a defect category (no masks?), skipped")
+        return []
+    saved = study.images[study.images["saved"]][["series", "image"]].drop_duplicates()
+    rows = rows.merge(saved, on=["series", "image"])
+    if rows.empty:
+        log.info("best_map_overlays: no saved maps for the defect images, skipped")
+        return []
+    paths: list[Path] = []
+    keys = ["series", "layer", "head"]
+    for category, part in rows.groupby("category"):
+        scores = _per_image(part, keys, metric).groupby(keys)[metric].mean()
+        if scores.empty:
+            continue
+        (series, layer, head), value = scores.idxmax(), float(scores.max())
+        info = study.info(series)
+        candidates = sorted(part.loc[part["series"] == series, "image"].unique())
+        spread = np.unique(np.linspace(0, len(candidates) - 1, min(max_images, len(candidates))).round().astype(int))
+        examples = [candidates[i] for i in spread]  # spread over the sorted ids (textures, folders)
+        drawn = []
+        for image in examples:
+            d = study.maps(series, image)
+            names = list(d["names"].get(int(layer), []))
+            if int(layer) in d["maps"] and head in names:
+                drawn.append((image, d, d["maps"][int(layer)][names.index(head)]))
+        if not drawn:
+            log.info("best_map_overlays: %s: the maps of %s L%s %s were not saved, skipped", category, series,
+                     layer, head)
+            continue
+        who = series.replace(f"{SEP}{info['method']}", "", 1)
+        what = f"head {head}" if info["method"] == "cls_attention" else f"{info['method']} {head}"
+        title = f"{category}: {who}{SEP}L{int(layer)}{SEP}{what} ({METRIC_NAMES[metric]} {value:.2f})"
+        fig = Figure(figsize=(1.75 * len(drawn) + 0.5, 2.15))
+        axes = fig.subplots(1, len(drawn), squeeze=False)[0]
+        fig.subplots_adjust(wspace=0.05, left=0.02, right=1 - 0.45 / (1.75 * len(drawn) + 0.5), top=0.82,
+                            bottom=0.08)
+        for ax, (image, d, m) in zip(axes, drawn):
+            ax.imshow(d["image"], interpolation="bilinear")
+            ax.imshow(_minmax(_upsample(m, d["image"].shape[:2])), cmap=CMAP, alpha=0.5, vmin=0, vmax=1,
+                      interpolation="bilinear")
+            if d["mask"] is not None and d["mask"].any() and not d["mask"].all():
+                ax.contour(d["mask"].astype(np.float32), levels=[0.5], colors=[OUTLINE], linewidths=0.6)
+            _bare(ax)
+            ax.set_xlabel(image, fontsize=6.5, labelpad=2)
+        fig.suptitle(title, fontsize=8, y=0.97)
+        pos = axes[-1].get_position()
+        _colorbar(fig, [pos.x1 + 0.02, pos.y0, 0.08 / fig.get_figwidth(), pos.height], "map value")
+        paths += _save(fig, out, f"best_map_{_slug(category)}", formats)
+    return paths
+
+
+def make_all(folder: Path | str, out: Path | str | None = None, formats: Sequence[str] = ("png", "pdf"),
+             max_images: int = 4, metrics: Iterable[str] = METRICS,
+             kinds: Iterable[str] = KINDS) -> dict[str, list[Path]]:
+    """Every figure kind for a run or multirun folder.
+
+    Args:
+        folder: a run folder (``results.csv`` + ``maps/``) or a folder above several.
+        out: where figures go; default ``<folder>/figures_paper``.
+        formats: file formats (suffixes matplotlib knows: png, pdf, svg, ...).
+        max_images: images per (model, method) in the layer x head grids.
+        metrics: metrics for ``metric_vs_layer``.
+        kinds: which figure kinds.
+
+    Returns:
+        kind -> paths written (empty when the kind was skipped; the reason is logged).
+
+    Raises:
+        FileNotFoundError: no such folder, or no ``results.csv`` below it.
+        ValueError: an unknown format, kind or metric.
+    """
+    formats = tuple(formats)
+    supported = Figure().canvas.get_supported_filetypes()
+    bad = [f for f in formats if f not in supported]
+    if bad or not formats:
+        raise ValueError(f"--formats {' '.join(bad) or '(none)'}: expected some of {', '.join(sorted(supported))}")
+    kinds = tuple(kinds)
+    if unknown := [k for k in kinds if k not in KINDS]:
+        raise ValueError(f"--kinds {' '.join(unknown)}: expected some of {', '.join(KINDS)}")
+    study = Study(folder)
+    metrics = tuple(metrics)
+    if unknown := [m for m in metrics if m not in study.df.columns or m not in METRIC_LABELS]:
+        raise ValueError(f"--metric {' '.join(unknown)}: expected some of {', '.join(METRIC_LABELS)}")
+    out = _out_dir(study, out)
+    calls = {
+        "layer_head_grids": lambda: layer_head_grids(study, out, formats, max_images),
+        "metric_vs_layer": lambda: metric_vs_layer(study, out, formats, metrics),
+        "vit_vs_cnn": lambda: vit_vs_cnn(study, out, formats, min(max_images, 3)),
+        "threshold_curves": lambda: threshold_curves(study, out, formats),
+        "best_map_overlays": lambda: best_map_overlays(study, out, formats, min(max_images, 3)),
+    }
+    return {kind: calls[kind]() for kind in kinds}

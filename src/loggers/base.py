@@ -1,0 +1,32 @@
+"""The logger interface a study calls; the base class logs nothing (``logger=none``)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from omegaconf import DictConfig
+
+
+class Logger:
+    """No-op logger; subclasses send a study to an experiment tracker."""
+
+    max_images = 0
+
+    def start(self, cfg: DictConfig, out_dir: Path, model: str, method: str) -> None:
+        """Called once the model and method are known, before the first image."""
+
+    def wants_maps(self) -> bool:
+        """Whether ``log_maps`` would still use another image (lets the study skip preparing it)."""
+        return False
+
+    def log_maps(self, image_id: str, category: str, image: np.ndarray, mask: np.ndarray | None,
+                 maps: Mapping[int, np.ndarray], names: Mapping[int, Sequence[str]],
+                 kept: Mapping[int, np.ndarray]) -> None:
+        """One image's maps (layer -> (K, h, w)) and thresholded masks (layer -> (K, S, S))."""
+
+    def log_results(self, results_csv: Path) -> None:
+        """The finished results table."""
+
+    def finish(self, ok: bool) -> None:
+        """Always called, also after an error (``ok=False``)."""
