@@ -194,7 +194,8 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
                     target = Target(mask, valid) if mask is not None else None
                     meta = {"image": sample.id, "group": sample.group or sample.id, "category": sample.category,
                             "dataset": cfg.data.get("name", ""), "model": backbone.name, "kind": backbone.kind,
-                            "img_size": size, "method": method.name, "threshold_rule": plan.scoring.rule,
+                            "num_layers": backbone.num_layers, "img_size": size, "method": method.name,
+                            "threshold_rule": plan.scoring.rule,
                             "mask_fraction": target.fraction if target is not None else None}
                     if probs is not None and backbone.labels:
                         p, c = probs[b].max(-1)

@@ -97,3 +97,14 @@ def test_cls_attention_on_a_cnn_is_rejected():
     cfg = compose("model=tiny_cnn", "method=cls_attention")
     with pytest.raises(ValueError, match="method=cls_attention does not apply to model tiny_cnn"):
         plan_study(cfg, instantiate(cfg.model, _convert_="all"))
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_its_models_exist(name):
+    cfg = compose(f"experiment={name}")
+    assert cfg.model.name in MODELS
+    text = (CONF / "experiment" / f"{name}.yaml").read_text()
+    assert text.startswith("# @package _global_")
+    for line in text.splitlines():  # models named in the sweep exist as configs
+        if line.strip().startswith("model:") and "," in line:
+            assert set(line.split(":", 1)[1].strip().split(",")) <= set(MODELS), line

@@ -421,10 +421,13 @@ def _line_head(part: pd.DataFrame, method: str, metric: str) -> str:
     return str(means.idxmin() if metric in LOWER_IS_BETTER else means.idxmax())
 
 
-def _depth_layers(layers: Sequence[int]) -> list[int]:
-    """The saved layers nearest to the fractions ``DEPTHS`` of the depth (max layer + 1), unique."""
+def _depth_layers(layers: Sequence[int], num_layers: int | None = None) -> list[int]:
+    """The saved layers nearest to the fractions ``DEPTHS`` of the model's depth, unique.
+
+    The depth is the model's layer count where the run recorded it, else the deepest saved layer + 1.
+    """
     layers = sorted(set(layers))
-    n = layers[-1] + 1
+    n = int(num_layers) if num_layers else layers[-1] + 1
     picked = []
     for f in DEPTHS:
         target = max(math.ceil(f * n) - 1, 0)
@@ -471,7 +474,7 @@ def vit_vs_cnn(source: Study | Path | str, out: Path | str | None = None,
 
 def _pair_figure(study: Study, v: str, c: str, images: list[str]) -> Figure:
     first = {s: study.maps(s, images[0]) for s in (v, c)}
-    depth = {s: _depth_layers(list(first[s]["maps"])) for s in (v, c)}
+    depth = {s: _depth_layers(list(first[s]["maps"]), first[s]["meta"].get("num_layers")) for s in (v, c)}
     pick = {s: _first_or_mean(first[s]["names"][depth[s][0]]) for s in (v, c)}
     nv, nc = len(depth[v]), len(depth[c])
     cell, spacer, left, top = 0.8, 0.14, 0.95, 0.5

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 COLUMNS = (
-    "image", "group", "category", "dataset", "model", "kind", "img_size", "layer", "grid_h", "grid_w",
+    "image", "group", "category", "dataset", "model", "kind", "num_layers", "img_size", "layer", "grid_h", "grid_w",
     "method", "head", "threshold_rule", "threshold",
     "iou", "iou_oracle", "auroc", "aupro", "mass_in_mask", "mass_ratio", "pointing", "entropy",
     "score_max", "score_topk", "mask_fraction", "best_head", "pred_label", "pred_prob",
