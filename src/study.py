@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -19,6 +20,7 @@ from .figures.grid import layer_head_grid
 from .loggers import Logger
 from .maps import threshold_maps, upsample
 from .maps.methods import MapMethod
+from .results.cache import MapCache, config_key, image_key
 from .results.maps_io import save_maps
 from .results.table import ResultsWriter
 from .scoring import ScoreOptions, Target, score_layer
@@ -64,6 +66,12 @@ def plan_study(cfg: DictConfig, backbone: Backbone) -> Plan:
     heads = select_indices(as_plain(cfg.head), method.num_maps(), "head")
     if int(cfg.batch_size) < 1:
         raise ValueError(f"batch_size={cfg.batch_size}: expected an int >= 1")
+    if int(cfg.num_workers) < 0:
+        raise ValueError(f"num_workers={cfg.num_workers}: expected an int >= 0")
+    if cfg.precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision={cfg.precision}: expected fp32, bf16 or fp16")
+    if cfg.precision != "fp32" and resolve_device(cfg.device).type != "cuda":
+        raise ValueError(f"precision={cfg.precision} needs a GPU (device=cuda or auto with CUDA); use precision=fp32")
     return Plan(method, layers, heads, ScoreOptions.from_config(cfg))
 
 
@@ -122,6 +130,10 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
         Path of ``results.csv``.
     """
     out_dir = Path(out_dir)
+    done = previous_progress(cfg, out_dir)
+    if done is None:
+        log.info("%s already holds this finished run; skipped (resume=false to refuse instead)", out_dir)
+        return out_dir / "results.csv"
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     torch.manual_seed(int(cfg.seed))
@@ -141,7 +153,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
     logger.start(cfg, out_dir, backbone.name, method.name)
     ok = False
     try:
-        stats = _study_loop(cfg, out_dir, plan, backbone, dataset, device, logger)
+        stats = _study_loop(cfg, out_dir, plan, backbone, dataset, device, logger, done)
         write_summary(out_dir, {"complete": True, "model": backbone.name, "method": method.name,
                                 "layers": plan.layers, "seconds": round(time.perf_counter() - t0, 3), **stats})
         ok = True
@@ -169,67 +181,205 @@ def is_complete(out_dir: Path) -> bool:
     return (Path(out_dir) / SUMMARY).exists()
 
 
+class Prepared(torch.utils.data.Dataset):
+    """Dataset items resized for the model; runs in DataLoader workers when ``num_workers`` > 0."""
+
+    def __init__(self, dataset: Any, size: int):
+        self.dataset, self.size = dataset, size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.dataset[i]
+        x, mask, valid = to_input(s, self.size)
+        return {"id": s.id, "group": s.group or s.id, "category": s.category, "x": x, "mask": mask, "valid": valid}
+
+
+def _as_list(items: list) -> list:
+    return items
+
+
+def autocast(device: torch.device, precision: str):
+    """fp32 (no autocast), or bf16/fp16 autocast on CUDA; maps are computed in fp32 either way."""
+    from contextlib import nullcontext
+
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+class MapSource:
+    """Maps for a batch: from the map cache where every image is there, else from one backbone pass."""
+
+    def __init__(self, backbone: Backbone, plan: Plan, device: torch.device, precision: str,
+                 cache: MapCache | None):
+        self.backbone, self.plan, self.device, self.precision, self.cache = backbone, plan, device, precision, cache
+        self.calls, self.seconds = 0, 0.0
+
+    def __call__(self, items: list[dict]) -> tuple[list[dict[int, torch.Tensor]], list[torch.Tensor | None]]:
+        """Per image: layer -> (K, h, w) float32 maps, and its logits (C,) or None."""
+        layers = self.plan.layers
+        keys = [image_key(to_uint8(item["x"])) for item in items] if self.cache else [None] * len(items)
+        found = [self.cache.get(k, layers) if self.cache else None for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            x = torch.stack([items[i]["x"] for i in missing]).to(self.device, non_blocking=True)
+            t0 = time.perf_counter()
+            with autocast(self.device, self.precision):
+                method = self.plan.method
+                captured, logits = self.backbone.extract(x, method.capture_layers(layers), method.capture)
+                maps = method.maps(captured)
+            maps = {layer: maps[layer].float().cpu() for layer in layers}
+            logits = logits.float().cpu() if logits is not None else None
+            self.seconds += time.perf_counter() - t0
+            self.calls += 1
+            for j, i in enumerate(missing):
+                found[i] = ({layer: m[j] for layer, m in maps.items()}, logits[j] if logits is not None else None)
+                if self.cache:
+                    self.cache.put(keys[i], found[i][0], found[i][1])
+        return [f[0] for f in found], [f[1] for f in found]
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(3, S, S) float in [0, 1] -> (S, S, 3) uint8 (exact for inputs made from uint8 images)."""
+    return (x.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+
+
+def build_cache(cfg: DictConfig, method: MapMethod) -> MapCache | None:
+    """The map cache for this run, or None (disabled, or a method that learns from other images)."""
+    if not cfg.cache.enabled or method.needs_references:
+        return None
+    from .backbones.bundled import cache_dir
+
+    root = Path(cfg.cache.dir).expanduser() if cfg.cache.dir else cache_dir() / "maps"
+    key = config_key(OmegaConf.to_container(cfg.model, resolve=True),
+                     OmegaConf.to_container(cfg.method, resolve=True), int(cfg.seed))
+    return MapCache(root, key, float(cfg.cache.max_gb))
+
+
+DONE = "done.txt"
+
+
+def _comparable(cfg: DictConfig) -> dict:
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("progress", "resume", "num_workers"):
+        c.pop(key, None)
+    return c
+
+
+def previous_progress(cfg: DictConfig, out_dir: Path) -> set[str] | None:
+    """What an earlier run left in ``out_dir``: the finished image ids to skip, or None if it is all done.
+
+    A finished or interrupted run of the same config is resumed (``resume=true``): images
+    already scored are kept and skipped, and rows of an image cut off half-way are dropped.
+
+    Raises:
+        ValueError: the folder holds results of another config, or ``resume=false`` and it
+            holds results; nothing is overwritten.
+    """
+    results = out_dir / "results.csv"
+    if not results.exists() or results.stat().st_size == 0:
+        return set()
+    saved = out_dir / "config.yaml"
+    same = saved.exists() and _comparable(OmegaConf.load(saved)) == _comparable(cfg)
+    if not same:
+        raise ValueError(f"{out_dir} holds results of another configuration; choose another output folder "
+                         "(hydra.run.dir=... or hydra.sweep.dir=...); nothing was changed")
+    if not cfg.resume:
+        raise ValueError(f"{out_dir} already holds results and resume=false; choose another output folder")
+    if is_complete(out_dir):
+        return None
+    done_file = out_dir / DONE
+    done = set(done_file.read_text().split()) if done_file.exists() else set()
+    import pandas as pd
+
+    rows = pd.read_csv(results, dtype=str, keep_default_na=False)
+    kept = rows[rows["image"].isin(done)]
+    if len(kept) != len(rows):  # drop rows of an image whose writing was cut off
+        tmp = results.with_suffix(".tmp")
+        kept.to_csv(tmp, index=False)
+        tmp.replace(results)
+    log.info("resuming %s: %d images already done", out_dir, len(done))
+    return done
+
+
 def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, dataset: Any, device: torch.device,
-                logger: Logger) -> dict:
+                logger: Logger, done: set[str]) -> dict:
     method = plan.method
     fit_references(plan, backbone, dataset, int(cfg.batch_size), device)
     all_names = method.map_names()
     names = [all_names[h] for h in plan.heads] + (["mean"] if method.head_mean else [])
+    cache = build_cache(cfg, method)
+    source = MapSource(backbone, plan, device, cfg.precision, cache)
+    loader = torch.utils.data.DataLoader(
+        Prepared(dataset, backbone.img_size), batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers),
+        collate_fn=_as_list, pin_memory=device.type == "cuda")
     writer = ResultsWriter(out_dir / "results.csv")
-    size = backbone.img_size
     n_figures = 0
-    t_forward = 0.0
     try:
-        with tqdm(total=len(dataset), desc=backbone.name, unit="img", disable=not cfg.progress) as bar:
-            for batch in batches(dataset, int(cfg.batch_size)):
-                inputs = [to_input(s, size) for s in batch]
-                x = torch.stack([i[0] for i in inputs]).to(device)
-                t1 = time.perf_counter()
-                captured, logits = backbone.extract(x, plan.layers, method.capture)
-                layer_maps = {layer: m.cpu() for layer, m in method.maps(captured).items()}
-                t_forward += time.perf_counter() - t1
-                probs = logits.float().softmax(-1).cpu() if logits is not None else None
-                for b, sample in enumerate(batch):
-                    _, mask, valid = inputs[b]
-                    target = Target(mask, valid) if mask is not None else None
-                    meta = {"image": sample.id, "group": sample.group or sample.id, "category": sample.category,
-                            "dataset": cfg.data.get("name", ""), "model": backbone.name, "kind": backbone.kind,
-                            "num_layers": backbone.num_layers, "img_size": size, "method": method.name,
-                            "threshold_rule": plan.scoring.rule,
-                            "mask_fraction": target.fraction if target is not None else None}
-                    if probs is not None and backbone.labels:
-                        p, c = probs[b].max(-1)
-                        meta.update(pred_label=backbone.labels[int(c)], pred_prob=float(p))
-                    rows, saved = [], {}
-                    for layer, maps in layer_maps.items():
-                        chosen = maps[b][plan.heads]
-                        if method.head_mean:
-                            chosen = torch.cat([chosen, maps[b].mean(0, keepdim=True)])
-                        saved[layer] = chosen.numpy()
-                        for row in score_layer(chosen, names, target, plan.scoring):
-                            rows.append({**meta, "layer": layer, "grid_h": chosen.shape[-2],
-                                         "grid_w": chosen.shape[-1], **row})
-                    writer.write(rows)
-                    image_u8 = (inputs[b][0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-                    mask_np = mask.numpy() if mask is not None else None
-                    if cfg.save_maps:
-                        save_maps(out_dir / "maps" / f"{sample.id}.npz", image_u8, mask_np, saved,
-                                  {layer: names for layer in saved}, meta,
-                                  valid=valid.numpy() if valid is not None else None)
-                    if logger.wants_maps():
-                        first = plan.scoring.thresholds[0]
-                        kept = {layer: upsample(threshold_maps(torch.from_numpy(m), first, plan.scoring.rule),
-                                                (size, size)).numpy() for layer, m in saved.items()}
-                        logger.log_maps(sample.id, sample.category, image_u8, mask_np, saved,
-                                        {layer: names for layer in saved}, kept)
-                    if cfg.figures.grid and n_figures < int(cfg.figures.max_images):
-                        layer_head_grid(image_u8, mask_np, saved, {layer: names for layer in saved},
-                                        f"{sample.id} | {backbone.name} | {method.name}",
-                                        out_dir / "figures" / f"{sample.id}_grid.png")
-                        n_figures += 1
+        with tqdm(total=len(dataset), desc=backbone.name, unit="img", disable=not cfg.progress) as bar, \
+                open(out_dir / DONE, "a") as done_file:
+            bar.update(len(done))
+            for items in loader:
+                items = [item for item in items if item["id"] not in done]
+                if not items:
+                    continue
+                per_image, logits = source(items)
+                for item, maps, image_logits in zip(items, per_image, logits):
+                    n_figures += _record(cfg, out_dir, plan, backbone, names, item, maps, image_logits, writer,
+                                         logger, draw=n_figures < int(cfg.figures.max_images))
+                    done_file.write(item["id"] + "\n")  # after its rows are flushed: the image is finished
+                    done_file.flush()
                     bar.update(1)
     finally:
         writer.close()
-    log.info("backbone + maps %.2fs for %d images (%.3fs/img); %d rows -> %s", t_forward, len(dataset),
-             t_forward / max(len(dataset), 1), writer.rows, out_dir / "results.csv")
-    return {"images": len(dataset), "rows": writer.rows, "backbone_seconds": round(t_forward, 3)}
+    stats = {"images": len(dataset), "rows": writer.rows, "backbone_calls": source.calls,
+             "backbone_seconds": round(source.seconds, 3)}
+    if cache is not None:
+        stats.update(cache_hits=cache.hits, cache_misses=cache.misses, cache_evicted=cache.evict())
+        log.info("map cache: %d hits, %d misses (%s)", cache.hits, cache.misses, cache.dir)
+    log.info("backbone + maps %.2fs in %d calls for %d images; %d rows -> %s", source.seconds, source.calls,
+             len(dataset), writer.rows, out_dir / "results.csv")
+    return stats
+
+
+def _record(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, names: list[str], item: dict,
+            maps: dict[int, torch.Tensor], logits: torch.Tensor | None, writer: ResultsWriter, logger: Logger,
+            draw: bool) -> int:
+    """Score, save and draw one image's maps; returns 1 when a grid figure was drawn."""
+    method, size = plan.method, backbone.img_size
+    mask, valid = item["mask"], item["valid"]
+    target = Target(mask, valid) if mask is not None else None
+    meta = {"image": item["id"], "group": item["group"], "category": item["category"],
+            "dataset": cfg.data.get("name", ""), "model": backbone.name, "kind": backbone.kind,
+            "num_layers": backbone.num_layers, "img_size": size, "method": method.name,
+            "threshold_rule": plan.scoring.rule, "mask_fraction": target.fraction if target is not None else None}
+    if logits is not None and backbone.labels:
+        p, c = logits.softmax(-1).max(-1)
+        meta.update(pred_label=backbone.labels[int(c)], pred_prob=float(p))
+    rows, saved = [], {}
+    for layer, layer_maps in maps.items():
+        chosen = layer_maps[plan.heads]
+        if method.head_mean:
+            chosen = torch.cat([chosen, layer_maps.mean(0, keepdim=True)])
+        saved[layer] = chosen.numpy()
+        for row in score_layer(chosen, names, target, plan.scoring):
+            rows.append({**meta, "layer": layer, "grid_h": chosen.shape[-2], "grid_w": chosen.shape[-1], **row})
+    writer.write(rows)
+    image_u8 = to_uint8(item["x"])
+    mask_np = mask.numpy() if mask is not None else None
+    all_names = {layer: names for layer in saved}
+    if cfg.save_maps:
+        save_maps(out_dir / "maps" / f"{item['id']}.npz", image_u8, mask_np, saved, all_names, meta,
+                  valid=valid.numpy() if valid is not None else None)
+    if logger.wants_maps():
+        first = plan.scoring.thresholds[0]
+        kept = {layer: upsample(threshold_maps(torch.from_numpy(m), first, plan.scoring.rule), (size, size)).numpy()
+                for layer, m in saved.items()}
+        logger.log_maps(item["id"], item["category"], image_u8, mask_np, saved, all_names, kept)
+    if draw and cfg.figures.grid:
+        layer_head_grid(image_u8, mask_np, saved, all_names, f"{item['id']} | {backbone.name} | {method.name}",
+                        out_dir / "figures" / f"{item['id']}_grid.png")
+        return 1
+    return 0

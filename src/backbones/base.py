@@ -123,4 +123,4 @@ class Backbone(nn.Module):
         missing = [layer for layer in layers if layer not in store]
         if missing:
             raise RuntimeError(f"model {self.name}: layers {missing} were not captured during the forward pass")
-        return {layer: store[layer].float() for layer in layers}, logits
+        return {layer: store[layer] for layer in layers}, logits

@@ -15,7 +15,7 @@ class _ViT(Backbone):
     """Shared capture logic; subclasses say where q, k and block outputs live."""
 
     kind = "vit"
-    captures = ("cls_attention", "features")
+    captures = ("cls_attention", "features", "qk")
     num_prefix: int
     num_heads: int
     patch_size: int
@@ -28,6 +28,10 @@ class _ViT(Backbone):
     def _qk_modules(self, layer: int) -> tuple[nn.Module, nn.Module, float]:
         """Modules whose outputs are this layer's q and k, and the attention scale."""
         raise NotImplementedError
+
+    def attn_scale(self, layer: int) -> float:
+        """The attention scale of ``layer`` (usually head_dim ** -0.5)."""
+        return self._qk_modules(layer)[2]
 
     def _to_heads(self, t: torch.Tensor) -> torch.Tensor:
         """A q/k module output -> (B, H, N, D)."""
@@ -52,6 +56,17 @@ class _ViT(Backbone):
                     store[layer] = cls_attention(pending.pop("q"), self._to_heads(out), scale, prefix, grid)
 
                 hooks += [(q_mod, keep_q), (k_mod, use_k)]
+            elif what == "qk":  # queries and keys themselves, (B, H, N, D) each, for methods such as rollout
+                q_mod, k_mod, _ = self._qk_modules(layer)
+                pair: dict[str, torch.Tensor] = {}
+
+                def keep_q2(_m, _i, out, pair=pair):
+                    pair["q"] = self._to_heads(out)
+
+                def keep_k2(_m, _i, out, pair=pair, layer=layer):
+                    store[layer] = torch.stack([pair.pop("q"), self._to_heads(out)])  # (2, B, H, N, D)
+
+                hooks += [(q_mod, keep_q2), (k_mod, keep_k2)]
             else:
                 def keep_tokens(_m, _i, out, layer=layer):
                     tokens = out[0] if isinstance(out, tuple) else out  # (B, N, C)

@@ -47,6 +47,10 @@ class MapMethod:
     def fit(self, batches: Iterable[torch.Tensor], layers: Sequence[int], extract: Callable) -> None:
         """Learn from normal images (only methods with ``needs_references``)."""
 
+    def capture_layers(self, layers: Sequence[int]) -> list[int]:
+        """Which layers the backbone must capture to produce maps for ``layers``."""
+        return list(layers)
+
 
 class ClsAttention(MapMethod):
     """CLS-token attention of every head to the patch tokens (ViTs), plus the head mean."""
@@ -156,6 +160,74 @@ class PatchKNN(MapMethod):
             dist = torch.cat([torch.cdist(q, bank).topk(k, largest=False).values.mean(-1)
                               for q in queries.split(self.chunk)])
             out[layer] = dist.view(b, 1, h, w)
+        return out
+
+
+class Rollout(MapMethod):
+    """Attention rollout (Abnar & Zuidema 2020): attention propagated through the residual stream.
+
+    Per layer, the attention matrix is fused over heads (``mean``/``max``/``min``), the lowest
+    ``discard_ratio`` of its entries are zeroed (the CLS-to-CLS entry kept), the identity is
+    added for the residual connection (``0.5 A + 0.5 I``), rows are renormalised, and the
+    product with the previous layers' rollout is taken. The map of layer ``l`` is the CLS row
+    of the rollout up to ``l`` over the patch tokens. Only one N x N matrix per image exists
+    at a time besides the running product; per-head attention is built in query chunks.
+
+    Args:
+        head_fusion: ``mean``, ``max`` or ``min``.
+        discard_ratio: fraction of the smallest fused attention entries zeroed, in [0, 1).
+        chunk: query rows per block when building the attention matrix.
+    """
+
+    name = "rollout"
+    capture = "qk"
+
+    def __init__(self, backbone, head_fusion: str = "mean", discard_ratio: float = 0.0, chunk: int = 1024):
+        super().__init__(backbone)
+        if head_fusion not in ("mean", "max", "min"):
+            raise ValueError(f"method.head_fusion={head_fusion}: expected mean, max or min")
+        if not 0 <= float(discard_ratio) < 1:
+            raise ValueError(f"method.discard_ratio={discard_ratio}: expected a value in [0, 1)")
+        self.head_fusion, self.discard_ratio, self.chunk = head_fusion, float(discard_ratio), int(chunk)
+
+    def num_maps(self) -> int:
+        return 1
+
+    def map_names(self) -> list[str]:
+        return ["rollout"]
+
+    def capture_layers(self, layers: Sequence[int]) -> list[int]:
+        """Rollout at layer l needs every layer up to l."""
+        return list(range(max(layers) + 1))
+
+    def _fused(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+        """(B, H, N, D) q, k -> (B, N, N) attention fused over heads."""
+        rows = []
+        for qc in q.float().split(self.chunk, dim=2):
+            a = (qc * scale @ k.float().transpose(-2, -1)).softmax(-1)  # (B, H, c, N)
+            rows.append(a.mean(1) if self.head_fusion == "mean" else a.amax(1) if self.head_fusion == "max" else a.amin(1))
+        return torch.cat(rows, dim=1)
+
+    def maps(self, captured):
+        bb = self.backbone
+        prefix, grid = bb.num_prefix, bb.grid
+        rollout, out = None, {}
+        for layer in sorted(captured):
+            q, k = captured[layer]
+            a = self._fused(q, k, bb.attn_scale(layer))
+            b, n, _ = a.shape
+            if self.discard_ratio > 0:
+                flat = a.reshape(b, -1)
+                drop = int(flat.shape[1] * self.discard_ratio)
+                if drop:
+                    idx = flat.topk(drop, dim=-1, largest=False).indices
+                    flat = flat.scatter(-1, idx, 0.0)
+                    flat[:, 0] = a.reshape(b, -1)[:, 0]  # CLS->CLS is never discarded
+                a = flat.view(b, n, n)
+            a = 0.5 * a + 0.5 * torch.eye(n, device=a.device)
+            a = a / a.sum(-1, keepdim=True)
+            rollout = a if rollout is None else a @ rollout
+            out[layer] = rollout[:, 0, prefix:].reshape(b, 1, *grid)
         return out
 
 

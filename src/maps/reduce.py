@@ -45,4 +45,5 @@ def reduce_features(feat: torch.Tensor, names: list[str]) -> torch.Tensor:
     bad = [n for n in names if n not in REDUCTIONS]
     if bad or not names:
         raise ValueError(f"method.reductions={list(names)}: expected a non-empty list from {', '.join(REDUCTIONS)}")
-    return torch.cat([REDUCTIONS[n](feat).float() for n in names], dim=1)
+    feat = feat.float()  # reductions in fp32, also after bf16/fp16 autocast
+    return torch.cat([REDUCTIONS[n](feat) for n in names], dim=1)
