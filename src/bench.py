@@ -10,8 +10,9 @@ Variants, each timed in a fresh subprocess so peak memory is its own (random-ini
 - ``hf_sdpa``: transformers ViT plain forward (SDPA), to separate library from method costs;
 - ``timm_extract``: timm's ``AttentionExtract`` with fused attention off (all N x N maps).
 
-Peak memory is the growth of the process's peak RSS during the timed forwards (CPU), or
-``torch.cuda.max_memory_allocated`` above the resting allocation (GPU).
+Peak memory is the growth of the process's peak RSS during the timed forwards (CPU, with
+glibc's mmap threshold fixed so freed blocks leave RSS), or ``torch.cuda.max_memory_allocated``
+above the resting allocation (GPU).
 """
 from __future__ import annotations
 
@@ -54,8 +55,8 @@ def _build(model: str, size: int, variant: str, device: torch.device):
 
         cfg = ViTConfig(hidden_size=dim, num_hidden_layers=12, num_attention_heads=heads, intermediate_size=4 * dim,
                         patch_size=patch, image_size=size)
-        impl = "eager" if variant == "hf_eager" else "sdpa"
-        net = ViTModel(cfg, add_pooling_layer=False, attn_implementation=impl).eval().to(device)
+        cfg._attn_implementation = "eager" if variant == "hf_eager" else "sdpa"
+        net = ViTModel(cfg, add_pooling_layer=False).eval().to(device)
         if variant == "hf_eager":
             return lambda x: net(pixel_values=x, output_attentions=True).attentions
         return lambda x: net(pixel_values=x).last_hidden_state
@@ -118,7 +119,11 @@ def run_table(cases, batches, device: str, repeats: int, memory_limit_gb: float)
                     continue
                 cmd = [sys.executable, "-m", "src.bench", "--one", model, str(size), str(batch), variant,
                        "--device", device, "--repeats", str(repeats)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+                # a fixed mmap threshold makes glibc hand large blocks back on free, so peak RSS follows the
+                # live tensors instead of the allocator's history (which differs between variants)
+                env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                                      env=env)
                 if proc.returncode != 0:
                     row.update(status=f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
                 else:

@@ -48,10 +48,22 @@ def _main(cfg: DictConfig) -> None:
     try:
         results = run(cfg, out_dir)
     except (ValueError, WeightsError, FileNotFoundError) as e:
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(f"error: {e}", 2)
+    except KeyboardInterrupt:
+        fail(f"interrupted: the images finished so far are in {out_dir / 'results.csv'}; "
+             "run the same command again to resume", 130)
+    except OSError as e:  # full disk, read-only folder, ...
+        where = f" {e.filename}" if e.filename else ""
+        fail(f"error: cannot write{where}: {e.strerror or e}; free space or choose another output folder "
+             f"(hydra.run.dir=...); the finished images are kept", 2)
     print(f"results: {results}")
+
+
+def fail(message: str, code: int) -> None:
+    """One line on stderr (and in the log), then exit with ``code``: never a traceback."""
+    log.error("%s", message)
+    print(message, file=sys.stderr)
+    sys.exit(code)
 
 
 def main() -> None:

@@ -85,6 +85,20 @@ class Target:
         return float((self.mask & valid).sum() / valid.sum().clamp_min(1))
 
 
+def _notes(target: Target | None, cells: Cells | None, has_mass: bool) -> str:
+    """Why some metrics of a row are empty: undefined, not zero, and not silently missing."""
+    notes = []
+    if target is None:
+        notes.append("no mask: iou, iou_oracle, auroc, aupro, mass_in_mask, mass_ratio, pointing undefined")
+    elif cells.n_pos == 0:
+        notes.append("no defect pixels: iou_oracle, auroc, aupro, mass_ratio, pointing undefined")
+    elif cells.n_neg == 0:
+        notes.append("mask covers the whole image: auroc, aupro undefined")
+    if not has_mass:
+        notes.append("map is all zero: entropy, mass_in_mask undefined")
+    return "; ".join(notes)
+
+
 def _f(t: torch.Tensor | None, k: int) -> float | None:
     return None if t is None else float(t[k])
 
@@ -121,12 +135,13 @@ def score_layer(maps: torch.Tensor, names: list[str], target: Target | None, opt
         common.update(auroc=auroc_counts(s, cells.pos, cells.neg), aupro=aupro_counts(s, cells, opts.fpr_limit),
                       iou_oracle=iou_oracle_counts(s, cells), mass_in_mask=mass,
                       mass_ratio=mass / frac if frac > 0 else None, pointing=pointing_game_counts(s, cells))
+    notes = [_notes(target, cells if target is not None else None, bool(flat[k].abs().sum() > 0)) for k in range(len(names))]
     rows = []
     heads = [k for k, n in enumerate(names) if n != "mean"] if "mean" in names else []
     for t in opts.thresholds:
         ious = iou_counts(threshold_maps(scored, t, opts.rule).flatten(-2), cells) if target is not None else None
-        block = [{"head": name, "threshold": t, "iou": _f(ious, k), **{c: _f(v, k) for c, v in common.items()}}
-                 for k, name in enumerate(names)]
+        block = [{"head": name, "threshold": t, "iou": _f(ious, k), **{c: _f(v, k) for c, v in common.items()},
+                  "notes": notes[k]} for k, name in enumerate(names)]
         rows += block
         if ious is not None and heads:
             best = max(heads, key=lambda j: float("-inf") if ious[j] != ious[j] else float(ious[j]))

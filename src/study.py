@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from .backbones import Backbone, select_indices
 from .data.base import Sample
+from .data.images import BadImage
 from .data.transforms import to_input
 from .figures.grid import layer_head_grid
 from .loggers import Logger
@@ -68,6 +69,8 @@ def plan_study(cfg: DictConfig, backbone: Backbone) -> Plan:
         raise ValueError(f"batch_size={cfg.batch_size}: expected an int >= 1")
     if int(cfg.num_workers) < 0:
         raise ValueError(f"num_workers={cfg.num_workers}: expected an int >= 0")
+    if cfg.on_bad_image not in ("skip", "fail"):
+        raise ValueError(f"on_bad_image={cfg.on_bad_image}: expected skip or fail")
     if cfg.precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"precision={cfg.precision}: expected fp32, bf16 or fp16")
     if cfg.precision != "fp32" and resolve_device(cfg.device).type != "cuda":
@@ -108,9 +111,6 @@ def fit_references(plan: Plan, backbone: Backbone, dataset: Any, batch_size: int
     """Feed the dataset's normal reference images to a method that learns from them (patch_knn)."""
     if not plan.method.needs_references:
         return
-    if not hasattr(dataset, "references"):
-        raise ValueError(f"method={plan.method.name} needs normal reference images, which data={type(dataset).__name__} "
-                         "does not offer; use data=synthetic, data=mvtec, or data=folder with data.normal_dir")
     n = plan.method.n_references or len(dataset)
     refs = dataset.references(n)
     size = backbone.img_size
@@ -142,6 +142,10 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
     backbone: Backbone = build(cfg.model)
     plan = plan_study(cfg, backbone)
     dataset = build_dataset(cfg)
+    if plan.method.needs_references and not hasattr(dataset, "references"):
+        raise ValueError(f"method={plan.method.name} needs defect-free reference images, which data="
+                         f"{cfg.data.get('name', '?')} does not offer; use data=synthetic, data=mvtec, or data=folder "
+                         "with data.normal_dir")
     logger: Logger = build(cfg.logger)
     t0 = time.perf_counter()
     backbone.load_weights()
@@ -191,9 +195,23 @@ class Prepared(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> dict:
-        s = self.dataset[i]
+        try:
+            s = self.dataset[i]
+        except BadImage as e:  # the study skips it (or stops, with on_bad_image=fail)
+            name = self.dataset.name_of(i) if hasattr(self.dataset, "name_of") else f"item {i}"
+            return {"id": safe_name(name), "error": str(e)}
         x, mask, valid = to_input(s, self.size)
-        return {"id": s.id, "group": s.group or s.id, "category": s.category, "x": x, "mask": mask, "valid": valid}
+        sid = safe_name(s.id)
+        return {"id": sid, "group": s.group or sid, "category": s.category, "x": x, "mask": mask, "valid": valid}
+
+
+def safe_name(name: str) -> str:
+    """An image id usable as a file name inside the run folder: no separators, no '..', no hidden files."""
+    import re
+
+    parts = [p for p in re.split(r"[\\/]+", str(name)) if p not in ("", ".", "..")]
+    cleaned = re.sub(r"[^A-Za-z0-9._=+-]+", "_", "_".join(parts)).replace("..", "_").lstrip(".")
+    return cleaned or "_"
 
 
 def _as_list(items: list) -> list:
@@ -316,26 +334,40 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
         Prepared(dataset, backbone.img_size), batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers),
         collate_fn=_as_list, pin_memory=device.type == "cuda")
     writer = ResultsWriter(out_dir / "results.csv")
-    n_figures = 0
+    n_figures, no_mask, skipped = 0, 0, []
     try:
         with tqdm(total=len(dataset), desc=backbone.name, unit="img", disable=not cfg.progress) as bar, \
                 open(out_dir / DONE, "a") as done_file:
             bar.update(len(done))
             for items in loader:
-                items = [item for item in items if item["id"] not in done]
+                for bad in [item for item in items if "error" in item]:
+                    if cfg.on_bad_image == "fail":
+                        raise ValueError(f"{bad['error']} (on_bad_image=fail)")
+                    log.warning("skipped: %s", bad["error"])
+                    skipped.append(bad["error"])
+                    bar.update(1)
+                items = [item for item in items if "error" not in item and item["id"] not in done]
+                no_mask += sum(item["mask"] is None for item in items)
                 if not items:
                     continue
                 per_image, logits = source(items)
                 for item, maps, image_logits in zip(items, per_image, logits):
                     n_figures += _record(cfg, out_dir, plan, backbone, names, item, maps, image_logits, writer,
                                          logger, draw=n_figures < int(cfg.figures.max_images))
-                    done_file.write(item["id"] + "\n")  # after its rows are flushed: the image is finished
-                    done_file.flush()
+                    try:
+                        done_file.write(item["id"] + "\n")  # after its rows are flushed: the image is finished
+                        done_file.flush()
+                    except OSError as e:
+                        raise OSError(e.errno, e.strerror, str(out_dir / DONE)) from None
                     bar.update(1)
     finally:
         writer.close()
     stats = {"images": len(dataset), "rows": writer.rows, "backbone_calls": source.calls,
-             "backbone_seconds": round(source.seconds, 3)}
+             "backbone_seconds": round(source.seconds, 3), "skipped_images": skipped, "images_without_mask": no_mask}
+    if skipped:
+        log.warning("%d unreadable images skipped (listed in run_summary.json)", len(skipped))
+    if no_mask:
+        log.info("%d images have no mask: their mask metrics are empty (see the notes column)", no_mask)
     if cache is not None:
         stats.update(cache_hits=cache.hits, cache_misses=cache.misses, cache_evicted=cache.evict())
         log.info("map cache: %d hits, %d misses (%s)", cache.hits, cache.misses, cache.dir)

@@ -68,6 +68,8 @@ class Backbone(nn.Module):
     def __init__(self, name: str, img_size: int, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.name = name
+        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size <= 0:
+            raise ValueError(f"model.img_size={img_size}: expected a positive int (pixels)")
         self.img_size = int(img_size)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)

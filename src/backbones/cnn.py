@@ -45,6 +45,9 @@ class TimmCNN(Backbone):
         if missing:
             raise ValueError(f"model {name}: feature_info names modules {missing} that {arch} does not have")
         self._modules_by_stage = [modules[s] for s in self.stages]
+        if self.img_size < max(self.strides):
+            raise ValueError(f"model.img_size={img_size}: expected at least {max(self.strides)} px "
+                             f"(the deepest stage of {arch} has stride {max(self.strides)})")
         if num_classes == 1000:
             from timm.data import ImageNetInfo
 

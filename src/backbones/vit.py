@@ -111,8 +111,8 @@ class TimmViT(_ViT):
         self.num_heads = attn.num_heads
         self.num_prefix = self.model.num_prefix_tokens
         self.patch_size = self.model.patch_embed.patch_size[0]
-        if self.img_size % self.patch_size:
-            raise ValueError(f"model.img_size={img_size} must be a multiple of the patch size {self.patch_size}")
+        if self.img_size < self.patch_size or self.img_size % self.patch_size:
+            raise ValueError(f"model.img_size={img_size}: expected a positive multiple of the patch size {self.patch_size}")
         if num_classes:
             from timm.data import ImageNetInfo
 
@@ -188,8 +188,9 @@ class HFViT(_ViT):
         self.num_heads = cfg.num_attention_heads
         self.num_prefix = 1
         self.patch_size = cfg.patch_size
-        if self.img_size % self.patch_size:
-            raise ValueError(f"model.img_size={self.img_size} must be a multiple of the patch size {self.patch_size}")
+        if self.img_size < self.patch_size or self.img_size % self.patch_size:
+            raise ValueError(f"model.img_size={self.img_size}: expected a positive multiple of the patch size "
+                             f"{self.patch_size}")
         self.labels = [cfg.id2label[i] for i in range(cfg.num_labels)] if cfg.num_labels else None
 
     def load_weights(self) -> None:

@@ -4,41 +4,47 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .base import Sample
+from .images import read_image, read_mask
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3), EXIF rotation applied."""
-    with Image.open(path) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """Bool (H, W): any non-zero pixel is defect/object."""
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("L") if im.mode not in ("1", "L", "I", "I;16", "F") else im)
-    return arr > 0
+def _size(path: Path) -> tuple[int, int] | None:
+    """(W, H) after EXIF rotation from the header alone, or None when unreadable."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+            return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    except Exception:  # noqa: BLE001 - unreadable files are reported when loaded
+        return None
 
 
 class Folder:
     """Every image under ``root``; a mask for ``x.png`` is ``mask_dir/x.png`` or ``mask_dir/x_mask.png``.
+
+    Masks are checked against their images at construction (from the file headers), so a
+    size mismatch stops the run before any model loads; unreadable images are reported when
+    loaded (the study skips them). See ``read_mask`` for how mask values become foreground.
 
     Args:
         root: folder of images (searched recursively when ``recursive``).
         mask_dir: folder of masks, or None for no masks.
         recursive: include subfolders; their names become the category.
         normal_dir: folder of defect-free images, the references of ``method=patch_knn``.
+        resize_masks: resize a mask of another size than its image (nearest) instead of
+            stopping with an error.
 
     Raises:
         FileNotFoundError: ``root`` (or ``mask_dir``) is missing.
         ValueError: no images found.
     """
 
-    def __init__(self, root: str, mask_dir: str | None = None, recursive: bool = False, normal_dir: str | None = None):
+    def __init__(self, root: str, mask_dir: str | None = None, recursive: bool = False, normal_dir: str | None = None,
+                 resize_masks: bool = False):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.root={self.root}: no such folder")
@@ -54,6 +60,18 @@ class Folder:
                             and (self.mask_dir is None or self.mask_dir not in p.parents))
         if not self.files:
             raise ValueError(f"data.root={self.root}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+        self.resize_masks = bool(resize_masks)
+        for path in self.files if not self.resize_masks else []:
+            mask_path = self._mask_path(path)
+            sizes = (_size(path), _size(mask_path)) if mask_path else (None, None)
+            if None not in sizes and sizes[0] != sizes[1]:
+                (iw, ih), (mw, mh) = sizes
+                raise ValueError(f"{mask_path}: mask is {mw}x{mh}, image {path.name} is {iw}x{ih}; expected the "
+                                 "same size (or data.resize_masks=true)")
+
+    def name_of(self, i: int) -> str:
+        """The file behind item ``i`` (for messages about unreadable files)."""
+        return str(self.files[i])
 
     def __len__(self) -> int:
         return len(self.files)
@@ -73,8 +91,11 @@ class Folder:
         mask_path = self._mask_path(path)
         mask = read_mask(mask_path) if mask_path else None
         if mask is not None and mask.shape != image.shape[:2]:
-            raise ValueError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, image {path.name} is "
-                             f"{image.shape[1]}x{image.shape[0]}; expected the same size")
+            if not self.resize_masks:
+                raise ValueError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, image {path.name} is "
+                                 f"{image.shape[1]}x{image.shape[0]}; expected the same size (or data.resize_masks=true)")
+            resized = Image.fromarray(mask).resize((image.shape[1], image.shape[0]), Image.NEAREST)
+            mask = np.asarray(resized).astype(bool)
         rel = path.relative_to(self.root)
         sample_id = "__".join(rel.with_suffix("").parts)
         return Sample(id=sample_id, image=image, mask=mask, category=rel.parent.name if rel.parent.parts else "",

@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image
 
 from .base import Sample
-from .folder import IMAGE_SUFFIXES, read_image
+from .folder import IMAGE_SUFFIXES
+from .images import read_image
 
 
 def _images(folder: Path) -> list[Path]:

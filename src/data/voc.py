@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from .base import Sample
-from .folder import read_image
+from .images import read_image
 
 CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
            "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")

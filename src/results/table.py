@@ -9,7 +9,7 @@ COLUMNS = (
     "image", "group", "category", "dataset", "model", "kind", "num_layers", "img_size", "layer", "grid_h", "grid_w",
     "method", "head", "threshold_rule", "threshold",
     "iou", "iou_oracle", "auroc", "aupro", "mass_in_mask", "mass_ratio", "pointing", "entropy",
-    "score_max", "score_topk", "mask_fraction", "best_head", "pred_label", "pred_prob",
+    "score_max", "score_topk", "mask_fraction", "best_head", "pred_label", "pred_prob", "notes",
 )
 METRICS = ("iou", "iou_oracle", "auroc", "aupro", "mass_in_mask", "mass_ratio", "pointing", "entropy",
            "score_max", "score_topk")
@@ -28,13 +28,24 @@ class ResultsWriter:
             self._writer.writeheader()
 
     def write(self, rows: Iterable[Mapping[str, object]]) -> None:
-        for row in rows:
-            self._writer.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
-            self.rows += 1
-        self._file.flush()
+        """Append one image's rows and flush them to disk.
+
+        Raises:
+            OSError: naming ``results.csv`` (a full disk, a read-only folder).
+        """
+        try:
+            for row in rows:
+                self._writer.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
+                self.rows += 1
+            self._file.flush()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # the failed write was already reported
+            pass
 
 
 def _fmt(value: object) -> object:
