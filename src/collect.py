@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="all_results.csv", help="file written in the folder")
     p.add_argument("--results", default="results.csv", help="per-job file name to merge")
     a = p.parse_args(argv)
+    if Path(a.out).name != a.out:
+        print(f"error: --out {a.out}: expected a file name (it is written inside the multirun folder)", file=sys.stderr)
+        return 2
     try:
         merged, problems = collect(a.folder, a.results)
     except FileNotFoundError as e:

@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help=f"key=value for {', '.join(OPTIONS)}")
     p.add_argument("--out", default="results_rescored.csv", help="file name written in each run folder")
     a = p.parse_args(argv)
+    if Path(a.out).name != a.out:
+        print(f"error: --out {a.out}: expected a file name (it is written inside each run folder)", file=sys.stderr)
+        return 2
     dirs = run_dirs(a.folder) if a.folder.is_dir() else []
     if not dirs:
         print(f"error: {a.folder}: no run with config.yaml and saved maps/ below it (was save_maps=false?)",

@@ -80,7 +80,7 @@ def test_cnn_every_stage_shapes_and_strides():
     captured, _ = bb.extract(torch.rand(2, 3, 64, 64), list(range(5)), "features")
     for layer, stride in enumerate(bb.strides):
         assert captured[layer].shape[0] == 2 and captured[layer].shape[-2:] == (64 // stride, 64 // stride)
-    with pytest.raises(ValueError, match="method=cls_attention does not apply to model c .cnn.: it needs cls_attention"):
+    with pytest.raises(ValueError, match=r"method=cls_attention does not apply to model c \(cnn\): it needs attention \(a ViT\)"):
         bb.extract(torch.rand(1, 3, 64, 64), [0], "cls_attention")
 
 

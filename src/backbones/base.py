@@ -98,8 +98,9 @@ class Backbone(nn.Module):
     def check_capture(self, capture: str, method: str | None = None) -> None:
         """Raise ValueError naming the method and model when this model cannot capture ``capture``."""
         if capture not in self.captures:
+            need = "attention (a ViT)" if capture in ("cls_attention", "qk") else capture
             raise ValueError(f"method={method or capture} does not apply to model {self.name} ({self.kind}): "
-                             f"it needs {capture}, this model offers {', '.join(self.captures)}")
+                             f"it needs {need}")
 
     @torch.no_grad()
     def extract(self, x: torch.Tensor, layers: Sequence[int], capture: str) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:

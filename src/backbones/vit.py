@@ -116,7 +116,8 @@ class TimmViT(_ViT):
         if num_classes:
             from timm.data import ImageNetInfo
 
-            self.labels = [ImageNetInfo().index_to_description(i) for i in range(num_classes)] if num_classes == 1000 else None
+            info = ImageNetInfo()
+            self.labels = [info.index_to_description(i) for i in range(num_classes)] if num_classes == 1000 else None
 
     @property
     def num_layers(self) -> int:
