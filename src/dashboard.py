@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # wandb_workspaces (and wandb) are imported lazily: the plan 
     from wandb_workspaces.reports.v2 import PanelTypes
     from wandb_workspaces.workspaces import Workspace
 
-LOGGED_METRICS = ("iou", "iou_oracle", "auroc", "aupro", "mass_in_mask", "pointing", "entropy")
+from .loggers.wandb_logger import LAYER_METRICS as LOGGED_METRICS  # what the logger writes per layer
 DEFAULT_METRICS = ("auroc", "aupro", "iou", "entropy")
 TABLES = ("maps", "layer_summary")
 # One line per (model, method): the runset groups by these; the line plots use the runset grouping.

@@ -95,6 +95,16 @@ class Backbone(nn.Module):
         """
         raise NotImplementedError
 
+    def _load_checked(self, module: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+        """Load ``sd`` into ``module``; a checkpoint for another architecture is a WeightsError naming keys."""
+        from .weights import WeightsError
+
+        missing, unexpected = module.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise WeightsError(f"model {self.name}: checkpoint does not fit {type(module).__name__}: "
+                               f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                               f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+
     def check_capture(self, capture: str, method: str | None = None) -> None:
         """Raise ValueError naming the method and model when this model cannot capture ``capture``."""
         if capture not in self.captures:

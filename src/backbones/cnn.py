@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .base import Backbone, Hook
-from .weights import WeightsError, check_source, timm_state_dict
+from .weights import check_source, timm_state_dict
 
 
 class TimmCNN(Backbone):
@@ -72,10 +72,7 @@ class TimmCNN(Backbone):
         if not self.pretrained:
             return
         sd = timm_state_dict(self.name, self.weights_cfg)
-        missing, unexpected = self.model.load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            raise WeightsError(f"model {self.name}: checkpoint does not fit {type(self.model).__name__}: "
-                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        self._load_checked(self.model, sd)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor | None:
         out = self.model(x)

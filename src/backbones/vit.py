@@ -146,11 +146,7 @@ class TimmViT(_ViT):
                 pos, new_size=list(self.grid), old_size=[old, old],
                 num_prefix_tokens=0 if self.model.no_embed_class else 1, interpolation="bicubic", antialias=False)
         sd = checkpoint_filter_fn(sd, self.model)
-        missing, unexpected = self.model.load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            raise WeightsError(f"model {self.name}: checkpoint does not fit {type(self.model).__name__}: "
-                               f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                               f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        self._load_checked(self.model, sd)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor | None:
         out = self.model(x)

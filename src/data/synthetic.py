@@ -333,7 +333,6 @@ def _stain(
     shape: tuple[int, int], rng: np.random.Generator, s: float, margin: float
 ) -> np.ndarray:
     """Opacity of a large irregular blob with a diffuse edge and a faint ring."""
-    short = min(shape)
     ks = np.arange(2, 8)
     amps = rng.uniform(0.0, 1.0, len(ks)) / ks
     amps *= rng.uniform(0.15, 0.3) / amps.sum()  # total relative wobble
