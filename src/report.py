@@ -22,7 +22,7 @@ from .results.table import METRICS
 
 KEYS = ["model", "method", "layer", "head"]
 IMAGE_METRICS = {"image_auroc": "score_max", "image_auroc_topk": "score_topk"}
-LOWER_IS_BETTER = {"entropy"}
+LOWER_IS_BETTER = {"entropy"}  # a focused map has low entropy; every other metric ranks highest first
 
 
 def load_results(folder: Path, name: str = "results.csv") -> pd.DataFrame:

@@ -39,14 +39,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from ..report import load_results
+from ..report import LOWER_IS_BETTER, load_results
 from ..results.maps_io import load_maps
 
 log = logging.getLogger(__name__)
 
 KINDS = ("layer_head_grids", "metric_vs_layer", "vit_vs_cnn", "threshold_curves", "best_map_overlays")
 METRICS = ("iou", "auroc", "aupro", "entropy")
-LOWER_IS_BETTER = {"entropy"}  # as in src.report: a focused map has low entropy
 DEPTHS = (0.25, 0.5, 0.75, 1.0)
 DPI = 200
 SEP = " · "

@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from ..report import LOWER_IS_BETTER
 from ..results.table import METRICS
 from .base import Logger
 
 log = logging.getLogger(__name__)
 
 LAYER_METRICS = ("iou", "iou_oracle", "auroc", "aupro", "mass_in_mask", "pointing", "entropy")
-LOWER_IS_BETTER = {"entropy"}
 
 
 def resolve_mode(mode: str) -> str:
