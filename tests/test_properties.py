@@ -16,7 +16,6 @@ from src.metrics import aupro, auroc, iou, normalized_entropy
 FAST = settings(max_examples=60, deadline=None)
 scores = arrays(np.float64, st.tuples(st.integers(2, 8), st.integers(2, 8)),
                 elements=st.floats(0, 1, allow_nan=False, width=32))
-masks = arrays(np.bool_, st.tuples(st.integers(2, 8), st.integers(2, 8)))
 
 
 @FAST
@@ -56,12 +55,18 @@ def test_entropy_is_bounded_and_maximal_for_uniform_maps(s):
         assert -1e-9 <= h <= uniform + 1e-9
 
 
+@st.composite
+def scores_and_mask(draw):
+    """A score map and a mask of the same random shape."""
+    shape = draw(st.tuples(st.integers(2, 8), st.integers(2, 8)))
+    s = draw(arrays(np.float64, shape, elements=st.floats(0, 1, width=32)))
+    return torch.from_numpy(s), torch.from_numpy(draw(arrays(np.bool_, shape)))
+
+
 @FAST
-@given(st.data())
-def test_auroc_is_bounded_and_flips_with_the_scores(data):
-    shape = data.draw(st.tuples(st.integers(2, 8), st.integers(2, 8)))
-    s = torch.from_numpy(data.draw(arrays(np.float64, shape, elements=st.floats(0, 1, width=32))))
-    t = torch.from_numpy(data.draw(arrays(np.bool_, shape)))
+@given(scores_and_mask())
+def test_auroc_is_bounded_and_flips_with_the_scores(case):
+    s, t = case
     a = auroc(s, t).item()
     if t.all() or not t.any():
         assert math.isnan(a)
@@ -71,11 +76,9 @@ def test_auroc_is_bounded_and_flips_with_the_scores(data):
 
 
 @FAST
-@given(st.data())
-def test_aupro_is_bounded_and_perfect_for_the_mask_itself(data):
-    shape = data.draw(st.tuples(st.integers(2, 8), st.integers(2, 8)))
-    s = torch.from_numpy(data.draw(arrays(np.float64, shape, elements=st.floats(0, 1, width=32))))
-    t = torch.from_numpy(data.draw(arrays(np.bool_, shape)))
+@given(scores_and_mask())
+def test_aupro_is_bounded_and_perfect_for_the_mask_itself(case):
+    s, t = case
     value = aupro(s[None], t, 0.3)[0].item()
     if t.all() or not t.any():
         assert math.isnan(value)
