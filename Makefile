@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml requirements-bundled.txt | $(BIN)/python
 install: $(VENV)/.installed
 
 run: install
-	$(BIN)/python -m src.run $(ARGS)
+	$(BIN)/layerscope $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(ARGS)
@@ -31,13 +31,13 @@ test-fast: install
 
 EXP := outputs/experiments
 experiments: install
-	$(BIN)/python -m src.run experiment=classic_attention_offline hydra.run.dir=$(EXP)/classic_attention_offline
-	$(BIN)/python -m src.run -m experiment=vit_vs_cnn hydra.sweep.dir=$(EXP)/vit_vs_cnn
-	$(BIN)/python -m src.figures $(EXP)/vit_vs_cnn
-	$(BIN)/python -m src.run -m experiment=defect_layer_scan hydra.sweep.dir=$(EXP)/defect_layer_scan
-	$(BIN)/python -m src.report $(EXP)/defect_layer_scan --metric aupro
-	$(BIN)/python -m src.report $(EXP)/defect_layer_scan --metric auroc
-	$(BIN)/python -m src.figures $(EXP)/defect_layer_scan
+	$(BIN)/layerscope experiment=classic_attention_offline hydra.run.dir=$(EXP)/classic_attention_offline
+	$(BIN)/layerscope -m experiment=vit_vs_cnn hydra.sweep.dir=$(EXP)/vit_vs_cnn
+	$(BIN)/layerscope-figures $(EXP)/vit_vs_cnn
+	$(BIN)/layerscope -m experiment=defect_layer_scan hydra.sweep.dir=$(EXP)/defect_layer_scan
+	$(BIN)/layerscope-report $(EXP)/defect_layer_scan --metric aupro
+	$(BIN)/layerscope-report $(EXP)/defect_layer_scan --metric auroc
+	$(BIN)/layerscope-figures $(EXP)/defect_layer_scan
 
 clean:
 	rm -rf $(VENV) outputs/runs outputs/multirun .pytest_cache

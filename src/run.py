@@ -1,75 +1,14 @@
-"""Entry point: ``python -m src.run model=dino_vits8 layer=range(0,12)``.
+"""``python -m src.run ...`` from the repository root: the design card's command.
 
-In a single run, a sweep written for a list-valued key (``layer=range(0,12)``,
-``head=0,1``, ``threshold=0.5,0.6``) means *all of them in one run*: one forward pass per
-batch captures every requested layer. With ``-m``/``--multirun`` Hydra sweeps them as
-separate jobs, as usual.
+A thin alias of the installed ``layerscope`` command (``layerscope.run``), kept so the command
+in the product brief works from a checkout. It is not part of the wheel.
 """
-from __future__ import annotations
-
-import logging
 import sys
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # src/ holds the layerscope package
 
-LIST_KEYS = ("layer", "head", "threshold")
-
-log = logging.getLogger("src.run")
-
-
-def listify_sweeps(args: list[str]) -> list[str]:
-    """Rewrite ``key=range(..)`` / ``key=a,b`` for ``LIST_KEYS`` to ``key=[...]`` unless multirun."""
-    if any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in args):
-        return args
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    out = []
-    for arg in args:
-        if not arg.startswith("-") and "=" in arg and arg.split("=", 1)[0].lstrip("+~") in LIST_KEYS:
-            override = parser.parse_overrides([arg])[0]
-            if override.is_sweep_override():
-                values = ",".join(repr(v) if isinstance(v, float) else str(v) for v in override.sweep_iterator())
-                arg = f"{arg.split('=', 1)[0]}=[{values}]"
-        out.append(arg)
-    return out
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def _main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    from .backbones.weights import WeightsError
-    from .study import run
-
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        results = run(cfg, out_dir)
-    except (ValueError, WeightsError, FileNotFoundError) as e:
-        fail(f"error: {e}", 2)
-    except KeyboardInterrupt:
-        fail(f"interrupted: the images finished so far are in {out_dir / 'results.csv'}; "
-             "run the same command again to resume", 130)
-    except OSError as e:  # full disk, read-only folder, ...
-        where = f" {e.filename}" if e.filename else ""
-        fail(f"error: cannot write{where}: {e.strerror or e}; free space or choose another output folder "
-             f"(hydra.run.dir=...); the finished images are kept", 2)
-    print(f"results: {results}")
-
-
-def fail(message: str, code: int) -> None:
-    """One line on stderr (and in the log), then exit with ``code``: never a traceback."""
-    log.error("%s", message)
-    print(message, file=sys.stderr)
-    sys.exit(code)
-
-
-def main() -> None:
-    sys.argv = [sys.argv[0], *listify_sweeps(sys.argv[1:])]
-    _main()
-
+from layerscope.run import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -20,18 +20,26 @@ def _offline_and_private_cache(tmp_path_factory):
 
 
 def compose(*overrides: str):
-    """The run's config with ``overrides``, as ``python -m src.run`` would build it."""
+    """The run's config with ``overrides``, as ``python -m layerscope.run`` would build it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    from omegaconf import open_dict
+
+    from layerscope.plan import name_from_choices
+
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
+        cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
+    name_from_choices(cfg, cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 600):
-    """Run ``python -m src.run ARGS`` in a subprocess; returns the CompletedProcess."""
+    """Run ``python -m layerscope.run ARGS`` in a subprocess; returns the CompletedProcess."""
     import subprocess
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "src.run", *args], cwd=cwd, env=env, capture_output=True,
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "layerscope.run", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)

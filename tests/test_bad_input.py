@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from src.data.images import BadImage, read_image, read_mask
-from src.scoring import ScoreOptions, Target, score_layer
-from src.study import safe_name
+from layerscope.data.images import BadImage, read_image, read_mask
+from layerscope.scoring import ScoreOptions, Target, score_layer
+from layerscope.data.ids import safe_name
 
 from .conftest import ROOT, run_cli
 
@@ -181,8 +181,8 @@ def slow_run_args(out):
 
 
 def start(args, cwd):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    return subprocess.Popen([sys.executable, "-m", "src.run", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
+    return subprocess.Popen([sys.executable, "-m", "layerscope.run", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -242,8 +242,8 @@ def test_full_disk_gives_a_clear_error_and_keeps_finished_images(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, like a full disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "src.run", *SYNTH, "data.per_combination=20", "save_maps=false",
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "layerscope.run", *SYNTH, "data.per_combination=20", "save_maps=false",
                            "cache.enabled=false", f"hydra.run.dir={out}"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, preexec_fn=limit_file_size, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]

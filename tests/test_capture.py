@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-from src.backbones import HFViT, TimmCNN, TimmViT, forward_hooks, select_indices
+from layerscope.backbones import HFViT, TimmCNN, TimmViT, forward_hooks, select_indices
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

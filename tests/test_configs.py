@@ -6,8 +6,8 @@ import time
 import pytest
 from hydra.utils import instantiate
 
-from src.backbones import Backbone, WeightsError
-from src.study import build_dataset, plan_study
+from layerscope.backbones import Backbone, WeightsError
+from layerscope.plan import build_dataset, plan_study
 
 from .conftest import CONF, compose
 
@@ -50,7 +50,7 @@ def test_every_data_option_composes():
 
 
 def test_every_logger_instantiates_without_contacting_anything():
-    from src.loggers import Logger
+    from layerscope.loggers import Logger
 
     for path in sorted((CONF / "logger").glob("*.yaml")):
         assert isinstance(instantiate(compose(f"logger={path.stem}").logger), Logger)
@@ -58,7 +58,7 @@ def test_every_logger_instantiates_without_contacting_anything():
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "method").glob("*.yaml")))
 def test_every_method_instantiates_on_a_vit_and_says_if_it_fits_a_cnn(name):
-    from src.maps.methods import MapMethod
+    from layerscope.maps.methods import MapMethod
 
     for model in ("tiny_vit", "tiny_cnn"):
         cfg = compose(f"model={model}", f"method={name}")

@@ -14,7 +14,7 @@ pytest.importorskip("wandb_workspaces")
 import wandb_workspaces.reports.v2 as wr  # noqa: E402
 import wandb_workspaces.workspaces as ws  # noqa: E402
 
-from src import dashboard  # noqa: E402
+from layerscope import dashboard  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP = "2024-06-01/12-00-00"  # the logger's group: the multirun folder DATE/TIME
@@ -121,7 +121,7 @@ def test_cli_offline_prints_the_plan_and_does_not_create(capsys):
     plan = json.loads(out)
     assert plan == dashboard.plan_workspace(None, "layerscope", GROUP, ("auroc", "aupro"))
     assert "not created: WANDB_MODE=offline" in err
-    assert f"python -m src.dashboard --project layerscope --group {GROUP} --metrics auroc aupro" in err
+    assert f"python -m layerscope.dashboard --project layerscope --group {GROUP} --metrics auroc aupro" in err
 
 
 @pytest.mark.parametrize("setup, reason", [("dry-run", "dry run"), ("no-key", "no W&B API key")])
@@ -139,7 +139,7 @@ def test_cli_says_why_it_did_not_create(setup, reason, monkeypatch, capsys):
     assert json.loads(out)["entity"] == "team"
     assert f"not created: {reason}" in err
     command = err.splitlines()[-1]
-    assert "python -m src.dashboard" in command and "--entity team" in command and "--dry-run" not in command
+    assert "python -m layerscope.dashboard" in command and "--entity team" in command and "--dry-run" not in command
 
 
 def test_cli_online_saves_and_prints_the_url(monkeypatch, capsys):
@@ -165,7 +165,7 @@ def test_cli_bad_arguments_exit_2_with_one_line(argv, capsys):
 
 def test_module_entry_point_runs_offline():
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"} | {"WANDB_MODE": "offline"}
-    r = subprocess.run([sys.executable, "-m", "src.dashboard", "--project", "p", "--group", GROUP, "--dry-run"],
+    r = subprocess.run([sys.executable, "-m", "layerscope.dashboard", "--project", "p", "--group", GROUP, "--dry-run"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["runset"]["filter"]["value"] == GROUP

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.data.folder import Folder
-from src.data.samples import PHOTOS, Samples
-from src.data.base import Sample
-from src.data.transforms import to_input
+from layerscope.data.folder import Folder
+from layerscope.data.samples import PHOTOS, Samples
+from layerscope.data.base import Sample
+from layerscope.data.transforms import to_input
 
 
 def test_samples_are_rgb_photos_without_masks():

@@ -1,4 +1,4 @@
-"""Publication figures (src.figures) from two tiny finished runs, a ViT and a CNN, read back from disk."""
+"""Publication figures (layerscope.figures) from two tiny finished runs, a ViT and a CNN, read back from disk."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from src.figures.paper import KINDS, Study, _depth_layers, threshold_curves
-from src.results.maps_io import load_maps, save_maps
+from layerscope.figures.paper import KINDS, Study, _depth_layers, threshold_curves
+from layerscope.results.maps_io import load_maps, save_maps
 
 from .conftest import ROOT, run_cli
 
@@ -21,7 +21,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _python(code: str | None, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
     return subprocess.run([sys.executable, *([] if code is None else ["-c", code]), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -41,10 +41,10 @@ def made(study_dir) -> dict:
     """make_all on the parent, in a fresh interpreter that reports which modules it imported."""
     code = (
         "import json, sys\n"
-        "from src.figures.paper import make_all\n"
+        "from layerscope.figures.paper import make_all\n"
         "written = make_all(sys.argv[1])\n"
         "print(json.dumps({'written': {k: [str(p) for p in v] for k, v in written.items()},\n"
-        "                  'backbones': 'src.backbones' in sys.modules, 'torch': 'torch' in sys.modules}))\n"
+        "                  'backbones': 'layerscope.backbones' in sys.modules, 'torch': 'torch' in sys.modules}))\n"
     )
     proc = _python(code, str(study_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -77,13 +77,13 @@ def test_pdf_text_is_truetype(made):
 
 
 def test_never_loads_a_model(made):
-    assert not made["backbones"], "src.figures imported src.backbones"
-    assert not made["torch"], "src.figures imported torch"
+    assert not made["backbones"], "layerscope.figures imported layerscope.backbones"
+    assert not made["torch"], "layerscope.figures imported torch"
 
 
 def test_cli_prints_files_and_honours_options(study_dir, tmp_path):
     out = tmp_path / "figs"
-    proc = _python(None, "-m", "src.figures", str(study_dir / "vit"), "--out", str(out), "--metric", "auroc",
+    proc = _python(None, "-m", "layerscope.figures", str(study_dir / "vit"), "--out", str(out), "--metric", "auroc",
                    "--formats", "png", "--kinds", "metric_vs_layer", "vit_vs_cnn")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == [str(out / "metric_vs_layer_auroc.png")]
@@ -95,7 +95,7 @@ def test_cli_bad_folder_exits_2(tmp_path, case):
     folder = tmp_path / "nope"
     if case == "empty":
         folder.mkdir()
-    proc = _python(None, "-m", "src.figures", str(folder))
+    proc = _python(None, "-m", "layerscope.figures", str(folder))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(folder) in lines[0], proc.stderr
@@ -140,7 +140,7 @@ def test_jobs_splitting_layers_merge_and_repeats_stay_apart(study_dir, tmp_path)
 
 def test_one_threshold_skips_threshold_curves(study_dir, tmp_path, caplog):
     _split_job(study_dir / "vit", tmp_path / "one", thresholds={0.4})
-    with caplog.at_level("INFO", logger="src.figures"):
+    with caplog.at_level("INFO", logger="layerscope.figures"):
         assert threshold_curves(tmp_path / "one", tmp_path / "out") == []
     assert "only one threshold" in caplog.text
     assert not (tmp_path / "out").exists()

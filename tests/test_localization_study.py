@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from src.data.export import export_mvtec
-from src.data.mvtec import MVTecAD
-from src.data.voc import VOCObjects
-from src.report import bootstrap_auroc, bootstrap_mean, main as report_main, rank
-from src.rescore import main as rescore_main
+from layerscope.data.export import export_mvtec
+from layerscope.data.mvtec import MVTecAD
+from layerscope.data.voc import VOCObjects
+from layerscope.report import bootstrap_auroc, bootstrap_mean, main as report_main, rank
+from layerscope.rescore import main as rescore_main
 
 from .conftest import run_cli
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from src.collect import main as collect_main
-from src.loggers.offline import read_offline_run
-from src.loggers.wandb_logger import layer_table
+from layerscope.collect import main as collect_main
+from layerscope.loggers.offline import read_offline_run
+from layerscope.loggers.wandb_logger import layer_table
 
 from .conftest import run_cli
 
@@ -44,7 +44,7 @@ def test_offline_wandb_run_holds_per_layer_history_and_summary(tmp_path):
 
 
 def test_wandb_run_is_finished_with_an_error_code_when_the_study_fails(tmp_path, monkeypatch):
-    from src import study
+    from layerscope import study
 
     from .conftest import compose
 

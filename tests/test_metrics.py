@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import jaccard_score, roc_auc_score
 
-from src.metrics import auroc, iou, normalized_entropy
+from layerscope.metrics import auroc, iou, normalized_entropy
 
 
 def test_iou_hand_case():
@@ -63,8 +63,8 @@ def test_auroc_matches_sklearn_on_random_maps():
 
 @pytest.mark.parametrize("grid,size", [((4, 4), (16, 16)), ((5, 7), (23, 30)), ((8, 8), (8, 8))])
 def test_auroc_on_grid_with_cell_counts_equals_pixel_auroc_after_nearest_upsampling(grid, size):
-    from src.maps import upsample
-    from src.metrics import auroc_counts, cells_from_mask
+    from layerscope.maps import upsample
+    from layerscope.metrics import auroc_counts, cells_from_mask
 
     g = torch.Generator().manual_seed(3)
     maps = torch.round(torch.rand(3, *grid, generator=g) * 10) / 10  # with ties

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from src.maps import keep_mass
-from src.metrics import aupro, auroc, iou, normalized_entropy
+from layerscope.maps import keep_mass
+from layerscope.metrics import aupro, auroc, iou, normalized_entropy
 
 FAST = settings(max_examples=60, deadline=None)
 scores = arrays(np.float64, st.tuples(st.integers(2, 8), st.integers(2, 8)),

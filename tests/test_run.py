@@ -4,8 +4,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from src.results.maps_io import load_maps
-from src.run import listify_sweeps
+from layerscope.results.maps_io import load_maps
+from layerscope.run import listify_sweeps
 
 from .conftest import run_cli
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from src.backbones import TimmViT
-from src.maps.methods import Rollout
+from layerscope.backbones import TimmViT
+from layerscope.maps.methods import Rollout
 
 from .conftest import run_cli
 
@@ -54,7 +54,7 @@ def test_rollout_matches_full_matrix_implementation(fusion, discard):
     for blk in bb.model.blocks:
         blk.attn.fused_attn = False
         hooks.append((blk.attn.attn_drop, lambda m, i, o: full.append(i[0])))
-    from src.backbones import forward_hooks
+    from layerscope.backbones import forward_hooks
 
     with forward_hooks(hooks), torch.no_grad():
         bb.model(bb.normalize(x))
@@ -71,7 +71,7 @@ def test_batch_sizes_give_the_same_maps(tmp_path):
                         f"batch_size={batch}", "cache.enabled=false", f"hydra.run.dir={out}"], cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         tables.append(pd.read_csv(out / "results.csv", dtype={"head": str}))
-        from src.results.maps_io import load_maps
+        from layerscope.results.maps_io import load_maps
 
         tables[-1].attrs["maps"] = load_maps(out / "maps" / "moon_crack_0.npz")["maps"]
     pd.testing.assert_frame_equal(tables[0], tables[1], atol=1e-5, check_exact=False)

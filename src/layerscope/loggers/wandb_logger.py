@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from ..report import LOWER_IS_BETTER
+from ..results.catalog import MAP_METRICS, lower_is_better
 from ..results.table import METRICS
 from .base import Logger
 
 log = logging.getLogger(__name__)
 
-LAYER_METRICS = ("iou", "iou_oracle", "auroc", "aupro", "mass_in_mask", "pointing", "entropy")
+LAYER_METRICS = MAP_METRICS  # logged per layer; the dashboard plots these
 
 
 def resolve_mode(mode: str) -> str:
@@ -131,10 +131,10 @@ class WandbLogger(Logger):
                 row.update({f"{metric}/{head}": float(v) for head, v in values.items()})
                 values = values.drop("best", errors="ignore")  # an oracle per image, not a map one can pick
                 if len(values):
-                    row[f"{metric}/top"] = float(values.min() if metric in LOWER_IS_BETTER else values.max())
+                    row[f"{metric}/top"] = float(values.min() if lower_is_better(metric) else values.max())
             self.run.log(row)
         for metric in metrics:
-            ranked = table[table["head"] != "best"].dropna(subset=[metric]).sort_values(metric, ascending=metric in LOWER_IS_BETTER)
+            ranked = table[table["head"] != "best"].dropna(subset=[metric]).sort_values(metric, ascending=lower_is_better(metric))
             best = ranked.iloc[0]
             self.run.summary[f"best/{metric}"] = float(best[metric])
             self.run.summary[f"best/{metric}/layer"] = int(best["layer"])

@@ -12,11 +12,10 @@ from urllib.parse import urlparse
 
 import torch
 
+from .errors import WeightsError
+
 SOURCES = ("hub", "file", "bundled")
-
-
-class WeightsError(RuntimeError):
-    """Weights could not be found or read; the message says what to do instead."""
+__all__ = ["SOURCES", "WeightsError", "check_source", "hub_file", "hub_folder", "load_state_dict", "timm_state_dict"]
 
 
 def ways_out(model: str) -> str:

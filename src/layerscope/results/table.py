@@ -5,14 +5,17 @@ import csv
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import pandas as pd
+
+from .catalog import PER_IMAGE
+from .layout import RESULTS
+
+METRICS = tuple(PER_IMAGE)  # the metric columns, in the catalog's order
 COLUMNS = (
     "image", "group", "category", "dataset", "model", "kind", "num_layers", "img_size", "layer", "grid_h", "grid_w",
-    "method", "head", "threshold_rule", "threshold",
-    "iou", "iou_oracle", "auroc", "aupro", "mass_in_mask", "mass_ratio", "pointing", "entropy",
-    "score_max", "score_topk", "mask_fraction", "best_head", "pred_label", "pred_prob", "notes",
+    "method", "head", "threshold_rule", "threshold", *METRICS,
+    "mask_fraction", "best_head", "pred_label", "pred_prob", "notes",
 )
-METRICS = ("iou", "iou_oracle", "auroc", "aupro", "mass_in_mask", "mass_ratio", "pointing", "entropy",
-           "score_max", "score_topk")
 
 
 class ResultsWriter:
@@ -54,3 +57,21 @@ def _fmt(value: object) -> object:
     if isinstance(value, float):
         return "" if value != value else f"{value:.6g}"  # NaN (undefined) -> empty cell
     return value
+
+
+def load_results(folder: Path, name: str = RESULTS) -> pd.DataFrame:
+    """Every ``name`` below ``folder`` concatenated, with a ``job`` column (the relative folder).
+
+    Raises:
+        FileNotFoundError: none found.
+    """
+    folder = Path(folder)
+    files = sorted(folder.rglob(name)) if folder.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"{folder}: no {name} found below it (expected a run or multirun folder)")
+    frames = []
+    for f in files:
+        df = pd.read_csv(f, dtype={"head": str, "image": str, "group": str, "category": str})
+        df["job"] = str(f.parent.relative_to(folder)) if f.parent != folder else "."
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)

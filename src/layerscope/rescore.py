@@ -1,10 +1,10 @@
 """Score a finished run again from its saved maps, with new thresholds or metric options; no model runs.
 
-    python -m src.rescore RUN_OR_MULTIRUN_DIR threshold=[0.3,0.5,0.7] [threshold_rule=minmax]
+    layerscope-rescore RUN_OR_MULTIRUN_DIR threshold=[0.3,0.5,0.7] [threshold_rule=minmax]
         [upsample=bilinear] [metrics.aupro_fpr_limit=0.1] [--out results_rescored.csv]
 
 Every folder below that holds ``config.yaml`` and ``maps/`` is rescored into ``--out`` beside
-its ``results.csv``, with the same columns, so ``src.report --results NAME`` ranks it.
+its ``results.csv``, with the same columns, so ``layerscope.report --results NAME`` ranks it.
 """
 from __future__ import annotations
 
@@ -16,17 +16,18 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from .results.layout import CONFIG, MAPS, RESULTS, map_files
 from .results.maps_io import load_maps
 from .results.table import ResultsWriter
-from .scoring import ScoreOptions, Target, score_layer
+from .scoring import ScoreOptions, Target, image_rows
 
 OPTIONS = ("threshold", "threshold_rule", "upsample", "metrics.aupro_fpr_limit", "metrics.image_topk")
 
 
 def run_dirs(folder: Path) -> list[Path]:
     """Folders below ``folder`` (itself included) holding a finished run's config and maps."""
-    candidates = [folder, *sorted(p.parent for p in folder.rglob("config.yaml"))]
-    return sorted({p for p in candidates if (p / "config.yaml").exists() and (p / "maps").is_dir()})
+    candidates = [folder, *sorted(p.parent for p in folder.rglob(CONFIG))]
+    return sorted({p for p in candidates if (p / CONFIG).exists() and (p / MAPS).is_dir()})
 
 
 def rescore_dir(run_dir: Path, overrides: list[str], out_name: str, progress: bool = True) -> Path:
@@ -35,7 +36,7 @@ def rescore_dir(run_dir: Path, overrides: list[str], out_name: str, progress: bo
     Raises:
         ValueError: an override outside ``OPTIONS``, a bad value, or an existing output file.
     """
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = OmegaConf.load(run_dir / CONFIG)
     for o in overrides:
         key = o.split("=", 1)[0]
         if "=" not in o or key not in OPTIONS:
@@ -43,23 +44,18 @@ def rescore_dir(run_dir: Path, overrides: list[str], out_name: str, progress: bo
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     opts = ScoreOptions.from_config(cfg)
     out = run_dir / out_name
-    if out.exists() or out_name == "results.csv":
+    if out.exists() or out_name == RESULTS:
         raise ValueError(f"{out}: exists; pass another --out (results are never overwritten)")
     writer = ResultsWriter(out)
     try:
-        for path in tqdm(sorted((run_dir / "maps").glob("*.npz")), desc=run_dir.name, disable=not progress):
+        for path in tqdm(map_files(run_dir), desc=run_dir.name, disable=not progress):
             saved = load_maps(path)
-            meta = dict(saved["meta"], threshold_rule=opts.rule)
-            mask = saved["mask"]
             target = None
-            if mask is not None:
+            if saved["mask"] is not None:
                 valid = torch.from_numpy(saved["valid"]) if saved["valid"] is not None else None
-                target = Target(torch.from_numpy(mask), valid)
-            rows = []
-            for layer, maps in saved["maps"].items():
-                for row in score_layer(torch.from_numpy(maps), list(saved["names"][layer]), target, opts):
-                    rows.append({**meta, "layer": layer, "grid_h": maps.shape[-2], "grid_w": maps.shape[-1], **row})
-            writer.write(rows)
+                target = Target(torch.from_numpy(saved["mask"]), valid)
+            maps = {layer: torch.from_numpy(m) for layer, m in saved["maps"].items()}
+            writer.write(image_rows(saved["meta"], maps, saved["names"], target, opts))
     finally:
         writer.close()
     OmegaConf.save(cfg, run_dir / f"{Path(out_name).stem}.config.yaml")
@@ -67,7 +63,7 @@ def rescore_dir(run_dir: Path, overrides: list[str], out_name: str, progress: bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m src.rescore", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="layerscope-rescore", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="a run folder or a multirun folder")
     p.add_argument("overrides", nargs="*", help=f"key=value for {', '.join(OPTIONS)}")
     p.add_argument("--out", default="results_rescored.csv", help="file name written in each run folder")

@@ -1,6 +1,6 @@
 """A W&B workspace for one sweep: each metric against layer, per model and method, plus the logged tables.
 
-    python -m src.dashboard --project P --group G [--entity E] [--metrics auroc aupro] [--dry-run]
+    layerscope-dashboard --project P --group G [--entity E] [--metrics auroc aupro] [--dry-run]
 
 ``plan_workspace`` describes the workspace as a plain, JSON-serialisable dict; ``build_workspace``
 turns that into a ``wandb_workspaces`` ``Workspace`` object without saving it (neither touches
@@ -8,7 +8,7 @@ the network). The CLI saves the workspace and prints its URL only when it can: a
 configured, ``WANDB_MODE`` is not ``offline``/``disabled`` and ``--dry-run`` is not given.
 Otherwise it prints the plan, says why nothing was created, and prints the command to run online.
 
-It reads what ``src.loggers.wandb_logger`` writes: one run per Hydra job, ``group`` = the sweep folder,
+It reads what ``layerscope.loggers.wandb_logger`` writes: one run per Hydra job, ``group`` = the sweep folder,
 ``job_type`` = the map method, the resolved (nested) Hydra config, history rows stepped by
 ``layer`` with ``<metric>/<head>`` and ``<metric>/top`` keys, and the tables ``maps`` and
 ``layer_summary``.
@@ -27,8 +27,8 @@ if TYPE_CHECKING:  # wandb_workspaces (and wandb) are imported lazily: the plan 
     from wandb_workspaces.reports.v2 import PanelTypes
     from wandb_workspaces.workspaces import Workspace
 
-from .loggers.wandb_logger import LAYER_METRICS as LOGGED_METRICS  # what the logger writes per layer
-DEFAULT_METRICS = ("auroc", "aupro", "iou", "entropy")
+from .results.catalog import MAP_METRICS as LOGGED_METRICS  # what the W&B logger writes per layer
+from .results.catalog import DEFAULT_CURVES as DEFAULT_METRICS
 TABLES = ("maps", "layer_summary")
 # One line per (model, method): the runset groups by these; the line plots use the runset grouping.
 GROUP_BY = ("config:model.name", "run:JobType")
@@ -181,7 +181,7 @@ def offline_reason(dry_run: bool) -> str | None:
 
 def online_command(args: argparse.Namespace) -> str:
     """The command that creates the workspace once online (the same arguments, without --dry-run)."""
-    cmd = ["python", "-m", "src.dashboard", "--project", args.project, "--group", args.group]
+    cmd = ["python", "-m", "layerscope.dashboard", "--project", args.project, "--group", args.group]
     if args.entity:
         cmd += ["--entity", args.entity]
     cmd += ["--metrics", *args.metrics]
@@ -196,7 +196,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m src.dashboard", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="layerscope-dashboard", description=__doc__.split("\n\n")[0])
     p.add_argument("--project", required=True, help="W&B project the runs were logged to")
     p.add_argument("--group", required=True,
                    help="the runs' W&B group: the multirun folder DATE/TIME, e.g. 2024-06-01/12-00-00")

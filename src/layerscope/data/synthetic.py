@@ -44,7 +44,7 @@ import numpy as np
 from skimage import data as skdata
 from skimage import filters, transform
 
-from src.data.base import Sample
+from layerscope.data.base import Sample
 
 __all__ = ["DEFECTS", "TEXTURES", "SyntheticDefects", "make_defect"]
 

@@ -1,9 +1,9 @@
 """Publication figures from a finished run or multirun folder, from saved results only.
 
-    python -m src.figures RUN_OR_MULTIRUN_DIR [--out DIR] [--metric iou auroc] [--formats png pdf]
+    layerscope-figures RUN_OR_MULTIRUN_DIR [--out DIR] [--metric iou auroc] [--formats png pdf]
 
 Reads every ``results.csv`` below the folder and the ``maps/<image>.npz`` beside each; never builds
-or runs a model (nothing here imports ``src.backbones`` or torch). Five figure kinds, one function
+or runs a model (nothing here imports ``layerscope.backbones`` or torch). Five figure kinds, one function
 each; each returns the paths it wrote and logs why when it has nothing to draw:
 
 - ``layer_head_grids``: per (model, method), a few images: layers (rows) x maps (columns), the
@@ -39,13 +39,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from ..report import LOWER_IS_BETTER, load_results
+from ..results import catalog
+from ..results.layout import PAPER_FIGURES, map_file
 from ..results.maps_io import load_maps
+from ..results.table import load_results
+from .grid import grid_figure
 
 log = logging.getLogger(__name__)
 
 KINDS = ("layer_head_grids", "metric_vs_layer", "vit_vs_cnn", "threshold_curves", "best_map_overlays")
-METRICS = ("iou", "auroc", "aupro", "entropy")
+METRICS = catalog.DEFAULT_CURVES
 DEPTHS = (0.25, 0.5, 0.75, 1.0)
 DPI = 200
 SEP = " · "
@@ -54,16 +57,6 @@ PALETTE = ["#0173B2", "#DE8F05", "#029E73", "#D55E00", "#CC78BC", "#CA9161", "#F
            "#56B4E9"]  # seaborn "colorblind" (Okabe-Ito based), spelled out so colours never depend on state
 OUTLINE = "#56B4E9"  # mask outlines: light blue reads on photos and on inferno
 LAYER_LABEL = "layer (0 = first block)"
-METRIC_LABELS = {
-    "iou": "IoU (0–1)",
-    "auroc": "pixel AUROC (0–1)",
-    "aupro": "AUPRO (0–1)",
-    "entropy": "normalised entropy (0–1, 1 = uniform)",
-    "iou_oracle": "oracle IoU (0–1)",
-    "mass_in_mask": "attention mass in mask (0–1)",
-    "pointing": "pointing accuracy (0–1)",
-}
-METRIC_NAMES = {"iou": "IoU", "auroc": "AUROC", "aupro": "AUPRO", "entropy": "entropy"}
 
 STYLE = {
     "font.family": "sans-serif",
@@ -135,7 +128,7 @@ class Study:
         self.df = df
         images = df.drop_duplicates(["series", "job", "image"])[
             ["series", "job", "image", "category", "dataset", "kind", "model", "method", "mask_fraction"]].copy()
-        images["path"] = [self.root / job / "maps" / f"{image}.npz" for job, image in zip(images["job"], images["image"])]
+        images["path"] = [map_file(self.root / job, image) for job, image in zip(images["job"], images["image"])]
         images["saved"] = [p.is_file() for p in images["path"]]
         images["has_mask"] = images["mask_fraction"].fillna(0) > 0
         self.images = images.reset_index(drop=True)
@@ -190,7 +183,7 @@ def _as_study(source: Study | Path | str) -> Study:
 
 
 def _out_dir(study: Study, out: Path | str | None) -> Path:
-    return Path(out) if out is not None else study.root / "figures_paper"
+    return Path(out) if out is not None else study.root / PAPER_FIGURES
 
 
 def _slug(text: str) -> str:
@@ -229,7 +222,7 @@ def _choice_label(method: str, name: str) -> str:
 
 
 def _per_image(rows: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
-    """Mean of ``metric`` per (keys, image): objects of one image averaged first (as src.report)."""
+    """Mean of ``metric`` per (keys, image): objects of one image averaged first (as layerscope.report)."""
     return rows.dropna(subset=[metric]).groupby([*keys, "group"], as_index=False)[metric].mean()
 
 
@@ -295,9 +288,7 @@ def layer_head_grids(source: Study | Path | str, out: Path | str | None = None,
                      formats: Sequence[str] = ("png", "pdf"), max_images: int = 4) -> list[Path]:
     """Per (model, method) and up to ``max_images`` images: layers (rows) x maps (columns).
 
-    The first column holds the input (top) and the input with the mask outline (below it; on the
-    input itself when there is one layer). Maps are min-max scaled each on its own and shown on
-    their patch grid with nearest interpolation ('inferno').
+    Drawn by ``grid.grid_figure``, the same renderer as a run's per-image grid.
     """
     study = _as_study(source)
     out = _out_dir(study, out)
@@ -307,63 +298,15 @@ def layer_head_grids(source: Study | Path | str, out: Path | str | None = None,
         if not chosen:
             log.info("layer_head_grids: %s has no saved maps (maps/<image>.npz; save_maps=false?), skipped", series)
             continue
-        method = study.info(series)["method"]
         for image in chosen:
             d = study.maps(series, image)
             category = d["meta"].get("category") or ""
-            fig = _grid_figure(d, method, f"{image}{f' ({category})' if category else ''}{SEP}{series}")
+            title = f"{image}{f' ({category})' if category else ''}{SEP}{series}"
+            fig = grid_figure(d["image"], d["mask"], d["maps"], d["names"], title)
             paths += _save(fig, out, f"grid_{_slug(series)}_{_slug(image)}", formats)
     if not paths:
         log.info("layer_head_grids: no saved maps below %s, skipped", study.root)
     return paths
-
-
-def _grid_figure(d: dict, method: str, title: str) -> Figure:
-    layers = list(d["maps"])
-    cols = max(d["maps"][layer].shape[0] for layer in layers)
-    header = next(d["names"][layer] for layer in layers if len(d["names"][layer]) == cols)
-    mixed = any(list(d["names"][layer]) != list(header) for layer in layers)
-    cell, gap, label_w = 0.62, 0.04, 0.34  # inches: a map, the space between maps, the row-label column
-    left, right, top, bottom = 0.05, 0.75, 0.45, 0.38
-    body_w = (cols + 1) * cell + cols * gap + label_w
-    width = left + body_w + right
-    height = top + len(layers) * cell + (len(layers) - 1) * gap + bottom
-    fig = Figure(figsize=(width, height))
-    grid = fig.add_gridspec(len(layers), cols + 2, left=left / width, right=(left + body_w) / width,
-                            bottom=bottom / height, top=1 - top / height, wspace=gap / cell, hspace=gap / cell,
-                            width_ratios=[1, label_w / cell, *([1] * cols)])
-    mask = d["mask"]
-    for r, layer in enumerate(layers):
-        ax = fig.add_subplot(grid[r, 0])
-        if r == 0:
-            _show_input(ax, d["image"], mask, outline=len(layers) == 1)
-            ax.set_title("input" if mask is None or len(layers) > 1 else "input / mask", pad=3)
-        elif r == 1 and mask is not None:
-            _show_input(ax, d["image"], mask, outline=True)
-            ax.set_xlabel("mask outline", labelpad=2, fontsize=7)
-        else:
-            ax.axis("off")
-        for k in range(cols):
-            ax = fig.add_subplot(grid[r, k + 2])
-            if k >= d["maps"][layer].shape[0]:
-                ax.axis("off")
-                continue
-            _show_map(ax, d["maps"][layer][k])
-            if r == 0:
-                ax.set_title(_choice_label(method, header[k]), pad=3)
-            elif mixed:
-                ax.set_title(_choice_label(method, d["names"][layer][k]), pad=1, fontsize=6)
-            if k == 0:
-                ax.set_ylabel(f"L{layer}", rotation=0, ha="right", va="center", labelpad=4)
-    label_x = (left + cell + gap + label_w / 2) / width
-    fig.text(label_x, 1 - (top - 0.045) / height, "layer", ha="center", va="bottom", fontsize=8)
-    fig.text(0.5, 1 - 0.04 / height, title, ha="center", va="top", fontsize=8)
-    fig.text(left / width, 0.06 / height, "rows: layer (0 = first block); each map min–max scaled on its own",
-             ha="left", va="bottom", fontsize=6.5, color="0.3")
-    bar_h = min(len(layers) * cell, 2.0)
-    _colorbar(fig, [(left + body_w + 0.12) / width, 1 - (top + bar_h) / height, 0.1 / width, bar_h / height],
-              "map value")
-    return fig
 
 
 @_styled
@@ -405,8 +348,8 @@ def metric_vs_layer(source: Study | Path | str, out: Path | str | None = None,
             ax.text(ax.get_xlim()[1], 0.5, " chance", va="center", ha="left", fontsize=6, color="0.4")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(LAYER_LABEL)
-        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-        ax.set_title(f"{METRIC_NAMES.get(metric, metric)} by layer (mean over images, 95% CI)", pad=4)
+        ax.set_ylabel(catalog.label(metric))
+        ax.set_title(f"{catalog.title(metric)} by layer (mean over images, 95% CI)", pad=4)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, ncol=1, title=None)
         paths += _save(fig, out, f"metric_vs_layer_{_slug(metric)}", formats)
     return paths
@@ -417,7 +360,7 @@ def _line_head(part: pd.DataFrame, method: str, metric: str) -> str:
     if method == "cls_attention" and "mean" in heads:
         return "mean"
     means = part.groupby("head")[metric].mean()
-    return str(means.idxmin() if metric in LOWER_IS_BETTER else means.idxmax())
+    return str(means.idxmin() if catalog.lower_is_better(metric) else means.idxmax())
 
 
 def _depth_layers(layers: Sequence[int], num_layers: int | None = None) -> list[int]:
@@ -557,7 +500,7 @@ def threshold_curves(source: Study | Path | str, out: Path | str | None = None,
         attention = all(study.info(s)["method"] == "cls_attention" for s in by_rule["series"].unique())
         ax.set_xlabel({"keep_mass": f"kept {'attention' if attention else 'map'} mass (threshold, fraction)",
                        "minmax": "min–max level (threshold, 0–1)"}.get(rule, f"threshold ({rule})"))
-        ax.set_ylabel(METRIC_LABELS["iou"])
+        ax.set_ylabel(catalog.label("iou"))
         ax.set_title("IoU vs threshold at each model's best layer (mean, 95% CI)", pad=4)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, ncol=1, title=None)
         paths += _save(fig, out, f"threshold_curves_{_slug(rule)}", formats)
@@ -609,7 +552,7 @@ def best_map_overlays(source: Study | Path | str, out: Path | str | None = None,
             continue
         who = series.replace(f"{SEP}{info['method']}", "", 1)
         what = f"head {head}" if info["method"] == "cls_attention" else f"{info['method']} {head}"
-        title = f"{category}: {who}{SEP}L{int(layer)}{SEP}{what} ({METRIC_NAMES[metric]} {value:.2f})"
+        title = f"{category}: {who}{SEP}L{int(layer)}{SEP}{what} ({catalog.title(metric)} {value:.2f})"
         fig = Figure(figsize=(1.75 * len(drawn) + 0.5, 2.15))
         axes = fig.subplots(1, len(drawn), squeeze=False)[0]
         fig.subplots_adjust(wspace=0.05, left=0.02, right=1 - 0.45 / (1.75 * len(drawn) + 0.5), top=0.82,
@@ -659,8 +602,8 @@ def make_all(folder: Path | str, out: Path | str | None = None, formats: Sequenc
         raise ValueError(f"--kinds {' '.join(unknown)}: expected some of {', '.join(KINDS)}")
     study = Study(folder)
     metrics = tuple(metrics)
-    if unknown := [m for m in metrics if m not in study.df.columns or m not in METRIC_LABELS]:
-        raise ValueError(f"--metric {' '.join(unknown)}: expected some of {', '.join(METRIC_LABELS)}")
+    if unknown := [m for m in metrics if m not in study.df.columns or m not in catalog.MAP_METRICS]:
+        raise ValueError(f"--metric {' '.join(unknown)}: expected some of {', '.join(catalog.MAP_METRICS)}")
     out = _out_dir(study, out)
     calls = {
         "layer_head_grids": lambda: layer_head_grids(study, out, formats, max_images),

@@ -1,6 +1,6 @@
 """Which layer finds it? Rank (model, method, layer, head) by a metric, per defect type, with 95% CIs.
 
-    python -m src.report RUN_OR_MULTIRUN_DIR [--metric auroc] [--threshold 0.6] [--top 5]
+    layerscope-report RUN_OR_MULTIRUN_DIR [--metric auroc] [--threshold 0.6] [--top 5]
 
 Reads every ``results.csv`` below the folder, averages the metric per image (per object
 first, then per image, where one image holds several objects), and ranks the candidates
@@ -18,29 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .results.table import METRICS
+from .results import catalog
+from .results.layout import RESULTS
+from .results.table import METRICS, load_results
 
 KEYS = ["model", "method", "layer", "head"]
-IMAGE_METRICS = {"image_auroc": "score_max", "image_auroc_topk": "score_topk"}
-LOWER_IS_BETTER = {"entropy"}  # a focused map has low entropy; every other metric ranks highest first
-
-
-def load_results(folder: Path, name: str = "results.csv") -> pd.DataFrame:
-    """Every ``name`` below ``folder`` concatenated, with a ``job`` column (the relative folder).
-
-    Raises:
-        FileNotFoundError: none found.
-    """
-    folder = Path(folder)
-    files = sorted(folder.rglob(name)) if folder.is_dir() else []
-    if not files:
-        raise FileNotFoundError(f"{folder}: no {name} found below it (expected a run or multirun folder)")
-    frames = []
-    for f in files:
-        df = pd.read_csv(f, dtype={"head": str, "image": str, "group": str, "category": str})
-        df["job"] = str(f.parent.relative_to(folder)) if f.parent != folder else "."
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
+IMAGE_METRICS = catalog.IMAGE_SCORES
 
 
 def bootstrap_mean(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float, float]:
@@ -119,7 +102,7 @@ def rank(df: pd.DataFrame, metric: str, threshold: float | None = None, n_boot: 
             for key, part in per_image.groupby(KEYS):
                 out.append([category, *key, *bootstrap_mean(part[column].to_numpy(float), n_boot, rng), len(part)])
     table = pd.DataFrame(out, columns=["category", *KEYS, "mean", "ci_low", "ci_high", "n"])
-    ascending = metric in LOWER_IS_BETTER
+    ascending = catalog.lower_is_better(metric)
     table = table.sort_values(["category", "mean"], ascending=[True, ascending], kind="stable")
     table["rank"] = table.groupby("category").cumcount() + 1
     table.attrs.update(metric=metric, threshold=threshold)
@@ -141,14 +124,14 @@ def to_markdown(table: pd.DataFrame, top: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m src.report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="layerscope-report", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="a run folder or a multirun folder")
     p.add_argument("--metric", default="auroc", help="results column (auroc, aupro, iou, ...) or image_auroc[_topk]")
     p.add_argument("--threshold", type=float, default=None, help="which threshold's rows (default: the smallest)")
     p.add_argument("--top", type=int, default=5, help="candidates shown per category")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--results", default="results.csv", help="file name to collect (e.g. results_rescored.csv)")
+    p.add_argument("--results", default=RESULTS, help="file name to collect (e.g. results_rescored.csv)")
     p.add_argument("--include-best", action="store_true", help="rank the per-image oracle 'best' head too")
     a = p.parse_args(argv)
     try:

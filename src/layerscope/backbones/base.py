@@ -97,7 +97,7 @@ class Backbone(nn.Module):
 
     def _load_checked(self, module: nn.Module, sd: dict[str, torch.Tensor]) -> None:
         """Load ``sd`` into ``module``; a checkpoint for another architecture is a WeightsError naming keys."""
-        from .weights import WeightsError
+        from .errors import WeightsError
 
         missing, unexpected = module.load_state_dict(sd, strict=False)
         if missing or unexpected:

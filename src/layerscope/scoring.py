@@ -1,11 +1,11 @@
 """Scoring one image's maps at one layer: the metric columns of ``results.csv``.
 
-Used by a study run and by ``src.rescore`` alike, so saved maps rescore to the same numbers.
+Used by a study run and by ``layerscope.rescore`` alike, so saved maps rescore to the same numbers.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -146,4 +146,23 @@ def score_layer(maps: torch.Tensor, names: list[str], target: Target | None, opt
         if ious is not None and heads:
             best = max(heads, key=lambda j: float("-inf") if ious[j] != ious[j] else float(ious[j]))
             rows.append(dict(block[best], head="best", best_head=names[best]))
+    return rows
+
+
+def image_rows(meta: Mapping[str, Any], maps: Mapping[int, torch.Tensor], names: Mapping[int, Sequence[str]],
+               target: Target | None, opts: ScoreOptions) -> list[dict]:
+    """Every ``results.csv`` row of one image: the one row builder of a run and of ``rescore``.
+
+    Args:
+        meta: the image's non-metric columns (image, model, method, ...).
+        maps: layer -> (K, h, w) float maps, as saved.
+        names: layer -> K map names.
+        target: the image's ground truth, or None.
+        opts: thresholds and metric options.
+    """
+    rows = []
+    for layer, layer_maps in maps.items():
+        grid = {"layer": layer, "grid_h": layer_maps.shape[-2], "grid_w": layer_maps.shape[-1]}
+        for row in score_layer(layer_maps, list(names[layer]), target, opts):
+            rows.append({**meta, "threshold_rule": opts.rule, **grid, **row})
     return rows

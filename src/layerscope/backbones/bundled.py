@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from .weights import WeightsError
+from .errors import WeightsError
 
 
 def cache_dir() -> Path:

@@ -43,12 +43,13 @@ def _mosaic(image: np.ndarray, mask: np.ndarray | None, maps: Mapping[int, np.nd
     return canvas
 
 
-def layer_head_grid(image: np.ndarray, mask: np.ndarray | None, maps: Mapping[int, np.ndarray],
-                    names: Mapping[int, Sequence[str]], title: str, path: Path) -> None:
-    """Save a layer x head grid of maps beside the input (and the mask outline below it).
+def grid_figure(image: np.ndarray, mask: np.ndarray | None, maps: Mapping[int, np.ndarray],
+                names: Mapping[int, Sequence[str]], title: str):
+    """The layer x head grid as a matplotlib ``Figure`` (no pyplot state): the one grid renderer.
 
-    Each map is min-max scaled on its own (colours compare places within a map, not
-    across maps) and shown on its patch grid without smoothing.
+    Each map is min-max scaled on its own (colours compare places within a map, not across
+    maps) and shown on its patch grid without smoothing; the input is in the first column, with
+    the mask outline below it. Used by a run (one PNG per image) and by the paper figures.
 
     Args:
         image: (S, S, 3) uint8.
@@ -56,30 +57,34 @@ def layer_head_grid(image: np.ndarray, mask: np.ndarray | None, maps: Mapping[in
         maps: layer -> (K, h, w) float.
         names: layer -> K column titles.
         title: figure title (image id and model).
-        path: output file; the suffix picks the format (.png, .pdf).
     """
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    cmap = plt.get_cmap("inferno")
+    cmap = matplotlib.colormaps["inferno"]
     canvas = _mosaic(image, mask, maps, cmap)
     layers = sorted(maps)
-    first = names[layers[0]]
+    first = max((names[layer] for layer in layers), key=len)
     step = CELL + GAP
-    fig = plt.figure(figsize=(canvas.shape[1] / 100 + 0.6, canvas.shape[0] / 100 + 0.45), dpi=100)
-    ax = fig.add_axes((0.6 / (canvas.shape[1] / 100 + 0.6), 0, canvas.shape[1] / 100 / (canvas.shape[1] / 100 + 0.6),
-                       canvas.shape[0] / 100 / (canvas.shape[0] / 100 + 0.45)))
+    width, height = canvas.shape[1] / 100 + 0.6, canvas.shape[0] / 100 + 0.45
+    fig = Figure(figsize=(width, height), dpi=100)
+    ax = fig.add_axes((0.6 / width, 0, canvas.shape[1] / 100 / width, canvas.shape[0] / 100 / height))
     ax.imshow(canvas, interpolation="nearest")
-    ax.set_xticks([CELL / 2 + c * step for c in range(len(first) + 1)], ["input" if mask is None else "input / mask",
-                                                                        *map(str, first)], fontsize=8)
+    ax.set_xticks([CELL / 2 + c * step for c in range(len(first) + 1)],
+                  ["input" if mask is None else "input / mask", *map(str, first)], fontsize=8)
     ax.xaxis.tick_top()
     ax.set_yticks([CELL / 2 + r * step for r in range(len(layers))], [f"layer {layer}" for layer in layers], fontsize=8)
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
     fig.suptitle(title, fontsize=9, y=1.0, va="bottom")
+    return fig
+
+
+def layer_head_grid(image: np.ndarray, mask: np.ndarray | None, maps: Mapping[int, np.ndarray],
+                    names: Mapping[int, Sequence[str]], title: str, path: Path) -> None:
+    """Save ``grid_figure`` to ``path``; the suffix picks the format (.png, .pdf)."""
+    fig = grid_figure(image, mask, maps, names, title)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight", dpi=100)
-    plt.close(fig)

@@ -1,6 +1,6 @@
 """Merge a multirun folder's job results into one table, with each job's overrides as columns.
 
-    python -m src.collect MULTIRUN_DIR [--out all_results.csv]
+    layerscope-collect MULTIRUN_DIR [--out all_results.csv]
 
 Reports jobs that failed (no ``results.csv``, or an empty one) and jobs Hydra planned but
 never started (fewer job folders than ``multirun.yaml`` lists), and exits 1 when any is
@@ -79,7 +79,7 @@ def collect(sweep_dir: Path, name: str = "results.csv") -> tuple[pd.DataFrame, l
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m src.collect", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="layerscope-collect", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="a Hydra multirun folder")
     p.add_argument("--out", default="all_results.csv", help="file written in the folder")
     p.add_argument("--results", default="results.csv", help="per-job file name to merge")

@@ -1,6 +1,6 @@
 """Extraction benchmark: what capturing every layer's CLS attention costs against a plain forward.
 
-    python -m src.bench [--quick] [--device cpu|cuda] [--repeats 3] [--out bench.csv]
+    layerscope-bench [--quick] [--device cpu|cuda] [--repeats 3] [--out bench.csv]
 
 Variants, each timed in a fresh subprocess so peak memory is its own (random-init weights):
 
@@ -117,12 +117,12 @@ def run_table(cases, batches, device: str, repeats: int, memory_limit_gb: float)
                     rows.append(row)
                     print(f"{model} {size}px b{batch} {variant:13s} {row['status']}", flush=True)
                     continue
-                cmd = [sys.executable, "-m", "src.bench", "--one", model, str(size), str(batch), variant,
+                cmd = [sys.executable, "-m", "layerscope.bench", "--one", model, str(size), str(batch), variant,
                        "--device", device, "--repeats", str(repeats)]
                 # a fixed mmap threshold makes glibc hand large blocks back on free, so peak RSS follows the
                 # live tensors instead of the allocator's history (which differs between variants)
                 env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                proc = subprocess.run(cmd, capture_output=True, text=True,
                                       env=env)
                 if proc.returncode != 0:
                     row.update(status=f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
@@ -141,7 +141,7 @@ def run_table(cases, batches, device: str, repeats: int, memory_limit_gb: float)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m src.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="layerscope-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="224 px only, batch 1 (a smoke run)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--repeats", type=int, default=3)

@@ -1,6 +1,6 @@
 """Write the built-in synthetic defects as an MVTec AD tree, for other tools (and ``data=mvtec``).
 
-    python -m src.data.export OUT [--per-combination 5] [--good 5] [--train 20] [--size 256]
+    layerscope-export OUT [--per-combination 5] [--good 5] [--train 20] [--size 256]
 
 Each texture becomes a category: ``OUT/<texture>/train/good``, ``test/<defect>``,
 ``test/good`` and ``ground_truth/<defect>/<name>_mask.png`` (0/255).
@@ -52,7 +52,7 @@ def export_mvtec(out: Path, textures=TEXTURES, defects=DEFECTS, per_combination:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m src.data.export", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="layerscope-export", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="output folder (the MVTec root)")
     p.add_argument("--textures", nargs="+", default=list(TEXTURES), choices=TEXTURES)
     p.add_argument("--defects", nargs="+", default=list(DEFECTS), choices=DEFECTS)

@@ -1,0 +1,75 @@
+"""Where a batch's maps come from: the map cache where every image is there, else one backbone pass."""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .backbones import Backbone
+from .maps.methods import MapMethod
+from .plan import Plan
+from .results.cache import MapCache, config_key, image_key
+
+
+def autocast(device: torch.device, precision: str):
+    """fp32 (no autocast), or bf16/fp16 autocast on CUDA; maps are computed in fp32 either way."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(3, S, S) float in [0, 1] -> (S, S, 3) uint8 (exact for inputs made from uint8 images)."""
+    return (x.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+
+
+def build_cache(cfg: DictConfig, method: MapMethod) -> MapCache | None:
+    """The map cache for this run, or None (disabled, or a method that learns from other images)."""
+    if not cfg.cache.enabled or method.needs_references:
+        return None
+    from .backbones.bundled import cache_dir
+
+    root = Path(cfg.cache.dir).expanduser() if cfg.cache.dir else cache_dir() / "maps"
+    key = config_key(OmegaConf.to_container(cfg.model, resolve=True),
+                     OmegaConf.to_container(cfg.method, resolve=True), int(cfg.seed))
+    return MapCache(root, key, float(cfg.cache.max_gb))
+
+
+class MapSource:
+    """Maps for a batch: from the map cache where every image is there, else from one backbone pass.
+
+    Attributes:
+        calls: backbone passes made; seconds: time spent in them (forward + maps).
+    """
+
+    def __init__(self, backbone: Backbone, plan: Plan, device: torch.device, precision: str,
+                 cache: MapCache | None):
+        self.backbone, self.plan, self.device, self.precision, self.cache = backbone, plan, device, precision, cache
+        self.calls, self.seconds = 0, 0.0
+
+    def __call__(self, items: list[dict]) -> tuple[list[dict[int, torch.Tensor]], list[torch.Tensor | None]]:
+        """Per image: layer -> (K, h, w) float32 maps, and its logits (C,) or None."""
+        layers = self.plan.layers
+        keys = [image_key(to_uint8(item["x"])) for item in items] if self.cache else [None] * len(items)
+        found = [self.cache.get(k, layers) if self.cache else None for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            x = torch.stack([items[i]["x"] for i in missing]).to(self.device, non_blocking=True)
+            t0 = time.perf_counter()
+            with autocast(self.device, self.precision):
+                method = self.plan.method
+                captured, logits = self.backbone.extract(x, method.capture_layers(layers), method.capture)
+                maps = method.maps(captured)
+            maps = {layer: maps[layer].float().cpu() for layer in layers}
+            logits = logits.float().cpu() if logits is not None else None
+            self.seconds += time.perf_counter() - t0
+            self.calls += 1
+            for j, i in enumerate(missing):
+                found[i] = ({layer: m[j] for layer, m in maps.items()}, logits[j] if logits is not None else None)
+                if self.cache:
+                    self.cache.put(keys[i], found[i][0], found[i][1])
+        return [f[0] for f in found], [f[1] for f in found]

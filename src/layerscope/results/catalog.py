@@ -1,0 +1,104 @@
+"""The metric table: every metric the project writes, with the facts every reader needs.
+
+The scorer (``layerscope.scoring``), the report, the W&B logger, the dashboard, the figures and
+the HTML view read these facts here, so a metric's direction, label or needs are written once.
+This module imports nothing heavy (no torch): the figures and the report run without a model.
+
+Two protocols (see the README):
+
+- ``per_image``: one value per (image, map) in ``results.csv``; a ranking averages over images.
+- ``dataset``: one value per (candidate map, category) over all images pooled, in
+  ``dataset_metrics.csv`` (pixel AUROC and AUPRO as MVTec AD / anomalib compute them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    """Facts about one metric.
+
+    Attributes:
+        name: column name.
+        title: short display name (``AUROC``).
+        label: axis label with its range.
+        higher_is_better: ranking direction.
+        needs_mask: undefined without a ground-truth mask.
+        threshold_dependent: differs between threshold rows (only IoU per image).
+        protocol: ``per_image`` (results.csv) or ``dataset`` (dataset_metrics.csv).
+        kind: ``map`` (how a map relates to the mask, or its shape) or ``image_score``
+            (a per-image anomaly score, ranked through image AUROC).
+        fmt: format spec for tables.
+    """
+
+    name: str
+    title: str
+    label: str
+    higher_is_better: bool = True
+    needs_mask: bool = True
+    threshold_dependent: bool = False
+    protocol: str = "per_image"
+    kind: str = "map"
+    fmt: str = ".3f"
+
+    def format(self, value: float) -> str:
+        return "" if value != value else format(value, self.fmt)
+
+
+_PER_IMAGE = (
+    Metric("iou", "IoU", "IoU (0–1)", threshold_dependent=True),
+    Metric("iou_oracle", "oracle IoU", "oracle IoU (0–1)"),
+    Metric("auroc", "AUROC", "pixel AUROC (0–1)"),
+    Metric("aupro", "AUPRO", "AUPRO (0–1)"),
+    Metric("mass_in_mask", "mass in mask", "map mass in mask (0–1)"),
+    Metric("mass_ratio", "mass ratio", "mass in mask / mask area (1 = chance)", fmt=".2f"),
+    Metric("pointing", "pointing", "pointing accuracy (0–1)"),
+    Metric("entropy", "entropy", "normalised entropy (0–1, 1 = uniform)", higher_is_better=False, needs_mask=False),
+    Metric("score_max", "max score", "map maximum", needs_mask=False, kind="image_score", fmt=".4g"),
+    Metric("score_topk", "top-k score", "mean of the top cells", needs_mask=False, kind="image_score", fmt=".4g"),
+)
+_DATASET = (
+    Metric("pixel_auroc", "pooled AUROC", "pooled pixel AUROC (0–1)", protocol="dataset"),
+    Metric("aupro", "pooled AUPRO", "pooled AUPRO (0–1)", protocol="dataset"),
+    Metric("pixel_ap", "pixel AP", "pooled pixel average precision (0–1)", protocol="dataset"),
+    Metric("pixel_f1_max", "F1-max", "pixel F1 at the best shared threshold (0–1)", protocol="dataset"),
+    Metric("image_auroc", "image AUROC", "image AUROC of the map maximum (0–1)", protocol="dataset"),
+    Metric("image_auroc_topk", "image AUROC (top-k)", "image AUROC of the top-cells mean (0–1)", protocol="dataset"),
+)
+
+PER_IMAGE: dict[str, Metric] = {m.name: m for m in _PER_IMAGE}
+DATASET: dict[str, Metric] = {m.name: m for m in _DATASET}
+MAP_METRICS = tuple(m.name for m in _PER_IMAGE if m.kind == "map")  # per-layer curves (W&B, figures)
+DEFAULT_CURVES = ("iou", "auroc", "aupro", "entropy")  # metric-vs-layer plots drawn by default
+IMAGE_SCORES = {"image_auroc": "score_max", "image_auroc_topk": "score_topk"}  # report metric -> column
+
+
+def get(name: str, protocol: str = "per_image") -> Metric:
+    """The metric ``name`` of ``protocol``.
+
+    Raises:
+        ValueError: unknown name, listing the known ones.
+    """
+    table = PER_IMAGE if protocol == "per_image" else DATASET
+    if name not in table:
+        raise ValueError(f"metric {name!r}: expected one of {', '.join(table)} ({protocol} protocol)")
+    return table[name]
+
+
+def lower_is_better(name: str) -> bool:
+    """Whether ``name`` ranks lowest first (entropy); unknown names rank highest first."""
+    metric = PER_IMAGE.get(name) or DATASET.get(name)
+    return metric is not None and not metric.higher_is_better
+
+
+def label(name: str) -> str:
+    """Axis label of a metric (its name when unknown)."""
+    metric = PER_IMAGE.get(name) or DATASET.get(name)
+    return metric.label if metric else name
+
+
+def title(name: str) -> str:
+    """Short display name of a metric (its name when unknown)."""
+    metric = PER_IMAGE.get(name) or DATASET.get(name)
+    return metric.title if metric else name

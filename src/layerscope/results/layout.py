@@ -1,0 +1,48 @@
+"""The run folder: the one place that names the files a run writes and the tools read.
+
+    <run>/results.csv          per-image rows (appended image by image)
+    <run>/done.txt             ids of finished images, one per line (resume)
+    <run>/config.yaml          the resolved config
+    <run>/run_summary.json     written last: its presence marks a finished run
+    <run>/run.log              the log (Hydra's job logging)
+    <run>/maps/<image>.npz     saved maps of one image
+    <run>/figures/<image>_grid.png
+    <run>/dataset_metrics.csv  dataset-level protocol (``layerscope-report --protocol dataset``)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULTS = "results.csv"
+DONE = "done.txt"
+CONFIG = "config.yaml"
+SUMMARY = "run_summary.json"
+LOG = "run.log"
+LOCK = ".lock"
+MAPS = "maps"
+FIGURES = "figures"
+PAPER_FIGURES = "figures_paper"
+DATASET_METRICS = "dataset_metrics.csv"
+ALL_RESULTS = "all_results.csv"
+
+
+def map_file(run_dir: Path, image: str) -> Path:
+    """The saved maps of ``image`` (an id already safe as a file name)."""
+    return Path(run_dir) / MAPS / f"{image}.npz"
+
+
+def grid_file(run_dir: Path, image: str) -> Path:
+    """The layer x head grid picture of ``image``."""
+    return Path(run_dir) / FIGURES / f"{image}_grid.png"
+
+
+def map_files(run_dir: Path) -> list[Path]:
+    """Every finished saved-map file of a run, sorted (half-written temporary files excluded)."""
+    folder = Path(run_dir) / MAPS
+    return sorted(p for p in folder.glob("*.npz") if ".tmp" not in p.name) if folder.is_dir() else []
+
+
+def run_dirs(folder: Path, name: str = RESULTS) -> list[Path]:
+    """Folders at or below ``folder`` holding ``name``, sorted."""
+    folder = Path(folder)
+    return sorted(p.parent for p in folder.rglob(name)) if folder.is_dir() else []

@@ -1,0 +1,142 @@
+"""The package as users get it: the wheel's contents, an installed copy running from another folder,
+and the module graph (no import cycles, no module importing a command-line module)."""
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+
+PACKAGE = ROOT / "src" / "layerscope"
+CLI_MODULES = {"layerscope.run", "layerscope.report", "layerscope.rescore", "layerscope.collect", "layerscope.bench",
+               "layerscope.dashboard", "layerscope.figures.__main__", "layerscope.data.export", "layerscope.view"}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT / "src").with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every layerscope module ``path`` imports, at module level or inside functions."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("layerscope")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("layerscope"):
+                continue
+            found.add(target)
+            found |= {f"{target}.{a.name}" for a in node.names}  # `from .results import catalog`
+    modules = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+    return {m for m in found if m in modules} - {name}
+
+
+def test_no_import_cycles_and_no_module_imports_a_command_line_module():
+    graph = {_module_name(p): _imports(p) for p in PACKAGE.rglob("*.py")}
+    for module, targets in graph.items():
+        bad = sorted(t for t in targets if t in CLI_MODULES and not module.startswith(t))
+        if module == "layerscope.figures.__main__":
+            bad = [t for t in bad if t != "layerscope.figures"]
+        assert not bad, f"{module} imports command-line modules {bad}"
+
+    def package_of(m: str) -> str:
+        return m.rsplit(".", 1)[0] if not (PACKAGE / Path(*m.split(".")[1:]) / "__init__.py").exists() else m
+
+    state: dict[str, int] = {}
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for t in graph.get(m, ()):
+            if package_of(m).startswith(t) or t.startswith(m + "."):
+                continue  # a package re-exporting its own modules, or a module reading its package
+            if state.get(t) == 1:
+                pytest.fail(f"import cycle: {' -> '.join([*stack, m, t])}")
+            if t not in state:
+                visit(t, [*stack, m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+
+
+def _build_wheel(tmp_path: Path) -> Path:
+    """Build the wheel from a copy of the checkout's package files (the checkout stays clean)."""
+    src = tmp_path / "checkout"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "conf", src / "conf")
+    shutil.copytree(PACKAGE, src / "src" / "layerscope", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "src" / "run.py", src / "src" / "run.py")  # present in a checkout, must stay out of the wheel
+    out = tmp_path / "dist"
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(out), str(src)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return next(out.glob("layerscope-*.whl"))
+
+
+@pytest.mark.slow
+def test_wheel_holds_the_package_and_its_configs_and_runs_from_another_folder(tmp_path):
+    wheel = _build_wheel(tmp_path)
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert not any(n.startswith("src/") or n == "run.py" for n in names), sorted(names)[:20]
+    configs = {f"layerscope/conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")}
+    assert configs <= names, sorted(configs - names)
+    modules = {f"layerscope/{p.relative_to(PACKAGE).as_posix()}" for p in PACKAGE.rglob("*.py")}
+    assert modules <= names, sorted(modules - names)
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "layerscope = layerscope.run:main" in entry_points and "layerscope-report = layerscope.report:main" in entry_points
+
+    # install the wheel's files alone and run them from an empty folder, away from the checkout
+    site = tmp_path / "site"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(site), HF_HUB_OFFLINE="1")
+    where = subprocess.run([sys.executable, "-c", "import layerscope, layerscope.run as r; print(layerscope.__file__);"
+                            "print(r.config_dir())"], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert where.returncode == 0, where.stderr[-2000:]
+    assert where.stdout.split() == [str(site / "layerscope" / "__init__.py"), str(site / "layerscope" / "conf")]
+    run = subprocess.run([sys.executable, "-m", "layerscope.run", "data=synthetic", "model=tiny_vit", "progress=false",
+                          "data.textures=[brick]", "data.defects=[spot]", "data.size=64", "hydra.run.dir=out"],
+                         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = (elsewhere / "out" / "results.csv").read_text().splitlines()
+    assert len(lines) == 1 + 2 * 4  # header + 2 layers x (2 heads, mean, best)
+    assert ",tiny_vit," in lines[1] and ",synthetic," in lines[1]  # names come from the config choices
+
+
+def test_user_config_dir_adds_a_model_without_editing_the_package(tmp_path):
+    mine = tmp_path / "my_conf" / "model"
+    mine.mkdir(parents=True)
+    (mine / "my_vit.yaml").write_text("defaults:\n  - base/timm_vit@_here_\n  - _self_\n"
+                                      "arch: vit_tiny_patch16_224\nimg_size: 32\npretrained: false\n"
+                                      "model_kwargs: {depth: 1, embed_dim: 16, num_heads: 2, patch_size: 8}\n")
+    from .conftest import run_cli
+
+    proc = run_cli(["--config-dir", str(tmp_path / "my_conf"), "model=my_vit", "progress=false", "data.size=32",
+                    "data.textures=[brick]", "data.defects=[spot]", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = (tmp_path / "run" / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 1 * 4 and ",my_vit," in rows[1]
