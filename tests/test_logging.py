@@ -41,6 +41,11 @@ def test_offline_wandb_run_holds_per_layer_history_and_summary(tmp_path):
     assert (summary["best/auroc/layer"], summary["best/auroc/head"]) == (best["layer"], best["head"])
     assert summary["layer_summary/_type"] == "table-file" and summary["maps/_type"] == "table-file"
     assert summary["maps/nrows"] == 2 * 3  # 1 image x 2 layers x (2 heads + mean)
+    pooled = pd.read_csv(out / "dataset_metrics.csv", dtype={"head": str}).query("category == 'all'")
+    best = pooled.loc[pooled["aupro"].idxmax()]
+    assert summary["dataset/aupro"] == pytest.approx(best["aupro"], abs=1e-6)  # the dataset-level protocol too
+    assert (summary["dataset/aupro/layer"], summary["dataset/aupro/head"]) == (best["layer"], best["head"])
+    assert summary["dataset_metrics/_type"] == "table-file"
 
 
 def test_wandb_run_is_finished_with_an_error_code_when_the_study_fails(tmp_path, monkeypatch):

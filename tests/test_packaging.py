@@ -140,3 +140,14 @@ def test_user_config_dir_adds_a_model_without_editing_the_package(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = (tmp_path / "run" / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 1 * 4 and ",my_vit," in rows[1]
+
+
+def test_design_card_command_works_from_the_repository_root(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-m", "src.run", "model=dino_vits8", "layer=range(0,12)",
+                           "model.pretrained=false", "model.img_size=64", "data.textures=[brick]", "data.defects=[spot]",
+                           "data.size=64", "progress=false", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=ROOT, env=dict(env, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = (tmp_path / "run" / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 12 * 8 and ",dino_vits8," in rows[1]  # 12 layers x (6 heads, mean, best)

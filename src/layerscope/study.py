@@ -78,17 +78,47 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
              backbone.name, backbone.kind, backbone.num_layers, time.perf_counter() - t0,
              plan.layers, method.name, len(dataset))
     logger.start(cfg, out_dir, backbone.name, method.name)
-    ok = False
+    ok, pooled = False, None
     try:
         stats = _study_loop(cfg, out_dir, plan, backbone, dataset, device, logger, done)
+        pooled, stats["dataset_seconds"] = dataset_pass(cfg, out_dir)
         write_summary(out_dir, {"complete": True, "model": backbone.name, "method": method.name,
                                 "layers": plan.layers, "seconds": round(time.perf_counter() - t0, 3), **stats})
         ok = True
     finally:
         if ok:
             logger.log_results(out_dir / layout.RESULTS)
+            if pooled is not None:
+                logger.log_dataset(pooled)
         logger.finish(ok)
     return out_dir / layout.RESULTS
+
+
+def dataset_pass(cfg: DictConfig, out_dir: Path) -> tuple[Any, float]:
+    """The dataset-level protocol over the saved maps (``dataset_metrics.csv``), when asked and possible.
+
+    Returns:
+        (the table or None, seconds spent).
+    """
+    if not cfg.dataset_metrics:
+        return None, 0.0
+    if not cfg.save_maps:
+        log.info("dataset_metrics skipped: it reads the saved maps (save_maps=false)")
+        return None, 0.0
+    from .protocol import write_dataset_metrics
+
+    t0 = time.perf_counter()
+    try:
+        table = write_dataset_metrics(out_dir, n_boot=0, seed=int(cfg.seed))  # CIs: layerscope-report (costly)
+    except FileNotFoundError as e:  # no masks: nothing to pool
+        log.info("dataset_metrics skipped: %s", e)
+        return None, 0.0
+    seconds = time.perf_counter() - t0
+    best = table[table["category"] == "all"].sort_values("aupro", ascending=False).head(1)
+    for r in best.itertuples():
+        log.info("dataset level (pooled over %d images): best AUPRO %.3f at layer %s, %s; written %s in %.1fs",
+                 r.n_images, r.aupro, r.layer, r.head, out_dir / layout.DATASET_METRICS, seconds)
+    return table, round(seconds, 3)
 
 
 class Prepared(torch.utils.data.Dataset):

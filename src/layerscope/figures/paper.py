@@ -40,14 +40,16 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from ..results import catalog
-from ..results.layout import PAPER_FIGURES, map_file
+from ..results.layout import DATASET_METRICS, PAPER_FIGURES, map_file
 from ..results.maps_io import load_maps
 from ..results.table import load_results
 from .grid import grid_figure
 
 log = logging.getLogger(__name__)
 
-KINDS = ("layer_head_grids", "metric_vs_layer", "vit_vs_cnn", "threshold_curves", "best_map_overlays")
+KINDS = ("layer_head_grids", "metric_vs_layer", "vit_vs_cnn", "threshold_curves", "best_map_overlays",
+         "dataset_vs_layer", "choice_stability")
+DATASET_CURVES = ("pixel_auroc", "aupro")  # pooled metrics with bootstrap CIs in dataset_metrics.csv
 METRICS = catalog.DEFAULT_CURVES
 DEPTHS = (0.25, 0.5, 0.75, 1.0)
 DPI = 200
@@ -572,6 +574,75 @@ def best_map_overlays(source: Study | Path | str, out: Path | str | None = None,
     return paths
 
 
+@_styled
+def dataset_vs_layer(source: Study | Path | str, out: Path | str | None = None,
+                     formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Dataset-level (pooled) pixel AUROC and AUPRO against layer, one line per (model, method).
+
+    Reads every ``dataset_metrics.csv`` below the folder (category ``all``). The map per line is the
+    one with the best mean of that metric over layers; the band is the 95% bootstrap CI over images.
+    """
+    study = _as_study(source)
+    out = _out_dir(study, out)
+    files = sorted(study.root.rglob(DATASET_METRICS))
+    if not files:
+        log.info("dataset_vs_layer: no %s below %s (dataset_metrics=false, or no masks), skipped", DATASET_METRICS,
+                 study.root)
+        return []
+    table = pd.concat([pd.read_csv(f, dtype={"head": str}) for f in files], ignore_index=True)
+    table = table[table["category"] == "all"]
+    paths: list[Path] = []
+    for metric in DATASET_CURVES:
+        fig = Figure(figsize=(3.6, 2.5))
+        ax = fig.add_subplot()
+        for i, ((model, method), part) in enumerate(table.groupby(["model", "method"])):
+            head = str(part.groupby("head")[metric].mean().idxmax())
+            line = part[part["head"] == head].sort_values("layer")
+            colour = PALETTE[i % len(PALETTE)]
+            ax.plot(line["layer"], line[metric], marker="o", color=colour,
+                    label=f"{model}{SEP}{method}{SEP}{_choice_label(method, head)}")
+            ax.fill_between(line["layer"], line[f"{metric}_ci_low"], line[f"{metric}_ci_high"], color=colour,
+                            alpha=0.2, linewidth=0)
+        if metric == "pixel_auroc":
+            ax.axhline(0.5, color="0.4", linewidth=0.7, linestyle="--", zorder=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(LAYER_LABEL)
+        ax.set_ylabel(catalog.label(metric))
+        ax.set_title(f"{catalog.title(metric)} by layer (dataset level, 95% CI)", pad=4)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, ncol=1)
+        paths += _save(fig, out, f"dataset_vs_layer_{metric}", formats)
+    return paths
+
+
+@_styled
+def choice_stability(source: Study | Path | str, out: Path | str | None = None,
+                     formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """How often each candidate wins the held-out choice over calibration resamples (``choice_*.json``)."""
+    import json
+
+    study = _as_study(source)
+    out = _out_dir(study, out)
+    paths: list[Path] = []
+    for path in sorted(study.root.glob("choice_*.json")):
+        result = json.loads(path.read_text())
+        rows = result.get("stability") or []
+        if not rows:
+            continue
+        labels = [f"{r['model']}{SEP}{r['method']}{SEP}L{r['layer']}{SEP}{_choice_label(r['method'], r['head'])}"
+                  for r in rows]
+        fig = Figure(figsize=(3.6, 0.5 + 0.28 * len(rows)))
+        ax = fig.add_subplot()
+        ax.barh(range(len(rows))[::-1], [r["wins"] for r in rows], color=PALETTE[0])
+        ax.set_yticks(range(len(rows))[::-1], labels)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(f"share of {result['n_stability']} calibration resamples won")
+        ax.set_title(f"Stability of the choice by pooled {catalog.title(result['metric'])}", pad=4)
+        paths += _save(fig, out, f"choice_stability_{_slug(result['metric'])}", formats)
+    if not paths:
+        log.info("choice_stability: no choice_*.json in %s (layerscope-report --calibration), skipped", study.root)
+    return paths
+
+
 def make_all(folder: Path | str, out: Path | str | None = None, formats: Sequence[str] = ("png", "pdf"),
              max_images: int = 4, metrics: Iterable[str] = METRICS,
              kinds: Iterable[str] = KINDS) -> dict[str, list[Path]]:
@@ -611,5 +682,7 @@ def make_all(folder: Path | str, out: Path | str | None = None, formats: Sequenc
         "vit_vs_cnn": lambda: vit_vs_cnn(study, out, formats, min(max_images, 3)),
         "threshold_curves": lambda: threshold_curves(study, out, formats),
         "best_map_overlays": lambda: best_map_overlays(study, out, formats, min(max_images, 3)),
+        "dataset_vs_layer": lambda: dataset_vs_layer(study, out, formats),
+        "choice_stability": lambda: choice_stability(study, out, formats),
     }
     return {kind: calls[kind]() for kind in kinds}

@@ -28,5 +28,8 @@ class Logger:
     def log_results(self, results_csv: Path) -> None:
         """The finished results table."""
 
+    def log_dataset(self, table) -> None:
+        """The dataset-level metrics (``dataset_metrics.csv`` rows, a DataFrame)."""
+
     def finish(self, ok: bool) -> None:
         """Always called, also after an error (``ok=False``)."""

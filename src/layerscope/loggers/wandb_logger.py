@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from ..results.catalog import MAP_METRICS, lower_is_better
+from ..results.catalog import DATASET, MAP_METRICS, lower_is_better
 from ..results.table import METRICS
 from .base import Logger
 
@@ -142,6 +142,23 @@ class WandbLogger(Logger):
         self.run.log({"layer_summary": wandb.Table(dataframe=table)})
         if self._images:
             self.run.log({"maps": wandb.Table(columns=["image", "category", "layer", "head", "map"], data=self._images)})
+
+    def log_dataset(self, table: pd.DataFrame) -> None:
+        """``dataset/<metric>`` summaries (best candidate pooled over all images, with its layer and head)
+        and the ``dataset_metrics`` table."""
+        import wandb
+
+        if self.run is None or table.empty:
+            return
+        pooled = table[table["category"] == "all"]
+        for metric in DATASET:
+            if metric not in pooled.columns or pooled[metric].isna().all():
+                continue
+            best = pooled.loc[pooled[metric].idxmax()]
+            self.run.summary[f"dataset/{metric}"] = float(best[metric])
+            self.run.summary[f"dataset/{metric}/layer"] = int(best["layer"])
+            self.run.summary[f"dataset/{metric}/head"] = str(best["head"])
+        self.run.log({"dataset_metrics": wandb.Table(dataframe=table.astype({"layer": int}))})
 
     def finish(self, ok: bool) -> None:
         if self.run is None:

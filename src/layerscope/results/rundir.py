@@ -13,7 +13,8 @@ from .layout import CONFIG, DONE, RESULTS, SUMMARY
 log = logging.getLogger(__name__)
 
 # Options that cannot change a single result row: a run may resume with other values.
-NOT_RESULTS = ("progress", "resume", "num_workers", "batch_size", "cache", "logger", "device", "on_bad_image")
+NOT_RESULTS = ("progress", "resume", "num_workers", "batch_size", "cache", "logger", "device", "on_bad_image",
+               "figures", "dataset_metrics")
 
 
 def comparable(cfg: DictConfig | dict) -> dict:

@@ -1,0 +1,353 @@
+"""The dataset-level protocol and the held-out choice of a map and its threshold.
+
+Per image (``results.csv``) asks: does this map outline the defect in this image? Each image is
+ranked on its own, so a map whose scale changes from image to image can look perfect. Dataset
+level (``dataset_metrics.csv``, as MVTec AD, anomalib and PatchCore report) asks what an
+inspection line runs: one threshold for every image. Pixel AUROC pools every pixel of every
+test image, good images included; AUPRO averages PRO over every region of every image with FPR
+over every normal pixel; F1-max is the best pixel F1 over one shared threshold.
+
+A per-defect-type row pools that type's images with the defect-free (``good``) ones; the
+``all`` row pools every image.
+
+``choose`` picks a candidate (model, method, layer, map) and its raw-score threshold on
+calibration images only and reports it on the held-out images with bootstrap 95% CIs, plus how
+often each candidate wins when the calibration images are resampled, and, given costs, the
+expected inspection cost per part against no inspection.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .metrics.pooled import SortedCells, pooled_metrics, threshold_at_fpr
+from .results import catalog, layout
+from .results.pool import Pool, build_pool
+
+log = logging.getLogger(__name__)
+
+CANDIDATE = ["model", "method", "layer", "head"]
+COLUMNS = ["job", *CANDIDATE, "category", "n_images", "n_defect_images", "pixel_auroc", "aupro", "pixel_ap",
+           "pixel_f1_max", "f1_threshold", "image_auroc", "image_auroc_topk", "pixel_auroc_ci_low",
+           "pixel_auroc_ci_high", "aupro_ci_low", "aupro_ci_high", "upsample"]
+CHOICE_METRICS = ("aupro", "pixel_auroc", "pixel_ap", "pixel_f1_max")
+ALIASES = {"auroc": "pixel_auroc", "ap": "pixel_ap", "f1": "pixel_f1_max", "f1_max": "pixel_f1_max"}
+
+
+def dataset_metric(name: str) -> str:
+    """A dataset-level metric name from what users type (``auroc`` is pooled pixel AUROC)."""
+    name = ALIASES.get(name, name)
+    catalog.get(name, "dataset")  # raises with the list of known names
+    return name
+
+
+def _image_auroc(scores: np.ndarray, defective: np.ndarray) -> float:
+    ok = ~np.isnan(scores)
+    pos, neg = defective[ok], ~defective[ok]
+    if not pos.any() or not neg.any():
+        return float("nan")
+    return pooled_metrics(scores[ok], pos.astype(float), neg.astype(float), np.zeros(ok.sum()), 0).pixel_auroc
+
+
+def _categories(images: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
+    """(name, bool image selection): each defect type with the good images, then ``all``."""
+    good = (images["category"] == "good").to_numpy()
+    out = []
+    for category in sorted(set(images["category"]) - {"good"}):
+        out.append((category, (images["category"] == category).to_numpy() | good))
+    out.append(("all", np.ones(len(images), bool)))
+    return out
+
+
+class _Candidate:
+    """One candidate's cells, sorted once; every metric is a weighted pass over them."""
+
+    def __init__(self, pool: Pool, c: int):
+        self.cells = pool.cells(c)
+        self.scores = pool.scores(c)
+        self.sorted = SortedCells(self.scores)
+        self.regions = pool.images["regions"].to_numpy(float)
+        self.limit = pool.fpr_limit
+        self.covered = np.zeros(len(pool.images), bool)
+        self.covered[np.unique(self.cells.image)] = True
+        self.image_scores = pool.image_scores[c]
+
+    def metrics(self, image_weights: np.ndarray):
+        w = image_weights * self.covered
+        return self.sorted.metrics(self.cells.pos, self.cells.neg, self.cells.pro, float((w * self.regions).sum()),
+                                   self.limit, weights=w[self.cells.image])
+
+    def at_threshold(self, t: float, image_weights: np.ndarray) -> dict:
+        w = image_weights * self.covered
+        return self.sorted.at_threshold(t, self.cells.pos, self.cells.neg, weights=w[self.cells.image])
+
+
+def _bootstrap_weights(groups: Sequence[np.ndarray], n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n) image multiplicities; each group (e.g. defective, good) resampled with replacement on its own,
+    so every resample keeps both kinds of image."""
+    weights = np.zeros((n_boot, n))
+    for idx in groups:
+        if len(idx):
+            counts = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=n_boot)
+            weights[:, idx] += counts
+    return weights
+
+
+def _ci(values: Sequence[float]) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x == x], float)
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    return float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))
+
+
+def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+    """One row per (candidate, category) with the pooled metrics (``COLUMNS``).
+
+    Args:
+        pool: the pooled saved maps (``build_pool``).
+        n_boot: bootstrap resamples (over images, defective and good apart) for the CIs of
+            pooled pixel AUROC and AUPRO of the ``all`` row; 0 for none.
+        seed: bootstrap seed.
+    """
+    images = pool.images
+    defective = images["defective"].to_numpy()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c, cand in pool.candidates.iterrows():
+        data = _Candidate(pool, c)
+        for category, chosen in _categories(images):
+            sel = chosen & data.covered
+            m = data.metrics(sel.astype(float))
+            row = {"job": cand["job"], **{k: cand[k] for k in CANDIDATE}, "category": category,
+                   "n_images": int(sel.sum()), "n_defect_images": int((sel & defective).sum()), **asdict(m),
+                   "image_auroc": _image_auroc(data.image_scores[sel, 0], defective[sel]),
+                   "image_auroc_topk": _image_auroc(data.image_scores[sel, 1], defective[sel]),
+                   "upsample": cand["upsample"]}
+            if category == "all" and n_boot:
+                groups = [np.flatnonzero(sel & defective), np.flatnonzero(sel & ~defective)]
+                boots = [data.metrics(w) for w in _bootstrap_weights(groups, len(images), n_boot, rng)]
+                row["pixel_auroc_ci_low"], row["pixel_auroc_ci_high"] = _ci([b.pixel_auroc for b in boots])
+                row["aupro_ci_low"], row["aupro_ci_high"] = _ci([b.aupro for b in boots])
+            rows.append(row)
+    return pd.DataFrame(rows).reindex(columns=COLUMNS)
+
+
+def write_dataset_metrics(folder: Path, n_boot: int = 200, seed: int = 0, progress: bool = False) -> pd.DataFrame:
+    """Compute ``dataset_metrics`` for every run below ``folder`` and write each run's rows into its
+    ``dataset_metrics.csv`` (atomically); returns all rows."""
+    pool = build_pool(folder, progress)
+    try:
+        table = dataset_metrics(pool, n_boot, seed)
+    finally:
+        pool.close()
+    folder = Path(folder)
+    for job, part in table.groupby("job", sort=False):
+        out = (folder / job if job != "." else folder) / layout.DATASET_METRICS
+        tmp = out.with_suffix(".csv.tmp")
+        part.to_csv(tmp, index=False, float_format="%.9g")  # float32 thresholds round-trip
+        tmp.replace(out)
+    return table
+
+
+# ---------------------------------------------------------------------------------------- the choice
+
+
+def split_images(images: pd.DataFrame, calibration: float, seed: int) -> np.ndarray:
+    """Bool (n,) calibration selection: a seeded share of each category (at least one image of
+    each category with two or more goes to each side)."""
+    if not 0 < calibration < 1:
+        raise ValueError(f"--calibration {calibration}: expected a share in (0, 1), a file of image ids, or a folder")
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(len(images), bool)
+    for _, idx in images.groupby("category").indices.items():
+        idx = rng.permutation(idx)
+        k = int(round(calibration * len(idx)))
+        if len(idx) >= 2:
+            k = min(max(k, 1), len(idx) - 1)
+        chosen[idx[:k]] = True
+    return chosen
+
+
+def _economics(scores_cal: np.ndarray, bad_cal: np.ndarray, scores_out: np.ndarray, bad_out: np.ndarray,
+               cost_miss: float, cost_false_alarm: float, defect_rate: float, n_boot: int,
+               rng: np.random.Generator) -> dict:
+    """The image threshold minimising the expected cost per part on calibration, judged on held-out."""
+    def rates(scores, bad, t, w=None):
+        w = np.ones(len(scores)) if w is None else w
+        flagged = scores >= t
+        miss = (w * (bad & ~flagged)).sum() / max((w * bad).sum(), 1e-12)
+        false_alarm = (w * (~bad & flagged)).sum() / max((w * ~bad).sum(), 1e-12)
+        return miss, false_alarm
+
+    def cost(miss, false_alarm):
+        return defect_rate * miss * cost_miss + (1 - defect_rate) * false_alarm * cost_false_alarm
+
+    candidates = np.unique(np.concatenate([scores_cal, [np.inf]]))  # inf: flag nothing
+    costs = [cost(*rates(scores_cal, bad_cal, t)) for t in candidates]
+    t = float(candidates[int(np.argmin(costs))])
+    miss, false_alarm = rates(scores_out, bad_out, t)
+    expected = cost(miss, false_alarm)
+    groups = [np.flatnonzero(bad_out), np.flatnonzero(~bad_out)]
+    boots = [cost(*rates(scores_out, bad_out, t, w)) for w in _bootstrap_weights(groups, len(scores_out), n_boot, rng)]
+    baseline = defect_rate * cost_miss
+    denominator = cost_miss * (1 - miss) + false_alarm * cost_false_alarm
+    break_even = false_alarm * cost_false_alarm / denominator if denominator > 0 else float("nan")
+    low, high = _ci(boots)
+    pays = "pays" if high < baseline else "does not pay" if low > baseline else "may pay (the CI holds the baseline)"
+    return {"image_threshold": t, "defect_rate": defect_rate, "cost_miss": cost_miss,
+            "cost_false_alarm": cost_false_alarm, "miss_rate": miss, "false_alarm_rate": false_alarm,
+            "expected_cost_per_part": expected, "expected_cost_ci": [low, high],
+            "no_inspection_cost_per_part": baseline, "break_even_defect_rate": break_even,
+            "verdict": f"At a defect rate of {defect_rate:.3g} this inspection {pays}: {expected:.4g} "
+                       f"[{low:.4g}, {high:.4g}] per part against {baseline:.4g} with no inspection; "
+                       f"break-even defect rate {break_even:.3g}."}
+
+
+def choose(pool: Pool, metric: str = "aupro", calibration: float | np.ndarray = 0.5, seed: int = 0,
+           n_boot: int = 1000, n_stability: int = 200, target_fpr: float | None = None,
+           costs: tuple[float, float] | None = None, defect_rate: float | None = None,
+           image_score: str = "max") -> dict[str, Any]:
+    """Choose a candidate and its threshold on calibration images; report it on the held-out ones.
+
+    Args:
+        pool: pooled saved maps.
+        metric: the pooled metric that chooses (``CHOICE_METRICS``).
+        calibration: a share of images (split per category, seeded) or a bool (n_images,)
+            selection of the calibration images.
+        seed: split and bootstrap seed.
+        n_boot: bootstrap resamples of held-out images for the CIs.
+        n_stability: bootstrap resamples of the calibration images, each repeating the choice.
+        target_fpr: None: the threshold is calibration F1-max's; else the lowest threshold
+            whose calibration pixel FPR is at most this.
+        costs: (cost of a missed defective part, cost of a false alarm), per part, or None.
+        defect_rate: the line's share of defective parts (None: the data's own).
+        image_score: ``max`` or ``topk``: the image score of the cost threshold.
+
+    Returns:
+        A JSON-serialisable dict (see ``write_choice``).
+
+    Raises:
+        ValueError: an unknown metric, or a split that leaves one side without defective images.
+    """
+    metric = dataset_metric(metric)
+    if metric not in CHOICE_METRICS:
+        raise ValueError(f"--metric {metric}: the choice ranks by one of {', '.join(CHOICE_METRICS)}")
+    images = pool.images
+    cal = split_images(images, calibration, seed) if np.ndim(calibration) == 0 else np.asarray(calibration, bool)
+    out = ~cal
+    defective = images["defective"].to_numpy()
+    for name, side in (("calibration", cal), ("held-out", out)):
+        if not (side & defective).any():
+            raise ValueError(f"the {name} images hold no defective image; use more images or another split")
+    data = [_Candidate(pool, c) for c in range(len(pool.candidates))]
+    scores = np.array([getattr(d.metrics(cal.astype(float)), metric) for d in data])
+    if np.isnan(scores).all():
+        raise ValueError(f"{metric} is undefined for every candidate on the calibration images")
+    best = int(np.nanargmax(scores))
+    chosen = data[best]
+    cand = pool.candidates.iloc[best]
+    on_cal = chosen.metrics(cal.astype(float))
+    if target_fpr is None:
+        threshold, rule = float(on_cal.f1_threshold), "calibration pixel F1-max"
+    else:
+        w = (cal * chosen.covered).astype(float)[chosen.cells.image]
+        threshold = float(threshold_at_fpr(chosen.scores, chosen.cells.neg, target_fpr, weights=w))
+        rule = f"calibration pixel FPR <= {target_fpr:g}"
+    rng = np.random.default_rng(seed + 1)
+
+    def held_out(weights: np.ndarray) -> dict[str, float]:
+        m = chosen.metrics(weights)
+        c = chosen.at_threshold(threshold, weights)
+        tp, fp, fn = c["tp"], c["fp"], c["fn"]
+        flagged = chosen.image_scores[:, 0] >= threshold
+        bad, good = weights * defective * chosen.covered, weights * ~defective * chosen.covered
+        return {"pixel_auroc": m.pixel_auroc, "aupro": m.aupro, "pixel_ap": m.pixel_ap,
+                "pixel_f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+                "pixel_iou": tp / (tp + fp + fn) if tp + fp + fn else float("nan"),
+                "image_recall": (bad * flagged).sum() / bad.sum() if bad.sum() else float("nan"),
+                "image_false_alarm_rate": (good * flagged).sum() / good.sum() if good.sum() else float("nan"),
+                "image_accuracy": ((bad * flagged).sum() + (good * ~flagged).sum()) / (bad.sum() + good.sum())}
+
+    point = held_out(out.astype(float))
+    groups = [np.flatnonzero(out & defective), np.flatnonzero(out & ~defective)]
+    boots = [held_out(w) for w in _bootstrap_weights(groups, len(images), n_boot, rng)]
+    held = {k: {"value": v, "ci": list(_ci([b[k] for b in boots]))} for k, v in point.items()}
+    wins = np.zeros(len(data))
+    cal_groups = [np.flatnonzero(cal & defective), np.flatnonzero(cal & ~defective)]
+    for w in _bootstrap_weights(cal_groups, len(images), n_stability, rng):
+        values = np.array([getattr(d.metrics(w), metric) for d in data])
+        if not np.isnan(values).all():
+            wins[int(np.nanargmax(values))] += 1
+    top = np.argsort(-wins, kind="stable")[:5]
+    describe = pool.candidates[["job", *CANDIDATE]]
+    stability = [{**{k: _plain(v) for k, v in describe.iloc[i].items()}, "wins": float(wins[i] / max(n_stability, 1))}
+                 for i in top if wins[i] > 0]
+    result: dict[str, Any] = {
+        "protocol": "dataset (pooled over images; one threshold for every image)",
+        "metric": metric, "chosen": {k: _plain(v) for k, v in cand[["job", *CANDIDATE, "upsample"]].items()},
+        "calibration_score": float(scores[best]), "threshold": threshold, "threshold_rule": rule,
+        "seed": seed, "n_boot": n_boot, "n_stability": n_stability,
+        "calibration_images": images["id"][cal].tolist(), "held_out_images": images["id"][out].tolist(),
+        "held_out": held, "stability": stability,
+        "candidates": int(len(data)),
+    }
+    if costs is not None:
+        rate = float(defective.mean()) if defect_rate is None else float(defect_rate)
+        if not 0 <= rate <= 1:
+            raise ValueError(f"--defect-rate {defect_rate}: expected a share in [0, 1]")
+        col = 0 if image_score == "max" else 1
+        s = chosen.image_scores[:, col]
+        result["economics"] = _economics(s[cal & chosen.covered], defective[cal & chosen.covered],
+                                         s[out & chosen.covered], defective[out & chosen.covered],
+                                         costs[0], costs[1], rate, n_boot, rng)
+        result["economics"]["image_score"] = f"score_{image_score}"
+    return result
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def choice_markdown(result: dict[str, Any]) -> str:
+    """A readable summary of ``choose``'s result."""
+    c = result["chosen"]
+    job = "" if c["job"] == "." else f" (job {c['job']})"
+    lines = [f"# Held-out choice by pooled `{result['metric']}` ({result['protocol']})", "",
+             f"Chosen on {len(result['calibration_images'])} calibration images among {result['candidates']} "
+             f"candidates: **{c['model']} · {c['method']} · layer {c['layer']} · {c['head']}**"
+             f"{job}, calibration "
+             f"{result['metric']} {result['calibration_score']:.3f}; threshold {result['threshold']:.6g} "
+             f"({result['threshold_rule']}).", "",
+             f"## On the {len(result['held_out_images'])} held-out images (95% bootstrap CI)", "",
+             "| metric | value | 95% CI |", "|---|---:|---|"]
+    for name, v in result["held_out"].items():
+        lines.append(f"| {name} | {v['value']:.3f} | [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}] |")
+    lines += ["", f"## Stability: share of {result['n_stability']} calibration resamples each candidate wins", "",
+              "| model | method | layer | head | wins |", "|---|---|---:|---|---:|"]
+    for s in result["stability"]:
+        lines.append(f"| {s['model']} | {s['method']} | {s['layer']} | {s['head']} | {s['wins']:.2f} |")
+    if "economics" in result:
+        e = result["economics"]
+        lines += ["", "## Inspection economics (per part, held-out images)", "",
+                  f"Image threshold {e['image_threshold']:.6g} on `{e['image_score']}` (minimum expected cost on "
+                  f"calibration): miss rate {e['miss_rate']:.3f}, false-alarm rate {e['false_alarm_rate']:.3f}.", "",
+                  e["verdict"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_choice(folder: Path, result: dict[str, Any]) -> tuple[Path, Path]:
+    """``choice_<metric>.json`` and ``.md`` in ``folder``."""
+    folder = Path(folder)
+    stem = f"choice_{result['metric']}"
+    js, md = folder / f"{stem}.json", folder / f"{stem}.md"
+    for path, text in ((js, json.dumps(result, indent=2, allow_nan=True)), (md, choice_markdown(result))):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return js, md

@@ -1,0 +1,197 @@
+"""Saved maps of a run or sweep, pooled over images for the dataset-level protocol.
+
+One pass reads every ``maps/<image>.npz`` once. For each map grid it keeps, per cell of every
+image, the counts the pooled metrics need (defect pixels, normal pixels, and the cell's share
+of each ground-truth region); for each candidate map (job, layer, map) it writes the cell
+scores into a disk-backed array, so memory stays bounded by one candidate's scores however
+many images and candidates there are. With ``upsample=nearest`` (the default) a cell is a
+grid position and the metrics equal the pixel metrics of the nearest-upsampled maps exactly;
+with ``upsample=bilinear`` a cell is a pixel of the upsampled map.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+
+from ..maps.upsample import upsample as upsample_maps
+from ..metrics.localization import cells_from_mask
+from . import layout
+from .maps_io import load_maps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GridCells:
+    """Ground truth of every pooled image at one grid, cell by cell (all arrays (n,))."""
+
+    image: np.ndarray  # int32, index into ``Pool.images``
+    pos: np.ndarray  # float32, defect pixels in the cell
+    neg: np.ndarray  # float32, normal pixels in the cell (ignored pixels in neither)
+    pro: np.ndarray  # float64, sum over regions r of (pixels of r in the cell) / |r|
+
+
+@dataclass
+class Pool:
+    """Every candidate map of a folder, pooled over its images.
+
+    Attributes:
+        images: one row per image: ``id``, ``category``, ``defective`` (mask has defect
+            pixels), ``regions`` (connected defect regions, 8-connectivity), ``score_max`` and
+            ``score_topk`` are per candidate (see ``image_scores``).
+        candidates: one row per candidate: ``job``, ``model``, ``method``, ``layer``, ``head``,
+            ``grid`` (key into ``grids``), ``upsample``.
+        grids: (job, grid shape) -> ``GridCells``.
+        image_scores: candidate index -> (n_images, 2) float64, ``score_max`` and ``score_topk``
+            (NaN for images the candidate's job did not score).
+        fpr_limit: AUPRO integration limit of the runs.
+    """
+
+    images: pd.DataFrame
+    candidates: pd.DataFrame
+    grids: dict[tuple[str, tuple[int, int]], GridCells]
+    image_scores: dict[int, np.ndarray]
+    fpr_limit: float
+    _scores: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    def scores(self, c: int) -> np.ndarray:
+        """Cell scores of candidate ``c``, (n,) float32, in the order of its grid's cells."""
+        return np.asarray(self._scores[c])
+
+    def cells(self, c: int) -> GridCells:
+        row = self.candidates.iloc[c]
+        return self.grids[(row["job"], row["grid"])]
+
+    def close(self) -> None:
+        self._scores.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _run_options(run_dir: Path) -> tuple[str, float, float]:
+    """upsample mode, AUPRO limit and top-k share of a run, from its saved config."""
+    cfg = OmegaConf.load(run_dir / layout.CONFIG) if (run_dir / layout.CONFIG).exists() else OmegaConf.create({})
+    metrics = cfg.get("metrics") or {}
+    return str(cfg.get("upsample", "nearest")), float(metrics.get("aupro_fpr_limit", 0.3)), \
+        float(metrics.get("image_topk", 0.01))
+
+
+def _disk(tmp: tempfile.TemporaryDirectory, name: str, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """A disk-backed array in the pool's temporary folder: memory holds only what is being read."""
+    return np.lib.format.open_memmap(Path(tmp.name) / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+
+
+def map_runs(folder: Path) -> list[Path]:
+    """Run folders at or below ``folder`` that saved maps."""
+    folder = Path(folder)
+    candidates = {folder} | {p.parent for p in folder.rglob(layout.MAPS) if p.is_dir()}
+    return sorted(p for p in candidates if layout.map_files(p))
+
+
+def build_pool(folder: Path, progress: bool = False) -> Pool:
+    """Read every saved map below ``folder`` once into a ``Pool``.
+
+    Raises:
+        FileNotFoundError: no saved maps below ``folder`` (``save_maps=false``?).
+    """
+    from tqdm import tqdm
+
+    folder = Path(folder)
+    runs = map_runs(folder)
+    if not runs:
+        raise FileNotFoundError(f"{folder}: no saved maps ({layout.MAPS}/*.npz) below it; the dataset-level "
+                                "protocol reads them (was save_maps=false?)")
+    tmp = tempfile.TemporaryDirectory(prefix="layerscope-pool-")
+    image_index: dict[str, int] = {}
+    image_rows: list[dict] = []
+    cand_rows: list[dict] = []
+    grids: dict[tuple[str, tuple[int, int]], GridCells] = {}
+    scores: dict[int, np.ndarray] = {}
+    image_scores: dict[int, np.ndarray] = {}
+    limits = set()
+    for r, run in enumerate(runs):
+        job = str(run.relative_to(folder)) if run != folder else "."
+        mode, limit, topk = _run_options(run)
+        limits.add(limit)
+        files = layout.map_files(run)
+        first = load_maps(files[0])
+        size = first["image"].shape[:2]
+        # the cell layout of every layer, fixed by the first image (all images share the input size)
+        shapes = {layer: (tuple(m.shape[-2:]) if mode == "nearest" else size) for layer, m in first["maps"].items()}
+        cells_per = {g: g[0] * g[1] for g in set(shapes.values())}
+        per_grid = {g: {key: _disk(tmp, f"run{r}_{g[0]}x{g[1]}_{key}", dtype, (len(files) * n_cells,))
+                        for key, dtype in (("image", np.int32), ("pos", np.float32), ("neg", np.float32),
+                                           ("pro", np.float64))} for g, n_cells in cells_per.items()}
+        grid_used = {g: 0 for g in per_grid}
+        job_cands: dict[tuple[int, int], int] = {}
+        for layer, m in first["maps"].items():
+            for k, name in enumerate(first["names"][layer]):
+                c = len(cand_rows)
+                job_cands[(layer, k)] = c
+                meta = first["meta"]
+                cand_rows.append({"job": job, "model": meta.get("model", ""), "method": meta.get("method", ""),
+                                  "layer": int(layer), "head": str(name), "grid": shapes[layer], "upsample": mode})
+                n_cells = len(files) * shapes[layer][0] * shapes[layer][1]
+                scores[c] = _disk(tmp, f"scores{c}", np.float32, (n_cells,))
+                image_scores[c] = np.full((len(files), 3), np.nan)  # image index, map max, top-k mean
+        offsets = {c: 0 for c in job_cands.values()}
+        for f, path in enumerate(tqdm(files, desc=f"pooling {job}", disable=not progress)):
+            d = load_maps(path)
+            meta = d["meta"]
+            if d["mask"] is None:
+                log.info("%s: no mask, left out of the dataset-level metrics", path.name)
+                continue
+            image_id = str(meta.get("image", path.stem))
+            if image_id not in image_index:
+                image_index[image_id] = len(image_rows)
+                image_rows.append({"id": image_id, "category": str(meta.get("category") or ""),
+                                   "defective": bool(d["mask"].any()), "regions": 0})
+            i = image_index[image_id]
+            mask = torch.from_numpy(d["mask"])
+            valid = torch.from_numpy(d["valid"]) if d["valid"] is not None else None
+            for grid, store in per_grid.items():
+                cells = cells_from_mask(mask, grid, valid)
+                n_regions = cells.regions.shape[1]
+                image_rows[i]["regions"] = n_regions
+                pro = (cells.regions / cells.regions.sum(0, keepdim=True)).sum(1) if n_regions else \
+                    torch.zeros(grid[0] * grid[1], dtype=torch.float64)
+                at = slice(grid_used[grid], grid_used[grid] + cells_per[grid])
+                store["image"][at] = i
+                store["pos"][at] = cells.pos.numpy()
+                store["neg"][at] = cells.neg.numpy()
+                store["pro"][at] = pro.numpy()
+                grid_used[grid] += cells_per[grid]
+            for (layer, k), c in job_cands.items():
+                m = torch.from_numpy(d["maps"][layer][k])
+                flat = (upsample_maps(m, size, "bilinear") if mode == "bilinear" else m).flatten().numpy()
+                scores[c][offsets[c]:offsets[c] + flat.size] = flat
+                offsets[c] += flat.size
+                grid_flat = m.flatten().float()
+                top = grid_flat.topk(max(1, int(round(topk * grid_flat.numel())))).values.mean()
+                image_scores[c][f] = (i, float(grid_flat.max()), float(top))
+        for grid, store in per_grid.items():
+            grids[(job, grid)] = GridCells(*(store[key][:grid_used[grid]] for key in ("image", "pos", "neg", "pro")))
+        for c, used in offsets.items():
+            scores[c] = scores[c][:used]  # images without a mask took no cells
+    if len(limits) > 1:
+        raise ValueError(f"{folder}: runs with different metrics.aupro_fpr_limit {sorted(limits)}; pool them apart")
+    n = len(image_rows)
+    per_image = {}
+    for c, values in image_scores.items():
+        table = np.full((n, 2), np.nan)
+        done = ~np.isnan(values[:, 0])
+        table[values[done, 0].astype(int)] = values[done, 1:]
+        per_image[c] = table
+    images = pd.DataFrame(image_rows, columns=["id", "category", "defective", "regions"])
+    if images.empty:
+        raise FileNotFoundError(f"{folder}: no saved map has a mask; the dataset-level protocol needs masks")
+    return Pool(images, pd.DataFrame(cand_rows), grids, per_image, limits.pop(), scores, tmp)
