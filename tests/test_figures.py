@@ -33,6 +33,14 @@ def study_dir(tmp_path_factory) -> Path:
     for name, model in (("vit", "tiny_vit"), ("cnn", "tiny_cnn")):
         proc = run_cli([f"model={model}", *SMALL, f"hydra.run.dir={parent / name}"], cwd=ROOT)
         assert proc.returncode == 0, proc.stderr[-3000:]
+    from layerscope.protocol import choose, write_choice
+    from layerscope.results.pool import build_pool
+
+    pool = build_pool(parent / "vit")  # a held-out choice (first image to choose on), for choice_stability
+    try:
+        write_choice(parent, choose(pool, "aupro", pool.images.index.to_numpy() == 0, n_boot=20, n_stability=20))
+    finally:
+        pool.close()
     return parent
 
 

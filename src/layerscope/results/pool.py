@@ -170,14 +170,19 @@ def build_pool(folder: Path, progress: bool = False) -> Pool:
                 store["neg"][at] = cells.neg.numpy()
                 store["pro"][at] = pro.numpy()
                 grid_used[grid] += cells_per[grid]
-            for (layer, k), c in job_cands.items():
-                m = torch.from_numpy(d["maps"][layer][k])
-                flat = (upsample_maps(m, size, "bilinear") if mode == "bilinear" else m).flatten().numpy()
-                scores[c][offsets[c]:offsets[c] + flat.size] = flat
-                offsets[c] += flat.size
-                grid_flat = m.flatten().float()
-                top = grid_flat.topk(max(1, int(round(topk * grid_flat.numel())))).values.mean()
-                image_scores[c][f] = (i, float(grid_flat.max()), float(top))
+            for layer, layer_maps in d["maps"].items():
+                flat = layer_maps.reshape(layer_maps.shape[0], -1).astype(np.float32)  # (K, h*w)
+                if mode == "bilinear":
+                    flat = upsample_maps(torch.from_numpy(layer_maps), size, "bilinear").reshape(len(flat), -1).numpy()
+                grid_flat = layer_maps.reshape(layer_maps.shape[0], -1).astype(np.float32)
+                k_top = max(1, int(round(topk * grid_flat.shape[1])))
+                # the image scores of results.csv: map maximum and mean of the top cells (on the grid)
+                tops = -np.partition(-grid_flat, k_top - 1, axis=1)[:, :k_top]
+                for k in range(len(flat)):
+                    c = job_cands[(layer, k)]
+                    scores[c][offsets[c]:offsets[c] + flat.shape[1]] = flat[k]
+                    offsets[c] += flat.shape[1]
+                    image_scores[c][f] = (i, float(grid_flat[k].max()), float(tops[k].astype(np.float64).mean()))
         for grid, store in per_grid.items():
             grids[(job, grid)] = GridCells(*(store[key][:grid_used[grid]] for key in ("image", "pos", "neg", "pro")))
         for c, used in offsets.items():
