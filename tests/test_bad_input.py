@@ -253,8 +253,10 @@ def test_full_disk_gives_a_clear_error_and_keeps_finished_images(tmp_path):
 
 
 def test_ids_cannot_write_outside_the_run_folder(tmp_path):
-    assert safe_name("../../etc/passwd") == "etc_passwd"
-    assert safe_name("..") == "_" and safe_name(".hidden") == "hidden" and safe_name("a b/c") == "a_b_c"
+    assert safe_name("../../etc/passwd").startswith("etc_passwd-")
+    assert safe_name("..").startswith("_-") and safe_name(".hidden").startswith("hidden-")
+    assert safe_name("a b/c").startswith("a_b_c-") and safe_name("a_b_c") == "a_b_c"
+    assert safe_name("a b") != safe_name("a_b") and safe_name("猫") != safe_name("犬")
     root = tmp_path / "VOC2012"
     from .test_localization_study import write_voc
 

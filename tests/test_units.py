@@ -77,18 +77,18 @@ def test_cache_evicts_least_recently_used_first(tmp_path):
 
 def test_resume_bookkeeping(tmp_path):
     cfg = compose("model=tiny_vit")
-    assert previous_progress(cfg, tmp_path) == set()  # nothing there yet
+    assert previous_progress(cfg, tmp_path) == {}  # nothing there yet
     OmegaConf.save(cfg, tmp_path / layout.CONFIG, resolve=True)
     writer = ResultsWriter(tmp_path / layout.RESULTS)
     writer.write([{"image": "a", "layer": 0}, {"image": "a", "layer": 1}])
     writer.write([{"image": "b", "layer": 0}])  # b's rows, but b never made it to done.txt
     writer.close()
     (tmp_path / layout.DONE).write_text("a\nb-cut-mid-wr")  # the last line was cut mid-write
-    assert read_done(tmp_path) == ["a"]
-    assert previous_progress(cfg, tmp_path) == {"a"}
+    assert read_done(tmp_path) == {"a": None}  # a line of an older run: no row count
+    assert previous_progress(cfg, tmp_path) == {"a": 2}
     assert pd.read_csv(tmp_path / layout.RESULTS)["image"].tolist() == ["a", "a"]  # b's rows dropped, redone later
     other = OmegaConf.merge(cfg, {"batch_size": 1, "cache": {"enabled": False}, "num_workers": 2})
-    assert previous_progress(other, tmp_path) == {"a"}  # options that cannot change results do not block
+    assert previous_progress(other, tmp_path) == {"a": 2}  # options that cannot change results do not block
     with pytest.raises(ValueError, match="holds results of another configuration"):
         previous_progress(OmegaConf.merge(cfg, {"threshold": [0.3]}), tmp_path)
     with pytest.raises(ValueError, match="resume=false"):

@@ -58,8 +58,13 @@ def collect(sweep_dir: Path, name: str = "results.csv") -> tuple[pd.DataFrame, l
     frames, problems = [], []
     for job in jobs:
         results = job / name
+        overrides = " ".join(f"{k}={v}" for k, v in job_overrides(job).items())
+        failed = job / "failed.txt"
+        if failed.exists():
+            problems.append(f"job {job.name} failed ({overrides}): {failed.read_text().strip()}")
+            continue
         if not results.exists() or results.stat().st_size == 0:
-            problems.append(f"job {job.name}: failed or unfinished, no {name} ({' '.join(f'{k}={v}' for k, v in job_overrides(job).items())})")
+            problems.append(f"job {job.name}: failed or unfinished, no {name} ({overrides})")
             continue
         if not (job / "run_summary.json").exists():
             problems.append(f"job {job.name}: unfinished (no run_summary.json); its {len(pd.read_csv(results))} rows are merged")

@@ -70,6 +70,10 @@ def plan_study(cfg: DictConfig, backbone: Backbone) -> Plan:
     heads = select_indices(as_plain(cfg.head), method.num_maps(), "head")
     _int_option(cfg, "batch_size", 1)
     _int_option(cfg, "num_workers", 0)
+    _int_option(cfg, "figures.max_images", 0)
+    max_gb = OmegaConf.select(cfg, "cache.max_gb")
+    if isinstance(max_gb, bool) or not isinstance(max_gb, (int, float)) or not max_gb > 0:
+        raise ValueError(f"cache.max_gb={max_gb}: expected a size in GB > 0 (or cache.enabled=false)")
     if cfg.on_bad_image not in ("skip", "fail"):
         raise ValueError(f"on_bad_image={cfg.on_bad_image}: expected skip or fail")
     if cfg.precision not in ("fp32", "bf16", "fp16"):

@@ -46,7 +46,10 @@ def rescore_dir(run_dir: Path, overrides: list[str], out_name: str, progress: bo
     out = run_dir / out_name
     if out.exists() or out_name == RESULTS:
         raise ValueError(f"{out}: exists; pass another --out (results are never overwritten)")
-    writer = ResultsWriter(out)
+    partial = out.with_suffix(".partial.csv")
+    partial.unlink(missing_ok=True)  # a rescoring cut short earlier
+    writer = ResultsWriter(partial)
+    ok = False
     try:
         for path in tqdm(map_files(run_dir), desc=run_dir.name, disable=not progress):
             saved = load_maps(path)
@@ -56,8 +59,13 @@ def rescore_dir(run_dir: Path, overrides: list[str], out_name: str, progress: bo
                 target = Target(torch.from_numpy(saved["mask"]), valid)
             maps = {layer: torch.from_numpy(m) for layer, m in saved["maps"].items()}
             writer.write(image_rows(saved["meta"], maps, saved["names"], target, opts))
+        ok = True
     finally:
         writer.close()
+        if ok:
+            partial.replace(out)  # complete or absent: a failed rescoring never blocks the next one
+        else:
+            partial.unlink(missing_ok=True)
     OmegaConf.save(cfg, run_dir / f"{Path(out_name).stem}.config.yaml")
     return out
 
@@ -79,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for d in dirs:
             print(f"rescored: {rescore_dir(d, a.overrides, a.out)}")
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 LIST_KEYS = ("layer", "head", "threshold")
@@ -53,6 +54,95 @@ def listify_sweeps(args: list[str]) -> list[str]:
     return out
 
 
+EXTENSIBLE = ("model.model_kwargs.", "model.config.", "hydra.")  # where +key=value may add keys
+FAILED = "failed.txt"  # in a sweep job's folder: why the job failed (the sweep goes on; collect names it)
+_failed_jobs: list[str] = []
+
+
+def _flags(args: list[str]) -> tuple[list[str], list[str], bool]:
+    """(overrides, extra config dirs, whether Hydra itself should answer: --help, --cfg, ...)."""
+    overrides, dirs, own = [], [], False
+    it = iter(args)
+    for arg in it:
+        if arg in ("--config-dir", "-cd"):
+            dirs.append(next(it, ""))
+        elif arg.startswith("--config-dir="):
+            dirs.append(arg.split("=", 1)[1])
+        elif arg in ("--config-name", "-cn", "--config-path", "-cp", "--experimental-rerun"):
+            own = True
+            next(it, None)
+        elif arg in ("-m", "--multirun"):
+            continue
+        elif arg.startswith("-"):
+            own = True  # --help, --hydra-help, --cfg job, --info, -c, --resolve, --run ...
+        elif not arg.startswith(("hydra.", "hydra/", "~hydra")):
+            overrides.append(arg)
+    return overrides, dirs, own
+
+
+def precheck(args: list[str]) -> str | None:
+    """What Hydra would reject in many lines (an unknown config choice, an unknown key, bad syntax), as one
+    line: ``error: ...``, or None when the overrides compose. Every value of a sweep is checked.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    overrides, dirs, own = _flags(args)
+    if own:
+        return None
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as e:
+        return f"error: cannot read the overrides ({str(e).splitlines()[0]}); quote values with brackets or " \
+               "parentheses in bash: 'layer=range(0,12)'"
+    for o in parsed:
+        key = o.key_or_group
+        if o.is_add() and not any(f"{key}.".startswith(prefix) for prefix in EXTENSIBLE):
+            return f"error: {o.input_line}: {key} is not an option of layerscope (the options are the keys of " \
+                   "conf/config.yaml; +key adds only inside model.model_kwargs)"
+    singles = [o.input_line if not o.is_sweep_override() else None for o in parsed]
+    firsts = [f"{o.get_key_element()}={_first(o)}" if o.is_sweep_override() else o.input_line for o in parsed]
+    combos = [firsts]
+    for i, o in enumerate(parsed):
+        if singles[i] is None:
+            combos += [[*firsts[:i], f"{o.get_key_element()}={v}", *firsts[i + 1:]] for v in o.sweep_string_iterator()]
+    search = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in dirs)}]"] if dirs else []
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        for combo in combos:
+            try:
+                compose("config", overrides=[*search, *combo])
+            except MissingConfigException as e:
+                first = str(e).splitlines()[0]
+                wanted = first.split("Could not find '", 1)[-1].rstrip("'")
+                group, _, value = wanted.rpartition("/")
+                return f"error: {group}={value}: no such config; available: {', '.join(e.options or [])}"
+            except ConfigCompositionException as e:
+                lines = str(e).splitlines()
+                first = lines[0]
+                if first.startswith("Could not override '"):
+                    key = first.split("'")[1]
+                    return f"error: {key}: no such option (the options are the keys of conf/config.yaml and of " \
+                           f"the chosen model/data/method configs)"
+                return f"error: {' '.join(lines)[:300]}"
+            except Exception as e:  # noqa: BLE001 - any other composition error, still one line
+                return f"error: {' '.join(str(e).split())[:300]}"
+    return None
+
+
+def _first(override) -> str:
+    return next(iter(override.sweep_string_iterator()))
+
+
+class SweepReport(Callback):
+    """Hydra callback: after a sweep, name the jobs that failed (each wrote ``failed.txt``)."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        for path in sorted(sweep.glob(f"*/{FAILED}"), key=lambda p: (len(p.parent.name), p.parent.name)):
+            _failed_jobs.append(f"job {path.parent.name}: {path.read_text().strip()}")
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def _main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
@@ -62,33 +152,80 @@ def _main(cfg: DictConfig) -> None:
 
     from .plan import name_from_choices
 
+    from hydra.types import RunMode
+
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
     name_from_choices(cfg, hydra_cfg.runtime.choices)
+    (out_dir / FAILED).unlink(missing_ok=True)  # a job that failed before and now runs again
     try:
         results = run(cfg, out_dir)
     except (ValueError, WeightsError, FileNotFoundError) as e:
-        fail(f"error: {e}", 2)
+        fail(f"error: {e}", 2, out_dir if sweep else None)
+        return
     except KeyboardInterrupt:
         fail(f"interrupted: the images finished so far are in {out_dir / 'results.csv'}; "
              "run the same command again to resume", 130)
     except OSError as e:  # full disk, read-only folder, ...
         where = f" {e.filename}" if e.filename else ""
         fail(f"error: cannot write{where}: {e.strerror or e}; free space or choose another output folder "
-             f"(hydra.run.dir=...); the finished images are kept", 2)
+             f"(hydra.run.dir=...); the finished images are kept", 2, out_dir if sweep else None)
+        return
+    except Exception as e:  # in a sweep, one job's crash must not stop the others; alone, Hydra shows it
+        if not sweep:
+            raise
+        log.exception("job failed")
+        fail(f"error: {type(e).__name__}: {e}", 1, out_dir)
+        return
     print(f"results: {results}")
 
 
-def fail(message: str, code: int) -> None:
-    """One line on stderr (and in the log), then exit with ``code``: never a traceback."""
+def fail(message: str, code: int, job_dir: Path | None = None) -> None:
+    """One line on stderr (and in the log), then exit with ``code``: never a traceback.
+
+    In a sweep (``job_dir`` given) the job records why in ``failed.txt`` and returns instead, so
+    the sweep goes on past it and ends non-zero (``SweepReport``).
+    """
     log.error("%s", message)
     print(message, file=sys.stderr)
-    sys.exit(code)
+    if job_dir is None:
+        sys.exit(code)
+    (job_dir / FAILED).write_text(message + "\n")
 
 
 def main() -> None:
-    sys.argv = [sys.argv[0], *listify_sweeps(sys.argv[1:])]
-    _main()
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # honour Ctrl-C even when started with it ignored
+    from hydra.errors import OverrideParseException
+
+    try:
+        args = listify_sweeps(sys.argv[1:])
+    except OverrideParseException as e:
+        print(f"error: cannot read the overrides ({str(e).splitlines()[0]}); in bash, quote values with brackets or "
+              "parentheses: 'layer=range(0,12)'", file=sys.stderr)
+        sys.exit(2)
+    problem = precheck(args)
+    if problem:
+        print(problem, file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [sys.argv[0], *args]
+    import importlib
+
+    # the callback is built by Hydra from "layerscope.run", which is not "__main__" under python -m
+    failed_jobs = importlib.import_module("layerscope.run")._failed_jobs
+    try:
+        _main()
+    except SystemExit as e:
+        if e.code not in (0, None) or not failed_jobs:
+            raise
+    if failed_jobs:
+        for line in failed_jobs:
+            print(f"failed: {line}", file=sys.stderr)
+        print(f"error: {len(failed_jobs)} job(s) of the sweep failed (listed above; the others finished); "
+              "fix and run the same command again: finished jobs are skipped", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,12 @@ class Backbone(nn.Module):
         """Load ``sd`` into ``module``; a checkpoint for another architecture is a WeightsError naming keys."""
         from .errors import WeightsError
 
+        own = module.state_dict()
+        wrong = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in sd.items()
+                 if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        if wrong:
+            raise WeightsError(f"model {self.name}: checkpoint tensors of the wrong shape for {type(module).__name__}: "
+                               f"{', '.join(wrong[:3])}{'...' if len(wrong) > 3 else ''}; is it another model size?")
         missing, unexpected = module.load_state_dict(sd, strict=False)
         if missing or unexpected:
             raise WeightsError(f"model {self.name}: checkpoint does not fit {type(module).__name__}: "

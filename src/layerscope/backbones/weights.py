@@ -118,7 +118,11 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        sd = load_file(str(path))
+        try:
+            sd = load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: a truncated or foreign file
+            raise WeightsError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); "
+                               "re-download or re-export it") from None
     elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,6 +1,7 @@
 """A folder of the user's images, with optional masks matched by file name."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,9 @@ class Folder:
                             and (self.mask_dir is None or self.mask_dir not in p.parents))
         if not self.files:
             raise ValueError(f"data.root={self.root}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+        stems = Counter(p.relative_to(self.root).with_suffix("") for p in self.files)
+        # x.png and x.tif are two images: their ids keep the suffix; a lone x.png is plainly "x"
+        self._keep_suffix = {p for p in self.files if stems[p.relative_to(self.root).with_suffix("")] > 1}
         self.resize_masks = bool(resize_masks)
         for path in self.files if not self.resize_masks else []:
             mask_path = self._mask_path(path)
@@ -97,7 +101,7 @@ class Folder:
             resized = Image.fromarray(mask).resize((image.shape[1], image.shape[0]), Image.NEAREST)
             mask = np.asarray(resized).astype(bool)
         rel = path.relative_to(self.root)
-        sample_id = "__".join(rel.with_suffix("").parts)
+        sample_id = "__".join((rel if path in self._keep_suffix else rel.with_suffix("")).parts)
         return Sample(id=sample_id, image=image, mask=mask, category=rel.parent.name if rel.parent.parts else "",
                       source=str(path))
 

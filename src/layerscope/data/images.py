@@ -8,6 +8,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 400_000_000  # larger images are refused (decompression bombs), not decoded
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own limit (~89 MP) would refuse images this project accepts
+SOFT_LEVELS = 16  # a grey mask with more distinct values than this is soft (anti-aliased) and split at half range
 
 
 class BadImage(ValueError):
@@ -15,14 +17,23 @@ class BadImage(ValueError):
 
 
 def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """High-bit-depth or float pixels to 0..255: integers by their type's range, floats in [0, 1] as is,
-    other floats by their own min-max."""
+    """High-bit-depth or float pixels to 0..255.
+
+    Integers by their type's range (uint16: 65535, even when the image is dark; a 32-bit
+    image of 16-bit data, as Pillow opens some 16-bit PNGs: 65535), floats in [0, 1] as
+    they are, other floats by their own min-max.
+    """
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
         return arr.astype(np.uint8) * 255
     if np.issubdtype(arr.dtype, np.integer):
-        top = 65535 if arr.max(initial=0) > 255 else 255
+        if arr.dtype in (np.uint16, np.int16) or (arr.min(initial=0) >= 0 and arr.max(initial=0) <= 65535):
+            top = 65535.0
+        else:
+            low, high = float(arr.min()), float(arr.max())
+            return ((arr - low) / (high - low) * 255).round().astype(np.uint8) if high > low else \
+                np.zeros(arr.shape, np.uint8)
         return np.clip(arr.astype(np.float64) / top * 255, 0, 255).round().astype(np.uint8)
     arr = np.nan_to_num(arr.astype(np.float64))
     low, high = float(arr.min(initial=0)), float(arr.max(initial=0))
@@ -31,9 +42,24 @@ def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
     return ((arr - low) / (high - low) * 255).round().astype(np.uint8) if high > low else np.zeros(arr.shape, np.uint8)
 
 
+def _read_tiff(path: Path) -> np.ndarray:
+    """A TIFF Pillow cannot decode (RGB float, 16-bit RGB), through tifffile, as RGB uint8."""
+    import tifffile
+
+    arr = np.asarray(tifffile.imread(path))
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[-1] < 3:
+        raise ValueError(f"unexpected TIFF shape {arr.shape}")
+    return np.ascontiguousarray(_scale_to_uint8(arr[..., :3]))
+
+
 def read_image(path: Path) -> np.ndarray:
     """RGB uint8 (H, W, 3) from any common file: EXIF rotation applied; L/LA/P/RGBA/CMYK converted
-    (alpha dropped); 16-bit and float images scaled to 0..255 (see ``_scale_to_uint8``).
+    (alpha dropped); 16-bit and float images scaled to 0..255 (see ``_scale_to_uint8``); TIFFs that
+    Pillow cannot decode (RGB float) read with tifffile.
 
     Raises:
         BadImage: empty, truncated, not an image, or larger than ``MAX_PIXELS``.
@@ -44,7 +70,13 @@ def read_image(path: Path) -> np.ndarray:
             raise BadImage(f"{path}: empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            try:
+                im = Image.open(path)
+            except UnidentifiedImageError:
+                if path.suffix.lower() in (".tif", ".tiff"):
+                    return _read_tiff(path)
+                raise
+            with im:
                 if im.width * im.height > MAX_PIXELS:
                     raise BadImage(f"{path}: {im.width}x{im.height} pixels, more than the {MAX_PIXELS:,} accepted")
                 im = ImageOps.exif_transpose(im)
@@ -57,18 +89,40 @@ def read_image(path: Path) -> np.ndarray:
                 return np.asarray(im.convert("RGB"))
     except BadImage:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImage(f"{path}: more than the {MAX_PIXELS:,} pixels accepted (a decompression bomb?)") from None
+    except UnidentifiedImageError as e:
         raise BadImage(f"{path}: not a readable image ({type(e).__name__})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise BadImage(f"{path}: unreadable image ({e})") from None
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Bool (H, W) from a mask file.
+def mask_foreground(arr: np.ndarray) -> np.ndarray:
+    """Bool foreground of a mask array (H, W) or (H, W, C): the rule every mask reader follows.
 
-    Rule: a mask whose values are all 0 or 1 is taken as is; otherwise a pixel is foreground
-    when its value is above half its type's range (> 127 for 8-bit, > 32767 for 16-bit), so
-    anti-aliased edges split at the middle. Colour masks are converted to grey first.
+    - colour masks (H, W, C): a pixel is foreground when any colour channel is non-zero
+      (a red (255, 0, 0) outline counts; alpha is ignored);
+    - hard masks, at most ``SOFT_LEVELS`` distinct values (0/1, 0/255, 0/100, label images
+      0/1/2...): non-zero is foreground;
+    - soft masks, more distinct values (anti-aliased edges, float masks in (0, 1)): above half
+      the range (> 127 for 8-bit, > 32767 for 16-bit, > 0.5 for floats in [0, 1]).
+    """
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=-1) if arr.shape[-1] >= 3 else arr[..., 0]
+    if arr.dtype == bool:
+        return arr.copy()
+    values = np.unique(arr)
+    if len(values) <= SOFT_LEVELS:
+        return arr != 0
+    if np.issubdtype(arr.dtype, np.floating):
+        half = 0.5 if float(values[-1]) <= 1 else float(values[-1]) / 2
+    else:
+        half = 32767 if arr.max() > 255 else 127
+    return arr > half
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Bool (H, W) from a mask file; see ``mask_foreground`` for which pixels count.
 
     Raises:
         BadImage: the file cannot be read.
@@ -76,14 +130,17 @@ def read_mask(path: Path) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as im:
-            if im.mode in ("RGB", "RGBA", "P", "LA", "CMYK"):
-                im = im.convert("L")
+            if im.mode == "P":
+                im = im.convert("RGB")  # a palette index of 0 may still be a colour: judge the colours
+            elif im.mode in ("RGBA", "LA", "CMYK"):
+                im = im.convert("RGB")
             arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            raise BadImage(f"{path}: unreadable mask (not an image)") from None
+        import tifffile
+
+        arr = np.asarray(tifffile.imread(path))
+    except (OSError, SyntaxError, ValueError) as e:
         raise BadImage(f"{path}: unreadable mask ({type(e).__name__}: {e})") from None
-    if arr.ndim == 3:
-        arr = arr[..., 0]
-    if arr.dtype == bool or arr.max(initial=0) <= 1:
-        return arr.astype(bool)
-    half = 32767 if arr.max() > 255 else 127
-    return arr > half
+    return mask_foreground(arr)

@@ -73,43 +73,57 @@ class MapCache:
     """
 
     def __init__(self, root: Path, key: str, max_gb: float = 2.0):
+        if not max_gb > 0:
+            raise ValueError(f"cache.max_gb={max_gb}: expected a size in GB > 0 (or cache.enabled=false)")
         self.dir = Path(root).expanduser() / key
         self.root = Path(root).expanduser()
         self.max_bytes = int(max_gb * 2**30)
         self.hits = self.misses = 0
+        self.writable = True
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ValueError(f"cache.dir={self.root}: cannot create the cache folder ({e.strerror}); "
                              "set cache.dir to a writable folder or cache.enabled=false") from None
 
+    def _read(self, path: Path) -> dict[str, np.ndarray] | None:
+        """Every array of an entry, or None when it is missing or unreadable (then it is dropped, once warned)."""
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except Exception as e:  # noqa: BLE001 - truncated, empty, bad CRC, not a zip: all mean "recompute"
+            log.warning("map cache entry %s is unreadable (%s: %s); dropped and recomputed", path,
+                        type(e).__name__, e)
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            return None
+
     def get(self, image: str, layers: list[int]) -> tuple[dict[int, torch.Tensor], torch.Tensor | None] | None:
         """The cached maps of every requested layer and the logits, or None (a miss)."""
         path = self.dir / f"{image}.npz"
-        if path.exists():
+        arrays = self._read(path)
+        if arrays is not None and all(f"layer_{layer}" in arrays for layer in layers):
             try:
-                with np.load(path, allow_pickle=False) as z:
-                    if all(f"layer_{layer}" in z.files for layer in layers):
-                        maps = {layer: torch.from_numpy(z[f"layer_{layer}"]) for layer in layers}
-                        logits = torch.from_numpy(z["logits"]) if "logits" in z.files else None
-                        os.utime(path)  # recently used
-                        self.hits += 1
-                        return maps, logits
-            except (OSError, ValueError, KeyError):
-                log.warning("cache entry %s unreadable; recomputing", path)
+                os.utime(path)  # recently used
+            except OSError:
+                pass  # a read-only cache still serves its entries
+            self.hits += 1
+            return ({layer: torch.from_numpy(arrays[f"layer_{layer}"]) for layer in layers},
+                    torch.from_numpy(arrays["logits"]) if "logits" in arrays else None)
         self.misses += 1
         return None
 
     def put(self, image: str, maps: Mapping[int, torch.Tensor], logits: torch.Tensor | None) -> None:
-        """Store (merging with layers already cached for this image); atomic."""
+        """Store (merging with layers already cached for this image); atomic. A cache that cannot be
+        written (read-only, full) is warned about once and then left alone."""
+        if not self.writable:
+            return
         path = self.dir / f"{image}.npz"
-        arrays: dict[str, np.ndarray] = {}
-        if path.exists():
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    arrays = {k: z[k] for k in z.files}
-            except (OSError, ValueError):
-                arrays = {}
+        arrays = self._read(path) or {}
         arrays.update({f"layer_{layer}": m.detach().cpu().float().numpy() for layer, m in maps.items()})
         if logits is not None:
             arrays["logits"] = logits.detach().cpu().float().numpy()
@@ -118,18 +132,33 @@ class MapCache:
             np.savez(tmp, **arrays)
             tmp.replace(path)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
-            log.warning("map cache not written (%s); the run goes on without it", e.strerror)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            self.writable = False
+            log.warning("map cache %s not writable (%s); the run goes on without storing maps", self.dir,
+                        e.strerror or e)
 
     def evict(self) -> int:
         """Delete least recently used entries (all configs) until under the size limit; returns how many."""
-        files = sorted(self.root.glob("*/*.npz"), key=lambda p: p.stat().st_mtime)
-        total = sum(p.stat().st_size for p in files)
+        entries = []
+        for p in self.root.glob("*/*.npz"):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            entries.append((st.st_mtime, st.st_size, p))
+        entries.sort()
+        total = sum(size for _, size, _ in entries)
         removed = 0
-        for p in files:
+        for _, size, p in entries:
             if total <= self.max_bytes:
                 break
-            total -= p.stat().st_size
-            p.unlink(missing_ok=True)
+            try:
+                p.unlink()
+            except OSError:
+                break  # a read-only cache: nothing to free
+            total -= size
             removed += 1
         return removed

@@ -29,10 +29,14 @@ def save_maps(path: Path, image: np.ndarray, mask: np.ndarray | None, maps: Mapp
         arrays["valid"] = valid.astype(bool)
     info = dict(meta, names={str(k): list(v) for k, v in names.items()})
     arrays["meta"] = np.frombuffer(json.dumps(info).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(path)
+    except OSError as e:  # a full disk: no half file is left, and the message names the file
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def load_maps(path: Path) -> dict:
@@ -40,7 +44,21 @@ def load_maps(path: Path) -> dict:
 
     Returns:
         dict with ``image``, ``mask`` and ``valid`` (or None), ``maps`` (layer -> (K, h, w)), ``names``, ``meta``.
+
+    Raises:
+        ValueError: not a saved-maps file (truncated, or another file); the message names it.
     """
+    try:
+        return _load(path)
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable saved-maps file ({type(e).__name__}: {e}); delete it and rerun "
+                         "the run that wrote it to redo that image") from None
+    except Exception as e:  # noqa: BLE001 - zipfile.BadZipFile, zlib.error: a damaged file all the same
+        raise ValueError(f"{path}: damaged saved-maps file ({type(e).__name__}); delete it and rerun the run "
+                         "that wrote it to redo that image") from None
+
+
+def _load(path: Path) -> dict:
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(bytes(z["meta"]).decode())
         maps = {int(k[len("layer_"):]): z[k] for k in z.files if k.startswith("layer_")}

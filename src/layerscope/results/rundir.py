@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .layout import CONFIG, DONE, RESULTS, SUMMARY
+from .layout import CONFIG, DONE, LOCK, RESULTS, SUMMARY
 
 log = logging.getLogger(__name__)
 
@@ -37,30 +39,73 @@ def is_complete(out_dir: Path) -> bool:
     return (Path(out_dir) / SUMMARY).exists()
 
 
-def read_done(out_dir: Path) -> list[str]:
-    """Image ids listed as finished, in order (a last line cut mid-write is ignored)."""
+def read_done(out_dir: Path) -> dict[str, int | None]:
+    """Finished images and how many rows each wrote, from ``done.txt`` (``id<TAB>rows`` lines, in order).
+
+    A last line cut mid-write (no newline) is ignored; lines of older runs without a count map to None.
+    """
     path = Path(out_dir) / DONE
     if not path.exists():
-        return []
-    text = path.read_text(errors="replace")
-    lines = text.split("\n")
-    return [line for line in lines[:-1] if line]  # the part after the last newline was never finished
+        return {}
+    lines = path.read_text(errors="replace").split("\n")[:-1]  # the part after the last newline never finished
+    done: dict[str, int | None] = {}
+    for line in lines:
+        image, _, rows = line.partition("\t")
+        if image:
+            done[image] = int(rows) if rows.isdigit() else None
+    return done
 
 
-def previous_progress(cfg: DictConfig, out_dir: Path) -> set[str] | None:
-    """What an earlier run left in ``out_dir``: the finished image ids to skip, or None if it is all done.
+def done_line(image: str, rows: int) -> str:
+    """The ``done.txt`` line of an image whose ``rows`` rows are flushed to ``results.csv``."""
+    return f"{image}\t{rows}\n"
 
-    A finished or interrupted run of the same config is resumed (``resume=true``): images
-    already scored are kept and skipped, and rows of an image cut off half-way are dropped.
+
+def read_rows(path: Path) -> tuple[list[str], list[list[str]], bool]:
+    """The header and complete rows of a ``results.csv`` that may have been cut at any byte.
+
+    Returns:
+        (header, rows, intact): rows are the lines that ended with a newline and hold as many
+        fields as the header; ``intact`` is False when anything was dropped.
+    """
+    import csv
+    import io
+
+    data = Path(path).read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    reader = csv.reader(io.StringIO(complete.decode("utf-8", errors="replace"), newline=""))
+    header = next(reader, [])
+    rows = [r for r in reader if len(r) == len(header)]
+    intact = complete == data and len(rows) == complete.count(b"\n") - 1
+    return header, rows, intact
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def previous_progress(cfg: DictConfig, out_dir: Path) -> dict[str, int] | None:
+    """What an earlier run left in ``out_dir``: the finished images (id -> rows) to skip, or None if all is done.
+
+    A finished or interrupted run of the same config is resumed (``resume=true``). Whatever was
+    cut (a results.csv cut inside a row, a done.txt line cut, an image listed as done whose rows
+    are not all there) is dropped and that image is redone, so the final table equals a clean run's.
 
     Raises:
         ValueError: the folder holds results of another config, or ``resume=false`` and it
             holds results; nothing is overwritten.
     """
+    import csv
+    import io
+
+    from .table import COLUMNS
+
     out_dir = Path(out_dir)
     results = out_dir / RESULTS
     if not results.exists() or results.stat().st_size == 0:
-        return set()
+        return {}
     saved = out_dir / CONFIG
     same = saved.exists() and comparable(OmegaConf.load(saved)) == comparable(cfg)
     if not same:
@@ -68,16 +113,71 @@ def previous_progress(cfg: DictConfig, out_dir: Path) -> set[str] | None:
                          "(hydra.run.dir=... or hydra.sweep.dir=...); nothing was changed")
     if not cfg.resume:
         raise ValueError(f"{out_dir} already holds results and resume=false; choose another output folder")
-    if is_complete(out_dir):
+    header, rows, intact = read_rows(results)
+    if header and header != list(COLUMNS):
+        raise ValueError(f"{results}: not a results table of this version of layerscope (its columns differ); "
+                         "choose another output folder; nothing was changed")
+    listed = read_done(out_dir)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r[0]] = counts.get(r[0], 0) + 1
+    done = {image: counts[image] for image, n in listed.items()
+            if image in counts and (n is None or counts[image] == n)}
+    if is_complete(out_dir) and intact and len(done) == len(listed):
         return None
-    done = set(read_done(out_dir))
-    import pandas as pd
-
-    rows = pd.read_csv(results, dtype=str, keep_default_na=False)
-    kept = rows[rows["image"].isin(done)]
-    if len(kept) != len(rows):  # drop rows of an image whose writing was cut off
-        tmp = results.with_suffix(".tmp")
-        kept.to_csv(tmp, index=False)
-        tmp.replace(results)
+    if is_complete(out_dir):
+        log.warning("%s was marked finished but rows are missing; redoing the images they belong to", out_dir)
+        (out_dir / SUMMARY).unlink()
+    kept = [r for r in rows if r[0] in done]
+    if not intact or len(kept) != len(rows) or not header:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        writer.writerows(kept)
+        _write_atomic(results, buffer.getvalue())  # rows of images cut off half-way are dropped, then redone
+    if len(done) != len(listed) or not (out_dir / DONE).exists():
+        _write_atomic(out_dir / DONE, "".join(done_line(image, n) for image, n in done.items()))
     log.info("resuming %s: %d images already done", out_dir, len(done))
     return done
+
+
+class RunLock:
+    """Hold a run folder for one run at a time (``<run>/.lock``, an advisory ``flock``).
+
+    The kernel releases the lock when the holder ends, however it ends (Ctrl-C, kill -9, a
+    crash), so a stale lock from a killed run never blocks the next one.
+
+    Raises:
+        ValueError: on enter, when another live run holds the folder; nothing is changed.
+    """
+
+    def __init__(self, out_dir: Path):
+        self.dir = Path(out_dir)
+        self._file = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.dir / LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ValueError(f"{self.dir} is in use by another run ({holder}); wait for it to end or choose another "
+                             "output folder (hydra.run.dir=...); nothing was changed") from None
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import fcntl
+
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import logging
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -10,9 +12,11 @@ import pandas as pd
 from .catalog import PER_IMAGE
 from .layout import RESULTS
 
+log = logging.getLogger(__name__)
+
 METRICS = tuple(PER_IMAGE)  # the metric columns, in the catalog's order
 COLUMNS = (
-    "image", "group", "category", "dataset", "model", "kind", "num_layers", "img_size", "layer", "grid_h", "grid_w",
+    "image", "group", "category", "dataset", "source", "model", "kind", "num_layers", "img_size", "layer", "grid_h", "grid_w",
     "method", "head", "threshold_rule", "threshold", *METRICS,
     "mask_fraction", "best_head", "pred_label", "pred_prob", "notes",
 )
@@ -26,7 +30,7 @@ class ResultsWriter:
         self.rows = 0
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._file = open(self.path, "a", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
+        self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS, lineterminator="\n")  # LF, also after a resume
         if new:
             self._writer.writeheader()
 
@@ -59,11 +63,45 @@ def _fmt(value: object) -> object:
     return value
 
 
+REQUIRED = ("image", "category", "model", "method", "layer", "head", "threshold")
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """One ``results.csv``, checked: its rows, or a ValueError naming the file and what was expected.
+
+    Rows of a run that did not finish are kept only for the images it finished (``done.txt``),
+    so a ranking never includes an image cut off half-way.
+    """
+    from .rundir import is_complete, read_done, read_rows
+
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file; expected a layerscope results table (did the run stop before "
+                         "its first image?)")
+    header, rows, _ = read_rows(path)
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise ValueError(f"{path}: not a layerscope results table: no column {', '.join(missing)}")
+    df = pd.DataFrame(rows, columns=header)
+    if path.name == RESULTS and not is_complete(path.parent):
+        done = read_done(path.parent)
+        partial = df[~df["image"].isin(list(done))]
+        if len(partial):
+            log.warning("%s: unfinished run; %d rows of images it did not finish are left out", path, len(partial))
+        df = df[df["image"].isin(list(done))]
+    text = pd.read_csv(io.StringIO(df.to_csv(index=False)), dtype={"head": str, "image": str, "group": str,
+                                                                  "category": str})
+    return text
+
+
 def load_results(folder: Path, name: str = RESULTS) -> pd.DataFrame:
     """Every ``name`` below ``folder`` concatenated, with a ``job`` column (the relative folder).
 
+    Tables without rows (a job that failed before its first image) are left out with a warning.
+
     Raises:
         FileNotFoundError: none found.
+        ValueError: a file that is not a results table, or no rows at all; the message names it.
     """
     folder = Path(folder)
     files = sorted(folder.rglob(name)) if folder.is_dir() else []
@@ -71,7 +109,13 @@ def load_results(folder: Path, name: str = RESULTS) -> pd.DataFrame:
         raise FileNotFoundError(f"{folder}: no {name} found below it (expected a run or multirun folder)")
     frames = []
     for f in files:
-        df = pd.read_csv(f, dtype={"head": str, "image": str, "group": str, "category": str})
+        df = read_results(f)
+        if df.empty:
+            log.warning("%s: no rows (the run stopped before its first image?); left out", f)
+            continue
         df["job"] = str(f.parent.relative_to(folder)) if f.parent != folder else "."
         frames.append(df)
+    if not frames:
+        raise ValueError(f"{folder}: no rows in {', '.join(str(f) for f in files[:3])}: no run below it finished "
+                         "an image")
     return pd.concat(frames, ignore_index=True)
