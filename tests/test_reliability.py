@@ -196,3 +196,153 @@ def test_bad_options_get_one_line_and_exit_2(tmp_path, args, pattern):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert re.search(pattern, one_error_line(proc)), proc.stderr[-2000:]
     assert not (tmp_path / "run" / "results.csv").exists()
+
+
+def test_report_and_figures_refuse_empty_or_foreign_tables_in_one_line(clean, tmp_path):
+    from layerscope.figures.__main__ import main as figures_main
+    from layerscope.report import main as report_main
+
+    cases = {"zero_bytes": b"", "header_only": (clean / "results.csv").read_bytes().split(b"\n")[0] + b"\n",
+             "foreign": b"a,b,c\n1,2,3\n"}
+    expected = {"zero_bytes": "empty file", "header_only": "no rows", "foreign": "not a layerscope results table"}
+    for name, data in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "results.csv").write_bytes(data)
+        for tool in (report_main, figures_main):
+            import contextlib
+            import io
+
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                code = tool([str(folder)])
+            lines = [line for line in err.getvalue().splitlines() if line.startswith("error: ")]
+            assert code == 2 and len(lines) == 1 and expected[name] in lines[0], (name, tool, err.getvalue())
+
+
+def test_report_leaves_out_the_image_an_unfinished_run_was_cut_in(clean, tmp_path):
+    from layerscope.results.table import load_results
+
+    run = tmp_path / "run"
+    shutil.copytree(clean, run)
+    (run / "run_summary.json").unlink()
+    done = (run / "done.txt").read_text().splitlines()
+    (run / "done.txt").write_text("\n".join(done[:3]) + "\n")  # the 4th image's rows are there, not finished
+    df = load_results(run)
+    assert sorted(df["image"].unique()) == sorted(line.split("\t")[0] for line in done[:3])
+
+
+def test_bad_checkpoints_get_one_line(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from layerscope.backbones import WeightsError
+    from layerscope.plan import build
+
+    from .conftest import compose
+
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "ok.safetensors"))
+    good = (tmp_path / "ok.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(good[: len(good) // 2])
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x00garbage" * 10)
+    cfg = compose("model=tiny_vit")
+    bb = build(cfg.model)
+    wrong = {k: torch.zeros(*(s + 1 for s in v.shape)) for k, v in bb.model.state_dict().items()}
+    save_file(wrong, str(tmp_path / "shapes.safetensors"))
+    for name, message in (("cut", "not a readable safetensors file"), ("garbage", "not a readable safetensors file"),
+                          ("shapes", "checkpoint tensors of the wrong shape")):
+        proc = run_cli([*SYNTH, "model.pretrained=true", "model.weights.source=file",
+                        f"model.weights.path={tmp_path / (name + '.safetensors')}", f"hydra.run.dir={tmp_path / name}"],
+                       cwd=tmp_path)
+        assert proc.returncode == 2 and message in one_error_line(proc), proc.stderr[-2000:]
+    del WeightsError
+
+
+def test_masks_follow_one_rule(tmp_path):
+    from layerscope.data.images import read_mask
+
+    shape = np.zeros((20, 20), np.uint8)
+    shape[5:10, 5:10] = 1
+    red = np.zeros((20, 20, 3), np.uint8)
+    red[shape == 1] = (255, 0, 0)
+    cases = {"red.png": red, "hundred.png": shape * 100, "labels.png": shape * 2, "ones.png": shape,
+             "white.png": shape * 255}
+    for name, arr in cases.items():
+        Image.fromarray(arr).save(tmp_path / name)
+        assert (read_mask(tmp_path / name) == (shape == 1)).all(), name
+    soft = np.tile(np.linspace(0, 1, 20, dtype=np.float32), (20, 1))  # a float mask in [0, 1]: split at 0.5
+    Image.fromarray(soft, mode="F").save(tmp_path / "soft.tif")
+    assert (read_mask(tmp_path / "soft.tif") == (soft > 0.5)).all()
+
+
+def test_readers_rgb_float_tiff_and_dark_16_bit(tmp_path):
+    import tifffile
+
+    from layerscope.data.images import read_image
+
+    rgb = np.random.default_rng(0).random((8, 10, 3), dtype=np.float32)
+    tifffile.imwrite(tmp_path / "rgb_float.tif", rgb)
+    got = read_image(tmp_path / "rgb_float.tif")
+    assert got.shape == (8, 10, 3) and np.abs(got.astype(float) - rgb * 255).max() <= 0.5
+    dark = np.full((6, 6), 200, np.uint16)  # a 16-bit image whose maximum is below 256: still 16-bit data
+    Image.fromarray(dark).save(tmp_path / "dark16.png")
+    assert read_image(tmp_path / "dark16.png")[0, 0, 0] == round(200 / 65535 * 255)
+
+
+@pytest.mark.slow
+def test_a_100_megapixel_image_is_read(tmp_path):
+    from layerscope.data.images import read_image
+
+    Image.new("1", (10_000, 10_000)).save(tmp_path / "big.png")  # 100 MP, above Pillow's own 89 MP limit
+    assert read_image(tmp_path / "big.png").shape == (10_000, 10_000, 3)
+
+
+def test_a_cache_that_cannot_be_written_is_warned_about_once(tmp_path, monkeypatch, caplog):
+    import torch
+
+    from layerscope.results import cache as cache_module
+
+    c = cache_module.MapCache(tmp_path, "k")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache_module.np, "savez", full_disk)
+    with caplog.at_level("WARNING"):
+        for i in range(3):
+            c.put(f"img{i}", {0: torch.zeros(2, 2)}, None)
+    assert not c.writable and sum("not writable" in r.message for r in caplog.records) == 1
+    assert list(tmp_path.rglob("*.npz")) == []  # no half-written entry
+
+
+def test_a_full_disk_while_writing_maps_names_the_file_and_leaves_no_half_file(tmp_path):
+    import resource
+
+    out = tmp_path / "run"
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (6_000, 6_000))  # results rows fit, a maps file does not
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "layerscope.run", *SYNTH, "cache.enabled=false",
+                           f"hydra.run.dir={out}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          preexec_fn=limit_file_size, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"error: cannot write {out / 'maps'}/" in one_error_line(proc) or "results.csv" in one_error_line(proc)
+    assert not list((out / "maps").glob("*.tmp*")) if (out / "maps").exists() else True
+    again = run_cli([*SYNTH, "cache.enabled=false", f"hydra.run.dir={out}"], cwd=tmp_path)  # space freed: resume
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(list((out / "maps").glob("*.npz"))) == 6
+
+
+def test_every_readme_command_is_valid_bash():
+    import re
+
+    text = (ROOT / "README.md").read_text() + (ROOT / "experiments" / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    inline = re.findall(r"`((?:layerscope|python -m src\.run)[^`]*)`", text)
+    script = "\n".join(blocks + inline)
+    proc = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "~/" not in script.replace("~/.cache", "")

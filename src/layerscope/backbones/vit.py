@@ -139,7 +139,11 @@ class TimmViT(_ViT):
 
         sd = timm_state_dict(self.name, self.weights_cfg)
         pos = sd.get("pos_embed")
-        if pos is not None and pos.shape != self.model.pos_embed.shape and pos.ndim == 3:
+        if pos is not None and (pos.ndim != 3 or pos.shape[-1] != self.model.pos_embed.shape[-1]):
+            raise WeightsError(f"model {self.name}: checkpoint tensors of the wrong shape for {type(self.model).__name__}: "
+                               f"pos_embed {tuple(pos.shape)} (model {tuple(self.model.pos_embed.shape)}); is it "
+                               "another model size?")
+        if pos is not None and pos.shape != self.model.pos_embed.shape:
             n_old = pos.shape[1] - (0 if self.model.no_embed_class else self.model.num_prefix_tokens - self.model.num_reg_tokens)
             old = int(round(n_old ** 0.5))
             sd["pos_embed"] = resample_abs_pos_embed(
