@@ -125,6 +125,7 @@ def _split_job(src: Path, dst: Path, layers: set[int] | None = None, thresholds:
         df = df[df["threshold"].isin(thresholds)]
     dst.mkdir(parents=True)
     df.to_csv(dst / "results.csv", index=False)
+    shutil.copy(src / "done.txt", dst / "done.txt")  # its images are finished (load_results reads only those)
     for npz in (src / "maps").glob("*.npz"):
         d = load_maps(npz)
         keep = {k: v for k, v in d["maps"].items() if layers is None or k in layers}
@@ -143,6 +144,10 @@ def test_jobs_splitting_layers_merge_and_repeats_stay_apart(study_dir, tmp_path)
     repeat = tmp_path / "repeat"
     shutil.copytree(study_dir / "vit", repeat / "0")
     shutil.copytree(study_dir / "vit", repeat / "1")
+    assert Study(repeat).series() == ["tiny_vit · cls_attention"]  # identical jobs are drawn once
+    assert Study(repeat).merged == {"1": "0"}
+    rows = pd.read_csv(repeat / "1" / "results.csv", dtype={"head": str})
+    rows.assign(auroc=rows["auroc"] / 2).to_csv(repeat / "1" / "results.csv", index=False)  # another option's values
     assert Study(repeat).series() == ["tiny_vit · cls_attention · job 0", "tiny_vit · cls_attention · job 1"]
 
 

@@ -1,7 +1,7 @@
 """``layerscope-figures DIR``: publication figures from a finished run or multirun folder.
 
     layerscope-figures RUN_OR_MULTIRUN_DIR [--out DIR] [--metric iou auroc ...] [--formats png pdf]
-                          [--max-images 4] [--kinds metric_vs_layer ...]
+                          [--max-images 4] [--kinds metric_vs_layer ...] [--depth layer|relative]
 
 Reads only saved results (``results.csv``, ``maps/*.npz``); never loads a model. Prints each file
 written; a kind with nothing to draw is skipped with its reason on stderr.
@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .paper import KINDS, METRICS, make_all
+from .paper import AXES, KINDS, METRICS, make_all
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,11 +21,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder", type=Path, help="a run folder (results.csv + maps/) or a multirun folder above several")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: FOLDER/figures_paper)")
     p.add_argument("--metric", nargs="+", default=list(METRICS), metavar="METRIC",
-                   help=f"metrics for the metric-vs-layer figures (default: {' '.join(METRICS)})")
+                   help=f"metrics for the metric-vs-layer and layer x head figures (default: {' '.join(METRICS)})")
     p.add_argument("--formats", nargs="+", default=["png", "pdf"], metavar="FMT", help="file formats (default: png pdf)")
     p.add_argument("--max-images", type=int, default=4, help="images per (model, method) in the layer x head grids")
     p.add_argument("--kinds", nargs="+", default=list(KINDS), metavar="KIND",
                    help=f"figure kinds (default: all: {' '.join(KINDS)})")
+    p.add_argument("--depth", choices=AXES, default="layer",
+                   help="x-axis of metric_vs_layer: layer index, or relative depth (0 = first layer, 1 = last: "
+                        "models of different depths on one axis; written as metric_vs_depth_<metric>)")
     a = p.parse_args(argv)
     log = logging.getLogger("layerscope.figures")  # this package's reasons only (not fontTools' chatter)
     if not log.handlers:
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --max-images {a.max_images}: expected an int >= 1", file=sys.stderr)
         return 2
     try:
-        written = make_all(a.folder, a.out, a.formats, a.max_images, a.metric, a.kinds)
+        written = make_all(a.folder, a.out, a.formats, a.max_images, a.metric, a.kinds, a.depth)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

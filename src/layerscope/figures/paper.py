@@ -3,23 +3,28 @@
     layerscope-figures RUN_OR_MULTIRUN_DIR [--out DIR] [--metric iou auroc] [--formats png pdf]
 
 Reads every ``results.csv`` below the folder and the ``maps/<image>.npz`` beside each; never builds
-or runs a model (nothing here imports ``layerscope.backbones`` or torch). Five figure kinds, one function
-each; each returns the paths it wrote and logs why when it has nothing to draw:
+or runs a model (nothing here imports ``layerscope.backbones`` or torch). One function per figure
+kind; each returns the paths it wrote and logs why when it has nothing to draw:
 
 - ``layer_head_grids``: per (model, method), a few images: layers (rows) x maps (columns), the
   input and its mask outline in the first column.
-- ``metric_vs_layer``: a metric against layer, one line per (model, method), mean over images with a
-  95% confidence band.
+- ``metric_vs_layer``: a metric against layer (or relative depth, 0 = first layer, 1 = last), one
+  line per (model, method), mean over images with a 95% confidence band.
+- ``layer_head``: the at-a-glance answer: a layer x head heatmap of a metric per (model, method),
+  mean over images, the best cell marked.
 - ``vit_vs_cnn``: the same images through a ViT and a CNN at comparable relative depths.
 - ``threshold_curves``: IoU against the threshold (kept mass) at each model's best layer.
 - ``best_map_overlays``: per defect type, the best (model, method, layer, head) map over examples.
+- ``dataset_vs_layer``, ``choice_stability``: the dataset-level protocol and the held-out choice.
 
 Every figure is written as PNG (200 dpi) and PDF (TrueType text, editable), in one style
 (``STYLE``, applied by ``_styled``), with seaborn's colour-blind palette.
 
 Series: rows are grouped by (model, method), plus the input size when one model was run at
 several sizes, plus the job when two jobs repeat the same (image, layer, head, threshold) rows
-(e.g. a sweep over some other option); jobs that split the layers of one model are merged.
+with other values (e.g. a sweep over some other option); jobs that split the layers of one model
+are merged, and so are jobs that hold identical results (``method=auto`` and ``method=features``
+on a CNN compute the same maps): the first is kept, the others are dropped (``Study.merged``).
 """
 from __future__ import annotations
 
@@ -47,8 +52,9 @@ from .grid import grid_figure
 
 log = logging.getLogger(__name__)
 
-KINDS = ("layer_head_grids", "metric_vs_layer", "vit_vs_cnn", "threshold_curves", "best_map_overlays",
-         "dataset_vs_layer", "choice_stability")
+KINDS = ("layer_head_grids", "metric_vs_layer", "layer_head", "vit_vs_cnn", "threshold_curves",
+         "best_map_overlays", "dataset_vs_layer", "choice_stability")
+AXES = ("layer", "relative")  # x-axis of metric_vs_layer: layer index, or relative depth (0 = first, 1 = last)
 DATASET_CURVES = ("pixel_auroc", "aupro")  # pooled metrics with bootstrap CIs in dataset_metrics.csv
 METRICS = catalog.DEFAULT_CURVES
 DEPTHS = (0.25, 0.5, 0.75, 1.0)
@@ -59,6 +65,10 @@ PALETTE = ["#0173B2", "#DE8F05", "#029E73", "#D55E00", "#CC78BC", "#CA9161", "#F
            "#56B4E9"]  # seaborn "colorblind" (Okabe-Ito based), spelled out so colours never depend on state
 OUTLINE = "#56B4E9"  # mask outlines: light blue reads on photos and on inferno
 LAYER_LABEL = "layer (0 = first block)"
+DEPTH_LABEL = "relative depth (0 = first layer, 1 = last)"
+HEAT_CMAP = "viridis"  # metric heatmaps (maps themselves are inferno)
+BEST = "#D55E00"  # the best cell of a heatmap
+HEAT_CELL = 0.22  # inches per heatmap cell
 
 STYLE = {
     "font.family": "sans-serif",
@@ -112,8 +122,10 @@ class Study:
     Attributes:
         root: the folder.
         df: every ``results.csv`` row below it, with ``job`` (relative folder), ``series`` (the line
-            label: model · method [· size] [· job]), ``group`` and ``category`` filled in.
+            label: model · method [· size] [· job]), ``group`` and ``category`` filled in; the rows
+            of jobs identical to an earlier job are left out.
         images: one row per (series, job, image) with ``path`` (its ``.npz``, may be absent).
+        merged: job -> the earlier job holding the same results (left out of ``df``).
     """
 
     def __init__(self, root: Path | str):
@@ -126,6 +138,12 @@ class Study:
         df["group"] = df["group"].fillna(df["image"]).astype(str)
         df["threshold_rule"] = df.get("threshold_rule", pd.Series("keep_mass", index=df.index)).fillna("keep_mass")
         df["kind"] = df["kind"].fillna("").astype(str)
+        self.merged = identical_jobs(df)
+        if self.merged:
+            for job, kept in self.merged.items():
+                log.info("jobs %s and %s hold identical results (%s · %s): drawn once, as job %s", kept, job,
+                         *df.loc[df["job"] == job, ["model", "method"]].iloc[0], kept)
+            df = df[~df["job"].isin(list(self.merged))].reset_index(drop=True)
         df["series"] = _series_labels(df)
         self.df = df
         images = df.drop_duplicates(["series", "job", "image"])[
@@ -166,6 +184,45 @@ class Study:
                 merged["maps"] = dict(sorted(merged["maps"].items()))
             self._cache[key] = merged
         return self._cache[key]
+
+
+def _job_order(job: str) -> tuple:
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in str(job).split("/"))
+
+
+def identical_jobs(df: pd.DataFrame) -> dict[str, str]:
+    """Jobs whose rows repeat an earlier job's exactly (same keys, metrics equal to 1e-6), e.g.
+    ``method=auto`` and ``method=features`` on a CNN.
+
+    Args:
+        df: ``load_results`` rows of several jobs (``job`` column).
+
+    Returns:
+        job -> the first job (in job order) holding the same rows; empty when none repeats.
+    """
+    if "job" not in df.columns or df["job"].nunique() < 2:
+        return {}
+    key = ["image", "layer", "head", "threshold_rule", "threshold"]
+    values = [c for c in catalog.PER_IMAGE if c in df.columns]
+    merged: dict[str, str] = {}
+    for _, part in df.groupby(["model", "method", "img_size"], dropna=False):
+        kept: list[tuple[str, pd.DataFrame]] = []
+        for job in sorted(part["job"].unique(), key=_job_order):
+            rows = part[part["job"] == job].sort_values(key)[key + values].reset_index(drop=True)
+            for first, other in kept:
+                if _same_rows(rows, other, key, values):
+                    merged[job] = first
+                    break
+            else:
+                kept.append((job, rows))
+    return merged
+
+
+def _same_rows(a: pd.DataFrame, b: pd.DataFrame, key: list[str], values: list[str]) -> bool:
+    if a.shape != b.shape or not a[key].astype(str).equals(b[key].astype(str)):
+        return False
+    x, y = a[values].to_numpy(float), b[values].to_numpy(float)
+    return bool(np.allclose(x, y, rtol=1e-6, atol=1e-9, equal_nan=True))
 
 
 def _series_labels(df: pd.DataFrame) -> pd.Series:
@@ -232,7 +289,7 @@ def _colours(study: Study) -> dict[str, str]:
     return {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(study.series())}
 
 
-def _smallest_threshold(rows: pd.DataFrame) -> pd.DataFrame:
+def smallest_threshold(rows: pd.DataFrame) -> pd.DataFrame:
     """Rows of each series' smallest threshold (threshold-free metrics repeat on every threshold)."""
     smallest = rows.groupby("series")["threshold"].transform("min")
     return rows[np.isclose(rows["threshold"], smallest) | (rows["threshold"].isna() & smallest.isna())]
@@ -311,21 +368,39 @@ def layer_head_grids(source: Study | Path | str, out: Path | str | None = None,
     return paths
 
 
+def relative_depth(layer: pd.Series | np.ndarray | int, num_layers: pd.Series | np.ndarray | int):
+    """Layer index -> relative depth, 0 = first layer, 1 = last (``layer / (num_layers - 1)``).
+
+    A 12-block ViT and a 5-stage CNN then share one axis. A one-layer model sits at 1.
+    """
+    n = np.maximum(np.asarray(num_layers, float) - 1, 0)
+    return np.where(n > 0, np.asarray(layer, float) / np.where(n > 0, n, 1), 1.0)
+
+
 @_styled
 def metric_vs_layer(source: Study | Path | str, out: Path | str | None = None,
-                    formats: Sequence[str] = ("png", "pdf"), metrics: Iterable[str] = METRICS) -> list[Path]:
+                    formats: Sequence[str] = ("png", "pdf"), metrics: Iterable[str] = METRICS,
+                    depth: str = "layer") -> list[Path]:
     """One figure per metric: metric against layer, one line per (model, method).
 
     Mean over images with a 95% bootstrap confidence band. Map per line: the head mean for
     ``cls_attention``; otherwise the head or reduction with the best mean of that metric over all
     layers (highest; lowest for entropy). Rows of each series' smallest threshold; no ``best`` rows.
+
+    Args:
+        depth: ``layer`` (x = layer index; ``metric_vs_layer_<metric>``) or ``relative`` (x = relative
+            depth, 0 = first layer, 1 = last, from each model's layer count, so models of different
+            depths compare; ``metric_vs_depth_<metric>``).
     """
     import seaborn as sns
 
+    if depth not in AXES:
+        raise ValueError(f"--depth {depth}: expected one of {', '.join(AXES)}")
+    x = "layer" if depth == "layer" else "depth"
     study = _as_study(source)
     out = _out_dir(study, out)
     colours = _colours(study)
-    rows = _smallest_threshold(study.df[study.df["head"] != "best"])
+    rows = smallest_threshold(study.df[study.df["head"] != "best"])
     paths: list[Path] = []
     for metric in metrics:
         if metric not in rows.columns or rows[metric].notna().sum() == 0:
@@ -334,30 +409,157 @@ def metric_vs_layer(source: Study | Path | str, out: Path | str | None = None,
         frames, palette = [], {}
         for series, part in rows.dropna(subset=[metric]).groupby("series"):
             method = part["method"].iloc[0]
-            head = _line_head(part, method, metric)
+            head = line_head(part, method, metric)
             label = f"{series}{SEP}{_choice_label(method, head)}"
             if metric == "iou" and rows["threshold"].nunique() > 1:
                 label += f"{SEP}thr {part['threshold'].iloc[0]:g}"
-            frames.append(_per_image(part[part["head"] == head], ["layer"], metric).assign(label=label))
+            line = _per_image(part[part["head"] == head], ["layer"], metric).assign(label=label)
+            line["depth"] = relative_depth(line["layer"], _num_layers(part))
+            frames.append(line)
             palette[label] = colours[series]
         data = pd.concat(frames, ignore_index=True)
         fig = Figure(figsize=(3.6, 2.5))
         ax = fig.add_subplot()
-        sns.lineplot(data=data, x="layer", y=metric, hue="label", style="label", palette=palette, markers=True,
+        sns.lineplot(data=data, x=x, y=metric, hue="label", style="label", palette=palette, markers=True,
                      dashes=False, errorbar=("ci", 95), n_boot=1000, seed=0, ax=ax, err_kws={"linewidth": 0})
         if metric == "auroc":
             ax.axhline(0.5, color="0.4", linewidth=0.7, linestyle="--", zorder=0)
             ax.text(ax.get_xlim()[1], 0.5, " chance", va="center", ha="left", fontsize=6, color="0.4")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel(LAYER_LABEL)
+        if depth == "layer":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        else:
+            ax.set_xticks([0, 0.25, 0.5, 0.75, 1])
+        ax.set_xlabel(LAYER_LABEL if depth == "layer" else DEPTH_LABEL)
         ax.set_ylabel(catalog.label(metric))
-        ax.set_title(f"{catalog.title(metric)} by layer (mean over images, 95% CI)", pad=4)
+        ax.set_title(f"{catalog.title(metric)} by {'layer' if depth == 'layer' else 'depth'} "
+                     "(mean over images, 95% CI)", pad=4)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, ncol=1, title=None)
-        paths += _save(fig, out, f"metric_vs_layer_{_slug(metric)}", formats)
+        stem = "metric_vs_layer" if depth == "layer" else "metric_vs_depth"
+        paths += _save(fig, out, f"{stem}_{_slug(metric)}", formats)
     return paths
 
 
-def _line_head(part: pd.DataFrame, method: str, metric: str) -> str:
+def _num_layers(rows: pd.DataFrame) -> int:
+    """A series' layer count: the runs' ``num_layers`` column, else the deepest layer + 1."""
+    n = pd.to_numeric(rows.get("num_layers"), errors="coerce") if "num_layers" in rows else pd.Series(dtype=float)
+    return int(n.max()) if n.notna().any() else int(rows["layer"].max()) + 1
+
+
+def head_order(heads: Iterable[str]) -> list[str]:
+    """Heads in reading order: numbered heads by number, then ``mean``, then the rest as they come."""
+    heads = list(dict.fromkeys(str(h) for h in heads))
+    numbered = sorted((h for h in heads if h.isdigit()), key=int)
+    return numbered + [h for h in heads if h == "mean"] + [h for h in heads if not h.isdigit() and h != "mean"]
+
+
+def layer_head_scores(study: Study, series: str, metric: str, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Mean of ``metric`` over images per (layer, head) of one series, with a 95% bootstrap CI.
+
+    Rows of the series' smallest threshold, no ``best`` rows; objects of one image are averaged
+    first (as ``layerscope.report``).
+
+    Returns:
+        Columns layer, head, mean, ci_low, ci_high, n (images), best (the best cell: highest mean,
+        lowest for entropy); sorted by layer, then ``head_order``. Empty when the metric has no value.
+    """
+    rng = np.random.default_rng(seed)
+    rows = smallest_threshold(study.df[(study.df["series"] == series) & (study.df["head"] != "best")])
+    columns = ["layer", "head", "mean", "ci_low", "ci_high", "n", "best"]
+    if metric not in rows.columns or rows[metric].isna().all():
+        return pd.DataFrame(columns=columns)
+    per_image = _per_image(rows, ["layer", "head"], metric)
+    order = {h: i for i, h in enumerate(head_order(per_image["head"]))}
+    out = []
+    for (layer, head), part in per_image.groupby(["layer", "head"]):
+        values = part[metric].to_numpy(float)
+        if n_boot and len(values) > 1:
+            means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
+            low, high = float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+        else:
+            low = high = float("nan")
+        out.append([int(layer), str(head), float(values.mean()), low, high, len(values)])
+    table = pd.DataFrame(out, columns=columns[:-1])
+    table = table.sort_values(["layer", "head"], key=lambda c: c.map(order) if c.name == "head" else c)
+    table = table.reset_index(drop=True)
+    best = table["mean"].idxmin() if catalog.lower_is_better(metric) else table["mean"].idxmax()
+    table["best"] = table.index == best
+    return table
+
+
+@_styled
+def layer_head(source: Study | Path | str, out: Path | str | None = None, formats: Sequence[str] = ("png", "pdf"),
+               metrics: Iterable[str] = METRICS) -> list[Path]:
+    """One figure per metric: a layer x head heatmap per (model, method), the best cell marked.
+
+    The at-a-glance answer to "which layer, which head": the mean over images of the metric
+    (smallest threshold), one panel per series side by side on one colour scale, the best cell
+    (highest mean; lowest for entropy) outlined and labelled with its value.
+    """
+    import seaborn as sns
+    from matplotlib.patches import Rectangle
+
+    study = _as_study(source)
+    out = _out_dir(study, out)
+    paths: list[Path] = []
+    for metric in metrics:
+        tables = {s: layer_head_scores(study, s, metric, n_boot=0) for s in study.series()}
+        tables = {s: t for s, t in tables.items() if not t.empty}
+        if not tables:
+            log.info("layer_head: no %s values (no masks?), skipped", metric)
+            continue
+        values = pd.concat([t["mean"] for t in tables.values()])
+        low, high = float(values.min()), float(values.max())
+        high = high if high > low else low + 1e-9
+        grids = {s: t.pivot(index="layer", columns="head", values="mean")[head_order(t["head"])]
+                 for s, t in tables.items()}
+        # every cell the same size (HEAT_CELL inches) in every panel; a panel's slot is as wide as its title
+        titles = {s: [*s.split(SEP), f"best: L{int(t.loc[t['best'], 'layer'].iloc[0])}{SEP}"
+                      f"{_choice_label(study.info(s)['method'], t.loc[t['best'], 'head'].iloc[0])}"]
+                  for s, t in tables.items()}
+        slots = [max(HEAT_CELL * g.shape[1], 0.058 * max(map(len, titles[s]))) for s, g in grids.items()]
+        rows = max(g.shape[0] for g in grids.values())
+        left, gap, right, top, bottom = 0.45, 0.35, 0.8, 0.2 + 0.12 * max(map(len, titles.values())), 0.7
+        width, height = left + sum(slots) + gap * (len(slots) - 1) + right, top + HEAT_CELL * rows + bottom
+        fig = Figure(figsize=(width, height))
+        axes, x = [], left
+        for slot, grid in zip(slots, grids.values()):
+            w, h = HEAT_CELL * grid.shape[1], HEAT_CELL * grid.shape[0]
+            box = ((x + (slot - w) / 2) / width, (height - top - h) / height, w / width, h / height)
+            axes.append(fig.add_axes(box))
+            x += slot + gap
+        for ax, (series, grid) in zip(axes, grids.items()):
+            sns.heatmap(grid, ax=ax, cmap=HEAT_CMAP, vmin=low, vmax=high, cbar=False, linewidths=0.4,
+                        linecolor="white")
+            table = tables[series]
+            best = table[table["best"]].iloc[0]
+            r, c = list(grid.index).index(best["layer"]), list(grid.columns).index(best["head"])
+            ax.add_patch(Rectangle((c, r), 1, 1, fill=False, edgecolor=BEST, linewidth=1.6, clip_on=False))
+            shade = mpl.colormaps[HEAT_CMAP]((best["mean"] - low) / (high - low))
+            ink = "black" if 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] > 0.5 else "white"
+            ax.text(c + 0.5, r + 0.5, catalog.get(metric).format(best["mean"]).lstrip("0") or "0", ha="center",
+                    va="center", fontsize=5, color=ink)
+            method = study.info(series)["method"]
+            ax.set_title("\n".join(titles[series]), pad=3, fontsize=7)
+            ax.set_xlabel("head" if method in ("cls_attention", "rollout") else "map")
+            ax.set_ylabel("layer" if ax is axes[0] else "")
+            ax.grid(False)
+            ax.tick_params(length=0)
+            ax.set_yticklabels(ax.get_yticklabels(), rotation=0)
+            ax.set_xticklabels(ax.get_xticklabels(), rotation=90 if max(len(str(h)) for h in grid.columns) > 4 else 0)
+        bar_h = min(HEAT_CELL * rows, 2.0)
+        cax = fig.add_axes(((width - right + 0.12) / width, (height - top - bar_h) / height, 0.1 / width,
+                            bar_h / height))
+        bar = fig.colorbar(ScalarMappable(Normalize(low, high), HEAT_CMAP), cax=cax)
+        bar.set_label(f"{catalog.label(metric)}, mean over images", fontsize=6.5)
+        bar.outline.set_linewidth(0.4)
+        cax.tick_params(length=2, labelsize=6)
+        paths += _save(fig, out, f"layer_head_{_slug(metric)}", formats)
+    return paths
+
+
+def line_head(part: pd.DataFrame, method: str, metric: str) -> str:
+    """The map a series' metric-vs-layer line follows: the head mean for ``cls_attention``, else the
+    head or reduction with the best mean of ``metric`` over all layers (lowest for entropy)."""
     heads = list(dict.fromkeys(part["head"]))
     if method == "cls_attention" and "mean" in heads:
         return "mean"
@@ -520,7 +722,7 @@ def best_map_overlays(source: Study | Path | str, out: Path | str | None = None,
     """
     study = _as_study(source)
     out = _out_dir(study, out)
-    rows = _smallest_threshold(study.df[study.df["head"] != "best"])
+    rows = smallest_threshold(study.df[study.df["head"] != "best"])
     rows = rows[~rows["category"].isin(["good", ""])]
     metric = next((m for m in ("auroc", "iou") if m in rows.columns and rows[m].notna().any()), None)
     if metric is None:
@@ -645,7 +847,7 @@ def choice_stability(source: Study | Path | str, out: Path | str | None = None,
 
 def make_all(folder: Path | str, out: Path | str | None = None, formats: Sequence[str] = ("png", "pdf"),
              max_images: int = 4, metrics: Iterable[str] = METRICS,
-             kinds: Iterable[str] = KINDS) -> dict[str, list[Path]]:
+             kinds: Iterable[str] = KINDS, depth: str = "layer") -> dict[str, list[Path]]:
     """Every figure kind for a run or multirun folder.
 
     Args:
@@ -653,8 +855,9 @@ def make_all(folder: Path | str, out: Path | str | None = None, formats: Sequenc
         out: where figures go; default ``<folder>/figures_paper``.
         formats: file formats (suffixes matplotlib knows: png, pdf, svg, ...).
         max_images: images per (model, method) in the layer x head grids.
-        metrics: metrics for ``metric_vs_layer``.
+        metrics: metrics for ``metric_vs_layer`` and ``layer_head``.
         kinds: which figure kinds.
+        depth: x-axis of ``metric_vs_layer``: ``layer`` or ``relative`` (0 = first layer, 1 = last).
 
     Returns:
         kind -> paths written (empty when the kind was skipped; the reason is logged).
@@ -671,6 +874,8 @@ def make_all(folder: Path | str, out: Path | str | None = None, formats: Sequenc
     kinds = tuple(kinds)
     if unknown := [k for k in kinds if k not in KINDS]:
         raise ValueError(f"--kinds {' '.join(unknown)}: expected some of {', '.join(KINDS)}")
+    if depth not in AXES:
+        raise ValueError(f"--depth {depth}: expected one of {', '.join(AXES)}")
     study = Study(folder)
     metrics = tuple(metrics)
     if unknown := [m for m in metrics if m not in study.df.columns or m not in catalog.MAP_METRICS]:
@@ -678,7 +883,8 @@ def make_all(folder: Path | str, out: Path | str | None = None, formats: Sequenc
     out = _out_dir(study, out)
     calls = {
         "layer_head_grids": lambda: layer_head_grids(study, out, formats, max_images),
-        "metric_vs_layer": lambda: metric_vs_layer(study, out, formats, metrics),
+        "metric_vs_layer": lambda: metric_vs_layer(study, out, formats, metrics, depth),
+        "layer_head": lambda: layer_head(study, out, formats, metrics),
         "vit_vs_cnn": lambda: vit_vs_cnn(study, out, formats, min(max_images, 3)),
         "threshold_curves": lambda: threshold_curves(study, out, formats),
         "best_map_overlays": lambda: best_map_overlays(study, out, formats, min(max_images, 3)),

@@ -160,6 +160,21 @@ class WandbLogger(Logger):
             self.run.summary[f"dataset/{metric}/head"] = str(best["head"])
         self.run.log({"dataset_metrics": wandb.Table(dataframe=table.astype({"layer": int}))})
 
+    def log_report(self, path: Path) -> None:
+        """The offline report page (``layerscope-view``: ``report.html`` and its ``report_files/``) as a
+        W&B artifact of type ``report``."""
+        import wandb
+
+        if self.run is None:
+            return
+        path = Path(path)
+        artifact = wandb.Artifact(f"report-{self.run.id}", type="report", description="layerscope-view page")
+        artifact.add_file(str(path))
+        files = path.with_name(f"{path.stem}_files")
+        if files.is_dir():
+            artifact.add_dir(str(files), name=files.name)
+        self.run.log_artifact(artifact)
+
     def finish(self, ok: bool) -> None:
         if self.run is None:
             return

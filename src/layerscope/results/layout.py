@@ -8,6 +8,7 @@
     <run>/maps/<image>.npz     saved maps of one image
     <run>/figures/<image>_grid.png
     <run>/dataset_metrics.csv  dataset-level protocol (``layerscope-report --protocol dataset``)
+    <run or sweep>/report.html, report_files/   the offline page (``layerscope-view``)
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ FIGURES = "figures"
 PAPER_FIGURES = "figures_paper"
 DATASET_METRICS = "dataset_metrics.csv"
 ALL_RESULTS = "all_results.csv"
+REPORT = "report.html"  # layerscope-view's page, with its pictures in REPORT_FILES/
+REPORT_FILES = "report_files"  # named after the page: <page stem>_files
 
 
 def map_file(run_dir: Path, image: str) -> Path:
