@@ -106,7 +106,7 @@ def _ci(values: Sequence[float]) -> tuple[float, float]:
     return float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))
 
 
-def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | None = 5) -> pd.DataFrame:
     """One row per (candidate, category) with the pooled metrics (``COLUMNS``).
 
     Args:
@@ -114,28 +114,42 @@ def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0) -> pd.DataFram
         n_boot: bootstrap resamples (over images, defective and good apart) for the CIs of
             pooled pixel AUROC and AUPRO of the ``all`` row; 0 for none.
         seed: bootstrap seed.
+        ci_top: which ``all`` rows get CIs: the ``ci_top`` best candidates by each of the two
+            metrics plus, per (model, method), every layer of its best map (the line the figures
+            draw); None for every candidate. Each CI costs ``n_boot`` pooled passes.
     """
     images = pool.images
     defective = images["defective"].to_numpy()
-    rng = np.random.default_rng(seed)
-    rows = []
+    rows, data = [], {}
     for c, cand in pool.candidates.iterrows():
-        data = _Candidate(pool, c)
+        data[c] = _Candidate(pool, c)
         for category, chosen in _categories(images):
-            sel = chosen & data.covered
-            m = data.metrics(sel.astype(float))
-            row = {"job": cand["job"], **{k: cand[k] for k in CANDIDATE}, "category": category,
-                   "n_images": int(sel.sum()), "n_defect_images": int((sel & defective).sum()), **asdict(m),
-                   "image_auroc": _image_auroc(data.image_scores[sel, 0], defective[sel]),
-                   "image_auroc_topk": _image_auroc(data.image_scores[sel, 1], defective[sel]),
-                   "upsample": cand["upsample"]}
-            if category == "all" and n_boot:
-                groups = [np.flatnonzero(sel & defective), np.flatnonzero(sel & ~defective)]
-                boots = [data.metrics(w) for w in _bootstrap_weights(groups, len(images), n_boot, rng)]
-                row["pixel_auroc_ci_low"], row["pixel_auroc_ci_high"] = _ci([b.pixel_auroc for b in boots])
-                row["aupro_ci_low"], row["aupro_ci_high"] = _ci([b.aupro for b in boots])
-            rows.append(row)
-    return pd.DataFrame(rows).reindex(columns=COLUMNS)
+            sel = chosen & data[c].covered
+            m = data[c].metrics(sel.astype(float))
+            rows.append({"job": cand["job"], **{k: cand[k] for k in CANDIDATE}, "category": category,
+                         "n_images": int(sel.sum()), "n_defect_images": int((sel & defective).sum()), **asdict(m),
+                         "image_auroc": _image_auroc(data[c].image_scores[sel, 0], defective[sel]),
+                         "image_auroc_topk": _image_auroc(data[c].image_scores[sel, 1], defective[sel]),
+                         "upsample": cand["upsample"], "_c": c})
+    table = pd.DataFrame(rows)
+    if n_boot:
+        pooled = table[table["category"] == "all"]
+        chosen_c = set(pooled["_c"])
+        if ci_top is not None:
+            chosen_c = set()
+            for metric in ("pixel_auroc", "aupro"):
+                chosen_c |= set(pooled.nlargest(ci_top, metric)["_c"])
+                for _, part in pooled.groupby(["job", "model", "method"]):
+                    head = part.groupby("head")[metric].mean().idxmax()
+                    chosen_c |= set(part.loc[part["head"] == head, "_c"])
+        rng = np.random.default_rng(seed)
+        for i, row in pooled[pooled["_c"].isin(chosen_c)].iterrows():
+            sel = data[row["_c"]].covered
+            groups = [np.flatnonzero(sel & defective), np.flatnonzero(sel & ~defective)]
+            boots = [data[row["_c"]].metrics(w) for w in _bootstrap_weights(groups, len(images), n_boot, rng)]
+            table.loc[i, ["pixel_auroc_ci_low", "pixel_auroc_ci_high"]] = _ci([b.pixel_auroc for b in boots])
+            table.loc[i, ["aupro_ci_low", "aupro_ci_high"]] = _ci([b.aupro for b in boots])
+    return table.reindex(columns=COLUMNS)
 
 
 def write_dataset_metrics(folder: Path, n_boot: int = 200, seed: int = 0, progress: bool = False) -> pd.DataFrame:
@@ -212,7 +226,7 @@ def _economics(scores_cal: np.ndarray, bad_cal: np.ndarray, scores_out: np.ndarr
 def choose(pool: Pool, metric: str = "aupro", calibration: float | np.ndarray = 0.5, seed: int = 0,
            n_boot: int = 1000, n_stability: int = 200, target_fpr: float | None = None,
            costs: tuple[float, float] | None = None, defect_rate: float | None = None,
-           image_score: str = "max") -> dict[str, Any]:
+           image_score: str = "max", stability_pool: int = 20) -> dict[str, Any]:
     """Choose a candidate and its threshold on calibration images; report it on the held-out ones.
 
     Args:
@@ -223,6 +237,8 @@ def choose(pool: Pool, metric: str = "aupro", calibration: float | np.ndarray = 
         seed: split and bootstrap seed.
         n_boot: bootstrap resamples of held-out images for the CIs.
         n_stability: bootstrap resamples of the calibration images, each repeating the choice.
+        stability_pool: how many of the best candidates on the calibration images compete in
+            each resample.
         target_fpr: None: the threshold is calibration F1-max's; else the lowest threshold
             whose calibration pixel FPR is at most this.
         costs: (cost of a missed defective part, cost of a false alarm), per part, or None.
@@ -280,10 +296,12 @@ def choose(pool: Pool, metric: str = "aupro", calibration: float | np.ndarray = 
     held = {k: {"value": v, "ci": list(_ci([b[k] for b in boots]))} for k, v in point.items()}
     wins = np.zeros(len(data))
     cal_groups = [np.flatnonzero(cal & defective), np.flatnonzero(cal & ~defective)]
+    # the contenders: the strongest on the whole calibration set (a candidate far behind never wins a resample)
+    contenders = [int(i) for i in np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:stability_pool]]
     for w in _bootstrap_weights(cal_groups, len(images), n_stability, rng):
-        values = np.array([getattr(d.metrics(w), metric) for d in data])
+        values = np.array([getattr(data[i].metrics(w), metric) for i in contenders])
         if not np.isnan(values).all():
-            wins[int(np.nanargmax(values))] += 1
+            wins[contenders[int(np.nanargmax(values))]] += 1
     top = np.argsort(-wins, kind="stable")[:5]
     describe = pool.candidates[["job", *CANDIDATE]]
     stability = [{**{k: _plain(v) for k, v in describe.iloc[i].items()}, "wins": float(wins[i] / max(n_stability, 1))}
@@ -293,6 +311,7 @@ def choose(pool: Pool, metric: str = "aupro", calibration: float | np.ndarray = 
         "metric": metric, "chosen": {k: _plain(v) for k, v in cand[["job", *CANDIDATE, "upsample"]].items()},
         "calibration_score": float(scores[best]), "threshold": threshold, "threshold_rule": rule,
         "seed": seed, "n_boot": n_boot, "n_stability": n_stability,
+        "stability_pool": min(stability_pool, len(data)),
         "calibration_images": images["id"][cal].tolist(), "held_out_images": images["id"][out].tolist(),
         "held_out": held, "stability": stability,
         "candidates": int(len(data)),
@@ -328,7 +347,8 @@ def choice_markdown(result: dict[str, Any]) -> str:
              "| metric | value | 95% CI |", "|---|---:|---|"]
     for name, v in result["held_out"].items():
         lines.append(f"| {name} | {v['value']:.3f} | [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}] |")
-    lines += ["", f"## Stability: share of {result['n_stability']} calibration resamples each candidate wins", "",
+    lines += ["", f"## Stability: share of {result['n_stability']} calibration resamples each candidate wins "
+              f"(the {result.get('stability_pool', '')} best on the calibration images compete)", "",
               "| model | method | layer | head | wins |", "|---|---|---:|---|---:|"]
     for s in result["stability"]:
         lines.append(f"| {s['model']} | {s['method']} | {s['layer']} | {s['head']} | {s['wins']:.2f} |")
