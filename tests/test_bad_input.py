@@ -140,9 +140,9 @@ def test_all_zero_mask_metrics_are_marked_undefined(tmp_path):
 
 
 @pytest.mark.parametrize("args,pattern,code", [
-    (["model=dino_vit_s8"], r"Could not find 'model/dino_vit_s8'.*dino_vits8", 1),
-    (["data=mvtecad"], r"Could not find 'data/mvtecad'.*mvtec", 1),
-    (["method=gradcam"], r"Could not find 'method/gradcam'.*cls_attention", 1),
+    (["model=dino_vit_s8"], r"error: model=dino_vit_s8: no such config; available: .*dino_vits8", 2),
+    (["data=mvtecad"], r"error: data=mvtecad: no such config; available: .*mvtec", 2),
+    (["method=gradcm"], r"error: method=gradcm: no such config; available: .*cls_attention", 2),
     (["head=7"], r"error: head=7 is out of range: this model has 2 heads, valid -2..1", 2),
     (["threshold=1.2"], r"error: threshold=\[1.2\]: thresholds must be in \[0, 1\]", 2),
     (["model.img_size=60"], r"error: model.img_size=60: expected a positive multiple of the patch size 8", 2),

@@ -1,8 +1,10 @@
-"""Extraction benchmark: what capturing every layer's CLS attention costs against a plain forward.
+"""Benchmarks: what capturing every layer costs against a plain forward, and where a study's time goes.
 
-    layerscope-bench [--quick] [--device cpu|cuda] [--repeats 3] [--out bench.csv]
+    layerscope-bench [--quick] [--device cpu|cuda] [--rounds 5] [--cases vit_s8:480] [--out bench.csv]
+    layerscope-bench --pipeline [--quick] [--models dinov2_vits14_bundled ...] [--rounds 5]
 
-Variants, each timed in a fresh subprocess so peak memory is its own (random-init weights):
+**Capture** (default). Variants, each in a process of its own that stays alive across rounds
+(so peak memory is its own), random-init weights:
 
 - ``plain``: timm ViT forward, fused attention (the baseline every ratio refers to);
 - ``ours``: the same forward with this framework's hooks, CLS rows of every layer and head;
@@ -10,31 +12,59 @@ Variants, each timed in a fresh subprocess so peak memory is its own (random-ini
 - ``hf_sdpa``: transformers ViT plain forward (SDPA), to separate library from method costs;
 - ``timm_extract``: timm's ``AttentionExtract`` with fused attention off (all N x N maps).
 
-Peak memory is the growth of the process's peak RSS during the timed forwards (CPU, with
-glibc's mmap threshold fixed so freed blocks leave RSS), or ``torch.cuda.max_memory_allocated``
+Each process builds its model and runs one warm-up forward; then, round after round, every
+variant runs one timed forward in turn (plain, ours, hf_eager, ... plain, ours, ...). A ratio is
+taken within a round, so a machine that slows down for a while (another job, thermal limits)
+slows every variant of that round alike; the table gives the median ratio over rounds with its
+min-max spread. Peak memory is the growth of the process's peak RSS over all its forwards (CPU,
+with glibc's mmap threshold fixed so freed blocks leave RSS), or ``torch.cuda.max_memory_allocated``
 above the resting allocation (GPU).
+
+**Pipeline** (``--pipeline``). The default study (``layerscope model=M cache.enabled=false``) run
+as a user runs it, once per round in a fresh process, split by stage from its ``run_summary.json``:
+backbone forward + maps, scoring (rows), writing (``.npz`` + grid PNGs, in the background: the
+time its thread worked, and the time the study waited for it), the rest of the loop (data,
+``results.csv``), and the dataset-level pass. In the same round, this process times the
+backbone alone (forward + maps of the same images, ``mapsource.MapSource``, no scoring, no
+writing); the table gives each stage per image and against the backbone of the same round, the
+end-to-end rate against the backbone-only rate, and projects the wall time of an MVTec-size
+study (1,700 test images, same layers and maps) per backbone on this machine (and on CUDA when
+it is present).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 VARIANTS = ("plain", "ours", "hf_eager", "hf_sdpa", "timm_extract")
-CONFIGS = {  # name -> (timm arch, patch, dim, heads)
+CONFIGS = {  # name -> (timm arch, patch, dim, heads); 12 blocks each
+    "vit_t16": ("vit_tiny_patch16_224", 16, 192, 3),
     "vit_s8": ("vit_small_patch8_224", 8, 384, 6),
     "vit_b16": ("vit_base_patch16_224", 16, 768, 12),
 }
 FULL = [("vit_s8", 224), ("vit_s8", 480), ("vit_b16", 224)]
-QUICK = [("vit_s8", 224), ("vit_b16", 224)]
+QUICK = [("vit_t16", 224)]  # a smoke run: seconds, not minutes
+PIPELINE_MODELS = ["dinov2_vits14_bundled", "efficientnet_lite0_bundled"]
+PIPELINE_QUICK = ["tiny_vit"]
+QUICK_DATA = ["data.textures=[brick]"]  # 4 images: a smoke run
+MVTEC_IMAGES = 1700  # MVTec AD's test set, all categories
+TARGET_OUTSIDE = 0.25  # the goal: time outside the backbone at most this share of the backbone's
+
+
+# ------------------------------------------------------------------------------------------ capture
 
 
 def _rss_mb() -> float:
@@ -76,8 +106,12 @@ def _build(model: str, size: int, variant: str, device: torch.device):
     return lambda x: extractor(x)
 
 
-def measure_one(model: str, size: int, batch: int, variant: str, device: str, repeats: int) -> dict:
-    """Seconds per image (best of ``repeats``) and peak extra memory (MB) of one variant."""
+def serve(model: str, size: int, batch: int, variant: str, device: str) -> None:
+    """The process of one variant: build, warm up, then one timed forward per ``run`` line on stdin.
+
+    Answers one JSON line per request on stdout: ``{"ready": true}`` after the warm-up,
+    ``{"seconds": t}`` per ``run`` (the whole batch), ``{"peak_mb": m}`` for ``peak``.
+    """
     dev = torch.device(device)
     torch.manual_seed(0)
     fn = _build(model, size, variant, dev)
@@ -89,86 +123,378 @@ def measure_one(model: str, size: int, batch: int, variant: str, device: str, re
         torch.cuda.reset_peak_memory_stats()
     else:
         base = _rss_mb()
-    times = []
     with torch.inference_mode():
         out = fn(x)  # warm-up
         del out
-        for _ in range(repeats):
-            sync()
-            t0 = time.perf_counter()
-            out = fn(x)
-            sync()
-            times.append(time.perf_counter() - t0)
-            del out
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if dev.type == "cuda" else _rss_mb() - base
-    return {"seconds_per_image": min(times) / batch, "peak_mb": peak}
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            if line.strip() == "run":
+                sync()
+                t0 = time.perf_counter()
+                out = fn(x)
+                sync()
+                seconds = time.perf_counter() - t0
+                del out
+                print(json.dumps({"seconds": seconds}), flush=True)
+            elif line.strip() == "peak":
+                peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if dev.type == "cuda" else _rss_mb() - base
+                print(json.dumps({"peak_mb": peak}), flush=True)
+            else:
+                return
 
 
-def run_table(cases, batches, device: str, repeats: int, memory_limit_gb: float) -> list[dict]:
+class Worker:
+    """A variant's process (``serve``), asked for one timed forward at a time."""
+
+    def __init__(self, model: str, size: int, batch: int, variant: str, device: str):
+        cmd = [sys.executable, "-m", "layerscope.bench", "--serve", model, str(size), str(batch), variant,
+               "--device", device]
+        # a fixed mmap threshold makes glibc hand large blocks back on free, so peak RSS follows the
+        # live tensors instead of the allocator's history (which differs between variants)
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+        self._err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True,
+                                     env=env)
+
+    def ask(self, request: str | None) -> dict:
+        """Send ``request`` (None: only read) and return the next JSON answer.
+
+        Raises:
+            RuntimeError: the process ended; the message is its last stderr line.
+        """
+        if request is not None:
+            self.proc.stdin.write(request + "\n")
+            self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith("{"):  # a library may print other lines
+                return json.loads(line)
+        self._err.seek(0)
+        last = [t for t in self._err.read().strip().splitlines() if t.strip()]
+        raise RuntimeError(last[-1] if last else f"exit code {self.proc.wait()}")
+
+    def close(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.proc.stdin.write("exit\n")
+                self.proc.stdin.flush()
+        except OSError:  # already gone
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._err.close()
+
+
+def spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """(median, min, max); NaNs when empty."""
+    vals = [v for v in values if v == v]
+    if not vals:
+        return float("nan"), float("nan"), float("nan")
+    return statistics.median(vals), min(vals), max(vals)
+
+
+def run_case(model: str, size: int, batch: int, device: str, rounds: int, memory_limit_gb: float) -> list[dict]:
+    """Every variant of one (model, size, batch), interleaved over ``rounds``; one row per variant."""
+    rows = {v: {"model": model, "size": size, "batch": batch, "variant": v, "device": device, "rounds": rounds}
+            for v in VARIANTS}
+    workers: dict[str, Worker] = {}
+    need = attention_bytes(model, size, batch) / 2**30
+    for v in VARIANTS:
+        if v in ("hf_eager", "timm_extract") and need > memory_limit_gb:
+            rows[v]["status"] = f"skipped: its attention maps alone need {need:.1f} GiB"
+        else:
+            workers[v] = Worker(model, size, batch, v, device)  # all start at once: startups overlap
+    times: dict[str, list[float]] = {v: [] for v in workers}
+    try:
+        for v in list(workers):
+            try:
+                workers[v].ask(None)  # ready
+            except RuntimeError as e:
+                rows[v]["status"] = f"failed: {e}"
+                workers.pop(v).close()
+        for r in range(rounds):
+            print(f"  {model} {size}px b{batch}: round {r + 1}/{rounds}", file=sys.stderr, flush=True)
+            for v, w in list(workers.items()):
+                try:
+                    times[v].append(w.ask("run")["seconds"] / batch)
+                except RuntimeError as e:
+                    rows[v]["status"] = f"failed: {e}"
+                    workers.pop(v).close()
+        for v, w in workers.items():
+            rows[v]["peak_mb"] = w.ask("peak")["peak_mb"]
+    finally:
+        for w in workers.values():
+            w.close()
+    base = times.get("plain", [])
+    for v, ts in times.items():
+        row = rows[v]
+        row["seconds_per_image"], row["seconds_min"], row["seconds_max"] = spread(ts)
+        if len(base) == len(ts) and base:
+            ratios = [t / b for t, b in zip(ts, base)]  # within a round: the same machine state
+            row["time_ratio"], row["ratio_min"], row["ratio_max"] = spread(ratios)
+            if "peak_mb" in rows["plain"] and rows["plain"]["peak_mb"] > 0 and "peak_mb" in row:
+                row["memory_ratio"] = row["peak_mb"] / rows["plain"]["peak_mb"]
+        row.setdefault("status", "ok")
+    return [rows[v] for v in VARIANTS]
+
+
+CAPTURE_COLUMNS = ["model", "size", "batch", "variant", "rounds", "s/img", "ratio", "ratio_min", "ratio_max",
+                   "peak_MB", "mem_ratio", "status"]
+
+
+def _capture_line(row: dict) -> str:
+    def num(key: str, fmt: str) -> str:
+        v = row.get(key)
+        return format(v, fmt) if isinstance(v, (int, float)) and v == v else "-"
+
+    return (f"{row['model']:8s} {row['size']:4d} {row['batch']:5d} {row['variant']:13s} {row['rounds']:6d} "
+            f"{num('seconds_per_image', '8.4f')} {num('time_ratio', '6.2f')} {num('ratio_min', '9.2f')} "
+            f"{num('ratio_max', '9.2f')} {num('peak_mb', '8.1f')} {num('memory_ratio', '9.2f')}  {row['status']}")
+
+
+def capture_table(cases, batches, device: str, rounds: int, memory_limit_gb: float) -> list[dict]:
+    """Run every case and batch; print the table as it fills."""
+    print(" ".join(CAPTURE_COLUMNS), flush=True)
     rows = []
     for model, size in cases:
         for batch in batches:
-            base = None
-            for variant in VARIANTS:
-                row = {"model": model, "size": size, "batch": batch, "variant": variant, "device": device}
-                need = attention_bytes(model, size, batch) / 2**30
-                if variant in ("hf_eager", "timm_extract") and need > memory_limit_gb:
-                    row.update(status=f"skipped: its attention maps alone need {need:.1f} GiB")
-                    rows.append(row)
-                    print(f"{model} {size}px b{batch} {variant:13s} {row['status']}", flush=True)
-                    continue
-                cmd = [sys.executable, "-m", "layerscope.bench", "--one", model, str(size), str(batch), variant,
-                       "--device", device, "--repeats", str(repeats)]
-                # a fixed mmap threshold makes glibc hand large blocks back on free, so peak RSS follows the
-                # live tensors instead of the allocator's history (which differs between variants)
-                env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-                proc = subprocess.run(cmd, capture_output=True, text=True,
-                                      env=env)
-                if proc.returncode != 0:
-                    row.update(status=f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
-                else:
-                    row.update(json.loads(proc.stdout.strip().splitlines()[-1]), status="ok")
-                    if variant == "plain":
-                        base = row
-                    if base is not None:
-                        row["time_ratio"] = row["seconds_per_image"] / base["seconds_per_image"]
-                        row["memory_ratio"] = row["peak_mb"] / base["peak_mb"] if base["peak_mb"] > 0 else float("nan")
+            for row in run_case(model, size, batch, device, rounds, memory_limit_gb):
                 rows.append(row)
-                print(f"{model} {size}px b{batch} {variant:13s} {row.get('seconds_per_image', float('nan')):.4f} s/img  "
-                      f"{row.get('peak_mb', float('nan')):8.1f} MB  x{row.get('time_ratio', float('nan')):.2f} time  "
-                      f"x{row.get('memory_ratio', float('nan')):.2f} mem  {row['status']}", flush=True)
+                print(_capture_line(row), flush=True)
     return rows
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+
+
+STAGES = ("backbone", "scoring", "writing", "write_wait", "other", "loop", "dataset_pass")
+STAGE_TEXT = {
+    "backbone": "forward + maps in the study",
+    "scoring": "rows and results.csv",
+    "writing": "npz + png by the background thread",
+    "write_wait": "time the study waited for that thread",
+    "other": "the rest of the loop (data preparation, ...)",
+    "loop": "the study's image loop end to end",
+    "dataset_pass": "the dataset-level protocol at the end",
+    "backbone_only": "forward + maps alone, timed here in the same round",
+}
+
+
+def _study(model: str, device: str, out: Path, extra: Sequence[str]) -> tuple[dict, float]:
+    """One default study in a fresh process, as a user runs it; its run_summary.json and wall seconds."""
+    cmd = [sys.executable, "-m", "layerscope.run", f"model={model}", f"device={device}", "cache.enabled=false",
+           "progress=false", f"hydra.run.dir={out}", *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        lines = [t for t in proc.stderr.strip().splitlines() if t.strip()]
+        raise RuntimeError(f"{' '.join(cmd[2:])}: {lines[-1] if lines else proc.returncode}")
+    return json.loads((out / "run_summary.json").read_text()), wall
+
+
+class BackboneOnly:
+    """The study's backbone pass alone (forward + maps for every image, as ``MapSource``), in this process.
+
+    Built from the ``config.yaml`` a study run wrote, so it is the same model, layers, method and images.
+    """
+
+    def __init__(self, config: Path):
+        from omegaconf import OmegaConf
+
+        from .mapsource import MapSource
+        from .plan import build, build_dataset, plan_study, resolve_device
+        from .study import Prepared
+
+        cfg = OmegaConf.load(config)
+        self.device = resolve_device(cfg.device)
+        backbone = build(cfg.model)
+        plan = plan_study(cfg, backbone)
+        dataset = build_dataset(cfg)
+        backbone.load_weights()
+        backbone.to(self.device).eval()
+        prepared = Prepared(dataset, backbone.img_size)
+        items = [prepared[i] for i in range(len(prepared))]  # data preparation is not the backbone's
+        self.items = [item for item in items if "error" not in item]
+        self.batch = int(cfg.batch_size)
+        self.source = MapSource(backbone, plan, self.device, cfg.precision, None)
+        self.layers, self.maps = len(plan.layers), len(plan.heads) + int(plan.method.head_mean)
+        self.img_size = backbone.img_size
+        self()  # warm-up
+
+    def __call__(self) -> float:
+        """Seconds for one pass over every image."""
+        t0 = time.perf_counter()
+        for i in range(0, len(self.items), self.batch):
+            self.source(self.items[i:i + self.batch])  # maps come back on the CPU: synchronised
+        return time.perf_counter() - t0
+
+
+def pipeline(model: str, device: str, rounds: int, extra: Sequence[str]) -> dict:
+    """Rounds of (default study in a fresh process, backbone alone here) for one backbone and device."""
+    per_round: list[dict] = []
+    only: BackboneOnly | None = None
+    with tempfile.TemporaryDirectory(prefix="layerscope-bench-") as tmp:
+        for r in range(rounds):
+            print(f"  {model} on {device}: round {r + 1}/{rounds}", file=sys.stderr, flush=True)
+            summary, wall = _study(model, device, Path(tmp) / f"round{r}", extra)
+            if only is None:
+                only = BackboneOnly(Path(tmp) / "round0" / "config.yaml")
+            alone = only()
+            n = summary["images"] - len(summary.get("skipped_images", []))
+            backbone, score = summary["backbone_seconds"], summary["score_seconds"]
+            loop, wait = summary["loop_seconds"], summary["write_wait_seconds"]
+            per_round.append({
+                "backbone": backbone / n, "scoring": score / n, "writing": summary["write_seconds"] / n,
+                "write_wait": wait / n, "other": (loop - backbone - score - wait) / n, "loop": loop / n,
+                "dataset_pass": summary.get("dataset_seconds", 0.0) / n, "backbone_only": alone / n,
+                "startup": (wall - loop - summary.get("dataset_seconds", 0.0)),
+            })
+    return {"model": model, "device": device, "images": n, "rounds": per_round, "layers": only.layers,
+            "maps": only.maps, "img_size": only.img_size}
+
+
+PIPELINE_COLUMNS = ["model", "device", "stage", "s/img", "s_min", "s_max", "vs_backbone", "vs_min", "vs_max"]
+
+
+def pipeline_rows(result: dict) -> list[dict]:
+    """Per stage: seconds per image and its ratio to the backbone of the same round (median, min, max)."""
+    rows = []
+    runs = result["rounds"]
+    for stage in (*STAGES, "backbone_only"):
+        s = spread([r[stage] for r in runs])
+        v = spread([r[stage] / r["backbone"] for r in runs])
+        rows.append({"model": result["model"], "device": result["device"], "stage": stage, "seconds_per_image": s[0],
+                     "seconds_min": s[1], "seconds_max": s[2], "vs_backbone": v[0], "vs_min": v[1], "vs_max": v[2]})
+    outside = spread([(r["loop"] - r["backbone"]) / r["backbone"] for r in runs])
+    rate = spread([r["backbone_only"] / r["loop"] for r in runs])  # e2e images/s over backbone-only images/s
+    rows.append({"model": result["model"], "device": result["device"], "stage": "outside_backbone",
+                 "seconds_per_image": statistics.median([r["loop"] - r["backbone"] for r in runs]),
+                 "seconds_min": float("nan"), "seconds_max": float("nan"),
+                 "vs_backbone": outside[0], "vs_min": outside[1], "vs_max": outside[2]})
+    rows.append({"model": result["model"], "device": result["device"], "stage": "e2e_rate_vs_backbone_only",
+                 "seconds_per_image": float("nan"), "seconds_min": float("nan"), "seconds_max": float("nan"),
+                 "vs_backbone": rate[0], "vs_min": rate[1], "vs_max": rate[2]})
+    return rows
+
+
+def _pipeline_line(row: dict) -> str:
+    def num(v: float, fmt: str) -> str:
+        return format(v, fmt) if v == v else "-"
+
+    return (f"{row['model']:26s} {row['device']:6s} {row['stage']:26s} {num(row['seconds_per_image'], '8.4f')} "
+            f"{num(row['seconds_min'], '8.4f')} {num(row['seconds_max'], '8.4f')} {num(row['vs_backbone'], '11.3f')} "
+            f"{num(row['vs_min'], '8.3f')} {num(row['vs_max'], '8.3f')}")
+
+
+def projection(result: dict, images: int = MVTEC_IMAGES) -> str:
+    """The wall time of a study of ``images`` images with the same backbone, layers and maps, in words."""
+    runs = result["rounds"]
+    loop = statistics.median([r["loop"] for r in runs])
+    pooled = statistics.median([r["dataset_pass"] for r in runs])
+    startup = statistics.median([r["startup"] for r in runs])
+    total = startup + images * (loop + pooled)
+    return (f"{result['model']} on {result['device']}: a {images:,}-image study ({result['layers']} layers x "
+            f"{result['maps']} maps at {result['img_size']} px) takes about {_hms(total)} "
+            f"(startup {startup:.0f} s + {images:,} x ({loop:.3f} s loop + {pooled:.3f} s dataset pass) per image)")
+
+
+def _hms(seconds: float) -> str:
+    h, rest = divmod(int(round(seconds)), 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def pipeline_table(models: Sequence[str], devices: Sequence[str], rounds: int, extra: Sequence[str]) -> list[dict]:
+    """Run every model on every device; print the stage table, the target check and the projections."""
+    results, rows = [], []
+    print("stages: " + "; ".join(f"{k} = {v}" for k, v in STAGE_TEXT.items()), flush=True)
+    print(" ".join(PIPELINE_COLUMNS), flush=True)
+    for device in devices:
+        for model in models:
+            try:
+                result = pipeline(model, device, rounds, extra)
+            except RuntimeError as e:
+                print(f"{model:26s} {device:6s} failed: {e}", flush=True)
+                continue
+            results.append(result)
+            for row in pipeline_rows(result):
+                rows.append(row)
+                print(_pipeline_line(row), flush=True)
+    for result in results:
+        outside = next(r for r in pipeline_rows(result) if r["stage"] == "outside_backbone")
+        verdict = "met" if outside["vs_backbone"] <= TARGET_OUTSIDE else "not met"
+        print(f"{result['model']} on {result['device']}: time outside the backbone is {outside['vs_backbone']:.2f} "
+              f"[{outside['vs_min']:.2f}-{outside['vs_max']:.2f}] of the backbone's over {len(result['rounds'])} "
+              f"rounds of {result['images']} images (target <= {TARGET_OUTSIDE}: {verdict}; dataset pass excluded)")
+    for result in results:
+        print("projection: " + projection(result), flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ command
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="layerscope-bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="224 px only, batch 1 (a smoke run)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="a smoke run (one small case, 2 rounds)")
+    p.add_argument("--pipeline", action="store_true", help="time the default study by stage instead")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                   help="capture: cpu (default); pipeline: cpu, and cuda too when present (default)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; 2 with --quick)")
     p.add_argument("--batches", type=int, nargs="+", default=None)
+    p.add_argument("--cases", nargs="+", default=None, metavar="MODEL:SIZE",
+                   help=f"capture cases, e.g. vit_s8:480 (models: {', '.join(CONFIGS)})")
+    p.add_argument("--models", nargs="+", default=None, help="pipeline: model configs (conf/model/*.yaml)")
     p.add_argument("--memory-limit-gb", type=float, default=12.0, help="skip N x N variants needing more")
-    p.add_argument("--out", type=Path, default=Path("outputs/bench.csv"))
-    p.add_argument("--one", nargs=4, metavar=("MODEL", "SIZE", "BATCH", "VARIANT"), help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, default=None, help="CSV (default outputs/bench.csv or bench_pipeline.csv)")
+    p.add_argument("--serve", nargs=4, metavar=("MODEL", "SIZE", "BATCH", "VARIANT"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.one:
-        model, size, batch, variant = a.one
-        print(json.dumps(measure_one(model, int(size), int(batch), variant, a.device, a.repeats)))
+    if a.serve:
+        model, size, batch, variant = a.serve
+        serve(model, int(size), int(batch), variant, a.device or "cpu")
         return 0
+    rounds = a.rounds if a.rounds is not None else (2 if a.quick else 5)
+    if rounds < 1:
+        print(f"error: --rounds {rounds}: expected at least 1", file=sys.stderr)
+        return 2
     if a.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda: no CUDA device visible", file=sys.stderr)
         return 2
-    torch_threads = os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))
-    print(f"device {a.device}, torch {torch.__version__}, {torch_threads} threads, best of {a.repeats}", flush=True)
-    rows = run_table(QUICK if a.quick else FULL, a.batches or ([1] if a.quick else [1, 8]), a.device, a.repeats,
-                     a.memory_limit_gb)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    fields = ["model", "size", "batch", "variant", "device", "seconds_per_image", "peak_mb", "time_ratio",
-              "memory_ratio", "status"]
-    with open(a.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
+    threads = os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, {rounds} interleaved rounds "
+          "(median and min-max over rounds)", flush=True)
+    if a.pipeline:
+        devices = [a.device] if a.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        models = a.models or (PIPELINE_QUICK if a.quick else PIPELINE_MODELS)
+        rows = pipeline_table(models, devices, rounds, QUICK_DATA if a.quick else [])
+        fields = ["model", "device", "stage", "seconds_per_image", "seconds_min", "seconds_max", "vs_backbone",
+                  "vs_min", "vs_max"]
+        out = a.out or Path("outputs/bench_pipeline.csv")
+    else:
+        try:
+            cases = [(c.split(":")[0], int(c.split(":")[1])) for c in a.cases] if a.cases else None
+        except (IndexError, ValueError):
+            print(f"error: --cases {' '.join(a.cases)}: expected MODEL:SIZE, e.g. vit_s8:480", file=sys.stderr)
+            return 2
+        cases = cases or (QUICK if a.quick else FULL)
+        unknown = [m for m, _ in cases if m not in CONFIGS]
+        if unknown:
+            print(f"error: --cases {unknown[0]}: expected one of {', '.join(CONFIGS)}", file=sys.stderr)
+            return 2
+        rows = capture_table(cases, a.batches or ([1] if a.quick else [1, 8]), a.device or "cpu", rounds,
+                             a.memory_limit_gb)
+        fields = ["model", "size", "batch", "variant", "device", "rounds", "seconds_per_image", "seconds_min",
+                  "seconds_max", "peak_mb", "time_ratio", "ratio_min", "ratio_max", "memory_ratio", "status"]
+        out = a.out or Path("outputs/bench.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
-        w.writerows(rows)
-    print(f"written: {a.out}")
+        for r in rows:  # NaN (undefined) -> empty cell
+            w.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()})
+    print(f"written: {out}")
     return 0
 
 

@@ -10,11 +10,14 @@ from typing import Any, Mapping, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .maps import threshold_maps, upsample
+from .maps import upsample
 from .maps.threshold import RULES
 from .maps.upsample import MODES
-from .metrics import (Cells, aupro_counts, auroc_counts, cells_from_mask, iou_counts, iou_oracle_counts,
-                      mass_in_mask_counts, normalized_entropy, pointing_game_counts, top_score)
+from .metrics import (Cells, cells_from_mask, mass_in_mask_counts, normalized_entropy, pointing_game_counts,
+                      top_score)
+from .metrics.localization import iou_from_kept_counts, rank_metrics
+from .metrics.ranking import Ranked, rank_rows
+from .metrics.threads import one_thread, serial  # noqa: F401 - one_thread: the study scores under it too
 
 
 @dataclass
@@ -69,20 +72,25 @@ class Target:
     def __init__(self, mask: torch.Tensor, valid: torch.Tensor | None = None):
         self.mask, self.valid = mask.bool(), valid
         self._cells: dict[tuple[int, int], Cells] = {}
+        self._fraction: float | None = None
 
     @property
     def size(self) -> tuple[int, int]:
         return tuple(self.mask.shape)
 
+    @serial
     def cells(self, grid: tuple[int, int]) -> Cells:
         if grid not in self._cells:
             self._cells[grid] = cells_from_mask(self.mask, grid, self.valid)
         return self._cells[grid]
 
     @property
+    @serial
     def fraction(self) -> float:
-        valid = self.valid if self.valid is not None else torch.ones_like(self.mask)
-        return float((self.mask & valid).sum() / valid.sum().clamp_min(1))
+        if self._fraction is None:  # every layer asks: two passes over an image-sized mask, once
+            valid = self.valid if self.valid is not None else torch.ones_like(self.mask)
+            self._fraction = float((self.mask & valid).sum() / valid.sum().clamp_min(1))
+        return self._fraction
 
 
 def _notes(target: Target | None, cells: Cells | None, has_mass: bool) -> str:
@@ -99,12 +107,119 @@ def _notes(target: Target | None, cells: Cells | None, has_mass: bool) -> str:
     return "; ".join(notes)
 
 
-def _f(t: torch.Tensor | None, k: int) -> float | None:
-    return None if t is None else float(t[k])
+def _kept_pixels(flat: torch.Tensor, thresholds: Sequence[float], rule: str, cells: Cells
+                 ) -> tuple[torch.Tensor, torch.Tensor, Ranked | None]:
+    """Mask and background pixels each threshold keeps, for every map and threshold from one sort.
+
+    The kept set is exactly ``maps.threshold_maps(maps, t, rule)``'s: the same shift, the same
+    ``torch.sort`` call (so cells tied across the keep-mass boundary are split the same way),
+    the same float arithmetic in the maps' dtype. Both rules keep the top of the sorted order,
+    so each threshold is a count of kept cells and a lookup in prefix sums of the pixel counts.
+
+    Args:
+        flat: (R, n) maps in their own dtype.
+        thresholds: T values for ``rule``.
+        rule: ``keep_mass`` or ``minmax``.
+        cells: the ground truth's pixel counts for the n cells.
+
+    Returns:
+        (inter, kept_neg, ranked): (R, T) float64 mask and background pixels kept, and the maps
+        sorted with their tie groups when the threshold sorted the maps themselves (for the rank
+        metrics), or None when keep_mass had to shift a signed map first (a shift may merge ties).
+    """
+    rows, n = flat.shape
+    if rule == "keep_mass":
+        low = flat.amin(dim=-1, keepdim=True)
+        shifted = torch.where(low < 0, flat - low, flat)  # as keep_mass_maps: signed maps start at 0
+        values, order = torch.sort(shifted, dim=-1)
+        reusable = not bool((low < 0).any())
+        level = torch.cumsum(values / values.sum(dim=-1, keepdim=True), dim=-1)
+        # comparing with a Python float casts it to the maps' dtype: so must the tensor of thresholds
+        cut = torch.tensor([1 - t for t in thresholds], dtype=level.dtype)
+        empty = level.isnan().all(-1)  # an all-zero map: 0/0 everywhere, and `nan > cut` keeps nothing
+        gate = ~empty
+    else:
+        values, order = torch.sort(flat, dim=-1)
+        reusable = True
+        low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+        level = (values - low) / (high - low).clamp_min(torch.finfo(flat.dtype).tiny)
+        cut = torch.tensor(list(thresholds), dtype=level.dtype)
+        empty = torch.zeros(rows, dtype=torch.bool)
+        gate = (high > low).squeeze(-1)  # a constant map keeps nothing
+    counts = torch.stack([cells.pos, cells.neg], -1)[order]  # (R, n, 2) pixels in sorted order
+    level = torch.where(empty.unsqueeze(-1), torch.zeros_like(level), level)
+    if not bool(level.isnan().any()) and bool((level[:, 1:] >= level[:, :-1]).all()):
+        # non-decreasing along the sorted order (the rule): every threshold keeps a top block of it, whose size
+        # one binary search finds; no (R, T, n) tensor, so thresholds cost almost nothing
+        above = n - torch.searchsorted(level, cut.expand(rows, -1).contiguous(), right=True)  # (R, T) cells > cut
+        start = torch.where(gate.unsqueeze(-1), n - above, n).unsqueeze(-1).expand(-1, -1, 2)  # (R, T, 2)
+        prefix = torch.cat([torch.zeros_like(counts[:, :1]), torch.cumsum(counts, 1)], 1)  # (R, n + 1, 2)
+        kept = prefix[:, -1:] - prefix.gather(1, start)  # integer pixel counts: exact in float64
+    else:  # NaN or infinite values in a map: decide cell by cell as the threshold does
+        keep = (level.unsqueeze(1) > cut.view(1, -1, 1)) & gate.view(-1, 1, 1) & ~empty.view(-1, 1, 1)
+        kept = torch.einsum("rtn,rnc->rtc", keep.double(), counts)
+    return kept[..., 0], kept[..., 1], Ranked.from_sorted(values, order) if reusable else None
 
 
+def _score_block(maps: torch.Tensor, target: Target | None, opts: ScoreOptions) -> tuple[dict, list, list | None]:
+    """The metric columns of R maps on one grid, each metric computed for all maps at once.
+
+    Args:
+        maps: (R, h, w) maps (one layer, or several layers of the same grid stacked).
+        target: the ground truth, or None.
+        opts: thresholds and metric options.
+
+    Returns:
+        (columns, notes, ious): column name -> R Python floats (or None), R notes, and
+        R lists of T thresholded IoUs (None without a target).
+    """
+    grid = tuple(maps.shape[-2:])
+    flat = maps.flatten(-2).float()
+    common = {"entropy": normalized_entropy(maps), "score_max": flat.amax(-1), "score_topk": top_score(flat, opts.topk)}
+    has_mass = (flat.abs().sum(-1) > 0).tolist()
+    if target is None:
+        notes = [_notes(None, None, m) for m in has_mass]
+        return {c: v.tolist() for c, v in common.items()}, notes, None
+    if opts.upsample == "nearest":
+        scored, cells = maps, target.cells(grid)
+    else:
+        scored, cells = upsample(maps, target.size, opts.upsample), target.cells(target.size)
+    scored = scored.flatten(-2)
+    s = scored.double()
+    inter, kept_neg, ranked = _kept_pixels(scored, opts.thresholds, opts.rule, cells)
+    ious = iou_from_kept_counts(inter, kept_neg, cells.n_pos)
+    ranked = ranked if ranked is not None else rank_rows(s)  # the one sort, or a second one for signed maps
+    mass = mass_in_mask_counts(s, cells)
+    frac = target.fraction
+    common.update(rank_metrics(ranked, cells, opts.fpr_limit), mass_in_mask=mass,
+                  mass_ratio=mass / frac if frac > 0 else None, pointing=pointing_game_counts(s, cells))
+    note = {m: _notes(target, cells, m) for m in (True, False)}
+    notes = [note[m] for m in has_mass]
+    columns = {c: (v.tolist() if v is not None else [None] * len(notes)) for c, v in common.items()}
+    return columns, notes, ious.tolist()
+
+
+def _rows(names: Sequence[str], columns: dict, notes: list, ious: list | None, opts: ScoreOptions) -> list[dict]:
+    """One layer's rows from its scored columns: per threshold, every map, then the ``best`` head."""
+    per_map = [{c: v[k] for c, v in columns.items()} for k in range(len(names))]
+    heads = [k for k, n in enumerate(names) if n != "mean"] if "mean" in names else []
+    rows = []
+    for j, t in enumerate(opts.thresholds):
+        block = [{"head": name, "threshold": t, "iou": ious[k][j] if ious is not None else None, **per_map[k],
+                  "notes": notes[k]} for k, name in enumerate(names)]
+        rows += block
+        if ious is not None and heads:
+            best = max(heads, key=lambda k: float("-inf") if ious[k][j] != ious[k][j] else ious[k][j])
+            rows.append(dict(block[best], head="best", best_head=names[best]))
+    return rows
+
+
+@serial
 def score_layer(maps: torch.Tensor, names: list[str], target: Target | None, opts: ScoreOptions) -> list[dict]:
     """Metric rows of one image at one layer.
+
+    Every metric is computed for the layer's K maps at once; AUROC, AUPRO, oracle IoU and the
+    thresholded IoU of every threshold share one sort of each map (``_kept_pixels``, ``rank_metrics``).
 
     Args:
         maps: (K, h, w) float on the layer's grid.
@@ -119,39 +234,16 @@ def score_layer(maps: torch.Tensor, names: list[str], target: Target | None, opt
     """
     if maps.ndim != 3 or maps.shape[0] != len(names):
         raise ValueError(f"expected maps (K, h, w) with K={len(names)} names, got {tuple(maps.shape)}")
-    grid = tuple(maps.shape[-2:])
-    flat = maps.flatten(-2).float()
-    common = {"entropy": normalized_entropy(maps), "score_max": flat.amax(-1), "score_topk": top_score(flat, opts.topk)}
-    scored = maps
-    if target is not None:
-        if opts.upsample == "nearest":
-            cells = target.cells(grid)
-        else:
-            scored = upsample(maps, target.size, opts.upsample)
-            cells = target.cells(target.size)
-        s = scored.flatten(-2).double()
-        mass = mass_in_mask_counts(s, cells)
-        frac = target.fraction
-        common.update(auroc=auroc_counts(s, cells.pos, cells.neg), aupro=aupro_counts(s, cells, opts.fpr_limit),
-                      iou_oracle=iou_oracle_counts(s, cells), mass_in_mask=mass,
-                      mass_ratio=mass / frac if frac > 0 else None, pointing=pointing_game_counts(s, cells))
-    notes = [_notes(target, cells if target is not None else None, bool(flat[k].abs().sum() > 0)) for k in range(len(names))]
-    rows = []
-    heads = [k for k, n in enumerate(names) if n != "mean"] if "mean" in names else []
-    for t in opts.thresholds:
-        ious = iou_counts(threshold_maps(scored, t, opts.rule).flatten(-2), cells) if target is not None else None
-        block = [{"head": name, "threshold": t, "iou": _f(ious, k), **{c: _f(v, k) for c, v in common.items()},
-                  "notes": notes[k]} for k, name in enumerate(names)]
-        rows += block
-        if ious is not None and heads:
-            best = max(heads, key=lambda j: float("-inf") if ious[j] != ious[j] else float(ious[j]))
-            rows.append(dict(block[best], head="best", best_head=names[best]))
-    return rows
+    return _rows(names, *_score_block(maps, target, opts), opts)
 
 
+@serial
 def image_rows(meta: Mapping[str, Any], maps: Mapping[int, torch.Tensor], names: Mapping[int, Sequence[str]],
                target: Target | None, opts: ScoreOptions) -> list[dict]:
     """Every ``results.csv`` row of one image: the one row builder of a run and of ``rescore``.
+
+    With ``upsample=nearest``, layers on the same grid are scored as one stacked block (a ViT's
+    12 layers x K maps in one sort), the same rows as ``score_layer`` layer by layer.
 
     Args:
         meta: the image's non-metric columns (image, model, method, ...).
@@ -160,9 +252,26 @@ def image_rows(meta: Mapping[str, Any], maps: Mapping[int, torch.Tensor], names:
         target: the image's ground truth, or None.
         opts: thresholds and metric options.
     """
+    for layer, layer_maps in maps.items():
+        if layer_maps.ndim != 3 or layer_maps.shape[0] != len(names[layer]):
+            raise ValueError(f"expected maps (K, h, w) with K={len(names[layer])} names at layer {layer}, "
+                             f"got {tuple(layer_maps.shape)}")
+    scored: dict[int, tuple[dict, list, list | None]] = {}
+    blocks: dict[tuple, list[int]] = {}
+    for layer, layer_maps in maps.items():  # bilinear maps are image-sized: one layer at a time bounds memory
+        key = (tuple(layer_maps.shape[-2:]), layer_maps.dtype) if opts.upsample == "nearest" else (layer,)
+        blocks.setdefault(key, []).append(layer)
+    for layers in blocks.values():
+        columns, notes, ious = _score_block(torch.cat([maps[layer] for layer in layers]), target, opts)
+        start = 0
+        for layer in layers:
+            k = maps[layer].shape[0]
+            scored[layer] = ({c: v[start:start + k] for c, v in columns.items()}, notes[start:start + k],
+                             ious[start:start + k] if ious is not None else None)
+            start += k
     rows = []
     for layer, layer_maps in maps.items():
         grid = {"layer": layer, "grid_h": layer_maps.shape[-2], "grid_w": layer_maps.shape[-1]}
-        for row in score_layer(layer_maps, list(names[layer]), target, opts):
+        for row in _rows(list(names[layer]), *scored[layer], opts):
             rows.append({**meta, "threshold_rule": opts.rule, **grid, **row})
     return rows

@@ -25,9 +25,10 @@ from .mapsource import MapSource, build_cache, to_uint8
 from .plan import Plan, build, build_dataset, plan_study, resolve_device
 from .results import layout
 from .results.maps_io import save_maps
-from .results.rundir import previous_progress, write_summary
+from .results.rundir import RunLock, done_line, previous_progress, write_summary
 from .results.table import ResultsWriter
-from .scoring import Target, image_rows
+from .results.writer import BackgroundWriter
+from .scoring import Target, image_rows, one_thread
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,15 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
         Path of ``results.csv``.
     """
     out_dir = Path(out_dir)
+    with RunLock(out_dir):  # one run per folder: a second one started beside it stops with one line
+        return _run_locked(cfg, out_dir)
+
+
+def _run_locked(cfg: DictConfig, out_dir: Path) -> Path:
     done = previous_progress(cfg, out_dir)
     if done is None:
         log.info("%s already holds this finished run; skipped (resume=false to refuse instead)", out_dir)
         return out_dir / layout.RESULTS
-    out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / layout.CONFIG, resolve=True)
     torch.manual_seed(int(cfg.seed))
     device = resolve_device(cfg.device)
@@ -81,6 +86,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
     ok, pooled = False, None
     try:
         stats = _study_loop(cfg, out_dir, plan, backbone, dataset, device, logger, done)
+        stats["rows"] += sum(done.values())  # the rows of images an earlier, interrupted run finished
         pooled, stats["dataset_seconds"] = dataset_pass(cfg, out_dir)
         write_summary(out_dir, {"complete": True, "model": backbone.name, "method": method.name,
                                 "layers": plan.layers, "seconds": round(time.perf_counter() - t0, 3), **stats})
@@ -138,7 +144,8 @@ class Prepared(torch.utils.data.Dataset):
             return {"id": safe_name(name), "error": str(e)}
         x, mask, valid = to_input(s, self.size)
         sid = safe_name(s.id)
-        return {"id": sid, "group": s.group or sid, "category": s.category, "x": x, "mask": mask, "valid": valid}
+        return {"id": sid, "group": s.group or sid, "category": s.category, "source": s.source, "x": x, "mask": mask,
+                "valid": valid}
 
 
 def _as_list(items: list) -> list:
@@ -146,7 +153,14 @@ def _as_list(items: list) -> list:
 
 
 def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, dataset: Any, device: torch.device,
-                logger: Logger, done: set[str]) -> dict:
+                logger: Logger, done: dict[str, int | None]) -> dict:
+    """Every image not yet done: maps, rows (written here), then its files and ``done.txt`` line.
+
+    The files (saved maps, grid pictures) are written by ``results.writer.BackgroundWriter``'s
+    thread while the next images are scored; it appends an image's ``done.txt`` line only after
+    that image's files are on disk, and is drained before this returns (also on an exception or
+    Ctrl-C), so ``done.txt`` never lists an image whose files are missing.
+    """
     method = plan.method
     fit_references(plan, backbone, dataset, int(cfg.batch_size), device)
     all_names = method.map_names()
@@ -156,11 +170,16 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
     loader = torch.utils.data.DataLoader(
         Prepared(dataset, backbone.img_size), batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers),
         collate_fn=_as_list, pin_memory=device.type == "cuda")
+    t_loop = time.perf_counter()
     writer = ResultsWriter(out_dir / layout.RESULTS)
-    n_figures, no_mask, skipped = 0, 0, []
     try:
-        with tqdm(total=len(dataset), desc=backbone.name, unit="img", disable=not cfg.progress) as bar, \
-                open(out_dir / layout.DONE, "a") as done_file:
+        files = BackgroundWriter(out_dir / layout.DONE)
+    except OSError as e:
+        writer.close()
+        raise OSError(e.errno, e.strerror, str(out_dir / layout.DONE)) from None
+    n_figures, no_mask, skipped, clock = 0, 0, [], {"score": 0.0}
+    try:
+        with tqdm(total=len(dataset), desc=backbone.name, unit="img", disable=not cfg.progress) as bar:
             bar.update(len(done))
             for items in loader:
                 for bad in [item for item in items if "error" in item]:
@@ -176,17 +195,17 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
                 per_image, logits = source(items)
                 for item, maps, image_logits in zip(items, per_image, logits):
                     n_figures += _record(cfg, out_dir, plan, backbone, names, item, maps, image_logits, writer,
-                                         logger, draw=n_figures < int(cfg.figures.max_images))
-                    try:
-                        done_file.write(item["id"] + "\n")  # after its rows are flushed: the image is finished
-                        done_file.flush()
-                    except OSError as e:
-                        raise OSError(e.errno, e.strerror, str(out_dir / layout.DONE)) from None
+                                         files, logger, clock, draw=n_figures < int(cfg.figures.max_images))
                     bar.update(1)
+        files.close()  # waits for the last files; raises a failed write, naming the file
     finally:
+        files.close(raise_errors=False)  # leaving on another exception: still drain, without masking it
         writer.close()
     stats = {"images": len(dataset), "rows": writer.rows, "backbone_calls": source.calls,
-             "backbone_seconds": round(source.seconds, 3), "skipped_images": skipped, "images_without_mask": no_mask}
+             "backbone_seconds": round(source.seconds, 3), "score_seconds": round(clock["score"], 3),
+             "write_seconds": round(files.busy_seconds, 3), "write_wait_seconds": round(files.wait_seconds, 3),
+             "loop_seconds": round(time.perf_counter() - t_loop, 3),
+             "skipped_images": skipped, "images_without_mask": no_mask}
     if skipped:
         log.warning("%d unreadable images skipped (listed in run_summary.json)", len(skipped))
     if no_mask:
@@ -194,44 +213,57 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
     if cache is not None:
         stats.update(cache_hits=cache.hits, cache_misses=cache.misses, cache_evicted=cache.evict())
         log.info("map cache: %d hits, %d misses (%s)", cache.hits, cache.misses, cache.dir)
-    log.info("backbone + maps %.2fs in %d calls for %d images; %d rows -> %s", source.seconds, source.calls,
-             len(dataset), writer.rows, out_dir / layout.RESULTS)
+    log.info("backbone + maps %.2fs in %d calls for %d images, scoring %.2fs, writing %.2fs in the background "
+             "(%.2fs waited for); %d rows -> %s", source.seconds, source.calls, len(dataset), clock["score"],
+             files.busy_seconds, files.wait_seconds, writer.rows, out_dir / layout.RESULTS)
     return stats
 
 
 def _record(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, names: list[str], item: dict,
-            maps: dict[int, torch.Tensor], logits: torch.Tensor | None, writer: ResultsWriter, logger: Logger,
-            draw: bool) -> int:
-    """Score, save and draw one image's maps; returns 1 when a grid figure was drawn."""
+            maps: dict[int, torch.Tensor], logits: torch.Tensor | None, writer: ResultsWriter,
+            files: BackgroundWriter, logger: Logger, clock: dict[str, float], draw: bool) -> int:
+    """Score one image's maps (rows written now), then hand its maps and grid picture to ``files``.
+
+    Returns:
+        1 when a grid picture was queued, else 0.
+    """
+    t0 = time.perf_counter()
     method, size = plan.method, backbone.img_size
     mask, valid = item["mask"], item["valid"]
-    target = Target(mask, valid) if mask is not None else None
-    meta = {"image": item["id"], "group": item["group"], "category": item["category"],
-            "dataset": cfg.data.get("name", ""), "model": backbone.name, "kind": backbone.kind,
-            "num_layers": backbone.num_layers, "img_size": size, "method": method.name,
-            "mask_fraction": target.fraction if target is not None else None}
-    if logits is not None and backbone.labels:
-        p, c = logits.softmax(-1).max(-1)
-        meta.update(pred_label=backbone.labels[int(c)], pred_prob=float(p))
-    chosen = {}
-    for layer, layer_maps in maps.items():
-        picked = layer_maps[plan.heads]
-        chosen[layer] = torch.cat([picked, layer_maps.mean(0, keepdim=True)]) if method.head_mean else picked
-    all_names = {layer: names for layer in chosen}
-    writer.write(image_rows(meta, chosen, all_names, target, plan.scoring))
-    saved = {layer: m.numpy() for layer, m in chosen.items()}
+    rows_before = writer.rows
+    with one_thread():  # small tensors: OpenMP splitting costs more than it saves (see scoring.one_thread)
+        target = Target(mask, valid) if mask is not None else None
+        meta = {"image": item["id"], "group": item["group"], "category": item["category"],
+                "dataset": cfg.data.get("name", ""), "source": item["source"], "model": backbone.name,
+                "kind": backbone.kind, "num_layers": backbone.num_layers, "img_size": size, "method": method.name,
+                "mask_fraction": target.fraction if target is not None else None}
+        if logits is not None and backbone.labels:
+            p, c = logits.softmax(-1).max(-1)
+            meta.update(pred_label=backbone.labels[int(c)], pred_prob=float(p))
+        chosen = {}
+        for layer, layer_maps in maps.items():
+            picked = layer_maps[plan.heads]
+            chosen[layer] = torch.cat([picked, layer_maps.mean(0, keepdim=True)]) if method.head_mean else picked
+        all_names = {layer: names for layer in chosen}
+        writer.write(image_rows(meta, chosen, all_names, target, plan.scoring))
+    clock["score"] += time.perf_counter() - t0
+    saved = {layer: m.numpy() for layer, m in chosen.items()}  # not modified after this: safe to share
     image_u8 = to_uint8(item["x"])
     mask_np = mask.numpy() if mask is not None else None
+    tasks = []
     if cfg.save_maps:
-        save_maps(layout.map_file(out_dir, item["id"]), image_u8, mask_np, saved, all_names,
-                  dict(meta, threshold_rule=plan.scoring.rule), valid=valid.numpy() if valid is not None else None)
+        path, valid_np = layout.map_file(out_dir, item["id"]), valid.numpy() if valid is not None else None
+        info = dict(meta, threshold_rule=plan.scoring.rule)
+        tasks.append((path, lambda: save_maps(path, image_u8, mask_np, saved, all_names, info, valid=valid_np)))
     if logger.wants_maps():
         first = plan.scoring.thresholds[0]
         kept = {layer: upsample(threshold_maps(m, first, plan.scoring.rule), (size, size)).numpy()
                 for layer, m in chosen.items()}
         logger.log_maps(item["id"], item["category"], image_u8, mask_np, saved, all_names, kept)
-    if draw and cfg.figures.grid:
-        layer_head_grid(image_u8, mask_np, saved, all_names, f"{item['id']} | {backbone.name} | {method.name}",
-                        layout.grid_file(out_dir, item["id"]))
-        return 1
-    return 0
+    drawn = int(bool(draw and cfg.figures.grid))
+    if drawn:
+        path_png, title = layout.grid_file(out_dir, item["id"]), f"{item['id']} | {backbone.name} | {method.name}"
+        tasks.append((path_png, lambda: layer_head_grid(image_u8, mask_np, saved, all_names, title, path_png)))
+    # the done.txt line, with the image's row count, is appended by the writer after these files
+    files.submit(item["id"], tasks, line=done_line(item["id"], writer.rows - rows_before))
+    return drawn

@@ -13,10 +13,13 @@ of the R connected ground-truth regions per cell.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .ranking import Ranked, auroc_from_groups, group_sums, rank_rows
+from .threads import serial
 
 
 @dataclass
@@ -27,15 +30,16 @@ class Cells:
     neg: torch.Tensor  # (n,) float64
     regions: torch.Tensor  # (n, R) float64, pixels of each connected region
 
-    @property
+    @cached_property
     def n_pos(self) -> float:
-        return float(self.pos.sum())
+        return float(self.pos.sum())  # cached: every map and row of an image asks
 
-    @property
+    @cached_property
     def n_neg(self) -> float:
         return float(self.neg.sum())
 
 
+@serial
 def cells_from_mask(mask: torch.Tensor, grid: tuple[int, int], valid: torch.Tensor | None = None) -> Cells:
     """Count, for each cell of ``grid``, the mask pixels that nearest upsampling maps onto it.
 
@@ -50,37 +54,51 @@ def cells_from_mask(mask: torch.Tensor, grid: tuple[int, int], valid: torch.Tens
     from skimage.measure import label
 
     h, w = grid
-    shape = tuple(mask.shape)
-    if (h, w) == shape:
-        index = torch.arange(h * w)
-    else:
-        cells = torch.arange(h * w, dtype=torch.float32).view(1, 1, h, w)
-        index = F.interpolate(cells, size=shape, mode="nearest").long().flatten()
-    m = mask.flatten().bool()
-    v = valid.flatten().bool() if valid is not None else torch.ones_like(m)
-    pos = torch.bincount(index[m & v], minlength=h * w).double()
-    neg = torch.bincount(index[~m & v], minlength=h * w).double()
-    labels = torch.from_numpy(label((mask & (valid if valid is not None else True)).numpy(), connectivity=2))
-    labels = labels.flatten().long()
+    H, W = mask.shape
+    # nearest upsampling picks a source row per output row and a source column per output column, so the
+    # cell of pixel (i, j) is rows[i] * w + cols[j]: pixel counts are block sums along each axis, no (H W) index map
+    rows = _nearest_index(h, H)
+    cols = _nearest_index(w, W)
+    m = mask.bool()
+    v = valid.bool() if valid is not None else None
+    inside = m & v if v is not None else m
+
+    def per_cell(pixels: torch.Tensor) -> torch.Tensor:
+        return _block_sums(_block_sums(pixels.long(), rows, h, 0), cols, w, 1).flatten().double()
+
+    pos = per_cell(inside)
+    neg = per_cell(~m & v if v is not None else ~m)
+    labels = torch.from_numpy(label(inside.numpy(), connectivity=2))
     n_regions = int(labels.max())
     regions = torch.zeros(h * w, n_regions, dtype=torch.float64)
     if n_regions:
-        inside = labels > 0
-        regions.index_put_((index[inside], labels[inside] - 1), torch.ones(int(inside.sum()), dtype=torch.float64),
-                           accumulate=True)
+        i, j = torch.nonzero(labels, as_tuple=True)  # region pixels only (few, for defects)
+        slot = (rows[i] * w + cols[j]) * n_regions + labels[i, j].long() - 1
+        regions = torch.bincount(slot, minlength=h * w * n_regions).view(h * w, n_regions).double()
     return Cells(pos, neg, regions)
+
+
+def _block_sums(x: torch.Tensor, index: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """Sum ``x`` along ``dim`` over the runs of the non-decreasing ``index`` (n blocks, empty ones 0).
+
+    Differences of one cumulative sum at the block bounds: exact for integer counts.
+    """
+    bounds = torch.searchsorted(index, torch.arange(n + 1))  # where each block starts, and the end
+    zero = torch.zeros_like(x.narrow(dim, 0, 1))
+    total = torch.cat([zero, torch.cumsum(x, dim)], dim)
+    return total.index_select(dim, bounds[1:]) - total.index_select(dim, bounds[:-1])
+
+
+def _nearest_index(n: int, size: int) -> torch.Tensor:
+    """(size,) long, non-decreasing: the source index ``F.interpolate(mode="nearest")`` reads per output position."""
+    if n == size:
+        return torch.arange(n)
+    src = torch.arange(n, dtype=torch.float32).view(1, 1, n, 1)
+    return F.interpolate(src, size=(size, 1), mode="nearest").long().flatten()
 
 
 def _nan(lead: torch.Size) -> torch.Tensor:
     return torch.full(tuple(lead), float("nan"))
-
-
-def _descending_groups(row: torch.Tensor, *weights: torch.Tensor) -> list[torch.Tensor]:
-    """Sum each weight over groups of equal scores, groups ordered from the highest score."""
-    values, order = torch.sort(row, descending=True)
-    _, group = torch.unique_consecutive(values, return_inverse=True)
-    n = int(group[-1]) + 1
-    return [torch.zeros(n, dtype=torch.float64).index_add_(0, group, w[order]) for w in weights]
 
 
 def iou_counts(kept: torch.Tensor, cells: Cells) -> torch.Tensor:
@@ -98,19 +116,73 @@ def iou_counts(kept: torch.Tensor, cells: Cells) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.full_like(union, float("nan"))).float()
 
 
+def iou_from_kept_counts(inter: torch.Tensor, kept_neg: torch.Tensor, n_pos: float) -> torch.Tensor:
+    """``iou_counts`` from the mask and background pixels a prediction keeps (any shape), float32."""
+    union = kept_neg + n_pos
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.full_like(union, float("nan"))).float()
+
+
+def iou_oracle_from_groups(gp: torch.Tensor, gn: torch.Tensor, n_pos: float) -> torch.Tensor:
+    """The oracle IoU from tie-group pixel counts in ascending score order.
+
+    A threshold keeps every group from the highest down to some group ``g``: the kept mask and
+    background pixels are the suffix sums of ``gp`` and ``gn`` from ``g``.
+
+    Args:
+        gp, gn: (R, G) mask and background pixels per tie group (trailing zero groups allowed).
+        n_pos: mask pixels, > 0.
+
+    Returns:
+        (R,) float64.
+    """
+    inter = torch.flip(torch.cumsum(torch.flip(gp, [-1]), -1), [-1])
+    kept_neg = torch.flip(torch.cumsum(torch.flip(gn, [-1]), -1), [-1])
+    return (inter / (n_pos + kept_neg)).amax(-1)
+
+
+def aupro_from_groups(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float) -> torch.Tensor:
+    """Normalised area under PRO(FPR) up to ``fpr_limit`` from tie-group weights in ascending score order.
+
+    The curve starts at (0, 0) and adds one tie group at a time from the highest score; it is
+    linear between those points and interpolated at the limit (a vectorised trapezoid).
+
+    Args:
+        g_pro, g_fpr: (R, G) each group's share of PRO and of FPR (trailing zero groups allowed).
+        fpr_limit: in (0, 1].
+
+    Returns:
+        (R,) float64.
+    """
+    zero = torch.zeros_like(g_pro[:, :1])
+    # from the highest group down; the trailing zero groups come first and add zero-width segments at (0, 0)
+    pro = torch.cat([zero, torch.cumsum(torch.flip(g_pro, [-1]), -1)], -1)
+    fpr = torch.cat([zero, torch.cumsum(torch.flip(g_fpr, [-1]), -1)], -1)
+    x0, x1, y0, y1 = fpr[:, :-1], fpr[:, 1:], pro[:, :-1], pro[:, 1:]
+    cut = x1 > fpr_limit  # the segment that crosses the limit ends there, interpolated
+    step = torch.where(cut, x1 - x0, torch.ones_like(x1))  # x1 > limit > x0 where it is used: never 0 there
+    y1 = torch.where(cut, y0 + (y1 - y0) * (fpr_limit - x0) / step, y1)
+    x1 = torch.where(cut, torch.full_like(x1, fpr_limit), x1)
+    area = torch.where(x0 < fpr_limit, (x1 - x0) * (y0 + y1) / 2, torch.zeros_like(x0))
+    return area.sum(-1) / fpr_limit
+
+
+def pro_fpr_weights(cells: Cells) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each cell's share of PRO (mean over regions of the region's share) and of FPR, (n,) each."""
+    n_regions = cells.regions.shape[1]
+    pro = (cells.regions / cells.regions.sum(0, keepdim=True)).sum(1) / n_regions
+    return pro, cells.neg / cells.n_neg
+
+
 def iou_oracle_counts(scores: torch.Tensor, cells: Cells) -> torch.Tensor:
     """The best IoU any threshold on ``scores`` can reach (the oracle threshold), (...,).
 
     Cells are added from the highest score down, a tie group at a time; NaN without mask pixels.
     """
-    lead = scores.shape[:-1]
+    lead, n = scores.shape[:-1], scores.shape[-1]
     if cells.n_pos == 0:
         return _nan(lead)
-    out = torch.empty(int(np.prod(lead)) if lead else 1, dtype=torch.float64)
-    for r, row in enumerate(scores.reshape(-1, scores.shape[-1]).double()):
-        gp, gn = _descending_groups(row, cells.pos, cells.neg)
-        out[r] = (torch.cumsum(gp, 0) / (cells.n_pos + torch.cumsum(gn, 0))).max()
-    return out.float().reshape(lead)
+    g = group_sums(rank_rows(scores.reshape(-1, n).double()), torch.stack([cells.pos, cells.neg], 1))
+    return iou_oracle_from_groups(g[..., 0], g[..., 1], cells.n_pos).float().reshape(lead)
 
 
 def aupro_counts(scores: torch.Tensor, cells: Cells, fpr_limit: float = 0.3) -> torch.Tensor:
@@ -126,33 +198,37 @@ def aupro_counts(scores: torch.Tensor, cells: Cells, fpr_limit: float = 0.3) -> 
     """
     if not 0 < fpr_limit <= 1:
         raise ValueError(f"aupro fpr_limit={fpr_limit}: expected a value in (0, 1]")
-    lead = scores.shape[:-1]
-    n_regions = cells.regions.shape[1]
-    if n_regions == 0 or cells.n_neg == 0:
+    lead, n = scores.shape[:-1], scores.shape[-1]
+    if cells.regions.shape[1] == 0 or cells.n_neg == 0:
         return _nan(lead)
-    pro_weight = (cells.regions / cells.regions.sum(0, keepdim=True)).sum(1) / n_regions  # (n,)
-    fpr_weight = cells.neg / cells.n_neg
-    out = torch.empty(int(np.prod(lead)) if lead else 1, dtype=torch.float64)
-    for r, row in enumerate(scores.reshape(-1, scores.shape[-1]).double()):
-        gp, gf = _descending_groups(row, pro_weight, fpr_weight)
-        pro = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(gp, 0)])
-        fpr = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(gf, 0)])
-        out[r] = _area_until(fpr, pro, fpr_limit) / fpr_limit
-    return out.float().reshape(lead)
+    g = group_sums(rank_rows(scores.reshape(-1, n).double()), torch.stack(pro_fpr_weights(cells), 1))
+    return aupro_from_groups(g[..., 0], g[..., 1], fpr_limit).float().reshape(lead)
 
 
-def _area_until(x: torch.Tensor, y: torch.Tensor, limit: float) -> float:
-    """Trapezoid area under the polyline (x, y), x non-decreasing from 0, up to x = limit."""
-    area = 0.0
-    for i in range(1, len(x)):
-        x0, x1, y0, y1 = float(x[i - 1]), float(x[i]), float(y[i - 1]), float(y[i])
-        if x0 >= limit:
-            break
-        if x1 > limit:  # interpolate the last segment at the limit
-            y1 = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)
-            x1 = limit
-        area += (x1 - x0) * (y0 + y1) / 2
-    return area
+def rank_metrics(ranked: Ranked, cells: Cells, fpr_limit: float) -> dict[str, torch.Tensor | None]:
+    """AUROC, AUPRO and oracle IoU of R maps from one sort of them, with one segment sum of the weights.
+
+    Args:
+        ranked: the maps' scores (R, n) sorted ascending with their tie groups (``rank_rows``).
+        cells: the ground truth's pixel counts for those n cells.
+        fpr_limit: AUPRO integration limit, in (0, 1].
+
+    Returns:
+        ``auroc``, ``aupro``, ``iou_oracle``: (R,) float32 each (NaN rows where undefined).
+    """
+    rows = ranked.order.shape[0]
+    n_pos, n_neg, n_regions = cells.n_pos, cells.n_neg, cells.regions.shape[1]
+    nan = torch.full((rows,), float("nan"))
+    if n_pos == 0:  # no defect pixels: nothing to rank, every rank metric is undefined
+        return {"auroc": nan, "aupro": nan.clone(), "iou_oracle": nan.clone()}
+    weights = [cells.pos, cells.neg]
+    if n_regions and n_neg:
+        weights += pro_fpr_weights(cells)
+    g = group_sums(ranked, torch.stack(weights, 1))  # (R, n, 2 or 4): one index_add for every metric
+    out = {"iou_oracle": iou_oracle_from_groups(g[..., 0], g[..., 1], n_pos).float()}
+    out["auroc"] = auroc_from_groups(g[..., 0], g[..., 1], n_pos, n_neg).float() if n_neg else nan
+    out["aupro"] = aupro_from_groups(g[..., 2], g[..., 3], fpr_limit).float() if n_regions and n_neg else nan.clone()
+    return out
 
 
 def mass_in_mask_counts(scores: torch.Tensor, cells: Cells) -> torch.Tensor:

@@ -1,7 +1,82 @@
-"""How well a continuous map ranks mask pixels above background pixels."""
+"""How well a continuous map ranks mask pixels above background pixels, and the tie groups it rests on.
+
+Every rank metric here (AUROC, and in ``localization`` the oracle IoU and AUPRO) counts pixels per
+group of equal scores. ``rank_rows`` sorts all rows of a (R, n) block at once and ``group_sums``
+adds any per-item weights over each row's tie groups with one ``index_add_``: no Python loop over
+maps, tie groups or thresholds, so a layer's K maps cost about what one map did.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass
+class Ranked:
+    """Rows of scores sorted ascending once, with their tie groups.
+
+    Attributes:
+        order: (R, n) long, ``order[r, j]`` = the item at sorted position ``j`` of row ``r``.
+        group: (R, n) long, tie group of sorted position ``j``, 0-based per row, ascending scores.
+        n_groups: (R,) long, tie groups per row (positions ``n_groups[r]..n-1`` of group sums are 0).
+    """
+
+    order: torch.Tensor
+    group: torch.Tensor
+    n_groups: torch.Tensor
+
+    @classmethod
+    def from_sorted(cls, values: torch.Tensor, order: torch.Tensor) -> "Ranked":
+        """Tie groups of rows already sorted ascending.
+
+        Args:
+            values: (R, n) scores sorted ascending along the last dim (any float dtype).
+            order: (R, n) the permutation that sorted them.
+        """
+        starts = torch.ones_like(values, dtype=torch.bool)
+        starts[:, 1:] = values[:, 1:] != values[:, :-1]  # a new group wherever the sorted score changes
+        group = torch.cumsum(starts, dim=-1) - 1
+        return cls(order, group, group[:, -1] + 1)
+
+
+def rank_rows(scores: torch.Tensor) -> Ranked:
+    """Sort each row of ``scores`` (R, n) ascending once and find its tie groups."""
+    values, order = torch.sort(scores, dim=-1)
+    return Ranked.from_sorted(values, order)
+
+
+def group_sums(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
+    """Sum per-item weights over each row's tie groups, groups in ascending score order.
+
+    Args:
+        ranked: the sorted rows, (R, n).
+        weights: (n,) or (n, C) per-item weights (the same for every row).
+
+    Returns:
+        (R, n) or (R, n, C) float64; entry ``[r, g]`` is group ``g``'s sum, 0 for ``g >= n_groups[r]``.
+    """
+    rows, n = ranked.order.shape
+    w = weights.double().reshape(n, -1)
+    offsets = torch.arange(rows, device=ranked.group.device).unsqueeze(1) * n  # row r owns slots r*n..r*n+n-1
+    out = torch.zeros(rows * n, w.shape[1], dtype=torch.float64, device=w.device)
+    out.index_add_(0, (ranked.group + offsets).flatten(), w[ranked.order.flatten()])
+    out = out.view(rows, n, w.shape[1])
+    return out.squeeze(-1) if weights.ndim == 1 else out
+
+
+def auroc_from_groups(gp: torch.Tensor, gn: torch.Tensor, n_pos: float, n_neg: float) -> torch.Tensor:
+    """Mann-Whitney AUROC, ties counted one half, from tie-group counts in ascending score order.
+
+    Args:
+        gp, gn: (R, G) positive and negative pixels per tie group (trailing zero groups allowed).
+        n_pos, n_neg: totals, both > 0.
+
+    Returns:
+        (R,) float64.
+    """
+    neg_below = torch.cumsum(gn, dim=-1) - gn
+    return (gp * (neg_below + 0.5 * gn)).sum(-1) / (n_pos * n_neg)
 
 
 def auroc_counts(scores: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -26,17 +101,9 @@ def auroc_counts(scores: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> 
     n_pos, n_neg = float(pos.sum()), float(neg.sum())
     if n_pos == 0 or n_neg == 0:
         return torch.full(lead, float("nan"))
-    rows = scores.reshape(-1, n).double()
-    out = torch.empty(rows.shape[0], dtype=torch.float64)
-    for r, row in enumerate(rows):
-        values, order = torch.sort(row)
-        _, group, _ = torch.unique_consecutive(values, return_inverse=True, return_counts=True)
-        n_groups = int(group[-1]) + 1
-        gp = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, group, pos[order])
-        gn = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, group, neg[order])
-        neg_below = torch.cumsum(gn, 0) - gn
-        out[r] = (gp * (neg_below + 0.5 * gn)).sum() / (n_pos * n_neg)
-    return out.float().reshape(lead)
+    ranked = rank_rows(scores.reshape(-1, n).double())
+    g = group_sums(ranked, torch.stack([pos, neg], dim=1))
+    return auroc_from_groups(g[..., 0], g[..., 1], n_pos, n_neg).float().reshape(lead)
 
 
 def auroc(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

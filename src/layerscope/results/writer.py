@@ -1,0 +1,152 @@
+"""Writing an image's saved maps and grid picture off the critical path, then marking it done.
+
+A study scores image ``i + 1`` (and runs the backbone on the next batch) while one worker thread
+compresses image ``i``'s ``.npz`` and encodes its PNG; zlib and PIL release the GIL while they work.
+
+Bookkeeping, and why it stays correct when a run is interrupted:
+
+- ``results.csv`` rows are appended by the study, synchronously, *before* the image is handed here.
+- The worker writes the image's files (each to a temporary name, then renamed), and only after all
+  of them are written appends the image's id to ``done.txt`` (and flushes it). The worker takes
+  images in submission order, so ``done.txt`` stays in run order.
+- So every id in ``done.txt`` has its rows and its complete files. An image whose rows are in
+  ``results.csv`` but whose id is not in ``done.txt`` (files not yet written) is redone on resume,
+  its rows dropped first (``results.rundir.previous_progress``), as for an image cut off mid-scoring.
+- ``close()`` drains the queue, also when the study is leaving on an exception or Ctrl-C: nothing
+  submitted is lost. The worker is not a daemon thread, so even a second Ctrl-C during ``close()``
+  lets it finish the queue before the interpreter exits.
+- Durability is the process-crash kind, as the synchronous run had: files are closed and renamed
+  before their id is flushed to ``done.txt`` (no ``fsync``: a power cut is out of scope).
+
+An error in the worker (a full disk, a read-only folder) is raised in the study's thread at the
+next ``submit`` or at ``close``, as an ``OSError`` naming the file; the failed image and every image
+after it stay out of ``done.txt``.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+Task = tuple[Path, Callable[[], None]]  # (the file it writes, the call that writes it)
+
+
+class WriteError(OSError):
+    """Writing one of an image's files failed in the background; ``filename`` names the file."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+class BackgroundWriter:
+    """A bounded queue of images to write and one worker thread that writes them in order.
+
+    Args:
+        done_path: the run's ``done.txt``; each image's id is appended after its files are written.
+        max_pending: images queued at most; ``submit`` waits beyond that (bounded memory, and the
+            study cannot run ahead of the disk).
+
+    Attributes:
+        busy_seconds: time the worker spent writing.
+        wait_seconds: time the study's thread spent waiting in ``submit`` (queue full) and ``close``.
+        images: images marked done.
+    """
+
+    def __init__(self, done_path: Path, max_pending: int = 8):
+        if max_pending < 1:
+            raise ValueError(f"max_pending={max_pending}: expected at least 1")
+        self.done_path = Path(done_path)
+        self.busy_seconds = self.wait_seconds = 0.0
+        self.images = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._closing = threading.Event()
+        self._error: WriteError | None = None
+        self._raised = False
+        self._closed = False
+        self._done = open(self.done_path, "a")
+        self._thread = threading.Thread(target=self._work, name="layerscope-writer", daemon=False)
+        self._thread.start()
+
+    def submit(self, image_id: str, tasks: Sequence[Task], line: str | None = None) -> None:
+        """Queue one image's files; its ``done.txt`` line is appended once they are all written.
+
+        Args:
+            image_id: the image.
+            tasks: (file, call that writes it) pairs, run in order.
+            line: the ``done.txt`` line (``results.rundir.done_line``); ``image_id`` alone by default.
+
+        Raises:
+            OSError: a write that failed since the last call, naming its file.
+        """
+        self._raise_pending()
+        if self._closed:
+            raise RuntimeError("BackgroundWriter.submit after close")
+        t0 = time.perf_counter()
+        self._queue.put((line if line is not None else image_id + "\n", list(tasks)))  # waits while full
+        self.wait_seconds += time.perf_counter() - t0
+
+    def close(self, raise_errors: bool = True) -> None:
+        """Write everything queued, mark it done, stop the worker; safe to call twice.
+
+        Args:
+            raise_errors: raise a failed write (else log it: the caller is already leaving on
+                another exception, which must not be masked).
+
+        Raises:
+            OSError: a write that failed and was not raised yet, naming its file.
+        """
+        self._closed = True
+        self._closing.set()  # set first: an interrupted close() still lets the worker drain and exit
+        if self._thread.is_alive():  # joined again if a Ctrl-C cut the first join short
+            t0 = time.perf_counter()
+            self._thread.join()
+            self.wait_seconds += time.perf_counter() - t0
+        self._done.close()
+        if raise_errors:
+            self._raise_pending()
+        elif self._error is not None and not self._raised:
+            self._raised = True
+            log.error("writing failed: %s", self._error)
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        self.close(raise_errors=kind is None)
+
+    def _raise_pending(self) -> None:
+        if self._error is not None and not self._raised:
+            self._raised = True
+            raise self._error
+
+    def _work(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                if self._closing.is_set():
+                    return
+                continue
+            if self._error is not None:  # after a failure: keep draining so submit never blocks, mark nothing
+                continue
+            line, tasks = item
+            t0 = time.perf_counter()
+            path = self.done_path
+            try:
+                for path, write in tasks:
+                    write()
+                path = self.done_path
+                self._done.write(line)  # after its files: an id in done.txt has all of them
+                self._done.flush()
+                self.images += 1
+            except Exception as e:  # noqa: BLE001 - any failure is the study's to report, naming the file
+                errno = e.errno if isinstance(e, OSError) else None
+                reason = (e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}")
+                self._error = WriteError(errno, reason, str(path))
+                self._error.__cause__ = e
+            self.busy_seconds += time.perf_counter() - t0
