@@ -15,17 +15,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-
-def job_overrides(job_dir: Path) -> dict[str, str]:
-    """``key=value`` overrides of one job, from Hydra's ``.hydra/overrides.yaml``."""
-    path = job_dir / ".hydra" / "overrides.yaml"
-    if not path.exists():
-        return {}
-    out = {}
-    for item in OmegaConf.to_container(OmegaConf.load(path)):
-        key, _, value = str(item).partition("=")
-        out[key.lstrip("+~")] = value
-    return out
+from .results.rundir import job_overrides
 
 
 def planned_jobs(sweep_dir: Path) -> int | None:

@@ -193,7 +193,7 @@ def outline_path(mask: np.ndarray | None, size: int = OUTLINE) -> list | None:
 
 def _jobs(study: Study) -> list[dict[str, Any]]:
     """One entry per run folder: job, summary (run_summary.json), config text, overrides."""
-    from .collect import job_overrides
+    from .results.rundir import job_overrides
 
     out = []
     for folder in layout.run_dirs(study.root):
@@ -341,7 +341,7 @@ def _dataset_table(study: Study) -> pd.DataFrame | None:
 
 
 def _ranking_section(study: Study, metric: str, ranked: pd.DataFrame, top: int) -> str:
-    from .report import rank_dataset
+    from .results.ranking import rank_dataset
 
     m = catalog.get(metric)
     dataset = _dataset_table(study)
@@ -952,7 +952,7 @@ def build(folder: Path | str, out: Path | str | None = None, metric: str | None 
     staging = out.with_name(f".{out.stem}_files.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    from .report import rank
+    from .results.ranking import rank
 
     ranked = rank(study.df, metric, n_boot=n_boot)
     scores = _scores(study, metric, ranked, n_boot)

@@ -49,3 +49,30 @@ def run_dirs(folder: Path, name: str = RESULTS) -> list[Path]:
     """Folders at or below ``folder`` holding ``name``, sorted."""
     folder = Path(folder)
     return sorted(p.parent for p in folder.rglob(name)) if folder.is_dir() else []
+
+
+def is_complete(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a finished run."""
+    return (Path(out_dir) / SUMMARY).exists()
+
+
+def read_done(out_dir: Path) -> dict[str, int | None]:
+    """Finished images and how many rows each wrote, from ``done.txt`` (``id<TAB>rows`` lines, in order).
+
+    A last line cut mid-write (no newline) is ignored; lines of older runs without a count map to None.
+    """
+    path = Path(out_dir) / DONE
+    if not path.exists():
+        return {}
+    lines = path.read_text(errors="replace").split("\n")[:-1]  # the part after the last newline never finished
+    done: dict[str, int | None] = {}
+    for line in lines:
+        image, _, rows = line.partition("\t")
+        if image:
+            done[image] = int(rows) if rows.isdigit() else None
+    return done
+
+
+def done_line(image: str, rows: int) -> str:
+    """The ``done.txt`` line of an image whose ``rows`` rows are flushed to ``results.csv``."""
+    return f"{image}\t{rows}\n"

@@ -10,7 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .layout import CONFIG, DONE, LOCK, RESULTS, SUMMARY
+from .layout import CONFIG, DONE, LOCK, RESULTS, SUMMARY, done_line, is_complete, read_done  # noqa: F401
+from .table import COLUMNS, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -34,52 +35,6 @@ def write_summary(out_dir: Path, summary: dict[str, Any]) -> None:
     tmp.replace(Path(out_dir) / SUMMARY)
 
 
-def is_complete(out_dir: Path) -> bool:
-    """Whether ``out_dir`` holds a finished run."""
-    return (Path(out_dir) / SUMMARY).exists()
-
-
-def read_done(out_dir: Path) -> dict[str, int | None]:
-    """Finished images and how many rows each wrote, from ``done.txt`` (``id<TAB>rows`` lines, in order).
-
-    A last line cut mid-write (no newline) is ignored; lines of older runs without a count map to None.
-    """
-    path = Path(out_dir) / DONE
-    if not path.exists():
-        return {}
-    lines = path.read_text(errors="replace").split("\n")[:-1]  # the part after the last newline never finished
-    done: dict[str, int | None] = {}
-    for line in lines:
-        image, _, rows = line.partition("\t")
-        if image:
-            done[image] = int(rows) if rows.isdigit() else None
-    return done
-
-
-def done_line(image: str, rows: int) -> str:
-    """The ``done.txt`` line of an image whose ``rows`` rows are flushed to ``results.csv``."""
-    return f"{image}\t{rows}\n"
-
-
-def read_rows(path: Path) -> tuple[list[str], list[list[str]], bool]:
-    """The header and complete rows of a ``results.csv`` that may have been cut at any byte.
-
-    Returns:
-        (header, rows, intact): rows are the lines that ended with a newline and hold as many
-        fields as the header; ``intact`` is False when anything was dropped.
-    """
-    import csv
-    import io
-
-    data = Path(path).read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    reader = csv.reader(io.StringIO(complete.decode("utf-8", errors="replace"), newline=""))
-    header = next(reader, [])
-    rows = [r for r in reader if len(r) == len(header)]
-    intact = complete == data and len(rows) == complete.count(b"\n") - 1
-    return header, rows, intact
-
-
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
@@ -99,8 +54,6 @@ def previous_progress(cfg: DictConfig, out_dir: Path) -> dict[str, int] | None:
     """
     import csv
     import io
-
-    from .table import COLUMNS
 
     out_dir = Path(out_dir)
     results = out_dir / RESULTS
@@ -181,3 +134,15 @@ class RunLock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
+
+
+def job_overrides(job_dir: Path) -> dict[str, str]:
+    """``key=value`` overrides of one job, from Hydra's ``.hydra/overrides.yaml``."""
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return {}
+    out = {}
+    for item in OmegaConf.to_container(OmegaConf.load(path)):
+        key, _, value = str(item).partition("=")
+        out[key.lstrip("+~")] = value
+    return out

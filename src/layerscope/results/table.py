@@ -10,7 +10,7 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from .catalog import PER_IMAGE
-from .layout import RESULTS
+from .layout import RESULTS, is_complete, read_done
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,6 @@ def read_results(path: Path) -> pd.DataFrame:
     Rows of a run that did not finish are kept only for the images it finished (``done.txt``),
     so a ranking never includes an image cut off half-way.
     """
-    from .rundir import is_complete, read_done, read_rows
-
     path = Path(path)
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: empty file; expected a layerscope results table (did the run stop before "
@@ -119,3 +117,20 @@ def load_results(folder: Path, name: str = RESULTS) -> pd.DataFrame:
         raise ValueError(f"{folder}: no rows in {', '.join(str(f) for f in files[:3])}: no run below it finished "
                          "an image")
     return pd.concat(frames, ignore_index=True)
+
+
+def read_rows(path: Path) -> tuple[list[str], list[list[str]], bool]:
+    """The header and complete rows of a ``results.csv`` that may have been cut at any byte.
+
+    Returns:
+        (header, rows, intact): rows are the lines that ended with a newline and hold as many
+        fields as the header; ``intact`` is False when anything was dropped.
+    """
+
+    data = Path(path).read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    reader = csv.reader(io.StringIO(complete.decode("utf-8", errors="replace"), newline=""))
+    header = next(reader, [])
+    rows = [r for r in reader if len(r) == len(header)]
+    intact = complete == data and len(rows) == complete.count(b"\n") - 1
+    return header, rows, intact
