@@ -14,7 +14,7 @@ from layerscope.results import catalog, layout
 from layerscope.results.cache import MapCache, config_key, image_key
 from layerscope.results.rundir import comparable, is_complete, previous_progress, read_done, write_summary
 from layerscope.results.table import COLUMNS, METRICS, ResultsWriter
-from layerscope.scoring import ScoreOptions, Target, image_rows, score_layer
+from layerscope.scoring import ScoreOptions, Target, image_rows
 
 from .conftest import compose
 
@@ -123,16 +123,18 @@ def test_model_and_data_names_come_from_the_config_choice():
 
 def test_metric_table_is_what_the_results_hold():
     assert METRICS == tuple(catalog.PER_IMAGE) and set(METRICS) <= set(COLUMNS)
-    assert [m for m in METRICS if catalog.lower_is_better(m)] == ["entropy"]
+    assert [m for m in METRICS if catalog.lower_is_better(m)] == ["entropy", "deletion_auc"]
     assert [m for m in METRICS if catalog.PER_IMAGE[m].threshold_dependent] == ["iou"]
     mask = torch.zeros(8, 8, dtype=torch.bool)
     mask[2:4, 2:4] = True
-    rows = score_layer(torch.rand(2, 4, 4), ["0", "1"], Target(mask), ScoreOptions([0.5]))
-    assert set(METRICS) <= set(rows[0])  # the scorer fills every metric column of the table
-    undefined = [m for m in METRICS if catalog.PER_IMAGE[m].needs_mask]
-    no_mask = score_layer(torch.rand(2, 4, 4), ["0", "1"], None, ScoreOptions([0.5]))
+    maps, names = {0: torch.rand(2, 4, 4)}, {0: ["0", "1"]}
+    rows = image_rows({}, maps, names, Target(mask), ScoreOptions([0.5]))
+    scorable = [m for m in METRICS if not catalog.PER_IMAGE[m].needs_model]  # faithfulness needs the model
+    assert set(scorable) <= set(rows[0])  # the scorer fills every other metric column of the table
+    undefined = [m for m in scorable if catalog.PER_IMAGE[m].needs_mask]
+    no_mask = image_rows({}, maps, names, None, ScoreOptions([0.5]))
     assert all(no_mask[0].get(m) is None for m in undefined)
-    assert all(no_mask[0].get(m) is not None for m in METRICS if m not in undefined)
+    assert all(no_mask[0].get(m) is not None for m in scorable if m not in undefined)
 
 
 def test_one_row_builder_for_runs_and_rescoring():

@@ -62,8 +62,12 @@ class MapSource:
             t0 = time.perf_counter()
             with autocast(self.device, self.precision):
                 method = self.plan.method
-                captured, logits = self.backbone.extract(x, method.capture_layers(layers), method.capture)
+                if method.needs_grad:  # one forward + one backward for every layer, with autograd on
+                    captured, logits = self.backbone.extract_grad(x, method.capture_layers(layers), method)
+                else:
+                    captured, logits = self.backbone.extract(x, method.capture_layers(layers), method.capture)
                 maps = method.maps(captured)
+                del captured
             maps = {layer: maps[layer].float().cpu() for layer in layers}
             logits = logits.float().cpu() if logits is not None else None
             self.seconds += time.perf_counter() - t0
@@ -73,3 +77,42 @@ class MapSource:
                 if self.cache:
                     self.cache.put(keys[i], found[i][0], found[i][1])
         return [f[0] for f in found], [f[1] for f in found]
+
+
+@torch.no_grad()
+def faithfulness(backbone: Backbone, x: torch.Tensor, maps: dict[int, torch.Tensor], target: torch.Tensor,
+                 steps: int = 10, baseline: str = "blur", batch_size: int = 16) -> dict[int, torch.Tensor]:
+    """Deletion and insertion AUC of every map of every layer of a batch (``metrics.faithfulness``).
+
+    Costs ``2 + 2 K (steps - 1)`` forward passes per image and layer (K maps), in batches of
+    ``batch_size``; the perturbed images are built in RGB and normalised by the model.
+
+    Args:
+        backbone: a model with a classifier, on the device of ``x``.
+        x: RGB in [0, 1], (B, 3, S, S), as the map source gets it.
+        maps: layer -> (B, K, h, w) maps on the layer's grid (e.g. the chosen heads and the mean).
+        target: (B,) class per image: the predicted class (``logits.argmax(-1)``) or the method's
+            ``target_class``.
+        steps: ``metrics.faithfulness_steps``.
+        baseline: ``metrics.faithfulness_baseline``: ``blur`` or ``mean``.
+        batch_size: perturbed images per forward pass.
+
+    Returns:
+        layer -> (B, K, 2) float32 on the CPU: [..., 0] ``deletion_auc``, [..., 1] ``insertion_auc``.
+
+    Raises:
+        ValueError: a model without a classifier ("metrics.faithfulness needs a model with a classifier").
+    """
+    from .metrics.faithfulness import deletion_insertion
+
+    if not backbone.num_classes:
+        raise ValueError(f"metrics.faithfulness needs a model with a classifier; model {backbone.name} has none "
+                         "(use metrics.faithfulness=false)")
+    device = backbone.mean.device
+    x = x.to(device)
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        return backbone.logits(backbone.normalize(images))
+
+    return {layer: deletion_insertion(forward, x, m.to(device), target.to(device), steps, baseline, batch_size)
+            for layer, m in maps.items()}

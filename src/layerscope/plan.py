@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .backbones import Backbone, select_indices
 from .maps.methods import MapMethod
+from .metrics.faithfulness import check_faithfulness
 from .scoring import ScoreOptions
 
 
@@ -80,6 +81,7 @@ def plan_study(cfg: DictConfig, backbone: Backbone) -> Plan:
         raise ValueError(f"precision={cfg.precision}: expected fp32, bf16 or fp16")
     if cfg.precision != "fp32" and resolve_device(cfg.device).type != "cuda":
         raise ValueError(f"precision={cfg.precision} needs a GPU (device=cuda or auto with CUDA); use precision=fp32")
+    check_faithfulness(cfg, backbone)
     return Plan(method, layers, heads, ScoreOptions.from_config(cfg))
 
 

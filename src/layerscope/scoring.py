@@ -31,6 +31,7 @@ class ScoreOptions:
             (score the smoothed map pixel by pixel; thresholds apply to it too).
         fpr_limit: AUPRO integration limit.
         topk: fraction of cells averaged for ``score_topk``.
+        pointing_tolerance: pixels around the mask a map's maximum may fall (``pointing_tol``).
     """
 
     thresholds: list[float]
@@ -38,6 +39,7 @@ class ScoreOptions:
     upsample: str = "nearest"
     fpr_limit: float = 0.3
     topk: float = 0.01
+    pointing_tolerance: float = 15.0
 
     @classmethod
     def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> "ScoreOptions":
@@ -63,7 +65,11 @@ class ScoreOptions:
             raise ValueError(f"metrics.aupro_fpr_limit={limit}: expected a value in (0, 1]")
         if not 0 < topk <= 1:
             raise ValueError(f"metrics.image_topk={topk}: expected a fraction in (0, 1]")
-        return cls([float(t) for t in thresholds], cfg["threshold_rule"], cfg["upsample"], limit, topk)
+        tolerance = metrics.get("pointing_tolerance", 15)
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
+            raise ValueError(f"metrics.pointing_tolerance={tolerance}: expected pixels >= 0")
+        return cls([float(t) for t in thresholds], cfg["threshold_rule"], cfg["upsample"], limit, topk,
+                   float(tolerance))
 
 
 class Target:
@@ -239,7 +245,8 @@ def score_layer(maps: torch.Tensor, names: list[str], target: Target | None, opt
 
 @serial
 def image_rows(meta: Mapping[str, Any], maps: Mapping[int, torch.Tensor], names: Mapping[int, Sequence[str]],
-               target: Target | None, opts: ScoreOptions) -> list[dict]:
+               target: Target | None, opts: ScoreOptions,
+               extra: Mapping[int, Mapping[str, torch.Tensor]] | None = None) -> list[dict]:
     """Every ``results.csv`` row of one image: the one row builder of a run and of ``rescore``.
 
     With ``upsample=nearest``, layers on the same grid are scored as one stacked block (a ViT's
@@ -251,6 +258,8 @@ def image_rows(meta: Mapping[str, Any], maps: Mapping[int, torch.Tensor], names:
         names: layer -> K map names.
         target: the image's ground truth, or None.
         opts: thresholds and metric options.
+        extra: more per-map columns computed elsewhere (faithfulness: ``deletion_auc``,
+            ``insertion_auc``): layer -> column -> (K,) values; a ``best`` row takes its head's.
     """
     for layer, layer_maps in maps.items():
         if layer_maps.ndim != 3 or layer_maps.shape[0] != len(names[layer]):
@@ -269,9 +278,19 @@ def image_rows(meta: Mapping[str, Any], maps: Mapping[int, torch.Tensor], names:
             scored[layer] = ({c: v[start:start + k] for c, v in columns.items()}, notes[start:start + k],
                              ious[start:start + k] if ious is not None else None)
             start += k
+    extra = {layer: dict((extra or {}).get(layer, {})) for layer in maps}
+    if target is not None and target.mask.any():
+        from .metrics.pointing import pointing_game_tolerance
+
+        for layer, layer_maps in maps.items():
+            extra[layer]["pointing_tol"] = pointing_game_tolerance(
+                layer_maps.flatten(-2).float(), target.mask, tuple(layer_maps.shape[-2:]), opts.pointing_tolerance)
     rows = []
     for layer, layer_maps in maps.items():
         grid = {"layer": layer, "grid_h": layer_maps.shape[-2], "grid_w": layer_maps.shape[-1]}
+        index = {name: k for k, name in enumerate(names[layer])}
         for row in _rows(list(names[layer]), *scored[layer], opts):
+            k = index[row["best_head"] if row["head"] == "best" else row["head"]]
+            row.update({column: float(values[k]) for column, values in extra[layer].items()})
             rows.append({**meta, "threshold_rule": opts.rule, **grid, **row})
     return rows

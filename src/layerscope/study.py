@@ -193,9 +193,11 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
                 if not items:
                     continue
                 per_image, logits = source(items)
-                for item, maps, image_logits in zip(items, per_image, logits):
+                faith = _faithfulness(cfg, plan, backbone, items, per_image, logits)
+                for item, maps, image_logits, extra in zip(items, per_image, logits, faith):
                     n_figures += _record(cfg, out_dir, plan, backbone, names, item, maps, image_logits, writer,
-                                         files, logger, clock, draw=n_figures < int(cfg.figures.max_images))
+                                         files, logger, clock, draw=n_figures < int(cfg.figures.max_images),
+                                         extra=extra)
                     bar.update(1)
         files.close()  # waits for the last files; raises a failed write, naming the file
     finally:
@@ -219,9 +221,42 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
     return stats
 
 
+def chosen_maps(plan: Plan, maps: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """The maps that get rows: the requested heads (or reductions), plus their mean where the method has one.
+
+    Args:
+        maps: layer -> (K_all, h, w) (or (B, K_all, h, w)).
+    """
+    out = {}
+    for layer, layer_maps in maps.items():
+        picked = layer_maps[..., plan.heads, :, :]
+        out[layer] = torch.cat([picked, layer_maps.mean(-3, keepdim=True)], -3) if plan.method.head_mean else picked
+    return out
+
+
+def _faithfulness(cfg: DictConfig, plan: Plan, backbone: Backbone, items: list[dict],
+                  per_image: list[dict[int, torch.Tensor]], logits: list[torch.Tensor | None]) -> list[dict | None]:
+    """Deletion and insertion AUC of every chosen map of a batch (``metrics.faithfulness``), per image:
+    layer -> {"deletion_auc": (K,), "insertion_auc": (K,)}; None per image when not asked for."""
+    if not cfg.metrics.get("faithfulness", False):
+        return [None] * len(items)
+    from .mapsource import faithfulness
+
+    x = torch.stack([item["x"] for item in items])
+    maps = {layer: torch.stack([chosen_maps(plan, m)[layer] for m in per_image]) for layer in per_image[0]}
+    target_class = getattr(plan.method, "target_class", None)
+    target = torch.full((len(items),), int(target_class)) if target_class is not None else \
+        torch.stack([lg.argmax(-1) for lg in logits])
+    values = faithfulness(backbone, x, maps, target, int(cfg.metrics.faithfulness_steps),
+                          str(cfg.metrics.faithfulness_baseline), int(cfg.batch_size) * 4)
+    return [{layer: {"deletion_auc": v[i, :, 0], "insertion_auc": v[i, :, 1]} for layer, v in values.items()}
+            for i in range(len(items))]
+
+
 def _record(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, names: list[str], item: dict,
             maps: dict[int, torch.Tensor], logits: torch.Tensor | None, writer: ResultsWriter,
-            files: BackgroundWriter, logger: Logger, clock: dict[str, float], draw: bool) -> int:
+            files: BackgroundWriter, logger: Logger, clock: dict[str, float], draw: bool,
+            extra: dict | None = None) -> int:
     """Score one image's maps (rows written now), then hand its maps and grid picture to ``files``.
 
     Returns:
@@ -240,12 +275,9 @@ def _record(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, name
         if logits is not None and backbone.labels:
             p, c = logits.softmax(-1).max(-1)
             meta.update(pred_label=backbone.labels[int(c)], pred_prob=float(p))
-        chosen = {}
-        for layer, layer_maps in maps.items():
-            picked = layer_maps[plan.heads]
-            chosen[layer] = torch.cat([picked, layer_maps.mean(0, keepdim=True)]) if method.head_mean else picked
+        chosen = chosen_maps(plan, maps)
         all_names = {layer: names for layer in chosen}
-        writer.write(image_rows(meta, chosen, all_names, target, plan.scoring))
+        writer.write(image_rows(meta, chosen, all_names, target, plan.scoring, extra))
     clock["score"] += time.perf_counter() - t0
     saved = {layer: m.numpy() for layer, m in chosen.items()}  # not modified after this: safe to share
     image_u8 = to_uint8(item["x"])

@@ -64,6 +64,7 @@ class Backbone(nn.Module):
 
     kind: str = ""
     captures: tuple[str, ...] = ()  # what ``capture`` can hook: "cls_attention", "features"
+    embedding_targets: tuple[str, ...] = ("norm",)  # gradient targets of a model without a classifier
 
     def __init__(self, name: str, img_size: int, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
@@ -86,6 +87,116 @@ class Backbone(nn.Module):
     def logits(self, x: torch.Tensor) -> torch.Tensor | None:
         """Forward pass on a normalised batch; class logits (B, C) or None without a head."""
         raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        """Classifier size; 0 for a backbone without a classifier (DINO, DINOv2)."""
+        return len(self.labels) if self.labels else 0
+
+    def embedding_score(self, x: torch.Tensor, how: str) -> torch.Tensor:
+        """The gradient target of a model without a classifier, on a normalised batch: (B,).
+
+        ``norm``: L2 norm of the pooled embedding (ViT: the final CLS token after the last norm;
+        CNN: the globally pooled features). ``cosine`` (ViTs): cosine similarity of the final
+        CLS token to the mean final patch token.
+        """
+        raise NotImplementedError
+
+    def target_score(self, x: torch.Tensor, target_class: int | None = None,
+                     embedding_target: str = "norm") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The scalar per image that gradient methods explain, on a normalised batch.
+
+        Args:
+            x: normalised input, (B, 3, S, S).
+            target_class: class index, or None for each image's predicted (top-1) class.
+            embedding_target: without a classifier, ``norm`` or ``cosine`` (see ``embedding_score``).
+
+        Returns:
+            (score (B,) float32: the target class logit, or the embedding target; logits (B, C) or None).
+
+        Raises:
+            ValueError: a target class on a model without a classifier, or out of range.
+        """
+        n = self.num_classes
+        if target_class is not None and not 0 <= int(target_class) < max(n, 1):
+            if not n:
+                raise ValueError(f"method.target_class={target_class}: model {self.name} has no classifier; leave it "
+                                 f"null (the target is then method.embedding_target={embedding_target})")
+            raise ValueError(f"method.target_class={target_class} is out of range: model {self.name} has {n} classes, "
+                             f"valid 0..{n - 1} (or null for the predicted class)")
+        if not n:
+            return self.embedding_score(x, embedding_target).float(), None
+        logits = self.logits(x)
+        idx = (logits.argmax(-1) if target_class is None
+               else torch.full_like(logits[:, 0], int(target_class), dtype=torch.long))
+        return logits.float().gather(1, idx[:, None])[:, 0], logits  # the logit (pre-softmax), as in Grad-CAM
+
+    def capture_grad(self, layers: Sequence[int], what: str) -> tuple[list[tuple[nn.Module, Hook]], dict[int, object]]:
+        """Hooks that keep, per layer, the tensors of the autograd graph that gradients are taken against.
+
+        ``features``: the layer's raw output (what flows on). ``qk`` (ViTs): q, k, v (detached,
+        (B, H, N, D)) and the heads' merged attention output ``o`` (B, N, H D), in the graph.
+        """
+        raise NotImplementedError
+
+    def grad_inputs(self, kept: object, what: str) -> torch.Tensor:
+        """The tensor of one layer's ``capture_grad`` entry that gradients are taken against."""
+        return kept["o"] if what == "qk" else kept
+
+    def grad_captures(self, kept: object, grad: torch.Tensor, what: str) -> tuple[torch.Tensor, ...]:
+        """One layer's kept tensors and gradient -> what a gradient method reads, detached.
+
+        ``features``: (activation, gradient), each (B, C, h, w) on the layer's grid.
+        ``qk``: (q, k, v) stacked (3, B, H, N, D) and the gradient of the attention output (B, H, N, D).
+        """
+        return kept.detach(), grad
+
+    def _checked_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError unless ``x`` is a batch of RGB images (B, 3, H, W)."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images (B, 3, H, W), got {tuple(x.shape)}")
+
+    def extract_grad(self, x: torch.Tensor, layers: Sequence[int],
+                     method: object) -> tuple[dict[int, tuple], torch.Tensor | None]:
+        """One forward pass with autograd and ONE backward for every requested layer.
+
+        Runs with gradients enabled whatever the caller's mode (not under ``inference_mode``).
+        Gradients are taken with ``torch.autograd.grad`` against the captured tensors only, so
+        no parameter's ``.grad`` is touched; hooks are removed and the graph freed on return.
+
+        Args:
+            x: RGB in [0, 1], (B, 3, S, S).
+            layers: non-negative layer indices.
+            method: a map method with ``capture`` (``features`` or ``qk``), ``name``, and
+                optionally ``target_class`` (int or None) and ``embedding_target``.
+
+        Returns:
+            (captured, logits): ``captured[layer]`` as ``grad_captures`` gives it; logits (B, C)
+            detached, or None without a classifier.
+
+        Raises:
+            RuntimeError: a requested layer produced nothing (the hook never fired).
+        """
+        what = method.capture
+        self.check_capture(what, method.name)
+        self._checked_input(x)
+        hooks, store = self.capture_grad(layers, what)
+        try:
+            with torch.enable_grad():  # also under the caller's no_grad
+                xn = self.normalize(x.detach()).requires_grad_(True)  # a graph exists even with frozen parameters
+                with forward_hooks(hooks):
+                    score, logits = self.target_score(xn, getattr(method, "target_class", None),
+                                                      getattr(method, "embedding_target", "norm"))
+                missing = [layer for layer in layers if layer not in store]
+                if missing:
+                    raise RuntimeError(f"model {self.name}: layers {missing} were not captured during the forward pass")
+                inputs = [self.grad_inputs(store[layer], what) for layer in layers]
+                grads = torch.autograd.grad(score.sum(), inputs, allow_unused=True)  # images independent: one backward
+            captured = {layer: self.grad_captures(store[layer], g if g is not None else torch.zeros_like(t), what)
+                        for layer, t, g in zip(layers, inputs, grads)}
+        finally:
+            store.clear()  # drop the graph's tensors even when the backward failed
+        return captured, logits.detach() if logits is not None else None
 
     def capture(self, layers: Sequence[int], what: str) -> tuple[list[tuple[nn.Module, Hook]], dict[int, torch.Tensor]]:
         """Hooks that fill a dict ``layer -> (B, C_or_H, h, w)`` during one forward pass.
@@ -134,8 +245,7 @@ class Backbone(nn.Module):
             RuntimeError: a requested layer produced nothing (the hook never fired).
         """
         self.check_capture(capture)
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected images (B, 3, H, W), got {tuple(x.shape)}")
+        self._checked_input(x)
         hooks, store = self.capture(layers, capture)
         with forward_hooks(hooks):
             logits = self.logits(self.normalize(x))

@@ -68,6 +68,20 @@ class TimmCNN(Backbone):
 
         return [(self._modules_by_stage[layer], hook_for(layer)) for layer in layers], store
 
+    def capture_grad(self, layers: Sequence[int], what: str) -> tuple[list[tuple[nn.Module, Hook]], dict[int, object]]:
+        """The stage outputs themselves, (B, C, h, w), kept in the graph (see ``Backbone.capture_grad``)."""
+        return self.capture(layers, what)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.num_classes)
+
+    def embedding_score(self, x: torch.Tensor, how: str) -> torch.Tensor:
+        if how != "norm":
+            raise ValueError(f"method.embedding_target={how}: model {self.name} is a CNN without a CLS token; use norm")
+        feats = self.model.forward_features(x)
+        return self.model.forward_head(feats, pre_logits=True).float().norm(dim=-1)  # pooled features
+
     def load_weights(self) -> None:
         if not self.pretrained:
             return

@@ -1,9 +1,10 @@
 """Vision Transformers: timm (DINO, DINOv2, bundled DINOv2) and Hugging Face transformers (supervised ViT)."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..maps.attention import cls_attention
@@ -16,6 +17,7 @@ class _ViT(Backbone):
 
     kind = "vit"
     captures = ("cls_attention", "features", "qk")
+    embedding_targets = ("norm", "cosine")
     num_prefix: int
     num_heads: int
     patch_size: int
@@ -39,6 +41,51 @@ class _ViT(Backbone):
 
     def _block(self, layer: int) -> nn.Module:
         raise NotImplementedError
+
+    def _value_and_output(self, layer: int) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor], nn.Module]:
+        """(module whose output holds v, its output -> v (B, H, N, D), module whose first input is the
+        heads' merged attention output softmax(q k^T s) v, (B, N, H D))."""
+        raise NotImplementedError
+
+    def _tokens_to_grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Block output tokens (B, N, C) -> patch tokens on the grid (B, C, h, w), prefix tokens dropped."""
+        b, _, c = tokens.shape
+        return tokens[:, self.num_prefix:].transpose(1, 2).reshape(b, c, *self.grid)
+
+    def _cosine_target(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final tokens (B, N, C) -> cosine similarity of the CLS token to the mean patch token, (B,)."""
+        return F.cosine_similarity(tokens[:, 0].float(), tokens[:, self.num_prefix:].float().mean(1), dim=-1)
+
+    def capture_grad(self, layers: Sequence[int], what: str) -> tuple[list[tuple[nn.Module, Hook]], dict[int, object]]:
+        store: dict[int, object] = {}
+        hooks: list[tuple[nn.Module, Hook]] = []
+        for layer in layers:
+            if what == "qk":
+                q_mod, k_mod, _ = self._qk_modules(layer)
+                v_mod, v_heads, o_mod = self._value_and_output(layer)
+                kept: dict[str, torch.Tensor] = {}
+                store[layer] = kept
+
+                def keep(name, fn=self._to_heads, kept=kept):
+                    return lambda _m, _i, out: kept.__setitem__(name, fn(out).detach())
+
+                def keep_o(_m, inputs, _out, kept=kept):
+                    kept["o"] = inputs[0]  # in the graph: the gradient of softmax(qk^T s) is grad(o) v^T
+
+                hooks += [(q_mod, keep("q")), (k_mod, keep("k")), (v_mod, keep("v", v_heads)), (o_mod, keep_o)]
+            else:
+                def keep_tokens(_m, _i, out, layer=layer):
+                    store[layer] = out[0] if isinstance(out, tuple) else out  # (B, N, C), what flows on
+
+                hooks.append((self._block(layer), keep_tokens))
+        return hooks, store
+
+    def grad_captures(self, kept: object, grad: torch.Tensor, what: str) -> tuple[torch.Tensor, ...]:
+        if what == "qk":
+            b, n, _ = grad.shape
+            grad_heads = grad.detach().view(b, n, self.num_heads, -1).transpose(1, 2)  # merged heads -> (B, H, N, D)
+            return torch.stack([kept["q"], kept["k"], kept["v"]]), grad_heads
+        return self._tokens_to_grid(kept.detach()), self._tokens_to_grid(grad)
 
     def capture(self, layers: Sequence[int], what: str) -> tuple[list[tuple[nn.Module, Hook]], dict[int, torch.Tensor]]:
         store: dict[int, torch.Tensor] = {}
@@ -129,6 +176,27 @@ class TimmViT(_ViT):
 
     def _block(self, layer: int) -> nn.Module:
         return self.model.blocks[layer]
+
+    def _value_and_output(self, layer: int) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor], nn.Module]:
+        attn = self.model.blocks[layer].attn
+        h = attn.num_heads
+
+        def v_heads(qkv: torch.Tensor) -> torch.Tensor:
+            b, n, _ = qkv.shape
+            return qkv.reshape(b, n, 3, h, -1)[:, :, 2].transpose(1, 2)  # timm packs q, k, v in one Linear
+
+        # timm >= 1.0.20 applies attn.norm (Identity unless scale_norm) to the merged heads before proj
+        return attn.qkv, v_heads, attn.norm if hasattr(attn, "norm") else attn.proj
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.num_classes)
+
+    def embedding_score(self, x: torch.Tensor, how: str) -> torch.Tensor:
+        tokens = self.model.forward_features(x)  # (B, N, C) after the final norm
+        if how == "cosine":
+            return self._cosine_target(tokens)
+        return self.model.forward_head(tokens, pre_logits=True).float().norm(dim=-1)
 
     def load_weights(self) -> None:
         """Fill the model from its weight source (no-op when ``pretrained`` is False)."""
@@ -233,6 +301,20 @@ class HFViT(_ViT):
 
     def _block(self, layer: int) -> nn.Module:
         return self._layer(layer)
+
+    def _value_and_output(self, layer: int) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor], nn.Module]:
+        attn = self._layer(layer).attention
+        if hasattr(attn, "v_proj"):  # transformers >= 5
+            return attn.v_proj, self._to_heads, attn.o_proj
+        return attn.attention.value, self._to_heads, attn.output.dense
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.config.num_labels)
+
+    def embedding_score(self, x: torch.Tensor, how: str) -> torch.Tensor:
+        tokens = self.model.vit(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state
+        return self._cosine_target(tokens) if how == "cosine" else tokens[:, 0].float().norm(dim=-1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor | None:
         return self.model(pixel_values=x, interpolate_pos_encoding=True).logits

@@ -29,6 +29,7 @@ class MapMethod:
     capture = ""
     head_mean = False  # add the mean over all K maps as a map named "mean"
     needs_references = False
+    needs_grad = False  # maps need gradients: the map source calls Backbone.extract_grad (one backward)
 
     def __init__(self, backbone):
         backbone.check_capture(self.capture, self.name)

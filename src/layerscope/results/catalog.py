@@ -30,6 +30,8 @@ class Metric:
         kind: ``map`` (how a map relates to the mask, or its shape) or ``image_score``
             (a per-image anomaly score, ranked through image AUROC).
         fmt: format spec for tables.
+        needs_model: computed with the model (extra forward passes), so only by a run that asked
+            for it (``metrics.faithfulness=true``) and never by ``layerscope-rescore``.
     """
 
     name: str
@@ -41,6 +43,7 @@ class Metric:
     protocol: str = "per_image"
     kind: str = "map"
     fmt: str = ".3f"
+    needs_model: bool = False  # computed with the model's classifier (faithfulness): not by rescoring
 
     def format(self, value: float) -> str:
         return "" if value != value else format(value, self.fmt)
@@ -54,7 +57,11 @@ _PER_IMAGE = (
     Metric("mass_in_mask", "mass in mask", "map mass in mask (0–1)"),
     Metric("mass_ratio", "mass ratio", "mass in mask / mask area (1 = chance)", fmt=".2f"),
     Metric("pointing", "pointing", "pointing accuracy (0–1)"),
+    Metric("pointing_tol", "pointing (tolerance)", "pointing accuracy within metrics.pointing_tolerance px (0–1)"),
     Metric("entropy", "entropy", "normalised entropy (0–1, 1 = uniform)", higher_is_better=False, needs_mask=False),
+    Metric("deletion_auc", "deletion AUC", "deletion AUC (0–1, lower = more faithful)", higher_is_better=False,
+           needs_mask=False, needs_model=True),
+    Metric("insertion_auc", "insertion AUC", "insertion AUC (0–1)", needs_mask=False, needs_model=True),
     Metric("score_max", "max score", "map maximum", needs_mask=False, kind="image_score", fmt=".4g"),
     Metric("score_topk", "top-k score", "mean of the top cells", needs_mask=False, kind="image_score", fmt=".4g"),
 )
