@@ -343,3 +343,18 @@ def test_every_readme_command_is_valid_bash():
     proc = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "~/" not in script.replace("~/.cache", "")
+
+
+def test_figures_max_images_holds_across_a_resume(clean, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(clean, run)
+    (run / "run_summary.json").unlink()
+    done = (run / "done.txt").read_text().splitlines()
+    (run / "done.txt").write_text("\n".join(done[:3]) + "\n")
+    (run / "figures").mkdir(exist_ok=True)
+    for line in done[:3]:  # the interrupted run had drawn its first 3 grids
+        (run / "figures" / f"{line.split(chr(9))[0]}_grid.png").write_bytes(b"png")
+    args = [a for a in SYNTH if a != "figures.grid=false"]
+    proc = run_cli([*args, "figures.grid=true", "figures.max_images=4", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list((run / "figures").glob("*_grid.png"))) == 4  # 3 before + 1 now, not 3 + 4

@@ -177,7 +177,9 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
     except OSError as e:
         writer.close()
         raise OSError(e.errno, e.strerror, str(out_dir / layout.DONE)) from None
-    n_figures, no_mask, skipped, clock = 0, 0, [], {"score": 0.0}
+    # figures.max_images counts the grids an interrupted run already drew
+    drawn_before = len(list((out_dir / layout.FIGURES).glob("*_grid.png"))) if done else 0
+    n_figures, no_mask, skipped, clock = drawn_before, 0, [], {"score": 0.0}
     try:
         with tqdm(total=len(dataset), desc=backbone.name, unit="img", disable=not cfg.progress) as bar:
             bar.update(len(done))
