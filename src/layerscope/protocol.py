@@ -120,17 +120,18 @@ def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | 
     """
     images = pool.images
     defective = images["defective"].to_numpy()
-    rows, data = [], {}
+    rows = []
     for c, cand in pool.candidates.iterrows():
-        data[c] = _Candidate(pool, c)
+        data = _Candidate(pool, c)  # one candidate's sorted cells at a time: memory does not grow with candidates
         for category, chosen in _categories(images):
-            sel = chosen & data[c].covered
-            m = data[c].metrics(sel.astype(float))
+            sel = chosen & data.covered
+            m = data.metrics(sel.astype(float))
             rows.append({"job": cand["job"], **{k: cand[k] for k in CANDIDATE}, "category": category,
                          "n_images": int(sel.sum()), "n_defect_images": int((sel & defective).sum()), **asdict(m),
-                         "image_auroc": _image_auroc(data[c].image_scores[sel, 0], defective[sel]),
-                         "image_auroc_topk": _image_auroc(data[c].image_scores[sel, 1], defective[sel]),
+                         "image_auroc": _image_auroc(data.image_scores[sel, 0], defective[sel]),
+                         "image_auroc_topk": _image_auroc(data.image_scores[sel, 1], defective[sel]),
                          "upsample": cand["upsample"], "_c": c})
+        del data
     table = pd.DataFrame(rows)
     if n_boot:
         pooled = table[table["category"] == "all"]
@@ -144,9 +145,10 @@ def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | 
                     chosen_c |= set(part.loc[part["head"] == head, "_c"])
         rng = np.random.default_rng(seed)
         for i, row in pooled[pooled["_c"].isin(chosen_c)].iterrows():
-            sel = data[row["_c"]].covered
+            data = _Candidate(pool, int(row["_c"]))
+            sel = data.covered
             groups = [np.flatnonzero(sel & defective), np.flatnonzero(sel & ~defective)]
-            boots = [data[row["_c"]].metrics(w) for w in _bootstrap_weights(groups, len(images), n_boot, rng)]
+            boots = [data.metrics(w) for w in _bootstrap_weights(groups, len(images), n_boot, rng)]
             table.loc[i, ["pixel_auroc_ci_low", "pixel_auroc_ci_high"]] = _ci([b.pixel_auroc for b in boots])
             table.loc[i, ["aupro_ci_low", "aupro_ci_high"]] = _ci([b.aupro for b in boots])
     return table.reindex(columns=COLUMNS)
@@ -261,11 +263,17 @@ def choose(pool: Pool, metric: str = "aupro", calibration: float | np.ndarray = 
     for name, side in (("calibration", cal), ("held-out", out)):
         if not (side & defective).any():
             raise ValueError(f"the {name} images hold no defective image; use more images or another split")
-    data = [_Candidate(pool, c) for c in range(len(pool.candidates))]
-    scores = np.array([getattr(d.metrics(cal.astype(float)), metric) for d in data])
+    n_candidates = len(pool.candidates)
+    scores = np.full(n_candidates, np.nan)
+    for c in range(n_candidates):  # one at a time: memory does not grow with the number of candidates
+        scores[c] = getattr(_Candidate(pool, c).metrics(cal.astype(float)), metric)
     if np.isnan(scores).all():
         raise ValueError(f"{metric} is undefined for every candidate on the calibration images")
     best = int(np.nanargmax(scores))
+    # the contenders of the stability resamples: the strongest on the whole calibration set (a candidate
+    # far behind never wins a resample); only they are held in memory
+    contenders = [int(i) for i in np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:stability_pool]]
+    data = {i: _Candidate(pool, i) for i in {*contenders, best}}
     chosen = data[best]
     cand = pool.candidates.iloc[best]
     on_cal = chosen.metrics(cal.astype(float))
@@ -294,10 +302,8 @@ def choose(pool: Pool, metric: str = "aupro", calibration: float | np.ndarray = 
     groups = [np.flatnonzero(out & defective), np.flatnonzero(out & ~defective)]
     boots = [held_out(w) for w in _bootstrap_weights(groups, len(images), n_boot, rng)]
     held = {k: {"value": v, "ci": list(_ci([b[k] for b in boots]))} for k, v in point.items()}
-    wins = np.zeros(len(data))
+    wins = np.zeros(n_candidates)
     cal_groups = [np.flatnonzero(cal & defective), np.flatnonzero(cal & ~defective)]
-    # the contenders: the strongest on the whole calibration set (a candidate far behind never wins a resample)
-    contenders = [int(i) for i in np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:stability_pool]]
     for w in _bootstrap_weights(cal_groups, len(images), n_stability, rng):
         values = np.array([getattr(data[i].metrics(w), metric) for i in contenders])
         if not np.isnan(values).all():
@@ -311,10 +317,10 @@ def choose(pool: Pool, metric: str = "aupro", calibration: float | np.ndarray = 
         "metric": metric, "chosen": {k: _plain(v) for k, v in cand[["job", *CANDIDATE, "upsample"]].items()},
         "calibration_score": float(scores[best]), "threshold": threshold, "threshold_rule": rule,
         "seed": seed, "n_boot": n_boot, "n_stability": n_stability,
-        "stability_pool": min(stability_pool, len(data)),
+        "stability_pool": min(stability_pool, n_candidates),
         "calibration_images": images["id"][cal].tolist(), "held_out_images": images["id"][out].tolist(),
         "held_out": held, "stability": stability,
-        "candidates": int(len(data)),
+        "candidates": int(n_candidates),
     }
     if costs is not None:
         rate = float(defective.mean()) if defect_rate is None else float(defect_rate)
