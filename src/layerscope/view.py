@@ -44,7 +44,6 @@ from PIL import Image
 from .figures.paper import (PALETTE, SEP, Study, head_order, layer_head_scores, line_head, relative_depth,
                             smallest_threshold)
 from .results import catalog, layout
-from .results.maps_io import load_maps
 
 REPORT = layout.REPORT
 DEFAULT_METRICS = ("aupro", "auroc", "iou", "entropy")  # the first one with values is the page's metric
@@ -537,16 +536,7 @@ def _choice_section(study: Study) -> str:
 
 def _load(study: Study, series: str, image: str) -> dict | None:
     """The saved maps of ``image`` in ``series``, layers merged over the jobs that hold it (not cached)."""
-    rows = study.images[(study.images["series"] == series) & (study.images["image"] == image) & study.images["saved"]]
-    merged = None
-    for path in rows["path"]:
-        d = load_maps(path)
-        if merged is None:
-            merged = d
-        else:
-            merged["maps"].update(d["maps"])
-            merged["names"].update(d["names"])
-    return merged
+    return study.load(series, image)
 
 
 def _gallery(study: Study, files: Path, prefix: str, metric: str, scores: dict[str, pd.DataFrame],

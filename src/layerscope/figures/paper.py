@@ -167,22 +167,26 @@ class Study:
         part = self.images[(self.images["series"] == series) & self.images["saved"]]
         return part.drop_duplicates("image")[["image", "category", "dataset", "has_mask"]].reset_index(drop=True)
 
+    def load(self, series: str, image: str) -> dict | None:
+        """``load_maps`` of ``image`` in ``series``, layers merged over the jobs that hold it (not cached)."""
+        part = self.images[(self.images["series"] == series) & (self.images["image"] == image) & self.images["saved"]]
+        merged = None
+        for path in part["path"]:
+            d = load_maps(path)
+            if merged is None:
+                merged = d
+            else:
+                merged["maps"].update(d["maps"])
+                merged["names"].update(d["names"])
+        if merged is not None:
+            merged["maps"] = dict(sorted(merged["maps"].items()))
+        return merged
+
     def maps(self, series: str, image: str) -> dict | None:
-        """``load_maps`` of ``image`` in ``series``, layers merged over the jobs that hold it."""
+        """``load`` of ``image`` in ``series``, cached."""
         key = (series, image)
         if key not in self._cache:
-            part = self.images[(self.images["series"] == series) & (self.images["image"] == image) & self.images["saved"]]
-            merged = None
-            for path in part["path"]:
-                d = load_maps(path)
-                if merged is None:
-                    merged = d
-                else:
-                    merged["maps"].update(d["maps"])
-                    merged["names"].update(d["names"])
-            if merged is not None:
-                merged["maps"] = dict(sorted(merged["maps"].items()))
-            self._cache[key] = merged
+            self._cache[key] = self.load(series, image)
         return self._cache[key]
 
 
