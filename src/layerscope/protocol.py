@@ -154,14 +154,21 @@ def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | 
     return table.reindex(columns=COLUMNS)
 
 
-def write_dataset_metrics(folder: Path, n_boot: int = 200, seed: int = 0, progress: bool = False) -> pd.DataFrame:
+def write_dataset_metrics(folder: Path, n_boot: int = 200, seed: int = 0, progress: bool = False,
+                          pool: Pool | None = None) -> pd.DataFrame:
     """Compute ``dataset_metrics`` for every run below ``folder`` and write each run's rows into its
-    ``dataset_metrics.csv`` (atomically); returns all rows."""
-    pool = build_pool(folder, progress)
+    ``dataset_metrics.csv`` (atomically); returns all rows.
+
+    Args:
+        pool: the folder's pooled maps when the caller has them (and keeps them open); else read here.
+    """
+    own = pool is None
+    pool = build_pool(folder, progress) if own else pool
     try:
         table = dataset_metrics(pool, n_boot, seed)
     finally:
-        pool.close()
+        if own:
+            pool.close()
     folder = Path(folder)
     for job, part in table.groupby("job", sort=False):
         out = (folder / job if job != "." else folder) / layout.DATASET_METRICS

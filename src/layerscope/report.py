@@ -95,21 +95,21 @@ def main(argv: list[str] | None = None) -> int:
             from .results.pool import build_pool
 
             metric = dataset_metric(a.metric)
-            pooled = write_dataset_metrics(a.folder, n_boot=min(a.boot, 200), seed=a.seed, progress=True)
-            ranked = rank_dataset(pooled, metric)
-            _write(a.folder, f"report_dataset_{metric}", ranked, dataset_markdown(ranked, a.top))
-            if a.calibration is not None:
-                pool = build_pool(a.folder)
-                try:
+            pool = build_pool(a.folder, progress=True)  # the saved maps are read once for the table and the choice
+            try:
+                pooled = write_dataset_metrics(a.folder, n_boot=min(a.boot, 200), seed=a.seed, pool=pool)
+                ranked = rank_dataset(pooled, metric)
+                _write(a.folder, f"report_dataset_{metric}", ranked, dataset_markdown(ranked, a.top))
+                if a.calibration is not None:
                     result = choose(pool, metric, _calibration(a.calibration, pool.images), a.seed, a.boot,
                                     a.stability, a.target_fpr,
                                     (a.cost_miss, a.cost_false_alarm) if a.cost_miss is not None else None,
                                     a.defect_rate, a.image_score)
-                finally:
-                    pool.close()
-                js, md = write_choice(a.folder, result)
-                print(md.read_text())
-                print(f"written: {js}, {md}")
+                    js, md = write_choice(a.folder, result)
+                    print(md.read_text())
+                    print(f"written: {js}, {md}")
+            finally:
+                pool.close()
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -245,7 +245,8 @@ def _faithfulness(cfg: DictConfig, plan: Plan, backbone: Backbone, items: list[d
     from .mapsource import faithfulness
 
     x = torch.stack([item["x"] for item in items])
-    maps = {layer: torch.stack([chosen_maps(plan, m)[layer] for m in per_image]) for layer in per_image[0]}
+    chosen = [chosen_maps(plan, m) for m in per_image]
+    maps = {layer: torch.stack([c[layer] for c in chosen]) for layer in chosen[0]}
     target_class = getattr(plan.method, "target_class", None)
     target = torch.full((len(items),), int(target_class)) if target_class is not None else \
         torch.stack([lg.argmax(-1) for lg in logits])
