@@ -255,15 +255,15 @@ def test_undefined_pooled_metrics_through_the_command_line(run_dir, tmp_path):
     (["--stability", "-1"], "error: --stability -1: expected an int >= 0"),
     (["--top", "-1"], "error: --top -1: expected an int >= 1"),
     (["--calibration", "0.5", "--cost-miss", "100", "--cost-false-alarm", "-5"],
-     "error: --cost-false-alarm -5.0: expected a finite cost >= 0 per part"),
+     "error: --cost-false-alarm -5: expected a finite cost >= 0 per part"),
     (["--calibration", "0.5", "--cost-miss", "inf", "--cost-false-alarm", "2"],
-     "error: --cost-miss inf: expected a finite cost >= 0 per part"),
+     "error: --cost-miss inf: expected a finite cost > 0 per part"),
     (["--calibration", "0.5", "--cost-miss", "nan", "--cost-false-alarm", "2"],
-     "error: --cost-miss nan: expected a finite cost >= 0 per part"),
-    (["--calibration", "0.5", "--cost-miss", "0", "--cost-false-alarm", "0"],
-     "error: --cost-miss 0 --cost-false-alarm 0: expected a cost > 0 for at least one"),
+     "error: --cost-miss nan: expected a finite cost > 0 per part"),
+    (["--calibration", "0.5", "--cost-miss", "0", "--cost-false-alarm", "2"],
+     "error: --cost-miss 0: expected a finite cost > 0 per part"),
     (["--calibration", "0.5", "--target-fpr", "-0.1"], "error: --target-fpr -0.1: expected a share in [0, 1]"),
-    (["--calibration", "0.5", "--target-fpr", "2"], "error: --target-fpr 2.0: expected a share in [0, 1]"),
+    (["--calibration", "0.5", "--target-fpr", "2"], "error: --target-fpr 2: expected a share in [0, 1]"),
     (["--calibration", "0.5", "--target-fpr", "nan"], "error: --target-fpr nan: expected a share in [0, 1]"),
     (["--calibration", "0.5", "--cost-miss", "1", "--cost-false-alarm", "1", "--defect-rate", "1.5"],
      "error: --defect-rate 1.5: expected a share in [0, 1]"),
@@ -319,6 +319,20 @@ def test_without_defect_free_images_the_false_alarm_rate_is_undefined_and_the_js
     assert "| image_false_alarm_rate | undefined: no defect-free images |" in md
     assert "false-alarm rate undefined: no defect-free images among the calibration images" in md
     assert "false-alarm rate 0.000" not in md and "nan" not in md
+
+
+def test_a_threshold_that_flags_no_part_has_no_break_even_rate():
+    from layerscope.protocol import _economics
+
+    bad = np.array([True, False, True, False])
+    scores = np.array([0.1, 0.9, 0.5, 0.4])  # the highest score is a good part: any flag costs a false alarm
+    e = _economics(scores, bad, scores, bad, cost_miss=1.0, cost_false_alarm=1000.0, defect_rate=0.01, n_boot=20,
+                   rng=np.random.default_rng(0))
+    assert e["image_threshold"] == np.inf and e["miss_rate"] == 1 and e["false_alarm_rate"] == 0
+    assert e["expected_cost_per_part"] == pytest.approx(0.01) == e["no_inspection_cost_per_part"]
+    assert np.isnan(e["break_even_defect_rate"]) and "nan" not in e["verdict"]
+    assert e["verdict"].endswith("no break-even defect rate (the threshold flags no part: it costs what no "
+                                 "inspection costs).")
 
 
 def test_a_target_fpr_without_normal_pixels_is_refused_in_one_line(run_dir, tmp_path):

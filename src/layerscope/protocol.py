@@ -279,7 +279,9 @@ def _economics(scores_cal: np.ndarray, bad_cal: np.ndarray, scores_out: np.ndarr
             "no_inspection_cost_per_part": baseline, "break_even_defect_rate": break_even,
             "verdict": f"At a defect rate of {defect_rate:.3g} this inspection {pays}: {expected:.4g} "
                        f"[{low:.4g}, {high:.4g}] per part against {baseline:.4g} with no inspection; "
-                       f"break-even defect rate {break_even:.3g}."}
+                       + (f"break-even defect rate {break_even:.3g}." if break_even == break_even else
+                          "no break-even defect rate (the threshold flags no part: it costs what no inspection "
+                          "costs).")}
 
 
 def choose(pool: Pool, metric: str = "aupro", calibration: float | np.ndarray = 0.5, seed: int = 0,

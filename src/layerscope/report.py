@@ -61,14 +61,13 @@ def _check_options(a: argparse.Namespace) -> str | None:
     for name, value, low in ints:
         if value < low:
             return f"{name} {value}: expected an int >= {low}"
-    for name, value in (("--cost-miss", a.cost_miss), ("--cost-false-alarm", a.cost_false_alarm)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            return f"{name} {value}: expected a finite cost >= 0 per part"
+    # a miss that costs nothing makes every inspection pointless (and the break-even rate 0/0)
+    for name, value, low in (("--cost-miss", a.cost_miss, ">"), ("--cost-false-alarm", a.cost_false_alarm, ">=")):
+        if value is not None and not (math.isfinite(value) and (value > 0 if low == ">" else value >= 0)):
+            return f"{name} {value:g}: expected a finite cost {low} 0 per part"
     for name, value in (("--target-fpr", a.target_fpr), ("--defect-rate", a.defect_rate)):
         if value is not None and not 0 <= value <= 1:
-            return f"{name} {value}: expected a share in [0, 1]"
-    if a.cost_miss is not None and a.cost_miss == a.cost_false_alarm == 0:
-        return "--cost-miss 0 --cost-false-alarm 0: expected a cost > 0 for at least one"
+            return f"{name} {value:g}: expected a share in [0, 1]"
     return None
 
 
