@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 CANDIDATE = ["model", "method", "layer", "head"]
 COLUMNS = ["job", *CANDIDATE, "category", "n_images", "n_defect_images", "pixel_auroc", "aupro", "pixel_ap",
            "pixel_f1_max", "f1_threshold", "image_auroc", "image_auroc_topk", "pixel_auroc_ci_low",
-           "pixel_auroc_ci_high", "aupro_ci_low", "aupro_ci_high", "upsample"]
+           "pixel_auroc_ci_high", "aupro_ci_low", "aupro_ci_high", "upsample", "notes"]
 CHOICE_METRICS = ("aupro", "pixel_auroc", "pixel_ap", "pixel_f1_max")
 ALIASES = {"auroc": "pixel_auroc", "ap": "pixel_ap", "f1": "pixel_f1_max", "f1_max": "pixel_f1_max"}
 
@@ -63,6 +64,40 @@ def _categories(images: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
         out.append((category, (images["category"] == category).to_numpy() | good))
     out.append(("all", np.ones(len(images), bool)))
     return out
+
+
+def _notes(images: pd.DataFrame, sel: np.ndarray) -> str:
+    """Which pooled metrics of the selected images are undefined, and why (empty when all are defined)."""
+    pos, neg = images["defect_pixels"].to_numpy()[sel].sum(), images["normal_pixels"].to_numpy()[sel].sum()
+    defective = images["defective"].to_numpy()[sel]
+    notes = []
+    if pos == 0:
+        notes.append("pixel_auroc, aupro, pixel_ap, pixel_f1_max undefined: no defect pixels")
+    elif neg == 0:
+        notes.append("pixel_auroc, aupro undefined: no normal pixels")
+    if defective.all() or not defective.any():
+        notes.append(f"image_auroc undefined: no {'defect-free' if defective.all() else 'defective'} images")
+    return "; ".join(notes)
+
+
+def undefined_reasons(table: pd.DataFrame, metric: str) -> dict[str, str]:
+    """Categories of a ``dataset_metrics`` table where ``metric`` is undefined for every candidate, and why.
+
+    Args:
+        table: ``dataset_metrics`` rows (with ``notes``).
+        metric: a dataset-level metric column.
+
+    Returns:
+        category -> reason, e.g. ``"no defect pixels"``.
+    """
+    reasons = {}
+    for category, part in table.groupby("category", sort=False):
+        if part[metric].notna().any():
+            continue
+        clauses = [c for note in part["notes"].fillna("") for c in str(note).split("; ")
+                   if metric in c.split(" undefined: ")[0].split(", ")]
+        reasons[category] = clauses[0].split(" undefined: ")[1] if clauses else "undefined for every map"
+    return reasons
 
 
 class _Candidate:
@@ -130,7 +165,7 @@ def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | 
                          "n_images": int(sel.sum()), "n_defect_images": int((sel & defective).sum()), **asdict(m),
                          "image_auroc": _image_auroc(data.image_scores[sel, 0], defective[sel]),
                          "image_auroc_topk": _image_auroc(data.image_scores[sel, 1], defective[sel]),
-                         "upsample": cand["upsample"], "_c": c})
+                         "upsample": cand["upsample"], "notes": _notes(images, sel), "_c": c})
         del data
     table = pd.DataFrame(rows)
     if n_boot:
@@ -139,8 +174,9 @@ def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | 
         if ci_top is not None:
             chosen_c = set()
             for metric in ("pixel_auroc", "aupro"):
-                chosen_c |= set(pooled.nlargest(ci_top, metric)["_c"])
-                for _, part in pooled.groupby(["job", "model", "method"]):
+                defined = pooled.dropna(subset=[metric])  # an undefined metric has no best map and no CI
+                chosen_c |= set(defined.nlargest(ci_top, metric)["_c"])
+                for _, part in defined.groupby(["job", "model", "method"]):
                     head = part.groupby("head")[metric].mean().idxmax()
                     chosen_c |= set(part.loc[part["head"] == head, "_c"])
         rng = np.random.default_rng(seed)
@@ -200,7 +236,22 @@ def split_images(images: pd.DataFrame, calibration: float, seed: int) -> np.ndar
 def _economics(scores_cal: np.ndarray, bad_cal: np.ndarray, scores_out: np.ndarray, bad_out: np.ndarray,
                cost_miss: float, cost_false_alarm: float, defect_rate: float, n_boot: int,
                rng: np.random.Generator) -> dict:
-    """The image threshold minimising the expected cost per part on calibration, judged on held-out."""
+    """The image threshold minimising the expected cost per part on calibration, judged on held-out.
+
+    Without defect-free images on a side the false-alarm rate, hence every cost, is undefined (NaN).
+    """
+    baseline = defect_rate * cost_miss
+    for side, bad in (("calibration", bad_cal), ("held-out", bad_out)):
+        if bad.all():  # a false-alarm rate of 0/0 would read as a perfect 0
+            nan = float("nan")
+            return {"image_threshold": nan, "defect_rate": defect_rate, "cost_miss": cost_miss,
+                    "cost_false_alarm": cost_false_alarm, "miss_rate": nan, "false_alarm_rate": nan,
+                    "expected_cost_per_part": nan, "expected_cost_ci": [nan, nan],
+                    "no_inspection_cost_per_part": baseline, "break_even_defect_rate": nan,
+                    "undefined": f"no defect-free images among the {side} images",
+                    "verdict": f"false-alarm rate undefined: no defect-free images among the {side} images, so "
+                               f"the expected cost per part is not estimated ({baseline:.4g} per part with no "
+                               "inspection)."}
     def rates(scores, bad, t, w=None):
         w = np.ones(len(scores)) if w is None else w
         flagged = scores >= t
@@ -218,7 +269,6 @@ def _economics(scores_cal: np.ndarray, bad_cal: np.ndarray, scores_out: np.ndarr
     expected = cost(miss, false_alarm)
     groups = [np.flatnonzero(bad_out), np.flatnonzero(~bad_out)]
     boots = [cost(*rates(scores_out, bad_out, t, w)) for w in _bootstrap_weights(groups, len(scores_out), n_boot, rng)]
-    baseline = defect_rate * cost_miss
     denominator = cost_miss * (1 - miss) + false_alarm * cost_false_alarm
     break_even = false_alarm * cost_false_alarm / denominator if denominator > 0 else float("nan")
     low, high = _ci(boots)
@@ -229,7 +279,9 @@ def _economics(scores_cal: np.ndarray, bad_cal: np.ndarray, scores_out: np.ndarr
             "no_inspection_cost_per_part": baseline, "break_even_defect_rate": break_even,
             "verdict": f"At a defect rate of {defect_rate:.3g} this inspection {pays}: {expected:.4g} "
                        f"[{low:.4g}, {high:.4g}] per part against {baseline:.4g} with no inspection; "
-                       f"break-even defect rate {break_even:.3g}."}
+                       + (f"break-even defect rate {break_even:.3g}." if break_even == break_even else
+                          "no break-even defect rate (the threshold flags no part: it costs what no inspection "
+                          "costs).")}
 
 
 def choose(pool: Pool, metric: str = "aupro", calibration: float | np.ndarray = 0.5, seed: int = 0,
@@ -289,6 +341,9 @@ def choose(pool: Pool, metric: str = "aupro", calibration: float | np.ndarray = 
     else:
         w = (cal * chosen.covered).astype(float)[chosen.cells.image]
         threshold = float(threshold_at_fpr(chosen.scores, chosen.cells.neg, target_fpr, weights=w))
+        if math.isnan(threshold):
+            raise ValueError(f"--target-fpr {target_fpr:g}: the calibration images hold no normal pixel, so the "
+                             "pixel FPR is undefined; use the F1-max threshold (no --target-fpr)")
         rule = f"calibration pixel FPR <= {target_fpr:g}"
     rng = np.random.default_rng(seed + 1)
 
@@ -359,7 +414,9 @@ def choice_markdown(result: dict[str, Any]) -> str:
              f"## On the {len(result['held_out_images'])} held-out images (95% bootstrap CI)", "",
              "| metric | value | 95% CI |", "|---|---:|---|"]
     for name, v in result["held_out"].items():
-        lines.append(f"| {name} | {v['value']:.3f} | [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}] |")
+        ci = f"[{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" if _defined(v["ci"][0]) else ""
+        value = f"{v['value']:.3f}" if _defined(v["value"]) else "undefined" + UNDEFINED.get(name, "")
+        lines.append(f"| {name} | {value} | {ci} |")
     lines += ["", f"## Stability: share of {result['n_stability']} calibration resamples each candidate wins "
               f"(the {result.get('stability_pool', '')} best on the calibration images compete)", "",
               "| model | method | layer | head | wins |", "|---|---|---:|---|---:|"]
@@ -367,19 +424,40 @@ def choice_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {s['model']} | {s['method']} | {s['layer']} | {s['head']} | {s['wins']:.2f} |")
     if "economics" in result:
         e = result["economics"]
-        lines += ["", "## Inspection economics (per part, held-out images)", "",
-                  f"Image threshold {e['image_threshold']:.6g} on `{e['image_score']}` (minimum expected cost on "
-                  f"calibration): miss rate {e['miss_rate']:.3f}, false-alarm rate {e['false_alarm_rate']:.3f}.", "",
-                  e["verdict"]]
+        lines += ["", "## Inspection economics (per part, held-out images)", ""]
+        if "undefined" in e:  # no number stands in for an unknown false-alarm rate
+            lines.append(f"Image threshold on `{e['image_score']}`: {e['verdict']}")
+        else:
+            lines += [f"Image threshold {e['image_threshold']:.6g} on `{e['image_score']}` (minimum expected cost "
+                      f"on calibration): miss rate {e['miss_rate']:.3f}, false-alarm rate "
+                      f"{e['false_alarm_rate']:.3f}.", "", e["verdict"]]
     return "\n".join(lines) + "\n"
 
 
+UNDEFINED = {"image_false_alarm_rate": ": no defect-free images", "image_recall": ": no defective images"}
+
+
+def _defined(value: Any) -> bool:
+    return value is not None and value == value
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as None: strict JSON (``null``), which every reader parses."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
 def write_choice(folder: Path, result: dict[str, Any]) -> tuple[Path, Path]:
-    """``choice_<metric>.json`` and ``.md`` in ``folder``."""
+    """``choice_<metric>.json`` (strict JSON: an undefined or infinite number is ``null``) and ``.md`` in ``folder``."""
     folder = Path(folder)
     stem = f"choice_{result['metric']}"
     js, md = folder / f"{stem}.json", folder / f"{stem}.md"
-    for path, text in ((js, json.dumps(result, indent=2, allow_nan=True)), (md, choice_markdown(result))):
+    for path, text in ((js, json.dumps(_strict(result), indent=2, allow_nan=False)), (md, choice_markdown(result))):
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text)
         tmp.replace(path)

@@ -17,6 +17,8 @@ threshold are chosen on calibration images only and reported on the held-out res
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 from pathlib import Path
 
@@ -38,15 +40,43 @@ def _calibration(value: str, images: pd.DataFrame) -> float | np.ndarray:
         except ValueError:
             raise ValueError(f"--calibration {value}: expected a share in (0, 1) or a file of image ids") from None
     if path.suffix == ".json":
-        import json
-
-        ids = json.loads(path.read_text())["calibration_images"]
+        try:
+            ids = json.loads(path.read_text()).get("calibration_images")
+        except (ValueError, AttributeError):
+            ids = None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"--calibration {value}: expected a choice_*.json written by layerscope-report "
+                             "(with a list of calibration_images)")
     else:
         ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     unknown = sorted(set(ids) - set(images["id"]))
     if unknown:
         raise ValueError(f"--calibration {value}: {len(unknown)} ids are not among the images, e.g. {unknown[0]!r}")
     return images["id"].isin(ids).to_numpy()
+
+
+def _check_options(a: argparse.Namespace) -> str | None:
+    """The first option outside its range, as a one-line message, or None."""
+    ints = (("--boot", a.boot, 1), ("--top", a.top, 1), ("--stability", a.stability, 0))
+    for name, value, low in ints:
+        if value < low:
+            return f"{name} {value}: expected an int >= {low}"
+    # a miss that costs nothing makes every inspection pointless (and the break-even rate 0/0)
+    for name, value, low in (("--cost-miss", a.cost_miss, ">"), ("--cost-false-alarm", a.cost_false_alarm, ">=")):
+        if value is not None and not (math.isfinite(value) and (value > 0 if low == ">" else value >= 0)):
+            return f"{name} {value:g}: expected a finite cost {low} 0 per part"
+    for name, value in (("--target-fpr", a.target_fpr), ("--defect-rate", a.defect_rate)):
+        if value is not None and not 0 <= value <= 1:
+            return f"{name} {value:g}: expected a share in [0, 1]"
+    return None
+
+
+def _undefined_markdown(reasons: dict[str, str], metric: str) -> str:
+    """The categories where pooled ``metric`` is undefined for every map, and why."""
+    lines = []
+    for category, reason in reasons.items():
+        lines += ["", f"## {category}", "", f"Pooled `{metric}` undefined: {reason}."]
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def _write(folder: Path, stem: str, table: pd.DataFrame, md: str) -> None:
@@ -79,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
                    "(default: the data's own)")
     p.add_argument("--image-score", choices=("max", "topk"), default="max", help="image score of the cost threshold")
     a = p.parse_args(argv)
+    bad = _check_options(a)
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
     if (a.cost_miss is None) != (a.cost_false_alarm is None):
         print("error: --cost-miss and --cost-false-alarm go together", file=sys.stderr)
         return 2
@@ -91,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             table = rank(load_results(a.folder, a.results), a.metric, a.threshold, a.boot, a.seed, a.include_best)
             _write(a.folder, f"report_{a.metric}", table, to_markdown(table, a.top))
         if a.protocol in ("both", "dataset"):
-            from .protocol import choose, dataset_metric, write_choice, write_dataset_metrics
+            from .protocol import choose, dataset_metric, undefined_reasons, write_choice, write_dataset_metrics
             from .results.pool import build_pool
 
             metric = dataset_metric(a.metric)
@@ -99,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 pooled = write_dataset_metrics(a.folder, n_boot=min(a.boot, 200), seed=a.seed, pool=pool)
                 ranked = rank_dataset(pooled, metric)
-                _write(a.folder, f"report_dataset_{metric}", ranked, dataset_markdown(ranked, a.top))
+                md = dataset_markdown(ranked, a.top, held_out=a.calibration is not None)
+                _write(a.folder, f"report_dataset_{metric}", ranked,
+                       md + _undefined_markdown(undefined_reasons(pooled, metric), metric))
                 if a.calibration is not None:
                     result = choose(pool, metric, _calibration(a.calibration, pool.images), a.seed, a.boot,
                                     a.stability, a.target_fpr,

@@ -1,10 +1,12 @@
 """Score a finished run again from its saved maps, with new thresholds or metric options; no model runs.
 
     layerscope-rescore RUN_OR_MULTIRUN_DIR threshold=[0.3,0.5,0.7] [threshold_rule=minmax]
-        [upsample=bilinear] [metrics.aupro_fpr_limit=0.1] [--out results_rescored.csv]
+        [upsample=bilinear] [metrics.aupro_fpr_limit=0.1] [metrics.image_topk=0.05]
+        [metrics.pointing_tolerance=10] [--out results_rescored.csv]
 
 Every folder below that holds ``config.yaml`` and ``maps/`` is rescored into ``--out`` beside
 its ``results.csv``, with the same columns, so ``layerscope.report --results NAME`` ranks it.
+``metrics.faithfulness*`` need the model and are not rescored (their columns stay empty).
 """
 from __future__ import annotations
 
@@ -17,11 +19,14 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from .results.layout import CONFIG, MAPS, RESULTS, map_files
-from .results.maps_io import load_maps
+from .results.maps_io import check_same_layout, load_maps
+from .results.pool import warn_missing_maps
 from .results.table import ResultsWriter
 from .scoring import ScoreOptions, Target, image_rows
 
-OPTIONS = ("threshold", "threshold_rule", "upsample", "metrics.aupro_fpr_limit", "metrics.image_topk")
+# every option ScoreOptions reads (the scoring of saved maps); faithfulness reruns the model, so it is not here
+OPTIONS = ("threshold", "threshold_rule", "upsample", "metrics.aupro_fpr_limit", "metrics.image_topk",
+           "metrics.pointing_tolerance")
 
 
 def run_dirs(folder: Path) -> list[Path]:
@@ -34,7 +39,8 @@ def rescore_dir(run_dir: Path, overrides: list[str], out_name: str, progress: bo
     """Rescore one run folder; returns the written table.
 
     Raises:
-        ValueError: an override outside ``OPTIONS``, a bad value, or an existing output file.
+        ValueError: an override outside ``OPTIONS``, a bad value, an existing output file, or a damaged or
+            edited map file (named).
     """
     cfg = OmegaConf.load(run_dir / CONFIG)
     for o in overrides:
@@ -51,14 +57,22 @@ def rescore_dir(run_dir: Path, overrides: list[str], out_name: str, progress: bo
     writer = ResultsWriter(partial)
     ok = False
     try:
-        for path in tqdm(map_files(run_dir), desc=run_dir.name, disable=not progress):
+        files = map_files(run_dir)
+        warn_missing_maps(run_dir, files)
+        first = load_maps(files[0]) if files else None
+        for path in tqdm(files, desc=run_dir.name, disable=not progress):
             saved = load_maps(path)
+            check_same_layout(saved, first, path, files[0])
             target = None
             if saved["mask"] is not None:
                 valid = torch.from_numpy(saved["valid"]) if saved["valid"] is not None else None
                 target = Target(torch.from_numpy(saved["mask"]), valid)
             maps = {layer: torch.from_numpy(m) for layer, m in saved["maps"].items()}
-            writer.write(image_rows(saved["meta"], maps, saved["names"], target, opts))
+            try:
+                rows = image_rows(saved["meta"], maps, saved["names"], target, opts)
+            except ValueError as e:  # checked maps should score; name the file if one does not
+                raise ValueError(f"{path}: {e}") from None
+            writer.write(rows)
         ok = True
     finally:
         writer.close()

@@ -120,10 +120,17 @@ def dataset_pass(cfg: DictConfig, out_dir: Path) -> tuple[Any, float]:
         log.info("dataset_metrics skipped: %s", e)
         return None, 0.0
     seconds = time.perf_counter() - t0
-    best = table[table["category"] == "all"].sort_values("aupro", ascending=False).head(1)
+    pooled = table[table["category"] == "all"]
+    best = pooled.dropna(subset=["aupro"]).sort_values("aupro", ascending=False).head(1)
     for r in best.itertuples():
         log.info("dataset level (pooled over %d images): best AUPRO %.3f at layer %s, %s; written %s in %.1fs",
                  r.n_images, r.aupro, r.layer, r.head, out_dir / layout.DATASET_METRICS, seconds)
+    if best.empty and len(pooled):  # e.g. only defect-free images: say why rather than print nan
+        from .protocol import undefined_reasons
+
+        log.info("dataset level (pooled over %d images): AUPRO undefined: %s; written %s in %.1fs",
+                 pooled["n_images"].max(), undefined_reasons(pooled, "aupro").get("all", "for every map"),
+                 out_dir / layout.DATASET_METRICS, seconds)
     return table, round(seconds, 3)
 
 

@@ -799,9 +799,14 @@ def dataset_vs_layer(source: Study | Path | str, out: Path | str | None = None,
     table = table[table["category"] == "all"]
     paths: list[Path] = []
     for metric in DATASET_CURVES:
+        defined = table.dropna(subset=[metric])
+        if defined.empty:  # e.g. only defect-free images, or masks covering whole images
+            log.info("dataset_vs_layer: %s undefined for every map (no defect pixels or no normal pixels), skipped",
+                     metric)
+            continue
         fig = Figure(figsize=(3.6, 2.5))
         ax = fig.add_subplot()
-        for i, ((model, method), part) in enumerate(table.groupby(["model", "method"])):
+        for i, ((model, method), part) in enumerate(defined.groupby(["model", "method"])):
             head = str(part.groupby("head")[metric].mean().idxmax())
             line = part[part["head"] == head].sort_values("layer")
             colour = PALETTE[i % len(PALETTE)]

@@ -39,34 +39,105 @@ def save_maps(path: Path, image: np.ndarray, mask: np.ndarray | None, maps: Mapp
         raise OSError(e.errno, e.strerror, str(path)) from None
 
 
+ADVICE = "delete it and rerun the run that wrote it to redo that image"
+
+
+class _Invalid(ValueError):
+    """A readable file that is not what ``save_maps`` writes (edited, or from elsewhere)."""
+
+
 def load_maps(path: Path) -> dict:
-    """Read a file written by ``save_maps``.
+    """Read and check a file written by ``save_maps``.
+
+    Checked: an ``(S, S, 3)`` image; ``mask`` and ``valid`` bool and ``(S, S)`` like the image;
+    at least one ``layer_<int>`` map, each ``(K, h, w)``, floating and finite; ``K`` names per
+    layer and names for exactly the saved layers.
 
     Returns:
         dict with ``image``, ``mask`` and ``valid`` (or None), ``maps`` (layer -> (K, h, w)), ``names``, ``meta``.
 
     Raises:
-        ValueError: not a saved-maps file (truncated, or another file); the message names it.
+        ValueError: not a saved-maps file (truncated, edited, or another file); one line naming it and
+            what was expected.
     """
     try:
         return _load(path)
+    except _Invalid as e:
+        raise ValueError(f"{path}: {e}; {ADVICE}") from None
     except (OSError, ValueError, KeyError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable saved-maps file ({type(e).__name__}: {e}); delete it and rerun "
-                         "the run that wrote it to redo that image") from None
+        raise ValueError(f"{path}: not a readable saved-maps file ({type(e).__name__}: {e}); {ADVICE}") from None
     except Exception as e:  # noqa: BLE001 - zipfile.BadZipFile, zlib.error: a damaged file all the same
-        raise ValueError(f"{path}: damaged saved-maps file ({type(e).__name__}); delete it and rerun the run "
-                         "that wrote it to redo that image") from None
+        raise ValueError(f"{path}: damaged saved-maps file ({type(e).__name__}); {ADVICE}") from None
 
 
 def _load(path: Path) -> dict:
     with np.load(path, allow_pickle=False) as z:
+        for key in ("meta", "image"):
+            if key not in z.files:
+                raise _Invalid(f"no {key!r} array (expected the arrays save_maps writes)")
         meta = json.loads(bytes(z["meta"]).decode())
-        maps = {int(k[len("layer_"):]): z[k] for k in z.files if k.startswith("layer_")}
-        return {
-            "image": z["image"],
-            "mask": z["mask"] if "mask" in z.files else None,
-            "valid": z["valid"] if "valid" in z.files else None,
-            "maps": dict(sorted(maps.items())),
-            "names": {int(k): v for k, v in meta.pop("names").items()},
-            "meta": meta,
-        }
+        if not isinstance(meta, dict) or not isinstance(meta.get("names"), dict):
+            raise _Invalid("meta holds no 'names' of the maps (expected a JSON object with names per layer)")
+        image = z["image"]
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise _Invalid(f"image of shape {image.shape}, expected (S, S, 3)")
+        extra = {key: z[key] if key in z.files else None for key in ("mask", "valid")}
+        for key, a in extra.items():
+            if a is not None and (a.dtype != bool or a.shape != image.shape[:2]):
+                raise _Invalid(f"{key} is {a.dtype} {a.shape}, expected bool {image.shape[:2]} like the image")
+        maps = {}
+        for key in (k for k in z.files if k.startswith("layer_")):
+            try:
+                layer = int(key[len("layer_"):])
+            except ValueError:
+                raise _Invalid(f"array {key!r}, expected layer_<int>") from None
+            m = z[key]
+            if m.ndim != 3 or not np.issubdtype(m.dtype, np.floating):
+                raise _Invalid(f"{key} is {m.dtype} {m.shape}, expected float maps (K, h, w)")
+            if not np.isfinite(m).all():  # NaN or inf has no rank: every metric of it would be made up
+                raise _Invalid(f"{key} holds {int((~np.isfinite(m)).sum())} NaN or infinite values, expected "
+                               "finite maps")
+            maps[layer] = m
+        if not maps:
+            raise _Invalid("no maps (expected layer_<int> arrays)")
+        try:
+            names = {int(k): [str(n) for n in v] for k, v in meta.pop("names").items()}
+        except (TypeError, ValueError):
+            raise _Invalid("names in meta, expected a list of map names per layer number") from None
+        if set(names) != set(maps):
+            raise _Invalid(f"maps of layers {sorted(maps)} but names for layers {sorted(names)}, expected the same "
+                           "layers")
+        for layer, m in maps.items():
+            if len(names[layer]) != m.shape[0]:
+                raise _Invalid(f"layer_{layer} holds {m.shape[0]} maps but {len(names[layer])} names, expected one "
+                               "name per map")
+        return {"image": image, **extra, "maps": dict(sorted(maps.items())), "names": dict(sorted(names.items())),
+                "meta": meta}
+
+
+def check_same_layout(saved: dict, reference: dict, path: Path, reference_path: Path) -> None:
+    """Refuse a file whose maps differ in layout from another file of the same run.
+
+    Every image of a run is read at one input size and yields the same layers, maps and grids;
+    a file that differs was edited (or comes from another run) and would bend pooled metrics.
+
+    Args:
+        saved: ``load_maps(path)``.
+        reference: ``load_maps(reference_path)``, another image of the same run.
+
+    Raises:
+        ValueError: naming ``path`` and what was expected.
+    """
+    def differ(what: str, got, expected) -> ValueError:
+        return ValueError(f"{path}: {what} {got}, expected {expected} as in {Path(reference_path).name} (every "
+                          f"image of a run holds the same maps); {ADVICE}")
+
+    if saved["image"].shape != reference["image"].shape:
+        raise differ("image", saved["image"].shape, reference["image"].shape)
+    if list(saved["maps"]) != list(reference["maps"]):
+        raise differ("layers", list(saved["maps"]), list(reference["maps"]))
+    for layer, m in saved["maps"].items():
+        if m.shape != reference["maps"][layer].shape:
+            raise differ(f"layer_{layer} of shape", m.shape, reference["maps"][layer].shape)
+        if saved["names"][layer] != reference["names"][layer]:
+            raise differ(f"layer {layer} names", saved["names"][layer], reference["names"][layer])

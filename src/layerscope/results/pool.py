@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from ..maps.upsample import upsample as upsample_maps
 from ..metrics.localization import cells_from_mask
 from . import layout
-from .maps_io import load_maps
+from .maps_io import check_same_layout, load_maps
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ class Pool:
 
     Attributes:
         images: one row per image: ``id``, ``category``, ``defective`` (mask has defect
-            pixels), ``regions`` (connected defect regions, 8-connectivity), ``score_max`` and
+            pixels), ``regions`` (connected defect regions, 8-connectivity), ``defect_pixels``
+            and ``normal_pixels`` (not counting ignored pixels); ``score_max`` and
             ``score_topk`` are per candidate (see ``image_scores``).
         candidates: one row per candidate: ``job``, ``model``, ``method``, ``layer``, ``head``,
             ``grid`` (key into ``grids``), ``upsample``.
@@ -97,11 +98,31 @@ def map_runs(folder: Path) -> list[Path]:
     return sorted(p for p in candidates if layout.map_files(p))
 
 
+def warn_missing_maps(run: Path, files: list[Path]) -> None:
+    """Warn when a run scored images (``done.txt``) whose saved maps are gone: what reads them would hold fewer.
+
+    Args:
+        run: a run folder.
+        files: its saved-map files (``layout.map_files``).
+    """
+    done = layout.read_done(run)
+    saved = {p.stem for p in files}
+    missing = [image for image in done if image not in saved]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        log.warning("%s: %d of the %d images the run scored have no saved maps (%s/<image>.npz) and are left out: "
+                    "%s; rerun the run to rebuild them", run, len(missing), len(done), layout.MAPS, shown)
+
+
 def build_pool(folder: Path, progress: bool = False) -> Pool:
     """Read every saved map below ``folder`` once into a ``Pool``.
 
+    Every file is checked against the run's first (same input size, layers, maps and grids), and a
+    warning names the images a run scored whose saved maps are missing.
+
     Raises:
         FileNotFoundError: no saved maps below ``folder`` (``save_maps=false``?).
+        ValueError: a damaged or edited map file (named), or runs with different AUPRO limits.
     """
     from tqdm import tqdm
 
@@ -123,6 +144,7 @@ def build_pool(folder: Path, progress: bool = False) -> Pool:
         mode, limit, topk = _run_options(run)
         limits.add(limit)
         files = layout.map_files(run)
+        warn_missing_maps(run, files)
         first = load_maps(files[0])
         size = first["image"].shape[:2]
         # the cell layout of every layer, fixed by the first image (all images share the input size)
@@ -146,15 +168,19 @@ def build_pool(folder: Path, progress: bool = False) -> Pool:
         offsets = {c: 0 for c in job_cands.values()}
         for f, path in enumerate(tqdm(files, desc=f"pooling {job}", disable=not progress)):
             d = load_maps(path)
+            check_same_layout(d, first, path, files[0])
             meta = d["meta"]
             if d["mask"] is None:
                 log.info("%s: no mask, left out of the dataset-level metrics", path.name)
                 continue
             image_id = str(meta.get("image", path.stem))
             if image_id not in image_index:
+                counted = d["mask"] if d["valid"] is None else d["mask"] & d["valid"]
+                n_valid = counted.size if d["valid"] is None else int(d["valid"].sum())
                 image_index[image_id] = len(image_rows)
                 image_rows.append({"id": image_id, "category": str(meta.get("category") or ""),
-                                   "defective": bool(d["mask"].any()), "regions": 0})
+                                   "defective": bool(d["mask"].any()), "regions": 0,
+                                   "defect_pixels": int(counted.sum()), "normal_pixels": n_valid - int(counted.sum())})
             i = image_index[image_id]
             mask = torch.from_numpy(d["mask"])
             valid = torch.from_numpy(d["valid"]) if d["valid"] is not None else None
@@ -196,7 +222,8 @@ def build_pool(folder: Path, progress: bool = False) -> Pool:
         done = ~np.isnan(values[:, 0])
         table[values[done, 0].astype(int)] = values[done, 1:]
         per_image[c] = table
-    images = pd.DataFrame(image_rows, columns=["id", "category", "defective", "regions"])
+    images = pd.DataFrame(image_rows, columns=["id", "category", "defective", "regions", "defect_pixels",
+                                               "normal_pixels"])
     if images.empty:
         raise FileNotFoundError(f"{folder}: no saved map has a mask; the dataset-level protocol needs masks")
     return Pool(images, pd.DataFrame(cand_rows), grids, per_image, limits.pop(), scores, tmp)

@@ -123,12 +123,14 @@ def rank_dataset(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     return ranked
 
 
-def dataset_markdown(table: pd.DataFrame, top: int) -> str:
-    """The top ``top`` candidates per category of the dataset-level ranking."""
+def dataset_markdown(table: pd.DataFrame, top: int, held_out: bool = False) -> str:
+    """The top ``top`` candidates per category of the dataset-level ranking (``held_out``: a held-out choice
+    accompanies it)."""
     metric = table.attrs.get("metric", "")
+    where = f"the held-out estimate is in `choice_{metric}.md`" if held_out else \
+        "use `--calibration` for a held-out estimate"
     lines = [f"# Which layer finds it? pooled `{metric}` (dataset level: every pixel of every image, good ones "
-             "included, one threshold for all)", "",
-             "Chosen on the images it reports on: use `--calibration` for a held-out estimate.", ""]
+             "included, one threshold for all)", "", f"Ranked on the images it reports on: {where}.", ""]
     for category, part in table.groupby("category", sort=False):
         lines += [f"## {category}", "", "| rank | model | method | layer | head | pixel AUROC | AUPRO | pixel AP | "
                   "F1-max | image AUROC | images (defective) |", "|---:|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
