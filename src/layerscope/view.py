@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import argparse
 import html
-from contextlib import contextmanager
 import json
 import math
 import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 from urllib.parse import quote
@@ -283,8 +283,8 @@ def _summary_section(study: Study, jobs: list[dict[str, Any]], never: int, metri
         names = "; ".join(f"{'this run' if j['job'] == '.' else 'job ' + j['job']} {j['state']}: {j['why']}"
                           for j in broken)
         later = f"{'; ' if names else ''}{never} planned job(s) never started" if never else ""
-        warn = (f"<p class=warn>Not every run finished: {_e(names)}{_e(later)}. The page shows the finished images of "
-                "the others (see <a href=\"#runs\">runs</a>).</p>")
+        warn = (f"<p class=warn>Not every run finished: {_e(names)}{_e(later)}. The page shows the images each run "
+                "finished (see <a href=\"#runs\">runs</a>).</p>")
     return f"<section id=summary><p class=facts>{' · '.join(facts)}</p>{warn}{merged}</section>"
 
 
