@@ -180,7 +180,7 @@ def test_cli_errors_exit_2_in_one_line(single, tmp_path, case):
 def test_main_writes_page_again(single, capsys):
     assert main([str(single), "--boot", "20", "--top", "2"]) == 0
     assert capsys.readouterr().out.strip() == str(single / REPORT)
-    assert not list(single.glob(".report*"))  # no staging left behind
+    assert [p.name for p in single.glob(".report*")] == [f".{REPORT}.lock"]  # no staging left, only the lock
     assert main([str(single), "--boot", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --top 5 --boot 0: expected ints >= 1"
 

@@ -4,7 +4,8 @@
 
 Reports jobs that failed (no ``results.csv``, or an empty one) and jobs Hydra planned but
 never started (fewer job folders than ``multirun.yaml`` lists), and exits 1 when any is
-missing, after writing what there is.
+missing, after writing what there is (``results.jobs``, which ``layerscope-report`` and
+``layerscope-view`` also show).
 """
 from __future__ import annotations
 
@@ -13,27 +14,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import OmegaConf
-
+from .results.jobs import job_state, planned_jobs
 from .results.rundir import job_overrides
-
-
-def planned_jobs(sweep_dir: Path) -> int | None:
-    """How many jobs Hydra's sweep planned, from the product of ``multirun.yaml``'s sweep lists."""
-    path = sweep_dir / "multirun.yaml"
-    if not path.exists():
-        return None
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    cfg = OmegaConf.load(path)
-    overrides = list(cfg.hydra.overrides.task)
-    params = cfg.hydra.sweeper.get("params") or {}
-    overrides += [f"{k}={v}" for k, v in params.items()]
-    n = 1
-    for o in OverridesParser.create().parse_overrides(overrides):
-        if o.is_sweep_override():
-            n *= len(list(o.sweep_iterator()))
-    return n
+from .results.table import read_table
 
 
 def collect(sweep_dir: Path, name: str = "results.csv") -> tuple[pd.DataFrame, list[str]]:
@@ -49,16 +32,16 @@ def collect(sweep_dir: Path, name: str = "results.csv") -> tuple[pd.DataFrame, l
     for job in jobs:
         results = job / name
         overrides = " ".join(f"{k}={v}" for k, v in job_overrides(job).items())
-        failed = job / "failed.txt"
-        if failed.exists():
-            problems.append(f"job {job.name} failed ({overrides}): {failed.read_text().strip()}")
+        state, why = job_state(job, name)
+        if state == "failed":
+            problems.append(f"job {job.name} failed ({overrides}): {why}")
             continue
         if not results.exists() or results.stat().st_size == 0:
             problems.append(f"job {job.name}: failed or unfinished, no {name} ({overrides})")
             continue
-        if not (job / "run_summary.json").exists():
-            problems.append(f"job {job.name}: unfinished (no run_summary.json); its {len(pd.read_csv(results))} rows are merged")
-        df = pd.read_csv(results, dtype={"head": str})
+        df = read_table(results)
+        if state == "unfinished":
+            problems.append(f"job {job.name}: unfinished (no run_summary.json); its {len(df)} rows are merged")
         if df.empty:
             problems.append(f"job {job.name}: {name} has no rows")
             continue

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .results.jobs import job_problems
 from .results import catalog
 from .results.layout import RESULTS
 from .results.ranking import (IMAGE_METRICS, KEYS, bootstrap_auroc, bootstrap_mean, dataset_markdown,  # noqa: F401
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.calibration is None and (a.cost_miss is not None or a.target_fpr is not None):
         print("error: --cost-miss/--target-fpr belong to the held-out choice: add --calibration 0.5", file=sys.stderr)
         return 2
+    if a.folder.is_dir() and (problems := job_problems(a.folder, a.results)):
+        print(f"warning: not every run below {a.folder} finished (only finished images are ranked): "
+              f"{'; '.join(problems)}", file=sys.stderr)
     try:
         per_image_metric = a.metric in (*METRICS, *IMAGE_METRICS)
         if a.protocol == "per_image" or (a.protocol == "both" and per_image_metric):

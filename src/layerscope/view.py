@@ -30,9 +30,11 @@ import argparse
 import html
 import json
 import math
+import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 from urllib.parse import quote
@@ -44,6 +46,7 @@ from PIL import Image
 from .figures.paper import (PALETTE, SEP, Study, head_order, layer_head_scores, line_head, relative_depth,
                             smallest_threshold)
 from .results import catalog, layout
+from .results.table import read_table
 
 REPORT = layout.REPORT
 DEFAULT_METRICS = ("aupro", "auroc", "iou", "entropy")  # the first one with values is the page's metric
@@ -88,6 +91,14 @@ def _url(path: Path, folder: Path, prefix: str) -> str:
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in str(text)).strip("-") or "x"
+
+
+def script_json(data: Any) -> str:
+    """``data`` as JSON safe inside ``<script type="application/json">``: ``<``, ``>`` and ``&`` written as
+    ``\\u003c``, ``\\u003e``, ``\\u0026`` (the same JSON), so no name (``<!--<script>``, ``</script>``) ends or
+    comments out the block."""
+    text = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _hex(rgba: Sequence[float]) -> str:
@@ -190,22 +201,28 @@ def outline_path(mask: np.ndarray | None, size: int = OUTLINE) -> list | None:
 # ------------------------------------------------------------------------------------------ sections
 
 
-def _jobs(study: Study) -> list[dict[str, Any]]:
-    """One entry per run folder: job, summary (run_summary.json), config text, overrides."""
+def _jobs(study: Study) -> tuple[list[dict[str, Any]], int]:
+    """One entry per run folder, failed and unfinished ones included (``results.jobs``): job, state,
+    why, summary (run_summary.json), config text, overrides; and the sweep's planned jobs never started."""
+    from .results.jobs import job_states
     from .results.rundir import job_overrides
 
+    states, never = job_states(study.root)
     out = []
-    for folder in layout.run_dirs(study.root):
-        job = _relpath(folder, study.root)
+    for job, state, why in states:
+        folder = study.root / job
         summary_file, config_file = folder / layout.SUMMARY, folder / layout.CONFIG
         try:
             summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
         except ValueError:  # cut short: shown as unfinished
             summary = None
-        config = config_file.read_text() if config_file.is_file() else ""
-        out.append({"job": job, "summary": summary, "config": config, "overrides": job_overrides(folder),
-                    "merged": study.merged.get(job)})
-    return out
+        summary = summary if isinstance(summary, dict) else None
+        if state == "finished" and not (summary or {}).get("complete"):
+            state, why = "unfinished", f"{layout.SUMMARY} unreadable"
+        config = config_file.read_text(errors="replace") if config_file.is_file() else ""
+        out.append({"job": job, "state": state, "why": why, "summary": summary, "config": config,
+                    "overrides": job_overrides(folder), "merged": study.merged.get(job)})
+    return out, never
 
 
 def _runs_section(study: Study, jobs: list[dict[str, Any]]) -> str:
@@ -217,12 +234,14 @@ def _runs_section(study: Study, jobs: list[dict[str, Any]]) -> str:
         model = s.get("model") or (part["model"].iloc[0] if len(part) else "")
         method = s.get("method") or (part["method"].iloc[0] if len(part) else "")
         overrides = " ".join(f"{k}={v}" for k, v in j["overrides"].items())
-        state = (f"same results as job {j['merged']}, shown once" if j["merged"] else
-                 "finished" if s.get("complete") else "unfinished (no run_summary.json)")
+        state = j["state"] if j["state"] == "finished" else f"{j['state']}: {j['why']}"
+        state = f"{state}; same results as job {j['merged']}, shown once" if j["merged"] else state
         seconds = f"{s['seconds']:.0f} s" if isinstance(s.get("seconds"), (int, float)) else ""
-        rows.append(f"<tr><td>{_e(j['job'])}</td><td>{_e(model)}</td><td>{_e(method)}</td><td>{_e(overrides)}</td>"
-                    f"<td class=n>{s.get('images', part['image'].nunique())}</td>"
-                    f"<td class=n>{s.get('rows', len(part))}</td><td class=n>{seconds}</td><td>{_e(state)}</td></tr>")
+        mark = "" if j["state"] == "finished" else f" class={j['state']}"
+        rows.append(f"<tr{mark}><td>{_e(j['job'])}</td><td>{_e(model)}</td><td>{_e(method)}</td>"
+                    f"<td>{_e(overrides)}</td><td class=n>{_e(s.get('images', part['image'].nunique()))}</td>"
+                    f"<td class=n>{_e(s.get('rows', len(part)))}</td><td class=n>{seconds}</td><td>{_e(state)}</td>"
+                    "</tr>")
     details = []
     for j in jobs:
         name = "this run" if j["job"] == "." else f"job {j['job']}"
@@ -235,13 +254,20 @@ def _runs_section(study: Study, jobs: list[dict[str, Any]]) -> str:
             f"<tbody>{''.join(rows)}</tbody></table>{''.join(details)}</section>")
 
 
-def _summary_section(study: Study, jobs: list[dict[str, Any]], metric: str) -> str:
+def _run_count(jobs: list[dict[str, Any]], never: int) -> str:
+    """``3 runs (1 finished, 1 failed, 1 unfinished; 2 planned never started)``: nothing that did not finish hidden."""
+    counts = {state: sum(j["state"] == state for j in jobs) for state in ("finished", "failed", "unfinished")}
+    parts = ", ".join(f"{n} {state}" for state, n in counts.items() if n or state == "finished")
+    return (f"<b>{len(jobs)}</b> run{'s' if len(jobs) != 1 else ''} ({parts}"
+            f"{f'; {never} planned never started' if never else ''})")
+
+
+def _summary_section(study: Study, jobs: list[dict[str, Any]], never: int, metric: str) -> str:
     df = study.df
     thresholds = sorted(df["threshold"].dropna().unique())
     rule = ", ".join(sorted(df["threshold_rule"].astype(str).unique()))
-    categories = sorted(c for c in df["category"].unique() if c)
-    finished = sum(bool(j["summary"] and j["summary"].get("complete")) for j in jobs)
-    facts = [f"<b>{len(jobs)}</b> run{'s' if len(jobs) != 1 else ''} ({finished} finished)",
+    categories = sorted(str(c) for c in df["category"].unique() if c)
+    facts = [_run_count(jobs, never),
              f"<b>{len(study.series())}</b> model · method: {_e(', '.join(study.series()))}",
              f"<b>{df['image'].nunique()}</b> images", f"defect types: {_e(', '.join(categories) or '–')}",
              f"threshold ({_e(rule)}) {_e(', '.join(f'{t:g}' for t in thresholds) or '–')}"
@@ -251,7 +277,15 @@ def _summary_section(study: Study, jobs: list[dict[str, Any]], metric: str) -> s
     merged = "".join(f"<p class=note>Job {_e(job)} holds the same results as job {_e(kept)} (e.g. "
                      "<code>method=auto</code> and <code>method=features</code> on a CNN): shown once.</p>"
                      for job, kept in study.merged.items())
-    return f"<section id=summary><p class=facts>{' · '.join(facts)}</p>{merged}</section>"
+    broken = [j for j in jobs if j["state"] != "finished"]
+    warn = ""
+    if broken or never:
+        names = "; ".join(f"{'this run' if j['job'] == '.' else 'job ' + j['job']} {j['state']}: {j['why']}"
+                          for j in broken)
+        later = f"{'; ' if names else ''}{never} planned job(s) never started" if never else ""
+        warn = (f"<p class=warn>Not every run finished: {_e(names)}{_e(later)}. The page shows the images each run "
+                "finished (see <a href=\"#runs\">runs</a>).</p>")
+    return f"<section id=summary><p class=facts>{' · '.join(facts)}</p>{warn}{merged}</section>"
 
 
 def _scores(study: Study, metric: str, ranked: pd.DataFrame, n_boot: int) -> dict[str, pd.DataFrame]:
@@ -332,7 +366,7 @@ def _dataset_table(study: Study) -> pd.DataFrame | None:
         return None
     frames = []
     for f in files:
-        t = pd.read_csv(f, dtype={"head": str, "category": str, "job": str})
+        t = read_table(f)
         t["job"] = _relpath(f.parent, study.root)
         frames.append(t)
     table = pd.concat(frames, ignore_index=True)
@@ -577,17 +611,18 @@ def _gallery(study: Study, files: Path, prefix: str, metric: str, scores: dict[s
             "best": None if best is None or int(best["layer"]) not in layers else
             [layers.index(int(best["layer"])), names.index(best["head"]) if best["head"] in names else -1],
         })
-        folder = files / "grid" / _slug(series)
+        folder = files / "grid" / f"{si}-{_slug(series)}"  # the index keeps two series that slug alike apart
         folder.mkdir(parents=True, exist_ok=True)
         vals = values.get(series, {})
         for image in ids:
             d = first if image == ids[0] else _load(study, series, image)
-            path = folder / f"{_slug(image)}.png"
+            stem = layout.image_stem(image)  # one naming rule for every file named after an image id
+            path = folder / f"{stem}.png"
             map_sprite(d["maps"], layers, len(names), side, palette).save(path, optimize=False, compress_level=6)
             entry = images.get(image)
             if entry is None:
-                thumb = files / "thumb" / f"{_slug(image)}.jpg"
-                big = files / "input" / f"{_slug(image)}.jpg"
+                thumb = files / "thumb" / f"{stem}.jpg"
+                big = files / "input" / f"{stem}.jpg"
                 thumb.parent.mkdir(parents=True, exist_ok=True)
                 big.parent.mkdir(parents=True, exist_ok=True)
                 thumbnail(d["image"], d["mask"], THUMB).save(thumb, quality=82)
@@ -632,6 +667,8 @@ main{padding:4px 20px 40px}
 section{background:#fff;border:1px solid #e1e4e8;border-radius:6px;padding:10px 16px;margin:14px 0}
 h2{font-size:16px;margin:4px 0 8px}h3{font-size:14px;margin:4px 0}
 h4{font-size:12px;margin:8px 0 2px;color:#555;font-weight:600}.note{color:#666;font-size:12px}.facts{margin:2px 0 8px}
+.warn{background:#fff4e5;border-left:3px solid #D55E00;padding:4px 8px;margin:4px 0}
+tr.failed td,tr.unfinished td{color:#a33}
 table.t{border-collapse:collapse;font-size:12px}
 table.t th,table.t td{padding:2px 7px;border-bottom:1px solid #eee;text-align:left;white-space:nowrap}
 table.t th{color:#555;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
@@ -895,15 +932,111 @@ document.body.setAttribute("data-ready-ms", Math.round(performance.now()));
 
 
 def _page(title: str, where: str, sections: Iterable[str], data: dict[str, Any], depth: str) -> str:
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    payload = script_json(data)
     nav = "".join(f"<a href=\"#{a}\">{t}</a>" for a, t in (("glance", "at a glance"), ("gallery", "images"),
                                                            ("ranking", "ranking"), ("curves", "by layer"),
                                                            ("choice", "choice"), ("runs", "runs")))
-    return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><meta name=viewport "
+    return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><meta name=generator content={GENERATOR}>"
+            "<meta name=viewport "
             f"content=\"width=device-width,initial-scale=1\"><title>{_e(title)}</title><style>{CSS}</style></head>"
             f"<body class=\"{'rel' if depth == 'relative' else ''}\"><header><h1>{_e(title)}</h1><nav>{nav}</nav>"
             f"<span class=where>{_e(where)}</span></header><main>{''.join(sections)}</main>"
             f"<script type=\"application/json\" id=data>{payload}</script><script>{JS}</script></body></html>\n")
+
+
+# ------------------------------------------------------------------------------------------ output
+
+GENERATOR = "layerscope-view"  # named in the page's <meta name=generator>: a page this command wrote
+MARKER = ".layerscope-view"  # inside <stem>_files/: a folder this command wrote (holds the page's file name)
+OWN_PICTURES = ("grid", "thumb", "input")  # what <stem>_files/ holds (pages written before the marker)
+
+
+def _is_page(path: Path) -> bool:
+    """Whether ``path`` is a page this command wrote (its head names it), which it may replace."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    own = f"<meta name=generator content={GENERATOR}>".encode() in head or b"<title>layerscope \xc2\xb7 " in head
+    return head.startswith(b"<!DOCTYPE html>") and own
+
+
+def _own_files(folder: Path) -> bool:
+    """Whether ``folder`` (``<stem>_files/``) is this command's pictures folder, which it may replace: it
+    holds the marker, or (written before the marker) nothing but the page's pictures (an empty folder too)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if (folder / MARKER).is_file():
+        return True
+    for path in folder.rglob("*"):
+        parts = path.relative_to(folder).parts
+        if parts[0] not in OWN_PICTURES or path.is_symlink() or (
+                not path.is_dir() and path.suffix not in (".png", ".jpg")):
+            return False
+    return True
+
+
+def check_out(out: Path) -> Path:
+    """The pictures folder of the page ``out`` (``<stem>_files/``), once sure that writing both replaces
+    nothing this command did not write.
+
+    Raises:
+        ViewError: ``out`` is a folder, not an ``.html`` name, or an existing file (a run's
+            ``results.csv``, any other file) or ``<stem>_files/`` that is not this command's own.
+    """
+    if out.is_dir():
+        raise ViewError(f"--out {out}: is a folder; expected the page's file name (e.g. {out / REPORT})")
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ViewError(f"--out {out}: expected a file name ending in .html (nothing was written)")
+    if (out.exists() or out.is_symlink()) and not _is_page(out):
+        raise ViewError(f"--out {out}: exists and is not a page written by layerscope-view; it is left as it is "
+                        "(choose another file name)")
+    files = out.with_name(f"{out.stem}_files")
+    if (files.exists() or files.is_symlink()) and not _own_files(files):
+        raise ViewError(f"--out {out}: {files} exists and was not written by layerscope-view (the page's pictures "
+                        "go there); it is left as it is (choose another file name)")
+    return files
+
+
+@contextmanager
+def _page_lock(out: Path):
+    """One writer of a page at a time: a second ``layerscope-view`` writing the same page waits here for the
+    first, so neither removes the other's pictures (an advisory ``flock`` on ``.<name>.lock`` beside it,
+    released by the kernel however its holder ends)."""
+    import fcntl
+
+    with open(out.with_name(f".{out.name}.lock"), "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another layerscope-view writing {out} ...", file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _staging(out: Path) -> Path:
+    """A fresh hidden folder beside ``out`` for its pictures, marked as this command's; earlier ones that a
+    killed writer of the same page left are removed (called under ``_page_lock``)."""
+    import secrets
+
+    prefix = f".{out.stem}_files."
+    legacy = out.with_name(f"{prefix}tmp")  # what a page written before the marker left when stopped
+    if legacy.is_dir() and _own_files(legacy):
+        shutil.rmtree(legacy, ignore_errors=True)
+    for old in out.parent.glob(f"{prefix}*.tmp*"):
+        marker = old / MARKER
+        if old.is_dir() and marker.is_file() and marker.read_text(errors="replace").strip() == out.name:
+            shutil.rmtree(old, ignore_errors=True)
+        elif old.is_file() and old.name.endswith(".tmp.html") and _is_page(old):
+            old.unlink()
+    staging = out.with_name(f"{prefix}{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    staging.mkdir()  # not mkdtemp: its 0700 would keep a web server from the pictures
+    (staging / MARKER).write_text(f"{out.name}\n")
+    return staging
 
 
 def build(folder: Path | str, out: Path | str | None = None, metric: str | None = None, depth: str = "layer",
@@ -913,7 +1046,8 @@ def build(folder: Path | str, out: Path | str | None = None, metric: str | None 
     Args:
         folder: a run folder (``results.csv`` + ``maps/``) or a sweep folder above several.
         out: the HTML file; default ``FOLDER/report.html``. Its pictures go beside it, in
-            ``<stem>_files/`` (replaced as a whole).
+            ``<stem>_files/`` (replaced as a whole). Only a page this command wrote, and its
+            pictures folder, are ever replaced (``check_out``); two builds of one page take turns.
         metric: the page's metric (heatmaps, ranking, first curve); default the first of
             ``DEFAULT_METRICS`` with values.
         depth: the curves' x-axis when the page opens: ``layer`` or ``relative``.
@@ -925,7 +1059,7 @@ def build(folder: Path | str, out: Path | str | None = None, metric: str | None 
 
     Raises:
         FileNotFoundError: no such folder, or no ``results.csv`` below it.
-        ViewError: a bad option.
+        ViewError: a bad option, or an ``out`` that would replace a file this command did not write.
     """
     if depth not in ("layer", "relative"):
         raise ViewError(f"--depth {depth}: expected layer or relative")
@@ -934,33 +1068,52 @@ def build(folder: Path | str, out: Path | str | None = None, metric: str | None 
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
+    out = Path(out) if out is not None else folder / REPORT
+    check_out(out)  # before any work: a refused --out costs nothing
     study = Study(folder)
     metric = pick_metric(study, metric)
-    out = Path(out) if out is not None else folder / REPORT
-    out.parent.mkdir(parents=True, exist_ok=True)
-    files = out.with_name(f"{out.stem}_files")
-    staging = out.with_name(f".{out.stem}_files.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ViewError(f"--out {out}: cannot make its folder {out.parent} ({e.strerror or e})") from None
+    with _page_lock(out):
+        files = check_out(out)  # again under the lock: what another writer left is its own page
+        staging = _staging(out)
+        tmp, old = staging.with_name(f"{staging.name}.html"), staging.with_name(f"{staging.name}.old")
+        try:
+            tmp.write_text(_write(study, folder, files, staging, metric, depth, top, n_boot), encoding="utf-8")
+            if files.exists():
+                files.replace(old)  # the earlier pictures (checked: this command's own) step aside
+            try:
+                staging.replace(files)
+            except OSError:
+                if old.exists():
+                    old.replace(files)
+                raise
+            tmp.replace(out)
+        finally:  # on success only the earlier pictures are left to remove; on failure the new ones too
+            tmp.unlink(missing_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def _write(study: Study, folder: Path, files: Path, staging: Path, metric: str, depth: str, top: int,
+           n_boot: int) -> str:
+    """The pictures into ``staging`` (served as ``files``); returns the page."""
     from .results.ranking import rank
 
     ranked = rank(study.df, metric, n_boot=n_boot)
     scores = _scores(study, metric, ranked, n_boot)
     series_index: dict[str, int] = {}
     data = _gallery(study, staging, files.name, metric, scores, series_index)  # moved to files/ once written
-    jobs = _jobs(study)
-    sections = [_summary_section(study, jobs, metric), _glance_section(study, scores, metric, series_index),
+    jobs, never = _jobs(study)
+    sections = [_summary_section(study, jobs, never, metric), _glance_section(study, scores, metric, series_index),
                 _gallery_section(data), _ranking_section(study, metric, ranked, top),
                 _curves_section(study, metric, scores, n_boot, depth), _choice_section(study),
                 _runs_section(study, jobs)]
     title = f"layerscope · {folder.resolve().name}"
-    page = _page(title, f"{folder.resolve()} · written {time.strftime('%Y-%m-%d %H:%M')}", sections, data, depth)
-    shutil.rmtree(files, ignore_errors=True)
-    staging.replace(files)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return _page(title, f"{folder.resolve()} · written {time.strftime('%Y-%m-%d %H:%M')}", sections, data, depth)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -983,6 +1136,10 @@ def main(argv: list[str] | None = None) -> int:
         path = build(a.folder, a.out, a.metric, a.depth, a.top, a.boot)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only folder: the earlier page and pictures stay as they were
+        print(f"error: cannot write{f' {e.filename}' if e.filename else ''}: {e.strerror or e}; the earlier page "
+              "is kept", file=sys.stderr)
         return 2
     files = path.with_name(f"{path.stem}_files")
     size = path.stat().st_size + sum(f.stat().st_size for f in files.rglob("*") if f.is_file())

@@ -22,9 +22,12 @@ def export_mvtec(out: Path, textures=TEXTURES, defects=DEFECTS, per_combination:
     """Write one MVTec-layout category per texture under ``out``; returns the category folders.
 
     Raises:
-        FileExistsError: a category folder already exists and is not empty (nothing is overwritten).
+        FileExistsError: ``out`` is a file, or a category folder already exists and is not empty (nothing
+            is overwritten).
     """
     out = Path(out)
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise FileExistsError(f"{out}: is a file; expected a folder (the MVTec root); nothing was written")
     for texture in textures:
         folder = out / texture
         if folder.exists() and any(folder.iterdir()):
@@ -69,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                                a.contrast, a.seed)
     except (ValueError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # OUT below a file, a read-only or full disk: one line naming the path
+        print(f"error: cannot write{f' {e.filename}' if e.filename else ''}: {e.strerror or e}", file=sys.stderr)
         return 2
     print(f"wrote {len(folders)} categories under {a.out}: {', '.join(f.name for f in folders)}")
     return 0

@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # --out below a file, a read-only or full disk: one line naming the path
+        print(f"error: cannot write{f' {e.filename}' if e.filename else ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
     n = 0
     for paths in written.values():
         for path in paths:

@@ -45,9 +45,9 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from ..results import catalog
-from ..results.layout import DATASET_METRICS, PAPER_FIGURES, map_file
+from ..results.layout import DATASET_METRICS, PAPER_FIGURES, image_stem, inside, map_file
 from ..results.maps_io import load_maps
-from ..results.table import load_results
+from ..results.table import load_results, read_table
 from .grid import grid_figure
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,8 @@ class Study:
         images = df.drop_duplicates(["series", "job", "image"])[
             ["series", "job", "image", "category", "dataset", "kind", "model", "method", "mask_fraction"]].copy()
         images["path"] = [map_file(self.root / job, image) for job, image in zip(images["job"], images["image"])]
-        images["saved"] = [p.is_file() for p in images["path"]]
+        images["saved"] = [p.is_file() and _readable(p, self.root / job)
+                           for p, job in zip(images["path"], images["job"])]
         images["has_mask"] = images["mask_fraction"].fillna(0) > 0
         self.images = images.reset_index(drop=True)
         self._cache: dict[tuple[str, str], dict | None] = {}
@@ -188,6 +189,15 @@ class Study:
         if key not in self._cache:
             self._cache[key] = self.load(series, image)
         return self._cache[key]
+
+
+def _readable(path: Path, run_dir: Path) -> bool:
+    """Whether a saved-maps file named from a table's image id may be read: only inside its run folder
+    (a link out of it, e.g. an edited table pointing at another file, is left out with a warning)."""
+    if inside(path, run_dir):
+        return True
+    log.warning("%s: leads outside the run folder %s; not read", path, run_dir)
+    return False
 
 
 def _job_order(job: str) -> tuple:
@@ -366,7 +376,7 @@ def layer_head_grids(source: Study | Path | str, out: Path | str | None = None,
             category = d["meta"].get("category") or ""
             title = f"{image}{f' ({category})' if category else ''}{SEP}{series}"
             fig = grid_figure(d["image"], d["mask"], d["maps"], d["names"], title)
-            paths += _save(fig, out, f"grid_{_slug(series)}_{_slug(image)}", formats)
+            paths += _save(fig, out, f"grid_{_slug(series)}_{image_stem(image)}", formats)
     if not paths:
         log.info("layer_head_grids: no saved maps below %s, skipped", study.root)
     return paths
@@ -776,7 +786,7 @@ def best_map_overlays(source: Study | Path | str, out: Path | str | None = None,
         fig.suptitle(title, fontsize=8, y=0.97)
         pos = axes[-1].get_position()
         _colorbar(fig, [pos.x1 + 0.02, pos.y0, 0.08 / fig.get_figwidth(), pos.height], "map value")
-        paths += _save(fig, out, f"best_map_{_slug(category)}", formats)
+        paths += _save(fig, out, f"best_map_{image_stem(category)}", formats)
     return paths
 
 
@@ -795,7 +805,7 @@ def dataset_vs_layer(source: Study | Path | str, out: Path | str | None = None,
         log.info("dataset_vs_layer: no %s below %s (dataset_metrics=false, or no masks), skipped", DATASET_METRICS,
                  study.root)
         return []
-    table = pd.concat([pd.read_csv(f, dtype={"head": str}) for f in files], ignore_index=True)
+    table = pd.concat([read_table(f) for f in files], ignore_index=True)
     table = table[table["category"] == "all"]
     paths: list[Path] = []
     for metric in DATASET_CURVES:
@@ -873,7 +883,7 @@ def make_all(folder: Path | str, out: Path | str | None = None, formats: Sequenc
 
     Raises:
         FileNotFoundError: no such folder, or no ``results.csv`` below it.
-        ValueError: an unknown format, kind or metric.
+        ValueError: an unknown format, kind or metric, or an ``out`` that is a file.
     """
     formats = tuple(formats)
     supported = Figure().canvas.get_supported_filetypes()
@@ -885,6 +895,8 @@ def make_all(folder: Path | str, out: Path | str | None = None, formats: Sequenc
         raise ValueError(f"--kinds {' '.join(unknown)}: expected some of {', '.join(KINDS)}")
     if depth not in AXES:
         raise ValueError(f"--depth {depth}: expected one of {', '.join(AXES)}")
+    if out is not None and (Path(out).exists() or Path(out).is_symlink()) and not Path(out).is_dir():
+        raise ValueError(f"--out {out}: is a file; expected a folder for the figures (nothing was written)")
     study = Study(folder)
     metrics = tuple(metrics)
     if unknown := [m for m in metrics if m not in study.df.columns or m not in catalog.MAP_METRICS]:

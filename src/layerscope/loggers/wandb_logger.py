@@ -18,7 +18,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ..results.catalog import DATASET, MAP_METRICS, lower_is_better
-from ..results.table import METRICS
+from ..results.table import METRICS, read_table
 from .base import Logger
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class WandbLogger(Logger):
 
         if self.run is None:
             return
-        results = pd.read_csv(results_csv, dtype={"head": str})
+        results = read_table(results_csv)
         if results.empty:
             return
         table = layer_table(results)

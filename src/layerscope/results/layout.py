@@ -5,6 +5,7 @@
     <run>/config.yaml          the resolved config
     <run>/run_summary.json     written last: its presence marks a finished run
     <run>/run.log              the log (Hydra's job logging)
+    <job>/failed.txt           a sweep job's one-line error (the sweep goes on past it)
     <run>/maps/<image>.npz     saved maps of one image
     <run>/figures/<image>_grid.png
     <run>/dataset_metrics.csv  dataset-level protocol (``layerscope-report --protocol dataset``)
@@ -20,6 +21,7 @@ CONFIG = "config.yaml"
 SUMMARY = "run_summary.json"
 LOG = "run.log"
 LOCK = ".lock"
+FAILED = "failed.txt"  # in a sweep job's folder: why the job failed (the sweep went on)
 MAPS = "maps"
 FIGURES = "figures"
 PAPER_FIGURES = "figures_paper"
@@ -29,14 +31,33 @@ REPORT = "report.html"  # layerscope-view's page, with its pictures in REPORT_FI
 REPORT_FILES = "report_files"  # named after the page: <page stem>_files
 
 
+def image_stem(image: str) -> str:
+    """The file name stem of every file named after an image id (saved maps, grids, the page's and
+    the figures' pictures): the id itself for the ids a run writes (``data.ids.safe_name`` leaves a
+    safe id as it is), otherwise the cleaned id with a hash of it, so that an id read from a table
+    (``../x``, ``a/b``) never names a file outside its folder and two ids never share one."""
+    from ..data.ids import safe_name
+
+    return safe_name(image)
+
+
 def map_file(run_dir: Path, image: str) -> Path:
-    """The saved maps of ``image`` (an id already safe as a file name)."""
-    return Path(run_dir) / MAPS / f"{image}.npz"
+    """The saved maps of ``image``."""
+    return Path(run_dir) / MAPS / f"{image_stem(image)}.npz"
 
 
 def grid_file(run_dir: Path, image: str) -> Path:
     """The layer x head grid picture of ``image``."""
-    return Path(run_dir) / FIGURES / f"{image}_grid.png"
+    return Path(run_dir) / FIGURES / f"{image_stem(image)}_grid.png"
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, symbolic links resolved, lies inside ``folder`` (resolved as well)."""
+    try:
+        Path(path).resolve().relative_to(Path(folder).resolve())
+    except (ValueError, OSError, RuntimeError):  # elsewhere, or a link loop
+        return False
+    return True
 
 
 def map_files(run_dir: Path) -> list[Path]:

@@ -4,6 +4,8 @@ Read by the ``layerscope-report`` command and the offline page (``layerscope-vie
 """
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pandas as pd
 
@@ -97,16 +99,22 @@ def rank(df: pd.DataFrame, metric: str, threshold: float | None = None, n_boot: 
     return table.reset_index(drop=True)
 
 
+def md(text: object) -> str:
+    """A name (category, model, head, image) as Markdown text: HTML-escaped, so a folder called
+    ``<!--<script>`` shows as written wherever the report is rendered, and ``|`` kept inside its cell."""
+    return html.escape(str(text), quote=True).replace("|", "&#124;")
+
+
 def to_markdown(table: pd.DataFrame, top: int) -> str:
     """The top ``top`` candidates per category as Markdown tables."""
     metric, threshold = table.attrs.get("metric", ""), table.attrs.get("threshold", "")
     lines = [f"# Which layer finds it? `{metric}` (threshold {threshold}), per-image protocol: each image scored on "
              "its own, then the mean over images, 95% bootstrap CI", ""]
     for category, part in table.groupby("category", sort=False):
-        lines += [f"## {category}", "", "| rank | model | method | layer | head | mean | 95% CI | n |",
+        lines += [f"## {md(category)}", "", "| rank | model | method | layer | head | mean | 95% CI | n |",
                   "|---:|---|---|---:|---|---:|---|---:|"]
         for r in part.head(top).itertuples():
-            lines.append(f"| {r.rank} | {r.model} | {r.method} | {r.layer} | {r.head} | {r.mean:.3f} | "
+            lines.append(f"| {r.rank} | {md(r.model)} | {md(r.method)} | {r.layer} | {md(r.head)} | {r.mean:.3f} | "
                          f"[{r.ci_low:.3f}, {r.ci_high:.3f}] | {r.n} |")
         lines.append("")
     return "\n".join(lines)
@@ -132,11 +140,12 @@ def dataset_markdown(table: pd.DataFrame, top: int, held_out: bool = False) -> s
     lines = [f"# Which layer finds it? pooled `{metric}` (dataset level: every pixel of every image, good ones "
              "included, one threshold for all)", "", f"Ranked on the images it reports on: {where}.", ""]
     for category, part in table.groupby("category", sort=False):
-        lines += [f"## {category}", "", "| rank | model | method | layer | head | pixel AUROC | AUPRO | pixel AP | "
+        lines += [f"## {md(category)}", "", "| rank | model | method | layer | head | pixel AUROC | AUPRO | pixel AP | "
                   "F1-max | image AUROC | images (defective) |", "|---:|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
         for r in part.head(top).itertuples():
             ci = f" [{r.aupro_ci_low:.3f}, {r.aupro_ci_high:.3f}]" if r.aupro_ci_low == r.aupro_ci_low else ""
-            lines.append(f"| {r.rank} | {r.model} | {r.method} | {r.layer} | {r.head} | {r.pixel_auroc:.3f} | "
+            lines.append(f"| {r.rank} | {md(r.model)} | {md(r.method)} | {r.layer} | {md(r.head)} | "
+                         f"{r.pixel_auroc:.3f} | "
                          f"{r.aupro:.3f}{ci} | {r.pixel_ap:.3f} | {r.pixel_f1_max:.3f} | {r.image_auroc:.3f} | "
                          f"{r.n_images} ({r.n_defect_images}) |")
         lines.append("")

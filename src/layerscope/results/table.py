@@ -87,9 +87,35 @@ def read_results(path: Path) -> pd.DataFrame:
         if len(partial):
             log.warning("%s: unfinished run; %d rows of images it did not finish are left out", path, len(partial))
         df = df[df["image"].isin(list(done))]
-    text = pd.read_csv(io.StringIO(df.to_csv(index=False)), dtype={"head": str, "image": str, "group": str,
-                                                                  "category": str})
-    return text
+    return read_table(io.StringIO(df.to_csv(index=False)))
+
+
+# Columns that hold names: read as text, so an empty category stays "" (a folder run's images) and a
+# name such as "NA", "null" or "1" stays that name. In OPTIONAL an empty cell means "not given" (NaN).
+NAMES = ("image", "category", "dataset", "source", "model", "kind", "method", "head", "notes", "pred_label", "job",
+         "upsample")
+OPTIONAL = ("group", "best_head", "threshold_rule")
+# pandas' default missing-value spellings, kept for the number columns only
+NA_NUMBERS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+              "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+
+
+def read_table(source: Path | str | io.StringIO) -> pd.DataFrame:
+    """A results or dataset table (``results.csv``, ``dataset_metrics.csv``, ``all_results.csv``), the one
+    way every tool reads them: name columns (``NAMES``) as str with empty cells as ``""``, ``OPTIONAL``
+    ones as str with empty cells as NaN, every other column as pandas reads numbers.
+
+    Args:
+        source: a CSV file, or its text in a ``StringIO``.
+    """
+    if isinstance(source, io.StringIO):
+        header = next(csv.reader(io.StringIO(source.getvalue().split("\n", 1)[0])), [])
+    else:
+        with open(source, newline="", encoding="utf-8", errors="replace") as f:
+            header = next(csv.reader(f), [])
+    dtype = {c: str for c in header if c in NAMES or c in OPTIONAL}
+    na = {c: [""] if c in OPTIONAL else [] if c in NAMES else list(NA_NUMBERS) for c in header}
+    return pd.read_csv(source, dtype=dtype, keep_default_na=False, na_values=na)
 
 
 def load_results(folder: Path, name: str = RESULTS) -> pd.DataFrame:
