@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .backbones import Backbone, select_indices
+from .configs import config_dir
 from .maps.methods import MapMethod
 from .metrics.faithfulness import check_faithfulness
 from .scoring import ScoreOptions
@@ -66,8 +67,6 @@ _ABSENT = object()
 
 
 def _conf_dir() -> Path:
-    from .run import config_dir  # the configs' folder (installed or checkout); run.py imports no torch
-
     return Path(config_dir())
 
 

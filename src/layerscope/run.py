@@ -20,24 +20,11 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from .configs import config_dir
+
 LIST_KEYS = ("layer", "head", "threshold")
 
 log = logging.getLogger("layerscope.run")
-
-
-def config_dir() -> str:
-    """The configs: ``layerscope/conf`` inside an installed wheel, else the checkout's top-level ``conf/``.
-
-    Users add their own configs without editing either: ``--config-dir DIR`` (Hydra adds DIR to
-    the search path, so ``DIR/model/my_model.yaml`` is ``model=my_model``) or
-    ``hydra.searchpath=[file:///abs/dir]``.
-    """
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parents[1] / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return str(candidate)
-    raise SystemExit(f"error: no configs found: expected {here / 'conf'} (installed) or {here.parents[1] / 'conf'} "
-                     "(checkout); reinstall layerscope")
 
 
 def listify_sweeps(args: list[str]) -> list[str]:
