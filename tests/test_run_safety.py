@@ -258,6 +258,16 @@ def test_mask_resizing_never_loses_a_defect():
             np.testing.assert_array_equal(got, ref)
 
 
+def test_data_resize_masks_keeps_a_one_pixel_defect(tmp_path):
+    _png(tmp_path / "images" / "x.png", 90, (32, 48))
+    mask = np.zeros((64, 96), np.uint8)
+    mask[20, 30] = 255  # even row and column: nearest resizing to half size skips it
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(mask).save(tmp_path / "masks" / "x.png")
+    got = Folder(str(tmp_path / "images"), mask_dir=str(tmp_path / "masks"), resize_masks=True)[0].mask
+    assert got.shape == (32, 48) and np.argwhere(got).tolist() == [[10, 15]]
+
+
 def test_a_one_pixel_defect_survives_the_run_and_is_logged(tmp_path, caplog):
     images, masks = tmp_path / "images", tmp_path / "masks"
     _png(images / "tiny_defect.png", 90, (128, 128))

@@ -6,11 +6,11 @@ import os
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from .base import Sample
 from .images import read_image, read_mask
+from .transforms import resize_mask
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ class Folder:
         mask_dir: folder of masks, or None for no masks.
         recursive: include subfolders; their names become the category.
         normal_dir: folder of defect-free images, the references of ``method=patch_knn``.
-        resize_masks: resize a mask of another size than its image (nearest) instead of
-            stopping with an error.
+        resize_masks: resize a mask of another size than its image (by ``resize_mask``: no
+            defect vanishes) instead of stopping with an error.
 
     Raises:
         FileNotFoundError: ``root`` (or ``mask_dir``) is missing.
@@ -135,8 +135,7 @@ class Folder:
             if not self.resize_masks:
                 raise ValueError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, image {path.name} is "
                                  f"{image.shape[1]}x{image.shape[0]}; expected the same size (or data.resize_masks=true)")
-            resized = Image.fromarray(mask).resize((image.shape[1], image.shape[0]), Image.NEAREST)
-            mask = np.asarray(resized).astype(bool)
+            mask = resize_mask(mask, image.shape[:2]).numpy()  # no defect vanishes when the mask shrinks
         rel = path.relative_to(self.root)
         sample_id = "__".join((rel if path in self._keep_suffix else rel.with_suffix("")).parts)
         return Sample(id=sample_id, image=image, mask=mask, category=rel.parent.name if rel.parent.parts else "",
