@@ -131,7 +131,8 @@ def test_faithfulness_needs_two_steps_at_least():
     from layerscope.metrics.faithfulness import check_faithfulness
 
     model = SimpleNamespace(num_classes=10, name="m")
-    cfg = OmegaConf.create({"metrics": {"faithfulness": True, "faithfulness_steps": 1, "faithfulness_baseline": "blur"}})
+    cfg = OmegaConf.create({"metrics": {"faithfulness": True, "faithfulness_steps": 1,
+                                        "faithfulness_baseline": "blur"}})
     with pytest.raises(ValueError, match=r"^metrics.faithfulness_steps=1: expected an int >= 2"):
         check_faithfulness(cfg, model)
     cfg.metrics.faithfulness_steps = 2

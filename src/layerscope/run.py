@@ -149,7 +149,8 @@ class SweepReport(Callback):
         sweep = Path(config.hydra.sweep.dir)
         lines = [(path.parent.name, f"job {path.parent.name}: {path.read_text().strip()}")
                  for path in sweep.glob(f"*/{FAILED}")]
-        lines += [(path.stem, f"job {path.stem}: {path.read_text().strip()}") for path in (sweep / REFUSED).glob("*.txt")]
+        lines += [(path.stem, f"job {path.stem}: {path.read_text().strip()}")
+                  for path in (sweep / REFUSED).glob("*.txt")]
         shutil.rmtree(sweep / REFUSED, ignore_errors=True)
         _failed_jobs.extend(line for _, line in sorted(lines, key=lambda x: (len(x[0]), x[0])))
 

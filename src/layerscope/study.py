@@ -153,8 +153,9 @@ class Prepared(torch.utils.data.Dataset):
             return {"id": safe_name(name), "error": str(e)}
         x, mask, valid = to_input(s, self.size)
         sid = safe_name(s.id)
+        rule = mask_rule_effect(s.mask, mask, self.size) if mask is not None else (0, False)
         return {"id": sid, "group": s.group or sid, "category": s.category, "source": s.source, "x": x, "mask": mask,
-                "valid": valid, "mask_rule": mask_rule_effect(s.mask, mask, self.size) if mask is not None else (0, False)}
+                "valid": valid, "mask_rule": rule}
 
 
 def _as_list(items: list) -> list:

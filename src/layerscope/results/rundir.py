@@ -10,7 +10,8 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from .layout import CONFIG, DONE, LOCK, MAPS, RESULTS, SUMMARY, done_line, is_complete, map_file, read_done  # noqa: F401
+from .layout import (CONFIG, DONE, LOCK, MAPS, RESULTS, SUMMARY, done_line, is_complete, map_file,  # noqa: F401
+                     read_done)
 from .table import COLUMNS, read_rows
 
 log = logging.getLogger(__name__)
