@@ -84,6 +84,8 @@ def test_resume_bookkeeping(tmp_path):
     writer.write([{"image": "b", "layer": 0}])  # b's rows, but b never made it to done.txt
     writer.close()
     (tmp_path / layout.DONE).write_text("a\nb-cut-mid-wr")  # the last line was cut mid-write
+    layout.map_file(tmp_path, "a").parent.mkdir()
+    layout.map_file(tmp_path, "a").touch()  # a's saved maps are there (save_maps=true): a stays done
     assert read_done(tmp_path) == {"a": None}  # a line of an older run: no row count
     assert previous_progress(cfg, tmp_path) == {"a": 2}
     assert pd.read_csv(tmp_path / layout.RESULTS)["image"].tolist() == ["a", "a"]  # b's rows dropped, redone later

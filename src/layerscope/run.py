@@ -8,7 +8,11 @@ separate jobs, as usual.
 """
 from __future__ import annotations
 
+import copy
+import errno
 import logging
+import logging.handlers
+import shutil
 import sys
 from pathlib import Path
 
@@ -16,24 +20,11 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from .configs import config_dir
+
 LIST_KEYS = ("layer", "head", "threshold")
 
 log = logging.getLogger("layerscope.run")
-
-
-def config_dir() -> str:
-    """The configs: ``layerscope/conf`` inside an installed wheel, else the checkout's top-level ``conf/``.
-
-    Users add their own configs without editing either: ``--config-dir DIR`` (Hydra adds DIR to
-    the search path, so ``DIR/model/my_model.yaml`` is ``model=my_model``) or
-    ``hydra.searchpath=[file:///abs/dir]``.
-    """
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parents[1] / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return str(candidate)
-    raise SystemExit(f"error: no configs found: expected {here / 'conf'} (installed) or {here.parents[1] / 'conf'} "
-                     "(checkout); reinstall layerscope")
 
 
 def listify_sweeps(args: list[str]) -> list[str]:
@@ -56,6 +47,8 @@ def listify_sweeps(args: list[str]) -> list[str]:
 
 EXTENSIBLE = ("model.model_kwargs.", "model.config.", "hydra.")  # where +key=value may add keys
 FAILED = "failed.txt"  # in a sweep job's folder: why the job failed (the sweep goes on; collect names it)
+REFUSED = ".refused"  # in a sweep folder: jobs refused because their folder holds another run (left untouched)
+HYDRA_FILES = ".hydra"  # Hydra's record of a job, written by the run once the folder is its own
 _failed_jobs: list[str] = []
 
 
@@ -108,10 +101,14 @@ def precheck(args: list[str]) -> str | None:
         if singles[i] is None:
             combos += [[*firsts[:i], f"{o.get_key_element()}={v}", *firsts[i + 1:]] for v in o.sweep_string_iterator()]
     search = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in dirs)}]"] if dirs else []
+    from omegaconf import open_dict
+
+    from .plan import check_config, name_from_choices
+
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         for combo in combos:
             try:
-                compose("config", overrides=[*search, *combo])
+                cfg = compose("config", overrides=[*search, *combo], return_hydra_config=True)
             except MissingConfigException as e:
                 first = str(e).splitlines()[0]
                 wanted = first.split("Could not find '", 1)[-1].rstrip("'")
@@ -127,6 +124,13 @@ def precheck(args: list[str]) -> str | None:
                 return f"error: {' '.join(lines)[:300]}"
             except Exception as e:  # noqa: BLE001 - any other composition error, still one line
                 return f"error: {' '.join(str(e).split())[:300]}"
+            name_from_choices(cfg, cfg.hydra.runtime.choices)
+            with open_dict(cfg):
+                del cfg["hydra"]
+            try:
+                check_config(cfg, [Path(d) for d in dirs])  # unset data.root, save_maps=maybe: before Hydra writes
+            except ValueError as e:
+                return f"error: {e}"
     return None
 
 
@@ -135,63 +139,151 @@ def _first(override) -> str:
 
 
 class SweepReport(Callback):
-    """Hydra callback: after a sweep, name the jobs that failed (each wrote ``failed.txt``)."""
+    """Hydra callback: after a sweep, name the jobs that failed (each wrote ``failed.txt``) and those
+    refused because their folder belongs to another run (recorded in the sweep's ``.refused/``)."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        shutil.rmtree(Path(config.hydra.sweep.dir) / REFUSED, ignore_errors=True)  # an earlier sweep's
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        for path in sorted(sweep.glob(f"*/{FAILED}"), key=lambda p: (len(p.parent.name), p.parent.name)):
-            _failed_jobs.append(f"job {path.parent.name}: {path.read_text().strip()}")
+        lines = [(path.parent.name, f"job {path.parent.name}: {path.read_text().strip()}")
+                 for path in sweep.glob(f"*/{FAILED}")]
+        lines += [(path.stem, f"job {path.stem}: {path.read_text().strip()}")
+                  for path in (sweep / REFUSED).glob("*.txt")]
+        shutil.rmtree(sweep / REFUSED, ignore_errors=True)
+        _failed_jobs.extend(line for _, line in sorted(lines, key=lambda x: (len(x[0]), x[0])))
+
+
+class HeldLog:
+    """The job's log file (``run.log``) held back until the run folder is known to be this run's.
+
+    Hydra opens the log before the task starts; a run refused because its folder belongs to another
+    run must not append to that run's log, so records wait here: written on ``release``, dropped on
+    ``drop`` (the console shows them either way).
+    """
+
+    def __init__(self) -> None:
+        self.root = logging.getLogger()
+        self.files = [h for h in self.root.handlers if isinstance(h, logging.FileHandler)]
+        self.buffer = logging.handlers.BufferingHandler(sys.maxsize)
+        for handler in self.files:
+            self.root.removeHandler(handler)
+        self.root.addHandler(self.buffer)
+        self.held = True
+
+    def release(self) -> None:
+        """Write the held records and log to the file from now on."""
+        if self.held:
+            self.held = False
+            self.root.removeHandler(self.buffer)
+            for handler in self.files:
+                for record in self.buffer.buffer:
+                    if record.levelno >= handler.level:
+                        handler.handle(record)
+                self.root.addHandler(handler)
+
+    def drop(self) -> None:
+        """Forget the held records; the log file is left as it was."""
+        if self.held:
+            self.held = False
+            self.root.removeHandler(self.buffer)
+            for handler in self.files:
+                handler.close()
+
+
+def write_hydra_files(out_dir: Path, task_cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+    """Hydra's record of the job (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``), written by
+    the run once its folder is checked (``hydra.output_subdir: null`` keeps Hydra from writing it earlier)."""
+    from omegaconf import OmegaConf, read_write
+
+    from .results.rundir import write_atomic
+
+    hydra_cfg = copy.deepcopy(hydra_cfg)
+    with read_write(hydra_cfg.hydra):
+        hydra_cfg.hydra.output_subdir = HYDRA_FILES
+    folder = Path(out_dir) / HYDRA_FILES
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, node in (("config.yaml", task_cfg), ("hydra.yaml", hydra_cfg),
+                       ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
+        write_atomic(folder / name, OmegaConf.to_yaml(node))
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def _main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from .backbones.weights import WeightsError
-    from .study import run
-
     from .plan import name_from_choices
-
-    from hydra.types import RunMode
+    from .study import run
 
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
-    sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    sweep = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
+    record = copy.deepcopy(cfg), copy.deepcopy(HydraConfig.instance().cfg)  # what Hydra would have written
+    held = HeldLog()
+    accepted = False
+
+    def accept(scoring: bool) -> None:
+        nonlocal accepted
+        accepted = True
+        held.release()
+        if scoring:  # a skipped finished run keeps the record of the run that wrote it
+            (out_dir / FAILED).unlink(missing_ok=True)  # a job that failed before and now runs again
+            write_hydra_files(out_dir, *record)
+
+    def stop(message: str, code: int) -> None:  # a refused sweep job records why in the sweep, not the folder
+        fail(message, code, None if sweep is None else out_dir / FAILED if accepted else
+             sweep / REFUSED / f"{out_dir.name}.txt")
+
     name_from_choices(cfg, hydra_cfg.runtime.choices)
-    (out_dir / FAILED).unlink(missing_ok=True)  # a job that failed before and now runs again
     try:
-        results = run(cfg, out_dir)
+        results = run(cfg, out_dir, on_accept=accept)
     except (ValueError, WeightsError, FileNotFoundError) as e:
-        fail(f"error: {e}", 2, out_dir if sweep else None)
+        stop(f"error: {e}", 2)
         return
     except KeyboardInterrupt:
         fail(f"interrupted: the images finished so far are in {out_dir / 'results.csv'}; "
              "run the same command again to resume", 130)
     except OSError as e:  # full disk, read-only folder, ...
         where = f" {e.filename}" if e.filename else ""
-        fail(f"error: cannot write{where}: {e.strerror or e}; free space or choose another output folder "
-             f"(hydra.run.dir=...); the finished images are kept", 2, out_dir if sweep else None)
+        stop(f"error: cannot write{where}: {e.strerror or e}; {os_advice(e)}; the finished images are kept", 2)
         return
     except Exception as e:  # in a sweep, one job's crash must not stop the others; alone, Hydra shows it
-        if not sweep:
+        if sweep is None:
             raise
         log.exception("job failed")
-        fail(f"error: {type(e).__name__}: {e}", 1, out_dir)
+        stop(f"error: {type(e).__name__}: {e}", 1)
         return
+    finally:
+        held.drop()  # refused: the folder's own log is left as it was (a no-op once released)
     print(f"results: {results}")
 
 
-def fail(message: str, code: int, job_dir: Path | None = None) -> None:
+def os_advice(e: OSError) -> str:
+    """What to do about a failed write, by its cause."""
+    if e.errno == errno.ENAMETOOLONG:
+        return "the name is longer than this file system allows; choose a shorter output folder (hydra.run.dir=...)"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "choose a folder you can write (hydra.run.dir=...)"
+    return "free space or choose another output folder (hydra.run.dir=...)"
+
+
+def fail(message: str, code: int, record: Path | None = None) -> None:
     """One line on stderr (and in the log), then exit with ``code``: never a traceback.
 
-    In a sweep (``job_dir`` given) the job records why in ``failed.txt`` and returns instead, so
-    the sweep goes on past it and ends non-zero (``SweepReport``).
+    In a sweep the job writes why into ``record`` and returns instead, so the sweep goes on past
+    it and ends non-zero (``SweepReport``): its folder's ``failed.txt``, or, for a job refused
+    because its folder belongs to another run, a file in the sweep's ``.refused/`` (that folder
+    stays untouched).
     """
     log.error("%s", message)
     print(message, file=sys.stderr)
-    if job_dir is None:
+    if record is None:
         sys.exit(code)
-    (job_dir / FAILED).write_text(message + "\n")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(message + "\n")
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -17,15 +17,15 @@ from tqdm import tqdm
 from .backbones import Backbone
 from .data.ids import safe_name
 from .data.images import BadImage
-from .data.transforms import to_input
+from .data.transforms import mask_rule_effect, to_input
 from .figures.grid import layer_head_grid
 from .loggers import Logger
 from .maps import threshold_maps, upsample
 from .mapsource import MapSource, build_cache, to_uint8
-from .plan import Plan, build, build_dataset, plan_study, resolve_device
+from .plan import Plan, build, build_dataset, check_config, plan_study, resolve_device
 from .results import layout
 from .results.maps_io import save_maps
-from .results.rundir import RunLock, done_line, previous_progress, write_summary
+from .results.rundir import RunLock, done_line, previous_progress, write_atomic, write_summary
 from .results.table import ResultsWriter
 from .results.writer import BackgroundWriter
 from .scoring import Target, image_rows, one_thread
@@ -47,23 +47,32 @@ def fit_references(plan: Plan, backbone: Backbone, dataset: Any, batch_size: int
     log.info("%s fitted on %d normal images in %.1fs", plan.method.name, len(refs), time.perf_counter() - t0)
 
 
-def run(cfg: DictConfig, out_dir: Path) -> Path:
+def run(cfg: DictConfig, out_dir: Path, on_accept: Callable[[bool], None] | None = None) -> Path:
     """Run one study and write its outputs into ``out_dir`` (see ``results.layout``).
+
+    Args:
+        on_accept: called once the folder is known to be this run's, before anything is written
+            there: with True when images will be scored (a new or resumed run), False when the
+            folder already holds this finished run (skipped). Never called for a refused run
+            (another run holds the folder, or it holds results of another config).
 
     Returns:
         Path of ``results.csv``.
     """
+    check_config(cfg)  # boolean spellings normalised (save_maps=no is false) before the config is compared
     out_dir = Path(out_dir)
     with RunLock(out_dir):  # one run per folder: a second one started beside it stops with one line
-        return _run_locked(cfg, out_dir)
+        return _run_locked(cfg, out_dir, on_accept)
 
 
-def _run_locked(cfg: DictConfig, out_dir: Path) -> Path:
+def _run_locked(cfg: DictConfig, out_dir: Path, on_accept: Callable[[bool], None] | None = None) -> Path:
     done = previous_progress(cfg, out_dir)
+    if on_accept is not None:
+        on_accept(done is not None)
     if done is None:
         log.info("%s already holds this finished run; skipped (resume=false to refuse instead)", out_dir)
         return out_dir / layout.RESULTS
-    OmegaConf.save(cfg, out_dir / layout.CONFIG, resolve=True)
+    write_atomic(out_dir / layout.CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     torch.manual_seed(int(cfg.seed))
     device = resolve_device(cfg.device)
 
@@ -151,8 +160,9 @@ class Prepared(torch.utils.data.Dataset):
             return {"id": safe_name(name), "error": str(e)}
         x, mask, valid = to_input(s, self.size)
         sid = safe_name(s.id)
+        rule = mask_rule_effect(s.mask, mask, self.size) if mask is not None else (0, False)
         return {"id": sid, "group": s.group or sid, "category": s.category, "source": s.source, "x": x, "mask": mask,
-                "valid": valid}
+                "valid": valid, "mask_rule": rule}
 
 
 def _as_list(items: list) -> list:
@@ -187,6 +197,7 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
     # figures.max_images counts the grids an interrupted run already drew
     drawn_before = len(list((out_dir / layout.FIGURES).glob("*_grid.png"))) if done else 0
     n_figures, no_mask, skipped, clock = drawn_before, 0, [], {"score": 0.0}
+    gained = []  # per image whose mask the any-pixel rule changed: (defect cells gained, nearest would lose all)
     try:
         with tqdm(total=len(dataset), desc=backbone.name, unit="img", disable=not cfg.progress) as bar:
             bar.update(len(done))
@@ -199,6 +210,7 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
                     bar.update(1)
                 items = [item for item in items if "error" not in item and item["id"] not in done]
                 no_mask += sum(item["mask"] is None for item in items)
+                gained += [item["mask_rule"] for item in items if item["mask_rule"][0]]
                 if not items:
                     continue
                 per_image, logits = source(items)
@@ -216,9 +228,14 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
              "backbone_seconds": round(source.seconds, 3), "score_seconds": round(clock["score"], 3),
              "write_seconds": round(files.busy_seconds, 3), "write_wait_seconds": round(files.wait_seconds, 3),
              "loop_seconds": round(time.perf_counter() - t_loop, 3),
-             "skipped_images": skipped, "images_without_mask": no_mask}
+             "skipped_images": skipped, "images_without_mask": no_mask,
+             "masks_changed_by_resize_rule": len(gained), "masks_kept_from_vanishing": sum(v for _, v in gained)}
     if skipped:
         log.warning("%d unreadable images skipped (listed in run_summary.json)", len(skipped))
+    if gained:
+        log.info("masks resized to %d px so that no defect vanishes (a cell is a defect where any of its pixels is): "
+                 "%d images have more defect pixels than nearest resizing gives (+%d in all); %d would have had none",
+                 backbone.img_size, len(gained), sum(n for n, _ in gained), sum(v for _, v in gained))
     if no_mask:
         log.info("%d images have no mask: their mask metrics are empty (see the notes column)", no_mask)
     if cache is not None:

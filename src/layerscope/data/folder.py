@@ -1,19 +1,23 @@
 """A folder of the user's images, with optional masks matched by file name."""
 from __future__ import annotations
 
+import logging
+import os
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from .base import Sample
 from .images import read_image, read_mask
+from .transforms import resize_mask
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def _size(path: Path) -> tuple[int, int] | None:
+def header_size(path: Path) -> tuple[int, int] | None:
     """(W, H) after EXIF rotation from the header alone, or None when unreadable."""
     try:
         with Image.open(path) as im:
@@ -22,6 +26,37 @@ def _size(path: Path) -> tuple[int, int] | None:
             return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     except Exception:  # noqa: BLE001 - unreadable files are reported when loaded
         return None
+
+
+def _walk(root: Path, skip: Path | None = None) -> list[Path]:
+    """Every file below ``root``, following symlinked folders; each folder is read once.
+
+    Real folders are read first, then the folders that symlinks lead to, so a folder reached both
+    ways keeps its own path (and category). A link to a folder read already (a symlink loop, or a
+    second link to one folder) is skipped with a warning, as is ``skip`` (the masks).
+    """
+    skip = skip.resolve() if skip is not None else None
+    seen: set[Path] = set()
+    files: list[Path] = []
+    links: list[Path] = []
+
+    def read(top: Path) -> None:
+        for folder, dirs, names in os.walk(top):  # does not enter symlinked folders: they wait in ``links``
+            real = Path(folder).resolve()
+            if real in seen or real == skip:
+                if real in seen:
+                    log.warning("data.recursive: %s not read: it is %s, read already (a symlink loop or a second "
+                                "link to one folder)", folder, real)
+                dirs[:] = []
+                continue
+            seen.add(real)
+            files.extend(Path(folder) / name for name in names)
+            links.extend(sorted(Path(folder) / d for d in dirs if (Path(folder) / d).is_symlink()))
+
+    read(root)
+    while links:
+        read(links.pop(0))
+    return files
 
 
 class Folder:
@@ -36,8 +71,8 @@ class Folder:
         mask_dir: folder of masks, or None for no masks.
         recursive: include subfolders; their names become the category.
         normal_dir: folder of defect-free images, the references of ``method=patch_knn``.
-        resize_masks: resize a mask of another size than its image (nearest) instead of
-            stopping with an error.
+        resize_masks: resize a mask of another size than its image (by ``resize_mask``: no
+            defect vanishes) instead of stopping with an error.
 
     Raises:
         FileNotFoundError: ``root`` (or ``mask_dir``) is missing.
@@ -55,8 +90,7 @@ class Folder:
         self.normal_dir = Path(normal_dir).expanduser() if normal_dir else None
         if self.normal_dir is not None and not self.normal_dir.is_dir():
             raise FileNotFoundError(f"data.normal_dir={self.normal_dir}: no such folder")
-        pattern = "**/*" if recursive else "*"
-        self.files = sorted(p for p in self.root.glob(pattern)
+        self.files = sorted(p for p in (_walk(self.root, self.mask_dir) if recursive else self.root.iterdir())
                             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                             and (self.mask_dir is None or self.mask_dir not in p.parents))
         if not self.files:
@@ -67,7 +101,7 @@ class Folder:
         self.resize_masks = bool(resize_masks)
         for path in self.files if not self.resize_masks else []:
             mask_path = self._mask_path(path)
-            sizes = (_size(path), _size(mask_path)) if mask_path else (None, None)
+            sizes = (header_size(path), header_size(mask_path)) if mask_path else (None, None)
             if None not in sizes and sizes[0] != sizes[1]:
                 (iw, ih), (mw, mh) = sizes
                 raise ValueError(f"{mask_path}: mask is {mw}x{mh}, image {path.name} is {iw}x{ih}; expected the "
@@ -85,8 +119,11 @@ class Folder:
             return None
         rel = image.relative_to(self.root).with_suffix("")
         for cand in (self.mask_dir / rel.parent / f"{rel.name}{s}" for s in ("_mask.png", ".png", "_mask.bmp", ".bmp")):
-            if cand.exists():
-                return cand
+            try:
+                if cand.exists():
+                    return cand
+            except OSError:  # a candidate name too long for the file system cannot be there
+                continue
         return None
 
     def __getitem__(self, i: int) -> Sample:
@@ -98,8 +135,7 @@ class Folder:
             if not self.resize_masks:
                 raise ValueError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, image {path.name} is "
                                  f"{image.shape[1]}x{image.shape[0]}; expected the same size (or data.resize_masks=true)")
-            resized = Image.fromarray(mask).resize((image.shape[1], image.shape[0]), Image.NEAREST)
-            mask = np.asarray(resized).astype(bool)
+            mask = resize_mask(mask, image.shape[:2]).numpy()  # no defect vanishes when the mask shrinks
         rel = path.relative_to(self.root)
         sample_id = "__".join((rel if path in self._keep_suffix else rel.with_suffix("")).parts)
         return Sample(id=sample_id, image=image, mask=mask, category=rel.parent.name if rel.parent.parts else "",

@@ -124,12 +124,16 @@ def mask_foreground(arr: np.ndarray) -> np.ndarray:
 def read_mask(path: Path) -> np.ndarray:
     """Bool (H, W) from a mask file; see ``mask_foreground`` for which pixels count.
 
+    EXIF rotation is applied, as ``read_image`` does to images: a mask saved with its image's
+    orientation tag stays on the same pixels.
+
     Raises:
         BadImage: the file cannot be read.
     """
     path = Path(path)
     try:
         with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
             if im.mode == "P":
                 im = im.convert("RGB")  # a palette index of 0 may still be a colour: judge the colours
             elif im.mode in ("RGBA", "LA", "CMYK"):

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .base import Sample
-from .folder import IMAGE_SUFFIXES
+from .folder import IMAGE_SUFFIXES, header_size
 from .images import read_image
 
 
@@ -28,6 +28,7 @@ def read_binary_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
     """
     try:
         with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # as read_image does to its image
             if im.size != size:
                 raise ValueError(f"{path}: mask is {im.size[0]}x{im.size[1]}, its image is {size[0]}x{size[1]}; "
                                  "expected the same size")
@@ -85,8 +86,9 @@ class MVTecAD:
                 m = masks.pop(f"{p.stem}_mask.png", None)
                 if m is None:
                     raise ValueError(f"{p}: no mask; expected {mask_dir / (p.stem + '_mask.png')}")
-                with Image.open(p) as im:
-                    size = im.size
+                size = header_size(p)  # after EXIF rotation, as read_image reads it
+                if size is None:
+                    raise ValueError(f"{p}: unreadable image")
                 read_binary_mask(m, size)
                 self.items.append((defect, p, m))
             if masks:

@@ -8,16 +8,48 @@ from PIL import Image
 from .base import Sample
 
 
-def _resize_bool(mask: np.ndarray, size: int) -> torch.Tensor:
-    m = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)
+def _resize_bool(mask: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
+    h, w = (size, size) if isinstance(size, int) else size
+    m = Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)
     return torch.from_numpy(np.asarray(m) > 127)
+
+
+def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
+    """A ground-truth mask at another size, such that no defect vanishes: (H, W) bool -> (size, size) bool
+    (or ``size`` = (h, w)).
+
+    Along an axis that shrinks, each pixel belongs to the cell its centre falls in and a cell is
+    foreground when any of its pixels is (max pooling over a partition: a 1-pixel defect keeps one
+    cell); along an axis that grows, nearest neighbour (as before, so upsampled masks are unchanged).
+    """
+    out = np.asarray(mask, dtype=bool)
+    target = (size, size) if isinstance(size, int) else tuple(size)
+    for axis, m in enumerate(target):
+        n = out.shape[axis]
+        if m < n:
+            cells = ((2 * np.arange(n) + 1) * m) // (2 * n)  # integer maths: every cell gets >= 1 pixel
+            out = np.logical_or.reduceat(out, np.searchsorted(cells, np.arange(m)), axis=axis)
+    return _resize_bool(out, target)
+
+
+def mask_rule_effect(mask: np.ndarray, resized: torch.Tensor, size: int) -> tuple[int, bool]:
+    """How ``resize_mask`` differs from plain nearest resizing for one mask (for the run's log).
+
+    Returns:
+        (defect cells gained, whether nearest resizing would have left no defect cell at all).
+    """
+    if size >= max(mask.shape):
+        return 0, False  # nothing shrinks: the two rules agree
+    nearest = _resize_bool(mask, size)
+    return int(resized.sum()) - int(nearest.sum()), bool(mask.any()) and not bool(nearest.any())
 
 
 def to_input(sample: Sample, size: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Resize image and mask to ``size`` x ``size``.
 
     The whole image is resized (no crop) so the mask stays aligned with every pixel;
-    bicubic for the image, nearest for the mask.
+    bicubic for the image; the mask by ``resize_mask`` (no defect vanishes), ignored pixels by
+    nearest neighbour.
 
     Returns:
         image: float RGB in [0, 1], (3, size, size).
@@ -26,6 +58,6 @@ def to_input(sample: Sample, size: int) -> tuple[torch.Tensor, torch.Tensor | No
     """
     image = np.asarray(Image.fromarray(sample.image).resize((size, size), Image.BICUBIC))
     x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
-    mask = _resize_bool(sample.mask, size) if sample.mask is not None else None
+    mask = resize_mask(sample.mask, size) if sample.mask is not None else None
     valid = ~_resize_bool(sample.ignore, size) if sample.ignore is not None else None
     return x, mask, valid

@@ -134,7 +134,7 @@ def check_faithfulness(cfg: Any, backbone: Any) -> None:
     """Check ``metrics.faithfulness*`` against the model before any weights load (call from the plan).
 
     Raises:
-        ValueError: one line naming the option: a model without a classifier, steps < 1, an
+        ValueError: one line naming the option: a model without a classifier, steps < 2, an
             unknown baseline.
     """
     metrics = cfg.get("metrics") or {}
@@ -144,8 +144,9 @@ def check_faithfulness(cfg: Any, backbone: Any) -> None:
         raise ValueError(f"metrics.faithfulness needs a model with a classifier; model {backbone.name} has none "
                          "(use metrics.faithfulness=false)")
     steps = metrics.get("faithfulness_steps", 10)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"metrics.faithfulness_steps={steps!r}: expected an int >= 1")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:  # one step: deletion equals insertion
+        raise ValueError(f"metrics.faithfulness_steps={steps!r}: expected an int >= 2 (with 1 step, deletion and "
+                         "insertion see the same two images)")
     if metrics.get("faithfulness_baseline", "blur") not in BASELINES:
         raise ValueError(f"metrics.faithfulness_baseline={metrics.get('faithfulness_baseline')}: expected one of "
                          f"{', '.join(BASELINES)}")

@@ -6,11 +6,12 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from .layout import CONFIG, DONE, LOCK, RESULTS, SUMMARY, done_line, is_complete, read_done  # noqa: F401
+from .layout import (CONFIG, DONE, LOCK, MAPS, RESULTS, SUMMARY, done_line, is_complete, map_file,  # noqa: F401
+                     read_done)
 from .table import COLUMNS, read_rows
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ def write_summary(out_dir: Path, summary: dict[str, Any]) -> None:
     tmp.replace(Path(out_dir) / SUMMARY)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a cut leaves the old file or the new."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
@@ -47,6 +49,8 @@ def previous_progress(cfg: DictConfig, out_dir: Path) -> dict[str, int] | None:
     A finished or interrupted run of the same config is resumed (``resume=true``). Whatever was
     cut (a results.csv cut inside a row, a done.txt line cut, an image listed as done whose rows
     are not all there) is dropped and that image is redone, so the final table equals a clean run's.
+    With ``save_maps``, so is an image whose saved-maps file is missing: deleting a damaged map file
+    and rerunning rebuilds it, with the rows a clean run writes.
 
     Raises:
         ValueError: the folder holds results of another config, or ``resume=false`` and it
@@ -76,10 +80,17 @@ def previous_progress(cfg: DictConfig, out_dir: Path) -> dict[str, int] | None:
         counts[r[0]] = counts.get(r[0], 0) + 1
     done = {image: counts[image] for image, n in listed.items()
             if image in counts and (n is None or counts[image] == n)}
+    unmapped = without_maps(out_dir, done) if cfg.get("save_maps") else []
+    if unmapped:
+        log.warning("%s: %d finished images have no saved maps (%s%s); redoing them", out_dir, len(unmapped),
+                    ", ".join(unmapped[:3]), ", ..." if len(unmapped) > 3 else "")
+        lost = set(unmapped)
+        done = {image: n for image, n in done.items() if image not in lost}
     if is_complete(out_dir) and intact and len(done) == len(listed):
         return None
     if is_complete(out_dir):
-        log.warning("%s was marked finished but rows are missing; redoing the images they belong to", out_dir)
+        if len(done) + len(unmapped) != len(listed) or not intact:
+            log.warning("%s was marked finished but rows are missing; redoing the images they belong to", out_dir)
         (out_dir / SUMMARY).unlink()
     kept = [r for r in rows if r[0] in done]
     if not intact or len(kept) != len(rows) or not header:
@@ -87,11 +98,18 @@ def previous_progress(cfg: DictConfig, out_dir: Path) -> dict[str, int] | None:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(COLUMNS)
         writer.writerows(kept)
-        _write_atomic(results, buffer.getvalue())  # rows of images cut off half-way are dropped, then redone
+        write_atomic(results, buffer.getvalue())  # rows of images cut off half-way are dropped, then redone
     if len(done) != len(listed) or not (out_dir / DONE).exists():
-        _write_atomic(out_dir / DONE, "".join(done_line(image, n) for image, n in done.items()))
+        write_atomic(out_dir / DONE, "".join(done_line(image, n) for image, n in done.items()))
     log.info("resuming %s: %d images already done", out_dir, len(done))
     return done
+
+
+def without_maps(out_dir: Path, images: Iterable[str]) -> list[str]:
+    """The images among ``images`` whose saved-maps file is missing (deleted, say, after it was found damaged)."""
+    folder = Path(out_dir) / MAPS
+    present = {e.name for e in os.scandir(folder)} if folder.is_dir() else set()
+    return [image for image in images if map_file(out_dir, image).name not in present]
 
 
 class RunLock:

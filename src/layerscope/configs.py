@@ -1,0 +1,19 @@
+"""Where the configs are: one answer for the command line and for the option checks (no heavy imports)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def config_dir() -> str:
+    """The configs: ``layerscope/conf`` inside an installed wheel, else the checkout's top-level ``conf/``.
+
+    Users add their own configs without editing either: ``--config-dir DIR`` (Hydra adds DIR to
+    the search path, so ``DIR/model/my_model.yaml`` is ``model=my_model``) or
+    ``hydra.searchpath=[file:///abs/dir]``.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise SystemExit(f"error: no configs found: expected {here / 'conf'} (installed) or {here.parents[1] / 'conf'} "
+                     "(checkout); reinstall layerscope")
