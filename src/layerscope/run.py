@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from .configs import config_dir
+from .results.layout import FAILED
 
 LIST_KEYS = ("layer", "head", "threshold")
 
@@ -46,7 +47,6 @@ def listify_sweeps(args: list[str]) -> list[str]:
 
 
 EXTENSIBLE = ("model.model_kwargs.", "model.config.", "hydra.")  # where +key=value may add keys
-FAILED = "failed.txt"  # in a sweep job's folder: why the job failed (the sweep goes on; collect names it)
 REFUSED = ".refused"  # in a sweep folder: jobs refused because their folder holds another run (left untouched)
 HYDRA_FILES = ".hydra"  # Hydra's record of a job, written by the run once the folder is its own
 _failed_jobs: list[str] = []
