@@ -302,3 +302,14 @@ def test_import_layerscope_stays_cheap():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from layerscope import api
+    from layerscope.metrics import faithfulness
+
+    for module in (api, faithfulness):
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.attempted >= 3 and result.failed == 0, module.__name__

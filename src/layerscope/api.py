@@ -222,7 +222,7 @@ class Maps:
         logits: (B, C) float32, or None without a classifier.
         method: the method's name; model: the backbone's name.
 
-    ``maps[layer]`` (an index or a module name) is a (B, K, h, w) float32 array.
+    ``maps[layer]`` (an index, negative from the end, or a module name) is a (B, K, h, w) float32 array.
     """
 
     def __init__(self, arrays: dict[int, np.ndarray], names: list[str], backbone: Backbone, method: Any,
@@ -243,6 +243,8 @@ class Maps:
     def __getitem__(self, layer: int | str) -> np.ndarray:
         if isinstance(layer, str) and layer in self.layer_names:
             layer = self.layers[self.layer_names.index(layer)]
+        elif isinstance(layer, int) and layer < 0:
+            layer %= self.backbone.num_layers  # negative from the end of the model, as in maps(layers=...)
         if layer not in self._arrays:
             raise KeyError(f"layer {layer!r} is not among these maps' layers {self.layers} ({self.layer_names})")
         return self._arrays[layer]
