@@ -303,6 +303,13 @@ def test_hf_config_from_a_local_folder_loads_its_weights_and_processor(tmp_path)
         np.testing.assert_allclose(ours[layer], wrapped[layer], atol=1e-6)
     random = ls.load("hf", hub_id=str(tmp_path / "dino"), pretrained=False, seed=1)
     assert not np.allclose(ls.maps(random, x, layers=[0])[0], ours[0])
+    from layerscope.backbones import WeightsError
+
+    with pytest.raises(WeightsError, match=r"^model.hub_id=no-one/nothing: .*not in the local hub cache.*local model "
+                                           r"folder"):
+        ls.load("hf", hub_id="no-one/nothing")  # offline in the tests: one line, no traceback in a run
+    with pytest.raises(ValueError, match=r"^model=hf needs model.hub_id="):
+        ls.load("hf")
 
 
 def test_faithfulness_from_score_matches_the_function():

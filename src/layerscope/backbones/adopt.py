@@ -214,7 +214,14 @@ def hf_backbone(name: str | None, hub_id: str | None, img_size: int | None = Non
             raise ValueError(f"model.hub_id={hub_id}: the folder holds no config.json")
         folder, weights = local, {"source": "file", "path": str(local)}
     else:
-        folder, weights = hub_file(str(hub_id), "config.json", name).parent, {"source": "hub", "hub_id": str(hub_id)}
+        try:
+            folder = hub_file(str(hub_id), "config.json", name).parent
+        except WeightsError as e:
+            reason = str(e).split(". Ways out", 1)[0]
+            raise WeightsError(f"model.hub_id={hub_id}: {reason.split(': ', 1)[-1]}. Ways out: connect once so the hub "
+                               "cache fills (HF_HOME), or give a local model folder as save_pretrained writes it "
+                               "(model.hub_id=/path/to/folder)") from None
+        weights = {"source": "hub", "hub_id": str(hub_id)}
     config = transformers.AutoConfig.from_pretrained(str(folder))
     cls = next((getattr(transformers, a) for a in (config.architectures or []) if hasattr(transformers, a)), None)
     model = cls(config) if cls is not None else transformers.AutoModel.from_config(config)
