@@ -81,7 +81,8 @@ class MapSource:
 
 @torch.no_grad()
 def faithfulness(backbone: Backbone, x: torch.Tensor, maps: dict[int, torch.Tensor], target: torch.Tensor,
-                 steps: int = 10, baseline: str = "blur", batch_size: int = 16) -> dict[int, torch.Tensor]:
+                 steps: int = 10, baseline: str = "blur", batch_size: int = 16, tie_orders: int = 4,
+                 seed: int = 0) -> dict[int, torch.Tensor]:
     """Deletion and insertion AUC of every map of every layer of a batch (``metrics.faithfulness``).
 
     Costs ``2 + 2 K (steps - 1)`` forward passes per image and layer (K maps), in batches of
@@ -96,6 +97,7 @@ def faithfulness(backbone: Backbone, x: torch.Tensor, maps: dict[int, torch.Tens
         steps: ``metrics.faithfulness_steps``.
         baseline: ``metrics.faithfulness_baseline``: ``blur`` or ``mean``.
         batch_size: perturbed images per forward pass.
+        tie_orders, seed: ``metrics.faithfulness_tie_orders`` random orders among equal cells, from ``seed``.
 
     Returns:
         layer -> (B, K, 2) float32 on the CPU: [..., 0] ``deletion_auc``, [..., 1] ``insertion_auc``.
@@ -114,5 +116,6 @@ def faithfulness(backbone: Backbone, x: torch.Tensor, maps: dict[int, torch.Tens
     def forward(images: torch.Tensor) -> torch.Tensor:
         return backbone.logits(backbone.normalize(images))
 
-    return {layer: deletion_insertion(forward, x, m.to(device), target.to(device), steps, baseline, batch_size)
+    return {layer: deletion_insertion(forward, x, m.to(device), target.to(device), steps, baseline, batch_size,
+                                      tie_orders=tie_orders, seed=seed)
             for layer, m in maps.items()}

@@ -37,14 +37,16 @@ def build(cfg: Any, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` that lets our own one-line errors through unwrapped.
 
     Hydra wraps constructor errors in ``InstantiationException`` with a multi-line message;
-    a ValueError or FileNotFoundError raised by our code is already the message the user needs.
+    a ValueError, FileNotFoundError or WeightsError raised by our code is already the message the user needs.
     """
     from hydra.errors import InstantiationException
+
+    from .backbones.errors import WeightsError
 
     try:
         return instantiate(cfg, _convert_="all", **kwargs)
     except InstantiationException as e:
-        if isinstance(e.__cause__, (ValueError, FileNotFoundError)):
+        if isinstance(e.__cause__, (ValueError, FileNotFoundError, WeightsError)):  # a config read at build time
             raise e.__cause__ from None
         raise
 

@@ -275,7 +275,8 @@ def _faithfulness(cfg: DictConfig, plan: Plan, backbone: Backbone, items: list[d
     target = torch.full((len(items),), int(target_class)) if target_class is not None else \
         torch.stack([lg.argmax(-1) for lg in logits])
     values = faithfulness(backbone, x, maps, target, int(cfg.metrics.faithfulness_steps),
-                          str(cfg.metrics.faithfulness_baseline), int(cfg.batch_size) * 4)
+                          str(cfg.metrics.faithfulness_baseline), int(cfg.batch_size) * 4,
+                          tie_orders=int(cfg.metrics.get("faithfulness_tie_orders", 4)), seed=int(cfg.seed))
     return [{layer: {"deletion_auc": v[i, :, 0], "insertion_auc": v[i, :, 1]} for layer, v in values.items()}
             for i in range(len(items))]
 

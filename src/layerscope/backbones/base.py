@@ -102,33 +102,71 @@ class Backbone(nn.Module):
         """
         raise NotImplementedError
 
-    def target_score(self, x: torch.Tensor, target_class: int | None = None,
+    def forward_output(self, x: torch.Tensor) -> object:
+        """The wrapped model's own output on a normalised batch (what a callable target receives)."""
+        raise NotImplementedError
+
+    def output_logits(self, out: object) -> torch.Tensor | None:
+        """Class logits (B, C) from ``forward_output``'s result, or None for a model without a classifier."""
+        return out if isinstance(out, torch.Tensor) and self.num_classes else None
+
+    def layer_names(self) -> list[str]:
+        """The module name (in the wrapped model) of each layer, by index: ``blocks.3``, ``layer4``."""
+        return [str(i) for i in range(self.num_layers)]
+
+    def _checked_classes(self, target: object, batch: int) -> torch.Tensor | None:
+        """A class index, or one per image, as a (B,) long tensor; None for the predicted class."""
+        if target is None:
+            return None
+        n = self.num_classes
+        items = target.tolist() if isinstance(target, torch.Tensor) else target
+        many = isinstance(items, (list, tuple))
+        values = list(items) if many else [items]
+        if many and len(values) != batch:
+            raise ValueError(f"target: {len(values)} classes for {batch} images; give one class per image, one "
+                             "class for all, or a callable")
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"method.target_class={value!r}: expected a class index (int) >= 0 or null")
+            if not n:
+                raise ValueError(f"method.target_class={value}: model {self.name} has no classifier; leave it "
+                                 "null (the target is then method.embedding_target) or give a callable")
+            if not 0 <= value < n:
+                raise ValueError(f"method.target_class={value} is out of range: model {self.name} has {n} classes, "
+                                 f"valid 0..{n - 1} (or null for the predicted class)")
+        return torch.tensor(values if many else values * batch, dtype=torch.long)
+
+    def target_score(self, x: torch.Tensor, target_class: object = None,
                      embedding_target: str = "norm") -> tuple[torch.Tensor, torch.Tensor | None]:
         """The scalar per image that gradient methods explain, on a normalised batch.
 
         Args:
             x: normalised input, (B, 3, S, S).
-            target_class: class index, or None for each image's predicted (top-1) class.
+            target_class: class index, one index per image (list or (B,) tensor), None for each
+                image's predicted (top-1) class, or a callable taking the model's own output
+                (``forward_output``) and returning a (B,) score, as pytorch-grad-cam's targets.
             embedding_target: without a classifier, ``norm`` or ``cosine`` (see ``embedding_score``).
 
         Returns:
             (score (B,) float32: the target class logit, or the embedding target; logits (B, C) or None).
 
         Raises:
-            ValueError: a target class on a model without a classifier, or out of range.
+            ValueError: a target class on a model without a classifier, or out of range; a callable
+                whose result is not (B,).
         """
-        n = self.num_classes
-        if target_class is not None and not 0 <= int(target_class) < max(n, 1):
-            if not n:
-                raise ValueError(f"method.target_class={target_class}: model {self.name} has no classifier; leave it "
-                                 f"null (the target is then method.embedding_target={embedding_target})")
-            raise ValueError(f"method.target_class={target_class} is out of range: model {self.name} has {n} classes, "
-                             f"valid 0..{n - 1} (or null for the predicted class)")
-        if not n:
+        if callable(target_class):
+            out = self.forward_output(x)
+            score = target_class(out)
+            if not isinstance(score, torch.Tensor) or tuple(score.shape) != (x.shape[0],):
+                shape = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
+                raise ValueError(f"target: the callable returned {shape}; expected a tensor of one score per image, "
+                                 f"({x.shape[0]},)")
+            return score.float(), self.output_logits(out)
+        idx = self._checked_classes(target_class, x.shape[0])
+        if not self.num_classes:
             return self.embedding_score(x, embedding_target).float(), None
         logits = self.logits(x)
-        idx = (logits.argmax(-1) if target_class is None
-               else torch.full_like(logits[:, 0], int(target_class), dtype=torch.long))
+        idx = logits.argmax(-1) if idx is None else idx.to(logits.device)
         return logits.float().gather(1, idx[:, None])[:, 0], logits  # the logit (pre-softmax), as in Grad-CAM
 
     def capture_grad(self, layers: Sequence[int], what: str) -> tuple[list[tuple[nn.Module, Hook]], dict[int, object]]:
@@ -156,8 +194,8 @@ class Backbone(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images (B, 3, H, W), got {tuple(x.shape)}")
 
-    def extract_grad(self, x: torch.Tensor, layers: Sequence[int],
-                     method: object) -> tuple[dict[int, tuple], torch.Tensor | None]:
+    def extract_grad(self, x: torch.Tensor, layers: Sequence[int], method: object,
+                     normalized: bool = False) -> tuple[dict[int, tuple], torch.Tensor | None]:
         """One forward pass with autograd and ONE backward for every requested layer.
 
         Runs with gradients enabled whatever the caller's mode (not under ``inference_mode``).
@@ -168,7 +206,8 @@ class Backbone(nn.Module):
             x: RGB in [0, 1], (B, 3, S, S).
             layers: non-negative layer indices.
             method: a map method with ``capture`` (``features`` or ``qk``), ``name``, and
-                optionally ``target_class`` (int or None) and ``embedding_target``.
+                optionally ``target_class`` (see ``target_score``) and ``embedding_target``.
+            normalized: ``x`` is already the model's input (normalised), not RGB in [0, 1].
 
         Returns:
             (captured, logits): ``captured[layer]`` as ``grad_captures`` gives it; logits (B, C)
@@ -183,7 +222,7 @@ class Backbone(nn.Module):
         hooks, store = self.capture_grad(layers, what)
         try:
             with torch.enable_grad():  # also under the caller's no_grad
-                xn = self.normalize(x.detach()).requires_grad_(True)  # a graph exists even with frozen parameters
+                xn = (x.detach().clone() if normalized else self.normalize(x.detach())).requires_grad_(True)  # a graph exists even with frozen parameters
                 with forward_hooks(hooks):
                     score, logits = self.target_score(xn, getattr(method, "target_class", None),
                                                       getattr(method, "embedding_target", "norm"))
@@ -230,13 +269,15 @@ class Backbone(nn.Module):
                              f"it needs {need}")
 
     @torch.no_grad()
-    def extract(self, x: torch.Tensor, layers: Sequence[int], capture: str) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+    def extract(self, x: torch.Tensor, layers: Sequence[int], capture: str,
+                normalized: bool = False) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
         """Run one forward pass and capture every requested layer.
 
         Args:
             x: RGB in [0, 1], (B, 3, S, S) with S = ``img_size``.
             layers: non-negative layer indices (see ``select_indices``).
             capture: ``cls_attention`` (ViT) or ``features``.
+            normalized: ``x`` is already the model's input (normalised), not RGB in [0, 1].
 
         Returns:
             (captured, logits): ``captured[layer]`` is (B, K, h, w) float32; logits (B, C) or None.
@@ -248,7 +289,7 @@ class Backbone(nn.Module):
         self._checked_input(x)
         hooks, store = self.capture(layers, capture)
         with forward_hooks(hooks):
-            logits = self.logits(self.normalize(x))
+            logits = self.logits(x if normalized else self.normalize(x))
         missing = [layer for layer in layers if layer not in store]
         if missing:
             raise RuntimeError(f"model {self.name}: layers {missing} were not captured during the forward pass")

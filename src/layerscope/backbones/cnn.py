@@ -36,23 +36,49 @@ class TimmCNN(Backbone):
         self.weights_cfg = dict(weights or {})
         self.pretrained = pretrained
         check_source(name, self.weights_cfg)
-        self.model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **dict(model_kwargs or {}))
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **dict(model_kwargs or {}))
+        self._adopt(model, arch)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, name: str, img_size: int, mean: Sequence[float],
+                   std: Sequence[float]) -> "TimmCNN":
+        """Wrap an existing timm CNN (its weights as they are; put in eval mode).
+
+        Raises:
+            ValueError: a model without timm's ``feature_info``.
+        """
+        self = cls.__new__(cls)
+        Backbone.__init__(self, name, img_size, mean, std)
+        self.weights_cfg, self.pretrained = {}, False
+        self._adopt(model, getattr(model, "default_cfg", {}).get("architecture", type(model).__name__))
+        return self
+
+    def _adopt(self, model: nn.Module, arch: str) -> None:
+        """Take ``model`` as this backbone's network and find its stages."""
+        self.model = model
         self.model.eval()
+        if not getattr(self.model, "feature_info", None):
+            raise ValueError(f"model {self.name}: {arch} lists no stages (timm feature_info); wrap it with "
+                             "layers=[module names]")
         self.stages = [info["module"] for info in self.model.feature_info]
         self.strides = [info["reduction"] for info in self.model.feature_info]
         modules = dict(self.model.named_modules())
         missing = [s for s in self.stages if s not in modules]
         if missing:
-            raise ValueError(f"model {name}: feature_info names modules {missing} that {arch} does not have")
+            raise ValueError(f"model {self.name}: feature_info names modules {missing} that {arch} does not have")
         self._modules_by_stage = [modules[s] for s in self.stages]
         if self.img_size < max(self.strides):
-            raise ValueError(f"model.img_size={img_size}: expected at least {max(self.strides)} px "
+            raise ValueError(f"model.img_size={self.img_size}: expected at least {max(self.strides)} px "
                              f"(the deepest stage of {arch} has stride {max(self.strides)})")
-        if num_classes == 1000:
+        if int(self.model.num_classes) == 1000:
             from timm.data import ImageNetInfo
 
             info = ImageNetInfo()
-            self.labels = [info.index_to_description(i) for i in range(num_classes)]
+            self.labels = [info.index_to_description(i) for i in range(1000)]
+
+    def layer_names(self) -> list[str]:
+        """The stage module names, by layer index (``act1``, ``layer1``, ... for a ResNet)."""
+        return list(self.stages)
 
     @property
     def num_layers(self) -> int:
@@ -91,3 +117,6 @@ class TimmCNN(Backbone):
     def logits(self, x: torch.Tensor) -> torch.Tensor | None:
         out = self.model(x)
         return out if self.model.num_classes else None
+
+    def forward_output(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)

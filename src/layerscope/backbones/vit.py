@@ -42,6 +42,11 @@ class _ViT(Backbone):
     def _block(self, layer: int) -> nn.Module:
         raise NotImplementedError
 
+    def layer_names(self) -> list[str]:
+        """The module name of each layer's block in the wrapped model (``blocks.3``, ``encoder.layer.3``)."""
+        names = {id(m): n for n, m in self.model.named_modules()}
+        return [names[id(self._block(i))] for i in range(self.num_layers)]
+
     def _value_and_output(self, layer: int) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor], nn.Module]:
         """(module whose output holds v, its output -> v (B, H, N, D), module whose first input is the
         heads' merged attention output softmax(q k^T s) v, (B, N, H D))."""
@@ -149,17 +154,43 @@ class TimmViT(_ViT):
         self.weights_cfg = dict(weights or {})
         self.pretrained = pretrained
         check_source(name, self.weights_cfg)
-        self.model = timm.create_model(arch, pretrained=False, img_size=self.img_size, num_classes=num_classes,
-                                       **dict(model_kwargs or {}))
+        model = timm.create_model(arch, pretrained=False, img_size=self.img_size, num_classes=num_classes,
+                                  **dict(model_kwargs or {}))
+        self._adopt(model, arch)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, name: str, img_size: int, mean: Sequence[float],
+                   std: Sequence[float]) -> "TimmViT":
+        """Wrap an existing timm ``VisionTransformer`` (its weights as they are; put in eval mode).
+
+        Raises:
+            ValueError: not a ViT whose attention layerscope can read, or an ``img_size`` it does not take.
+        """
+        self = cls.__new__(cls)
+        Backbone.__init__(self, name, img_size, mean, std)
+        self.weights_cfg, self.pretrained = {}, False
+        own = getattr(model.patch_embed, "img_size", None)
+        if own is not None and tuple(own) != (self.img_size, self.img_size) and not getattr(
+                model.patch_embed, "dynamic_img_size", False) and getattr(model.patch_embed, "strict_img_size", True):
+            raise ValueError(f"img_size={img_size}: this timm model takes {tuple(own)} px; create it with "
+                             f"img_size={img_size} (or dynamic_img_size=True), or leave img_size unset")
+        self._adopt(model, getattr(model, "default_cfg", {}).get("architecture", type(model).__name__))
+        return self
+
+    def _adopt(self, model: nn.Module, arch: str) -> None:
+        """Take ``model`` as this backbone's network and read its layout."""
+        self.model = model
         self.model.eval()
         attn = self.model.blocks[0].attn
         if not hasattr(attn, "q_norm") or not hasattr(attn, "k_norm"):
-            raise ValueError(f"model {name}: timm arch {arch} has no q_norm/k_norm in its attention; not supported")
+            raise ValueError(f"model {self.name}: timm arch {arch} has no q_norm/k_norm in its attention; not supported")
         self.num_heads = attn.num_heads
         self.num_prefix = self.model.num_prefix_tokens
         self.patch_size = self.model.patch_embed.patch_size[0]
         if self.img_size < self.patch_size or self.img_size % self.patch_size:
-            raise ValueError(f"model.img_size={img_size}: expected a positive multiple of the patch size {self.patch_size}")
+            raise ValueError(f"model.img_size={self.img_size}: expected a positive multiple of the patch size "
+                             f"{self.patch_size}")
+        num_classes = int(self.model.num_classes)
         if num_classes:
             from timm.data import ImageNetInfo
 
@@ -224,12 +255,19 @@ class TimmViT(_ViT):
         out = self.model(x)
         return out if self.model.num_classes else None
 
+    def forward_output(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
 
 class HFViT(_ViT):
-    """A Hugging Face ``ViTForImageClassification`` (the supervised ``google/vit-base-patch16-224``).
+    """A Hugging Face transformers ViT: ``ViTForImageClassification`` (the supervised
+    ``google/vit-base-patch16-224``) from a config, or any wrapped model with standard q/k
+    self-attention (``ViTModel``, ``Dinov2Model``, ``Dinov2WithRegistersModel``, ``DeiTModel``, their
+    classification heads) through ``from_model``.
 
-    Runs with SDPA attention; the CLS rows come from the q/k projections, so no eager
-    ``output_attentions`` pass is needed.
+    Runs with the model's own attention (SDPA by default); the CLS rows come from the q/k
+    projections, so no eager ``output_attentions`` pass is needed. Prefix tokens are the CLS token,
+    DeiT's distillation token and DINOv2's registers, counted from the model's embeddings.
 
     Args:
         name, img_size, mean, std, pretrained: as for ``TimmViT``.
@@ -251,22 +289,62 @@ class HFViT(_ViT):
         self.model = ViTForImageClassification(ViTConfig(**dict(config or {})))
         self._set_up()
 
+    @classmethod
+    def from_model(cls, model: nn.Module, name: str, img_size: int, mean: Sequence[float], std: Sequence[float],
+                   pretrained: bool = False, weights: Mapping[str, Any] | None = None) -> "HFViT":
+        """Wrap an existing transformers vision model (its weights as they are; put in eval mode).
+
+        ``pretrained`` and ``weights`` say where ``load_weights`` reads the weights of the same
+        class from (a hub id or a folder); the default keeps the model's own.
+
+        Raises:
+            ValueError: a model without standard q/k self-attention layers.
+        """
+        self = cls.__new__(cls)
+        Backbone.__init__(self, name, img_size, mean, std)
+        self.weights_cfg, self.pretrained = dict(weights or {}), pretrained
+        self.model = model
+        self._set_up()
+        return self
+
+    @staticmethod
+    def readable(model: nn.Module) -> bool:
+        """Whether ``model`` is a transformers model whose layers have q/k/v projections layerscope reads."""
+        base = getattr(model, "base_model", None)
+        layers = getattr(base, "layers", None) or getattr(getattr(base, "encoder", None), "layer", None)
+        if base is None or not layers or getattr(base, "embeddings", None) is None:
+            return False
+        attn = getattr(layers[0], "attention", None)
+        return hasattr(attn, "q_proj") and hasattr(attn, "k_proj") or hasattr(getattr(attn, "attention", None), "query")
+
     def _set_up(self) -> None:
         cfg = self.model.config
         self.model.eval()
+        if not self.readable(self.model):
+            raise ValueError(f"model {self.name}: {type(self.model).__name__} has no ViT layers with q/k projections "
+                             "that layerscope can read; wrap it with layers=[module names] for features and CAMs")
+        base = self.model.base_model
+        emb = base.embeddings
         self.num_heads = cfg.num_attention_heads
-        self.num_prefix = 1
-        self.patch_size = cfg.patch_size
+        registers = getattr(emb, "register_tokens", None)
+        self.num_prefix = (1 + int(getattr(emb, "distillation_token", None) is not None)
+                           + (int(registers.shape[1]) if registers is not None else 0))
+        patch = cfg.patch_size
+        self.patch_size = int(patch[0] if isinstance(patch, (list, tuple)) else patch)
         if self.img_size < self.patch_size or self.img_size % self.patch_size:
             raise ValueError(f"model.img_size={self.img_size}: expected a positive multiple of the patch size "
                              f"{self.patch_size}")
-        self.labels = [cfg.id2label[i] for i in range(cfg.num_labels)] if cfg.num_labels else None
+        self._has_head = self.model is not base
+        import inspect
+
+        self._kwargs = ({"interpolate_pos_encoding": True}
+                        if "interpolate_pos_encoding" in inspect.signature(base.forward).parameters else {})
+        self.labels = ([cfg.id2label[i] for i in range(cfg.num_labels)] if self._has_head and cfg.num_labels
+                       else None)
 
     def load_weights(self) -> None:
         if not self.pretrained:
             return
-        from transformers import ViTForImageClassification
-
         w = self.weights_cfg
         if w.get("source", "hub") == "file":
             if not w.get("path"):
@@ -275,7 +353,7 @@ class HFViT(_ViT):
         else:
             folder = hub_folder(w["hub_id"], self.name)
         try:
-            self.model = ViTForImageClassification.from_pretrained(folder, attn_implementation="sdpa")
+            self.model = type(self.model).from_pretrained(folder, attn_implementation="sdpa")
         except OSError as e:
             raise WeightsError(f"model {self.name}: cannot read a Hugging Face ViT from {folder}: {e}") from e
         self._set_up()
@@ -285,8 +363,8 @@ class HFViT(_ViT):
         return self.model.config.num_hidden_layers
 
     def _layer(self, layer: int) -> nn.Module:
-        vit = self.model.vit
-        return vit.layers[layer] if hasattr(vit, "layers") else vit.encoder.layer[layer]  # transformers >= 5 / 4
+        base = self.model.base_model
+        return base.layers[layer] if hasattr(base, "layers") else base.encoder.layer[layer]  # transformers >= 5 / 4
 
     def _qk_modules(self, layer: int) -> tuple[nn.Module, nn.Module, float]:
         attn = self._layer(layer).attention
@@ -310,11 +388,17 @@ class HFViT(_ViT):
 
     @property
     def num_classes(self) -> int:
-        return int(self.model.config.num_labels)
+        return int(self.model.config.num_labels) if self._has_head else 0
 
     def embedding_score(self, x: torch.Tensor, how: str) -> torch.Tensor:
-        tokens = self.model.vit(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state
+        tokens = self.model.base_model(pixel_values=x, **self._kwargs).last_hidden_state
         return self._cosine_target(tokens) if how == "cosine" else tokens[:, 0].float().norm(dim=-1)
 
+    def forward_output(self, x: torch.Tensor) -> object:
+        return self.model(pixel_values=x, **self._kwargs)
+
+    def output_logits(self, out: object) -> torch.Tensor | None:
+        return out.logits if self._has_head else None
+
     def logits(self, x: torch.Tensor) -> torch.Tensor | None:
-        return self.model(pixel_values=x, interpolate_pos_encoding=True).logits
+        return self.output_logits(self.forward_output(x))

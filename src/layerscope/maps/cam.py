@@ -1,12 +1,14 @@
-"""Gradient and CAM map methods: Grad-CAM, Grad-CAM++, Eigen-CAM and gradient-weighted attention relevance.
+"""Gradient and CAM map methods: Grad-CAM, Grad-CAM++, HiResCAM, XGrad-CAM, LayerCAM, Eigen-CAM and
+gradient-weighted attention relevance.
 
 They give maps on the same axes as the other methods, one map per layer, (B, 1, h, w):
 
-- ``gradcam`` / ``gradcam_pp`` (CNN stages and ViT block outputs on the patch grid): the layer's
-  activations weighted by the gradient of the target score (Selvaraju et al. 2017;
-  Chattopadhay et al. 2018).
+- ``gradcam`` / ``gradcam_pp`` / ``hirescam`` / ``xgradcam`` / ``layercam`` (CNN stages and ViT
+  block outputs on the patch grid): the layer's activations weighted by the gradient of the target
+  score (Selvaraju et al. 2017; Chattopadhay et al. 2018; Draelos & Carin 2020; Fu et al. 2020;
+  Jiang et al. 2021), all from the same single backward pass.
 - ``eigencam`` (CNN and ViT, gradient-free): the projection of the activations on their first
-  principal direction (Muhammad & Yeasin 2020).
+  principal direction (Muhammad & Yeasin 2020), centred or not (``centred``).
 - ``attn_grad`` (ViTs): gradient-weighted attention relevance (Chefer, Gur & Wolf 2021,
   "Generic attention-model explainability"), propagated through the layers like a rollout.
 
@@ -46,6 +48,7 @@ def gradcam_pp(act: torch.Tensor, grad: torch.Tensor, eps: float = 1e-6) -> torc
 
     ``alpha = g^2 / (2 g^2 + sum_ab(A) g^3)`` (0 where g = 0), channel weights
     ``sum_ab(alpha relu(g))``, map ``relu(sum_c w_c A_c)`` (the form pytorch-grad-cam uses).
+    Computed in float64: the denominator reaches 1e-11 on real layers, where float32 loses the weights.
 
     Args:
         act: activations (B, C, h, w).
@@ -55,34 +58,104 @@ def gradcam_pp(act: torch.Tensor, grad: torch.Tensor, eps: float = 1e-6) -> torc
     Returns:
         (B, 1, h, w) float32, non-negative.
     """
-    act, grad = act.float(), grad.float()
+    act, grad = act.double(), grad.double()
     g2 = grad ** 2
     g3 = g2 * grad
     total = act.sum(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
     alpha = torch.where(grad != 0, g2 / (2 * g2 + total * g3 + eps), torch.zeros_like(grad))
     weights = (alpha * grad.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
+    return (weights * act).sum(1, keepdim=True).clamp(min=0).float()
+
+
+def hirescam(act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """HiResCAM (Draelos & Carin 2020): ``relu(sum_c g_c * A_c)``, the gradient kept per position.
+
+    Args:
+        act, grad: activations and their gradients, (B, C, h, w).
+
+    Returns:
+        (B, 1, h, w) float32, non-negative.
+    """
+    return (grad.float() * act.float()).sum(1, keepdim=True).clamp(min=0)
+
+
+def xgradcam(act: torch.Tensor, grad: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """XGrad-CAM (Fu et al. 2020): weights ``sum_ab(g A) / (sum_ab(A) + eps)``, map ``relu(sum_c w_c A_c)``.
+
+    Args:
+        act, grad: activations and their gradients, (B, C, h, w).
+        eps: added to the denominator (pytorch-grad-cam's 1e-7).
+
+    Returns:
+        (B, 1, h, w) float32, non-negative.
+    """
+    act, grad = act.float(), grad.float()
+    weights = (grad * act).sum(dim=(2, 3), keepdim=True) / (act.sum(dim=(2, 3), keepdim=True) + eps)
     return (weights * act).sum(1, keepdim=True).clamp(min=0)
 
 
-def eigencam(act: torch.Tensor) -> torch.Tensor:
+def layercam(act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """LayerCAM (Jiang et al. 2021): ``relu(sum_c relu(g_c) * A_c)``, positive gradients per position.
+
+    Args:
+        act, grad: activations and their gradients, (B, C, h, w).
+
+    Returns:
+        (B, 1, h, w) float32, non-negative.
+    """
+    return (grad.float().clamp(min=0) * act.float()).sum(1, keepdim=True).clamp(min=0)
+
+
+def eigencam(act: torch.Tensor, centred: bool = False) -> torch.Tensor:
     """Eigen-CAM: activations projected on their first right singular vector, ReLU.
 
-    Not centred (as in the paper; ``features``' ``pca`` is the centred variant). The singular
-    vector's sign is arbitrary; it is fixed so that the projection sums to a positive value.
+    ``centred=False`` (the paper's form): the SVD of the activations as they are (``features``'
+    ``pca`` is a centred variant). ``centred=True`` (pytorch-grad-cam's ``EigenCAM``): each channel's
+    mean over positions is removed before the SVD and the projection. The singular vector's sign is
+    arbitrary; either way it is fixed so that the projection of the activations as they are sums
+    to a positive value (the mean activation lies on the positive side of it).
 
     Args:
         act: activations (B, C, h, w).
+        centred: centre the activations per channel before the SVD.
 
     Returns:
         (B, 1, h, w) float32, non-negative.
     """
     b, c, h, w = act.shape
     x = act.float().flatten(2).transpose(1, 2)  # (B, hw, C)
-    _, _, vh = torch.linalg.svd(x, full_matrices=False)
-    proj = (x @ vh[:, 0, :, None]).squeeze(-1)  # (B, hw)
-    sign = torch.sign(proj.sum(1, keepdim=True))
-    proj = proj * torch.where(sign == 0, torch.ones_like(sign), sign)
+    y = x - x.mean(dim=1, keepdim=True) if centred else x
+    _, _, vh = torch.linalg.svd(y, full_matrices=False)
+    v = vh[:, 0, :, None]  # (B, C, 1)
+    sign = torch.sign((x @ v).sum(1, keepdim=True))  # (B, 1, 1)
+    proj = (y @ (v * torch.where(sign == 0, torch.ones_like(sign), sign))).squeeze(-1)  # (B, hw)
     return proj.clamp(min=0).view(b, 1, h, w)
+
+
+def check_target(backbone, target_class: object, embedding_target: str = "norm") -> None:
+    """Raise ValueError (one line, naming the option) unless the target fits the model.
+
+    Args:
+        backbone: the model.
+        target_class: None, a class index, one index per image, or a callable (checked when called).
+        embedding_target: the target of a model without a classifier.
+    """
+    if target_class is not None and not callable(target_class):
+        many = isinstance(target_class, (list, tuple))
+        for value in (list(target_class) if many else [target_class]):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"method.target_class={value!r}: expected a class index >= 0 or null "
+                                 "(the predicted class)")
+            n = backbone.num_classes
+            if not n:
+                raise ValueError(f"method.target_class={value}: model {backbone.name} has no classifier; "
+                                 f"leave it null (the target is then method.embedding_target={embedding_target})")
+            if value >= n:
+                raise ValueError(f"method.target_class={value} is out of range: model {backbone.name} has "
+                                 f"{n} classes, valid 0..{n - 1} (or null for the predicted class)")
+    if embedding_target not in backbone.embedding_targets:
+        raise ValueError(f"method.embedding_target={embedding_target}: expected "
+                         f"{' or '.join(backbone.embedding_targets)} for model {backbone.name} ({backbone.kind})")
 
 
 class _GradMethod(MapMethod):
@@ -91,29 +164,17 @@ class _GradMethod(MapMethod):
     Args:
         backbone: the model.
         target_class: class index explained, or None for each image's predicted class.
-            Only for models with a classifier.
+            Only for models with a classifier. From Python also one index per image, or a
+            callable on the model's output returning a (B,) score (see ``Backbone.target_score``).
         embedding_target: the target of a model without a classifier: ``norm`` or ``cosine``
             (ViTs only); see the module docstring.
     """
 
     needs_grad = True
 
-    def __init__(self, backbone, target_class: int | None = None, embedding_target: str = "norm"):
+    def __init__(self, backbone, target_class: object = None, embedding_target: str = "norm"):
         super().__init__(backbone)
-        if target_class is not None:
-            if isinstance(target_class, bool) or not isinstance(target_class, int) or target_class < 0:
-                raise ValueError(f"method.target_class={target_class!r}: expected a class index >= 0 or null "
-                                 "(the predicted class)")
-            n = backbone.num_classes
-            if not n:
-                raise ValueError(f"method.target_class={target_class}: model {backbone.name} has no classifier; "
-                                 f"leave it null (the target is then method.embedding_target={embedding_target})")
-            if target_class >= n:
-                raise ValueError(f"method.target_class={target_class} is out of range: model {backbone.name} has "
-                                 f"{n} classes, valid 0..{n - 1} (or null for the predicted class)")
-        if embedding_target not in backbone.embedding_targets:
-            raise ValueError(f"method.embedding_target={embedding_target}: expected "
-                             f"{' or '.join(backbone.embedding_targets)} for model {backbone.name} ({backbone.kind})")
+        check_target(backbone, target_class, embedding_target)
         self.target_class, self.embedding_target = target_class, embedding_target
 
     def num_maps(self) -> int:
@@ -149,11 +210,49 @@ class GradCAMPlusPlus(GradCAM):
         return {layer: gradcam_pp(act, grad) for layer, (act, grad) in captured.items()}
 
 
+class HiResCAM(GradCAM):
+    """HiResCAM at every requested layer (see ``hirescam``)."""
+
+    name = "hirescam"
+
+    def maps(self, captured):
+        return {layer: hirescam(act, grad) for layer, (act, grad) in captured.items()}
+
+
+class XGradCAM(GradCAM):
+    """XGrad-CAM at every requested layer (see ``xgradcam``)."""
+
+    name = "xgradcam"
+
+    def maps(self, captured):
+        return {layer: xgradcam(act, grad) for layer, (act, grad) in captured.items()}
+
+
+class LayerCAM(GradCAM):
+    """LayerCAM at every requested layer (see ``layercam``)."""
+
+    name = "layercam"
+
+    def maps(self, captured):
+        return {layer: layercam(act, grad) for layer, (act, grad) in captured.items()}
+
+
 class EigenCAM(MapMethod):
-    """Eigen-CAM at every requested layer (gradient-free; see ``eigencam``); CNNs and ViTs."""
+    """Eigen-CAM at every requested layer (gradient-free; see ``eigencam``); CNNs and ViTs.
+
+    Args:
+        backbone: the model.
+        centred: centre the activations before the SVD (pytorch-grad-cam's definition).
+    """
 
     name = "eigencam"
     capture = "features"
+
+    def __init__(self, backbone, centred: bool = False):
+        super().__init__(backbone)
+        if not isinstance(centred, bool):
+            raise ValueError(f"method.centred={centred!r}: expected true or false")
+        self.centred = centred
 
     def num_maps(self) -> int:
         return 1
@@ -162,7 +261,7 @@ class EigenCAM(MapMethod):
         return ["eigencam"]
 
     def maps(self, captured):
-        return {layer: eigencam(t) for layer, t in captured.items()}
+        return {layer: eigencam(t, self.centred) for layer, t in captured.items()}
 
 
 class AttnGrad(_GradMethod):
