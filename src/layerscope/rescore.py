@@ -58,7 +58,7 @@ def rescore_dir(run_dir: Path, overrides: list[str], out_name: str, progress: bo
                 valid = torch.from_numpy(saved["valid"]) if saved["valid"] is not None else None
                 target = Target(torch.from_numpy(saved["mask"]), valid)
             maps = {layer: torch.from_numpy(m) for layer, m in saved["maps"].items()}
-            writer.write(image_rows(saved["meta"], maps, saved["names"], target, opts))
+            writer.write(image_rows(saved["meta"], maps, saved["names"], target, opts, saved.get("columns")))
         ok = True
     finally:
         writer.close()

@@ -9,7 +9,8 @@ import numpy as np
 
 
 def save_maps(path: Path, image: np.ndarray, mask: np.ndarray | None, maps: Mapping[int, np.ndarray],
-              names: Mapping[int, Sequence[str]], meta: Mapping[str, object], valid: np.ndarray | None = None) -> None:
+              names: Mapping[int, Sequence[str]], meta: Mapping[str, object], valid: np.ndarray | None = None,
+              columns: Mapping[int, Mapping[str, np.ndarray]] | None = None) -> None:
     """Write one image's maps.
 
     Args:
@@ -20,8 +21,12 @@ def save_maps(path: Path, image: np.ndarray, mask: np.ndarray | None, maps: Mapp
         names: layer -> K map names (``"0"``, ``"1"``, ... or ``"l2"``).
         meta: JSON-serialisable facts (model, method, image id, ...), the non-metric columns of its rows.
         valid: (S, S) bool, False on ignored pixels, or None.
+        columns: per-map result columns that come from the model, not from the maps (layer -> column ->
+            (K,) values, e.g. ``attention_distance``), so that rescoring keeps them.
     """
     arrays = {f"layer_{layer}": np.asarray(m, dtype=np.float32) for layer, m in maps.items()}
+    for layer, values in (columns or {}).items():
+        arrays.update({f"column_{name}_layer_{layer}": np.asarray(v, dtype=np.float32) for name, v in values.items()})
     arrays["image"] = image
     if mask is not None:
         arrays["mask"] = mask.astype(bool)
@@ -43,7 +48,8 @@ def load_maps(path: Path) -> dict:
     """Read a file written by ``save_maps``.
 
     Returns:
-        dict with ``image``, ``mask`` and ``valid`` (or None), ``maps`` (layer -> (K, h, w)), ``names``, ``meta``.
+        dict with ``image``, ``mask`` and ``valid`` (or None), ``maps`` (layer -> (K, h, w)), ``names``, ``meta``,
+        ``columns`` (layer -> column -> (K,); empty when none were saved).
 
     Raises:
         ValueError: not a saved-maps file (truncated, or another file); the message names it.
@@ -62,6 +68,11 @@ def _load(path: Path) -> dict:
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(bytes(z["meta"]).decode())
         maps = {int(k[len("layer_"):]): z[k] for k in z.files if k.startswith("layer_")}
+        columns: dict[int, dict[str, np.ndarray]] = {}
+        for k in z.files:
+            if k.startswith("column_"):
+                name, _, layer = k[len("column_"):].rpartition("_layer_")
+                columns.setdefault(int(layer), {})[name] = z[k]
         return {
             "image": z["image"],
             "mask": z["mask"] if "mask" in z.files else None,
@@ -69,4 +80,5 @@ def _load(path: Path) -> dict:
             "maps": dict(sorted(maps.items())),
             "names": {int(k): v for k, v in meta.pop("names").items()},
             "meta": meta,
+            "columns": columns,
         }
