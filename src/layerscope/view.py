@@ -44,6 +44,7 @@ from PIL import Image
 from .figures.paper import (PALETTE, SEP, Study, head_order, layer_head_scores, line_head, relative_depth,
                             smallest_threshold)
 from .results import catalog, layout
+from .view_compare import compare_section
 
 REPORT = layout.REPORT
 DEFAULT_METRICS = ("aupro", "auroc", "iou", "entropy")  # the first one with values is the page's metric
@@ -898,7 +899,8 @@ def _page(title: str, where: str, sections: Iterable[str], data: dict[str, Any],
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     nav = "".join(f"<a href=\"#{a}\">{t}</a>" for a, t in (("glance", "at a glance"), ("gallery", "images"),
                                                            ("ranking", "ranking"), ("curves", "by layer"),
-                                                           ("choice", "choice"), ("runs", "runs")))
+                                                           ("choice", "choice"), ("compare", "compare"),
+                                                           ("runs", "runs")))
     return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><meta name=viewport "
             f"content=\"width=device-width,initial-scale=1\"><title>{_e(title)}</title><style>{CSS}</style></head>"
             f"<body class=\"{'rel' if depth == 'relative' else ''}\"><header><h1>{_e(title)}</h1><nav>{nav}</nav>"
@@ -952,7 +954,7 @@ def build(folder: Path | str, out: Path | str | None = None, metric: str | None 
     sections = [_summary_section(study, jobs, metric), _glance_section(study, scores, metric, series_index),
                 _gallery_section(data), _ranking_section(study, metric, ranked, top),
                 _curves_section(study, metric, scores, n_boot, depth), _choice_section(study),
-                _runs_section(study, jobs)]
+                compare_section(study.df, folder), _runs_section(study, jobs)]
     title = f"layerscope · {folder.resolve().name}"
     page = _page(title, f"{folder.resolve()} · written {time.strftime('%Y-%m-%d %H:%M')}", sections, data, depth)
     shutil.rmtree(files, ignore_errors=True)

@@ -16,6 +16,8 @@ kind; each returns the paths it wrote and logs why when it has nothing to draw:
 - ``threshold_curves``: IoU against the threshold (kept mass) at each model's best layer.
 - ``best_map_overlays``: per defect type, the best (model, method, layer, head) map over examples.
 - ``dataset_vs_layer``, ``choice_stability``: the dataset-level protocol and the held-out choice.
+- ``attention_distance``: mean attention distance per head against layer, models side by side
+  (``figures.compare``, with the CKA and probe figures of ``layerscope-compare``).
 
 Every figure is written as PNG (200 dpi) and PDF (TrueType text, editable), in one style
 (``STYLE``, applied by ``_styled``), with seaborn's colour-blind palette.
@@ -53,7 +55,7 @@ from .grid import grid_figure
 log = logging.getLogger(__name__)
 
 KINDS = ("layer_head_grids", "metric_vs_layer", "layer_head", "vit_vs_cnn", "threshold_curves",
-         "best_map_overlays", "dataset_vs_layer", "choice_stability")
+         "best_map_overlays", "dataset_vs_layer", "choice_stability", "attention_distance")
 AXES = ("layer", "relative")  # x-axis of metric_vs_layer: layer index, or relative depth (0 = first, 1 = last)
 DATASET_CURVES = ("pixel_auroc", "aupro")  # pooled metrics with bootstrap CIs in dataset_metrics.csv
 METRICS = catalog.DEFAULT_CURVES
@@ -849,6 +851,13 @@ def choice_stability(source: Study | Path | str, out: Path | str | None = None,
     return paths
 
 
+def _attention_distance(study: Study, out: Path, formats: Sequence[str], depth: str) -> list[Path]:
+    """Mean attention distance against layer, one dot per head, one panel per series (``figures.compare``)."""
+    from .compare import attention_distance
+
+    return attention_distance(study.df, out, formats, depth)
+
+
 def make_all(folder: Path | str, out: Path | str | None = None, formats: Sequence[str] = ("png", "pdf"),
              max_images: int = 4, metrics: Iterable[str] = METRICS,
              kinds: Iterable[str] = KINDS, depth: str = "layer") -> dict[str, list[Path]]:
@@ -894,5 +903,6 @@ def make_all(folder: Path | str, out: Path | str | None = None, formats: Sequenc
         "best_map_overlays": lambda: best_map_overlays(study, out, formats, min(max_images, 3)),
         "dataset_vs_layer": lambda: dataset_vs_layer(study, out, formats),
         "choice_stability": lambda: choice_stability(study, out, formats),
+        "attention_distance": lambda: _attention_distance(study, out, formats, depth),
     }
     return {kind: calls[kind]() for kind in kinds}
