@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -108,3 +109,35 @@ def test_cnn_cannot_capture_attention_distance():
     bb = TimmCNN("c", "resnet18", img_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, pretrained=False, num_classes=0)
     with pytest.raises(ValueError, match="cannot capture attention_distance"):
         bb.extra_hooks([0], ["attention_distance"])
+
+
+def test_results_rows_hold_each_heads_distance_and_the_mean_of_all_heads_and_rescoring_keeps_them(tmp_path):
+    from layerscope import study
+    from layerscope.rescore import main as rescore_main
+
+    from .conftest import compose
+
+    small = ["model=tiny_vit", "data.textures=[brick]", "data.defects=[scratch]", "data.size=64", "progress=false",
+             "figures.grid=false", "dataset_metrics=false", "cache.enabled=false"]
+    study.run(compose(*small), tmp_path / "all")
+    study.run(compose(*small, "head=[1]"), tmp_path / "one")
+    study.run(compose(*small, "metrics.attention_distance=false"), tmp_path / "off")
+    full = pd.read_csv(tmp_path / "all" / "results.csv", dtype={"head": str, "best_head": str})
+    heads = full[full["head"].str.isdigit()].groupby(["image", "layer"])["attention_distance"].mean()
+    mean = full[full["head"] == "mean"].set_index(["image", "layer"])["attention_distance"]
+    np.testing.assert_allclose(mean.loc[heads.index], heads, rtol=1e-5)  # the mean row: the mean over heads
+    best = full[full["head"] == "best"]
+    by_head = full.set_index(["image", "layer", "head"])["attention_distance"]
+    np.testing.assert_allclose(best["attention_distance"],
+                               by_head.loc[list(zip(best["image"], best["layer"], best["best_head"]))], rtol=0)
+    assert (full["attention_distance"] > 0).all()
+    one = pd.read_csv(tmp_path / "one" / "results.csv", dtype={"head": str})
+    assert set(one["head"]) == {"1", "mean", "best"}
+    key = ["image", "layer", "head"]
+    merged = one[one["head"] != "best"].merge(full, on=key, suffixes=("", "_all"))
+    np.testing.assert_allclose(merged["attention_distance"], merged["attention_distance_all"], rtol=1e-6)
+    assert pd.read_csv(tmp_path / "off" / "results.csv")["attention_distance"].isna().all()
+    assert rescore_main([str(tmp_path / "all"), "threshold=[0.6,0.8]", "--out", "again.csv"]) == 0
+    again = pd.read_csv(tmp_path / "all" / "again.csv", dtype={"head": str, "best_head": str})
+    same = again[again["threshold"] == 0.6].reset_index(drop=True)
+    pd.testing.assert_frame_equal(same[full.columns], full, check_dtype=False)

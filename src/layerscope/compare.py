@@ -24,8 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from .comparison import load_models, probe_table, similarity_table
-from .figures.compare import attention_distance, cka_heatmaps, probe_curves
-from .figures.paper import AXES
+from .figures.compare import cka_heatmaps, probe_curves
+from .figures.paper import AXES, attention_distance
 from .metrics.similarity import ESTIMATORS, KERNELS
 from .results.layout import COMPARE, PROBE, SIMILARITY
 from .results.representations import KINDS
@@ -55,7 +55,7 @@ def _atomic_csv(table: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
-def _distance_rows(folders: list[Path], labels: dict[Path, str]) -> pd.DataFrame:
+def _distance_rows(labels: dict[Path, str]) -> pd.DataFrame:
     """``results.csv`` rows of the runs with ``attention_distance`` values, ``series`` = the model's label."""
     from .results.table import read_results
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         _atomic_csv(probe, out / PROBE)
         written += [out / PROBE, *probe_curves(probe, out, a.formats, a.depth, depths)]
     labels = {run: m.label for m in models for run in m.runs}
-    written += attention_distance(_distance_rows(a.folders, labels), out, a.formats, a.depth)
+    written += attention_distance(_distance_rows(labels), out, a.formats, a.depth)
     for path in written:
         print(path)
     summary = ", ".join(f"{m.label} ({len(m.ids)} images, {len(m.arrays)} layers)" for m in models)

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .figures.compare import cka_grid, distance_table, pairs
-from .figures.paper import PALETTE, head_order, relative_depth
+from .figures.compare import cka_grid, pairs
+from .figures.paper import PALETTE, distance_table, head_order, relative_depth
 from .results.layout import COMPARE, PROBE, SIMILARITY
 
 

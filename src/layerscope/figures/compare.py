@@ -6,8 +6,8 @@
   share the axes.
 - ``probe_curves``: the k-NN probe's accuracy against layer (or relative depth), one line per model with
   its 95% CI, each model's chance level dashed.
-- ``attention_distance``: mean attention distance against layer, one dot per head (mean over images),
-  the head mean as a line, models side by side (Dosovitskiy et al. 2020, Fig. 7).
+- ``attention_distance`` (from ``results.csv``, so it lives in ``figures.paper``): mean attention distance
+  against layer, one dot per head, models side by side (Dosovitskiy et al. 2020, Fig. 7).
 """
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .paper import (AXES, DEPTH_LABEL, HEAT_CMAP, LAYER_LABEL, PALETTE, _save, _slug, _styled, head_order,
-                    relative_depth, smallest_threshold)
+from .paper import AXES, DEPTH_LABEL, HEAT_CMAP, LAYER_LABEL, PALETTE, _save, _slug, _styled, relative_depth
 
 log = logging.getLogger(__name__)
 
@@ -141,63 +140,3 @@ def probe_curves(probe: pd.DataFrame, out: Path | str, formats: Sequence[str] = 
         stem = f"probe{'_vs_depth' if depth == 'relative' else ''}_{_slug(label)}_{kind}"
         paths += _save(fig, Path(out), stem, formats)
     return paths
-
-
-def distance_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean over images of ``attention_distance`` per (series, layer, head), from ``results.csv`` rows with a
-    ``series`` column (smallest threshold, no ``best`` rows); with each series' ``num_layers``."""
-    if "attention_distance" not in rows.columns:
-        return pd.DataFrame(columns=["series", "layer", "head", "attention_distance", "num_layers"])
-    rows = rows[(rows["head"].astype(str) != "best") & rows["attention_distance"].notna()]
-    if rows.empty:
-        return pd.DataFrame(columns=["series", "layer", "head", "attention_distance", "num_layers"])
-    rows = smallest_threshold(rows).assign(head=lambda d: d["head"].astype(str))
-    per_image = rows.groupby(["series", "layer", "head", "image"], as_index=False)["attention_distance"].mean()
-    table = per_image.groupby(["series", "layer", "head"], as_index=False)["attention_distance"].mean()
-    depth = pd.to_numeric(rows.get("num_layers"), errors="coerce").groupby(rows["series"]).max()
-    table["num_layers"] = table["series"].map(depth)
-    return table
-
-
-@_styled
-def attention_distance(rows: pd.DataFrame, out: Path | str, formats: Sequence[str] = ("png", "pdf"),
-                       depth: str = "layer") -> list[Path]:
-    """Mean attention distance against layer: one dot per head, the head mean as a line, one panel per series.
-
-    Args:
-        rows: ``results.csv`` rows with a ``series`` column (``figures.paper.Study.df``).
-    """
-    _check_depth(depth)
-    table = distance_table(rows)
-    if table.empty:
-        log.info("attention_distance: no attention_distance values (cls_attention runs measure it), skipped")
-        return []
-    series = sorted(table["series"].unique())
-    fig = Figure(figsize=(0.4 + 2.4 * len(series), 2.5))
-    axes = fig.subplots(1, len(series), sharey=True, squeeze=False)[0]
-    for ax, name in zip(axes, series):
-        part = table[table["series"] == name]
-        n = part["num_layers"].iloc[0]
-        heads = [h for h in head_order(part["head"]) if h.isdigit()]
-        for j, head in enumerate(heads):
-            dots = part[part["head"] == head].sort_values("layer")
-            x = _positions(dots["layer"].to_numpy(), None if pd.isna(n) else int(n), depth)
-            ax.scatter(x, dots["attention_distance"], s=9, color=PALETTE[j % len(PALETTE)], alpha=0.85,
-                       linewidths=0, label=f"head {head}" if ax is axes[0] else None, zorder=3)
-        mean = part[part["head"] == "mean"].sort_values("layer")
-        if not mean.empty:
-            x = _positions(mean["layer"].to_numpy(), None if pd.isna(n) else int(n), depth)
-            ax.plot(x, mean["attention_distance"], color="0.2", linewidth=1.0, label="mean of heads"
-                    if ax is axes[0] else None, zorder=2)
-        if depth == "layer":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        else:
-            ax.set_xticks([0, 0.5, 1])
-        ax.set_xlabel(LAYER_LABEL if depth == "layer" else DEPTH_LABEL)
-        ax.set_title(name, pad=3, fontsize=7)
-    axes[0].set_ylabel("mean attention distance (input pixels)")
-    axes[0].set_ylim(0, 1.08 * float(table["attention_distance"].max()) or 1.0)
-    fig.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=6)
-    fig.suptitle("Mean attention distance per head (mean over images)", fontsize=8)
-    stem = "attention_distance" + ("_vs_depth" if depth == "relative" else "")
-    return _save(fig, Path(out), stem, formats)
