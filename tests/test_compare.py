@@ -207,3 +207,13 @@ def test_compare_logs_its_tables_to_wandb(sweep, tmp_path):
     keys = {k for row in logged["history"] for k in row}
     assert {"cka/_type", "probe/_type", "probe/category/mean/tiny_cnn"} <= keys
     assert any(k.startswith("cka/tiny_vit__tiny_cnn") for k in keys)
+
+
+def test_the_experiment_composes_for_the_defects_and_for_the_photos():
+    from layerscope.plan import build_dataset
+
+    defects = compose("experiment=vit_vs_cnn_representations")
+    assert defects.save_representations and defects.data.per_combination == 3
+    assert len(build_dataset(defects)) == 48
+    photos = compose("experiment=vit_vs_cnn_representations", "data=samples", "~data.per_combination")
+    assert photos.save_representations and len(build_dataset(photos)) == 5
