@@ -1,7 +1,7 @@
 """The report page's section on the axes beyond masks: CKA heatmaps, k-NN probe curves, attention distance.
 
-Reads what ``layerscope-compare`` wrote (``compare/similarity.csv``, ``compare/probe.csv`` at or below the
-page's folder) and the ``attention_distance`` column of the results; returns one ``<section id=compare>``
+Reads what ``layerscope-compare`` wrote (every ``similarity.csv`` and ``probe.csv`` at or below the page's
+folder, ``compare/`` first) and the ``attention_distance`` column of the results; returns one ``<section id=compare>``
 of inline HTML and SVG (no pictures, no script), or an empty string when there is nothing to show.
 Every text that comes from a file is escaped.
 """
@@ -40,9 +40,11 @@ def _finite(v: object) -> bool:
 
 
 def _tables(folder: Path, name: str) -> list[tuple[Path, pd.DataFrame]]:
-    """Every ``compare/<name>`` at or below ``folder`` that reads as a table (others are left out)."""
+    """Every ``<name>`` at or below ``folder`` that reads as a table, ``compare/`` first (a table of other
+    columns is left out by its drawer)."""
     found = []
-    for path in sorted(Path(folder).rglob(f"{COMPARE}/{name}")):
+    paths = sorted(Path(folder).rglob(name), key=lambda p: (p.parent.name != COMPARE, str(p)))
+    for path in paths:
         try:
             found.append((path, pd.read_csv(path)))
         except (OSError, ValueError, pd.errors.ParserError):
@@ -80,8 +82,9 @@ def _heatmaps(similarity: pd.DataFrame, where: str) -> str:
                       f"{_e(first['estimator'])} HSIC</p><table class=heat>{''.join(rows)}</table></div>")
     stops = ", ".join(_hex(cmap(x)) for x in np.linspace(0, 1, 6))
     legend = (f"<div class=legend><span>0</span><span class=bar style=\"background:linear-gradient(90deg,{stops})\">"
-              f"</span><span>1</span> CKA ({_e(where)}); layer 0 at the bottom left</div>")
-    return f"<h3>Representation similarity (CKA)</h3>{legend}<div class=row>{''.join(blocks)}</div>"
+              f"</span><span>1</span> CKA; layer 0 at the bottom left</div>")
+    return (f"<h3>Representation similarity (CKA) · <code>{_e(where)}</code></h3>{legend}"
+            f"<div class=row>{''.join(blocks)}</div>")
 
 
 def _ticks(low: float, high: float, n: int = 5, integer: bool = False) -> list[float]:
@@ -148,7 +151,7 @@ def _chart(series: list[dict[str, Any]], y_label: str, y_range: tuple[float, flo
     return "".join(out)
 
 
-def _probe_charts(probe: pd.DataFrame, depths: dict[str, int]) -> str:
+def _probe_charts(probe: pd.DataFrame, depths: dict[str, int], where: str) -> str:
     need = {"model", "layer", "kind", "label", "k", "accuracy", "ci_low", "ci_high", "chance", "n_images"}
     if not need <= set(probe.columns) or probe.empty:
         return ""
@@ -168,7 +171,7 @@ def _probe_charts(probe: pd.DataFrame, depths: dict[str, int]) -> str:
         charts.append(f"<figure class=chartbox><figcaption>k-NN probe of {_e(label)}, {_e(kind)} representations "
                       f"(leave-one-out, 95% CI; dashed: chance)</figcaption><div class=keys>{keys}</div>"
                       f"{_chart(series, f'accuracy of {label}', (0.0, 1.0))}</figure>")
-    return f"<h3>What each layer separates</h3><div class=row>{''.join(charts)}</div>"
+    return f"<h3>What each layer separates · <code>{_e(where)}</code></h3><div class=row>{''.join(charts)}</div>"
 
 
 def _distance_charts(df: pd.DataFrame) -> str:
@@ -200,7 +203,7 @@ def compare_section(df: pd.DataFrame, folder: Path | str) -> str:
 
     Args:
         df: the page's results rows with a ``series`` column (``figures.paper.Study.df``).
-        folder: the page's folder; ``compare/similarity.csv`` and ``compare/probe.csv`` at or below it are shown.
+        folder: the page's folder; every ``similarity.csv`` and ``probe.csv`` at or below it is shown.
     """
     folder = Path(folder)
     depths = {}
@@ -209,9 +212,9 @@ def compare_section(df: pd.DataFrame, folder: Path | str) -> str:
         depths = {k: int(v) for k, v in depths.items()}
     parts = []
     for path, table in _tables(folder, SIMILARITY):
-        parts.append(_heatmaps(table, str(path.parent.relative_to(folder)) if path.parent != folder else "."))
-    for _, table in _tables(folder, PROBE):
-        parts.append(_probe_charts(table, depths))
+        parts.append(_heatmaps(table, str(path.relative_to(folder))))
+    for path, table in _tables(folder, PROBE):
+        parts.append(_probe_charts(table, depths, str(path.relative_to(folder))))
     parts.append(_distance_charts(df))
     parts = [p for p in parts if p]
     if not parts:
