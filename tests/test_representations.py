@@ -161,3 +161,15 @@ def test_chunks_removed_under_a_finished_image_are_named(clean, tmp_path):
     (out / "representations" / "parts").mkdir()
     with pytest.raises(ValueError, match="no saved representation of 6 finished images"):
         run(out)
+
+
+def test_gradient_methods_save_the_same_representations_from_their_own_pass(clean, tmp_path):
+    """Grad-CAM's forward (with autograd on) is the same forward: the same rows, detached."""
+    run(tmp_path / "gradcam", "method=gradcam")
+    for kind in ("mean", "cls"):
+        ids, want = arrays(clean, kind)
+        got_ids, got = arrays(tmp_path / "gradcam", kind)
+        assert got_ids == ids
+        for layer in want:
+            np.testing.assert_allclose(got[layer], want[layer], atol=1e-6)
+    assert pd.read_csv(tmp_path / "gradcam" / "results.csv")["attention_distance"].isna().all()  # cls_attention only

@@ -206,8 +206,9 @@ def similarity_table(models: Sequence[Model], kind: str = "mean", kernel: str = 
                         rows.append((b.label, lb, a.label, la, kind, kernel, value, len(ia), used))
     table = pd.DataFrame(rows, columns=list(SIMILARITY_COLUMNS))
     order = {m.label: i for i, m in enumerate(models)}
-    return table.sort_values(["model_a", "model_b", "layer_a", "layer_b"],
-                             key=lambda c: c.map(order) if c.name in ("model_a", "model_b") else c).reset_index(drop=True)
+    table = table.sort_values(["model_a", "model_b", "layer_a", "layer_b"],
+                              key=lambda c: c.map(order) if c.name in ("model_a", "model_b") else c)
+    return table.reset_index(drop=True)
 
 
 def image_labels(runs: Sequence[Path], column: str) -> dict[str, str]:
@@ -272,30 +273,21 @@ def probe_table(models: Sequence[Model], column: str, kind: str = "mean", k: int
     return pd.DataFrame(rows, columns=list(PROBE_COLUMNS))
 
 
-def run_comparison(folders: Sequence[Path | str], kind: str = "mean", kernel: str = "linear",
-                   probe: str | None = None, estimator: str = "auto", k: int | None = None, n_boot: int = 1000,
-                   seed: int = 0, strict: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """``similarity_table`` and (with ``probe``, a column name) ``probe_table`` of the models below ``folders``.
-
-    With ``strict=False`` (a run logging itself) what cannot be computed is skipped with a warning: an
-    empty similarity table under ``MIN_SHARED`` images, no probe without 2 classes.
-    """
-    models, warnings = load_models(folders, kind)
-    for w in warnings:
-        log.warning("%s", w)
+def self_comparison(run_dir: Path, kind: str = "mean", probe: str = "category", seed: int = 0
+                    ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """One run's own layer x layer CKA and probe of ``probe`` (what a run logs to W&B); what cannot be
+    computed (under ``MIN_SHARED`` images, a single class) is left empty with a warning."""
+    run_dir = Path(run_dir)
+    label = str(_model_config(run_dir).get("name") or run_dir.name)
+    model = load_model(label, [run_dir], kind)
     try:
-        similarity = similarity_table(models, kind, kernel, estimator, seed=seed)
+        similarity = similarity_table([model], kind, seed=seed)
     except ValueError as e:
-        if strict:
-            raise
-        log.warning("CKA skipped: %s", e)
+        log.warning("CKA not logged: %s", e)
         similarity = pd.DataFrame(columns=list(SIMILARITY_COLUMNS))
-    table = None
-    if probe:
-        try:
-            table = probe_table(models, probe, kind, k, n_boot, seed, strict)
-        except ValueError as e:
-            if strict:
-                raise
-            log.warning("probe skipped: %s", e)
+    try:
+        table = probe_table([model], probe, kind, seed=seed, strict=False)
+    except ValueError as e:
+        log.warning("probe not logged: %s", e)
+        table = None
     return similarity, table

@@ -76,7 +76,7 @@ class MapSource:
                 maps = method.maps(captured)
                 del captured
             if lost := [f"{name} of layer {layer}" for name in extras for layer in layers if layer not in got[name]]:
-                raise RuntimeError(f"model {self.backbone.name}: {', '.join(lost)} not captured during the forward pass")
+                raise RuntimeError(f"model {self.backbone.name}: {', '.join(lost)} not captured in the forward pass")
             maps = {layer: maps[layer].float().cpu() for layer in layers}
             logits = logits.float().cpu() if logits is not None else None
             extra = {name: {layer: got[name][layer].float().cpu() for layer in layers} for name in extras}

@@ -109,10 +109,9 @@ def _log_comparison(logger: Logger, out_dir: Path) -> None:
     """The run's own layer x layer CKA and k-NN probe of ``category`` per layer, for loggers that want them."""
     if not logger.wants_comparison():
         return
-    from .comparison import run_comparison
+    from .comparison import self_comparison
 
-    similarity, probe = run_comparison([out_dir], probe="category", strict=False)
-    logger.log_comparison(similarity, probe)
+    logger.log_comparison(*self_comparison(out_dir))
 
 
 def dataset_pass(cfg: DictConfig, out_dir: Path) -> tuple[Any, float]:
@@ -281,7 +280,8 @@ def _distance_columns(plan: Plan, captured: dict[str, dict[int, torch.Tensor]]) 
     per_layer = captured.get("attention_distance")
     if not per_layer:
         return None
-    return {layer: {"attention_distance": torch.cat([d[plan.heads], d.mean().view(1)])} for layer, d in per_layer.items()}
+    return {layer: {"attention_distance": torch.cat([d[plan.heads], d.mean().view(1)])}
+            for layer, d in per_layer.items()}
 
 
 def _record(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, names: list[str], item: dict,

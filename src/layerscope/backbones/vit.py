@@ -19,7 +19,7 @@ class _ViT(Backbone):
     kind = "vit"
     captures = ("cls_attention", "features", "qk")
     embedding_targets = ("norm", "cosine")
-    representation_kinds = ("mean", "cls")  # mean over patch tokens, the CLS token (block output, before any final norm)
+    representation_kinds = ("mean", "cls")  # of each block's output (before any final norm): patch-token mean, CLS
     num_prefix: int
     num_heads: int
     patch_size: int

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-CHUNK_FLOATS = 1 << 21  # floats of one (B, H, chunk, P) attention block: 8 MB in float32 (cache-sized blocks are faster)
+CHUNK_FLOATS = 1 << 21  # floats of one (B, H, chunk, P) block: 8 MB in float32 (cache-sized blocks run faster)
 
 
 def patch_distances(grid: tuple[int, int], patch_size: float, device: torch.device | None = None) -> torch.Tensor:
