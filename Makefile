@@ -38,6 +38,9 @@ experiments: install
 	$(BIN)/layerscope-report $(EXP)/defect_layer_scan --metric aupro
 	$(BIN)/layerscope-report $(EXP)/defect_layer_scan --metric auroc
 	$(BIN)/layerscope-figures $(EXP)/defect_layer_scan
+	$(BIN)/layerscope -m experiment=vit_vs_cnn_representations hydra.sweep.dir=$(EXP)/vit_vs_cnn_representations
+	$(BIN)/layerscope -m experiment=vit_vs_cnn_representations data=samples '~data.per_combination' hydra.sweep.dir=$(EXP)/vit_vs_cnn_representations/photos
+	$(BIN)/layerscope-compare $(EXP)/vit_vs_cnn_representations --probe category
 
 clean:
 	rm -rf $(VENV) outputs/runs outputs/multirun .pytest_cache

@@ -16,7 +16,8 @@ from .conftest import ROOT
 
 PACKAGE = ROOT / "src" / "layerscope"
 CLI_MODULES = {"layerscope.run", "layerscope.report", "layerscope.rescore", "layerscope.collect", "layerscope.bench",
-               "layerscope.dashboard", "layerscope.figures.__main__", "layerscope.data.export", "layerscope.view"}
+               "layerscope.dashboard", "layerscope.figures.__main__", "layerscope.data.export", "layerscope.view",
+               "layerscope.compare"}
 
 
 def _module_name(path: Path) -> str:

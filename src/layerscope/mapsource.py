@@ -53,14 +53,21 @@ class MapSource:
 
     def __call__(self, items: list[dict]) -> tuple[list[dict[int, torch.Tensor]], list[torch.Tensor | None]]:
         """Per image: layer -> (K, h, w) float32 maps, and its logits (C,) or None."""
-        layers = self.plan.layers
+        maps, logits, _ = self.fetch(items)
+        return maps, logits
+
+    def fetch(self, items: list[dict]) -> tuple[list[dict[int, torch.Tensor]], list[torch.Tensor | None],
+                                                list[dict[str, dict[int, torch.Tensor]]]]:
+        """Per image: layer -> (K, h, w) float32 maps, its logits (C,) or None, and the plan's extras
+        (name -> layer -> tensor: ``rep_<kind>`` (D,), ``attention_distance`` (H,)), captured in the same pass."""
+        layers, extras = self.plan.layers, tuple(getattr(self.plan, "extras", ()))
         keys = [image_key(to_uint8(item["x"])) for item in items] if self.cache else [None] * len(items)
-        found = [self.cache.get(k, layers) if self.cache else None for k in keys]
+        found = [self.cache.get_all(k, layers, extras) if self.cache else None for k in keys]
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
             x = torch.stack([items[i]["x"] for i in missing]).to(self.device, non_blocking=True)
             t0 = time.perf_counter()
-            with autocast(self.device, self.precision):
+            with autocast(self.device, self.precision), self.backbone.capturing(layers, extras) as got:
                 method = self.plan.method
                 if method.needs_grad:  # one forward + one backward for every layer, with autograd on
                     captured, logits = self.backbone.extract_grad(x, method.capture_layers(layers), method)
@@ -68,15 +75,19 @@ class MapSource:
                     captured, logits = self.backbone.extract(x, method.capture_layers(layers), method.capture)
                 maps = method.maps(captured)
                 del captured
+            if lost := [f"{name} of layer {layer}" for name in extras for layer in layers if layer not in got[name]]:
+                raise RuntimeError(f"model {self.backbone.name}: {', '.join(lost)} not captured in the forward pass")
             maps = {layer: maps[layer].float().cpu() for layer in layers}
             logits = logits.float().cpu() if logits is not None else None
+            extra = {name: {layer: got[name][layer].float().cpu() for layer in layers} for name in extras}
             self.seconds += time.perf_counter() - t0
             self.calls += 1
             for j, i in enumerate(missing):
-                found[i] = ({layer: m[j] for layer, m in maps.items()}, logits[j] if logits is not None else None)
+                found[i] = ({layer: m[j] for layer, m in maps.items()}, logits[j] if logits is not None else None,
+                            {name: {layer: t[j] for layer, t in per.items()} for name, per in extra.items()})
                 if self.cache:
-                    self.cache.put(keys[i], found[i][0], found[i][1])
-        return [f[0] for f in found], [f[1] for f in found]
+                    self.cache.put(keys[i], found[i][0], found[i][1], found[i][2])
+        return [f[0] for f in found], [f[1] for f in found], [f[2] for f in found]
 
 
 @torch.no_grad()

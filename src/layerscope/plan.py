@@ -26,6 +26,7 @@ class Plan:
     layers: list[int]
     heads: list[int]
     scoring: ScoreOptions
+    extras: tuple[str, ...] = ()  # captured beside the maps in the same pass (Backbone.extra_hooks)
 
 
 def as_plain(value: Any) -> Any:
@@ -183,7 +184,23 @@ def plan_study(cfg: DictConfig, backbone: Backbone) -> Plan:
     if cfg.precision != "fp32" and resolve_device(cfg.device).type != "cuda":
         raise ValueError(f"precision={cfg.precision} needs a GPU (device=cuda or auto with CUDA); use precision=fp32")
     check_faithfulness(cfg, backbone)
-    return Plan(method, layers, heads, ScoreOptions.from_config(cfg))
+    return Plan(method, layers, heads, ScoreOptions.from_config(cfg), plan_extras(cfg, backbone, method))
+
+
+def plan_extras(cfg: DictConfig, backbone: Backbone, method: MapMethod) -> tuple[str, ...]:
+    """What the run captures beside the maps: pooled representations (``save_representations``) and,
+    for ``cls_attention``, the mean attention distance per head (``metrics.attention_distance``)."""
+    extras: list[str] = []
+    save = cfg.get("save_representations", False)
+    distance = OmegaConf.select(cfg, "metrics.attention_distance", default=False)
+    for key, value in (("save_representations", save), ("metrics.attention_distance", distance)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}={value}: expected true or false")
+    if save:
+        extras += [f"rep_{kind}" for kind in backbone.representation_kinds]
+    if distance and method.name == "cls_attention":
+        extras.append("attention_distance")
+    return tuple(extras)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -69,7 +69,7 @@ def rescore_dir(run_dir: Path, overrides: list[str], out_name: str, progress: bo
                 target = Target(torch.from_numpy(saved["mask"]), valid)
             maps = {layer: torch.from_numpy(m) for layer, m in saved["maps"].items()}
             try:
-                rows = image_rows(saved["meta"], maps, saved["names"], target, opts)
+                rows = image_rows(saved["meta"], maps, saved["names"], target, opts, saved.get("columns"))
             except ValueError as e:  # checked maps should score; name the file if one does not
                 raise ValueError(f"{path}: {e}") from None
             writer.write(rows)

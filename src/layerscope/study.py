@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -25,6 +25,7 @@ from .mapsource import MapSource, build_cache, to_uint8
 from .plan import Plan, build, build_dataset, check_config, plan_study, resolve_device
 from .results import layout
 from .results.maps_io import save_maps
+from .results.representations import PartWriter, consolidate
 from .results.rundir import RunLock, done_line, previous_progress, write_atomic, write_summary
 from .results.table import ResultsWriter
 from .results.writer import BackgroundWriter
@@ -96,6 +97,8 @@ def _run_locked(cfg: DictConfig, out_dir: Path, on_accept: Callable[[bool], None
     try:
         stats = _study_loop(cfg, out_dir, plan, backbone, dataset, device, logger, done)
         stats["rows"] += sum(done.values())  # the rows of images an earlier, interrupted run finished
+        if any(e.startswith("rep_") for e in plan.extras):
+            stats["representations"] = consolidate(out_dir)  # done.txt order: a resumed run's equals a clean one's
         pooled, stats["dataset_seconds"] = dataset_pass(cfg, out_dir)
         write_summary(out_dir, {"complete": True, "model": backbone.name, "method": method.name,
                                 "layers": plan.layers, "seconds": round(time.perf_counter() - t0, 3), **stats})
@@ -105,8 +108,19 @@ def _run_locked(cfg: DictConfig, out_dir: Path, on_accept: Callable[[bool], None
             logger.log_results(out_dir / layout.RESULTS)
             if pooled is not None:
                 logger.log_dataset(pooled)
+            if any(e.startswith("rep_") for e in plan.extras):
+                _log_comparison(logger, out_dir)
         logger.finish(ok)
     return out_dir / layout.RESULTS
+
+
+def _log_comparison(logger: Logger, out_dir: Path) -> None:
+    """The run's own layer x layer CKA and k-NN probe of ``category`` per layer, for loggers that want them."""
+    if not logger.wants_comparison():
+        return
+    from .comparison import self_comparison
+
+    logger.log_comparison(*self_comparison(out_dir))
 
 
 def dataset_pass(cfg: DictConfig, out_dir: Path) -> tuple[Any, float]:
@@ -189,6 +203,7 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
         collate_fn=_as_list, pin_memory=device.type == "cuda")
     t_loop = time.perf_counter()
     writer = ResultsWriter(out_dir / layout.RESULTS)
+    parts = PartWriter(out_dir) if any(e.startswith("rep_") for e in plan.extras) else None
     try:
         files = BackgroundWriter(out_dir / layout.DONE)
     except OSError as e:
@@ -213,12 +228,15 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
                 gained += [item["mask_rule"] for item in items if item["mask_rule"][0]]
                 if not items:
                     continue
-                per_image, logits = source(items)
+                per_image, logits, captured = source.fetch(items)
                 faith = _faithfulness(cfg, plan, backbone, items, per_image, logits)
-                for item, maps, image_logits, extra in zip(items, per_image, logits, faith):
+                # the batch's representations go to disk with its first image, before any of its done.txt lines
+                before = [parts.task([item["id"] for item in items], captured)] if parts else []
+                for i, (item, maps, image_logits, extra) in enumerate(zip(items, per_image, logits, faith)):
                     n_figures += _record(cfg, out_dir, plan, backbone, names, item, maps, image_logits, writer,
                                          files, logger, clock, draw=n_figures < int(cfg.figures.max_images),
-                                         extra=extra)
+                                         extra=extra, columns=_distance_columns(plan, captured[i]),
+                                         before=before if i == 0 else ())
                     bar.update(1)
         files.close()  # waits for the last files; raises a failed write, naming the file
     finally:
@@ -281,15 +299,32 @@ def _faithfulness(cfg: DictConfig, plan: Plan, backbone: Backbone, items: list[d
             for i in range(len(items))]
 
 
+def _distance_columns(plan: Plan, captured: dict[str, dict[int, torch.Tensor]]) -> dict | None:
+    """``attention_distance`` of the chosen heads and, for the ``mean`` row, the mean over every head:
+    layer -> {"attention_distance": (K,)}; None when the run does not measure it."""
+    per_layer = captured.get("attention_distance")
+    if not per_layer:
+        return None
+    return {layer: {"attention_distance": torch.cat([d[plan.heads], d.mean().view(1)])}
+            for layer, d in per_layer.items()}
+
+
 def _record(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, names: list[str], item: dict,
             maps: dict[int, torch.Tensor], logits: torch.Tensor | None, writer: ResultsWriter,
             files: BackgroundWriter, logger: Logger, clock: dict[str, float], draw: bool,
-            extra: dict | None = None) -> int:
+            extra: dict | None = None, columns: dict | None = None, before: Sequence = ()) -> int:
     """Score one image's maps (rows written now), then hand its maps and grid picture to ``files``.
+
+    Args:
+        extra: per-map columns computed with the model (faithfulness): layer -> column -> (K,).
+        columns: per-map columns from the same pass, also kept in the saved maps (``attention_distance``).
+        before: writer tasks to run before this image's own files (its batch's representations).
 
     Returns:
         1 when a grid picture was queued, else 0.
     """
+    if columns:
+        extra = {layer: {**(extra or {}).get(layer, {}), **columns.get(layer, {})} for layer in maps}
     t0 = time.perf_counter()
     method, size = plan.method, backbone.img_size
     mask, valid = item["mask"], item["valid"]
@@ -310,11 +345,13 @@ def _record(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, name
     saved = {layer: m.numpy() for layer, m in chosen.items()}  # not modified after this: safe to share
     image_u8 = to_uint8(item["x"])
     mask_np = mask.numpy() if mask is not None else None
-    tasks = []
+    tasks = list(before)
     if cfg.save_maps:
         path, valid_np = layout.map_file(out_dir, item["id"]), valid.numpy() if valid is not None else None
         info = dict(meta, threshold_rule=plan.scoring.rule)
-        tasks.append((path, lambda: save_maps(path, image_u8, mask_np, saved, all_names, info, valid=valid_np)))
+        saved_columns = {layer: {c: v.numpy() for c, v in cols.items()} for layer, cols in (columns or {}).items()}
+        tasks.append((path, lambda: save_maps(path, image_u8, mask_np, saved, all_names, info, valid=valid_np,
+                                              columns=saved_columns)))
     if logger.wants_maps():
         first = plan.scoring.thresholds[0]
         kept = {layer: upsample(threshold_maps(m, first, plan.scoring.rule), (size, size)).numpy()

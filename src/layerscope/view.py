@@ -47,6 +47,7 @@ from .figures.paper import (PALETTE, SEP, Study, head_order, layer_head_scores, 
                             smallest_threshold)
 from .results import catalog, layout
 from .results.table import read_table
+from .view_compare import compare_section
 
 REPORT = layout.REPORT
 DEFAULT_METRICS = ("aupro", "auroc", "iou", "entropy")  # the first one with values is the page's metric
@@ -935,7 +936,8 @@ def _page(title: str, where: str, sections: Iterable[str], data: dict[str, Any],
     payload = script_json(data)
     nav = "".join(f"<a href=\"#{a}\">{t}</a>" for a, t in (("glance", "at a glance"), ("gallery", "images"),
                                                            ("ranking", "ranking"), ("curves", "by layer"),
-                                                           ("choice", "choice"), ("runs", "runs")))
+                                                           ("choice", "choice"), ("compare", "compare"),
+                                                           ("runs", "runs")))
     return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><meta name=generator content={GENERATOR}>"
             "<meta name=viewport "
             f"content=\"width=device-width,initial-scale=1\"><title>{_e(title)}</title><style>{CSS}</style></head>"
@@ -1111,7 +1113,7 @@ def _write(study: Study, folder: Path, files: Path, staging: Path, metric: str, 
     sections = [_summary_section(study, jobs, never, metric), _glance_section(study, scores, metric, series_index),
                 _gallery_section(data), _ranking_section(study, metric, ranked, top),
                 _curves_section(study, metric, scores, n_boot, depth), _choice_section(study),
-                _runs_section(study, jobs)]
+                compare_section(study.df, folder), _runs_section(study, jobs)]
     title = f"layerscope · {folder.resolve().name}"
     return _page(title, f"{folder.resolve()} · written {time.strftime('%Y-%m-%d %H:%M')}", sections, data, depth)
 

@@ -65,6 +65,7 @@ class Backbone(nn.Module):
     kind: str = ""
     captures: tuple[str, ...] = ()  # what ``capture`` can hook: "cls_attention", "features"
     embedding_targets: tuple[str, ...] = ("norm",)  # gradient targets of a model without a classifier
+    representation_kinds: tuple[str, ...] = ("mean",)  # pooled representations per layer (save_representations)
 
     def __init__(self, name: str, img_size: int, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
@@ -244,6 +245,32 @@ class Backbone(nn.Module):
         For ``features``: the layer's patch features on its grid, (B, C, h, w).
         """
         raise NotImplementedError
+
+    def extra_hooks(self, layers: Sequence[int], extras: Sequence[str]
+                    ) -> tuple[list[tuple[nn.Module, Hook]], dict[str, dict[int, torch.Tensor]]]:
+        """Hooks that fill ``store[extra][layer]`` during a forward pass, beside the maps' own capture.
+
+        Extras: ``rep_<kind>`` for each of ``representation_kinds`` (a pooled representation per
+        image, (B, D)) and, for ViTs, ``attention_distance`` ((B, H), input pixels).
+
+        Raises:
+            ValueError: an extra this model cannot capture.
+        """
+        if extras:
+            raise ValueError(f"model {self.name} ({self.kind}) cannot capture {', '.join(extras)}")
+        return [], {}
+
+    @contextmanager
+    def capturing(self, layers: Sequence[int], extras: Sequence[str]) -> Iterator[dict[str, dict[int, torch.Tensor]]]:
+        """Capture ``extras`` of ``layers`` during every forward pass run inside the ``with`` block.
+
+        The same pass as the maps (``extract`` or ``extract_grad`` inside the block): no extra
+        forward. Yields ``store[extra][layer]`` (detached float32 tensors), filled as the pass runs;
+        the hooks are removed on leaving the block.
+        """
+        hooks, store = self.extra_hooks(layers, extras)
+        with forward_hooks(hooks):
+            yield store
 
     def _load_checked(self, module: nn.Module, sd: dict[str, torch.Tensor]) -> None:
         """Load ``sd`` into ``module``; a checkpoint for another architecture is a WeightsError naming keys."""

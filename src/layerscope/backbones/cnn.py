@@ -98,6 +98,20 @@ class TimmCNN(Backbone):
         """The stage outputs themselves, (B, C, h, w), kept in the graph (see ``Backbone.capture_grad``)."""
         return self.capture(layers, what)
 
+    def extra_hooks(self, layers: Sequence[int], extras: Sequence[str]
+                    ) -> tuple[list[tuple[nn.Module, Hook]], dict[str, dict[int, torch.Tensor]]]:
+        """``rep_mean``: each stage's output (B, C, h, w) globally average-pooled, (B, C)."""
+        if unknown := [e for e in extras if e != "rep_mean"]:
+            raise ValueError(f"model {self.name} ({self.kind}) cannot capture {', '.join(unknown)}")
+        store: dict[str, dict[int, torch.Tensor]] = {e: {} for e in extras}
+
+        def hook_for(layer: int) -> Hook:
+            def pool(_m, _i, out):
+                store["rep_mean"][layer] = out.detach().float().mean((2, 3))
+            return pool
+
+        return ([(self._modules_by_stage[layer], hook_for(layer)) for layer in layers] if extras else []), store
+
     @property
     def num_classes(self) -> int:
         return int(self.model.num_classes)

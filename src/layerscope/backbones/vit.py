@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..maps.attention import cls_attention
+from ..maps.distance import attention_distance
 from .base import Backbone, Hook
 from .weights import WeightsError, check_source, hub_folder, timm_state_dict
 
@@ -18,6 +19,7 @@ class _ViT(Backbone):
     kind = "vit"
     captures = ("cls_attention", "features", "qk")
     embedding_targets = ("norm", "cosine")
+    representation_kinds = ("mean", "cls")  # of each block's output (before any final norm): patch-token mean, CLS
     num_prefix: int
     num_heads: int
     patch_size: int
@@ -126,6 +128,41 @@ class _ViT(Backbone):
                     store[layer] = tokens[:, prefix:].transpose(1, 2).reshape(b, c, *grid)
 
                 hooks.append((self._block(layer), keep_tokens))
+        return hooks, store
+
+
+    def extra_hooks(self, layers: Sequence[int], extras: Sequence[str]
+                    ) -> tuple[list[tuple[nn.Module, Hook]], dict[str, dict[int, torch.Tensor]]]:
+        """``rep_mean``/``rep_cls`` from each block's output tokens (B, D); ``attention_distance`` (B, H)
+        from the block's own q and k (``maps.distance``, queries in chunks; prefix tokens left out)."""
+        known = ("attention_distance", *(f"rep_{kind}" for kind in self.representation_kinds))
+        if unknown := [e for e in extras if e not in known]:
+            raise ValueError(f"model {self.name} ({self.kind}) cannot capture {', '.join(unknown)}")
+        store: dict[str, dict[int, torch.Tensor]] = {e: {} for e in extras}
+        hooks: list[tuple[nn.Module, Hook]] = []
+        grid, prefix, patch = self.grid, self.num_prefix, self.patch_size
+        for layer in layers:
+            if "attention_distance" in store:
+                q_mod, k_mod, scale = self._qk_modules(layer)
+                pending: dict[str, torch.Tensor] = {}
+
+                def keep_q(_m, _i, out, pending=pending):
+                    pending["q"] = self._to_heads(out).detach()
+
+                def use_k(_m, _i, out, pending=pending, layer=layer, scale=scale):
+                    store["attention_distance"][layer] = attention_distance(
+                        pending.pop("q"), self._to_heads(out).detach(), scale, prefix, grid, patch)
+
+                hooks += [(q_mod, keep_q), (k_mod, use_k)]
+            if "rep_mean" in store or "rep_cls" in store:
+                def pool(_m, _i, out, layer=layer):
+                    tokens = (out[0] if isinstance(out, tuple) else out).detach().float()  # (B, N, D)
+                    if "rep_mean" in store:
+                        store["rep_mean"][layer] = tokens[:, prefix:].mean(1)  # patch tokens only
+                    if "rep_cls" in store:
+                        store["rep_cls"][layer] = tokens[:, 0]
+
+                hooks.append((self._block(layer), pool))
         return hooks, store
 
 

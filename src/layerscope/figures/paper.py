@@ -16,6 +16,8 @@ kind; each returns the paths it wrote and logs why when it has nothing to draw:
 - ``threshold_curves``: IoU against the threshold (kept mass) at each model's best layer.
 - ``best_map_overlays``: per defect type, the best (model, method, layer, head) map over examples.
 - ``dataset_vs_layer``, ``choice_stability``: the dataset-level protocol and the held-out choice.
+- ``attention_distance``: mean attention distance per head against layer, one dot per head, models side
+  by side (Dosovitskiy et al. 2020, Fig. 7); ``layerscope-compare`` draws it too (``figures.compare``).
 
 Every figure is written as PNG (200 dpi) and PDF (TrueType text, editable), in one style
 (``STYLE``, applied by ``_styled``), with seaborn's colour-blind palette.
@@ -53,7 +55,7 @@ from .grid import grid_figure
 log = logging.getLogger(__name__)
 
 KINDS = ("layer_head_grids", "metric_vs_layer", "layer_head", "vit_vs_cnn", "threshold_curves",
-         "best_map_overlays", "dataset_vs_layer", "choice_stability")
+         "best_map_overlays", "dataset_vs_layer", "choice_stability", "attention_distance")
 AXES = ("layer", "relative")  # x-axis of metric_vs_layer: layer index, or relative depth (0 = first, 1 = last)
 DATASET_CURVES = ("pixel_auroc", "aupro")  # pooled metrics with bootstrap CIs in dataset_metrics.csv
 METRICS = catalog.DEFAULT_CURVES
@@ -864,6 +866,75 @@ def choice_stability(source: Study | Path | str, out: Path | str | None = None,
     return paths
 
 
+def _depth_axis(layers: np.ndarray, num_layers: float, depth: str) -> np.ndarray:
+    """Layer indices as they are, or as relative depth (the model's layer count, else the deepest layer + 1)."""
+    if depth == "layer":
+        return np.asarray(layers, float)
+    n = int(num_layers) if num_layers == num_layers and num_layers else int(np.max(layers)) + 1
+    return np.asarray(relative_depth(layers, n), float)
+
+
+def distance_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean over images of ``attention_distance`` per (series, layer, head), from ``results.csv`` rows with a
+    ``series`` column (smallest threshold, no ``best`` rows); with each series' ``num_layers``."""
+    if "attention_distance" not in rows.columns:
+        return pd.DataFrame(columns=["series", "layer", "head", "attention_distance", "num_layers"])
+    rows = rows[(rows["head"].astype(str) != "best") & rows["attention_distance"].notna()]
+    if rows.empty:
+        return pd.DataFrame(columns=["series", "layer", "head", "attention_distance", "num_layers"])
+    rows = smallest_threshold(rows).assign(head=lambda d: d["head"].astype(str))
+    per_image = rows.groupby(["series", "layer", "head", "image"], as_index=False)["attention_distance"].mean()
+    table = per_image.groupby(["series", "layer", "head"], as_index=False)["attention_distance"].mean()
+    depth = pd.to_numeric(rows.get("num_layers"), errors="coerce").groupby(rows["series"]).max()
+    table["num_layers"] = table["series"].map(depth)
+    return table
+
+
+@_styled
+def attention_distance(rows: pd.DataFrame, out: Path | str, formats: Sequence[str] = ("png", "pdf"),
+                       depth: str = "layer") -> list[Path]:
+    """Mean attention distance against layer: one dot per head, the head mean as a line, one panel per series.
+
+    Args:
+        rows: ``results.csv`` rows with a ``series`` column (``figures.paper.Study.df``).
+    """
+    if depth not in AXES:
+        raise ValueError(f"--depth {depth}: expected one of {', '.join(AXES)}")
+    table = distance_table(rows)
+    if table.empty:
+        log.info("attention_distance: no attention_distance values (cls_attention runs measure it), skipped")
+        return []
+    series = sorted(table["series"].unique())
+    fig = Figure(figsize=(0.4 + 2.4 * len(series), 2.5))
+    axes = fig.subplots(1, len(series), sharey=True, squeeze=False)[0]
+    for ax, name in zip(axes, series):
+        part = table[table["series"] == name]
+        n = part["num_layers"].iloc[0]
+        heads = [h for h in head_order(part["head"]) if h.isdigit()]
+        for j, head in enumerate(heads):
+            dots = part[part["head"] == head].sort_values("layer")
+            x = _depth_axis(dots["layer"].to_numpy(), n, depth)
+            ax.scatter(x, dots["attention_distance"], s=9, color=PALETTE[j % len(PALETTE)], alpha=0.85,
+                       linewidths=0, label=f"head {head}" if ax is axes[0] else None, zorder=3)
+        mean = part[part["head"] == "mean"].sort_values("layer")
+        if not mean.empty:
+            x = _depth_axis(mean["layer"].to_numpy(), n, depth)
+            ax.plot(x, mean["attention_distance"], color="0.2", linewidth=1.0, label="mean of heads"
+                    if ax is axes[0] else None, zorder=2)
+        if depth == "layer":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        else:
+            ax.set_xticks([0, 0.5, 1])
+        ax.set_xlabel(LAYER_LABEL if depth == "layer" else DEPTH_LABEL)
+        ax.set_title(name, pad=3, fontsize=7)
+    axes[0].set_ylabel("mean attention distance (input pixels)")
+    axes[0].set_ylim(0, 1.08 * float(table["attention_distance"].max()) or 1.0)
+    fig.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=6)
+    fig.suptitle("Mean attention distance per head (mean over images)", fontsize=8)
+    stem = "attention_distance" + ("_vs_depth" if depth == "relative" else "")
+    return _save(fig, Path(out), stem, formats)
+
+
 def make_all(folder: Path | str, out: Path | str | None = None, formats: Sequence[str] = ("png", "pdf"),
              max_images: int = 4, metrics: Iterable[str] = METRICS,
              kinds: Iterable[str] = KINDS, depth: str = "layer") -> dict[str, list[Path]]:
@@ -911,5 +982,6 @@ def make_all(folder: Path | str, out: Path | str | None = None, formats: Sequenc
         "best_map_overlays": lambda: best_map_overlays(study, out, formats, min(max_images, 3)),
         "dataset_vs_layer": lambda: dataset_vs_layer(study, out, formats),
         "choice_stability": lambda: choice_stability(study, out, formats),
+        "attention_distance": lambda: attention_distance(study.df, out, formats, depth),
     }
     return {kind: calls[kind]() for kind in kinds}

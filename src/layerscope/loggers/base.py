@@ -31,5 +31,13 @@ class Logger:
     def log_dataset(self, table) -> None:
         """The dataset-level metrics (``dataset_metrics.csv`` rows, a DataFrame)."""
 
+    def wants_comparison(self) -> bool:
+        """Whether ``log_comparison`` would log anything (lets a run skip computing it)."""
+        return False
+
+    def log_comparison(self, similarity, probe) -> None:
+        """Layer x layer CKA (``similarity.csv`` rows, a DataFrame) and the k-NN probe per layer
+        (``probe.csv`` rows, a DataFrame, or None), as ``layerscope.comparison`` computes them."""
+
     def finish(self, ok: bool) -> None:
         """Always called, also after an error (``ok=False``)."""

@@ -160,6 +160,41 @@ class WandbLogger(Logger):
             self.run.summary[f"dataset/{metric}/head"] = str(best["head"])
         self.run.log({"dataset_metrics": wandb.Table(dataframe=table.astype({"layer": int}))})
 
+    def wants_comparison(self) -> bool:
+        return self.run is not None
+
+    def log_comparison(self, similarity: pd.DataFrame, probe: pd.DataFrame | None) -> None:
+        """The CKA table (``cka``) with one heatmap image per model pair (``cka/<a>__<b>``), and the k-NN probe:
+        ``probe/<label>/<kind>/<model>`` per layer (x-axis ``layer``), the ``probe`` table and
+        ``probe/<label>/<kind>/<model>/best`` (+ ``/layer``) in the summary."""
+        import tempfile
+
+        import wandb
+
+        from ..figures.compare import cka_heatmaps
+
+        if self.run is None:
+            return
+        if not similarity.empty:
+            self.run.log({"cka": wandb.Table(dataframe=similarity)})
+            with tempfile.TemporaryDirectory() as tmp:
+                for path in cka_heatmaps(similarity, Path(tmp), ("png",)):
+                    pair = path.stem.removeprefix("cka_").rsplit("_", 2)[0]
+                    self.run.log({f"cka/{pair}": wandb.Image(str(path))})
+        if probe is None or probe.empty:
+            return
+        for layer, part in probe.groupby("layer"):
+            row: dict[str, Any] = {"layer": int(layer)}
+            row.update({f"probe/{r.label}/{r.kind}/{r.model}": float(r.accuracy) for r in part.itertuples()})
+            self.run.log(row)
+        for (label, kind, model), part in probe.groupby(["label", "kind", "model"]):
+            best = part.loc[part["accuracy"].idxmax()]
+            key = f"probe/{label}/{kind}/{model}"
+            self.run.summary[f"{key}/best"] = float(best["accuracy"])
+            self.run.summary[f"{key}/best/layer"] = int(best["layer"])
+            self.run.summary[f"{key}/chance"] = float(best["chance"])
+        self.run.log({"probe": wandb.Table(dataframe=probe)})
+
     def log_report(self, path: Path) -> None:
         """The offline report page (``layerscope-view``: ``report.html`` and its ``report_files/``) as a
         W&B artifact of type ``report``."""

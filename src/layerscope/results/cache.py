@@ -14,13 +14,18 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
 VERSION = 1  # bump when the meaning of cached maps changes
+
+
+def _extra_key(name: str, layer: int) -> str:
+    """The entry's array of one extra (``Backbone.extra_hooks``) of one layer."""
+    return f"extra_{name}_layer_{layer}"
 
 
 def weights_identity(weights: Mapping[str, Any], pretrained: bool) -> dict:
@@ -104,22 +109,36 @@ class MapCache:
 
     def get(self, image: str, layers: list[int]) -> tuple[dict[int, torch.Tensor], torch.Tensor | None] | None:
         """The cached maps of every requested layer and the logits, or None (a miss)."""
+        found = self.get_all(image, layers)
+        return found[:2] if found is not None else None
+
+    def get_all(self, image: str, layers: list[int], extras: Sequence[str] = ()
+                ) -> tuple[dict[int, torch.Tensor], torch.Tensor | None, dict[str, dict[int, torch.Tensor]]] | None:
+        """The cached maps, logits and ``extras`` (name -> layer -> tensor) of every requested layer, or None
+        (a miss, also when an entry lacks one of the extras: it is then recomputed and completed)."""
         path = self.dir / f"{image}.npz"
         arrays = self._read(path)
-        if arrays is not None and all(f"layer_{layer}" in arrays for layer in layers):
+        keys = [f"layer_{layer}" for layer in layers] + [_extra_key(e, layer) for e in extras for layer in layers]
+        if arrays is not None and all(key in arrays for key in keys):
             try:
                 os.utime(path)  # recently used
             except OSError:
                 pass  # a read-only cache still serves its entries
             self.hits += 1
             return ({layer: torch.from_numpy(arrays[f"layer_{layer}"]) for layer in layers},
-                    torch.from_numpy(arrays["logits"]) if "logits" in arrays else None)
+                    torch.from_numpy(arrays["logits"]) if "logits" in arrays else None,
+                    {e: {layer: torch.from_numpy(arrays[_extra_key(e, layer)]) for layer in layers} for e in extras})
         self.misses += 1
         return None
 
-    def put(self, image: str, maps: Mapping[int, torch.Tensor], logits: torch.Tensor | None) -> None:
+    def put(self, image: str, maps: Mapping[int, torch.Tensor], logits: torch.Tensor | None,
+            extras: Mapping[str, Mapping[int, torch.Tensor]] | None = None) -> None:
         """Store (merging with layers already cached for this image); atomic. A cache that cannot be
-        written (read-only, full) is warned about once and then left alone."""
+        written (read-only, full) is warned about once and then left alone.
+
+        Args:
+            extras: name -> layer -> tensor captured beside the maps (``Backbone.extra_hooks``).
+        """
         if not self.writable:
             return
         path = self.dir / f"{image}.npz"
@@ -127,6 +146,8 @@ class MapCache:
         arrays.update({f"layer_{layer}": m.detach().cpu().float().numpy() for layer, m in maps.items()})
         if logits is not None:
             arrays["logits"] = logits.detach().cpu().float().numpy()
+        for name, per_layer in (extras or {}).items():
+            arrays.update({_extra_key(name, layer): t.detach().cpu().float().numpy() for layer, t in per_layer.items()})
         tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
         try:
             np.savez(tmp, **arrays)

@@ -62,6 +62,8 @@ _PER_IMAGE = (
     Metric("deletion_auc", "deletion AUC", "deletion AUC (0–1, lower = more faithful)", higher_is_better=False,
            needs_mask=False, needs_model=True),
     Metric("insertion_auc", "insertion AUC", "insertion AUC (0–1)", needs_mask=False, needs_model=True),
+    Metric("attention_distance", "attention distance", "mean attention distance (input pixels)", needs_mask=False,
+           fmt=".1f", needs_model=True),  # cls_attention, from each head's q and k; descriptive (wider, not better)
     Metric("score_max", "max score", "map maximum", needs_mask=False, kind="image_score", fmt=".4g"),
     Metric("score_topk", "top-k score", "mean of the top cells", needs_mask=False, kind="image_score", fmt=".4g"),
 )

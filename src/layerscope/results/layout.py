@@ -9,6 +9,9 @@
     <run>/maps/<image>.npz     saved maps of one image
     <run>/figures/<image>_grid.png
     <run>/dataset_metrics.csv  dataset-level protocol (``layerscope-report --protocol dataset``)
+    <run>/representations/<kind>_layer_<i>.npy, images.txt   pooled representations (save_representations)
+    <run>/representations/parts/part_<n>.npz   what the run appends batch by batch (resume)
+    <DIR>/compare/similarity.csv, probe.csv, *.png|pdf   ``layerscope-compare``
     <run or sweep>/report.html, report_files/   the offline page (``layerscope-view``)
 """
 from __future__ import annotations
@@ -29,6 +32,12 @@ DATASET_METRICS = "dataset_metrics.csv"
 ALL_RESULTS = "all_results.csv"
 REPORT = "report.html"  # layerscope-view's page, with its pictures in REPORT_FILES/
 REPORT_FILES = "report_files"  # named after the page: <page stem>_files
+REPRESENTATIONS = "representations"  # pooled representations per layer (save_representations=true)
+REPRESENTATION_IDS = "images.txt"  # inside REPRESENTATIONS: the arrays' row order, one image id per line
+REPRESENTATION_PARTS = "parts"  # inside REPRESENTATIONS: per-batch chunks, consolidated at the end
+COMPARE = "compare"  # layerscope-compare's default output folder
+SIMILARITY = "similarity.csv"
+PROBE = "probe.csv"
 
 
 def image_stem(image: str) -> str:
@@ -58,6 +67,11 @@ def inside(path: Path, folder: Path) -> bool:
     except (ValueError, OSError, RuntimeError):  # elsewhere, or a link loop
         return False
     return True
+
+
+def representation_file(run_dir: Path, kind: str, layer: int) -> Path:
+    """The ``(n_images, D)`` float32 array of one representation kind (``mean``, ``cls``) at one layer."""
+    return Path(run_dir) / REPRESENTATIONS / f"{kind}_layer_{layer}.npy"
 
 
 def map_files(run_dir: Path) -> list[Path]:

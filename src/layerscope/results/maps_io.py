@@ -9,7 +9,8 @@ import numpy as np
 
 
 def save_maps(path: Path, image: np.ndarray, mask: np.ndarray | None, maps: Mapping[int, np.ndarray],
-              names: Mapping[int, Sequence[str]], meta: Mapping[str, object], valid: np.ndarray | None = None) -> None:
+              names: Mapping[int, Sequence[str]], meta: Mapping[str, object], valid: np.ndarray | None = None,
+              columns: Mapping[int, Mapping[str, np.ndarray]] | None = None) -> None:
     """Write one image's maps.
 
     Args:
@@ -20,8 +21,12 @@ def save_maps(path: Path, image: np.ndarray, mask: np.ndarray | None, maps: Mapp
         names: layer -> K map names (``"0"``, ``"1"``, ... or ``"l2"``).
         meta: JSON-serialisable facts (model, method, image id, ...), the non-metric columns of its rows.
         valid: (S, S) bool, False on ignored pixels, or None.
+        columns: per-map result columns that come from the model, not from the maps (layer -> column ->
+            (K,) values, e.g. ``attention_distance``), so that rescoring keeps them.
     """
     arrays = {f"layer_{layer}": np.asarray(m, dtype=np.float32) for layer, m in maps.items()}
+    for layer, values in (columns or {}).items():
+        arrays.update({f"column_{name}_layer_{layer}": np.asarray(v, dtype=np.float32) for name, v in values.items()})
     arrays["image"] = image
     if mask is not None:
         arrays["mask"] = mask.astype(bool)
@@ -54,7 +59,8 @@ def load_maps(path: Path) -> dict:
     layer and names for exactly the saved layers.
 
     Returns:
-        dict with ``image``, ``mask`` and ``valid`` (or None), ``maps`` (layer -> (K, h, w)), ``names``, ``meta``.
+        dict with ``image``, ``mask`` and ``valid`` (or None), ``maps`` (layer -> (K, h, w)), ``names``, ``meta``,
+        ``columns`` (layer -> column -> (K,); empty when none were saved).
 
     Raises:
         ValueError: not a saved-maps file (truncated, edited, or another file); one line naming it and
@@ -111,8 +117,18 @@ def _load(path: Path) -> dict:
             if len(names[layer]) != m.shape[0]:
                 raise _Invalid(f"layer_{layer} holds {m.shape[0]} maps but {len(names[layer])} names, expected one "
                                "name per map")
+        columns: dict[int, dict[str, np.ndarray]] = {}  # per-map columns saved beside the maps (K,) per layer
+        for key in (k for k in z.files if k.startswith("column_")):
+            name, _, layer = key[len("column_"):].rpartition("_layer_")
+            try:
+                layer_i = int(layer)
+            except ValueError:
+                raise _Invalid(f"array {key!r}, expected column_<name>_layer_<int>") from None
+            if layer_i not in maps or z[key].shape != (maps[layer_i].shape[0],):
+                raise _Invalid(f"{key} of shape {z[key].shape}, expected one value per map of a saved layer")
+            columns.setdefault(layer_i, {})[name] = z[key]
         return {"image": image, **extra, "maps": dict(sorted(maps.items())), "names": dict(sorted(names.items())),
-                "meta": meta}
+                "meta": meta, "columns": columns}
 
 
 def check_same_layout(saved: dict, reference: dict, path: Path, reference_path: Path) -> None:

@@ -1,0 +1,143 @@
+"""Mean attention distance per head: the chunked q/k computation equals a brute force over the models'
+own full eager attention matrices (timm ViT, DINOv2 with registers, transformers ViT)."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from layerscope.backbones import HFViT, forward_hooks
+from layerscope.maps.distance import attention_distance
+
+from .test_capture import timm_vit
+
+
+def brute_force(attn: np.ndarray, prefix: int, grid: int, patch: int) -> np.ndarray:
+    """(B, H, N, N) full attention -> (B, H): prefix rows and columns dropped, rows renormalised over the
+    patch keys, sum_j a_ij |c_i - c_j| averaged over query patches; centres c = ((r + .5) p, (c + .5) p)."""
+    a = attn[:, :, prefix:, prefix:].astype(np.float64)
+    a = a / a.sum(-1, keepdims=True)
+    centres = np.array([((r + 0.5) * patch, (c + 0.5) * patch) for r in range(grid) for c in range(grid)])
+    d = np.sqrt(((centres[:, None, :] - centres[None, :, :]) ** 2).sum(-1))
+    return (a * d).sum(-1).mean(-1)
+
+
+def eager_timm(bb, x: torch.Tensor) -> dict[int, np.ndarray]:
+    """Every layer's full attention (B, H, N, N) from timm's non-fused path (the softmax output)."""
+    full, hooks = {}, []
+    for i, blk in enumerate(bb.model.blocks):
+        blk.attn.fused_attn = False
+        hooks.append((blk.attn.attn_drop, lambda m, inp, out, i=i: full.__setitem__(i, inp[0].numpy())))
+    with forward_hooks(hooks), torch.no_grad():
+        bb.model(bb.normalize(x))
+    for blk in bb.model.blocks:
+        blk.attn.fused_attn = True
+    return full
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"arch": "vit_small_patch14_reg4_dinov2", "patch_size": 14, "img_size": 56}])
+def test_timm_attention_distance_equals_brute_force_over_eager_attention(kwargs):
+    torch.manual_seed(0)
+    bb = timm_vit(**kwargs)
+    x = torch.rand(2, 3, bb.img_size, bb.img_size)
+    layers = list(range(bb.num_layers))
+    with bb.capturing(layers, ["attention_distance"]) as got:
+        bb.extract(x, layers, "cls_attention")
+    full = eager_timm(bb, x)
+    g = bb.img_size // bb.patch_size
+    for layer in layers:
+        expected = brute_force(full[layer], bb.num_prefix, g, bb.patch_size)
+        assert got["attention_distance"][layer].shape == (2, bb.num_heads)
+        np.testing.assert_allclose(got["attention_distance"][layer].numpy(), expected, atol=1e-4, rtol=0)
+    assert bb.num_prefix == (5 if "reg4" in kwargs.get("arch", "") else 1)  # registers read from the model
+
+
+def test_hf_vit_attention_distance_equals_brute_force_over_output_attentions():
+    from transformers import ViTForImageClassification
+
+    torch.manual_seed(0)
+    cfg = dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=3, intermediate_size=96, patch_size=8,
+               image_size=64, num_labels=10)
+    bb = HFViT("h", img_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, pretrained=False, config=cfg)
+    x = torch.rand(2, 3, 64, 64)
+    with bb.capturing([0, 1, 2], ["attention_distance"]) as got:
+        bb.extract(x, [0, 1, 2], "cls_attention")
+    eager = ViTForImageClassification(bb.model.config)
+    eager.load_state_dict(bb.model.state_dict())
+    eager.config._attn_implementation = "eager"
+    eager.eval()
+    with torch.no_grad():
+        out = eager(pixel_values=bb.normalize(x), output_attentions=True, interpolate_pos_encoding=True)
+    for layer, attn in enumerate(out.attentions):
+        np.testing.assert_allclose(got["attention_distance"][layer].numpy(), brute_force(attn.numpy(), 1, 8, 8),
+                                   atol=1e-4, rtol=0)
+
+
+def test_chunking_does_not_change_the_value():
+    torch.manual_seed(1)
+    q, k = torch.randn(2, 3, 1 + 36, 8), torch.randn(2, 3, 1 + 36, 8)
+    whole = attention_distance(q, k, 0.5, 1, (6, 6), 16)
+    for chunk in (1, 5, 36):
+        torch.testing.assert_close(attention_distance(q, k, 0.5, 1, (6, 6), 16, chunk=chunk), whole, atol=1e-5, rtol=0)
+
+
+def test_uniform_attention_gives_the_mean_pairwise_patch_distance_and_self_attention_gives_zero():
+    g, patch, prefix = 4, 10, 2
+    p = g * g
+    cells = list(itertools.product(range(g), range(g)))
+    pairwise = np.mean([patch * np.hypot(r1 - r2, c1 - c2) for (r1, c1), (r2, c2) in itertools.product(cells, cells)])
+    k = torch.randn(1, 2, prefix + p, p)
+    uniform = attention_distance(torch.zeros(1, 2, prefix + p, p), k, 1.0, prefix, (g, g), patch)  # equal logits
+    np.testing.assert_allclose(uniform.numpy(), pairwise, rtol=1e-6)
+    eye = torch.cat([torch.randn(prefix, p), torch.eye(p)]) * 30  # q_i . k_j = 900 [i == j] on the patches
+    selfish = attention_distance(eye.expand(1, 2, -1, -1), eye.expand(1, 2, -1, -1), 1.0, prefix, (g, g), patch)
+    np.testing.assert_allclose(selfish.numpy(), 0.0, atol=1e-6)
+    # prefix tokens are no keys: a register every query attends to strongly changes nothing
+    q = torch.zeros(1, 2, prefix + p, p + 1)
+    q[..., -1] = 10.0
+    k = torch.zeros(1, 2, prefix + p, p + 1)
+    k[:, :, :prefix, -1] = 10.0
+    np.testing.assert_allclose(attention_distance(q, k, 1.0, prefix, (g, g), patch).numpy(), pairwise, rtol=1e-6)
+
+
+def test_cnn_cannot_capture_attention_distance():
+    from layerscope.backbones import TimmCNN
+
+    bb = TimmCNN("c", "resnet18", img_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, pretrained=False, num_classes=0)
+    with pytest.raises(ValueError, match="cannot capture attention_distance"):
+        bb.extra_hooks([0], ["attention_distance"])
+
+
+def test_results_rows_hold_each_heads_distance_and_the_mean_of_all_heads_and_rescoring_keeps_them(tmp_path):
+    from layerscope import study
+    from layerscope.rescore import main as rescore_main
+
+    from .conftest import compose
+
+    small = ["model=tiny_vit", "data.textures=[brick]", "data.defects=[scratch]", "data.size=64", "progress=false",
+             "figures.grid=false", "dataset_metrics=false", "cache.enabled=false", "metrics.attention_distance=true"]
+    study.run(compose(*small), tmp_path / "all")
+    study.run(compose(*small, "head=[1]"), tmp_path / "one")
+    study.run(compose(*small, "metrics.attention_distance=false"), tmp_path / "off")
+    full = pd.read_csv(tmp_path / "all" / "results.csv", dtype={"head": str, "best_head": str})
+    heads = full[full["head"].str.isdigit()].groupby(["image", "layer"])["attention_distance"].mean()
+    mean = full[full["head"] == "mean"].set_index(["image", "layer"])["attention_distance"]
+    np.testing.assert_allclose(mean.loc[heads.index], heads, rtol=1e-5)  # the mean row: the mean over heads
+    best = full[full["head"] == "best"]
+    by_head = full.set_index(["image", "layer", "head"])["attention_distance"]
+    np.testing.assert_allclose(best["attention_distance"],
+                               by_head.loc[list(zip(best["image"], best["layer"], best["best_head"]))], rtol=0)
+    assert (full["attention_distance"] > 0).all()
+    one = pd.read_csv(tmp_path / "one" / "results.csv", dtype={"head": str})
+    assert set(one["head"]) == {"1", "mean", "best"}
+    key = ["image", "layer", "head"]
+    merged = one[one["head"] != "best"].merge(full, on=key, suffixes=("", "_all"))
+    np.testing.assert_allclose(merged["attention_distance"], merged["attention_distance_all"], rtol=1e-6)
+    assert pd.read_csv(tmp_path / "off" / "results.csv")["attention_distance"].isna().all()
+    assert rescore_main([str(tmp_path / "all"), "threshold=[0.6,0.8]", "--out", "again.csv"]) == 0
+    again = pd.read_csv(tmp_path / "all" / "again.csv", dtype={"head": str, "best_head": str})
+    same = again[again["threshold"] == 0.6].reset_index(drop=True)
+    pd.testing.assert_frame_equal(same[full.columns], full, check_dtype=False)
