@@ -35,7 +35,7 @@ def _compose(overrides: Sequence[str]):
     from omegaconf import open_dict
 
     from .plan import name_from_choices
-    from .run import config_dir
+    from .configs import config_dir
 
     try:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
@@ -459,7 +459,7 @@ def score(maps: Maps, masks: Any = None, threshold: float | Sequence[float] = 0.
     from omegaconf import OmegaConf
 
     from .results.table import COLUMNS
-    from .run import config_dir
+    from .configs import config_dir
     from .scoring import ScoreOptions, Target, image_rows, one_thread
 
     defaults = OmegaConf.load(Path(config_dir()) / "config.yaml")
