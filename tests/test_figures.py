@@ -16,7 +16,8 @@ from layerscope.results.maps_io import load_maps, save_maps
 
 from .conftest import ROOT, run_cli
 
-SMALL = ["data.textures=[brick]", "data.defects=[scratch,spot]", "data.size=64", "threshold=[0.4,0.6]", "progress=false"]
+SMALL = ["data.textures=[brick]", "data.defects=[scratch,spot]", "data.size=64", "threshold=[0.4,0.6]", "progress=false",
+         "metrics.attention_distance=true"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

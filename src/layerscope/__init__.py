@@ -7,6 +7,7 @@ transformers or torch model), ``ls.maps`` (every layer's maps, a ``Maps``), ``ls
 """
 from __future__ import annotations
 
+import types
 from typing import Any
 
 __all__ = ["Maps", "load", "maps", "score", "wrap"]
@@ -22,6 +23,27 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     raise AttributeError(f"module 'layerscope' has no attribute {name!r}")
+
+
+class CallableMaps(types.ModuleType):
+    """The class of the subpackage ``layerscope.maps``: calling it runs ``layerscope.api.maps``.
+
+    It lives here, at the top of the package beside the other API names, so that ``maps`` (a low layer)
+    never imports the API (the top layer) that is built on it.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from .api import maps
+
+        return maps(*args, **kwargs)
+
+    @property
+    def __signature__(self):
+        import inspect
+
+        from .api import maps
+
+        return inspect.signature(maps)
 
 
 def __dir__() -> list[str]:

@@ -4,7 +4,8 @@ The package is also ``layerscope.maps(backbone, images, ...)``, the Python API's
 (``layerscope.api.maps``): calling the module calls it.
 """
 import sys
-import types
+
+from .. import CallableMaps
 
 from .attention import cls_attention
 from .reduce import reduce_features
@@ -14,21 +15,4 @@ from .upsample import upsample
 __all__ = ["cls_attention", "keep_mass", "reduce_features", "threshold_maps", "upsample"]
 
 
-class _CallableModule(types.ModuleType):
-    """This package, callable as ``layerscope.maps(...)`` (the name the API gives its map function)."""
-
-    def __call__(self, *args, **kwargs):
-        from ..api import maps
-
-        return maps(*args, **kwargs)
-
-    @property
-    def __signature__(self):
-        import inspect
-
-        from ..api import maps
-
-        return inspect.signature(maps)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+sys.modules[__name__].__class__ = CallableMaps
