@@ -78,6 +78,51 @@ def cells_from_mask(mask: torch.Tensor, grid: tuple[int, int], valid: torch.Tens
     return Cells(pos, neg, regions)
 
 
+class MaskCells:
+    """One ground truth's ``Cells`` at any grid: ``cells_from_mask``'s counts, with the image-sized work done once.
+
+    The mask's 2-D cumulative sums and its connected regions are computed once; each grid then costs
+    O(h w) lookups (a cell's pixels are a rectangle of the image, so its count is four corners of the
+    sums) plus one pass over the region pixels. The counts are integers, so they equal ``cells_from_mask``'s.
+
+    Args:
+        mask: bool (H, W) ground truth.
+        valid: bool (H, W), False for ignored pixels, or None.
+    """
+
+    def __init__(self, mask: torch.Tensor, valid: torch.Tensor | None = None):
+        from skimage.measure import label
+
+        m = mask.bool()
+        v = valid.bool() if valid is not None else None
+        inside = m & v if v is not None else m
+        outside = ~m & v if v is not None else ~m
+        self.shape = tuple(m.shape)
+        pixels = torch.stack([inside, outside]).long()  # (2, H, W)
+        self._sums = F.pad(pixels.cumsum(1).cumsum(2), (1, 0, 1, 0))  # (2, H + 1, W + 1), zero first row/column
+        labels = torch.from_numpy(label(inside.numpy(), connectivity=2))
+        self._n_regions = int(labels.max())
+        self._i, self._j = torch.nonzero(labels, as_tuple=True)  # region pixels only (few, for defects)
+        self._region = labels[self._i, self._j].long() - 1 if self._n_regions else None
+
+    def at(self, grid: tuple[int, int]) -> Cells:
+        """The counts for maps of ``grid`` (h, w), as ``cells_from_mask(mask, grid, valid)``."""
+        h, w = grid
+        big_h, big_w = self.shape
+        rows, cols = _nearest_index(h, big_h), _nearest_index(w, big_w)
+        r = torch.searchsorted(rows, torch.arange(h + 1))  # each cell's first pixel row, and the end
+        c = torch.searchsorted(cols, torch.arange(w + 1))
+        s = self._sums
+        corner = s[:, r][:, :, c]  # (2, h + 1, w + 1)
+        counts = corner[:, 1:, 1:] - corner[:, :-1, 1:] - corner[:, 1:, :-1] + corner[:, :-1, :-1]
+        pos, neg = counts.flatten(1).double()
+        regions = torch.zeros(h * w, self._n_regions, dtype=torch.float64)
+        if self._n_regions:
+            slot = (rows[self._i] * w + cols[self._j]) * self._n_regions + self._region
+            regions = torch.bincount(slot, minlength=h * w * self._n_regions).view(h * w, self._n_regions).double()
+        return Cells(pos, neg, regions)
+
+
 def _block_sums(x: torch.Tensor, index: torch.Tensor, n: int, dim: int) -> torch.Tensor:
     """Sum ``x`` along ``dim`` over the runs of the non-decreasing ``index`` (n blocks, empty ones 0).
 
