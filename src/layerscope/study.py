@@ -22,13 +22,14 @@ from .figures.grid import layer_head_grid
 from .loggers import Logger
 from .maps import threshold_maps, upsample
 from .mapsource import MapSource, build_cache, to_uint8
-from .plan import Plan, build, build_dataset, plan_study, resolve_device
+from .plan import Plan, build, build_dataset, loader_workers, plan_study, resolve_device, writer_threads
 from .results import layout
 from .results.maps_io import save_maps
 from .results.rundir import RunLock, done_line, previous_progress, write_summary
 from .results.table import ResultsWriter
 from .results.writer import BackgroundWriter
-from .scoring import Target, image_rows, one_thread
+from .scoring import Target, one_thread
+from .scoring_batch import batch_image_rows
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +167,15 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
     all_names = method.map_names()
     names = [all_names[h] for h in plan.heads] + (["mean"] if method.head_mean else [])
     cache = build_cache(cfg, method)
-    source = MapSource(backbone, plan, device, cfg.precision, cache)
+    source = MapSource(backbone, plan, device, cfg.precision, cache, keep_on_device=device.type == "cuda")
+    workers = loader_workers(cfg.num_workers, len(dataset), int(cfg.batch_size))
     loader = torch.utils.data.DataLoader(
-        Prepared(dataset, backbone.img_size), batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers),
+        Prepared(dataset, backbone.img_size), batch_size=int(cfg.batch_size), num_workers=workers,
         collate_fn=_as_list, pin_memory=device.type == "cuda")
     t_loop = time.perf_counter()
     writer = ResultsWriter(out_dir / layout.RESULTS)
     try:
-        files = BackgroundWriter(out_dir / layout.DONE)
+        files = BackgroundWriter(out_dir / layout.DONE, threads=writer_threads())
     except OSError as e:
         writer.close()
         raise OSError(e.errno, e.strerror, str(out_dir / layout.DONE)) from None
@@ -196,16 +198,16 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
                     continue
                 per_image, logits = source(items)
                 faith = _faithfulness(cfg, plan, backbone, items, per_image, logits)
-                for item, maps, image_logits, extra in zip(items, per_image, logits, faith):
-                    n_figures += _record(cfg, out_dir, plan, backbone, names, item, maps, image_logits, writer,
-                                         files, logger, clock, draw=n_figures < int(cfg.figures.max_images),
-                                         extra=extra)
+                scored = _score_batch(cfg, plan, backbone, names, items, per_image, logits, faith, clock)
+                for item, (meta, chosen, rows) in zip(items, scored):
+                    n_figures += _record(cfg, out_dir, plan, backbone, names, item, meta, chosen, rows, writer,
+                                         files, logger, clock, draw=n_figures < int(cfg.figures.max_images))
                     bar.update(1)
         files.close()  # waits for the last files; raises a failed write, naming the file
     finally:
         files.close(raise_errors=False)  # leaving on another exception: still drain, without masking it
         writer.close()
-    stats = {"images": len(dataset), "rows": writer.rows, "backbone_calls": source.calls,
+    stats = {"images": len(dataset), "rows": writer.rows, "backbone_calls": source.calls, "num_workers": workers,
              "backbone_seconds": round(source.seconds, 3), "score_seconds": round(clock["score"], 3),
              "write_seconds": round(files.busy_seconds, 3), "write_wait_seconds": round(files.wait_seconds, 3),
              "loop_seconds": round(time.perf_counter() - t_loop, 3),
@@ -256,11 +258,40 @@ def _faithfulness(cfg: DictConfig, plan: Plan, backbone: Backbone, items: list[d
             for i in range(len(items))]
 
 
+def _score_batch(cfg: DictConfig, plan: Plan, backbone: Backbone, names: list[str], items: list[dict],
+                 per_image: list[dict[int, torch.Tensor]], logits: list[torch.Tensor | None], faith: list[dict | None],
+                 clock: dict[str, float]) -> list[tuple[dict, dict[int, torch.Tensor], list[dict]]]:
+    """The rows of every image of a batch, scored together where the maps are (``scoring_batch``).
+
+    Returns:
+        Per image: (its non-metric columns, layer -> (K, h, w) chosen maps on the CPU, its rows).
+    """
+    t0 = time.perf_counter()
+    size = backbone.img_size
+    with one_thread():  # small tensors: OpenMP splitting costs more than it saves (see scoring.one_thread)
+        targets = [Target(item["mask"], item["valid"]) if item["mask"] is not None else None for item in items]
+        metas = []
+        for item, target, image_logits in zip(items, targets, logits):
+            meta = {"image": item["id"], "group": item["group"], "category": item["category"],
+                    "dataset": cfg.data.get("name", ""), "source": item["source"], "model": backbone.name,
+                    "kind": backbone.kind, "num_layers": backbone.num_layers, "img_size": size,
+                    "method": plan.method.name, "mask_fraction": target.fraction if target is not None else None}
+            if image_logits is not None and backbone.labels:
+                p, c = image_logits.softmax(-1).max(-1)
+                meta.update(pred_label=backbone.labels[int(c)], pred_prob=float(p))
+            metas.append(meta)
+        chosen = chosen_maps(plan, {layer: torch.stack([m[layer] for m in per_image]) for layer in per_image[0]})
+        rows = batch_image_rows(metas, chosen, {layer: names for layer in chosen}, targets, plan.scoring, faith)
+        chosen = {layer: m.cpu() for layer, m in chosen.items()}  # to save: from the device once per batch
+    clock["score"] += time.perf_counter() - t0
+    return [(meta, {layer: m[b] for layer, m in chosen.items()}, image_rows)
+            for b, (meta, image_rows) in enumerate(zip(metas, rows))]
+
+
 def _record(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, names: list[str], item: dict,
-            maps: dict[int, torch.Tensor], logits: torch.Tensor | None, writer: ResultsWriter,
-            files: BackgroundWriter, logger: Logger, clock: dict[str, float], draw: bool,
-            extra: dict | None = None) -> int:
-    """Score one image's maps (rows written now), then hand its maps and grid picture to ``files``.
+            meta: dict, chosen: dict[int, torch.Tensor], rows: list[dict], writer: ResultsWriter,
+            files: BackgroundWriter, logger: Logger, clock: dict[str, float], draw: bool) -> int:
+    """Write one image's rows now, then hand its maps and grid picture to ``files``.
 
     Returns:
         1 when a grid picture was queued, else 0.
@@ -269,18 +300,8 @@ def _record(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, name
     method, size = plan.method, backbone.img_size
     mask, valid = item["mask"], item["valid"]
     rows_before = writer.rows
-    with one_thread():  # small tensors: OpenMP splitting costs more than it saves (see scoring.one_thread)
-        target = Target(mask, valid) if mask is not None else None
-        meta = {"image": item["id"], "group": item["group"], "category": item["category"],
-                "dataset": cfg.data.get("name", ""), "source": item["source"], "model": backbone.name,
-                "kind": backbone.kind, "num_layers": backbone.num_layers, "img_size": size, "method": method.name,
-                "mask_fraction": target.fraction if target is not None else None}
-        if logits is not None and backbone.labels:
-            p, c = logits.softmax(-1).max(-1)
-            meta.update(pred_label=backbone.labels[int(c)], pred_prob=float(p))
-        chosen = chosen_maps(plan, maps)
-        all_names = {layer: names for layer in chosen}
-        writer.write(image_rows(meta, chosen, all_names, target, plan.scoring, extra))
+    writer.write(rows)
+    all_names = {layer: names for layer in chosen}
     clock["score"] += time.perf_counter() - t0
     saved = {layer: m.numpy() for layer, m in chosen.items()}  # not modified after this: safe to share
     image_u8 = to_uint8(item["x"])
