@@ -172,6 +172,8 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
     loader = torch.utils.data.DataLoader(
         Prepared(dataset, backbone.img_size), batch_size=int(cfg.batch_size), num_workers=workers,
         collate_fn=_as_list, pin_memory=device.type == "cuda")
+    from skimage.measure import label  # noqa: F401 - region labels of the masks: a one-time import (~1 s with
+    # scipy.ndimage) that belongs to the startup, not to the first batch's scoring
     t_loop = time.perf_counter()
     writer = ResultsWriter(out_dir / layout.RESULTS)
     try:
