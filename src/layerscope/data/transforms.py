@@ -25,8 +25,7 @@ def to_input(sample: Sample, size: int) -> tuple[torch.Tensor, torch.Tensor | No
         valid: bool, (size, size), False where the sample ignores pixels, or None.
     """
     image = np.asarray(Image.fromarray(sample.image).resize((size, size), Image.BICUBIC))
-    # channels first before the float conversion: a permuted (strided) conversion is ~10x slower, worse on busy cores
-    x = torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32)) / 255.0
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
     mask = _resize_bool(sample.mask, size) if sample.mask is not None else None
     valid = ~_resize_bool(sample.ignore, size) if sample.ignore is not None else None
     return x, mask, valid
