@@ -202,6 +202,20 @@ def test_fast_pointing_game_equals_the_full_upsample(tolerance):
         pointing_game_tolerance_fast(torch.rand(2, 16), empty, (4, 4), -1)
 
 
+@pytest.mark.parametrize("fast", [True, False, None])
+def test_batched_pointing_game_equals_one_image_at_a_time(fast):
+    from layerscope.metrics.pointing import pointing_game_tolerance_batch
+
+    cases = list(_pointing_cases())[:5]  # one grid, five kinds of maps, five masks (one image each)
+    scores = torch.stack([v for v, _, _ in cases])
+    masks = torch.stack([m for _, m, _ in cases])
+    masks[3] = False  # an image without mask pixels: NaN for its maps
+    ours = pointing_game_tolerance_batch(scores, masks, cases[0][2], 15, fast=fast)
+    ref = torch.stack([pointing_game_tolerance(v, m, cases[0][2], 15) for v, m in zip(scores, masks)])
+    assert torch.equal(ref.isnan(), ours.isnan()) and torch.equal(ref.nan_to_num(-1), ours.nan_to_num(-1))
+    assert ours[3].isnan().all()
+
+
 def test_fast_pointing_game_on_real_attention_maps_uses_no_full_upsample(monkeypatch):
     """Peaked maps (softmax attention) need no fallback: that is where the time goes."""
     import layerscope.metrics.pointing as pointing
@@ -211,7 +225,7 @@ def test_fast_pointing_game_on_real_attention_maps_uses_no_full_upsample(monkeyp
     mask = torch.zeros(448, 448, dtype=torch.bool)
     mask[100:160, 200:230] = True
     ref = pointing_game_tolerance(v, mask, (32, 32), 15)
-    monkeypatch.setattr(pointing, "pointing_game_tolerance", lambda *a, **k: pytest.fail("fell back"))
+    monkeypatch.setattr(pointing, "_upsampled_hits", lambda *a, **k: pytest.fail("fell back"))
     assert torch.equal(pointing.pointing_game_tolerance_fast(v, mask, (32, 32), 15), ref)
 
 

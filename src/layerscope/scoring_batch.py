@@ -12,10 +12,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .metrics import normalized_entropy, top_score
 from .metrics.localization import aupro_from_groups, iou_from_kept_counts, iou_oracle_from_groups, pro_fpr_weights
-from .metrics.pointing import pointing_game_tolerance, tolerant_pointing
+from .metrics.pointing import pointing_game_tolerance_batch
 from .metrics.ranking import Ranked, auroc_from_groups
 from .scoring import ScoreOptions, Target, _notes, assemble_rows, image_rows
 
@@ -138,9 +139,13 @@ def _score_batch(maps: torch.Tensor, targets: Sequence[Target | None], opts: Sco
         frac = target.fraction
         columns["mass_ratio"][b] = (host["mass_in_mask"][j] / frac).tolist() if frac > 0 else [None] * rows
         ious[b] = iou[j]
-        if target.mask.any():
-            point = tolerant_pointing if shortcuts else pointing_game_tolerance
-            tol[b] = point(scored[j].float(), target.mask, grid, opts.pointing_tolerance).tolist()
+    pointed = [j for j, b in enumerate(with_target) if targets[b].mask.any()]  # image_rows's condition
+    if pointed:
+        masks = torch.stack([targets[with_target[j]].mask for j in pointed])
+        hits = pointing_game_tolerance_batch(scored[pointed].float(), masks, grid, opts.pointing_tolerance,
+                                             fast=None if shortcuts else False)
+        for k, j in enumerate(pointed):
+            tol[with_target[j]] = hits[k].tolist()
     return columns, notes, ious, tol
 
 
@@ -180,7 +185,8 @@ def _kept_pixels_batch(flat: torch.Tensor, thresholds: Sequence[float], rule: st
         empty = torch.zeros(b * r, dtype=torch.bool, device=flat.device)
         gate = (high > low).squeeze(-1)
     level = torch.where(empty.unsqueeze(-1), torch.zeros_like(level), level)
-    counts = torch.stack([pos, neg], -1).double().repeat_interleave(r, 0)  # (B x R, n, 2) each row's image
+    # pixel counts are small integers: int32 sums are exact (and the same numbers as float64's)
+    counts = torch.stack([pos, neg], -1).to(torch.int32)  # (B, n, 2)
     monotone = not bool(level.isnan().any()) and bool((level[:, 1:] >= level[:, :-1]).all())
     if monotone:
         above = n - torch.searchsorted(level, cut.expand(b * r, -1).contiguous(), right=True)
@@ -194,14 +200,15 @@ def _kept_pixels_batch(flat: torch.Tensor, thresholds: Sequence[float], rule: st
     if bool(redo.any()):
         index = torch.nonzero(redo).flatten()
         values[index], order[index] = torch.sort(sorted_rows[index], dim=-1)
-    sorted_counts = counts.gather(1, order.unsqueeze(-1).expand(-1, -1, 2))  # pixels in sorted order
+    sorted_counts = counts.unsqueeze(1).expand(b, r, n, 2).gather(2, order.view(b, r, n, 1).expand(b, r, n, 2))
+    sorted_counts = sorted_counts.reshape(b * r, n, 2)  # each row's pixels in its sorted order
     if monotone:
         # every threshold keeps a top block of the sorted order, whose size one binary search found
-        prefix = torch.cat([torch.zeros_like(sorted_counts[:, :1]), torch.cumsum(sorted_counts, 1)], 1)
-        kept = prefix[:, -1:] - prefix.gather(1, start.unsqueeze(-1).expand(-1, -1, 2))
+        prefix = F.pad(torch.cumsum(sorted_counts, 1, dtype=torch.int32), (0, 0, 1, 0))  # (B x R, n + 1, 2)
+        kept = (prefix[:, -1:] - prefix.gather(1, start.unsqueeze(-1).expand(-1, -1, 2))).double()
     else:  # NaN or infinite values somewhere in the batch: cell by cell, as the threshold does
         keep = (level.unsqueeze(1) > cut.view(1, -1, 1)) & gate.view(-1, 1, 1) & ~empty.view(-1, 1, 1)
-        kept = torch.einsum("rtn,rnc->rtc", keep.double(), sorted_counts)
+        kept = torch.einsum("rtn,rnc->rtc", keep.double(), sorted_counts.double())
     ranked = Ranked.from_sorted(values, order)
     # those images' rank metrics sort the unshifted maps in float64, as _score_block does. A row the shift
     # left without ties had none before it either: its one ascending order is the one found already; so is a
@@ -241,31 +248,36 @@ def sort_rows(x: torch.Tensor, shortcuts: bool = True) -> tuple[torch.Tensor, to
         equal = values[:, 1:] == values[:, :-1]
         return values, order, equal.any(-1) | values[:, -1].isnan(), torch.ones(x.shape[0], dtype=torch.bool,
                                                                                  device=x.device)
-    values = torch.from_numpy(np.sort(x.numpy(), axis=-1))
+    order = torch.from_numpy(np.argsort(x.numpy(), axis=-1))
+    values = x.gather(-1, order)
     equal = values[:, 1:] == values[:, :-1]
     nan = values[:, -1].isnan()  # NaN sorts last in both
     own = (equal[:, 1:] & equal[:, :-1]).any(-1) | nan
-    order = torch.empty(x.shape, dtype=torch.long)
-    if not bool(own.any()):
-        order = torch.from_numpy(np.argsort(x.numpy(), axis=-1))
-    else:
-        numpy_rows, torch_rows = torch.nonzero(~own).flatten(), torch.nonzero(own).flatten()
-        if numpy_rows.numel():
-            order[numpy_rows] = torch.from_numpy(np.argsort(x[numpy_rows].numpy(), axis=-1))
-        values[torch_rows], order[torch_rows] = torch.sort(x[torch_rows], dim=-1)
+    if bool(own.any()):
+        rows = torch.nonzero(own).flatten()
+        values[rows], order[rows] = torch.sort(x[rows], dim=-1)
     return values, order, equal.any(-1) | nan, own
 
 
 def _group_sums(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
-    """``ranking.group_sums`` with each row's own weights: (B x R, n) ranked rows, weights (B, n, C) -> (B x R, n, C)."""
+    """``ranking.group_sums`` with each row's own weights: (B x R, n) ranked rows, weights (B, n, C) -> (B x R, n, C).
+
+    A row without ties has one item per group: its sums are its weights in sorted order (0 + w is w), so
+    only rows with ties are summed.
+    """
     rows, n = ranked.order.shape
     b, _, c = weights.shape
     r = rows // b
     w = weights.double().unsqueeze(1).expand(b, r, n, c).gather(2, ranked.order.view(b, r, n, 1).expand(b, r, n, c))
-    offsets = torch.arange(rows, device=ranked.group.device).unsqueeze(1) * n
-    out = torch.zeros(rows * n, c, dtype=torch.float64, device=w.device)
-    out.index_add_(0, (ranked.group + offsets).flatten(), w.reshape(rows * n, c))
-    return out.view(rows, n, c)
+    w = w.reshape(rows, n, c)
+    tied = torch.nonzero(ranked.n_groups < n).flatten()
+    if tied.numel() == 0:
+        return w
+    offsets = torch.arange(tied.numel(), device=w.device).unsqueeze(1) * n
+    sums = torch.zeros(tied.numel() * n, c, dtype=torch.float64, device=w.device)
+    sums.index_add_(0, (ranked.group[tied] + offsets).flatten(), w[tied].reshape(-1, c))
+    w[tied] = sums.view(-1, n, c)
+    return w
 
 
 def _rank_metrics_batch(ranked: Ranked, cells: list, pos: torch.Tensor, neg: torch.Tensor, n_pos: torch.Tensor,

@@ -184,6 +184,7 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
     # figures.max_images counts the grids an interrupted run already drew
     drawn_before = len(list((out_dir / layout.FIGURES).glob("*_grid.png"))) if done else 0
     n_figures, no_mask, skipped, clock = drawn_before, 0, [], {"score": 0.0}
+    first_batch: dict | None = None  # the stages at the end of the first batch: its one-time waits apart
     try:
         with tqdm(total=len(dataset), desc=backbone.name, unit="img", disable=not cfg.progress) as bar:
             bar.update(len(done))
@@ -205,6 +206,10 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
                     n_figures += _record(cfg, out_dir, plan, backbone, names, item, meta, chosen, rows, writer,
                                          files, logger, clock, draw=n_figures < int(cfg.figures.max_images))
                     bar.update(1)
+                if first_batch is None:  # it also waited for the first images (worker start, lazy imports)
+                    first_batch = {"images": len(items), "loop_seconds": round(time.perf_counter() - t_loop, 3),
+                                   "backbone_seconds": round(source.seconds, 3), "score_seconds": round(clock["score"], 3),
+                                   "write_wait_seconds": round(files.wait_seconds, 3)}
         files.close()  # waits for the last files; raises a failed write, naming the file
     finally:
         files.close(raise_errors=False)  # leaving on another exception: still drain, without masking it
@@ -213,7 +218,7 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
              "backbone_seconds": round(source.seconds, 3), "score_seconds": round(clock["score"], 3),
              "write_seconds": round(files.busy_seconds, 3), "write_wait_seconds": round(files.wait_seconds, 3),
              "loop_seconds": round(time.perf_counter() - t_loop, 3),
-             "skipped_images": skipped, "images_without_mask": no_mask}
+             "skipped_images": skipped, "images_without_mask": no_mask, "first_batch": first_batch}
     if skipped:
         log.warning("%d unreadable images skipped (listed in run_summary.json)", len(skipped))
     if no_mask:
@@ -306,22 +311,28 @@ def _record(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, name
     all_names = {layer: names for layer in chosen}
     clock["score"] += time.perf_counter() - t0
     saved = {layer: m.numpy() for layer, m in chosen.items()}  # not modified after this: safe to share
-    image_u8 = to_uint8(item["x"])
+    x, converted = item["x"], {}
+
+    def image_u8():  # converted once, by the first task that needs it: in the writer's thread, not here
+        if "image" not in converted:
+            converted["image"] = to_uint8(x)
+        return converted["image"]
+
     mask_np = mask.numpy() if mask is not None else None
     tasks = []
     if cfg.save_maps:
         path, valid_np = layout.map_file(out_dir, item["id"]), valid.numpy() if valid is not None else None
         info = dict(meta, threshold_rule=plan.scoring.rule)
-        tasks.append((path, lambda: save_maps(path, image_u8, mask_np, saved, all_names, info, valid=valid_np)))
+        tasks.append((path, lambda: save_maps(path, image_u8(), mask_np, saved, all_names, info, valid=valid_np)))
     if logger.wants_maps():
         first = plan.scoring.thresholds[0]
         kept = {layer: upsample(threshold_maps(m, first, plan.scoring.rule), (size, size)).numpy()
                 for layer, m in chosen.items()}
-        logger.log_maps(item["id"], item["category"], image_u8, mask_np, saved, all_names, kept)
+        logger.log_maps(item["id"], item["category"], image_u8(), mask_np, saved, all_names, kept)
     drawn = int(bool(draw and cfg.figures.grid))
     if drawn:
         path_png, title = layout.grid_file(out_dir, item["id"]), f"{item['id']} | {backbone.name} | {method.name}"
-        tasks.append((path_png, lambda: layer_head_grid(image_u8, mask_np, saved, all_names, title, path_png)))
+        tasks.append((path_png, lambda: layer_head_grid(image_u8(), mask_np, saved, all_names, title, path_png)))
     # the done.txt line, with the image's row count, is appended by the writer after these files
     files.submit(item["id"], tasks, line=done_line(item["id"], writer.rows - rows_before))
     return drawn

@@ -96,10 +96,11 @@ class MaskCells:
         m = mask.bool()
         v = valid.bool() if valid is not None else None
         inside = m & v if v is not None else m
-        outside = ~m & v if v is not None else ~m
         self.shape = tuple(m.shape)
-        pixels = torch.stack([inside, outside]).long()  # (2, H, W)
-        self._sums = F.pad(pixels.cumsum(1).cumsum(2), (1, 0, 1, 0))  # (2, H + 1, W + 1), zero first row/column
+        # background = counted pixels - mask pixels: the counted ones are every pixel, or the valid ones
+        pixels = torch.stack([inside, v]) if v is not None else inside[None]  # (1 or 2, H, W)
+        sums = pixels.to(torch.int32).cumsum(1, dtype=torch.int32).cumsum(2, dtype=torch.int32)
+        self._sums = F.pad(sums, (1, 0, 1, 0))  # zero first row and column
         labels = torch.from_numpy(label(inside.numpy(), connectivity=2))
         self._n_regions = int(labels.max())
         self._i, self._j = torch.nonzero(labels, as_tuple=True)  # region pixels only (few, for defects)
@@ -113,9 +114,10 @@ class MaskCells:
         r = torch.searchsorted(rows, torch.arange(h + 1))  # each cell's first pixel row, and the end
         c = torch.searchsorted(cols, torch.arange(w + 1))
         s = self._sums
-        corner = s[:, r][:, :, c]  # (2, h + 1, w + 1)
-        counts = corner[:, 1:, 1:] - corner[:, :-1, 1:] - corner[:, 1:, :-1] + corner[:, :-1, :-1]
-        pos, neg = counts.flatten(1).double()
+        corner = s[:, r][:, :, c]  # (1 or 2, h + 1, w + 1)
+        counts = (corner[:, 1:, 1:] - corner[:, :-1, 1:] - corner[:, 1:, :-1] + corner[:, :-1, :-1]).flatten(1)
+        counted = counts[1] if counts.shape[0] == 2 else (torch.diff(r)[:, None] * torch.diff(c)[None, :]).flatten()
+        pos, neg = counts[0].double(), (counted - counts[0]).double()
         regions = torch.zeros(h * w, self._n_regions, dtype=torch.float64)
         if self._n_regions:
             slot = (rows[self._i] * w + cols[self._j]) * self._n_regions + self._region

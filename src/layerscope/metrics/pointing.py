@@ -99,7 +99,7 @@ def pointing_game_tolerance_fast(scores: torch.Tensor, mask: torch.Tensor, grid:
     that can still hold the maximum are evaluated (in float64, with the kernel's own weights). Every pixel
     within the kernel's rounding of the best one is a possible maximum: when they all hit (or all miss),
     that is the answer; otherwise (a near tie across the disc's edge, a flat map, a non-finite value) the
-    map is scored by ``pointing_game_tolerance`` itself.
+    map is scored by upsampling it, as ``pointing_game_tolerance`` does.
 
     Args:
         scores: (..., n) maps on their grid cells, raster order.
@@ -110,23 +110,94 @@ def pointing_game_tolerance_fast(scores: torch.Tensor, mask: torch.Tensor, grid:
     Returns:
         (...,) float32, as ``pointing_game_tolerance``.
     """
+    _check(scores, mask[None] if mask.ndim == 2 else mask, grid, tolerance_px)
+    return pointing_game_tolerance_batch(scores.reshape(1, -1, scores.shape[-1]), mask[None], grid, tolerance_px,
+                                         fast=True).reshape(scores.shape[:-1])
+
+
+def pointing_game_tolerance_batch(scores: torch.Tensor, masks: torch.Tensor, grid: tuple[int, int],
+                                  tolerance_px: float = 15, fast: bool | None = None) -> torch.Tensor:
+    """``pointing_game_tolerance`` of B images' R maps at once, each image with its own mask: the same values.
+
+    Args:
+        scores: (B, R, n) maps on their grid cells, raster order, on any device.
+        masks: (B, H, W) bool ground truths.
+        grid: (h, w) of the maps.
+        tolerance_px: tolerance in pixels, >= 0.
+        fast: find each maximum as ``pointing_game_tolerance_fast`` does (True), by upsampling every map
+            (False), or by the cheaper of the two for these shapes and this device (None: the fast way on a
+            CPU past about a million upsampled pixels, e.g. a ViT's 84 maps at 448 px; a GPU upsamples).
+
+    Returns:
+        (B, R) float32 on the CPU: 1.0 hit, 0.0 miss, NaN for every map of an image whose mask is empty.
+    """
+    _check(scores, masks, grid, tolerance_px)
+    b, r, n = scores.shape
+    device = scores.device
+    masks = masks.bool().to(device)
+    big_h, big_w = masks.shape[-2:]
+    v = scores.reshape(b * r, n).float()
+    image = torch.arange(b, device=device).repeat_interleave(r)
+    if fast is None:
+        fast = device.type == "cpu" and b * r * big_h * big_w >= 2 ** 20
+    result = torch.full((b * r,), float("nan"), device=device)
+    present = masks.flatten(1).any(1)
+    todo = present[image]
+    if not bool(todo.any()):
+        return result.view(b, r).cpu()
+    sums = _row_sums(masks, float(tolerance_px))
+    maps = torch.nonzero(todo).flatten()
+    slow = maps
+    if fast:
+        hit, done = _fast_argmax_hits(v[maps], image[maps], sums, grid, (big_h, big_w), float(tolerance_px))
+        result[maps[done]] = hit[done]
+        slow = maps[~done]
+    if slow.numel():
+        result[slow] = _upsampled_hits(v[slow], image[slow], sums, grid, (big_h, big_w), float(tolerance_px))
+    return result.view(b, r).cpu()
+
+
+def _check(scores: torch.Tensor, masks: torch.Tensor, grid: tuple[int, int], tolerance_px: float) -> None:
     if isinstance(tolerance_px, bool) or not isinstance(tolerance_px, (int, float)) or not tolerance_px >= 0:
         raise ValueError(f"metrics.pointing_tolerance={tolerance_px!r}: expected a distance in pixels >= 0")
     h, w = grid
-    if scores.shape[-1] != h * w or mask.ndim != 2:
+    if scores.shape[-1] != h * w or masks.ndim != 3:
         raise ValueError(f"pointing_game_tolerance: expected scores (..., {h * w}) and a mask (H, W); got "
-                         f"{tuple(scores.shape)} and {tuple(mask.shape)}")
-    lead, device = scores.shape[:-1], scores.device
-    mask = mask.bool().to(device)
-    if not mask.any():
-        return torch.full(lead, float("nan"))
-    big_h, big_w = mask.shape
-    v = scores.reshape(-1, h * w).float()
-    ys, xs = _axis(h, big_h, device), _axis(w, big_w, device)
-    if ys is None or xs is None or v.shape[0] == 0:
-        return pointing_game_tolerance(scores, mask, grid, tolerance_px)
-    (ylo, yhi, wy_lo, wy_hi, y_start, y_len), (xlo, xhi, wx_lo, wx_hi, x_start, x_len) = ys, xs
+                         f"{tuple(scores.shape)} and {tuple(masks.shape[1:])}")
+
+
+def _upsampled_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: tuple[int, int],
+                    size: tuple[int, int], tolerance_px: float, chunk_pixels: int = 2 ** 24) -> torch.Tensor:
+    """``pointing_game_tolerance``'s way for maps v (P, n) of images ``image`` (P,): upsample, argmax, hit."""
+    h, w = grid
+    big_h, big_w = size
+    step = max(1, chunk_pixels // (big_h * big_w))  # bounds the upsampled block's memory
+    out = []
+    for i in range(0, v.shape[0], step):
+        up = F.interpolate(v[i:i + step].reshape(-1, 1, h, w), size=size, mode="bilinear", align_corners=False)
+        top = up.flatten(1).argmax(-1)
+        out.append(_hits_at(sums, image[i:i + step], top // big_w, top % big_w).float())
+    return torch.cat(out)
+
+
+def _fast_argmax_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: tuple[int, int],
+                      size: tuple[int, int], tolerance_px: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hit of each map's upsampled maximum without the upsample (``pointing_game_tolerance_fast``).
+
+    Args:
+        v: (P, n) float32 maps; image: (P,) their images' rows in ``sums``.
+
+    Returns:
+        (hit, done): (P,) float32 hits, and (P,) bool where the hit is certain (the rest need the upsample).
+    """
+    h, w = grid
+    big_h, big_w = size
+    device = v.device
     maps = v.shape[0]
+    ys, xs = _axis(h, big_h, device), _axis(w, big_w, device)
+    if ys is None or xs is None or maps == 0:
+        return torch.zeros(maps, device=device), torch.zeros(maps, dtype=torch.bool, device=device)
+    (ylo, yhi, wy_lo, wy_hi, y_start, y_len), (xlo, xhi, wx_lo, wx_hi, x_start, x_len) = ys, xs
     flat = v.double().flatten()
     finite = torch.isfinite(v).all(1)
     delta = _ROUNDING * v.abs().amax(1).double().nan_to_num(0.0)  # (P,)
@@ -147,8 +218,8 @@ def pointing_game_tolerance_fast(scores: torch.Tensor, mask: torch.Tensor, grid:
     ci, cj = cell // w, cell % w
     y0 = torch.where(ylo == ci[:, None], wy_lo, torch.where(yhi == ci[:, None], wy_hi, -1.0)).argmax(1)
     x0 = torch.where(xlo == cj[:, None], wx_lo, torch.where(xhi == cj[:, None], wx_hi, -1.0)).argmax(1)
-    floor = value(torch.arange(maps, device=device), y0, x0) - 3 * delta
-    # 1. blocks whose largest cell reaches that bound
+    floor = value(torch.arange(maps, device=device), y0, x0) - 3 * delta  # no pixel whose cells are all below it
+    # 1. blocks of pixels reading the same 2 x 2 cells whose largest cell reaches that bound
     rows = torch.maximum(v.view(-1, h, w)[:, ylo[y_start], :], v.view(-1, h, w)[:, yhi[y_start], :])  # (P, A, w)
     top = torch.maximum(rows[:, :, xlo[x_start]], rows[:, :, xhi[x_start]])  # (P, A, C)
     p, a, c = torch.nonzero((top.double() >= floor[:, None, None]) & finite[:, None, None], as_tuple=True)
@@ -160,10 +231,10 @@ def pointing_game_tolerance_fast(scores: torch.Tensor, mask: torch.Tensor, grid:
     keep = corners + delta[p] >= best[p] - 2 * delta[p]
     p, a, c = p[keep], a[keep], c[keep]
     pixels = torch.zeros(maps, dtype=torch.long, device=device).index_add_(0, p, y_len[a] * x_len[c])
-    fast = finite & (pixels > 0) & (pixels <= _MAX_CANDIDATES)
-    sel = fast[p]
+    done = finite & (pixels > 0) & (pixels <= _MAX_CANDIDATES)
+    sel = done[p]
     p, a, c = p[sel], a[sel], c[sel]
-    result = torch.zeros(maps, dtype=torch.float32, device=device)
+    hit = torch.zeros(maps, dtype=torch.float32, device=device)
     if p.numel():
         # 3. every pixel of the blocks left: those within rounding of the best are the possible maxima
         bh, bw = int(y_len.max()), int(x_len.max())
@@ -175,14 +246,11 @@ def pointing_game_tolerance_fast(scores: torch.Tensor, mask: torch.Tensor, grid:
         r = value(p, y, x)
         near = r >= per_map_max(p, r)[p] - 2 * delta[p]
         p, y, x = p[near], y[near], x[near]
-        hit = _hits(mask, y, x, tolerance_px).float()
-        result = torch.zeros(maps, dtype=torch.float32, device=device).scatter_reduce(0, p, hit, "amax")
-        lowest = torch.ones(maps, dtype=torch.float32, device=device).scatter_reduce(0, p, hit, "amin")
-        fast = fast & (result == lowest)
-    slow = torch.nonzero(~fast).flatten()
-    if slow.numel():
-        result[slow] = pointing_game_tolerance(v[slow], mask, grid, tolerance_px).to(device)
-    return result.reshape(lead).cpu()
+        hits = _hits_at(sums, image[p], y, x).float()
+        hit = torch.zeros(maps, dtype=torch.float32, device=device).scatter_reduce(0, p, hits, "amax")
+        lowest = torch.ones(maps, dtype=torch.float32, device=device).scatter_reduce(0, p, hits, "amin")
+        done = done & (hit == lowest)
+    return hit, done
 
 
 @functools.lru_cache(maxsize=16)
@@ -198,30 +266,37 @@ def _disc_rows(tolerance_px: float, device: torch.device) -> tuple[int, torch.Te
     return r, d[rows], half[rows]
 
 
-def _hits(mask: torch.Tensor, y: torch.Tensor, x: torch.Tensor, tolerance_px: float) -> torch.Tensor:
-    """Whether a mask pixel lies strictly within ``tolerance_px`` of each point (y, x), as the pointing game asks.
+def _row_sums(masks: torch.Tensor, tolerance_px: float) -> tuple:
+    """Row-wise cumulative sums of the masks, padded so that every disc row's run of columns stays inside."""
+    r, dy, half = _disc_rows(tolerance_px, masks.device)
+    side = r + 1
+    padded = F.pad(masks.float(), (side, side, r, r))  # (B, H + 2r, W + 2 side)
+    return F.pad(torch.cumsum(padded, 2), (1, 0)), r, side, dy, half  # [:, :, j]: mask pixels left of column j
 
-    Per row of the disc, the mask pixels of a run of columns are a difference of two row-wise cumulative
+
+def _hits_at(sums: tuple, image: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Whether a mask pixel of ``image`` lies strictly within the tolerance of each point (y, x), (P,) bool.
+
+    A row of the disc is a run of columns, whose mask pixels are a difference of two row-wise cumulative
     sums: 2 r + 1 lookups per point instead of one per pixel of the disc. Outside the image: no mask.
     """
-    r, dy, half = _disc_rows(float(tolerance_px), mask.device)
-    side = r + 1  # columns of padding: a run's start and end stay inside the sums
-    padded = F.pad(mask[None].float(), (side, side, r, r))[0]  # (H + 2r, W + 2 side)
-    sums = F.pad(torch.cumsum(padded, 1), (1, 0))  # sums[:, j] = mask pixels left of padded column j
+    table, r, side, dy, half = sums
     rows = y[:, None] + r + dy  # (P, m)
     right, left = x[:, None] + side + half + 1, x[:, None] + side - half
-    return (sums[rows, right] - sums[rows, left] > 0).any(-1)
+    image = image[:, None]
+    return (table[image, rows, right] - table[image, rows, left] > 0).any(-1)
+
+
+def _hits(mask: torch.Tensor, y: torch.Tensor, x: torch.Tensor, tolerance_px: float) -> torch.Tensor:
+    """Whether a mask pixel lies strictly within ``tolerance_px`` of each point (y, x), as the pointing game asks."""
+    sums = _row_sums(mask[None], float(tolerance_px))
+    return _hits_at(sums, torch.zeros_like(y), y, x)
 
 
 def tolerant_pointing(scores: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int],
                       tolerance_px: float = 15) -> torch.Tensor:
-    """``pointing_game_tolerance`` by the cheaper of two exact routes for these shapes and this device.
-
-    Upsampling every map costs maps x H x W pixels; on a CPU, past about a million of them (a ViT's 84
-    maps at 448 px: 17 million), ``pointing_game_tolerance_fast`` evaluates a few hundred pixels per map
-    instead. On a GPU the full upsample is cheap and needs no host round trips.
-    """
-    maps = scores.numel() // max(scores.shape[-1], 1)
-    if scores.device.type == "cpu" and maps * mask.shape[-2] * mask.shape[-1] >= 2 ** 20:
-        return pointing_game_tolerance_fast(scores, mask, grid, tolerance_px)
-    return pointing_game_tolerance(scores, mask, grid, tolerance_px)
+    """``pointing_game_tolerance`` by the cheaper of two exact routes for these shapes and this device
+    (``pointing_game_tolerance_batch`` with ``fast=None``)."""
+    _check(scores, mask[None] if mask.ndim == 2 else mask, grid, tolerance_px)
+    out = pointing_game_tolerance_batch(scores.reshape(1, -1, scores.shape[-1]), mask[None], grid, tolerance_px)
+    return out.reshape(scores.shape[:-1])
