@@ -200,8 +200,7 @@ def _kept_pixels_batch(flat: torch.Tensor, thresholds: Sequence[float], rule: st
     if bool(redo.any()):
         index = torch.nonzero(redo).flatten()
         values[index], order[index] = torch.sort(sorted_rows[index], dim=-1)
-    sorted_counts = counts.unsqueeze(1).expand(b, r, n, 2).gather(2, order.view(b, r, n, 1).expand(b, r, n, 2))
-    sorted_counts = sorted_counts.reshape(b * r, n, 2)  # each row's pixels in its sorted order
+    sorted_counts = _in_sorted_order(counts, order)  # (B x R, n, 2) each row's pixels in its sorted order
     if monotone:
         # every threshold keeps a top block of the sorted order, whose size one binary search found
         prefix = F.pad(torch.cumsum(sorted_counts, 1, dtype=torch.int32), (0, 0, 1, 0))  # (B x R, n + 1, 2)
@@ -259,6 +258,15 @@ def sort_rows(x: torch.Tensor, shortcuts: bool = True) -> tuple[torch.Tensor, to
     return values, order, equal.any(-1) | nan, own
 
 
+def _in_sorted_order(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Each row's per-cell values in its sorted order: values (B, n, C) of the rows' images, order (B x R, n)
+    -> (B x R, n, C). One gather of whole C-vectors (row r belongs to image r // R)."""
+    b, n, c = values.shape
+    r = order.shape[0] // b
+    base = (torch.arange(b, device=order.device) * n).repeat_interleave(r).unsqueeze(1)
+    return values.reshape(b * n, c).index_select(0, (order + base).flatten()).view(b * r, n, c)
+
+
 def _group_sums(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
     """``ranking.group_sums`` with each row's own weights: (B x R, n) ranked rows, weights (B, n, C) -> (B x R, n, C).
 
@@ -268,8 +276,7 @@ def _group_sums(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
     rows, n = ranked.order.shape
     b, _, c = weights.shape
     r = rows // b
-    w = weights.double().unsqueeze(1).expand(b, r, n, c).gather(2, ranked.order.view(b, r, n, 1).expand(b, r, n, c))
-    w = w.reshape(rows, n, c)
+    w = _in_sorted_order(weights.double(), ranked.order)
     tied = torch.nonzero(ranked.n_groups < n).flatten()
     if tied.numel() == 0:
         return w
