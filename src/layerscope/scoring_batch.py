@@ -129,13 +129,14 @@ def _score_batch(maps: torch.Tensor, targets: Sequence[Target | None], opts: Sco
     metrics["mass_in_mask"] = _mass_in_mask(s, pos, neg)
     metrics["pointing"] = _pointing(s, pos, n_pos)
     host = {c: v.cpu() for c, v in metrics.items()}
+    lists = {c: v.tolist() for c, v in host.items()}
     iou = iou.tolist()
     for j, b in enumerate(with_target):
         target, cell = targets[b], cells[j]
         note = {m: _notes(target, cell, m) for m in (True, False)}
         notes[b] = [note[m] for m in has_mass[b]]
         for c in ("auroc", "aupro", "iou_oracle", "mass_in_mask", "pointing"):
-            columns[c][b] = host[c][j].tolist()
+            columns[c][b] = lists[c][j]
         frac = target.fraction
         columns["mass_ratio"][b] = (host["mass_in_mask"][j] / frac).tolist() if frac > 0 else [None] * rows
         ious[b] = iou[j]

@@ -12,6 +12,7 @@ of the R connected ground-truth regions per cell.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -110,9 +111,8 @@ class MaskCells:
         """The counts for maps of ``grid`` (h, w), as ``cells_from_mask(mask, grid, valid)``."""
         h, w = grid
         big_h, big_w = self.shape
-        rows, cols = _nearest_index(h, big_h), _nearest_index(w, big_w)
-        r = torch.searchsorted(rows, torch.arange(h + 1))  # each cell's first pixel row, and the end
-        c = torch.searchsorted(cols, torch.arange(w + 1))
+        rows, r = _cell_runs(h, big_h)
+        cols, c = _cell_runs(w, big_w)
         s = self._sums
         corner = s[:, r][:, :, c]  # (1 or 2, h + 1, w + 1)
         counts = (corner[:, 1:, 1:] - corner[:, :-1, 1:] - corner[:, 1:, :-1] + corner[:, :-1, :-1]).flatten(1)
@@ -123,6 +123,13 @@ class MaskCells:
             slot = (rows[self._i] * w + cols[self._j]) * self._n_regions + self._region
             regions = torch.bincount(slot, minlength=h * w * self._n_regions).view(h * w, self._n_regions).double()
         return Cells(pos, neg, regions)
+
+
+@functools.lru_cache(maxsize=64)
+def _cell_runs(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(size,) each pixel's cell (``_nearest_index``) and (n + 1,) each cell's first pixel, and the end."""
+    index = _nearest_index(n, size)
+    return index, torch.searchsorted(index, torch.arange(n + 1))
 
 
 def _block_sums(x: torch.Tensor, index: torch.Tensor, n: int, dim: int) -> torch.Tensor:
