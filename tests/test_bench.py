@@ -54,8 +54,44 @@ def test_pipeline_rows_take_ratios_within_a_round():
     assert "1:01:45" in text and "1,700-image" in text
 
 
+def test_no_arguments_run_the_small_default_after_an_estimate(monkeypatch, capsys, tmp_path):
+    """Without options: one case, batch 1, 3 rounds (minutes on 2 cores), announced with an estimate; --full:
+    the whole set."""
+    calls = []
+    monkeypatch.setattr(bench, "machine_gflops", lambda device="cpu": 50.0)
+    monkeypatch.setattr(bench, "capture_table", lambda *a: calls.append(a) or [])
+    assert bench.main(["--out", str(tmp_path / "b.csv")]) == 0
+    assert calls[-1][:4] == (bench.DEFAULT, [1], "cpu", 3)
+    out = capsys.readouterr().out
+    estimate = bench.capture_estimate(bench.DEFAULT, [1], 3, 50.0, 12.0)
+    assert f"estimated duration: about {bench._minutes(estimate)}" in out and "--full for every case" in out
+    assert estimate < 300  # on 2 quiet cores
+    assert bench.main(["--full", "--out", str(tmp_path / "b.csv")]) == 0
+    assert calls[-1][:4] == (bench.FULL, [1, 8], "cpu", 5)
+    assert bench.capture_estimate(bench.FULL, [1, 8], 5, 50.0, 12.0) > 10 * estimate
+    assert bench.main(["--marginal"]) == 2  # only with --pipeline
+
+
+def test_marginal_is_the_slope_between_two_sizes(monkeypatch):
+    """Loop time = startup + n x per-image cost: the slope recovers the per-image cost, cold and warm."""
+    def fake_study(model, device, out, extra, cache=None):
+        n = 16 * int(next(e for e in extra if e.startswith("data.per_combination=")).split("=")[1])
+        warm = (out.name.startswith("warm"))
+        return {"images": n, "loop_seconds": 3.0 + n * (0.015 if warm else 0.021),
+                "backbone_calls": 0 if warm else n // 4}, 1.0
+
+    monkeypatch.setattr(bench, "_study", fake_study)
+    runs = bench.marginal("m", "cpu", 2)
+    assert [r["images"] for r in runs] == [[16, 48], [16, 48]]
+    assert all(r["warm"] == pytest.approx(0.015) and r["cold"] == pytest.approx(0.021) for r in runs)
+    rows = bench.marginal_table(["m"], ["cpu"], 1)
+    assert [(r["cache"], round(r["seconds_per_image"], 6)) for r in rows] == [("cold", 0.021), ("warm", 0.015),
+                                                                              ("cold-warm", 0.006)]
+
+
 def test_capture_quick_prints_every_variant_with_finite_ratios(tmp_path):
     proc = _bench(["--quick", "--out", str(tmp_path / "bench.csv")], tmp_path)
+    assert "estimated duration: about" in proc.stdout and "took" in proc.stdout
     rows = _table(proc.stdout, bench.CAPTURE_COLUMNS)
     assert [r[3] for r in rows] == list(bench.VARIANTS)
     for r in rows:
@@ -78,4 +114,5 @@ def test_pipeline_quick_prints_every_stage_and_a_projection(tmp_path):
         ratio, low, high = (float(v) for v in r[-3:])
         assert all(math.isfinite(v) and v >= 0 for v in (ratio, low, high)) and low <= ratio <= high, r
     assert "time outside the backbone is" in proc.stdout
+    assert "per image: tiny_vit on cpu:" in proc.stdout and "images/s, the backbone alone" in proc.stdout
     assert "projection: tiny_vit on cpu: a 1,700-image study (2 layers x 3 maps at 64 px)" in proc.stdout

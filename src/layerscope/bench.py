@@ -1,10 +1,16 @@
 """Benchmarks: what capturing every layer costs against a plain forward, and where a study's time goes.
 
-    layerscope-bench [--quick] [--device cpu|cuda] [--rounds 5] [--cases vit_s8:480] [--out bench.csv]
-    layerscope-bench --pipeline [--quick] [--models dinov2_vits14_bundled ...] [--rounds 5]
+    layerscope-bench [--quick | --full] [--device cpu|cuda] [--rounds 3] [--cases vit_s8:480] [--out bench.csv]
+    layerscope-bench --pipeline [--quick] [--device cpu|cuda] [--models dinov2_vits14_bundled ...] [--rounds 3]
+    layerscope-bench --pipeline --marginal [--models ...] [--rounds 2]
 
-**Capture** (default). Variants, each in a process of its own that stays alive across rounds
-(so peak memory is its own), random-init weights:
+Every command first prints an estimate of its duration, from the model sizes and a 0.3 s probe of
+this machine's matrix-multiply rate (so a busy machine gets a longer estimate), and its real duration
+at the end.
+
+**Capture** (default: ViT-S/8 at 224 px, batch 1, 3 rounds, a few minutes on 2 cores; ``--full``:
+ViT-S/8 at 224 and 480 px and ViT-B/16 at 224 px, batches 1 and 8, 5 rounds). Variants, each in a
+process of its own that stays alive across rounds (so peak memory is its own), random-init weights:
 
 - ``plain``: timm ViT forward, fused attention (the baseline every ratio refers to);
 - ``ours``: the same forward with this framework's hooks, CLS rows of every layer and head;
@@ -24,12 +30,20 @@ above the resting allocation (GPU).
 as a user runs it, once per round in a fresh process, split by stage from its ``run_summary.json``:
 backbone forward + maps, scoring (rows), writing (``.npz`` + grid PNGs, in the background: the
 time its thread worked, and the time the study waited for it), the rest of the loop (data,
-``results.csv``), and the dataset-level pass. In the same round, this process times the
+``results.csv``), and the dataset-level pass. Stages are per image in the steady state, after the
+first batch: its wait for the first images (DataLoader workers starting, first reads) is a one-time
+cost, reported apart and counted once in the projection, like the startup. In the same round, this process times the
 backbone alone (forward + maps of the same images, ``mapsource.MapSource``, no scoring, no
 writing); the table gives each stage per image and against the backbone of the same round, the
 end-to-end rate against the backbone-only rate, and projects the wall time of an MVTec-size
 study (1,700 test images, same layers and maps) per backbone on this machine (and on CUDA when
-it is present).
+it is present). Per image, in milliseconds: every stage, the time outside the backbone, and the
+images per second end to end against the backbone alone.
+
+**Marginal** (``--pipeline --marginal``). The per-image cost outside the backbone measured a second
+way: the study's loop time at two dataset sizes (16 and 48 images), each with a cold map cache (the
+backbone runs) and then a warm one (no backbone: maps read from the cache); the slope between the two
+sizes is the marginal cost of one more image, cold and warm, free of startup and of any per-run cost.
 """
 from __future__ import annotations
 
@@ -56,12 +70,14 @@ CONFIGS = {  # name -> (timm arch, patch, dim, heads); 12 blocks each
     "vit_b16": ("vit_base_patch16_224", 16, 768, 12),
 }
 FULL = [("vit_s8", 224), ("vit_s8", 480), ("vit_b16", 224)]
+DEFAULT = [("vit_s8", 224)]  # a few minutes on 2 cores; --full for the whole set
 QUICK = [("vit_t16", 224)]  # a smoke run: seconds, not minutes
 PIPELINE_MODELS = ["dinov2_vits14_bundled", "efficientnet_lite0_bundled"]
 PIPELINE_QUICK = ["tiny_vit"]
 QUICK_DATA = ["data.textures=[brick]"]  # 4 images: a smoke run
 MVTEC_IMAGES = 1700  # MVTec AD's test set, all categories
 TARGET_OUTSIDE = 0.25  # the goal: time outside the backbone at most this share of the backbone's
+MARGINAL_SIZES = (1, 3)  # data.per_combination: 16 and 48 synthetic images
 
 
 # ------------------------------------------------------------------------------------------ capture
@@ -276,15 +292,20 @@ STAGE_TEXT = {
     "writing": "npz + png by the background thread",
     "write_wait": "time the study waited for that thread",
     "other": "the rest of the loop (data preparation, ...)",
-    "loop": "the study's image loop end to end",
+    "loop": "the study's image loop end to end (after its first batch, whose one-time wait is apart)",
     "dataset_pass": "the dataset-level protocol at the end",
     "backbone_only": "forward + maps alone, timed here in the same round",
 }
 
 
-def _study(model: str, device: str, out: Path, extra: Sequence[str]) -> tuple[dict, float]:
-    """One default study in a fresh process, as a user runs it; its run_summary.json and wall seconds."""
-    cmd = [sys.executable, "-m", "layerscope.run", f"model={model}", f"device={device}", "cache.enabled=false",
+def _study(model: str, device: str, out: Path, extra: Sequence[str], cache: Path | None = None) -> tuple[dict, float]:
+    """One default study in a fresh process, as a user runs it; its run_summary.json and wall seconds.
+
+    Args:
+        cache: a map cache folder to use (cold when empty, warm after a run), or None: no cache.
+    """
+    caching = [f"cache.dir={cache}"] if cache is not None else ["cache.enabled=false"]
+    cmd = [sys.executable, "-m", "layerscope.run", f"model={model}", f"device={device}", *caching,
            "progress=false", f"hydra.run.dir={out}", *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -344,19 +365,31 @@ def pipeline(model: str, device: str, rounds: int, extra: Sequence[str]) -> dict
                 only = BackboneOnly(Path(tmp) / "round0" / "config.yaml")
             alone = only()
             n = summary["images"] - len(summary.get("skipped_images", []))
-            backbone, score = summary["backbone_seconds"], summary["score_seconds"]
-            loop, wait = summary["loop_seconds"], summary["write_wait_seconds"]
+            total = {k: summary[k] for k in ("loop_seconds", "backbone_seconds", "score_seconds", "write_wait_seconds")}
+            first = summary.get("first_batch")
+            steady, first_extra = total, 0.0
+            if first and n > first["images"]:
+                # per image in the steady state: after the first batch, whose wait for the first images (worker
+                # start, first reads) is a one-time cost like the startup, not a per-image one
+                steady = {k: v - first[k] for k, v in total.items()}
+                m = n - first["images"]
+                first_extra = first["loop_seconds"] - first["images"] * steady["loop_seconds"] / m
+            else:
+                m = n
+            loop, backbone = steady["loop_seconds"], steady["backbone_seconds"]
+            score, wait = steady["score_seconds"], steady["write_wait_seconds"]
             per_round.append({
-                "backbone": backbone / n, "scoring": score / n, "writing": summary["write_seconds"] / n,
-                "write_wait": wait / n, "other": (loop - backbone - score - wait) / n, "loop": loop / n,
+                "backbone": backbone / m, "scoring": score / m, "writing": summary["write_seconds"] / n,
+                "write_wait": wait / m, "other": (loop - backbone - score - wait) / m, "loop": loop / m,
                 "dataset_pass": summary.get("dataset_seconds", 0.0) / n, "backbone_only": alone / n,
-                "startup": (wall - loop - summary.get("dataset_seconds", 0.0)),
+                "startup": (wall - total["loop_seconds"] - summary.get("dataset_seconds", 0.0)),
+                "first_batch_extra": first_extra, "loop_all": total["loop_seconds"] / n,
             })
     return {"model": model, "device": device, "images": n, "rounds": per_round, "layers": only.layers,
             "maps": only.maps, "img_size": only.img_size}
 
 
-PIPELINE_COLUMNS = ["model", "device", "stage", "s/img", "s_min", "s_max", "vs_backbone", "vs_min", "vs_max"]
+PIPELINE_COLUMNS = ["model", "device", "stage", "ms/img", "ms_min", "ms_max", "vs_backbone", "vs_min", "vs_max"]
 
 
 def pipeline_rows(result: dict) -> list[dict]:
@@ -384,9 +417,28 @@ def _pipeline_line(row: dict) -> str:
     def num(v: float, fmt: str) -> str:
         return format(v, fmt) if v == v else "-"
 
-    return (f"{row['model']:26s} {row['device']:6s} {row['stage']:26s} {num(row['seconds_per_image'], '8.4f')} "
-            f"{num(row['seconds_min'], '8.4f')} {num(row['seconds_max'], '8.4f')} {num(row['vs_backbone'], '11.3f')} "
-            f"{num(row['vs_min'], '8.3f')} {num(row['vs_max'], '8.3f')}")
+    return (f"{row['model']:26s} {row['device']:6s} {row['stage']:26s} {num(1000 * row['seconds_per_image'], '8.1f')} "
+            f"{num(1000 * row['seconds_min'], '8.1f')} {num(1000 * row['seconds_max'], '8.1f')} "
+            f"{num(row['vs_backbone'], '11.3f')} {num(row['vs_min'], '8.3f')} {num(row['vs_max'], '8.3f')}")
+
+
+def per_image_summary(result: dict) -> str:
+    """Milliseconds per image outside the backbone by stage, and the end-to-end rate, in words (medians)."""
+    runs = result["rounds"]
+
+    def ms(key) -> float:
+        return 1000 * statistics.median([key(r) for r in runs])
+
+    outside = [1000 * (r["loop"] - r["backbone"]) for r in runs]
+    return (f"{result['model']} on {result['device']}: {statistics.median(outside):.1f} ms per image outside the "
+            f"backbone [{min(outside):.1f}-{max(outside):.1f}] (scoring and rows {ms(lambda r: r['scoring']):.1f}, "
+            f"waiting for the writer {ms(lambda r: r['write_wait']):.1f}, data and the rest "
+            f"{ms(lambda r: r['other']):.1f}; the writer thread worked {ms(lambda r: r['writing']):.1f} beside them); "
+            f"backbone + maps {ms(lambda r: r['backbone']):.1f}; end to end "
+            f"{statistics.median([1 / r['loop'] for r in runs]):.2f} images/s, the backbone alone "
+            f"{statistics.median([1 / r['backbone_only'] for r in runs]):.2f} images/s; the first batch waited "
+            f"{statistics.median([r.get('first_batch_extra', 0.0) for r in runs]):.2f} s more once (with it, the "
+            f"loop averages {ms(lambda r: r.get('loop_all', r['loop'])):.1f} ms per image)")
 
 
 def projection(result: dict, images: int = MVTEC_IMAGES) -> str:
@@ -394,11 +446,12 @@ def projection(result: dict, images: int = MVTEC_IMAGES) -> str:
     runs = result["rounds"]
     loop = statistics.median([r["loop"] for r in runs])
     pooled = statistics.median([r["dataset_pass"] for r in runs])
-    startup = statistics.median([r["startup"] for r in runs])
+    startup = statistics.median([r["startup"] + r.get("first_batch_extra", 0.0) for r in runs])
     total = startup + images * (loop + pooled)
     return (f"{result['model']} on {result['device']}: a {images:,}-image study ({result['layers']} layers x "
-            f"{result['maps']} maps at {result['img_size']} px) takes about {_hms(total)} "
-            f"(startup {startup:.0f} s + {images:,} x ({loop:.3f} s loop + {pooled:.3f} s dataset pass) per image)")
+            f"{result['maps']} maps at {result['img_size']} px) takes about {_hms(total)}, {images / total:.2f} "
+            f"images/s (startup and first batch {startup:.0f} s + {images:,} x ({loop:.3f} s loop + {pooled:.3f} s "
+            "dataset pass) per image)")
 
 
 def _hms(seconds: float) -> str:
@@ -429,8 +482,143 @@ def pipeline_table(models: Sequence[str], devices: Sequence[str], rounds: int, e
               f"[{outside['vs_min']:.2f}-{outside['vs_max']:.2f}] of the backbone's over {len(result['rounds'])} "
               f"rounds of {result['images']} images (target <= {TARGET_OUTSIDE}: {verdict}; dataset pass excluded)")
     for result in results:
+        print("per image: " + per_image_summary(result), flush=True)
+    for result in results:
         print("projection: " + projection(result), flush=True)
     return rows
+
+
+def marginal(model: str, device: str, rounds: int) -> list[dict]:
+    """Rounds of the cold/warm map-cache studies at two sizes; per round the marginal seconds per image.
+
+    Returns:
+        Per round: ``cold`` and ``warm`` (loop seconds per extra image) and ``images`` (the two sizes).
+    """
+    out = []
+    with tempfile.TemporaryDirectory(prefix="layerscope-marginal-") as tmp:
+        for r in range(rounds):
+            loops: dict[str, list[float]] = {"cold": [], "warm": []}
+            sizes = []
+            for k in MARGINAL_SIZES:
+                print(f"  {model} on {device}: round {r + 1}/{rounds}, {16 * k} images", file=sys.stderr, flush=True)
+                cache = Path(tmp) / f"cache{r}_{k}"
+                extra = [f"data.per_combination={k}", "dataset_metrics=false"]
+                for state in ("cold", "warm"):  # the cold run fills the cache the warm one reads
+                    summary, _ = _study(model, device, Path(tmp) / f"{state}{r}_{k}", extra, cache=cache)
+                    if state == "warm" and summary.get("backbone_calls", 0):
+                        raise RuntimeError(f"{model}: the warm run called the backbone {summary['backbone_calls']} "
+                                           "times (is the map cache enabled?)")
+                    loops[state].append(summary["loop_seconds"])
+                sizes.append(summary["images"])
+            span = sizes[1] - sizes[0]
+            out.append({"images": sizes, **{state: (t[1] - t[0]) / span for state, t in loops.items()}})
+    return out
+
+
+MARGINAL_COLUMNS = ["model", "device", "cache", "ms/img", "ms_min", "ms_max"]
+
+
+def marginal_table(models: Sequence[str], devices: Sequence[str], rounds: int) -> list[dict]:
+    """Print the marginal milliseconds per image, cold and warm cache, and their difference (the backbone)."""
+    print(" ".join(MARGINAL_COLUMNS), flush=True)
+    rows = []
+    for device in devices:
+        for model in models:
+            try:
+                runs = marginal(model, device, rounds)
+            except RuntimeError as e:
+                print(f"{model:26s} {device:6s} failed: {e}", flush=True)
+                continue
+            for cache, values in (("cold", [r["cold"] for r in runs]), ("warm", [r["warm"] for r in runs]),
+                                  ("cold-warm", [r["cold"] - r["warm"] for r in runs])):
+                median, low, high = spread(values)
+                rows.append({"model": model, "device": device, "cache": cache, "seconds_per_image": median,
+                             "seconds_min": low, "seconds_max": high, "rounds": rounds})
+                print(f"{model:26s} {device:6s} {cache:10s} {1000 * median:8.1f} {1000 * low:8.1f} {1000 * high:8.1f}",
+                      flush=True)
+            sizes = runs[0]["images"]
+            print(f"{model} on {device}: one more image costs {1000 * statistics.median(r['warm'] for r in runs):.1f} "
+                  f"ms outside the backbone (warm cache) and {1000 * statistics.median(r['cold'] for r in runs):.1f} "
+                  f"ms with it (cold), the slope of the loop time between {sizes[0]} and {sizes[1]} images, median "
+                  f"of {rounds} rounds", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ estimates
+
+
+VARIANT_COST = {"plain": 1.0, "ours": 1.05, "hf_sdpa": 1.0, "hf_eager": 2.5, "timm_extract": 2.0}  # x plain
+PIPELINE_GFLOP = {"dinov2_vits14_bundled": 66.0, "efficientnet_lite0_bundled": 0.8, "tiny_vit": 0.01,
+                  "tiny_cnn": 0.01}  # forward per image, at the config's size
+STARTUP_S = 15.0  # one fresh process importing torch, timm and the model, on 2 quiet cores
+QUIET_GFLOPS = 50.0  # the probe on 2 quiet cores; a busier machine also starts processes more slowly
+
+
+def _slowdown(gflops: float) -> float:
+    """How much slower than 2 quiet cores the probe says this machine is now (1 to 3): scales the startups."""
+    return min(3.0, max(1.0, QUIET_GFLOPS / gflops))
+
+
+def machine_gflops(device: str = "cpu", seconds: float = 0.3) -> float:
+    """This machine's float32 matrix-multiply rate right now, GFLOP/s: the unit of the estimates."""
+    dev = torch.device(device)
+    a = torch.rand(512, 512, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    a @ a
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ a
+        n += 1
+        if dev.type == "cuda" and n % 64:
+            continue
+        sync()
+    return 2 * 512 ** 3 * n / (time.perf_counter() - t0) / 1e9
+
+
+def vit_gflop(model: str, size: int) -> float:
+    """Forward FLOPs of one image through a ``CONFIGS`` ViT (12 blocks): attention and MLP matmuls."""
+    _, patch, dim, _ = CONFIGS[model]
+    n = (size // patch) ** 2 + 1
+    return 12 * n * (24 * dim * dim + 4 * n * dim) / 1e9
+
+
+def capture_estimate(cases, batches, rounds: int, gflops: float, memory_limit_gb: float) -> float:
+    """Seconds ``capture_table`` should take: per case and batch, the variants' startups (in parallel, so
+    about two on two cores) and ``rounds`` + 1 forwards of every variant, at this machine's rate."""
+    total = 0.0
+    for model, size in cases:
+        for batch in batches:
+            skip = attention_bytes(model, size, batch) / 2 ** 30 > memory_limit_gb
+            cost = sum(c for v, c in VARIANT_COST.items() if not (skip and v in ("hf_eager", "timm_extract")))
+            forward = max(batch * vit_gflop(model, size) / gflops, 0.05)  # small models: overhead, not FLOPs
+            total += 1.5 * STARTUP_S * _slowdown(gflops) + (rounds + 1) * cost * forward
+    return total
+
+
+def pipeline_estimate(models, devices, rounds: int, images: int, gflops: dict[str, float]) -> float:
+    """Seconds ``pipeline_table`` should take: per round a study (startup, forward, ~0.1 s per image of
+    the rest and the dataset pass) and the backbone alone again; unknown models count 10 GFLOP."""
+    total = 0.0
+    for device in devices:
+        for model in models:
+            forward = images * PIPELINE_GFLOP.get(model, 10.0) / gflops[device]
+            startup = STARTUP_S * _slowdown(gflops[device])
+            total += startup + rounds * (startup + 2 * forward + images * 0.1)
+    return total
+
+
+def marginal_estimate(models, rounds: int, gflops: float) -> float:
+    """Seconds ``marginal_table`` should take: per round and size a cold and a warm study."""
+    sizes = [16 * k for k in MARGINAL_SIZES]
+    startup = STARTUP_S * _slowdown(gflops)
+    return sum(rounds * sum(2 * startup + n * (PIPELINE_GFLOP.get(m, 10.0) / gflops + 0.2) for n in sizes)
+               for m in models)
+
+
+def _minutes(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
 
 
 # ------------------------------------------------------------------------------------------ command
@@ -439,10 +627,15 @@ def pipeline_table(models: Sequence[str], devices: Sequence[str], rounds: int, e
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="layerscope-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a smoke run (one small case, 2 rounds)")
+    p.add_argument("--full", action="store_true",
+                   help="capture: every case (ViT-S/8 at 224 and 480 px, ViT-B/16), batches 1 and 8, 5 rounds")
     p.add_argument("--pipeline", action="store_true", help="time the default study by stage instead")
+    p.add_argument("--marginal", action="store_true",
+                   help="with --pipeline: the marginal ms per image with a cold and a warm map cache instead")
     p.add_argument("--device", default=None, choices=("cpu", "cuda"),
                    help="capture: cpu (default); pipeline: cpu, and cuda too when present (default)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; 2 with --quick)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds (default 3; 5 with --full, 2 with --quick or --marginal)")
     p.add_argument("--batches", type=int, nargs="+", default=None)
     p.add_argument("--cases", nargs="+", default=None, metavar="MODEL:SIZE",
                    help=f"capture cases, e.g. vit_s8:480 (models: {', '.join(CONFIGS)})")
@@ -455,7 +648,10 @@ def main(argv: list[str] | None = None) -> int:
         model, size, batch, variant = a.serve
         serve(model, int(size), int(batch), variant, a.device or "cpu")
         return 0
-    rounds = a.rounds if a.rounds is not None else (2 if a.quick else 5)
+    if a.marginal and not a.pipeline:
+        print("error: --marginal: goes with --pipeline", file=sys.stderr)
+        return 2
+    rounds = a.rounds if a.rounds is not None else (2 if a.quick or a.marginal else 5 if a.full else 3)
     if rounds < 1:
         print(f"error: --rounds {rounds}: expected at least 1", file=sys.stderr)
         return 2
@@ -465,26 +661,42 @@ def main(argv: list[str] | None = None) -> int:
     threads = os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))
     print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, {rounds} interleaved rounds "
           "(median and min-max over rounds)", flush=True)
+    t_start = time.perf_counter()
     if a.pipeline:
         devices = [a.device] if a.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         models = a.models or (PIPELINE_QUICK if a.quick else PIPELINE_MODELS)
-        rows = pipeline_table(models, devices, rounds, QUICK_DATA if a.quick else [])
-        fields = ["model", "device", "stage", "seconds_per_image", "seconds_min", "seconds_max", "vs_backbone",
-                  "vs_min", "vs_max"]
-        out = a.out or Path("outputs/bench_pipeline.csv")
+        gflops = {d: machine_gflops(d) for d in devices}
+        if a.marginal:
+            estimate = sum(marginal_estimate(models, rounds, gflops[d]) for d in devices)
+        else:
+            estimate = pipeline_estimate(models, devices, rounds, 4 if a.quick else 16, gflops)
+        _announce(estimate, gflops)
+        if a.marginal:
+            rows = marginal_table(models, devices, rounds)
+            fields = ["model", "device", "cache", "seconds_per_image", "seconds_min", "seconds_max", "rounds"]
+            out = a.out or Path("outputs/bench_marginal.csv")
+        else:
+            rows = pipeline_table(models, devices, rounds, QUICK_DATA if a.quick else [])
+            fields = ["model", "device", "stage", "seconds_per_image", "seconds_min", "seconds_max", "vs_backbone",
+                      "vs_min", "vs_max"]
+            out = a.out or Path("outputs/bench_pipeline.csv")
     else:
         try:
             cases = [(c.split(":")[0], int(c.split(":")[1])) for c in a.cases] if a.cases else None
         except (IndexError, ValueError):
             print(f"error: --cases {' '.join(a.cases)}: expected MODEL:SIZE, e.g. vit_s8:480", file=sys.stderr)
             return 2
-        cases = cases or (QUICK if a.quick else FULL)
+        cases = cases or (QUICK if a.quick else FULL if a.full else DEFAULT)
         unknown = [m for m, _ in cases if m not in CONFIGS]
         if unknown:
             print(f"error: --cases {unknown[0]}: expected one of {', '.join(CONFIGS)}", file=sys.stderr)
             return 2
-        rows = capture_table(cases, a.batches or ([1] if a.quick else [1, 8]), a.device or "cpu", rounds,
-                             a.memory_limit_gb)
+        device = a.device or "cpu"
+        batches = a.batches or ([1, 8] if a.full else [1])
+        gflops = {device: machine_gflops(device)}
+        _announce(capture_estimate(cases, batches, rounds, gflops[device], a.memory_limit_gb), gflops,
+                  "" if a.full or a.cases or a.quick else "; --full for every case")
+        rows = capture_table(cases, batches, device, rounds, a.memory_limit_gb)
         fields = ["model", "size", "batch", "variant", "device", "rounds", "seconds_per_image", "seconds_min",
                   "seconds_max", "peak_mb", "time_ratio", "ratio_min", "ratio_max", "memory_ratio", "status"]
         out = a.out or Path("outputs/bench.csv")
@@ -494,8 +706,13 @@ def main(argv: list[str] | None = None) -> int:
         w.writeheader()
         for r in rows:  # NaN (undefined) -> empty cell
             w.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()})
-    print(f"written: {out}")
+    print(f"written: {out} (took {_minutes(time.perf_counter() - t_start)})")
     return 0
+
+
+def _announce(seconds: float, gflops: dict[str, float], more: str = "") -> None:
+    rates = ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in gflops.items())
+    print(f"estimated duration: about {_minutes(seconds)} (this machine now: {rates}){more}", flush=True)
 
 
 if __name__ == "__main__":

@@ -42,24 +42,29 @@ def build_cache(cfg: DictConfig, method: MapMethod) -> MapCache | None:
 class MapSource:
     """Maps for a batch: from the map cache where every image is there, else from one backbone pass.
 
+    Args:
+        keep_on_device: return the maps on ``device`` (a GPU: the study scores them there), not on the CPU.
+
     Attributes:
         calls: backbone passes made; seconds: time spent in them (forward + maps).
     """
 
     def __init__(self, backbone: Backbone, plan: Plan, device: torch.device, precision: str,
-                 cache: MapCache | None):
+                 cache: MapCache | None, keep_on_device: bool = False):
         self.backbone, self.plan, self.device, self.precision, self.cache = backbone, plan, device, precision, cache
+        self.keep_on_device = keep_on_device and device.type != "cpu"
         self.calls, self.seconds = 0, 0.0
 
     def __call__(self, items: list[dict]) -> tuple[list[dict[int, torch.Tensor]], list[torch.Tensor | None]]:
-        """Per image: layer -> (K, h, w) float32 maps, and its logits (C,) or None."""
+        """Per image: layer -> (K, h, w) float32 maps (on the CPU, or on the device with ``keep_on_device``),
+        and its logits (C,) on the CPU, or None."""
         maps, logits, _ = self.fetch(items)
         return maps, logits
 
     def fetch(self, items: list[dict]) -> tuple[list[dict[int, torch.Tensor]], list[torch.Tensor | None],
                                                 list[dict[str, dict[int, torch.Tensor]]]]:
-        """Per image: layer -> (K, h, w) float32 maps, its logits (C,) or None, and the plan's extras
-        (name -> layer -> tensor: ``rep_<kind>`` (D,), ``attention_distance`` (H,)), captured in the same pass."""
+        """As ``__call__``, plus per image the plan's extras on the CPU (name -> layer -> tensor: ``rep_<kind>``
+        (D,), ``attention_distance`` (H,)), captured in the same pass."""
         layers, extras = self.plan.layers, tuple(getattr(self.plan, "extras", ()))
         keys = [image_key(to_uint8(item["x"])) for item in items] if self.cache else [None] * len(items)
         found = [self.cache.get_all(k, layers, extras) if self.cache else None for k in keys]
@@ -77,16 +82,22 @@ class MapSource:
                 del captured
             if lost := [f"{name} of layer {layer}" for name in extras for layer in layers if layer not in got[name]]:
                 raise RuntimeError(f"model {self.backbone.name}: {', '.join(lost)} not captured in the forward pass")
-            maps = {layer: maps[layer].float().cpu() for layer in layers}
+            maps = {layer: maps[layer].float() if self.keep_on_device else maps[layer].float().cpu()
+                    for layer in layers}
             logits = logits.float().cpu() if logits is not None else None
             extra = {name: {layer: got[name][layer].float().cpu() for layer in layers} for name in extras}
+            if self.keep_on_device:
+                torch.cuda.synchronize(self.device)  # the time is the device's work, not its queueing
             self.seconds += time.perf_counter() - t0
             self.calls += 1
             for j, i in enumerate(missing):
                 found[i] = ({layer: m[j] for layer, m in maps.items()}, logits[j] if logits is not None else None,
                             {name: {layer: t[j] for layer, t in per.items()} for name, per in extra.items()})
                 if self.cache:
-                    self.cache.put(keys[i], found[i][0], found[i][1], found[i][2])
+                    self.cache.put(keys[i], {layer: m.cpu() for layer, m in found[i][0].items()}, found[i][1],
+                                   found[i][2])
+        if self.keep_on_device:  # cached images come from disk
+            found = [({layer: m.to(self.device) for layer, m in f[0].items()}, f[1], f[2]) for f in found]
         return [f[0] for f in found], [f[1] for f in found], [f[2] for f in found]
 
 

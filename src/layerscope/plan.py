@@ -172,7 +172,7 @@ def plan_study(cfg: DictConfig, backbone: Backbone) -> Plan:
     layers = select_indices(as_plain(cfg.layer), backbone.num_layers, "layer")
     heads = select_indices(as_plain(cfg.head), method.num_maps(), "head")
     _int_option(cfg, "batch_size", 1)
-    _int_option(cfg, "num_workers", 0)
+    loader_workers(cfg.num_workers, 1, 1)  # checks the option
     _int_option(cfg, "figures.max_images", 0)
     max_gb = OmegaConf.select(cfg, "cache.max_gb")
     if isinstance(max_gb, bool) or not isinstance(max_gb, (int, float)) or not max_gb > 0:
@@ -212,6 +212,38 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise ValueError(f"device={name}: expected auto, cpu or cuda")
     return torch.device(name)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity, else the machine's count)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def loader_workers(value: Any, images: int, batch_size: int) -> int:
+    """``num_workers``: an int >= 0, or ``auto``: DataLoader worker processes preparing images (decoding,
+    resizing, painting synthetic defects) beside the model when there is more than one core: one per core
+    but one, at most 4, and no more than there are batches; 0 (in the study's process) on a single core.
+
+    Raises:
+        ValueError: naming the option and what it accepts.
+    """
+    if value == "auto":
+        batches = -(-images // max(batch_size, 1))
+        return max(0, min(usable_cores() - 1, 4, batches))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"num_workers={value}: expected an int >= 0 or auto")
+    return value
+
+
+def writer_threads() -> int:
+    """Images written at once by the study's background writer: one, or a few on a many-core machine (a GPU
+    study outruns one thread compressing saved maps)."""
+    return max(1, min(4, usable_cores() // 4))
 
 
 def build_dataset(cfg: DictConfig) -> Any:

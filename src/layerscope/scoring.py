@@ -15,7 +15,7 @@ from .maps.threshold import RULES
 from .maps.upsample import MODES
 from .metrics import (Cells, cells_from_mask, mass_in_mask_counts, normalized_entropy, pointing_game_counts,
                       top_score)
-from .metrics.localization import iou_from_kept_counts, rank_metrics
+from .metrics.localization import MaskCells, iou_from_kept_counts, rank_metrics
 from .metrics.ranking import Ranked, rank_rows
 from .metrics.threads import one_thread, serial  # noqa: F401 - one_thread: the study scores under it too
 
@@ -78,6 +78,7 @@ class Target:
     def __init__(self, mask: torch.Tensor, valid: torch.Tensor | None = None):
         self.mask, self.valid = mask.bool(), valid
         self._cells: dict[tuple[int, int], Cells] = {}
+        self._mask_cells: MaskCells | None = None
         self._fraction: float | None = None
 
     @property
@@ -86,8 +87,10 @@ class Target:
 
     @serial
     def cells(self, grid: tuple[int, int]) -> Cells:
-        if grid not in self._cells:
-            self._cells[grid] = cells_from_mask(self.mask, grid, self.valid)
+        if grid not in self._cells:  # cells_from_mask's counts, the image-sized work shared by every grid
+            if self._mask_cells is None:
+                self._mask_cells = MaskCells(self.mask, self.valid)
+            self._cells[grid] = self._mask_cells.at(grid)
         return self._cells[grid]
 
     @property
@@ -280,14 +283,32 @@ def image_rows(meta: Mapping[str, Any], maps: Mapping[int, torch.Tensor], names:
             start += k
     extra = {layer: dict((extra or {}).get(layer, {})) for layer in maps}
     if target is not None and target.mask.any():
-        from .metrics.pointing import pointing_game_tolerance
+        from .metrics.pointing import tolerant_pointing
 
         for layer, layer_maps in maps.items():
-            extra[layer]["pointing_tol"] = pointing_game_tolerance(
+            extra[layer]["pointing_tol"] = tolerant_pointing(
                 layer_maps.flatten(-2).float(), target.mask, tuple(layer_maps.shape[-2:]), opts.pointing_tolerance)
+    grids = {layer: tuple(layer_maps.shape[-2:]) for layer, layer_maps in maps.items()}
+    return assemble_rows(meta, grids, names, scored, extra, opts)
+
+
+def assemble_rows(meta: Mapping[str, Any], grids: Mapping[int, tuple[int, int]], names: Mapping[int, Sequence[str]],
+                  scored: Mapping[int, tuple[dict, list, list | None]], extra: Mapping[int, Mapping[str, Any]],
+                  opts: ScoreOptions) -> list[dict]:
+    """One image's ``results.csv`` rows from its scored columns (``image_rows``'s last step, shared with
+    ``scoring_batch``).
+
+    Args:
+        meta: the image's non-metric columns.
+        grids: layer -> (h, w).
+        names: layer -> K map names.
+        scored: layer -> (columns: name -> K values, K notes, K lists of T IoUs or None).
+        extra: layer -> column -> (K,) values added to every row of that map (a ``best`` row takes its head's).
+        opts: thresholds and metric options.
+    """
     rows = []
-    for layer, layer_maps in maps.items():
-        grid = {"layer": layer, "grid_h": layer_maps.shape[-2], "grid_w": layer_maps.shape[-1]}
+    for layer, (grid_h, grid_w) in grids.items():
+        grid = {"layer": layer, "grid_h": grid_h, "grid_w": grid_w}
         index = {name: k for k, name in enumerate(names[layer])}
         for row in _rows(list(names[layer]), *scored[layer], opts):
             k = index[row["best_head"] if row["head"] == "best" else row["head"]]

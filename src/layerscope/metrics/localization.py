@@ -12,6 +12,7 @@ of the R connected ground-truth regions per cell.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -76,6 +77,59 @@ def cells_from_mask(mask: torch.Tensor, grid: tuple[int, int], valid: torch.Tens
         slot = (rows[i] * w + cols[j]) * n_regions + labels[i, j].long() - 1
         regions = torch.bincount(slot, minlength=h * w * n_regions).view(h * w, n_regions).double()
     return Cells(pos, neg, regions)
+
+
+class MaskCells:
+    """One ground truth's ``Cells`` at any grid: ``cells_from_mask``'s counts, with the image-sized work done once.
+
+    The mask's 2-D cumulative sums and its connected regions are computed once; each grid then costs
+    O(h w) lookups (a cell's pixels are a rectangle of the image, so its count is four corners of the
+    sums) plus one pass over the region pixels. The counts are integers, so they equal ``cells_from_mask``'s.
+
+    Args:
+        mask: bool (H, W) ground truth.
+        valid: bool (H, W), False for ignored pixels, or None.
+    """
+
+    def __init__(self, mask: torch.Tensor, valid: torch.Tensor | None = None):
+        from skimage.measure import label
+
+        m = mask.bool()
+        v = valid.bool() if valid is not None else None
+        inside = m & v if v is not None else m
+        self.shape = tuple(m.shape)
+        # background = counted pixels - mask pixels: the counted ones are every pixel, or the valid ones
+        pixels = torch.stack([inside, v]) if v is not None else inside[None]  # (1 or 2, H, W)
+        sums = pixels.to(torch.int32).cumsum(1, dtype=torch.int32).cumsum(2, dtype=torch.int32)
+        self._sums = F.pad(sums, (1, 0, 1, 0))  # zero first row and column
+        labels = torch.from_numpy(label(inside.numpy(), connectivity=2))
+        self._n_regions = int(labels.max())
+        self._i, self._j = torch.nonzero(labels, as_tuple=True)  # region pixels only (few, for defects)
+        self._region = labels[self._i, self._j].long() - 1 if self._n_regions else None
+
+    def at(self, grid: tuple[int, int]) -> Cells:
+        """The counts for maps of ``grid`` (h, w), as ``cells_from_mask(mask, grid, valid)``."""
+        h, w = grid
+        big_h, big_w = self.shape
+        rows, r = _cell_runs(h, big_h)
+        cols, c = _cell_runs(w, big_w)
+        s = self._sums
+        corner = s[:, r][:, :, c]  # (1 or 2, h + 1, w + 1)
+        counts = (corner[:, 1:, 1:] - corner[:, :-1, 1:] - corner[:, 1:, :-1] + corner[:, :-1, :-1]).flatten(1)
+        counted = counts[1] if counts.shape[0] == 2 else (torch.diff(r)[:, None] * torch.diff(c)[None, :]).flatten()
+        pos, neg = counts[0].double(), (counted - counts[0]).double()
+        regions = torch.zeros(h * w, self._n_regions, dtype=torch.float64)
+        if self._n_regions:
+            slot = (rows[self._i] * w + cols[self._j]) * self._n_regions + self._region
+            regions = torch.bincount(slot, minlength=h * w * self._n_regions).view(h * w, self._n_regions).double()
+        return Cells(pos, neg, regions)
+
+
+@functools.lru_cache(maxsize=64)
+def _cell_runs(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(size,) each pixel's cell (``_nearest_index``) and (n + 1,) each cell's first pixel, and the end."""
+    index = _nearest_index(n, size)
+    return index, torch.searchsorted(index, torch.arange(n + 1))
 
 
 def _block_sums(x: torch.Tensor, index: torch.Tensor, n: int, dim: int) -> torch.Tensor:

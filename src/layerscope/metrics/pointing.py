@@ -1,6 +1,7 @@
 """Pointing game with a tolerance in pixels, as in the TorchRay benchmark (Zhang et al. 2016, EBP)."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -41,12 +42,261 @@ def pointing_game_tolerance(scores: torch.Tensor, mask: torch.Tensor, grid: tupl
     big_h, big_w = mask.shape
     up = F.interpolate(scores.reshape(-1, 1, h, w).float(), size=(big_h, big_w), mode="bilinear", align_corners=False)
     top = up.flatten(1).argmax(-1)  # (P,)
-    py, px = top // big_w, top % big_w
+    hit = _hits(mask, top // big_w, top % big_w, tolerance_px)
+    return hit.float().reshape(lead).cpu()
+
+
+# A bound on how far the bilinear kernel's float32 value of a pixel may lie from the exact weighted sum of its
+# (at most 4) source cells, as a multiple of float32's unit roundoff times the map's largest |value|: a 4-term
+# convex combination rounds at most ~4 times (measured: <= 3.2), so 32 leaves a wide margin. The same bound
+# covers the weights' own rounding (their sum is 1 within a unit roundoff), which lets a block of pixels that
+# reads the same cells peak at one of its corners up to 4 units.
+_ROUNDING = 32 * 2.0 ** -24
+_MAX_CANDIDATES = 8192  # pixels per map evaluated exactly before a flat map falls back to the full upsample
+
+
+@functools.lru_cache(maxsize=64)
+def _axis(n: int, size: int, device: torch.device) -> tuple[torch.Tensor, ...] | None:
+    """One axis of a bilinear resize from ``n`` cells to ``size`` pixels, read from the kernel itself.
+
+    The weights come from resizing one-hot inputs along this axis (the other axis kept at size 1, where
+    products by 1 and sums with 0 are exact), so they are the weights the kernel uses.
+
+    Returns:
+        (lo, hi, w_lo, w_hi, start, length): per pixel its two source cells (``hi == lo`` where one
+        cell has all the weight) and their float64 weights, (size,) each; then the runs of pixels that
+        read the same cells: their first pixel and length, (A,) each. None when the kernel is not a
+        2-tap interpolation with weights summing to 1 and the upper weight non-decreasing along a run.
+    """
+    eye = torch.eye(n, device=device).view(n, 1, n, 1)
+    weights = F.interpolate(eye, size=(size, 1), mode="bilinear", align_corners=False).view(n, size).t()
+    nonzero = weights != 0
+    if int(nonzero.sum(1).max()) > 2 or not bool(nonzero.any(1).all()):
+        return None
+    cells = torch.arange(n, device=device).expand(size, n)
+    lo = torch.where(nonzero, cells, n).amin(1)
+    hi = torch.where(nonzero, cells, -1).amax(1)
+    pixels = torch.arange(size, device=device)
+    w_lo, w_hi = weights[pixels, lo].double(), torch.where(hi != lo, weights[pixels, hi], 0).double()
+    change = torch.ones(size, dtype=torch.bool, device=device)
+    change[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+    start = torch.nonzero(change).flatten()
+    length = torch.diff(start, append=torch.tensor([size], device=device))
+    run = torch.cumsum(change.long(), 0) - 1
+    same_run = run[1:] == run[:-1]
+    if bool(((w_lo + w_hi - 1).abs() > 2.0 ** -23).any()) or bool((same_run & (w_hi[1:] < w_hi[:-1])).any()):
+        return None
+    return lo, hi, w_lo, w_hi, start, length
+
+
+def pointing_game_tolerance_fast(scores: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int],
+                                 tolerance_px: float = 15) -> torch.Tensor:
+    """``pointing_game_tolerance`` without upsampling every map to the mask's size: the same values, exactly.
+
+    A bilinear pixel is a weighted mean of at most 4 cells, and over a block of pixels that read the same
+    4 cells it peaks at a corner of the block. So per map: blocks whose largest cell falls below the value
+    near the largest cell are dropped, the corners of the others bound them, and only the pixels of blocks
+    that can still hold the maximum are evaluated (in float64, with the kernel's own weights). Every pixel
+    within the kernel's rounding of the best one is a possible maximum: when they all hit (or all miss),
+    that is the answer; otherwise (a near tie across the disc's edge, a flat map, a non-finite value) the
+    map is scored by upsampling it, as ``pointing_game_tolerance`` does.
+
+    Args:
+        scores: (..., n) maps on their grid cells, raster order.
+        mask: (H, W) bool ground truth.
+        grid: (h, w) of the maps.
+        tolerance_px: tolerance in pixels, >= 0.
+
+    Returns:
+        (...,) float32, as ``pointing_game_tolerance``.
+    """
+    _check(scores, mask[None] if mask.ndim == 2 else mask, grid, tolerance_px)
+    return pointing_game_tolerance_batch(scores.reshape(1, -1, scores.shape[-1]), mask[None], grid, tolerance_px,
+                                         fast=True).reshape(scores.shape[:-1])
+
+
+def pointing_game_tolerance_batch(scores: torch.Tensor, masks: torch.Tensor, grid: tuple[int, int],
+                                  tolerance_px: float = 15, fast: bool | None = None) -> torch.Tensor:
+    """``pointing_game_tolerance`` of B images' R maps at once, each image with its own mask: the same values.
+
+    Args:
+        scores: (B, R, n) maps on their grid cells, raster order, on any device.
+        masks: (B, H, W) bool ground truths.
+        grid: (h, w) of the maps.
+        tolerance_px: tolerance in pixels, >= 0.
+        fast: find each maximum as ``pointing_game_tolerance_fast`` does (True), by upsampling every map
+            (False), or by the cheaper of the two for these shapes and this device (None: the fast way on a
+            CPU past about a million upsampled pixels, e.g. a ViT's 84 maps at 448 px; a GPU upsamples).
+
+    Returns:
+        (B, R) float32 on the CPU: 1.0 hit, 0.0 miss, NaN for every map of an image whose mask is empty.
+    """
+    _check(scores, masks, grid, tolerance_px)
+    b, r, n = scores.shape
+    device = scores.device
+    masks = masks.bool().to(device)
+    big_h, big_w = masks.shape[-2:]
+    v = scores.reshape(b * r, n).float()
+    image = torch.arange(b, device=device).repeat_interleave(r)
+    if fast is None:
+        fast = device.type == "cpu" and b * r * big_h * big_w >= 2 ** 20
+    result = torch.full((b * r,), float("nan"), device=device)
+    present = masks.flatten(1).any(1)
+    todo = present[image]
+    if not bool(todo.any()):
+        return result.view(b, r).cpu()
+    sums = _row_sums(masks, float(tolerance_px))
+    maps = torch.nonzero(todo).flatten()
+    slow = maps
+    if fast:
+        hit, done = _fast_argmax_hits(v[maps], image[maps], sums, grid, (big_h, big_w), float(tolerance_px))
+        result[maps[done]] = hit[done]
+        slow = maps[~done]
+    if slow.numel():
+        result[slow] = _upsampled_hits(v[slow], image[slow], sums, grid, (big_h, big_w), float(tolerance_px))
+    return result.view(b, r).cpu()
+
+
+def _check(scores: torch.Tensor, masks: torch.Tensor, grid: tuple[int, int], tolerance_px: float) -> None:
+    if isinstance(tolerance_px, bool) or not isinstance(tolerance_px, (int, float)) or not tolerance_px >= 0:
+        raise ValueError(f"metrics.pointing_tolerance={tolerance_px!r}: expected a distance in pixels >= 0")
+    h, w = grid
+    if scores.shape[-1] != h * w or masks.ndim != 3:
+        raise ValueError(f"pointing_game_tolerance: expected scores (..., {h * w}) and a mask (H, W); got "
+                         f"{tuple(scores.shape)} and {tuple(masks.shape[1:])}")
+
+
+def _upsampled_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: tuple[int, int],
+                    size: tuple[int, int], tolerance_px: float, chunk_pixels: int = 2 ** 24) -> torch.Tensor:
+    """``pointing_game_tolerance``'s way for maps v (P, n) of images ``image`` (P,): upsample, argmax, hit."""
+    h, w = grid
+    big_h, big_w = size
+    step = max(1, chunk_pixels // (big_h * big_w))  # bounds the upsampled block's memory
+    out = []
+    for i in range(0, v.shape[0], step):
+        up = F.interpolate(v[i:i + step].reshape(-1, 1, h, w), size=size, mode="bilinear", align_corners=False)
+        top = up.flatten(1).argmax(-1)
+        out.append(_hits_at(sums, image[i:i + step], top // big_w, top % big_w).float())
+    return torch.cat(out)
+
+
+def _fast_argmax_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: tuple[int, int],
+                      size: tuple[int, int], tolerance_px: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hit of each map's upsampled maximum without the upsample (``pointing_game_tolerance_fast``).
+
+    Args:
+        v: (P, n) float32 maps; image: (P,) their images' rows in ``sums``.
+
+    Returns:
+        (hit, done): (P,) float32 hits, and (P,) bool where the hit is certain (the rest need the upsample).
+    """
+    h, w = grid
+    big_h, big_w = size
+    device = v.device
+    maps = v.shape[0]
+    ys, xs = _axis(h, big_h, device), _axis(w, big_w, device)
+    if ys is None or xs is None or maps == 0:
+        return torch.zeros(maps, device=device), torch.zeros(maps, dtype=torch.bool, device=device)
+    (ylo, yhi, wy_lo, wy_hi, y_start, y_len), (xlo, xhi, wx_lo, wx_hi, x_start, x_len) = ys, xs
+    flat = v.double().flatten()
+    finite = torch.isfinite(v).all(1)
+    delta = _ROUNDING * v.abs().amax(1).double().nan_to_num(0.0)  # (P,)
+
+    def value(p: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The exact weighted sum at pixels (y, x) of maps p, float64."""
+        base = p * (h * w)
+        r_lo, r_hi = base + ylo[y] * w, base + yhi[y] * w
+        top = flat[r_lo + xlo[x]] * wx_lo[x] + flat[r_lo + xhi[x]] * wx_hi[x]
+        bottom = flat[r_hi + xlo[x]] * wx_lo[x] + flat[r_hi + xhi[x]] * wx_hi[x]
+        return top * wy_lo[y] + bottom * wy_hi[y]
+
+    def per_map_max(p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return torch.full((maps,), float("-inf"), dtype=torch.float64, device=device).scatter_reduce(0, p, r, "amax")
+
+    # a lower bound on each map's maximum: the pixel that weighs its largest cell the most
+    cell = v.nan_to_num(float("-inf")).argmax(1)
+    ci, cj = cell // w, cell % w
+    y0 = torch.where(ylo == ci[:, None], wy_lo, torch.where(yhi == ci[:, None], wy_hi, -1.0)).argmax(1)
+    x0 = torch.where(xlo == cj[:, None], wx_lo, torch.where(xhi == cj[:, None], wx_hi, -1.0)).argmax(1)
+    floor = value(torch.arange(maps, device=device), y0, x0) - 3 * delta  # no pixel whose cells are all below it
+    # 1. blocks of pixels reading the same 2 x 2 cells whose largest cell reaches that bound
+    rows = torch.maximum(v.view(-1, h, w)[:, ylo[y_start], :], v.view(-1, h, w)[:, yhi[y_start], :])  # (P, A, w)
+    top = torch.maximum(rows[:, :, xlo[x_start]], rows[:, :, xhi[x_start]])  # (P, A, C)
+    p, a, c = torch.nonzero((top.double() >= floor[:, None, None]) & finite[:, None, None], as_tuple=True)
+    # 2. their corners: a block peaks at one of them within the weights' rounding
+    y_last, x_last = y_start + y_len - 1, x_start + x_len - 1
+    corners = torch.stack([value(p, y_start[a], x_start[c]), value(p, y_start[a], x_last[c]),
+                           value(p, y_last[a], x_start[c]), value(p, y_last[a], x_last[c])], 1).amax(1)
+    best = per_map_max(p, corners)
+    keep = corners + delta[p] >= best[p] - 2 * delta[p]
+    p, a, c = p[keep], a[keep], c[keep]
+    pixels = torch.zeros(maps, dtype=torch.long, device=device).index_add_(0, p, y_len[a] * x_len[c])
+    done = finite & (pixels > 0) & (pixels <= _MAX_CANDIDATES)
+    sel = done[p]
+    p, a, c = p[sel], a[sel], c[sel]
+    hit = torch.zeros(maps, dtype=torch.float32, device=device)
+    if p.numel():
+        # 3. every pixel of the blocks left: those within rounding of the best are the possible maxima
+        bh, bw = int(y_len.max()), int(x_len.max())
+        dy, dx = torch.arange(bh, device=device), torch.arange(bw, device=device)
+        inside = (dy[None, :, None] < y_len[a][:, None, None]) & (dx[None, None, :] < x_len[c][:, None, None])
+        y = (y_start[a][:, None, None] + dy[None, :, None]).expand_as(inside)[inside]
+        x = (x_start[c][:, None, None] + dx[None, None, :]).expand_as(inside)[inside]
+        p = p[:, None, None].expand_as(inside)[inside]
+        r = value(p, y, x)
+        near = r >= per_map_max(p, r)[p] - 2 * delta[p]
+        p, y, x = p[near], y[near], x[near]
+        hits = _hits_at(sums, image[p], y, x).float()
+        hit = torch.zeros(maps, dtype=torch.float32, device=device).scatter_reduce(0, p, hits, "amax")
+        lowest = torch.ones(maps, dtype=torch.float32, device=device).scatter_reduce(0, p, hits, "amin")
+        done = done & (hit == lowest)
+    return hit, done
+
+
+@functools.lru_cache(maxsize=16)
+def _disc_rows(tolerance_px: float, device: torch.device) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """The pointing game's accepted offsets (dy^2 + dx^2 < tolerance^2; only (0, 0) at 0) row by row: a row
+    dy of the disc is the run dx in [-half, half]. Returns r = ceil(tolerance) and (m,) dy, half of the rows."""
     r = int(math.ceil(tolerance_px))
-    d = torch.arange(-r, r + 1, device=scores.device)
+    d = torch.arange(-r, r + 1, device=device)
     dy, dx = torch.meshgrid(d, d, indexing="ij")
     near = (dy ** 2 + dx ** 2 < tolerance_px ** 2) if tolerance_px > 0 else (dy == 0) & (dx == 0)
-    dy, dx = dy[near], dx[near]  # the disc of accepted offsets, (m,)
-    padded = F.pad(mask[None, None].float(), (r, r, r, r))[0, 0].bool()  # outside the image: no mask
-    hit = padded[py[:, None] + r + dy, px[:, None] + r + dx].any(-1)
-    return hit.float().reshape(lead).cpu()
+    half = torch.where(near, dx.abs(), -1).amax(1)  # (2r + 1,), -1 where the row holds no offset
+    rows = half >= 0
+    return r, d[rows], half[rows]
+
+
+def _row_sums(masks: torch.Tensor, tolerance_px: float) -> tuple:
+    """Row-wise cumulative sums of the masks, padded so that every disc row's run of columns stays inside."""
+    r, dy, half = _disc_rows(tolerance_px, masks.device)
+    side = r + 1
+    padded = F.pad(masks.float(), (side, side, r, r))  # (B, H + 2r, W + 2 side)
+    return F.pad(torch.cumsum(padded, 2), (1, 0)), r, side, dy, half  # [:, :, j]: mask pixels left of column j
+
+
+def _hits_at(sums: tuple, image: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Whether a mask pixel of ``image`` lies strictly within the tolerance of each point (y, x), (P,) bool.
+
+    A row of the disc is a run of columns, whose mask pixels are a difference of two row-wise cumulative
+    sums: 2 r + 1 lookups per point instead of one per pixel of the disc. Outside the image: no mask.
+    """
+    table, r, side, dy, half = sums
+    rows = y[:, None] + r + dy  # (P, m)
+    right, left = x[:, None] + side + half + 1, x[:, None] + side - half
+    image = image[:, None]
+    return (table[image, rows, right] - table[image, rows, left] > 0).any(-1)
+
+
+def _hits(mask: torch.Tensor, y: torch.Tensor, x: torch.Tensor, tolerance_px: float) -> torch.Tensor:
+    """Whether a mask pixel lies strictly within ``tolerance_px`` of each point (y, x), as the pointing game asks."""
+    sums = _row_sums(mask[None], float(tolerance_px))
+    return _hits_at(sums, torch.zeros_like(y), y, x)
+
+
+def tolerant_pointing(scores: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int],
+                      tolerance_px: float = 15) -> torch.Tensor:
+    """``pointing_game_tolerance`` by the cheaper of two exact routes for these shapes and this device
+    (``pointing_game_tolerance_batch`` with ``fast=None``)."""
+    _check(scores, mask[None] if mask.ndim == 2 else mask, grid, tolerance_px)
+    out = pointing_game_tolerance_batch(scores.reshape(1, -1, scores.shape[-1]), mask[None], grid, tolerance_px)
+    return out.reshape(scores.shape[:-1])

@@ -37,11 +37,29 @@ def save_maps(path: Path, image: np.ndarray, mask: np.ndarray | None, maps: Mapp
     tmp = path.with_suffix(".tmp.npz")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(tmp, **arrays)
+        write_npz(tmp, arrays)
         tmp.replace(path)
     except OSError as e:  # a full disk: no half file is left, and the message names the file
         tmp.unlink(missing_ok=True)
         raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """An ``.npz`` that ``np.load`` reads like ``np.savez_compressed``'s, written several times faster.
+
+    Float maps barely compress (about 10 %), so they are stored; the image and masks are deflated at
+    level 1 (the image is most of the file: level 6 takes 4x longer for 20 % less).
+    """
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, mode="w", allowZip64=True) as z:
+        for name, value in arrays.items():
+            value = np.asanyarray(value)
+            data = io.BytesIO()
+            np.lib.format.write_array(data, value, allow_pickle=False)
+            kind = zipfile.ZIP_STORED if value.dtype.kind == "f" else zipfile.ZIP_DEFLATED
+            z.writestr(name + ".npy", data.getbuffer(), compress_type=kind, compresslevel=1)
 
 
 ADVICE = "delete it and rerun the run that wrote it to redo that image"

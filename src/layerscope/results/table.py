@@ -30,9 +30,9 @@ class ResultsWriter:
         self.rows = 0
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._file = open(self.path, "a", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS, lineterminator="\n")  # LF, also after a resume
+        self._writer = csv.writer(self._file, lineterminator="\n")  # LF, also after a resume
         if new:
-            self._writer.writeheader()
+            self._writer.writerow(COLUMNS)
 
     def write(self, rows: Iterable[Mapping[str, object]]) -> None:
         """Append one image's rows and flush them to disk.
@@ -41,8 +41,8 @@ class ResultsWriter:
             OSError: naming ``results.csv`` (a full disk, a read-only folder).
         """
         try:
-            for row in rows:
-                self._writer.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
+            for row in rows:  # a list in COLUMNS order: what csv.DictWriter wrote, without its per-row dict
+                self._writer.writerow([_fmt(row.get(k)) for k in COLUMNS])
                 self.rows += 1
             self._file.flush()
         except OSError as e:

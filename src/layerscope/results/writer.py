@@ -1,14 +1,16 @@
 """Writing an image's saved maps and grid picture off the critical path, then marking it done.
 
-A study scores image ``i + 1`` (and runs the backbone on the next batch) while one worker thread
+A study scores image ``i + 1`` (and runs the backbone on the next batch) while a worker thread
 compresses image ``i``'s ``.npz`` and encodes its PNG; zlib and PIL release the GIL while they work.
+With ``threads`` > 1 (a many-core machine feeding a GPU) several images are written at once by a pool,
+and one thread marks them done in submission order.
 
 Bookkeeping, and why it stays correct when a run is interrupted:
 
 - ``results.csv`` rows are appended by the study, synchronously, *before* the image is handed here.
 - The worker writes the image's files (each to a temporary name, then renamed), and only after all
-  of them are written appends the image's id to ``done.txt`` (and flushes it). The worker takes
-  images in submission order, so ``done.txt`` stays in run order.
+  of them are written appends the image's id to ``done.txt`` (and flushes it). The marking thread
+  takes images in submission order (waiting for each image's writes), so ``done.txt`` stays in run order.
 - So every id in ``done.txt`` has its rows and its complete files. An image whose rows are in
   ``results.csv`` but whose id is not in ``done.txt`` (files not yet written) is redone on resume,
   its rows dropped first (``results.rundir.previous_progress``), as for an image cut off mid-scoring.
@@ -28,6 +30,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -50,6 +53,7 @@ class BackgroundWriter:
         done_path: the run's ``done.txt``; each image's id is appended after its files are written.
         max_pending: images queued at most; ``submit`` waits beyond that (bounded memory, and the
             study cannot run ahead of the disk).
+        threads: images written at once (a pool of this many threads when > 1).
 
     Attributes:
         busy_seconds: time the worker spent writing.
@@ -57,9 +61,11 @@ class BackgroundWriter:
         images: images marked done.
     """
 
-    def __init__(self, done_path: Path, max_pending: int = 8):
+    def __init__(self, done_path: Path, max_pending: int = 8, threads: int = 1):
         if max_pending < 1:
             raise ValueError(f"max_pending={max_pending}: expected at least 1")
+        if threads < 1:
+            raise ValueError(f"threads={threads}: expected at least 1")
         self.done_path = Path(done_path)
         self.busy_seconds = self.wait_seconds = 0.0
         self.images = 0
@@ -69,6 +75,8 @@ class BackgroundWriter:
         self._raised = False
         self._closed = False
         self._done = open(self.done_path, "a")
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="layerscope-write") if threads > 1 else None
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name="layerscope-writer", daemon=False)
         self._thread.start()
 
@@ -87,7 +95,8 @@ class BackgroundWriter:
         if self._closed:
             raise RuntimeError("BackgroundWriter.submit after close")
         t0 = time.perf_counter()
-        self._queue.put((line if line is not None else image_id + "\n", list(tasks)))  # waits while full
+        work = self._pool.submit(self._write, list(tasks)) if self._pool is not None else list(tasks)
+        self._queue.put((line if line is not None else image_id + "\n", work))  # waits while full
         self.wait_seconds += time.perf_counter() - t0
 
     def close(self, raise_errors: bool = True) -> None:
@@ -106,6 +115,8 @@ class BackgroundWriter:
             t0 = time.perf_counter()
             self._thread.join()
             self.wait_seconds += time.perf_counter() - t0
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self._done.close()
         if raise_errors:
             self._raise_pending()
@@ -124,6 +135,21 @@ class BackgroundWriter:
             self._raised = True
             raise self._error
 
+    def _write(self, tasks: Sequence[Task]) -> tuple[Exception | None, Path | None]:
+        """Run one image's writes; (the exception and the file it was writing) or (None, None)."""
+        t0 = time.perf_counter()
+        path = None
+        try:
+            for path, write in tasks:
+                write()
+            path = None
+        except Exception as e:  # noqa: BLE001 - any failure is the study's to report, naming the file
+            return e, path
+        finally:
+            with self._lock:
+                self.busy_seconds += time.perf_counter() - t0
+        return None, None
+
     def _work(self) -> None:
         while True:
             try:
@@ -132,21 +158,24 @@ class BackgroundWriter:
                 if self._closing.is_set():
                     return
                 continue
+            line, work = item
+            # a pooled image may be writing already: wait for it even after a failure (nothing is left half done)
+            error, path = work.result() if isinstance(work, Future) else (None, None)
             if self._error is not None:  # after a failure: keep draining so submit never blocks, mark nothing
                 continue
-            line, tasks = item
-            t0 = time.perf_counter()
-            path = self.done_path
+            if not isinstance(work, Future):
+                error, path = self._write(work)
             try:
-                for path, write in tasks:
-                    write()
-                path = self.done_path
-                self._done.write(line)  # after its files: an id in done.txt has all of them
-                self._done.flush()
-                self.images += 1
-            except Exception as e:  # noqa: BLE001 - any failure is the study's to report, naming the file
-                errno = e.errno if isinstance(e, OSError) else None
-                reason = (e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}")
-                self._error = WriteError(errno, reason, str(path))
-                self._error.__cause__ = e
-            self.busy_seconds += time.perf_counter() - t0
+                if error is None:
+                    path = self.done_path
+                    self._done.write(line)  # after its files: an id in done.txt has all of them
+                    self._done.flush()
+                    self.images += 1
+            except Exception as e:  # noqa: BLE001
+                error = e
+            if error is not None:
+                errno = error.errno if isinstance(error, OSError) else None
+                reason = (error.strerror if isinstance(error, OSError) and error.strerror
+                          else f"{type(error).__name__}: {error}")
+                self._error = WriteError(errno, reason, str(path if path is not None else self.done_path))
+                self._error.__cause__ = error

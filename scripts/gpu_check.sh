@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, in about 3 minutes on one (under 5): the pipeline bench on CUDA for both bundled
+# models (per-stage ms per image, images/s, the MVTec-size projection on that device), then the agreement of the
+# scorer running on the GPU with the CPU one (tests/test_batch_scoring.py, device route on cuda, to 1e-6).
+# Everything it prints is also written under $OUT (default outputs/gpu_check). Without CUDA it stops at once.
+#
+#   scripts/gpu_check.sh                    # from the repository root or anywhere
+#   PYTHON=.venv/bin/python OUT=/tmp/gpu scripts/gpu_check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+OUT=${OUT:-outputs/gpu_check}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
+
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  echo "error: $PY cannot import torch; set PYTHON to the project's interpreter (PYTHON=.venv/bin/python); nothing was run" >&2
+  exit 2
+fi
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "error: scripts/gpu_check.sh needs a CUDA device, and torch ($PY) sees none; nothing was run" >&2
+  exit 2
+fi
+mkdir -p "$OUT"
+"$PY" -c "import torch; p = torch.cuda.get_device_properties(0); print(f'device: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}')" | tee "$OUT/device.txt"
+start=$(date +%s)
+timeout 210 "$PY" -m layerscope.bench --pipeline --device cuda --rounds 2 \
+  --models dinov2_vits14_bundled efficientnet_lite0_bundled --out "$OUT/bench_pipeline_cuda.csv" 2>&1 \
+  | tee "$OUT/bench_pipeline_cuda.txt"
+timeout 60 "$PY" -m pytest tests/test_batch_scoring.py -q -p no:cacheprovider -k "device_route" 2>&1 \
+  | tee "$OUT/agreement.txt"
+grep -q "passed" "$OUT/agreement.txt" && ! grep -q "failed\|skipped" "$OUT/agreement.txt"
+echo "gpu check done in $(( $(date +%s) - start )) s; outputs in $OUT"

@@ -1,0 +1,362 @@
+"""The study's fast paths against the per-image scorer they stand in for.
+
+- ``scoring_batch.batch_image_rows`` (a batch at once, NumPy sorts where they are exact) must give
+  ``scoring.image_rows``'s rows exactly on the CPU; its device route (``torch.sort`` and the full
+  upsample, what a GPU runs) is checked on CPU tensors, and on CUDA when present, to 1e-6.
+- ``pointing_game_tolerance_fast`` must give ``pointing_game_tolerance``'s values exactly.
+- ``MaskCells`` must give ``cells_from_mask``'s counts exactly; ``sort_rows`` ``torch.sort``'s values.
+- the saved-maps writer, the threaded background writer and ``num_workers`` change no result.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from layerscope.metrics.localization import MaskCells, cells_from_mask
+from layerscope.metrics.pointing import pointing_game_tolerance, pointing_game_tolerance_fast
+from layerscope.scoring import ScoreOptions, Target, image_rows
+from layerscope.scoring_batch import batch_image_rows, sort_rows
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cases
+# ---------------------------------------------------------------------------------------------------------------
+def _maps(g: torch.Generator, b: int, k: int, grid: tuple[int, int], kind: str) -> torch.Tensor:
+    """(B, K, h, w) maps: smooth and peaked, with ties (pairs, triples, blocks), signed, all-zero, constant, NaN."""
+    m = torch.rand(b, k, *grid, generator=g)
+    if kind == "continuous":
+        return torch.exp(6 * m)  # peaked, no ties (a float collision is possible but harmless: then it is a tie)
+    if kind == "ties":
+        m = (m * 6).round() / 6  # large tie groups that every threshold splits
+        m[:, 1] = torch.rand(b, *grid, generator=g)
+        m[:, 1, 0, :2] = m[:, 1, 1, 1:3]  # a few pairs of equal values in an otherwise tie-free map
+    if kind == "mixed":
+        m[0, 0] = 0.0  # no mass
+        m[1 % b, 1] = 0.25  # constant
+        m[:, 2] = m[:, 2] - 0.4  # signed: keep_mass shifts it, and the rank metrics sort it again
+        m[-1, 3, 0, 0] = float("nan")
+    return m
+
+
+def _target(kind: str, size: int, g: torch.Generator) -> Target | None:
+    if kind == "none":
+        return None
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    valid = None
+    if kind in ("regions", "ignored"):
+        mask[2:size // 3, 3:size // 2] = True
+        mask[size // 2:size - 3, size // 2 + 2:size - 2] = True
+        mask |= torch.rand(size, size, generator=g) > 0.985
+        if kind == "ignored":
+            valid = torch.rand(size, size, generator=g) > 0.2
+            valid[:, :2] = False
+    elif kind == "full":
+        mask[:] = True
+    elif kind == "tiny":
+        mask[size // 2, size // 2] = True
+    return Target(mask, valid)
+
+
+def _same(a, b, tol: float) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, float) or isinstance(b, float):
+        a, b = float(a), float(b)
+        return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= tol * max(1.0, abs(b))
+    return a == b
+
+
+def _assert_same_rows(ours: list[list[dict]], ref: list[list[dict]], tol: float = 0.0) -> None:
+    assert [len(r) for r in ours] == [len(r) for r in ref]
+    for image_ours, image_ref in zip(ours, ref):
+        for a, b in zip(image_ours, image_ref):
+            assert set(a) == set(b)  # the same columns (results.csv orders them)
+            bad = {c: (a[c], b[c]) for c in b if not _same(a[c], b[c], tol)}
+            assert not bad, f"image {b['image']} layer {b['layer']} head {b['head']} @ {b['threshold']}: {bad}"
+
+
+def _reference(metas, maps, names, targets, opts, extras=None):
+    extras = extras or [None] * len(metas)
+    return [image_rows(meta, {layer: m[i].cpu() for layer, m in maps.items()}, names, targets[i], opts, extras[i])
+            for i, meta in enumerate(metas)]
+
+
+NAMES = ["0", "1", "2", "3", "4", "mean"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# batch_image_rows == image_rows
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["continuous", "ties", "mixed"])
+@pytest.mark.parametrize("rule,thresholds", [("keep_mass", [0.6]), ("keep_mass", [0.0, 0.3, 0.6, 0.9, 1.0]),
+                                             ("minmax", [0.0, 0.5, 1.0])])
+def test_batch_rows_equal_image_rows_exactly(kind, rule, thresholds):
+    g = torch.Generator().manual_seed(hash((kind, rule, len(thresholds))) % 1000)
+    targets = [_target(t, 56, g) for t in ("regions", "none", "empty", "full", "ignored", "tiny")]
+    b = len(targets)
+    # two grids (one of them shared by two layers, one block), one layer in float64 (its own block)
+    maps = {0: _maps(g, b, 6, (14, 14), kind), 1: _maps(g, b, 6, (7, 7), kind), 2: _maps(g, b, 6, (14, 14), kind),
+            3: _maps(g, b, 6, (7, 7), kind).double()}
+    names = {layer: NAMES for layer in maps}
+    metas = [{"image": f"im{i}", "model": "m"} for i in range(b)]
+    opts = ScoreOptions(thresholds, rule, "nearest", fpr_limit=0.3, topk=0.05, pointing_tolerance=3)
+    ours = batch_image_rows(metas, maps, names, targets, opts)
+    _assert_same_rows(ours, _reference(metas, maps, names, targets, opts))
+
+
+def test_batch_rows_of_large_maps_with_float_collisions_equal_image_rows():
+    """Large grids (112 x 112, 32 x 32 at 448 px) take NumPy's sort and the fast pointing game; pairs of equal
+    values that a threshold cuts between must still be kept as ``torch.sort`` orders them."""
+    g = torch.Generator().manual_seed(7)
+    targets = [_target("regions", 224, g), _target("tiny", 224, g)]
+    big = torch.rand(2, 3, 112, 112, generator=g)
+    big = (big * 2 ** 12).round() / 2 ** 12  # 4096 levels over 12544 cells: many pairs, some triples
+    maps = {0: big, 1: torch.exp(8 * torch.rand(2, 84, 16, 16, generator=g))}
+    names = {0: ["a", "b", "c"], 1: [str(i) for i in range(84)]}
+    metas = [{"image": "x"}, {"image": "y"}]
+    for opts in (ScoreOptions([0.1, 0.5, 0.6, 0.9]), ScoreOptions([0.2, 0.7], "minmax")):
+        _assert_same_rows(batch_image_rows(metas, maps, names, targets, opts),
+                          _reference(metas, maps, names, targets, opts))
+
+
+def test_batch_rows_bilinear_and_extra_columns_equal_image_rows():
+    g = torch.Generator().manual_seed(3)
+    targets = [_target("regions", 28, g), _target("none", 28, g)]
+    maps = {0: _maps(g, 2, 6, (7, 7), "mixed"), 1: _maps(g, 2, 6, (7, 7), "continuous")}
+    names = {layer: NAMES for layer in maps}
+    extras = [{0: {"deletion_auc": torch.arange(6.0)}, 1: {"deletion_auc": torch.ones(6)}}, None]
+    metas = [{"image": "a"}, {"image": "b"}]
+    for mode in ("nearest", "bilinear"):
+        opts = ScoreOptions([0.5], upsample=mode)
+        _assert_same_rows(batch_image_rows(metas, maps, names, targets, opts, extras),
+                          _reference(metas, maps, names, targets, opts, extras))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_route_agrees_with_the_cpu_scorer(device):
+    """What a GPU runs (``torch.sort`` everywhere, the full upsample for the pointing game, every step on the
+    device) against ``image_rows`` on the CPU: the same numbers to 1e-6. Continuous maps: among exactly equal
+    cells, which ones a threshold keeps is the sort's choice, and a GPU sort may choose others."""
+    g = torch.Generator().manual_seed(11)
+    targets = [_target(t, 112, g) for t in ("regions", "ignored", "none", "empty")]
+    maps = {layer: _maps(g, 4, 7, (16, 16), "continuous") for layer in range(3)}
+    maps[3] = _maps(g, 4, 7, (16, 16), "continuous") - 200.0  # signed
+    names = {layer: NAMES + ["x"] for layer in maps}
+    metas = [{"image": f"im{i}"} for i in range(4)]
+    opts = ScoreOptions([0.3, 0.6], pointing_tolerance=15)
+    on_device = {layer: m.to(device) for layer, m in maps.items()}
+    ours = batch_image_rows(metas, on_device, names, targets, opts, cpu_shortcuts=False)
+    _assert_same_rows(ours, _reference(metas, maps, names, targets, opts), tol=1e-6)
+
+
+def test_batch_rows_check_the_shapes():
+    with pytest.raises(ValueError, match=r"expected maps \(B=2, K=6, h, w\) at layer 0, got \(2, 5, 7, 7\)"):
+        batch_image_rows([{}, {}], {0: torch.rand(2, 5, 7, 7)}, {0: NAMES}, [None, None], ScoreOptions([0.5]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pieces
+# ---------------------------------------------------------------------------------------------------------------
+def _pointing_cases():
+    g = torch.Generator().manual_seed(0)
+    for (h, w), (big_h, big_w) in [((32, 32), (448, 448)), ((7, 7), (224, 224)), ((5, 9), (37, 101)),
+                                   ((16, 16), (16, 16)), ((14, 14), (224, 224))]:
+        for kind in ("uniform", "signed", "ties", "peaked", "twin peaks"):
+            v = torch.rand(12, h * w, generator=g)
+            if kind == "signed":
+                v = torch.randn(12, h * w, generator=g)
+            elif kind == "ties":
+                v = (v * 4).floor()
+            elif kind == "peaked":
+                v = torch.exp(12 * v)
+            elif kind == "twin peaks":  # two equal maxima far apart: a tie the fast path must hand back
+                v = v * 0.5
+                v[:, 0] = v[:, -1] = 1.0
+            v[0] = 0.0
+            v[1] = 1.0
+            v[2, 3] = float("nan")
+            mask = torch.zeros(big_h, big_w, dtype=torch.bool)
+            cy, cx = int(torch.randint(0, big_h, (1,), generator=g)), int(torch.randint(0, big_w, (1,), generator=g))
+            mask[max(0, cy - 9):cy + 9, max(0, cx - 2):cx + 2] = True
+            mask[:2, :2] = kind == "twin peaks"  # beside one of the twins only
+            yield v, mask, (h, w)
+
+
+@pytest.mark.parametrize("tolerance", [0, 2.5, 15])
+def test_fast_pointing_game_equals_the_full_upsample(tolerance):
+    for v, mask, grid in _pointing_cases():
+        ref = pointing_game_tolerance(v, mask, grid, tolerance)
+        ours = pointing_game_tolerance_fast(v, mask, grid, tolerance)
+        assert torch.equal(ref.isnan(), ours.isnan()) and torch.equal(ref.nan_to_num(-1), ours.nan_to_num(-1)), grid
+    empty = torch.zeros(20, 20, dtype=torch.bool)
+    assert pointing_game_tolerance_fast(torch.rand(2, 3, 16), empty, (4, 4)).isnan().all()
+    with pytest.raises(ValueError, match="metrics.pointing_tolerance=-1"):
+        pointing_game_tolerance_fast(torch.rand(2, 16), empty, (4, 4), -1)
+
+
+@pytest.mark.parametrize("fast", [True, False, None])
+def test_batched_pointing_game_equals_one_image_at_a_time(fast):
+    from layerscope.metrics.pointing import pointing_game_tolerance_batch
+
+    cases = list(_pointing_cases())[:5]  # one grid, five kinds of maps, five masks (one image each)
+    scores = torch.stack([v for v, _, _ in cases])
+    masks = torch.stack([m for _, m, _ in cases])
+    masks[3] = False  # an image without mask pixels: NaN for its maps
+    ours = pointing_game_tolerance_batch(scores, masks, cases[0][2], 15, fast=fast)
+    ref = torch.stack([pointing_game_tolerance(v, m, cases[0][2], 15) for v, m in zip(scores, masks)])
+    assert torch.equal(ref.isnan(), ours.isnan()) and torch.equal(ref.nan_to_num(-1), ours.nan_to_num(-1))
+    assert ours[3].isnan().all()
+
+
+def test_fast_pointing_game_on_real_attention_maps_uses_no_full_upsample(monkeypatch):
+    """Peaked maps (softmax attention) need no fallback: that is where the time goes."""
+    import layerscope.metrics.pointing as pointing
+
+    g = torch.Generator().manual_seed(5)
+    v = torch.softmax(torch.randn(84, 1024, generator=g) * 3, -1)
+    mask = torch.zeros(448, 448, dtype=torch.bool)
+    mask[100:160, 200:230] = True
+    ref = pointing_game_tolerance(v, mask, (32, 32), 15)
+    monkeypatch.setattr(pointing, "_upsampled_hits", lambda *a, **k: pytest.fail("fell back"))
+    assert torch.equal(pointing.pointing_game_tolerance_fast(v, mask, (32, 32), 15), ref)
+
+
+def test_mask_cells_equal_cells_from_mask():
+    g = torch.Generator().manual_seed(1)
+    for size in ((224, 224), (37, 101), (5, 5)):
+        for kind in ("empty", "regions", "full", "valid"):
+            mask = torch.zeros(size, dtype=torch.bool)
+            valid = None
+            if kind in ("regions", "valid"):
+                for _ in range(3):
+                    y, x = int(torch.randint(0, size[0], (1,), generator=g)), int(torch.randint(0, size[1], (1,), generator=g))
+                    mask[y:y + 9, x:x + 4] = True
+                valid = torch.rand(size, generator=g) > 0.1 if kind == "valid" else None
+            elif kind == "full":
+                mask[:] = True
+            cells = MaskCells(mask, valid)
+            for grid in ((7, 7), (14, 14), (32, 32), (3, 9), size):
+                a, b = cells.at(grid), cells_from_mask(mask, grid, valid)
+                assert torch.equal(a.pos, b.pos) and torch.equal(a.neg, b.neg) and torch.equal(a.regions, b.regions)
+
+
+def test_sort_rows_gives_torch_sort_values_and_a_sorting_order():
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(40, 300, generator=g)
+    x[:10] = (x[:10] * 50).round()  # triples and more: torch.sort's own order
+    x[10:20, :2] = x[10:20, 2:4]  # pairs: NumPy's order
+    x[20, 5] = float("nan")
+    for rows in (x, x.double(), x[20:]):
+        values, order, ties, own = sort_rows(rows)
+        ref_values, ref_order = torch.sort(rows, dim=-1)
+        assert torch.equal(values.nan_to_num(7), ref_values.nan_to_num(7))
+        assert torch.equal(rows.gather(1, order).nan_to_num(7), ref_values.nan_to_num(7))
+        assert torch.equal(order[own], ref_order[own])  # rows with larger ties: exactly torch.sort's permutation
+        assert torch.equal(ties, (ref_values[:, 1:] == ref_values[:, :-1]).any(-1) | ref_values[:, -1].isnan())
+
+
+def test_saved_maps_store_floats_and_deflate_the_image(tmp_path):
+    from layerscope.results.maps_io import load_maps, save_maps
+
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[3:9, 4:20] = True
+    maps = {0: np.random.default_rng(1).random((3, 8, 8), dtype=np.float32), 5: np.zeros((3, 8, 8), np.float32)}
+    path = tmp_path / "a.npz"
+    save_maps(path, image, mask, maps, {0: ["a", "b", "c"], 5: ["a", "b", "c"]}, {"image": "a"})
+    back = load_maps(path)
+    assert np.array_equal(back["image"], image) and np.array_equal(back["mask"], mask)
+    assert all(np.array_equal(back["maps"][k], v) for k, v in maps.items()) and back["meta"] == {"image": "a"}
+    with zipfile.ZipFile(path) as z:
+        kinds = {i.filename: i.compress_type for i in z.infolist()}
+    assert kinds["layer_0.npy"] == zipfile.ZIP_STORED and kinds["image.npy"] == zipfile.ZIP_DEFLATED
+
+
+def test_threaded_writer_marks_images_done_in_submission_order(tmp_path):
+    from layerscope.results.writer import BackgroundWriter
+
+    done = tmp_path / "done.txt"
+    finished: list[int] = []
+    with BackgroundWriter(done, max_pending=6, threads=3) as w:
+        for i in range(9):  # earlier images take longer: with 3 threads they finish after later ones
+            w.submit(f"img{i}", [(tmp_path / f"{i}", lambda i=i: (time.sleep(0.03 * (i % 3 == 0)), finished.append(i)))])
+    assert sorted(finished) == list(range(9)) and finished != list(range(9))
+    assert done.read_text() == "".join(f"img{i}\n" for i in range(9))
+
+
+def test_threaded_writer_error_names_the_file_and_marks_nothing_after_it(tmp_path):
+    from layerscope.results.writer import BackgroundWriter, WriteError
+
+    done = tmp_path / "done.txt"
+    gate = threading.Event()
+
+    def fail():
+        gate.wait(2)
+        raise OSError(28, "No space left on device")
+
+    w = BackgroundWriter(done, threads=2)
+    w.submit("a", [(tmp_path / "a.npz", lambda: None)])
+    w.submit("b", [(tmp_path / "b.npz", fail)])
+    w.submit("c", [(tmp_path / "c.npz", lambda: None)])  # written before b fails, but never marked done
+    gate.set()
+    with pytest.raises(WriteError, match="b.npz: No space left on device"):
+        w.close()
+    assert done.read_text() == "a\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A study: workers and the batched scorer change nothing
+# ---------------------------------------------------------------------------------------------------------------
+def test_loader_workers_auto_uses_the_cores_but_one(monkeypatch):
+    import layerscope.plan as plan
+
+    monkeypatch.setattr(plan, "usable_cores", lambda: 1)
+    assert plan.loader_workers("auto", 100, 4) == 0
+    monkeypatch.setattr(plan, "usable_cores", lambda: 2)
+    assert plan.loader_workers("auto", 100, 4) == 1
+    monkeypatch.setattr(plan, "usable_cores", lambda: 16)
+    assert plan.loader_workers("auto", 100, 4) == 4 and plan.loader_workers("auto", 5, 4) == 2
+    assert plan.loader_workers(3, 100, 4) == 3
+    for bad in (-1, "some", True):
+        with pytest.raises(ValueError, match="expected an int >= 0 or auto"):
+            plan.loader_workers(bad, 10, 4)
+
+
+def test_study_rows_are_the_same_with_workers_and_equal_a_rescore(tmp_path):
+    """``num_workers=0`` and ``2`` write the same table, and rescoring the saved maps one image at a time
+    (``image_rows``) reproduces it: the batched scorer changed no number."""
+    import csv
+
+    from layerscope import study
+    from layerscope.rescore import rescore_dir
+
+    from .conftest import compose
+
+    tables = []
+    for workers in (0, 2):
+        cfg = compose("model=tiny_cnn", "data.textures=[brick,moon]", "data.good_per_texture=1", "progress=false",
+                      "cache.enabled=false", "dataset_metrics=false", "figures.grid=false", f"num_workers={workers}",
+                      "batch_size=3")
+        out = tmp_path / f"w{workers}"
+        study.run(cfg, out)
+        assert study_summary(out)["num_workers"] == workers
+        with open(out / "results.csv") as f:
+            tables.append(sorted(csv.reader(f)))
+    assert len(tables[0]) == 1 + 10 * 5 * 3 and tables[0] == tables[1]
+    rescored = rescore_dir(tmp_path / "w0", [], "rescored.csv", progress=False)
+    with open(rescored) as f:
+        assert sorted(csv.reader(f)) == tables[0]
+
+
+def study_summary(out):
+    import json
+
+    return json.loads((out / "run_summary.json").read_text())
