@@ -250,7 +250,9 @@ def test_full_disk_gives_a_clear_error_and_keeps_finished_images(tmp_path):
 
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-m", "layerscope.run", *SYNTH, "data.per_combination=20", "save_maps=false",
-                           "cache.enabled=false", f"hydra.run.dir={out}"], cwd=tmp_path, env=env, capture_output=True,
+                           # RLIMIT_FSIZE also caps the shared-memory files that DataLoader workers pass tensors
+                           # through (a real full disk does not): the limit is for the run's own files
+                           "cache.enabled=false", "num_workers=0", f"hydra.run.dir={out}"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, preexec_fn=limit_file_size, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert re.search(r"error: cannot write .*results.csv: File too large; free space", proc.stderr)

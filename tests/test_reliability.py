@@ -323,6 +323,7 @@ def test_a_full_disk_while_writing_maps_names_the_file_and_leaves_no_half_file(t
 
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-m", "layerscope.run", *SYNTH, "cache.enabled=false",
+                           "num_workers=0",  # RLIMIT_FSIZE would also cap the workers' shared-memory files
                            f"hydra.run.dir={out}"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           preexec_fn=limit_file_size, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]

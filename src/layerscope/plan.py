@@ -233,6 +233,10 @@ def loader_workers(value: Any, images: int, batch_size: int) -> int:
         ValueError: naming the option and what it accepts.
     """
     if value == "auto":
+        import multiprocessing
+
+        if multiprocessing.current_process().name != "MainProcess":  # a launcher's worker (joblib's loky)
+            return 0  # cannot start DataLoader processes of its own
         batches = -(-images // max(batch_size, 1))
         return max(0, min(usable_cores() - 1, 4, batches))
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
