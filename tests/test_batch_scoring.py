@@ -360,3 +360,28 @@ def study_summary(out):
     import json
 
     return json.loads((out / "run_summary.json").read_text())
+
+
+def test_workers_that_cannot_share_memory_fall_back_or_stop_with_one_line(monkeypatch, caplog):
+    """num_workers=auto prepares images in the study's process when workers cannot hand batches over (a full
+    /dev/shm); an explicit num_workers names the problem."""
+    from omegaconf import OmegaConf
+
+    from layerscope.data.synthetic import SyntheticDefects
+    from layerscope.study import image_batches
+
+    def no_shared_memory(self):
+        raise RuntimeError("unable to resize file </torch_1> to the right size: No space left on device (28)")
+
+    monkeypatch.setattr(torch.Tensor, "share_memory_", no_shared_memory)
+    dataset = SyntheticDefects(textures=["brick"], defects=["spot"], size=32)
+    cfg = OmegaConf.create({"batch_size": 1, "num_workers": "auto"})
+    monkeypatch.setattr("layerscope.plan.usable_cores", lambda: 4)
+    with caplog.at_level("WARNING"):
+        batches, workers = image_batches(cfg, dataset, 32, torch.device("cpu"))
+    assert workers == 0 and [item["id"] for batch in batches for item in batch] == ["brick_spot_0"]
+    assert "DataLoader workers cannot run here (unable to resize file" in caplog.text
+    cfg.num_workers = 2
+    with pytest.raises(ValueError, match=r"^num_workers=2: cannot start DataLoader worker processes \(unable to "
+                                         r"resize file .*\); use num_workers=0$"):
+        image_batches(cfg, dataset, 32, torch.device("cpu"))
