@@ -237,7 +237,8 @@ def test_mask_cells_equal_cells_from_mask():
             valid = None
             if kind in ("regions", "valid"):
                 for _ in range(3):
-                    y, x = int(torch.randint(0, size[0], (1,), generator=g)), int(torch.randint(0, size[1], (1,), generator=g))
+                    y = int(torch.randint(0, size[0], (1,), generator=g))
+                    x = int(torch.randint(0, size[1], (1,), generator=g))
                     mask[y:y + 9, x:x + 4] = True
                 valid = torch.rand(size, generator=g) > 0.1 if kind == "valid" else None
             elif kind == "full":
@@ -287,7 +288,8 @@ def test_threaded_writer_marks_images_done_in_submission_order(tmp_path):
     finished: list[int] = []
     with BackgroundWriter(done, max_pending=6, threads=3) as w:
         for i in range(9):  # earlier images take longer: with 3 threads they finish after later ones
-            w.submit(f"img{i}", [(tmp_path / f"{i}", lambda i=i: (time.sleep(0.03 * (i % 3 == 0)), finished.append(i)))])
+            slow = 0.03 * (i % 3 == 0)
+            w.submit(f"img{i}", [(tmp_path / f"{i}", lambda i=i, slow=slow: (time.sleep(slow), finished.append(i)))])
     assert sorted(finished) == list(range(9)) and finished != list(range(9))
     assert done.read_text() == "".join(f"img{i}\n" for i in range(9))
 

@@ -153,6 +153,21 @@ def _as_list(items: list) -> list:
     return items
 
 
+def _quiet_hang_ups(worker_id: int) -> None:
+    """In a DataLoader worker: a batch handed over while the study stops (Ctrl-C, an error) loses its reader
+    mid-transfer, and multiprocessing's handle-sharing thread would print that broken connection as a
+    traceback on the run's stderr. The study reports why it stopped; other errors still print."""
+    import sys
+
+    default = sys.excepthook
+
+    def hook(kind, value, tb) -> None:
+        if not issubclass(kind, (EOFError, ConnectionError)):
+            default(kind, value, tb)
+
+    sys.excepthook = hook
+
+
 def image_batches(cfg: DictConfig, dataset: Any, size: int, device: torch.device) -> tuple[Any, int]:
     """An iterator over batches of prepared images, and the DataLoader workers preparing them.
 
@@ -174,7 +189,8 @@ def image_batches(cfg: DictConfig, dataset: Any, size: int, device: torch.device
         context = multiprocessing.get_context("fork") if n and sys.platform.startswith("linux") else None
         return torch.utils.data.DataLoader(Prepared(dataset, size), batch_size=batch_size, num_workers=n,
                                            collate_fn=_as_list, pin_memory=device.type == "cuda",
-                                           multiprocessing_context=context)
+                                           multiprocessing_context=context,
+                                           worker_init_fn=_quiet_hang_ups if n else None)
 
     if not workers:
         return iter(loader(0)), 0
@@ -244,7 +260,8 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
                     bar.update(1)
                 if first_batch is None:  # it also waited for the first images (worker start, lazy imports)
                     first_batch = {"images": len(items), "loop_seconds": round(time.perf_counter() - t_loop, 3),
-                                   "backbone_seconds": round(source.seconds, 3), "score_seconds": round(clock["score"], 3),
+                                   "backbone_seconds": round(source.seconds, 3),
+                                   "score_seconds": round(clock["score"], 3),
                                    "write_wait_seconds": round(files.wait_seconds, 3)}
         files.close()  # waits for the last files; raises a failed write, naming the file
     finally:
