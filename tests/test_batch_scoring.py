@@ -237,7 +237,8 @@ def test_mask_cells_equal_cells_from_mask():
             valid = None
             if kind in ("regions", "valid"):
                 for _ in range(3):
-                    y, x = int(torch.randint(0, size[0], (1,), generator=g)), int(torch.randint(0, size[1], (1,), generator=g))
+                    y = int(torch.randint(0, size[0], (1,), generator=g))
+                    x = int(torch.randint(0, size[1], (1,), generator=g))
                     mask[y:y + 9, x:x + 4] = True
                 valid = torch.rand(size, generator=g) > 0.1 if kind == "valid" else None
             elif kind == "full":
@@ -287,7 +288,8 @@ def test_threaded_writer_marks_images_done_in_submission_order(tmp_path):
     finished: list[int] = []
     with BackgroundWriter(done, max_pending=6, threads=3) as w:
         for i in range(9):  # earlier images take longer: with 3 threads they finish after later ones
-            w.submit(f"img{i}", [(tmp_path / f"{i}", lambda i=i: (time.sleep(0.03 * (i % 3 == 0)), finished.append(i)))])
+            slow = 0.03 * (i % 3 == 0)
+            w.submit(f"img{i}", [(tmp_path / f"{i}", lambda i=i, slow=slow: (time.sleep(slow), finished.append(i)))])
     assert sorted(finished) == list(range(9)) and finished != list(range(9))
     assert done.read_text() == "".join(f"img{i}\n" for i in range(9))
 
@@ -360,3 +362,28 @@ def study_summary(out):
     import json
 
     return json.loads((out / "run_summary.json").read_text())
+
+
+def test_workers_that_cannot_share_memory_fall_back_or_stop_with_one_line(monkeypatch, caplog):
+    """num_workers=auto prepares images in the study's process when workers cannot hand batches over (a full
+    /dev/shm); an explicit num_workers names the problem."""
+    from omegaconf import OmegaConf
+
+    from layerscope.data.synthetic import SyntheticDefects
+    from layerscope.study import image_batches
+
+    def no_shared_memory(self):
+        raise RuntimeError("unable to resize file </torch_1> to the right size: No space left on device (28)")
+
+    monkeypatch.setattr(torch.Tensor, "share_memory_", no_shared_memory)
+    dataset = SyntheticDefects(textures=["brick"], defects=["spot"], size=32)
+    cfg = OmegaConf.create({"batch_size": 1, "num_workers": "auto"})
+    monkeypatch.setattr("layerscope.plan.usable_cores", lambda: 4)
+    with caplog.at_level("WARNING"):
+        batches, workers = image_batches(cfg, dataset, 32, torch.device("cpu"))
+    assert workers == 0 and [item["id"] for batch in batches for item in batch] == ["brick_spot_0"]
+    assert "DataLoader workers cannot run here (unable to resize file" in caplog.text
+    cfg.num_workers = 2
+    with pytest.raises(ValueError, match=r"^num_workers=2: cannot start DataLoader worker processes \(unable to "
+                                         r"resize file .*\); use num_workers=0$"):
+        image_batches(cfg, dataset, 32, torch.device("cpu"))

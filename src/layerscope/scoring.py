@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from .maps import upsample
 from .maps.threshold import RULES
 from .maps.upsample import MODES
-from .metrics import (Cells, cells_from_mask, mass_in_mask_counts, normalized_entropy, pointing_game_counts,
+from .metrics import (Cells, mass_in_mask_counts, normalized_entropy, pointing_game_counts,
                       top_score)
 from .metrics.localization import MaskCells, iou_from_kept_counts, rank_metrics
 from .metrics.ranking import Ranked, rank_rows

@@ -184,6 +184,60 @@ def _as_list(items: list) -> list:
     return items
 
 
+def _quiet_hang_ups(worker_id: int) -> None:
+    """In a DataLoader worker: a batch handed over while the study stops (Ctrl-C, an error) loses its reader
+    mid-transfer, and multiprocessing's handle-sharing thread would print that broken connection as a
+    traceback on the run's stderr. The study reports why it stopped; other errors still print."""
+    import sys
+
+    default = sys.excepthook
+
+    def hook(kind, value, tb) -> None:
+        if not issubclass(kind, (EOFError, ConnectionError)):
+            default(kind, value, tb)
+
+    sys.excepthook = hook
+
+
+def image_batches(cfg: DictConfig, dataset: Any, size: int, device: torch.device) -> tuple[Any, int]:
+    """An iterator over batches of prepared images, and the DataLoader workers preparing them.
+
+    Workers are forked (on Linux; no pickling, also inside a joblib sweep job) when the iterator is made,
+    before the study starts its writer thread. With ``num_workers=auto``, a machine where they cannot start
+    or cannot share memory with this process (a small or full ``/dev/shm``, a file-size limit) prepares
+    the images in this process instead, with a warning; an explicit ``num_workers`` stops with one line.
+
+    Raises:
+        ValueError: an explicit ``num_workers`` whose workers cannot start.
+    """
+    import multiprocessing
+    import sys
+
+    batch_size = int(cfg.batch_size)
+    workers = loader_workers(cfg.num_workers, len(dataset), batch_size)
+
+    def loader(n: int):
+        context = multiprocessing.get_context("fork") if n and sys.platform.startswith("linux") else None
+        return torch.utils.data.DataLoader(Prepared(dataset, size), batch_size=batch_size, num_workers=n,
+                                           collate_fn=_as_list, pin_memory=device.type == "cuda",
+                                           multiprocessing_context=context,
+                                           worker_init_fn=_quiet_hang_ups if n else None)
+
+    if not workers:
+        return iter(loader(0)), 0
+    try:  # a batch of prepared images must fit in shared memory, or the workers could not hand it over
+        torch.empty(batch_size * 3 * size * size).share_memory_()
+        return iter(loader(workers)), workers
+    except Exception as e:  # noqa: BLE001 - any failure to start workers or share memory has the same remedy
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        if cfg.num_workers != "auto":
+            raise ValueError(f"num_workers={cfg.num_workers}: cannot start DataLoader worker processes "
+                             f"({reason}); use num_workers=0") from None
+        log.warning("num_workers=auto: DataLoader workers cannot run here (%s); preparing images in this process",
+                    reason)
+        return iter(loader(0)), 0
+
+
 def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, dataset: Any, device: torch.device,
                 logger: Logger, done: dict[str, int | None]) -> dict:
     """Every image not yet done: maps, rows (written here), then its files and ``done.txt`` line.
@@ -200,10 +254,7 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
     names = [all_names[h] for h in plan.heads] + (["mean"] if method.head_mean else [])
     cache = build_cache(cfg, method)
     source = MapSource(backbone, plan, device, cfg.precision, cache, keep_on_device=device.type == "cuda")
-    workers = loader_workers(cfg.num_workers, len(dataset), int(cfg.batch_size))
-    loader = torch.utils.data.DataLoader(
-        Prepared(dataset, backbone.img_size), batch_size=int(cfg.batch_size), num_workers=workers,
-        collate_fn=_as_list, pin_memory=device.type == "cuda")
+    batches, workers = image_batches(cfg, dataset, backbone.img_size, device)  # workers start before any thread
     from skimage.measure import label  # noqa: F401 - region labels of the masks: a one-time import (~1 s with
     # scipy.ndimage) that belongs to the startup, not to the first batch's scoring
     t_loop = time.perf_counter()
@@ -222,7 +273,7 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
     try:
         with tqdm(total=len(dataset), desc=backbone.name, unit="img", disable=not cfg.progress) as bar:
             bar.update(len(done))
-            for items in loader:
+            for items in batches:
                 for bad in [item for item in items if "error" in item]:
                     if cfg.on_bad_image == "fail":
                         raise ValueError(f"{bad['error']} (on_bad_image=fail)")
@@ -249,7 +300,8 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
                     bar.update(1)
                 if first_batch is None:  # it also waited for the first images (worker start, lazy imports)
                     first_batch = {"images": len(items), "loop_seconds": round(time.perf_counter() - t_loop, 3),
-                                   "backbone_seconds": round(source.seconds, 3), "score_seconds": round(clock["score"], 3),
+                                   "backbone_seconds": round(source.seconds, 3),
+                                   "score_seconds": round(clock["score"], 3),
                                    "write_wait_seconds": round(files.wait_seconds, 3)}
         files.close()  # waits for the last files; raises a failed write, naming the file
     finally:
