@@ -18,10 +18,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from ..results.saved import relative_depth
-from .style import AXES, DEPTH_LABEL, HEAT_CMAP, LAYER_LABEL, PALETTE, save, slug, styled
+from .style import AXES, HEAT_CMAP, PALETTE, depth_axis, save, slug, styled
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +128,7 @@ def probe_curves(probe: pd.DataFrame, out: Path | str, formats: Sequence[str] = 
             ax.fill_between(x, part["ci_low"], part["ci_high"], color=colour, alpha=0.2, linewidth=0)
             ax.axhline(float(part["chance"].iloc[0]), color=colour, linewidth=0.8, linestyle="--", zorder=0)
         ax.set_ylim(0, 1.02)
-        if depth == "layer":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        else:
-            ax.set_xticks([0, 0.25, 0.5, 0.75, 1])
-        ax.set_xlabel(LAYER_LABEL if depth == "layer" else DEPTH_LABEL)
+        depth_axis(ax, depth)
         ax.set_ylabel(f"k-NN accuracy of {label} (0–1)")
         ax.set_title(f"Leave-one-out k-NN probe, {kind} representations\n(95% CI; dashed: chance = the largest "
                      "class's share)", pad=4)

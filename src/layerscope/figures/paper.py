@@ -36,7 +36,6 @@ import pandas as pd
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from ..results import catalog
 from ..results.axes import HEADS, axis_word, map_axis, map_label
@@ -45,8 +44,8 @@ from ..results.saved import (SEP, Study, distance_table, head_order, layer_head_
                              per_image, relative_depth, smallest_threshold)
 from ..results.table import read_table
 from .grid import grid_figure
-from .style import (AXES, BEST, CMAP, DEPTH_LABEL, HEAT_CELL, HEAT_CMAP, LAYER_LABEL, OUTLINE, PALETTE, bare,
-                    colorbar, minmax, save, show_input, show_map, slug, styled, upsample)
+from .style import (AXES, BEST, CMAP, HEAT_CELL, HEAT_CMAP, OUTLINE, PALETTE, bare, colorbar, depth_axis, minmax, save,
+                    show_input, show_map, slug, styled, upsample)
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +163,7 @@ def metric_vs_layer(source: Study | Path | str, out: Path | str | None = None,
         if metric == "auroc":
             ax.axhline(0.5, color="0.4", linewidth=0.7, linestyle="--", zorder=0)
             ax.text(ax.get_xlim()[1], 0.5, " chance", va="center", ha="left", fontsize=6, color="0.4")
-        if depth == "layer":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        else:
-            ax.set_xticks([0, 0.25, 0.5, 0.75, 1])
-        ax.set_xlabel(LAYER_LABEL if depth == "layer" else DEPTH_LABEL)
+        depth_axis(ax, depth)
         ax.set_ylabel(catalog.label(metric))
         ax.set_title(f"{catalog.title(metric)} by {'layer' if depth == 'layer' else 'depth'} "
                      "(mean over images, 95% CI)", pad=4)
@@ -494,8 +489,7 @@ def dataset_vs_layer(source: Study | Path | str, out: Path | str | None = None,
                             alpha=0.2, linewidth=0)
         if metric == "pixel_auroc":
             ax.axhline(0.5, color="0.4", linewidth=0.7, linestyle="--", zorder=0)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel(LAYER_LABEL)
+        depth_axis(ax, "layer")
         ax.set_ylabel(catalog.label(metric))
         ax.set_title(f"{catalog.title(metric)} by layer (dataset level, 95% CI)", pad=4)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, ncol=1)
@@ -571,11 +565,7 @@ def attention_distance(rows: pd.DataFrame, out: Path | str, formats: Sequence[st
             x = _depth_axis(mean["layer"].to_numpy(), n, depth)
             ax.plot(x, mean["attention_distance"], color="0.2", linewidth=1.0, label="mean of heads"
                     if ax is axes[0] else None, zorder=2)
-        if depth == "layer":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        else:
-            ax.set_xticks([0, 0.5, 1])
-        ax.set_xlabel(LAYER_LABEL if depth == "layer" else DEPTH_LABEL)
+        depth_axis(ax, depth, ticks=(0, 0.5, 1))
         ax.set_title(name, pad=3, fontsize=7)
     axes[0].set_ylabel("mean attention distance (input pixels)")
     axes[0].set_ylim(0, 1.08 * float(table["attention_distance"].max()) or 1.0)

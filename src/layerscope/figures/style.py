@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from ..results.saved import SEP
@@ -130,3 +131,13 @@ def colorbar(fig: Figure, rect: Sequence[float], label: str) -> None:
     bar.outline.set_linewidth(0.4)
     cax.tick_params(length=2)
 
+
+
+def depth_axis(ax, depth: str, ticks: Sequence[float] = (0, 0.25, 0.5, 0.75, 1)) -> None:
+    """The x-axis of a per-layer plot: whole layer numbers (``depth="layer"``) or relative-depth ``ticks``,
+    with its label."""
+    if depth == "layer":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        ax.set_xticks(list(ticks))
+    ax.set_xlabel(LAYER_LABEL if depth == "layer" else DEPTH_LABEL)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..figures.compare import cka_grid, pairs
@@ -17,7 +16,7 @@ from ..figures.style import PALETTE
 from ..results.layout import COMPARE, PROBE, SIMILARITY
 from ..results.saved import distance_table, head_order, relative_depth
 from .charts import line_chart
-from .html import esc, finite, hex_colour, ink
+from .html import colour_legend, esc, finite, hex_colour, ink
 
 
 def _tables(folder: Path, name: str) -> list[tuple[Path, pd.DataFrame]]:
@@ -61,9 +60,7 @@ def _heatmaps(similarity: pd.DataFrame, where: str) -> str:
         blocks.append(f"<div class=hm><h3>{esc(title)}</h3><p class=note>{esc(first['kernel'])} CKA of "
                       f"{esc(first['kind'])} representations, {esc(first['n_images'])} images, "
                       f"{esc(first['estimator'])} HSIC</p><table class=heat>{''.join(rows)}</table></div>")
-    stops = ", ".join(hex_colour(cmap(x)) for x in np.linspace(0, 1, 6))
-    legend = (f"<div class=legend><span>0</span><span class=bar style=\"background:linear-gradient(90deg,{stops})\">"
-              f"</span><span>1</span> CKA; layer 0 at the bottom left</div>")
+    legend = colour_legend(cmap, "0", "1", "CKA; layer 0 at the bottom left")
     return (f"<h3>Representation similarity (CKA) · <code>{esc(where)}</code></h3>{legend}"
             f"<div class=row>{''.join(blocks)}</div>")
 

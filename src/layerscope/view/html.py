@@ -5,8 +5,10 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import quote
+
+import numpy as np
 
 from ..results import catalog
 
@@ -58,6 +60,13 @@ def hex_colour(rgba: Sequence[float]) -> str:
 def ink(rgba: Sequence[float]) -> str:
     """Black or white text, whichever reads on the background ``rgba``."""
     return "#000" if 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] > 0.55 else "#fff"
+
+
+def colour_legend(cmap: Callable[[float], Sequence[float]], low: str, high: str, text: str) -> str:
+    """A colour bar of ``cmap`` from ``low`` to ``high`` (HTML), followed by ``text`` (HTML)."""
+    stops = ", ".join(hex_colour(cmap(x)) for x in np.linspace(0, 1, 6))
+    return (f"<div class=legend><span>{low}</span><span class=bar style=\"background:linear-gradient(90deg,{stops})\">"
+            f"</span><span>{high}</span> {text}</div>")
 
 
 def relpath(path: Path, root: Path) -> str:

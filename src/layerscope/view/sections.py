@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ..figures.style import PALETTE
@@ -16,7 +15,7 @@ from ..results.saved import (SEP, Study, head_order, layer_head_scores, line_hea
                              smallest_threshold)
 from ..results.table import read_table
 from .charts import line_chart
-from .html import esc, fmt, hex_colour, ink, relpath
+from .html import colour_legend, esc, fmt, hex_colour, ink, relpath
 
 
 def job_entries(study: Study) -> tuple[list[dict[str, Any]], int]:
@@ -169,10 +168,8 @@ def glance_section(study: Study, scores: dict[str, pd.DataFrame], metric: str, s
         blocks.append(f"<div class=hm><h3>{esc(series)}</h3><p class=bestline>best: <b>layer {int(best['layer'])} · "
                       f"{esc(head_kind)} {esc(best['head'])}</b>, {esc(m.title)} {fmt(metric, best['mean'])}{ci}</p>"
                       f"<table class=heat>{''.join(rows)}</table></div>")
-    stops = ", ".join(hex_colour(cmap(x)) for x in np.linspace(0, 1, 6))
-    legend = (f"<div class=legend><span>{fmt(metric, low)}</span><span class=bar style=\"background:"
-              f"linear-gradient(90deg,{stops})\"></span><span>{fmt(metric, high)}</span> {esc(m.label)}, mean over "
-              "images; the best cell is outlined; hover a cell for its 95% CI, click it to see that layer below</div>")
+    legend = colour_legend(cmap, fmt(metric, low), fmt(metric, high), f"{esc(m.label)}, mean over images; the best "
+                           "cell is outlined; hover a cell for its 95% CI, click it to see that layer below")
     return (f"<section id=glance><h2>At a glance: which layer, which head?</h2>{legend}"
             f"<div class=row>{''.join(blocks)}</div></section>")
 
