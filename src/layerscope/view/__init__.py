@@ -23,6 +23,11 @@ Reads only saved results (``results.csv``, ``maps/*.npz``, ``dataset_metrics.csv
 never loads a model. Pictures: a JPEG thumbnail and input per image, and per (model, method, image)
 one palette PNG of every map (each on its own grid, at most ``MAX_TILE`` px; min-max scaled per map,
 inferno), loaded only when the image is shown; the per-map metrics are embedded as JSON.
+
+Modules: ``page`` (the page and how it is written), ``sections`` (summary, glance, ranking, curves, choice,
+runs), ``gallery`` and ``pictures`` (the images), ``compare`` (beyond masks), ``charts`` (the one SVG chart),
+``html`` (escaping and formats), ``command`` (``main``); ``assets/report.css`` and ``assets/report.js`` are
+inlined into every page. The saved results are read by ``results.saved.Study``, as the figures read them.
 """
 from __future__ import annotations
 
