@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from layerscope.figures.paper import KINDS, Study, _depth_layers, threshold_curves
+from layerscope.figures.paper import KINDS, _depth_layers, threshold_curves
+from layerscope.results.saved import Study
 from layerscope.results.maps_io import load_maps, save_maps
 
 from .conftest import ROOT, run_cli

@@ -40,6 +40,7 @@ def test_offline_wandb_run_holds_per_layer_history_and_summary(tmp_path):
     assert summary["best/auroc"] == pytest.approx(best["auroc"], abs=1e-6)
     assert (summary["best/auroc/layer"], summary["best/auroc/head"]) == (best["layer"], best["head"])
     assert summary["layer_summary/_type"] == "table-file" and summary["maps/_type"] == "table-file"
+    assert summary["map_axis"] == "heads"  # cls_attention: the head keys name attention heads
     assert summary["maps/nrows"] == 2 * 3  # 1 image x 2 layers x (2 heads + mean)
     pooled = pd.read_csv(out / "dataset_metrics.csv", dtype={"head": str}).query("category == 'all'")
     best = pooled.loc[pooled["aupro"].idxmax()]

@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from layerscope.figures.paper import Study, layer_head_grids
+from layerscope.figures.paper import layer_head_grids
+from layerscope.results.saved import Study
 from layerscope.results.layout import image_stem
 from layerscope.results.table import read_table
 from layerscope.view import MARKER, REPORT, ViewError, build
@@ -238,7 +239,7 @@ def test_names_that_are_html_stay_text_in_the_page_and_the_report(html_names, ca
 
 
 def test_an_id_that_is_a_path_never_reads_outside_the_run(run_copy, monkeypatch):
-    import layerscope.figures.paper as paper
+    import layerscope.results.saved as saved
 
     secret = run_copy.parent / "secret.npz"  # where maps/../../secret.npz pointed
     shutil.copy(run_copy / "maps" / "x=1.npz", secret)
@@ -252,8 +253,8 @@ def test_an_id_that_is_a_path_never_reads_outside_the_run(run_copy, monkeypatch)
     (run_copy / "done.txt").write_text((run_copy / "done.txt").read_text().replace("x=1\t", "../../secret\t"))
 
     opened = []
-    real = paper.load_maps
-    monkeypatch.setattr(paper, "load_maps", lambda path: opened.append(Path(path)) or real(path))
+    real = saved.load_maps
+    monkeypatch.setattr(saved, "load_maps", lambda path: opened.append(Path(path)) or real(path))
     study = Study(run_copy)
     assert set(study.images.loc[study.images["saved"], "image"]) == {"x-1"}
     page = build(run_copy, n_boot=20)

@@ -25,7 +25,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from layerscope.figures.paper import Study, layer_head, metric_vs_layer, relative_depth
+from layerscope.figures.paper import layer_head, metric_vs_layer
+from layerscope.results.saved import Study, relative_depth
 from layerscope.report import rank
 from layerscope.view import REPORT, build, main
 

@@ -30,12 +30,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="x-axis of metric_vs_layer: layer index, or relative depth (0 = first layer, 1 = last: "
                         "models of different depths on one axis; written as metric_vs_depth_<metric>)")
     a = p.parse_args(argv)
-    log = logging.getLogger("layerscope.figures")  # this package's reasons only (not fontTools' chatter)
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    for name in ("layerscope.figures", "layerscope.results.saved"):  # the figures' reasons, not fontTools' chatter
+        log = logging.getLogger(name)
+        if not log.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            log.addHandler(handler)
+        log.setLevel(logging.INFO)
     if not a.folder.is_dir():
         print(f"error: {a.folder}: no such folder", file=sys.stderr)
         return 2

@@ -18,9 +18,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
-from .paper import AXES, DEPTH_LABEL, HEAT_CMAP, LAYER_LABEL, PALETTE, _save, _slug, _styled, relative_depth
+from ..results.saved import relative_depth
+from .style import AXES, HEAT_CMAP, PALETTE, depth_axis, save, slug, styled
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def cka_grid(similarity: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
         axis=1)
 
 
-@_styled
+@styled
 def cka_heatmaps(similarity: pd.DataFrame, out: Path | str, formats: Sequence[str] = ("png", "pdf"),
                  depth: str = "layer", num_layers: Mapping[str, int | None] | None = None) -> list[Path]:
     """One CKA heatmap per model pair (``similarity.csv`` rows), ``cka_<a>__<b>_<kind>_<kernel>``.
@@ -104,12 +104,12 @@ def cka_heatmaps(similarity: pd.DataFrame, out: Path | str, formats: Sequence[st
         bar = fig.colorbar(mesh, ax=ax, fraction=0.05, pad=0.03)
         bar.set_label("CKA", fontsize=7)
         bar.outline.set_linewidth(0.4)
-        stem = f"cka_{_slug(a)}__{_slug(b)}_{kind}_{kernel}" + ("_depth" if depth == "relative" else "")
-        paths += _save(fig, Path(out), stem, formats)
+        stem = f"cka_{slug(a)}__{slug(b)}_{kind}_{kernel}" + ("_depth" if depth == "relative" else "")
+        paths += save(fig, Path(out), stem, formats)
     return paths
 
 
-@_styled
+@styled
 def probe_curves(probe: pd.DataFrame, out: Path | str, formats: Sequence[str] = ("png", "pdf"), depth: str = "layer",
                  num_layers: Mapping[str, int | None] | None = None) -> list[Path]:
     """k-NN probe accuracy against layer per model (``probe.csv`` rows), one figure per (label, kind):
@@ -128,15 +128,11 @@ def probe_curves(probe: pd.DataFrame, out: Path | str, formats: Sequence[str] = 
             ax.fill_between(x, part["ci_low"], part["ci_high"], color=colour, alpha=0.2, linewidth=0)
             ax.axhline(float(part["chance"].iloc[0]), color=colour, linewidth=0.8, linestyle="--", zorder=0)
         ax.set_ylim(0, 1.02)
-        if depth == "layer":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        else:
-            ax.set_xticks([0, 0.25, 0.5, 0.75, 1])
-        ax.set_xlabel(LAYER_LABEL if depth == "layer" else DEPTH_LABEL)
+        depth_axis(ax, depth)
         ax.set_ylabel(f"k-NN accuracy of {label} (0–1)")
         ax.set_title(f"Leave-one-out k-NN probe, {kind} representations\n(95% CI; dashed: chance = the largest "
                      "class's share)", pad=4)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, ncol=1)
-        stem = f"probe{'_vs_depth' if depth == 'relative' else ''}_{_slug(label)}_{kind}"
-        paths += _save(fig, Path(out), stem, formats)
+        stem = f"probe{'_vs_depth' if depth == 'relative' else ''}_{slug(label)}_{kind}"
+        paths += save(fig, Path(out), stem, formats)
     return paths

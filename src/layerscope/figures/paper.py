@@ -20,22 +20,15 @@ kind; each returns the paths it wrote and logs why when it has nothing to draw:
   by side (Dosovitskiy et al. 2020, Fig. 7); ``layerscope-compare`` draws it too (``figures.compare``).
 
 Every figure is written as PNG (200 dpi) and PDF (TrueType text, editable), in one style
-(``STYLE``, applied by ``_styled``), with seaborn's colour-blind palette.
-
-Series: rows are grouped by (model, method), plus the input size when one model was run at
-several sizes, plus the job when two jobs repeat the same (image, layer, head, threshold) rows
-with other values (e.g. a sweep over some other option); jobs that split the layers of one model
-are merged, and so are jobs that hold identical results (``method=auto`` and ``method=features``
-on a CNN compute the same maps): the first is kept, the others are dropped (``Study.merged``).
+(``figures.style``), with seaborn's colour-blind palette. The saved results are read by
+``results.saved.Study`` (series, identical jobs, the shared analysis), the page's reader too.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
-import re
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import matplotlib as mpl
 import numpy as np
@@ -43,214 +36,27 @@ import pandas as pd
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from PIL import Image
 
 from ..results import catalog
-from ..results.layout import DATASET_METRICS, PAPER_FIGURES, image_stem, inside, map_file
-from ..results.maps_io import load_maps
-from ..results.table import load_results, read_table
+from ..results.axes import HEADS, axis_word, map_axis, map_label
+from ..results.layout import DATASET_METRICS, PAPER_FIGURES, image_stem
+from ..results.saved import (SEP, Study, distance_table, head_order, layer_head_scores, line_head, num_layers,
+                             per_image, relative_depth, smallest_threshold)
+from ..results.table import read_table
 from .grid import grid_figure
+from .style import (AXES, BEST, CMAP, HEAT_CELL, HEAT_CMAP, OUTLINE, PALETTE, bare, colorbar, depth_axis, minmax, save,
+                    show_input, show_map, slug, styled, upsample)
 
 log = logging.getLogger(__name__)
 
 KINDS = ("layer_head_grids", "metric_vs_layer", "layer_head", "vit_vs_cnn", "threshold_curves",
          "best_map_overlays", "dataset_vs_layer", "choice_stability", "attention_distance")
-AXES = ("layer", "relative")  # x-axis of metric_vs_layer: layer index, or relative depth (0 = first, 1 = last)
 DATASET_CURVES = ("pixel_auroc", "aupro")  # pooled metrics with bootstrap CIs in dataset_metrics.csv
 METRICS = catalog.DEFAULT_CURVES
 DEPTHS = (0.25, 0.5, 0.75, 1.0)
-DPI = 200
-SEP = " · "
-CMAP = "inferno"
-PALETTE = ["#0173B2", "#DE8F05", "#029E73", "#D55E00", "#CC78BC", "#CA9161", "#FBAFE4", "#949494", "#ECE133",
-           "#56B4E9"]  # seaborn "colorblind" (Okabe-Ito based), spelled out so colours never depend on state
-OUTLINE = "#56B4E9"  # mask outlines: light blue reads on photos and on inferno
-LAYER_LABEL = "layer (0 = first block)"
-DEPTH_LABEL = "relative depth (0 = first layer, 1 = last)"
-HEAT_CMAP = "viridis"  # metric heatmaps (maps themselves are inferno)
-BEST = "#D55E00"  # the best cell of a heatmap
-HEAT_CELL = 0.22  # inches per heatmap cell
-
-STYLE = {
-    "font.family": "sans-serif",
-    "font.sans-serif": ["DejaVu Sans"],  # ships with matplotlib: the same glyphs on every machine
-    "font.size": 8,
-    "axes.titlesize": 8,
-    "axes.labelsize": 8,
-    "xtick.labelsize": 7,
-    "ytick.labelsize": 7,
-    "legend.fontsize": 7,
-    "legend.title_fontsize": 7,
-    "figure.titlesize": 8,
-    "axes.linewidth": 0.6,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.linewidth": 0.4,
-    "grid.alpha": 0.4,
-    "xtick.major.width": 0.6,
-    "ytick.major.width": 0.6,
-    "lines.linewidth": 1.3,
-    "lines.markersize": 4,
-    "axes.prop_cycle": mpl.cycler(color=PALETTE),
-    "image.cmap": CMAP,
-    "image.interpolation": "nearest",
-    "pdf.fonttype": 42,  # TrueType in PDF/PS: text stays text (editable, searchable)
-    "ps.fonttype": 42,
-    "savefig.dpi": DPI,
-    "savefig.bbox": "tight",
-    "savefig.pad_inches": 0.03,
-}
 
 
-def _styled(fn: Callable) -> Callable:
-    """Draw ``fn``'s figures in ``STYLE`` (the one place the style is applied)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with mpl.rc_context(STYLE):
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-# ----------------------------------------------------------------------------------------- inputs
-
-
-class Study:
-    """The results of a run or multirun folder, with their saved maps.
-
-    Attributes:
-        root: the folder.
-        df: every ``results.csv`` row below it, with ``job`` (relative folder), ``series`` (the line
-            label: model · method [· size] [· job]), ``group`` and ``category`` filled in; the rows
-            of jobs identical to an earlier job are left out.
-        images: one row per (series, job, image) with ``path`` (its ``.npz``, may be absent).
-        merged: job -> the earlier job holding the same results (left out of ``df``).
-    """
-
-    def __init__(self, root: Path | str):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.root}: no such folder")
-        df = load_results(self.root)
-        df["head"] = df["head"].fillna("").astype(str)
-        df["category"] = df["category"].fillna("").astype(str)
-        df["group"] = df["group"].fillna(df["image"]).astype(str)
-        df["threshold_rule"] = df.get("threshold_rule", pd.Series("keep_mass", index=df.index)).fillna("keep_mass")
-        df["kind"] = df["kind"].fillna("").astype(str)
-        self.merged = identical_jobs(df)
-        if self.merged:
-            for job, kept in self.merged.items():
-                log.info("jobs %s and %s hold identical results (%s · %s): drawn once, as job %s", kept, job,
-                         *df.loc[df["job"] == job, ["model", "method"]].iloc[0], kept)
-            df = df[~df["job"].isin(list(self.merged))].reset_index(drop=True)
-        df["series"] = _series_labels(df)
-        self.df = df
-        images = df.drop_duplicates(["series", "job", "image"])[
-            ["series", "job", "image", "category", "dataset", "kind", "model", "method", "mask_fraction"]].copy()
-        images["path"] = [map_file(self.root / job, image) for job, image in zip(images["job"], images["image"])]
-        images["saved"] = [p.is_file() and _readable(p, self.root / job)
-                           for p, job in zip(images["path"], images["job"])]
-        images["has_mask"] = images["mask_fraction"].fillna(0) > 0
-        self.images = images.reset_index(drop=True)
-        self._cache: dict[tuple[str, str], dict | None] = {}
-
-    def series(self) -> list[str]:
-        return sorted(self.df["series"].unique())
-
-    def info(self, series: str) -> dict:
-        """model, method and kind of a series (its first row)."""
-        row = self.df[self.df["series"] == series].iloc[0]
-        return {"model": row["model"], "method": row["method"], "kind": row["kind"]}
-
-    def saved_images(self, series: str) -> pd.DataFrame:
-        """One row per image of ``series`` that has saved maps (image, category, dataset, has_mask)."""
-        part = self.images[(self.images["series"] == series) & self.images["saved"]]
-        return part.drop_duplicates("image")[["image", "category", "dataset", "has_mask"]].reset_index(drop=True)
-
-    def load(self, series: str, image: str) -> dict | None:
-        """``load_maps`` of ``image`` in ``series``, layers merged over the jobs that hold it (not cached)."""
-        part = self.images[(self.images["series"] == series) & (self.images["image"] == image) & self.images["saved"]]
-        merged = None
-        for path in part["path"]:
-            d = load_maps(path)
-            if merged is None:
-                merged = d
-            else:
-                merged["maps"].update(d["maps"])
-                merged["names"].update(d["names"])
-        if merged is not None:
-            merged["maps"] = dict(sorted(merged["maps"].items()))
-        return merged
-
-    def maps(self, series: str, image: str) -> dict | None:
-        """``load`` of ``image`` in ``series``, cached."""
-        key = (series, image)
-        if key not in self._cache:
-            self._cache[key] = self.load(series, image)
-        return self._cache[key]
-
-
-def _readable(path: Path, run_dir: Path) -> bool:
-    """Whether a saved-maps file named from a table's image id may be read: only inside its run folder
-    (a link out of it, e.g. an edited table pointing at another file, is left out with a warning)."""
-    if inside(path, run_dir):
-        return True
-    log.warning("%s: leads outside the run folder %s; not read", path, run_dir)
-    return False
-
-
-def _job_order(job: str) -> tuple:
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in str(job).split("/"))
-
-
-def identical_jobs(df: pd.DataFrame) -> dict[str, str]:
-    """Jobs whose rows repeat an earlier job's exactly (same keys, metrics equal to 1e-6), e.g.
-    ``method=auto`` and ``method=features`` on a CNN.
-
-    Args:
-        df: ``load_results`` rows of several jobs (``job`` column).
-
-    Returns:
-        job -> the first job (in job order) holding the same rows; empty when none repeats.
-    """
-    if "job" not in df.columns or df["job"].nunique() < 2:
-        return {}
-    key = ["image", "layer", "head", "threshold_rule", "threshold"]
-    values = [c for c in catalog.PER_IMAGE if c in df.columns]
-    merged: dict[str, str] = {}
-    for _, part in df.groupby(["model", "method", "img_size"], dropna=False):
-        kept: list[tuple[str, pd.DataFrame]] = []
-        for job in sorted(part["job"].unique(), key=_job_order):
-            rows = part[part["job"] == job].sort_values(key)[key + values].reset_index(drop=True)
-            for first, other in kept:
-                if _same_rows(rows, other, key, values):
-                    merged[job] = first
-                    break
-            else:
-                kept.append((job, rows))
-    return merged
-
-
-def _same_rows(a: pd.DataFrame, b: pd.DataFrame, key: list[str], values: list[str]) -> bool:
-    if a.shape != b.shape or not a[key].astype(str).equals(b[key].astype(str)):
-        return False
-    x, y = a[values].to_numpy(float), b[values].to_numpy(float)
-    return bool(np.allclose(x, y, rtol=1e-6, atol=1e-9, equal_nan=True))
-
-
-def _series_labels(df: pd.DataFrame) -> pd.Series:
-    base = df["model"].astype(str) + SEP + df["method"].astype(str)
-    sizes = df.groupby(["model", "method"])["img_size"].transform("nunique")
-    base = base.where(sizes <= 1, base + SEP + df["img_size"].astype(str) + " px")
-    series = base.copy()
-    key = ["image", "layer", "head", "threshold_rule", "threshold"]
-    for _, part in df.groupby(base):
-        if part["job"].nunique() > 1 and part.drop_duplicates(["job", *key]).duplicated(key).any():
-            series.loc[part.index] = base.loc[part.index] + SEP + "job " + part["job"]
-    return series
+# ------------------------------------------------------------------------------------------ inputs
 
 
 def _as_study(source: Study | Path | str) -> Study:
@@ -259,21 +65,6 @@ def _as_study(source: Study | Path | str) -> Study:
 
 def _out_dir(study: Study, out: Path | str | None) -> Path:
     return Path(out) if out is not None else study.root / PAPER_FIGURES
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text).replace(SEP, "_")).strip("-") or "x"
-
-
-def _save(fig: Figure, out: Path, stem: str, formats: Sequence[str]) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for fmt in formats:
-        path = out / f"{stem}.{fmt}"
-        meta = {"CreationDate": None} if fmt == "pdf" else None  # same bytes for the same figure
-        fig.savefig(path, format=fmt, dpi=DPI, bbox_inches="tight", metadata=meta)
-        paths.append(path)
-    return paths
 
 
 def _pick_images(images: pd.DataFrame, n: int) -> list[str]:
@@ -291,74 +82,14 @@ def _pick_images(images: pd.DataFrame, n: int) -> list[str]:
     return picked
 
 
-def _choice_label(method: str, name: str) -> str:
-    """How a chosen map reads in a label: ``head mean``, ``head 3``, ``l2``."""
-    return f"head {name}" if method == "cls_attention" else str(name)
-
-
-def _per_image(rows: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
-    """Mean of ``metric`` per (keys, image): objects of one image averaged first (as layerscope.report)."""
-    return rows.dropna(subset=[metric]).groupby([*keys, "group"], as_index=False)[metric].mean()
-
-
 def _colours(study: Study) -> dict[str, str]:
     return {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(study.series())}
-
-
-def smallest_threshold(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows of each series' smallest threshold (threshold-free metrics repeat on every threshold)."""
-    smallest = rows.groupby("series")["threshold"].transform("min")
-    return rows[np.isclose(rows["threshold"], smallest) | (rows["threshold"].isna() & smallest.isna())]
-
-
-# ------------------------------------------------------------------------------------------ drawing
-
-
-def _bare(ax) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.grid(False)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-
-
-def _show_input(ax, image: np.ndarray, mask: np.ndarray | None, outline: bool) -> None:
-    ax.imshow(image, interpolation="bilinear")
-    if outline and mask is not None and mask.any() and not mask.all():
-        ax.contour(mask.astype(np.float32), levels=[0.5], colors=[OUTLINE], linewidths=0.8)
-    _bare(ax)
-
-
-def _show_map(ax, m: np.ndarray) -> None:
-    """A map on its own grid, min-max scaled on its own, no smoothing."""
-    low, high = float(np.nanmin(m)), float(np.nanmax(m))
-    ax.imshow(m, cmap=CMAP, interpolation="nearest", vmin=low, vmax=high if high > low else low + 1)
-    _bare(ax)
-
-
-def _upsample(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w) float map -> ``size`` (H, W), bilinear."""
-    return np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize((size[1], size[0]), Image.BILINEAR))
-
-
-def _minmax(m: np.ndarray) -> np.ndarray:
-    low, high = float(np.nanmin(m)), float(np.nanmax(m))
-    return (m - low) / (high - low) if high > low else np.zeros_like(m)
-
-
-def _colorbar(fig: Figure, rect: Sequence[float], label: str) -> None:
-    cax = fig.add_axes(rect)
-    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), CMAP), cax=cax)
-    bar.set_ticks([0, 1], labels=["min", "max"])
-    bar.set_label(label)
-    bar.outline.set_linewidth(0.4)
-    cax.tick_params(length=2)
 
 
 # ------------------------------------------------------------------------------------------ figures
 
 
-@_styled
+@styled
 def layer_head_grids(source: Study | Path | str, out: Path | str | None = None,
                      formats: Sequence[str] = ("png", "pdf"), max_images: int = 4) -> list[Path]:
     """Per (model, method) and up to ``max_images`` images: layers (rows) x maps (columns).
@@ -378,29 +109,20 @@ def layer_head_grids(source: Study | Path | str, out: Path | str | None = None,
             category = d["meta"].get("category") or ""
             title = f"{image}{f' ({category})' if category else ''}{SEP}{series}"
             fig = grid_figure(d["image"], d["mask"], d["maps"], d["names"], title)
-            paths += _save(fig, out, f"grid_{_slug(series)}_{image_stem(image)}", formats)
+            paths += save(fig, out, f"grid_{slug(series)}_{image_stem(image)}", formats)
     if not paths:
         log.info("layer_head_grids: no saved maps below %s, skipped", study.root)
     return paths
 
 
-def relative_depth(layer: pd.Series | np.ndarray | int, num_layers: pd.Series | np.ndarray | int):
-    """Layer index -> relative depth, 0 = first layer, 1 = last (``layer / (num_layers - 1)``).
-
-    A 12-block ViT and a 5-stage CNN then share one axis. A one-layer model sits at 1.
-    """
-    n = np.maximum(np.asarray(num_layers, float) - 1, 0)
-    return np.where(n > 0, np.asarray(layer, float) / np.where(n > 0, n, 1), 1.0)
-
-
-@_styled
+@styled
 def metric_vs_layer(source: Study | Path | str, out: Path | str | None = None,
                     formats: Sequence[str] = ("png", "pdf"), metrics: Iterable[str] = METRICS,
                     depth: str = "layer") -> list[Path]:
     """One figure per metric: metric against layer, one line per (model, method).
 
-    Mean over images with a 95% bootstrap confidence band. Map per line: the head mean for
-    ``cls_attention``; otherwise the head or reduction with the best mean of that metric over all
+    Mean over images with a 95% bootstrap confidence band. Map per line: the head mean for a method
+    whose maps are heads (``results.axes``); otherwise the head or reduction with the best mean of that metric over all
     layers (highest; lowest for entropy). Rows of each series' smallest threshold; no ``best`` rows.
 
     Args:
@@ -426,11 +148,11 @@ def metric_vs_layer(source: Study | Path | str, out: Path | str | None = None,
         for series, part in rows.dropna(subset=[metric]).groupby("series"):
             method = part["method"].iloc[0]
             head = line_head(part, method, metric)
-            label = f"{series}{SEP}{_choice_label(method, head)}"
+            label = f"{series}{SEP}{map_label(method, head)}"
             if metric == "iou" and rows["threshold"].nunique() > 1:
                 label += f"{SEP}thr {part['threshold'].iloc[0]:g}"
-            line = _per_image(part[part["head"] == head], ["layer"], metric).assign(label=label)
-            line["depth"] = relative_depth(line["layer"], _num_layers(part))
+            line = per_image(part[part["head"] == head], ["layer"], metric).assign(label=label)
+            line["depth"] = relative_depth(line["layer"], num_layers(part))
             frames.append(line)
             palette[label] = colours[series]
         data = pd.concat(frames, ignore_index=True)
@@ -441,68 +163,17 @@ def metric_vs_layer(source: Study | Path | str, out: Path | str | None = None,
         if metric == "auroc":
             ax.axhline(0.5, color="0.4", linewidth=0.7, linestyle="--", zorder=0)
             ax.text(ax.get_xlim()[1], 0.5, " chance", va="center", ha="left", fontsize=6, color="0.4")
-        if depth == "layer":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        else:
-            ax.set_xticks([0, 0.25, 0.5, 0.75, 1])
-        ax.set_xlabel(LAYER_LABEL if depth == "layer" else DEPTH_LABEL)
+        depth_axis(ax, depth)
         ax.set_ylabel(catalog.label(metric))
         ax.set_title(f"{catalog.title(metric)} by {'layer' if depth == 'layer' else 'depth'} "
                      "(mean over images, 95% CI)", pad=4)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, ncol=1, title=None)
         stem = "metric_vs_layer" if depth == "layer" else "metric_vs_depth"
-        paths += _save(fig, out, f"{stem}_{_slug(metric)}", formats)
+        paths += save(fig, out, f"{stem}_{slug(metric)}", formats)
     return paths
 
 
-def _num_layers(rows: pd.DataFrame) -> int:
-    """A series' layer count: the runs' ``num_layers`` column, else the deepest layer + 1."""
-    n = pd.to_numeric(rows.get("num_layers"), errors="coerce") if "num_layers" in rows else pd.Series(dtype=float)
-    return int(n.max()) if n.notna().any() else int(rows["layer"].max()) + 1
-
-
-def head_order(heads: Iterable[str]) -> list[str]:
-    """Heads in reading order: numbered heads by number, then ``mean``, then the rest as they come."""
-    heads = list(dict.fromkeys(str(h) for h in heads))
-    numbered = sorted((h for h in heads if h.isdigit()), key=int)
-    return numbered + [h for h in heads if h == "mean"] + [h for h in heads if not h.isdigit() and h != "mean"]
-
-
-def layer_head_scores(study: Study, series: str, metric: str, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Mean of ``metric`` over images per (layer, head) of one series, with a 95% bootstrap CI.
-
-    Rows of the series' smallest threshold, no ``best`` rows; objects of one image are averaged
-    first (as ``layerscope.report``).
-
-    Returns:
-        Columns layer, head, mean, ci_low, ci_high, n (images), best (the best cell: highest mean,
-        lowest for entropy); sorted by layer, then ``head_order``. Empty when the metric has no value.
-    """
-    rng = np.random.default_rng(seed)
-    rows = smallest_threshold(study.df[(study.df["series"] == series) & (study.df["head"] != "best")])
-    columns = ["layer", "head", "mean", "ci_low", "ci_high", "n", "best"]
-    if metric not in rows.columns or rows[metric].isna().all():
-        return pd.DataFrame(columns=columns)
-    per_image = _per_image(rows, ["layer", "head"], metric)
-    order = {h: i for i, h in enumerate(head_order(per_image["head"]))}
-    out = []
-    for (layer, head), part in per_image.groupby(["layer", "head"]):
-        values = part[metric].to_numpy(float)
-        if n_boot and len(values) > 1:
-            means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
-            low, high = float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-        else:
-            low = high = float("nan")
-        out.append([int(layer), str(head), float(values.mean()), low, high, len(values)])
-    table = pd.DataFrame(out, columns=columns[:-1])
-    table = table.sort_values(["layer", "head"], key=lambda c: c.map(order) if c.name == "head" else c)
-    table = table.reset_index(drop=True)
-    best = table["mean"].idxmin() if catalog.lower_is_better(metric) else table["mean"].idxmax()
-    table["best"] = table.index == best
-    return table
-
-
-@_styled
+@styled
 def layer_head(source: Study | Path | str, out: Path | str | None = None, formats: Sequence[str] = ("png", "pdf"),
                metrics: Iterable[str] = METRICS) -> list[Path]:
     """One figure per metric: a layer x head heatmap per (model, method), the best cell marked.
@@ -530,7 +201,7 @@ def layer_head(source: Study | Path | str, out: Path | str | None = None, format
                  for s, t in tables.items()}
         # every cell the same size (HEAT_CELL inches) in every panel; a panel's slot is as wide as its title
         titles = {s: [*s.split(SEP), f"best: L{int(t.loc[t['best'], 'layer'].iloc[0])}{SEP}"
-                      f"{_choice_label(study.info(s)['method'], t.loc[t['best'], 'head'].iloc[0])}"]
+                      f"{map_label(study.info(s)['method'], t.loc[t['best'], 'head'].iloc[0])}"]
                   for s, t in tables.items()}
         slots = [max(HEAT_CELL * g.shape[1], 0.058 * max(map(len, titles[s]))) for s, g in grids.items()]
         rows = max(g.shape[0] for g in grids.values())
@@ -556,7 +227,7 @@ def layer_head(source: Study | Path | str, out: Path | str | None = None, format
                     va="center", fontsize=5, color=ink)
             method = study.info(series)["method"]
             ax.set_title("\n".join(titles[series]), pad=3, fontsize=7)
-            ax.set_xlabel("head" if method in ("cls_attention", "rollout") else "map")
+            ax.set_xlabel(axis_word(method))
             ax.set_ylabel("layer" if ax is axes[0] else "")
             ax.grid(False)
             ax.tick_params(length=0)
@@ -569,18 +240,8 @@ def layer_head(source: Study | Path | str, out: Path | str | None = None, format
         bar.set_label(f"{catalog.label(metric)}, mean over images", fontsize=6.5)
         bar.outline.set_linewidth(0.4)
         cax.tick_params(length=2, labelsize=6)
-        paths += _save(fig, out, f"layer_head_{_slug(metric)}", formats)
+        paths += save(fig, out, f"layer_head_{slug(metric)}", formats)
     return paths
-
-
-def line_head(part: pd.DataFrame, method: str, metric: str) -> str:
-    """The map a series' metric-vs-layer line follows: the head mean for ``cls_attention``, else the
-    head or reduction with the best mean of ``metric`` over all layers (lowest for entropy)."""
-    heads = list(dict.fromkeys(part["head"]))
-    if method == "cls_attention" and "mean" in heads:
-        return "mean"
-    means = part.groupby("head")[metric].mean()
-    return str(means.idxmin() if catalog.lower_is_better(metric) else means.idxmax())
 
 
 def _depth_layers(layers: Sequence[int], num_layers: int | None = None) -> list[int]:
@@ -604,7 +265,7 @@ def _first_or_mean(names: Sequence[str]) -> int:
     return names.index("mean") if "mean" in names else 0
 
 
-@_styled
+@styled
 def vit_vs_cnn(source: Study | Path | str, out: Path | str | None = None,
                formats: Sequence[str] = ("png", "pdf"), max_images: int = 3) -> list[Path]:
     """ViT and CNN maps of the same images at comparable relative depths, side by side.
@@ -630,7 +291,7 @@ def vit_vs_cnn(source: Study | Path | str, out: Path | str | None = None,
                 log.info("vit_vs_cnn: %s and %s share no image with saved maps, skipped", v, c)
                 continue
             fig = _pair_figure(study, v, c, chosen)
-            paths += _save(fig, out, f"vit_vs_cnn_{_slug(v)}__{_slug(c)}", formats)
+            paths += save(fig, out, f"vit_vs_cnn_{slug(v)}__{slug(c)}", formats)
     return paths
 
 
@@ -649,7 +310,7 @@ def _pair_figure(study: Study, v: str, c: str, images: list[str]) -> Figure:
     for r, image in enumerate(images):
         ax = fig.add_subplot(grid[r, 0])
         d = study.maps(v, image)
-        _show_input(ax, d["image"], d["mask"], outline=True)
+        show_input(ax, d["image"], d["mask"], outline=True)
         category = d["meta"].get("category") or ""
         ax.set_ylabel(f"{image}\n({category})" if category else image, fontsize=6.5, labelpad=3)
         if r == 0:
@@ -660,27 +321,27 @@ def _pair_figure(study: Study, v: str, c: str, images: list[str]) -> Figure:
                 ax = fig.add_subplot(grid[r, offset + j])
                 if layer in d["maps"]:
                     k = _first_or_mean(d["names"][layer])
-                    _show_map(ax, d["maps"][layer][k])
+                    show_map(ax, d["maps"][layer][k])
                 else:
                     ax.axis("off")
                 if r == 0:
                     ax.set_title(f"{tag} L{layer}", pad=3)
-    describe = {s: f"{s}, {_choice_label(study.info(s)['method'], first[s]['names'][depth[s][0]][pick[s]])}"
+    describe = {s: f"{s}, {map_label(study.info(s)['method'], first[s]['names'][depth[s][0]][pick[s]])}"
                 for s in (v, c)}
     fig.suptitle(f"ViT: {describe[v]}   |   CNN: {describe[c]}\n"
                  f"layers at ~25/50/75/100% of each model's depth", y=1 - 0.04 / height, va="top", fontsize=7.5)
     bar_h = min(cell * len(images), 1.6)
-    _colorbar(fig, [1 - 0.5 / width, 1 - (top + bar_h) / height, 0.09 / width, bar_h / height],
+    colorbar(fig, [1 - 0.5 / width, 1 - (top + bar_h) / height, 0.09 / width, bar_h / height],
               "map value (min–max per map)")
     return fig
 
 
-@_styled
+@styled
 def threshold_curves(source: Study | Path | str, out: Path | str | None = None,
                      formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """IoU against the threshold, per (model, method), at its best layer (by mean IoU).
 
-    Map: the head mean for ``cls_attention``, else the first map. Mean over images, 95% CI.
+    Map: the head mean where the maps are heads, else the first map. Mean over images, 95% CI.
     One figure per threshold rule; series with a single threshold are left out.
     """
     import seaborn as sns
@@ -700,11 +361,11 @@ def threshold_curves(source: Study | Path | str, out: Path | str | None = None,
                 continue
             method = part["method"].iloc[0]
             heads = list(dict.fromkeys(part["head"]))
-            head = "mean" if method == "cls_attention" and "mean" in heads else heads[0]
+            head = "mean" if map_axis(method) == HEADS and "mean" in heads else heads[0]
             part = part[part["head"] == head]
-            layer = int(_per_image(part, ["layer"], "iou").groupby("layer")["iou"].mean().idxmax())
-            label = f"{series}{SEP}{_choice_label(method, head)}{SEP}L{layer}"
-            frames.append(_per_image(part[part["layer"] == layer], ["threshold"], "iou").assign(label=label))
+            layer = int(per_image(part, ["layer"], "iou").groupby("layer")["iou"].mean().idxmax())
+            label = f"{series}{SEP}{map_label(method, head)}{SEP}L{layer}"
+            frames.append(per_image(part[part["layer"] == layer], ["threshold"], "iou").assign(label=label))
             palette[label] = colours[series]
         if not frames:
             log.info("threshold_curves: only one threshold per run (rule %s), skipped", rule)
@@ -717,17 +378,17 @@ def threshold_curves(source: Study | Path | str, out: Path | str | None = None,
         thresholds = sorted(data["threshold"].unique())
         if len(thresholds) <= 10:
             ax.set_xticks(thresholds)
-        attention = all(study.info(s)["method"] == "cls_attention" for s in by_rule["series"].unique())
+        attention = all(map_axis(study.info(s)["method"]) == HEADS for s in by_rule["series"].unique())
         ax.set_xlabel({"keep_mass": f"kept {'attention' if attention else 'map'} mass (threshold, fraction)",
                        "minmax": "min–max level (threshold, 0–1)"}.get(rule, f"threshold ({rule})"))
         ax.set_ylabel(catalog.label("iou"))
         ax.set_title("IoU vs threshold at each model's best layer (mean, 95% CI)", pad=4)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, ncol=1, title=None)
-        paths += _save(fig, out, f"threshold_curves_{_slug(rule)}", formats)
+        paths += save(fig, out, f"threshold_curves_{slug(rule)}", formats)
     return paths
 
 
-@_styled
+@styled
 def best_map_overlays(source: Study | Path | str, out: Path | str | None = None,
                       formats: Sequence[str] = ("png", "pdf"), max_images: int = 3) -> list[Path]:
     """Per defect type, the (model, method, layer, head) with the best mean AUROC (else IoU).
@@ -752,7 +413,7 @@ def best_map_overlays(source: Study | Path | str, out: Path | str | None = None,
     paths: list[Path] = []
     keys = ["series", "layer", "head"]
     for category, part in rows.groupby("category"):
-        scores = _per_image(part, keys, metric).groupby(keys)[metric].mean()
+        scores = per_image(part, keys, metric).groupby(keys)[metric].mean()
         if scores.empty:
             continue
         (series, layer, head), value = scores.idxmax(), float(scores.max())
@@ -771,7 +432,7 @@ def best_map_overlays(source: Study | Path | str, out: Path | str | None = None,
                      layer, head)
             continue
         who = series.replace(f"{SEP}{info['method']}", "", 1)
-        what = f"head {head}" if info["method"] == "cls_attention" else f"{info['method']} {head}"
+        what = map_label(info["method"], head) if map_axis(info["method"]) == HEADS else f"{info['method']} {head}"
         title = f"{category}: {who}{SEP}L{int(layer)}{SEP}{what} ({catalog.title(metric)} {value:.2f})"
         fig = Figure(figsize=(1.75 * len(drawn) + 0.5, 2.15))
         axes = fig.subplots(1, len(drawn), squeeze=False)[0]
@@ -779,20 +440,20 @@ def best_map_overlays(source: Study | Path | str, out: Path | str | None = None,
                             bottom=0.08)
         for ax, (image, d, m) in zip(axes, drawn):
             ax.imshow(d["image"], interpolation="bilinear")
-            ax.imshow(_minmax(_upsample(m, d["image"].shape[:2])), cmap=CMAP, alpha=0.5, vmin=0, vmax=1,
+            ax.imshow(minmax(upsample(m, d["image"].shape[:2])), cmap=CMAP, alpha=0.5, vmin=0, vmax=1,
                       interpolation="bilinear")
             if d["mask"] is not None and d["mask"].any() and not d["mask"].all():
                 ax.contour(d["mask"].astype(np.float32), levels=[0.5], colors=[OUTLINE], linewidths=0.6)
-            _bare(ax)
+            bare(ax)
             ax.set_xlabel(image, fontsize=6.5, labelpad=2)
         fig.suptitle(title, fontsize=8, y=0.97)
         pos = axes[-1].get_position()
-        _colorbar(fig, [pos.x1 + 0.02, pos.y0, 0.08 / fig.get_figwidth(), pos.height], "map value")
-        paths += _save(fig, out, f"best_map_{image_stem(category)}", formats)
+        colorbar(fig, [pos.x1 + 0.02, pos.y0, 0.08 / fig.get_figwidth(), pos.height], "map value")
+        paths += save(fig, out, f"best_map_{image_stem(category)}", formats)
     return paths
 
 
-@_styled
+@styled
 def dataset_vs_layer(source: Study | Path | str, out: Path | str | None = None,
                      formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """Dataset-level (pooled) pixel AUROC and AUPRO against layer, one line per (model, method).
@@ -823,21 +484,20 @@ def dataset_vs_layer(source: Study | Path | str, out: Path | str | None = None,
             line = part[part["head"] == head].sort_values("layer")
             colour = PALETTE[i % len(PALETTE)]
             ax.plot(line["layer"], line[metric], marker="o", color=colour,
-                    label=f"{model}{SEP}{method}{SEP}{_choice_label(method, head)}")
+                    label=f"{model}{SEP}{method}{SEP}{map_label(method, head)}")
             ax.fill_between(line["layer"], line[f"{metric}_ci_low"], line[f"{metric}_ci_high"], color=colour,
                             alpha=0.2, linewidth=0)
         if metric == "pixel_auroc":
             ax.axhline(0.5, color="0.4", linewidth=0.7, linestyle="--", zorder=0)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel(LAYER_LABEL)
+        depth_axis(ax, "layer")
         ax.set_ylabel(catalog.label(metric))
         ax.set_title(f"{catalog.title(metric)} by layer (dataset level, 95% CI)", pad=4)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, ncol=1)
-        paths += _save(fig, out, f"dataset_vs_layer_{metric}", formats)
+        paths += save(fig, out, f"dataset_vs_layer_{metric}", formats)
     return paths
 
 
-@_styled
+@styled
 def choice_stability(source: Study | Path | str, out: Path | str | None = None,
                      formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """How often each candidate wins the held-out choice over calibration resamples (``choice_*.json``)."""
@@ -851,7 +511,7 @@ def choice_stability(source: Study | Path | str, out: Path | str | None = None,
         rows = result.get("stability") or []
         if not rows:
             continue
-        labels = [f"{r['model']}{SEP}{r['method']}{SEP}L{r['layer']}{SEP}{_choice_label(r['method'], r['head'])}"
+        labels = [f"{r['model']}{SEP}{r['method']}{SEP}L{r['layer']}{SEP}{map_label(r['method'], r['head'])}"
                   for r in rows]
         fig = Figure(figsize=(3.6, 0.5 + 0.28 * len(rows)))
         ax = fig.add_subplot()
@@ -860,7 +520,7 @@ def choice_stability(source: Study | Path | str, out: Path | str | None = None,
         ax.set_xlim(0, 1)
         ax.set_xlabel(f"share of {result['n_stability']} calibration resamples won")
         ax.set_title(f"Stability of the choice by pooled {catalog.title(result['metric'])}", pad=4)
-        paths += _save(fig, out, f"choice_stability_{_slug(result['metric'])}", formats)
+        paths += save(fig, out, f"choice_stability_{slug(result['metric'])}", formats)
     if not paths:
         log.info("choice_stability: no choice_*.json in %s (layerscope-report --calibration), skipped", study.root)
     return paths
@@ -874,23 +534,7 @@ def _depth_axis(layers: np.ndarray, num_layers: float, depth: str) -> np.ndarray
     return np.asarray(relative_depth(layers, n), float)
 
 
-def distance_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean over images of ``attention_distance`` per (series, layer, head), from ``results.csv`` rows with a
-    ``series`` column (smallest threshold, no ``best`` rows); with each series' ``num_layers``."""
-    if "attention_distance" not in rows.columns:
-        return pd.DataFrame(columns=["series", "layer", "head", "attention_distance", "num_layers"])
-    rows = rows[(rows["head"].astype(str) != "best") & rows["attention_distance"].notna()]
-    if rows.empty:
-        return pd.DataFrame(columns=["series", "layer", "head", "attention_distance", "num_layers"])
-    rows = smallest_threshold(rows).assign(head=lambda d: d["head"].astype(str))
-    per_image = rows.groupby(["series", "layer", "head", "image"], as_index=False)["attention_distance"].mean()
-    table = per_image.groupby(["series", "layer", "head"], as_index=False)["attention_distance"].mean()
-    depth = pd.to_numeric(rows.get("num_layers"), errors="coerce").groupby(rows["series"]).max()
-    table["num_layers"] = table["series"].map(depth)
-    return table
-
-
-@_styled
+@styled
 def attention_distance(rows: pd.DataFrame, out: Path | str, formats: Sequence[str] = ("png", "pdf"),
                        depth: str = "layer") -> list[Path]:
     """Mean attention distance against layer: one dot per head, the head mean as a line, one panel per series.
@@ -921,18 +565,14 @@ def attention_distance(rows: pd.DataFrame, out: Path | str, formats: Sequence[st
             x = _depth_axis(mean["layer"].to_numpy(), n, depth)
             ax.plot(x, mean["attention_distance"], color="0.2", linewidth=1.0, label="mean of heads"
                     if ax is axes[0] else None, zorder=2)
-        if depth == "layer":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        else:
-            ax.set_xticks([0, 0.5, 1])
-        ax.set_xlabel(LAYER_LABEL if depth == "layer" else DEPTH_LABEL)
+        depth_axis(ax, depth, ticks=(0, 0.5, 1))
         ax.set_title(name, pad=3, fontsize=7)
     axes[0].set_ylabel("mean attention distance (input pixels)")
     axes[0].set_ylim(0, 1.08 * float(table["attention_distance"].max()) or 1.0)
     fig.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=6)
     fig.suptitle("Mean attention distance per head (mean over images)", fontsize=8)
     stem = "attention_distance" + ("_vs_depth" if depth == "relative" else "")
-    return _save(fig, Path(out), stem, formats)
+    return save(fig, Path(out), stem, formats)
 
 
 def make_all(folder: Path | str, out: Path | str | None = None, formats: Sequence[str] = ("png", "pdf"),

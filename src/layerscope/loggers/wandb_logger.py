@@ -2,7 +2,8 @@
 
 History rows use ``layer`` as their x-axis (``define_metric("*", step_metric="layer")``):
 ``{"layer": L, "<metric>/<head>": mean over images, "<metric>/top": best map at L}``.
-Summary: ``best/<metric>`` with ``best/<metric>/layer`` and ``best/<metric>/head``.
+Summary: ``best/<metric>`` with ``best/<metric>/layer`` and ``best/<metric>/head``, and ``map_axis``
+(``heads`` or ``maps``: what the ``head`` keys name, ``results.axes``).
 Tables: ``layer_summary`` (one row per layer and map) and ``maps`` (map images with the
 ground truth and the thresholded mask as overlays, capped at ``max_images``).
 """
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from ..results.axes import map_axis, map_label
 from ..results.catalog import DATASET, MAP_METRICS, lower_is_better
 from ..results.table import METRICS, read_table
 from .base import Logger
@@ -70,6 +72,7 @@ class WandbLogger(Logger):
         self.project, self.entity, self.mode = project, entity, resolve_mode(mode)
         self.group, self.tags, self.max_images = group, list(tags), int(max_images)
         self.run = None
+        self.method = ""
         self._images: list[list[Any]] = []
 
     def start(self, cfg: DictConfig, out_dir: Path, model: str, method: str) -> None:
@@ -83,6 +86,8 @@ class WandbLogger(Logger):
             config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous")
         self.run.define_metric("layer")
         self.run.define_metric("*", step_metric="layer")
+        self.method = method
+        self.run.summary["map_axis"] = map_axis(method)  # whether the ``head`` keys and columns name heads or maps
         log.info("W&B run %s (%s mode, group %s)", self.run.id, self.mode, self.run.group)
 
     def wants_maps(self) -> bool:
@@ -111,7 +116,9 @@ class WandbLogger(Logger):
                 if mask is not None:
                     overlays["ground_truth"] = {"mask_data": mask.astype(np.uint8), "class_labels": {1: "defect"}}
                 shown = (0.5 * image + 0.5 * heat[..., None]).astype(np.uint8)
-                self._images.append([image_id, category, layer, name, wandb.Image(shown, masks=overlays)])
+                caption = f"{image_id} · layer {layer} · {map_label(self.method, name)}"
+                self._images.append([image_id, category, layer, name, wandb.Image(shown, masks=overlays,
+                                                                                 caption=caption)])
 
     def log_results(self, results_csv: Path) -> None:
         """Per-layer curves, summary bests and tables from the finished ``results.csv``."""

@@ -20,6 +20,10 @@ LayerMaps = dict[int, tuple[torch.Tensor, list[str]]]
 class MapMethod:
     """Base class: ``name``, what to ``capture``, and ``maps`` from one batch's captures.
 
+    A method whose maps are its attention heads (named ``0``, ``1``, ..., plus ``mean``) names itself in
+    ``results/axes.py`` (``HEAD_METHODS``): the page, the figures and the W&B logger read the map axis there,
+    from saved results and without importing torch; every other method's maps are ``maps``.
+
     Args:
         backbone: the model the method will run on; a method that does not apply to it
             raises ValueError naming both.

@@ -1,0 +1,138 @@
+"""The report page's section on the axes beyond masks: CKA heatmaps, k-NN probe curves, attention distance.
+
+Reads what ``layerscope-compare`` wrote (every ``similarity.csv`` and ``probe.csv`` at or below the page's
+folder, ``compare/`` first) and the ``attention_distance`` column of the results; returns one ``<section id=compare>``
+of inline HTML and SVG (no pictures, no script), or an empty string when there is nothing to show.
+Every text that comes from a file is escaped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..figures.compare import cka_grid, pairs
+from ..figures.style import PALETTE
+from ..results.layout import COMPARE, PROBE, SIMILARITY
+from ..results.saved import distance_table, head_order, relative_depth
+from .charts import line_chart
+from .html import colour_legend, esc, finite, hex_colour, ink
+
+
+def _tables(folder: Path, name: str) -> list[tuple[Path, pd.DataFrame]]:
+    """Every ``<name>`` at or below ``folder`` that reads as a table, ``compare/`` first (a table of other
+    columns is left out by its drawer)."""
+    found = []
+    paths = sorted(Path(folder).rglob(name), key=lambda p: (p.parent.name != COMPARE, str(p)))
+    for path in paths:
+        try:
+            found.append((path, pd.read_csv(path)))
+        except (OSError, ValueError, pd.errors.ParserError):
+            continue
+    return found
+
+
+def _heatmaps(similarity: pd.DataFrame, where: str) -> str:
+    import matplotlib
+
+    need = {"model_a", "layer_a", "model_b", "layer_b", "cka", "kind", "kernel", "n_images", "estimator"}
+    if not need <= set(similarity.columns) or similarity.empty:
+        return ""
+    cmap = matplotlib.colormaps["viridis"]
+    blocks = []
+    for a, b in pairs(similarity):
+        grid = cka_grid(similarity, a, b)
+        first = similarity[(similarity["model_a"] == a) & (similarity["model_b"] == b)].iloc[0]
+        rows = ["<tr><th></th>" + "".join(f"<th>{esc(c)}</th>" for c in grid.columns) + "</tr>"]
+        for la in reversed(list(grid.index)):  # the first layer at the bottom, as Raghu et al. draw it
+            tds = []
+            for lb in grid.columns:
+                v = grid.loc[la, lb]
+                if not finite(v):
+                    tds.append("<td title=\"undefined\">–</td>")
+                    continue
+                rgba = cmap(min(max(float(v), 0.0), 1.0))
+                tip = f"{a} layer {la} · {b} layer {lb}: CKA {float(v):.3f}"
+                tds.append(f"<td style=\"background:{hex_colour(rgba)};color:{ink(rgba)}\" title=\"{esc(tip)}\">"
+                           f"{float(v):.2f}</td>")
+            rows.append(f"<tr><th>L{esc(la)}</th>{''.join(tds)}</tr>")
+        title = f"within {a}" if a == b else f"{a} (rows) vs {b} (columns)"
+        blocks.append(f"<div class=hm><h3>{esc(title)}</h3><p class=note>{esc(first['kernel'])} CKA of "
+                      f"{esc(first['kind'])} representations, {esc(first['n_images'])} images, "
+                      f"{esc(first['estimator'])} HSIC</p><table class=heat>{''.join(rows)}</table></div>")
+    legend = colour_legend(cmap, "0", "1", "CKA; layer 0 at the bottom left")
+    return (f"<h3>Representation similarity (CKA) · <code>{esc(where)}</code></h3>{legend}"
+            f"<div class=row>{''.join(blocks)}</div>")
+
+
+def _probe_charts(probe: pd.DataFrame, depths: dict[str, int], where: str) -> str:
+    need = {"model", "layer", "kind", "label", "k", "accuracy", "ci_low", "ci_high", "chance", "n_images"}
+    if not need <= set(probe.columns) or probe.empty:
+        return ""
+    charts = []
+    for (label, kind), table in probe.groupby(["label", "kind"], sort=False):
+        series = []
+        for i, (model, part) in enumerate(table.groupby("model", sort=False)):
+            part = part.sort_values("layer")
+            n = depths.get(str(model)) or int(part["layer"].max()) + 1
+            d = relative_depth(part["layer"].to_numpy(), n)
+            series.append({"label": f"{model} (k={int(part['k'].iloc[0])}, {int(part['n_images'].iloc[0])} images)",
+                           "colour": PALETTE[i % len(PALETTE)], "level": float(part["chance"].iloc[0]),
+                           "points": [(int(r.layer), float(x), float(r.accuracy), float(r.ci_low), float(r.ci_high))
+                                      for r, x in zip(part.itertuples(), d)]})
+        keys = "".join(f"<span class=key><i style=\"background:{s['colour']}\"></i>{esc(s['label'])}</span>"
+                       for s in series)
+        charts.append(f"<figure class=chartbox><figcaption>k-NN probe of {esc(label)}, {esc(kind)} representations "
+                      f"(leave-one-out, 95% CI; dashed: chance)</figcaption><div class=keys>{keys}</div>"
+                      f"{line_chart(series, f'accuracy of {label}', (0.0, 1.0))}</figure>")
+    return f"<h3>What each layer separates · <code>{esc(where)}</code></h3><div class=row>{''.join(charts)}</div>"
+
+
+def _distance_charts(df: pd.DataFrame) -> str:
+    table = distance_table(df)
+    if table.empty:
+        return ""
+    charts = []
+    for name, part in table.groupby("series"):
+        n = int(part["num_layers"].iloc[0]) if finite(part["num_layers"].iloc[0]) else int(part["layer"].max()) + 1
+        series = []
+        for j, head in enumerate(head_order(part["head"])):
+            dots = part[part["head"] == head].sort_values("layer")
+            d = relative_depth(dots["layer"].to_numpy(), n)
+            mean = head == "mean"
+            series.append({"label": "mean of heads" if mean else f"head {head}",
+                           "colour": "#333333" if mean else PALETTE[j % len(PALETTE)], "line": mean, "dots": not mean,
+                           "points": [(int(r.layer), float(x), float(r.attention_distance), float("nan"), float("nan"))
+                                      for r, x in zip(dots.itertuples(), d)]})
+        top = float(part["attention_distance"].max()) * 1.08 or 1.0
+        charts.append(f"<figure class=chartbox><figcaption>{esc(name)}: one dot per head, the line is the mean of "
+                      f"heads</figcaption>{line_chart(series, 'attention distance (px)', (0.0, top))}</figure>")
+    return ("<h3>How far each head looks</h3><p class=note>Mean attention distance (input pixels, mean over images): "
+            "per query patch, the attention-weighted distance to the key patches, CLS and registers left out "
+            f"(Dosovitskiy et al. 2020, Fig. 7).</p><div class=row>{''.join(charts)}</div>")
+
+
+def compare_section(df: pd.DataFrame, folder: Path | str) -> str:
+    """The page's ``compare`` section, or ``""`` when there is neither a comparison nor an attention distance.
+
+    Args:
+        df: the page's results rows with a ``series`` column (``results.saved.Study.df``).
+        folder: the page's folder; every ``similarity.csv`` and ``probe.csv`` at or below it is shown.
+    """
+    folder = Path(folder)
+    depths = {}
+    if {"model", "num_layers"} <= set(df.columns):
+        depths = pd.to_numeric(df["num_layers"], errors="coerce").groupby(df["model"].astype(str)).max().dropna()
+        depths = {k: int(v) for k, v in depths.items()}
+    parts = []
+    for path, table in _tables(folder, SIMILARITY):
+        parts.append(_heatmaps(table, str(path.relative_to(folder))))
+    for path, table in _tables(folder, PROBE):
+        parts.append(_probe_charts(table, depths, str(path.relative_to(folder))))
+    parts.append(_distance_charts(df))
+    parts = [p for p in parts if p]
+    if not parts:
+        return ""
+    return ("<section id=compare><h2>Beyond masks: similarity, probes, attention distance</h2><p class=note>From "
+            "<code>layerscope-compare</code> (CKA between layers and models, a leave-one-out k-NN probe per layer) "
+            f"and the runs' <code>attention_distance</code>.</p>{''.join(parts)}</section>")
