@@ -81,6 +81,12 @@ def page_files(page: Path) -> Path:
     return page.with_name(f"{page.stem}_files")
 
 
+def page_lock(page: Path) -> Path:
+    """The advisory lock beside the page ``page`` (``.<name>.lock``) that two writers of one page share."""
+    page = Path(page)
+    return page.with_name(f".{page.name}{LOCK}")
+
+
 def map_file(run_dir: Path, image: str) -> Path:
     """The saved maps of ``image``."""
     return Path(run_dir) / MAPS / f"{image_stem(image)}.npz"
