@@ -87,6 +87,7 @@ _DATASET = (
     Metric("image_auroc_topk", "image AUROC (top-k)", "image AUROC of the top-cells mean (0–1)", protocol="dataset",
            kind="image_score", score="score_topk"),
 )
+
 PER_IMAGE: dict[str, Metric] = {m.name: m for m in _PER_IMAGE}
 DATASET: dict[str, Metric] = {m.name: m for m in _DATASET}
 MAP_METRICS = tuple(m.name for m in _PER_IMAGE if m.kind == "map")  # per-layer curves (W&B, figures)
