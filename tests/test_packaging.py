@@ -79,6 +79,17 @@ def test_no_import_cycles_and_no_module_imports_a_command_line_module():
             visit(m, [])
 
 
+LOWER = ("layerscope.results", "layerscope.metrics", "layerscope.maps", "layerscope.data", "layerscope.backbones")
+
+
+def test_results_imports_nothing_above_it():
+    """``results/`` (tables, file names, the metric catalog) sits below the protocol, the scorer and the
+    commands: it imports its own modules and the subpackages under it, never a module that builds on it."""
+    for path in (PACKAGE / "results").rglob("*.py"):
+        above = sorted(t for t in _imports(path) if not t.startswith(LOWER))
+        assert not above, f"{_module_name(path)} imports {above}, above results/"
+
+
 def _build_wheel(tmp_path: Path) -> Path:
     """Build the wheel from a copy of the checkout's package files (the checkout stays clean)."""
     src = tmp_path / "checkout"

@@ -23,7 +23,8 @@ from .conftest import compose
 from .test_pooled import brute_f1, reference_aupro
 
 DATA = ["model=tiny_vit", "data.textures=[brick,moon]", "data.defects=[scratch,spot]", "data.per_combination=2",
-        "data.good_per_texture=2", "data.size=64", "progress=false", "figures.grid=false"]
+        "data.good_per_texture=2", "data.size=64", "progress=false", "figures.grid=false",
+        "metrics.image_topk=0.1"]  # top-k over several cells
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,41 @@ def test_pooled_metrics_equal_references_on_concatenated_pixels(run_dir, layer, 
     top = maps.reshape(len(maps), -1).max(1)
     assert row["image_auroc"] == pytest.approx(roc_auc_score(masks.any((1, 2)), top), abs=1e-8)
     assert np.isnan(row["aupro_ci_low"])  # the run's own pass skips the bootstrap; the report adds it
+
+
+def test_pooled_image_scores_are_the_scores_results_csv_holds(run_dir):
+    """The pool's score_max / score_topk are the scorer's own values (the metric function, not a copy of it):
+    equal to what results.csv wrote, digit for digit, and to a brute-force top-k mean."""
+    from layerscope.results.pool import SCORES
+
+    results = pd.read_csv(run_dir / layout.RESULTS, dtype=str, keep_default_na=False)  # the cells as written
+    results = results[results["threshold"] == results["threshold"].iloc[0]].set_index(["image", "layer", "head"])
+    pool = build_pool(run_dir)
+    ids = list(pool.images["id"])
+    try:
+        assert SCORES == ("score_max", "score_topk") and len(pool.candidates) == 6  # 2 layers x (2 heads, mean)
+        for c, cand in pool.candidates.iterrows():
+            for i, image in enumerate(ids):
+                written = results.loc[(image, str(cand["layer"]), cand["head"]), list(SCORES)]
+                assert [f"{v:.6g}" for v in pool.image_scores[c][i]] == list(written), (image, cand["head"])
+        d = load_maps(layout.map_file(run_dir, ids[0]))
+        flat = d["maps"][0].reshape(len(d["maps"][0]), -1)
+        k = max(1, round(0.1 * flat.shape[1]))
+        assert k > 1
+        brute = [np.mean(sorted(row, reverse=True)[:k], dtype=np.float64) for row in flat]
+        c0 = [c for c, cand in pool.candidates.iterrows() if cand["layer"] == 0]
+        np.testing.assert_allclose([pool.image_scores[c][0][1] for c in c0], brute, rtol=1e-6)
+        np.testing.assert_array_equal([pool.image_scores[c][0][0] for c in c0], flat.max(1))
+        # bit for bit what the row builder of a run and of rescoring computes from the same saved maps
+        from layerscope.scoring import ScoreOptions, image_rows
+
+        rows = image_rows(d["meta"], {layer: torch.from_numpy(m) for layer, m in d["maps"].items()}, d["names"], None,
+                          ScoreOptions([0.6], topk=0.1))
+        by_map = {(r["layer"], r["head"]): [r[s] for s in SCORES] for r in rows if r["head"] != "best"}
+        assert {(cand["layer"], cand["head"]): list(pool.image_scores[c][0])
+                for c, cand in pool.candidates.iterrows()} == by_map
+    finally:
+        pool.close()
 
 
 def test_report_adds_bootstrap_cis_to_the_pooled_rows(run_dir):

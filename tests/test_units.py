@@ -139,6 +139,77 @@ def test_metric_table_is_what_the_results_hold():
     assert all(no_mask[0].get(m) is not None for m in scorable if m not in undefined)
 
 
+def test_dataset_metric_facts_come_from_the_catalog():
+    from dataclasses import fields
+
+    from layerscope.metrics.pooled import PooledMetrics
+    from layerscope.protocol import COLUMNS as DATASET_COLUMNS
+
+    # the pooled metrics are what the pooled pass computes; the image AUROCs rank score columns of results.csv
+    assert catalog.POOLED == tuple(f.name for f in fields(PooledMetrics) if f.name != "f1_threshold")
+    assert all(catalog.PER_IMAGE[s].kind == "image_score" and s in COLUMNS for s in catalog.IMAGE_SCORES.values())
+    assert set(catalog.DATASET) == {*catalog.POOLED, *catalog.IMAGE_SCORES} and set(catalog.DATASET_CI) <= set(catalog.POOLED)
+    cis = [f"{m}_ci_{side}" for m in catalog.DATASET_CI for side in ("low", "high")]
+    assert {*catalog.DATASET, *cis} <= set(DATASET_COLUMNS) and DATASET_COLUMNS[1:5] == list(catalog.CANDIDATE)
+    typed = {name: catalog.dataset_metric(name) for name in ("auroc", "ap", "f1", "f1_max", "aupro", "image_auroc")}
+    assert typed == {"auroc": "pixel_auroc", "ap": "pixel_ap", "f1": "pixel_f1_max", "f1_max": "pixel_f1_max",
+                     "aupro": "aupro", "image_auroc": "image_auroc"}
+    assert not set(catalog.DATASET_ALIASES) & set(catalog.DATASET)  # an alias never hides a metric
+    with pytest.raises(ValueError, match="metric 'iou': expected one of pixel_auroc, aupro"):
+        catalog.dataset_metric("iou")
+
+
+def test_the_dataset_markdown_names_its_columns_from_the_catalog():
+    from layerscope.results.ranking import dataset_markdown, rank_dataset
+
+    row = {"job": ".", "model": "m", "method": "cls_attention", "layer": 3, "head": "mean", "category": "all",
+           "n_images": 8, "n_defect_images": 5, "pixel_auroc": 0.91, "aupro": 0.55, "pixel_ap": 0.4,
+           "pixel_f1_max": 0.45, "image_auroc": 0.75, "image_auroc_topk": 0.7, "aupro_ci_low": 0.5,
+           "aupro_ci_high": 0.6, "pixel_auroc_ci_low": 0.9, "pixel_auroc_ci_high": 0.92}
+    text = dataset_markdown(rank_dataset(pd.DataFrame([row]), "auroc"), 5, held_out=True)
+    assert "| rank | model | method | layer | head | pixel AUROC | AUPRO | pixel AP | F1-max | image AUROC | " \
+           "images (defective) |\n|---:|---|---|---:|---|---:|---:|---:|---:|---:|---|" in text
+    assert "| 1 | m | cls_attention | 3 | mean | 0.910 | 0.550 [0.500, 0.600] | 0.400 | 0.450 | 0.750 | 8 (5) |" in text
+    assert "`choice_pixel_auroc.md`" in text
+
+
+def test_layout_names_every_file_the_tools_write():
+    import fnmatch
+    from pathlib import Path
+
+    assert layout.report_stem("auroc") == "report_auroc"
+    assert layout.report_stem("aupro", "dataset") == "report_dataset_aupro"
+    assert fnmatch.fnmatch(layout.choice_stem("aupro") + ".json", layout.CHOICE_GLOB)
+    assert layout.choice_stem("aupro") == "choice_aupro"
+    page = Path("out") / layout.REPORT
+    assert layout.page_files(page) == Path("out") / layout.REPORT_FILES == Path("out/report_files")
+    assert layout.page_lock(page) == Path("out/.report.html.lock")
+    part = layout.part_file(Path("run"), 3)
+    assert part == Path("run/representations/parts/part_000003.npz") and fnmatch.fnmatch(part.name, layout.PART_GLOB)
+    assert layout.representation_file(Path("run"), "cls", 2) == Path("run/representations/cls_layer_2.npy")
+    assert layout.grid_file(Path("run"), "a_0") == Path("run/figures/a_0_grid.png")
+
+
+def test_run_folder_file_names_are_spelled_in_layout_alone():
+    """No module but ``results/layout.py`` writes a run-folder file name as a string of its own."""
+    import ast
+    from pathlib import Path
+
+    package = Path(layout.__file__).parents[1]
+    # file names (with a dot or a leading underscore); config.yaml is also the configs folder's own file
+    names = {v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str) and ("." in v or v[0] == "_")}
+    names -= {layout.CONFIG}
+    assert {"results.csv", "run_summary.json", ".hydra", "multirun.yaml", "choice_*.json"} <= names
+    found = []
+    for path in package.rglob("*.py"):
+        if path == Path(layout.__file__):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                found.append(f"{path.relative_to(package)}:{node.lineno}: {node.value!r}")
+    assert not found, found
+
+
 def test_one_row_builder_for_runs_and_rescoring():
     mask = torch.zeros(16, 16, dtype=torch.bool)
     mask[4:9, 3:7] = True

@@ -63,6 +63,8 @@ from typing import Sequence
 
 import torch
 
+from .results.layout import CONFIG, SUMMARY
+
 VARIANTS = ("plain", "ours", "hf_eager", "hf_sdpa", "timm_extract")
 CONFIGS = {  # name -> (timm arch, patch, dim, heads); 12 blocks each
     "vit_t16": ("vit_tiny_patch16_224", 16, 192, 3),
@@ -313,7 +315,7 @@ def _study(model: str, device: str, out: Path, extra: Sequence[str], cache: Path
     if proc.returncode != 0:
         lines = [t for t in proc.stderr.strip().splitlines() if t.strip()]
         raise RuntimeError(f"{' '.join(cmd[2:])}: {lines[-1] if lines else proc.returncode}")
-    return json.loads((out / "run_summary.json").read_text()), wall
+    return json.loads((out / SUMMARY).read_text()), wall
 
 
 class BackboneOnly:
@@ -362,7 +364,7 @@ def pipeline(model: str, device: str, rounds: int, extra: Sequence[str]) -> dict
             print(f"  {model} on {device}: round {r + 1}/{rounds}", file=sys.stderr, flush=True)
             summary, wall = _study(model, device, Path(tmp) / f"round{r}", extra)
             if only is None:
-                only = BackboneOnly(Path(tmp) / "round0" / "config.yaml")
+                only = BackboneOnly(Path(tmp) / "round0" / CONFIG)
             alone = only()
             n = summary["images"] - len(summary.get("skipped_images", []))
             total = {k: summary[k] for k in ("loop_seconds", "backbone_seconds", "score_seconds", "write_wait_seconds")}

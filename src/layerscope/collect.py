@@ -14,17 +14,18 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from .results import layout
 from .results.jobs import job_state, planned_jobs
 from .results.rundir import job_overrides
 from .results.table import read_table
 
 
-def collect(sweep_dir: Path, name: str = "results.csv") -> tuple[pd.DataFrame, list[str]]:
+def collect(sweep_dir: Path, name: str = layout.RESULTS) -> tuple[pd.DataFrame, list[str]]:
     """The merged table (``job`` column + one column per override key) and a list of problems."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir}: no such folder")
-    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
+    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / layout.HYDRA).is_dir()),
                   key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
     if not jobs:
         raise FileNotFoundError(f"{sweep_dir}: no job folders (expected a Hydra multirun folder with 0/, 1/, ...)")
@@ -41,7 +42,7 @@ def collect(sweep_dir: Path, name: str = "results.csv") -> tuple[pd.DataFrame, l
             continue
         df = read_table(results)
         if state == "unfinished":
-            problems.append(f"job {job.name}: unfinished (no run_summary.json); its {len(df)} rows are merged")
+            problems.append(f"job {job.name}: unfinished (no {layout.SUMMARY}); its {len(df)} rows are merged")
         if df.empty:
             problems.append(f"job {job.name}: {name} has no rows")
             continue
@@ -59,8 +60,8 @@ def collect(sweep_dir: Path, name: str = "results.csv") -> tuple[pd.DataFrame, l
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="layerscope-collect", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="a Hydra multirun folder")
-    p.add_argument("--out", default="all_results.csv", help="file written in the folder")
-    p.add_argument("--results", default="results.csv", help="per-job file name to merge")
+    p.add_argument("--out", default=layout.ALL_RESULTS, help="file written in the folder")
+    p.add_argument("--results", default=layout.RESULTS, help="per-job file name to merge")
     a = p.parse_args(argv)
     if Path(a.out).name != a.out:
         print(f"error: --out {a.out}: expected a file name (it is written inside the multirun folder)", file=sys.stderr)

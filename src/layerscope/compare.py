@@ -27,7 +27,7 @@ from .comparison import load_models, probe_table, similarity_table
 from .figures.compare import cka_heatmaps, probe_curves
 from .figures.paper import AXES, attention_distance
 from .metrics.similarity import ESTIMATORS, KERNELS
-from .results.layout import COMPARE, PROBE, SIMILARITY
+from .results.layout import COMPARE, PROBE, RESULTS, SIMILARITY
 from .results.representations import KINDS
 
 
@@ -61,7 +61,7 @@ def _distance_rows(labels: dict[Path, str]) -> pd.DataFrame:
 
     frames = []
     for run, label in labels.items():
-        df = read_results(run / "results.csv") if (run / "results.csv").exists() else pd.DataFrame()
+        df = read_results(run / RESULTS) if (run / RESULTS).exists() else pd.DataFrame()
         if "attention_distance" in df.columns and df["attention_distance"].notna().any():
             frames.append(df.assign(series=label))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -29,23 +29,17 @@ import pandas as pd
 
 from .metrics.pooled import SortedCells, pooled_metrics, threshold_at_fpr
 from .results import catalog, layout
-from .results.pool import Pool, build_pool
+from .results.pool import SCORES, Pool, build_pool
 
 log = logging.getLogger(__name__)
 
-CANDIDATE = ["model", "method", "layer", "head"]
-COLUMNS = ["job", *CANDIDATE, "category", "n_images", "n_defect_images", "pixel_auroc", "aupro", "pixel_ap",
-           "pixel_f1_max", "f1_threshold", "image_auroc", "image_auroc_topk", "pixel_auroc_ci_low",
-           "pixel_auroc_ci_high", "aupro_ci_low", "aupro_ci_high", "upsample", "notes"]
-CHOICE_METRICS = ("aupro", "pixel_auroc", "pixel_ap", "pixel_f1_max")
-ALIASES = {"auroc": "pixel_auroc", "ap": "pixel_ap", "f1": "pixel_f1_max", "f1_max": "pixel_f1_max"}
-
-
-def dataset_metric(name: str) -> str:
-    """A dataset-level metric name from what users type (``auroc`` is pooled pixel AUROC)."""
-    name = ALIASES.get(name, name)
-    catalog.get(name, "dataset")  # raises with the list of known names
-    return name
+CANDIDATE = list(catalog.CANDIDATE)
+# dataset_metrics.csv's columns: the pooled metrics (and the F1-max threshold), the image AUROCs, the CIs
+COLUMNS = ["job", *CANDIDATE, "category", "n_images", "n_defect_images", *catalog.POOLED, "f1_threshold",
+           *catalog.IMAGE_SCORES, *(f"{m}_ci_{side}" for m in catalog.DATASET_CI for side in ("low", "high")),
+           "upsample", "notes"]
+CHOICE_METRICS = catalog.POOLED
+dataset_metric = catalog.dataset_metric
 
 
 def _image_auroc(scores: np.ndarray, defective: np.ndarray) -> float:
@@ -163,8 +157,8 @@ def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | 
             m = data.metrics(sel.astype(float))
             rows.append({"job": cand["job"], **{k: cand[k] for k in CANDIDATE}, "category": category,
                          "n_images": int(sel.sum()), "n_defect_images": int((sel & defective).sum()), **asdict(m),
-                         "image_auroc": _image_auroc(data.image_scores[sel, 0], defective[sel]),
-                         "image_auroc_topk": _image_auroc(data.image_scores[sel, 1], defective[sel]),
+                         **{name: _image_auroc(data.image_scores[sel, SCORES.index(score)], defective[sel])
+                            for name, score in catalog.IMAGE_SCORES.items()},
                          "upsample": cand["upsample"], "notes": _notes(images, sel), "_c": c})
         del data
     table = pd.DataFrame(rows)
@@ -173,7 +167,7 @@ def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | 
         chosen_c = set(pooled["_c"])
         if ci_top is not None:
             chosen_c = set()
-            for metric in ("pixel_auroc", "aupro"):
+            for metric in catalog.DATASET_CI:
                 defined = pooled.dropna(subset=[metric])  # an undefined metric has no best map and no CI
                 chosen_c |= set(defined.nlargest(ci_top, metric)["_c"])
                 for _, part in defined.groupby(["job", "model", "method"]):
@@ -185,8 +179,8 @@ def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | 
             sel = data.covered
             groups = [np.flatnonzero(sel & defective), np.flatnonzero(sel & ~defective)]
             boots = [data.metrics(w) for w in _bootstrap_weights(groups, len(images), n_boot, rng)]
-            table.loc[i, ["pixel_auroc_ci_low", "pixel_auroc_ci_high"]] = _ci([b.pixel_auroc for b in boots])
-            table.loc[i, ["aupro_ci_low", "aupro_ci_high"]] = _ci([b.aupro for b in boots])
+            for metric in catalog.DATASET_CI:
+                table.loc[i, [f"{metric}_ci_low", f"{metric}_ci_high"]] = _ci([getattr(b, metric) for b in boots])
     return table.reindex(columns=COLUMNS)
 
 
@@ -351,7 +345,7 @@ def choose(pool: Pool, metric: str = "aupro", calibration: float | np.ndarray = 
         m = chosen.metrics(weights)
         c = chosen.at_threshold(threshold, weights)
         tp, fp, fn = c["tp"], c["fp"], c["fn"]
-        flagged = chosen.image_scores[:, 0] >= threshold
+        flagged = chosen.image_scores[:, SCORES.index("score_max")] >= threshold  # a cell above the threshold
         bad, good = weights * defective * chosen.covered, weights * ~defective * chosen.covered
         return {"pixel_auroc": m.pixel_auroc, "aupro": m.aupro, "pixel_ap": m.pixel_ap,
                 "pixel_f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
@@ -388,8 +382,7 @@ def choose(pool: Pool, metric: str = "aupro", calibration: float | np.ndarray = 
         rate = float(defective.mean()) if defect_rate is None else float(defect_rate)
         if not 0 <= rate <= 1:
             raise ValueError(f"--defect-rate {defect_rate}: expected a share in [0, 1]")
-        col = 0 if image_score == "max" else 1
-        s = chosen.image_scores[:, col]
+        s = chosen.image_scores[:, SCORES.index(f"score_{image_score}")]
         result["economics"] = _economics(s[cal & chosen.covered], defective[cal & chosen.covered],
                                          s[out & chosen.covered], defective[out & chosen.covered],
                                          costs[0], costs[1], rate, n_boot, rng)
@@ -455,7 +448,7 @@ def _strict(value: Any) -> Any:
 def write_choice(folder: Path, result: dict[str, Any]) -> tuple[Path, Path]:
     """``choice_<metric>.json`` (strict JSON: an undefined or infinite number is ``null``) and ``.md`` in ``folder``."""
     folder = Path(folder)
-    stem = f"choice_{result['metric']}"
+    stem = layout.choice_stem(result["metric"])
     js, md = folder / f"{stem}.json", folder / f"{stem}.md"
     for path, text in ((js, json.dumps(_strict(result), indent=2, allow_nan=False)), (md, choice_markdown(result))):
         tmp = path.with_suffix(path.suffix + ".tmp")

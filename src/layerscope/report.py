@@ -27,7 +27,7 @@ import pandas as pd
 
 from .results.jobs import job_problems
 from .results import catalog
-from .results.layout import RESULTS
+from .results.layout import RESULTS, report_stem
 from .results.ranking import (IMAGE_METRICS, KEYS, bootstrap_auroc, bootstrap_mean, dataset_markdown,  # noqa: F401
                                rank, rank_dataset, to_markdown)
 from .results.table import METRICS, load_results
@@ -127,18 +127,18 @@ def main(argv: list[str] | None = None) -> int:
         per_image_metric = a.metric in (*METRICS, *IMAGE_METRICS)
         if a.protocol == "per_image" or (a.protocol == "both" and per_image_metric):
             table = rank(load_results(a.folder, a.results), a.metric, a.threshold, a.boot, a.seed, a.include_best)
-            _write(a.folder, f"report_{a.metric}", table, to_markdown(table, a.top))
+            _write(a.folder, report_stem(a.metric), table, to_markdown(table, a.top))
         if a.protocol in ("both", "dataset"):
-            from .protocol import choose, dataset_metric, undefined_reasons, write_choice, write_dataset_metrics
+            from .protocol import choose, undefined_reasons, write_choice, write_dataset_metrics
             from .results.pool import build_pool
 
-            metric = dataset_metric(a.metric)
+            metric = catalog.dataset_metric(a.metric)
             pool = build_pool(a.folder, progress=True)  # the saved maps are read once for the table and the choice
             try:
                 pooled = write_dataset_metrics(a.folder, n_boot=min(a.boot, 200), seed=a.seed, pool=pool)
                 ranked = rank_dataset(pooled, metric)
                 md = dataset_markdown(ranked, a.top, held_out=a.calibration is not None)
-                _write(a.folder, f"report_dataset_{metric}", ranked,
+                _write(a.folder, report_stem(metric, "dataset"), ranked,
                        md + _undefined_markdown(undefined_reasons(pooled, metric), metric))
                 if a.calibration is not None:
                     result = choose(pool, metric, _calibration(a.calibration, pool.images), a.seed, a.boot,

@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from .results.layout import CONFIG, MAPS, RESULTS, map_files
+from .results.layout import CONFIG, MAPS, RESCORED, RESULTS, map_files
 from .results.maps_io import check_same_layout, load_maps
 from .results.pool import warn_missing_maps
 from .results.table import ResultsWriter
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="layerscope-rescore", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="a run folder or a multirun folder")
     p.add_argument("overrides", nargs="*", help=f"key=value for {', '.join(OPTIONS)}")
-    p.add_argument("--out", default="results_rescored.csv", help="file name written in each run folder")
+    p.add_argument("--out", default=RESCORED, help="file name written in each run folder")
     a = p.parse_args(argv)
     if Path(a.out).name != a.out:
         print(f"error: --out {a.out}: expected a file name (it is written inside each run folder)", file=sys.stderr)

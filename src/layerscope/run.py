@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from .configs import config_dir
-from .results.layout import FAILED
+from .results.layout import FAILED, HYDRA, HYDRA_CONFIG, HYDRA_OVERRIDES, HYDRA_SETTINGS, RESULTS
 
 LIST_KEYS = ("layer", "head", "threshold")
 
@@ -48,7 +48,6 @@ def listify_sweeps(args: list[str]) -> list[str]:
 
 EXTENSIBLE = ("model.model_kwargs.", "model.config.", "hydra.")  # where +key=value may add keys
 REFUSED = ".refused"  # in a sweep folder: jobs refused because their folder holds another run (left untouched)
-HYDRA_FILES = ".hydra"  # Hydra's record of a job, written by the run once the folder is its own
 _failed_jobs: list[str] = []
 
 
@@ -201,11 +200,11 @@ def write_hydra_files(out_dir: Path, task_cfg: DictConfig, hydra_cfg: DictConfig
 
     hydra_cfg = copy.deepcopy(hydra_cfg)
     with read_write(hydra_cfg.hydra):
-        hydra_cfg.hydra.output_subdir = HYDRA_FILES
-    folder = Path(out_dir) / HYDRA_FILES
+        hydra_cfg.hydra.output_subdir = HYDRA  # Hydra's record of a job, written once the folder is the run's
+    folder = Path(out_dir) / HYDRA
     folder.mkdir(parents=True, exist_ok=True)
-    for name, node in (("config.yaml", task_cfg), ("hydra.yaml", hydra_cfg),
-                       ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
+    for name, node in ((HYDRA_CONFIG, task_cfg), (HYDRA_SETTINGS, hydra_cfg),
+                       (HYDRA_OVERRIDES, hydra_cfg.hydra.overrides.task)):
         write_atomic(folder / name, OmegaConf.to_yaml(node))
 
 
@@ -244,7 +243,7 @@ def _main(cfg: DictConfig) -> None:
         stop(f"error: {e}", 2)
         return
     except KeyboardInterrupt:
-        fail(f"interrupted: the images finished so far are in {out_dir / 'results.csv'}; "
+        fail(f"interrupted: the images finished so far are in {out_dir / RESULTS}; "
              "run the same command again to resume", 130)
     except OSError as e:  # full disk, read-only folder, ...
         where = f" {e.filename}" if e.filename else ""

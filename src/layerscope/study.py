@@ -266,7 +266,7 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
         writer.close()
         raise OSError(e.errno, e.strerror, str(out_dir / layout.DONE)) from None
     # figures.max_images counts the grids an interrupted run already drew
-    drawn_before = len(list((out_dir / layout.FIGURES).glob("*_grid.png"))) if done else 0
+    drawn_before = len(list((out_dir / layout.FIGURES).glob(f"*{layout.GRID_SUFFIX}"))) if done else 0
     n_figures, no_mask, skipped, clock = drawn_before, 0, [], {"score": 0.0}
     gained = []  # per image whose mask the any-pixel rule changed: (defect cells gained, nearest would lose all)
     first_batch: dict | None = None  # the stages at the end of the first batch: its one-time waits apart

@@ -39,7 +39,7 @@ from matplotlib.figure import Figure
 
 from ..results import catalog
 from ..results.axes import HEADS, axis_word, map_axis, map_label
-from ..results.layout import DATASET_METRICS, PAPER_FIGURES, image_stem
+from ..results.layout import CHOICE_GLOB, DATASET_METRICS, PAPER_FIGURES, image_stem
 from ..results.saved import (SEP, Study, distance_table, head_order, layer_head_scores, line_head, num_layers,
                              per_image, relative_depth, smallest_threshold)
 from ..results.table import read_table
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 
 KINDS = ("layer_head_grids", "metric_vs_layer", "layer_head", "vit_vs_cnn", "threshold_curves",
          "best_map_overlays", "dataset_vs_layer", "choice_stability", "attention_distance")
-DATASET_CURVES = ("pixel_auroc", "aupro")  # pooled metrics with bootstrap CIs in dataset_metrics.csv
 METRICS = catalog.DEFAULT_CURVES
 DEPTHS = (0.25, 0.5, 0.75, 1.0)
 
@@ -471,7 +470,7 @@ def dataset_vs_layer(source: Study | Path | str, out: Path | str | None = None,
     table = pd.concat([read_table(f) for f in files], ignore_index=True)
     table = table[table["category"] == "all"]
     paths: list[Path] = []
-    for metric in DATASET_CURVES:
+    for metric in catalog.DATASET_CI:
         defined = table.dropna(subset=[metric])
         if defined.empty:  # e.g. only defect-free images, or masks covering whole images
             log.info("dataset_vs_layer: %s undefined for every map (no defect pixels or no normal pixels), skipped",
@@ -506,7 +505,7 @@ def choice_stability(source: Study | Path | str, out: Path | str | None = None,
     study = _as_study(source)
     out = _out_dir(study, out)
     paths: list[Path] = []
-    for path in sorted(study.root.glob("choice_*.json")):
+    for path in sorted(study.root.glob(CHOICE_GLOB)):
         result = json.loads(path.read_text())
         rows = result.get("stability") or []
         if not rows:

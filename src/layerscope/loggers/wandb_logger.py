@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from ..results import layout
 from ..results.axes import map_axis, map_label
-from ..results.catalog import DATASET, MAP_METRICS, lower_is_better
+from ..results.catalog import CANDIDATE, DATASET, MAP_METRICS, lower_is_better
 from ..results.table import METRICS, read_table
 from .base import Logger
 
@@ -43,7 +44,7 @@ def resolve_mode(mode: str) -> str:
 def sweep_group(out_dir: Path) -> str:
     """The W&B group of a job: its multirun folder (``DATE/TIME``), or ``single`` for a plain run."""
     parent = out_dir.parent
-    if (parent / "multirun.yaml").exists() or out_dir.name.isdigit():
+    if (parent / layout.MULTIRUN).exists() or out_dir.name.isdigit():
         return f"{parent.parent.name}/{parent.name}"
     return "single"
 
@@ -52,7 +53,7 @@ def layer_table(results: pd.DataFrame) -> pd.DataFrame:
     """Mean of each metric per (layer, head) at the smallest threshold (``best``: the per-image oracle head)."""
     df = results[np.isclose(results["threshold"], results["threshold"].min())]
     metrics = [m for m in METRICS if m in df.columns]
-    table = df.groupby(["model", "method", "layer", "head"], as_index=False)[metrics].mean(numeric_only=True)
+    table = df.groupby(list(CANDIDATE), as_index=False)[metrics].mean(numeric_only=True)
     return table.sort_values(["layer", "head"], kind="stable").reset_index(drop=True)
 
 
@@ -212,7 +213,7 @@ class WandbLogger(Logger):
         path = Path(path)
         artifact = wandb.Artifact(f"report-{self.run.id}", type="report", description="layerscope-view page")
         artifact.add_file(str(path))
-        files = path.with_name(f"{path.stem}_files")
+        files = layout.page_files(path)
         if files.is_dir():
             artifact.add_dir(str(files), name=files.name)
         self.run.log_artifact(artifact)

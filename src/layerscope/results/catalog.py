@@ -9,6 +9,8 @@ Two protocols (see the README):
 - ``per_image``: one value per (image, map) in ``results.csv``; a ranking averages over images.
 - ``dataset``: one value per (candidate map, category) over all images pooled, in
   ``dataset_metrics.csv`` (pixel AUROC and AUPRO as MVTec AD / anomalib compute them).
+
+A candidate map is named by ``CANDIDATE`` (model, method, layer, head) in every table that ranks maps.
 """
 from __future__ import annotations
 
@@ -32,6 +34,10 @@ class Metric:
         fmt: format spec for tables.
         needs_model: computed with the model (extra forward passes), so only by a run that asked
             for it (``metrics.faithfulness=true``) and never by ``layerscope-rescore``.
+        aliases: other names users may type for it (dataset protocol: ``auroc`` is ``pixel_auroc``).
+        ci: ``dataset_metrics.csv`` holds its bootstrap 95% CI (``<name>_ci_low``, ``<name>_ci_high``).
+        score: for an image-level metric (``kind="image_score"``, dataset protocol), the per-image
+            score column of ``results.csv`` it ranks images by (``score_max``).
     """
 
     name: str
@@ -44,6 +50,9 @@ class Metric:
     kind: str = "map"
     fmt: str = ".3f"
     needs_model: bool = False  # computed with the model's classifier (faithfulness): not by rescoring
+    aliases: tuple[str, ...] = ()
+    ci: bool = False
+    score: str = ""
 
     def format(self, value: float) -> str:
         return "" if value != value else format(value, self.fmt)
@@ -68,19 +77,27 @@ _PER_IMAGE = (
     Metric("score_topk", "top-k score", "mean of the top cells", needs_mask=False, kind="image_score", fmt=".4g"),
 )
 _DATASET = (
-    Metric("pixel_auroc", "pooled AUROC", "pooled pixel AUROC (0–1)", protocol="dataset"),
-    Metric("aupro", "pooled AUPRO", "pooled AUPRO (0–1)", protocol="dataset"),
-    Metric("pixel_ap", "pixel AP", "pooled pixel average precision (0–1)", protocol="dataset"),
-    Metric("pixel_f1_max", "F1-max", "pixel F1 at the best shared threshold (0–1)", protocol="dataset"),
-    Metric("image_auroc", "image AUROC", "image AUROC of the map maximum (0–1)", protocol="dataset"),
-    Metric("image_auroc_topk", "image AUROC (top-k)", "image AUROC of the top-cells mean (0–1)", protocol="dataset"),
+    Metric("pixel_auroc", "pixel AUROC", "pooled pixel AUROC (0–1)", protocol="dataset", aliases=("auroc",), ci=True),
+    Metric("aupro", "AUPRO", "pooled AUPRO (0–1)", protocol="dataset", ci=True),
+    Metric("pixel_ap", "pixel AP", "pooled pixel average precision (0–1)", protocol="dataset", aliases=("ap",)),
+    Metric("pixel_f1_max", "F1-max", "pixel F1 at the best shared threshold (0–1)", protocol="dataset",
+           aliases=("f1", "f1_max")),
+    Metric("image_auroc", "image AUROC", "image AUROC of the map maximum (0–1)", protocol="dataset",
+           kind="image_score", score="score_max"),
+    Metric("image_auroc_topk", "image AUROC (top-k)", "image AUROC of the top-cells mean (0–1)", protocol="dataset",
+           kind="image_score", score="score_topk"),
 )
 
 PER_IMAGE: dict[str, Metric] = {m.name: m for m in _PER_IMAGE}
 DATASET: dict[str, Metric] = {m.name: m for m in _DATASET}
 MAP_METRICS = tuple(m.name for m in _PER_IMAGE if m.kind == "map")  # per-layer curves (W&B, figures)
 DEFAULT_CURVES = ("iou", "auroc", "aupro", "entropy")  # metric-vs-layer plots drawn by default
-IMAGE_SCORES = {"image_auroc": "score_max", "image_auroc_topk": "score_topk"}  # report metric -> column
+# the dataset protocol's columns, in dataset_metrics.csv's order
+POOLED = tuple(m.name for m in _DATASET if m.kind == "map")  # pooled pixel metrics: the held-out choice ranks by one
+IMAGE_SCORES = {m.name: m.score for m in _DATASET if m.kind == "image_score"}  # image AUROC metric -> score column
+DATASET_CI = tuple(m.name for m in _DATASET if m.ci)  # with bootstrap CI columns (the dataset-level curves)
+DATASET_ALIASES = {alias: m.name for m in _DATASET for alias in m.aliases}
+CANDIDATE = ("model", "method", "layer", "head")  # the columns naming a candidate map (pandas wants list(...))
 
 
 def get(name: str, protocol: str = "per_image") -> Metric:
@@ -93,6 +110,17 @@ def get(name: str, protocol: str = "per_image") -> Metric:
     if name not in table:
         raise ValueError(f"metric {name!r}: expected one of {', '.join(table)} ({protocol} protocol)")
     return table[name]
+
+
+def dataset_metric(name: str) -> str:
+    """A dataset-level metric name from what users type (``auroc`` is pooled pixel AUROC).
+
+    Raises:
+        ValueError: unknown name, listing the known ones.
+    """
+    name = DATASET_ALIASES.get(name, name)
+    get(name, "dataset")
+    return name
 
 
 def lower_is_better(name: str) -> bool:

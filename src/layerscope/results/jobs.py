@@ -13,7 +13,7 @@ from . import layout
 
 def planned_jobs(sweep_dir: Path) -> int | None:
     """How many jobs Hydra's sweep planned, from the product of ``multirun.yaml``'s sweep lists."""
-    path = sweep_dir / "multirun.yaml"
+    path = sweep_dir / layout.MULTIRUN
     if not path.exists():
         return None
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -58,7 +58,7 @@ def job_states(folder: Path, name: str = layout.RESULTS) -> tuple[list[tuple[str
     """
     folder = Path(folder)
     found = set(layout.run_dirs(folder, name)) | set(layout.run_dirs(folder, layout.FAILED))
-    found |= {p.parent for p in folder.rglob(".hydra") if p.is_dir()} if folder.is_dir() else set()
+    found |= {p.parent for p in folder.rglob(layout.HYDRA) if p.is_dir()} if folder.is_dir() else set()
     jobs = sorted(found, key=lambda p: _order(p.relative_to(folder)))
     states = [(str(p.relative_to(folder)) if p != folder else ".", *job_state(p, name)) for p in jobs]
     try:

@@ -5,10 +5,15 @@
     <run>/config.yaml          the resolved config
     <run>/run_summary.json     written last: its presence marks a finished run
     <run>/run.log              the log (Hydra's job logging)
+    <run>/.hydra/config.yaml, hydra.yaml, overrides.yaml   Hydra's record of the job
+    <sweep>/multirun.yaml      Hydra's record of the sweep; <sweep>/all_results.csv   ``layerscope-collect``
     <job>/failed.txt           a sweep job's one-line error (the sweep goes on past it)
     <run>/maps/<image>.npz     saved maps of one image
     <run>/figures/<image>_grid.png
     <run>/dataset_metrics.csv  dataset-level protocol (``layerscope-report --protocol dataset``)
+    <run>/results_rescored.csv, results_rescored.config.yaml   ``layerscope-rescore`` (default ``--out``)
+    <DIR>/report_<metric>.csv|md, report_dataset_<metric>.csv|md   ``layerscope-report``
+    <DIR>/choice_<metric>.json|md   the held-out choice (``layerscope-report --calibration``)
     <run>/representations/<kind>_layer_<i>.npy, images.txt   pooled representations (save_representations)
     <run>/representations/parts/part_<n>.npz   what the run appends batch by batch (resume)
     <DIR>/compare/similarity.csv, probe.csv, *.png|pdf   ``layerscope-compare``
@@ -27,14 +32,24 @@ LOCK = ".lock"
 FAILED = "failed.txt"  # in a sweep job's folder: why the job failed (the sweep went on)
 MAPS = "maps"
 FIGURES = "figures"
+GRID_SUFFIX = "_grid.png"  # FIGURES/<image>_grid.png (see ``grid_file``)
 PAPER_FIGURES = "figures_paper"
 DATASET_METRICS = "dataset_metrics.csv"
-ALL_RESULTS = "all_results.csv"
+ALL_RESULTS = "all_results.csv"  # layerscope-collect's merged table, in the sweep folder
+RESCORED = "results_rescored.csv"  # layerscope-rescore's default output, beside results.csv
+HYDRA = ".hydra"  # Hydra's record of a job: HYDRA_CONFIG, HYDRA_SETTINGS, HYDRA_OVERRIDES inside it
+HYDRA_CONFIG = "config.yaml"
+HYDRA_SETTINGS = "hydra.yaml"
+HYDRA_OVERRIDES = "overrides.yaml"
+MULTIRUN = "multirun.yaml"  # in a sweep folder: Hydra's record of the sweep (the planned jobs)
+CHOICE = "choice_"  # + the pooled metric: the held-out choice's .json and .md (``choice_stem``)
+CHOICE_GLOB = f"{CHOICE}*.json"  # every held-out choice of a folder
 REPORT = "report.html"  # layerscope-view's page, with its pictures in REPORT_FILES/
-REPORT_FILES = "report_files"  # named after the page: <page stem>_files
+REPORT_FILES = "report_files"  # named after the page: ``page_files(REPORT)``
 REPRESENTATIONS = "representations"  # pooled representations per layer (save_representations=true)
 REPRESENTATION_IDS = "images.txt"  # inside REPRESENTATIONS: the arrays' row order, one image id per line
 REPRESENTATION_PARTS = "parts"  # inside REPRESENTATIONS: per-batch chunks, consolidated at the end
+PART_GLOB = "part_*.npz"  # inside REPRESENTATION_PARTS (see ``part_file``)
 COMPARE = "compare"  # layerscope-compare's default output folder
 SIMILARITY = "similarity.csv"
 PROBE = "probe.csv"
@@ -50,6 +65,28 @@ def image_stem(image: str) -> str:
     return safe_name(image)
 
 
+def report_stem(metric: str, protocol: str = "per_image") -> str:
+    """The file stem (``.csv`` and ``.md``) of ``layerscope-report``'s ranking by ``metric`` under ``protocol``."""
+    return f"report_{metric}" if protocol == "per_image" else f"report_{protocol}_{metric}"
+
+
+def choice_stem(metric: str) -> str:
+    """The file stem (``.json`` and ``.md``) of the held-out choice by the pooled ``metric``."""
+    return f"{CHOICE}{metric}"
+
+
+def page_files(page: Path) -> Path:
+    """The pictures folder of the offline page ``page``: ``<stem>_files/`` beside it (``REPORT_FILES``)."""
+    page = Path(page)
+    return page.with_name(f"{page.stem}_files")
+
+
+def page_lock(page: Path) -> Path:
+    """The advisory lock beside the page ``page`` (``.<name>.lock``) that two writers of one page share."""
+    page = Path(page)
+    return page.with_name(f".{page.name}{LOCK}")
+
+
 def map_file(run_dir: Path, image: str) -> Path:
     """The saved maps of ``image``."""
     return Path(run_dir) / MAPS / f"{image_stem(image)}.npz"
@@ -57,7 +94,7 @@ def map_file(run_dir: Path, image: str) -> Path:
 
 def grid_file(run_dir: Path, image: str) -> Path:
     """The layer x head grid picture of ``image``."""
-    return Path(run_dir) / FIGURES / f"{image_stem(image)}_grid.png"
+    return Path(run_dir) / FIGURES / f"{image_stem(image)}{GRID_SUFFIX}"
 
 
 def inside(path: Path, folder: Path) -> bool:
@@ -69,9 +106,20 @@ def inside(path: Path, folder: Path) -> bool:
     return True
 
 
+def representation_key(kind: str, layer: int | str) -> str:
+    """The name of one representation kind at one layer: its ``.npy`` file's stem and its key in a part
+    (``layer="*"`` gives the glob of a kind's files)."""
+    return f"{kind}_layer_{layer}"
+
+
 def representation_file(run_dir: Path, kind: str, layer: int) -> Path:
     """The ``(n_images, D)`` float32 array of one representation kind (``mean``, ``cls``) at one layer."""
-    return Path(run_dir) / REPRESENTATIONS / f"{kind}_layer_{layer}.npy"
+    return Path(run_dir) / REPRESENTATIONS / f"{representation_key(kind, layer)}.npy"
+
+
+def part_file(run_dir: Path, n: int) -> Path:
+    """The ``n``-th per-batch chunk of a run's representations (``PART_GLOB`` finds them all)."""
+    return Path(run_dir) / REPRESENTATIONS / REPRESENTATION_PARTS / f"part_{n:06d}.npz"
 
 
 def map_files(run_dir: Path) -> list[Path]:

@@ -21,11 +21,13 @@ import torch
 from omegaconf import OmegaConf
 
 from ..maps.upsample import upsample as upsample_maps
-from ..metrics.localization import cells_from_mask
-from . import layout
+from ..metrics.localization import cells_from_mask, top_score
+from . import catalog, layout
 from .maps_io import check_same_layout, load_maps
 
 log = logging.getLogger(__name__)
+
+SCORES = tuple(catalog.IMAGE_SCORES.values())  # the columns of ``Pool.image_scores``: score_max, score_topk
 
 
 @dataclass
@@ -50,8 +52,8 @@ class Pool:
         candidates: one row per candidate: ``job``, ``model``, ``method``, ``layer``, ``head``,
             ``grid`` (key into ``grids``), ``upsample``.
         grids: (job, grid shape) -> ``GridCells``.
-        image_scores: candidate index -> (n_images, 2) float64, ``score_max`` and ``score_topk``
-            (NaN for images the candidate's job did not score).
+        image_scores: candidate index -> (n_images, len(SCORES)) float64, the ``SCORES`` columns of
+            ``results.csv`` (NaN for images the candidate's job did not score).
         fpr_limit: AUPRO integration limit of the runs.
     """
 
@@ -84,6 +86,21 @@ def _run_options(run_dir: Path) -> tuple[str, float, float]:
     metrics = cfg.get("metrics") or {}
     return str(cfg.get("upsample", "nearest")), float(metrics.get("aupro_fpr_limit", 0.3)), \
         float(metrics.get("image_topk", 0.01))
+
+
+def _image_scores(maps: np.ndarray, topk: float) -> np.ndarray:
+    """The image scores of ``results.csv`` on the grid, computed as the scorer computes them.
+
+    Args:
+        maps: (K, h, w) one layer's maps.
+        topk: the run's ``metrics.image_topk``.
+
+    Returns:
+        (K, len(SCORES)) float64.
+    """
+    flat = torch.from_numpy(np.ascontiguousarray(maps)).flatten(-2).float()
+    columns = {"score_max": flat.amax(-1), "score_topk": top_score(flat, topk)}
+    return torch.stack([columns[name] for name in SCORES], -1).double().numpy()
 
 
 def _disk(tmp: tempfile.TemporaryDirectory, name: str, dtype, shape: tuple[int, ...]) -> np.ndarray:
@@ -164,7 +181,7 @@ def build_pool(folder: Path, progress: bool = False) -> Pool:
                                   "layer": int(layer), "head": str(name), "grid": shapes[layer], "upsample": mode})
                 n_cells = len(files) * shapes[layer][0] * shapes[layer][1]
                 scores[c] = _disk(tmp, f"scores{c}", np.float32, (n_cells,))
-                image_scores[c] = np.full((len(files), 3), np.nan)  # image index, map max, top-k mean
+                image_scores[c] = np.full((len(files), 1 + len(SCORES)), np.nan)  # image index, SCORES
         offsets = {c: 0 for c in job_cands.values()}
         for f, path in enumerate(tqdm(files, desc=f"pooling {job}", disable=not progress)):
             d = load_maps(path)
@@ -200,15 +217,12 @@ def build_pool(folder: Path, progress: bool = False) -> Pool:
                 flat = layer_maps.reshape(layer_maps.shape[0], -1).astype(np.float32)  # (K, h*w)
                 if mode == "bilinear":
                     flat = upsample_maps(torch.from_numpy(layer_maps), size, "bilinear").reshape(len(flat), -1).numpy()
-                grid_flat = layer_maps.reshape(layer_maps.shape[0], -1).astype(np.float32)
-                k_top = max(1, int(round(topk * grid_flat.shape[1])))
-                # the image scores of results.csv: map maximum and mean of the top cells (on the grid)
-                tops = -np.partition(-grid_flat, k_top - 1, axis=1)[:, :k_top]
+                per_map = _image_scores(layer_maps, topk)  # (K, len(SCORES))
                 for k in range(len(flat)):
                     c = job_cands[(layer, k)]
                     scores[c][offsets[c]:offsets[c] + flat.shape[1]] = flat[k]
                     offsets[c] += flat.shape[1]
-                    image_scores[c][f] = (i, float(grid_flat[k].max()), float(tops[k].astype(np.float64).mean()))
+                    image_scores[c][f] = (i, *per_map[k])
         for grid, store in per_grid.items():
             grids[(job, grid)] = GridCells(*(store[key][:grid_used[grid]] for key in ("image", "pos", "neg", "pro")))
         for c, used in offsets.items():
@@ -218,7 +232,7 @@ def build_pool(folder: Path, progress: bool = False) -> Pool:
     n = len(image_rows)
     per_image = {}
     for c, values in image_scores.items():
-        table = np.full((n, 2), np.nan)
+        table = np.full((n, len(SCORES)), np.nan)
         done = ~np.isnan(values[:, 0])
         table[values[done, 0].astype(int)] = values[done, 1:]
         per_image[c] = table

@@ -9,11 +9,15 @@ import html
 import numpy as np
 import pandas as pd
 
-from . import catalog
+from . import catalog, layout
 from .table import METRICS
 
-KEYS = ["model", "method", "layer", "head"]
+KEYS = list(catalog.CANDIDATE)
 IMAGE_METRICS = catalog.IMAGE_SCORES
+# the dataset-level Markdown table: the pooled pixel metrics and the image AUROC of the map maximum; the
+# CSV beside it holds every column
+_SHOWN = (*catalog.POOLED, "image_auroc")
+_SHOWN_CI = "aupro"  # the CI written beside its value in the Markdown table
 
 
 def bootstrap_mean(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float, float]:
@@ -122,9 +126,7 @@ def to_markdown(table: pd.DataFrame, top: int) -> str:
 
 def rank_dataset(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The dataset-level ranking: ``dataset_metrics`` rows sorted per category by the pooled ``metric``."""
-    from ..protocol import dataset_metric
-
-    metric = dataset_metric(metric)
+    metric = catalog.dataset_metric(metric)
     ranked = table.dropna(subset=[metric]).sort_values(["category", metric], ascending=[True, False], kind="stable")
     ranked = ranked.assign(rank=ranked.groupby("category").cumcount() + 1).reset_index(drop=True)
     ranked.attrs.update(metric=metric)
@@ -135,18 +137,19 @@ def dataset_markdown(table: pd.DataFrame, top: int, held_out: bool = False) -> s
     """The top ``top`` candidates per category of the dataset-level ranking (``held_out``: a held-out choice
     accompanies it)."""
     metric = table.attrs.get("metric", "")
-    where = f"the held-out estimate is in `choice_{metric}.md`" if held_out else \
+    where = f"the held-out estimate is in `{layout.choice_stem(metric)}.md`" if held_out else \
         "use `--calibration` for a held-out estimate"
     lines = [f"# Which layer finds it? pooled `{metric}` (dataset level: every pixel of every image, good ones "
              "included, one threshold for all)", "", f"Ranked on the images it reports on: {where}.", ""]
+    header = " | ".join(catalog.get(name, "dataset").title for name in _SHOWN)
     for category, part in table.groupby("category", sort=False):
-        lines += [f"## {md(category)}", "", "| rank | model | method | layer | head | pixel AUROC | AUPRO | pixel AP | "
-                  "F1-max | image AUROC | images (defective) |", "|---:|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
-        for r in part.head(top).itertuples():
-            ci = f" [{r.aupro_ci_low:.3f}, {r.aupro_ci_high:.3f}]" if r.aupro_ci_low == r.aupro_ci_low else ""
-            lines.append(f"| {r.rank} | {md(r.model)} | {md(r.method)} | {r.layer} | {md(r.head)} | "
-                         f"{r.pixel_auroc:.3f} | "
-                         f"{r.aupro:.3f}{ci} | {r.pixel_ap:.3f} | {r.pixel_f1_max:.3f} | {r.image_auroc:.3f} | "
-                         f"{r.n_images} ({r.n_defect_images}) |")
+        lines += [f"## {md(category)}", "", f"| rank | model | method | layer | head | {header} | images (defective) |",
+                  "|---:|---|---|---:|---|" + "---:|" * len(_SHOWN) + "---|"]
+        for r in part.head(top).to_dict("records"):
+            low, high = r.get(f"{_SHOWN_CI}_ci_low"), r.get(f"{_SHOWN_CI}_ci_high")
+            ci = f" [{low:.3f}, {high:.3f}]" if pd.notna(low) else ""
+            cells = [f"{r[name]:.3f}{ci if name == _SHOWN_CI else ''}" for name in _SHOWN]
+            lines.append(f"| {r['rank']} | {md(r['model'])} | {md(r['method'])} | {r['layer']} | {md(r['head'])} | "
+                         f"{' | '.join(cells)} | {r['n_images']} ({r['n_defect_images']}) |")
         lines.append("")
     return "\n".join(lines)

@@ -27,17 +27,13 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .layout import (REPRESENTATION_IDS, REPRESENTATION_PARTS, REPRESENTATIONS, is_complete, read_done,
-                     representation_file)
+from .layout import (PART_GLOB, REPRESENTATION_IDS, REPRESENTATION_PARTS, REPRESENTATIONS, is_complete,
+                     part_file, read_done, representation_file, representation_key)
 
 log = logging.getLogger(__name__)
 
 KINDS = ("mean", "cls")  # the pooled representations a run can save (a CNN has no CLS token: mean only)
-_KEY = re.compile(r"^(?P<kind>[a-z]+)_layer_(?P<layer>\d+)$")
-
-
-def _key(kind: str, layer: int) -> str:
-    return f"{kind}_layer_{layer}"
+_KEY = re.compile("^" + representation_key("(?P<kind>[a-z]+)", r"(?P<layer>\d+)") + "$")
 
 
 def _parts_dir(run_dir: Path) -> Path:
@@ -47,7 +43,7 @@ def _parts_dir(run_dir: Path) -> Path:
 def _part_files(run_dir: Path) -> list[Path]:
     """Finished chunks in the order they were written (temporary files of a cut write left out)."""
     folder = _parts_dir(run_dir)
-    files = [p for p in folder.glob("part_*.npz") if ".tmp" not in p.name] if folder.is_dir() else []
+    files = [p for p in folder.glob(PART_GLOB) if ".tmp" not in p.name] if folder.is_dir() else []
     return sorted(files, key=lambda p: int(p.stem.split("_")[1]))
 
 
@@ -75,9 +71,9 @@ class PartWriter:
         names = sorted(name for name in reps[0] if name.startswith("rep_")) if reps else []
         for name in names:
             for layer in sorted(reps[0][name]):
-                arrays[_key(name[len("rep_"):], layer)] = np.stack(
+                arrays[representation_key(name[len("rep_"):], layer)] = np.stack(
                     [np.asarray(r[name][layer], dtype=np.float32) for r in reps])
-        path = _parts_dir(self.run_dir) / f"part_{self.next:06d}.npz"
+        path = part_file(self.run_dir, self.next)
         self.next += 1
         return path, lambda: _save_npz(path, arrays)
 
@@ -161,7 +157,7 @@ def available(run_dir: Path) -> dict[str, list[int]]:
     found: dict[str, set[int]] = {}
     folder = run_dir / REPRESENTATIONS
     if is_complete(run_dir) and (folder / REPRESENTATION_IDS).exists():
-        keys = [p.stem for p in folder.glob("*_layer_*.npy") if ".tmp" not in p.name]
+        keys = [p.stem for p in folder.glob(f"{representation_key('*', '*')}.npy") if ".tmp" not in p.name]
     else:
         files = _part_files(run_dir)
         keys = []
@@ -208,7 +204,7 @@ def load_representations(run_dir: Path | str, kind: str = "mean") -> tuple[list[
     if is_complete(run_dir) and ids_file.exists():
         ids = ids_file.read_text().splitlines()
         arrays = {}
-        for path in sorted(folder.glob(f"{kind}_layer_*.npy")):
+        for path in sorted(folder.glob(f"{representation_key(kind, '*')}.npy")):
             if ".tmp" in path.name or not _KEY.match(path.stem):
                 continue
             try:

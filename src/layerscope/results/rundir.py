@@ -10,8 +10,8 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from .layout import (CONFIG, DONE, LOCK, MAPS, RESULTS, SUMMARY, done_line, is_complete, map_file,  # noqa: F401
-                     read_done)
+from .layout import (CONFIG, DONE, HYDRA, HYDRA_OVERRIDES, LOCK, MAPS, RESULTS, SUMMARY, done_line,  # noqa: F401
+                     is_complete, map_file, read_done)
 from .table import COLUMNS, read_rows
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class RunLock:
 
 def job_overrides(job_dir: Path) -> dict[str, str]:
     """``key=value`` overrides of one job, from Hydra's ``.hydra/overrides.yaml``."""
-    path = job_dir / ".hydra" / "overrides.yaml"
+    path = job_dir / HYDRA / HYDRA_OVERRIDES
     if not path.exists():
         return {}
     out = {}

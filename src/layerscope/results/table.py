@@ -9,7 +9,7 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-from .catalog import PER_IMAGE
+from .catalog import CANDIDATE, PER_IMAGE
 from .layout import RESULTS, is_complete, read_done
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def _fmt(value: object) -> object:
     return value
 
 
-REQUIRED = ("image", "category", "model", "method", "layer", "head", "threshold")
+REQUIRED = ("image", "category", *CANDIDATE, "threshold")
 
 
 def read_results(path: Path) -> pd.DataFrame:

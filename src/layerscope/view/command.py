@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..results import catalog
+from ..results import catalog, layout
 from .page import DEFAULT_METRICS, build
 
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot write{f' {e.filename}' if e.filename else ''}: {e.strerror or e}; the earlier page "
               "is kept", file=sys.stderr)
         return 2
-    files = path.with_name(f"{path.stem}_files")
+    files = layout.page_files(path)
     size = path.stat().st_size + sum(f.stat().st_size for f in files.rglob("*") if f.is_file())
     print(path)
     print(f"written in {time.perf_counter() - started:.1f} s: page {path.stat().st_size / 1e6:.2f} MB, "

@@ -116,7 +116,7 @@ def check_out(out: Path) -> Path:
     if (out.exists() or out.is_symlink()) and not _is_page(out):
         raise ViewError(f"--out {out}: exists and is not a page written by layerscope-view; it is left as it is "
                         "(choose another file name)")
-    files = out.with_name(f"{out.stem}_files")
+    files = layout.page_files(out)
     if (files.exists() or files.is_symlink()) and not _own_files(files):
         raise ViewError(f"--out {out}: {files} exists and was not written by layerscope-view (the page's pictures "
                         "go there); it is left as it is (choose another file name)")
@@ -130,7 +130,7 @@ def _page_lock(out: Path):
     released by the kernel however its holder ends)."""
     import fcntl
 
-    with open(out.with_name(f".{out.name}.lock"), "a") as handle:
+    with open(layout.page_lock(out), "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

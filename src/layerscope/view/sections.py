@@ -194,10 +194,8 @@ def ranking_section(study: Study, metric: str, ranked: pd.DataFrame, top: int) -
     dataset = _dataset_table(study)
     dataset_metric = None
     if dataset is not None:
-        from ..protocol import dataset_metric as to_dataset
-
         try:
-            dataset_metric = to_dataset(metric)
+            dataset_metric = catalog.dataset_metric(metric)
         except ValueError:  # a per-image-only metric (IoU, entropy): pooled AUPRO beside it
             dataset_metric = "aupro"
         dataset = rank_dataset(dataset, dataset_metric) if dataset_metric in dataset.columns else None
@@ -288,7 +286,7 @@ def curves_section(study: Study, metric: str, scores: dict[str, pd.DataFrame], n
 
 
 def choice_section(study: Study) -> str:
-    files = sorted(study.root.rglob("choice_*.json"))
+    files = sorted(study.root.rglob(layout.CHOICE_GLOB))
     if not files:
         return ""
     blocks = []
