@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from ..results.catalog import DATASET, MAP_METRICS, lower_is_better
 from ..results.table import METRICS, read_table
@@ -72,15 +72,15 @@ class WandbLogger(Logger):
         self.run = None
         self._images: list[list[Any]] = []
 
-    def start(self, cfg: DictConfig, out_dir: Path, model: str, method: str) -> None:
+    def start(self, config: Mapping[str, Any], out_dir: Path, model: str, method: str, dataset: str = "") -> None:
         import wandb
 
-        dataset = cfg.data.get("name", "")
         self.run = wandb.init(
             project=self.project, entity=self.entity, mode=self.mode, dir=str(out_dir),
             group=self.group or sweep_group(out_dir), job_type=method, name=f"{model}·{method}·{out_dir.name}",
             tags=sorted({*self.tags, model, method, dataset} - {""}),
-            config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous")
+            config=OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else dict(config),
+            reinit="finish_previous")
         self.run.define_metric("layer")
         self.run.define_metric("*", step_metric="layer")
         log.info("W&B run %s (%s mode, group %s)", self.run.id, self.mode, self.run.group)
