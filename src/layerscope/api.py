@@ -437,7 +437,7 @@ def score(maps: Maps, masks: Any = None, threshold: float | Sequence[float] = 0.
             or None for the threshold-free columns only.
         threshold: keep-mass fraction(s) (or min-max levels with ``threshold_rule="minmax"``).
         **metric_options: ``threshold_rule``, ``upsample``, and any ``metrics.*`` option of
-            ``conf/config.yaml`` (``aupro_fpr_limit``, ``pointing_tolerance``, ``faithfulness=True``,
+            the schema (``options.MetricsOptions``: ``aupro_fpr_limit``, ``pointing_tolerance``, ``faithfulness=True``,
             ``faithfulness_steps``, ``faithfulness_baseline``, ``faithfulness_tie_orders``), ``seed``.
 
     Returns:
@@ -494,7 +494,8 @@ def score(maps: Maps, masks: Any = None, threshold: float | Sequence[float] = 0.
                 p, c = torch.from_numpy(maps.logits[i]).softmax(-1).max(-1)
                 meta.update(pred_label=bb.labels[int(c)], pred_prob=float(p))
             image_maps = {layer: torch.from_numpy(maps[layer][i]) for layer in maps.layers}
-            rows += image_rows(meta, image_maps, {layer: maps.names for layer in maps.layers}, target, scoring, extra[i])
+            names = {layer: maps.names for layer in maps.layers}
+            rows += image_rows(meta, image_maps, names, target, scoring, extra[i])
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 

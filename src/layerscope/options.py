@@ -24,18 +24,27 @@ SCHEMA = "base_config"  # the name config.yaml's defaults list gives the schema
 TRUE, FALSE = ("true", "yes", "on"), ("false", "no", "off")  # YAML 1.1 spellings, any case
 
 
+def _option(default: Any, expected: str) -> Any:
+    """A field with its default and, for messages, what it expects beyond its type (``an int >= 1``)."""
+    return field(default=default, metadata={"expected": expected})
+
+
 @dataclass
 class MetricsOptions:
     """``metrics.*``: how maps are scored beyond the threshold (see the README's Outputs)."""
 
-    aupro_fpr_limit: float = 0.3  # AUPRO integrates PRO over FPR in [0, limit], normalised
-    image_topk: float = 0.01  # score_topk = mean of the top 1% of a map's cells (image-level score)
-    faithfulness: bool = False  # deletion_auc / insertion_auc per map (models with a classifier; 2 + 2 K (steps - 1) forwards per image and layer)
-    faithfulness_steps: int = 10  # cells removed / revealed in this many equal steps
-    faithfulness_baseline: str = "blur"  # what removed cells show: blur (Gaussian, sigma = side / 32) | mean (the image's mean colour)
-    faithfulness_tie_orders: int = 4  # equal-valued cells across a step's cut: AUCs averaged over this many seeded random orders (0: raster order)
-    pointing_tolerance: float = 15.0  # pixels: the pointing game's hit radius around the mask (TorchRay benchmark)
-    attention_distance: bool = False  # cls_attention: each head's mean attention distance (input pixels), same pass (x1.46 a forward)
+    aupro_fpr_limit: float = _option(0.3, "a value in (0, 1]")  # AUPRO integrates PRO over FPR in [0, limit], normalised
+    image_topk: float = _option(0.01, "a fraction in (0, 1]")  # score_topk = mean of the top 1% of a map's cells (image-level score)
+    # deletion_auc / insertion_auc per map (models with a classifier; 2 + 2 K (steps - 1) forwards per image and layer)
+    faithfulness: bool = False
+    faithfulness_steps: int = _option(10, "an int >= 2")  # cells removed / revealed in this many equal steps
+    # what removed cells show: blur (Gaussian, sigma = side / 32) | mean (the image's mean colour)
+    faithfulness_baseline: str = "blur"
+    # equal-valued cells across a step's cut: AUCs averaged over this many seeded random orders (0: raster order)
+    faithfulness_tie_orders: int = _option(4, "an int >= 0")
+    pointing_tolerance: float = _option(15.0, "pixels >= 0")  # pixels: the pointing game's hit radius around the mask (TorchRay benchmark)
+    # cls_attention: each head's mean attention distance (input pixels), same pass (x1.46 a forward)
+    attention_distance: bool = False
 
 
 @dataclass
@@ -44,7 +53,7 @@ class CacheOptions:
 
     enabled: bool = True
     dir: Optional[str] = None  # null = $LAYERSCOPE_CACHE/maps (default ~/.cache/layerscope/maps)
-    max_gb: float = 2.0  # least recently used entries are removed beyond this
+    max_gb: float = _option(2.0, "a size in GB > 0")  # least recently used entries are removed beyond this
 
 
 @dataclass
@@ -52,7 +61,7 @@ class FigureOptions:
     """``figures.*``: the run's own pictures."""
 
     grid: bool = True  # layer x head grid per image
-    max_images: int = 8
+    max_images: int = _option(8, "an int >= 0")
 
 
 @dataclass
@@ -70,14 +79,14 @@ class StudyConfig:
     threshold_rule: str = "keep_mass"  # keep_mass | minmax
     upsample: str = "nearest"  # nearest: score on the grid (exact, as DINO's pictures) | bilinear: per pixel
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
-    batch_size: int = 4
+    batch_size: int = _option(4, "an int >= 1")
     num_workers: Any = "auto"  # DataLoader worker processes preparing images (auto: one per core but one, <= 4)
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on GPU; maps accumulate in fp32)
     on_bad_image: str = "skip"  # skip: log and count unreadable images | fail: stop at the first one
     resume: bool = True  # skip a run folder that already holds a finished run of the same config
     cache: CacheOptions = field(default_factory=CacheOptions)
-    seed: int = 0
+    seed: int = _option(0, "an int >= 0")
     save_maps: bool = True
     save_representations: bool = False  # per layer, each image's pooled representation, for layerscope-compare
     dataset_metrics: bool = True  # dataset-level protocol at the end (dataset_metrics.csv; reads the saved maps)
@@ -149,6 +158,9 @@ def expected(key: str, cls: type = StudyConfig) -> str:
     kind = _hints(cls).get(head)
     if _is_options(kind):
         return expected(rest, kind) if rest else f"the options {key}.* ({', '.join(_hints(kind))})"
+    told = next((f.metadata.get("expected") for f in dataclasses.fields(cls) if f.name == head), None)
+    if told:
+        return told
     words = {float: "a number", int: "an int", str: "a string", bool: "true or false (yes/no and on/off work too)",
              Optional[str]: "a string or null"}
     return words.get(kind, "a value")

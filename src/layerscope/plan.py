@@ -163,7 +163,7 @@ def plan_study(cfg: DictConfig | StudyConfig, backbone: Backbone) -> Plan:
     loader_workers(opts.num_workers, 1, 1)  # checks the option
     _at_least("figures.max_images", opts.figures.max_images, 0)
     if not opts.cache.max_gb > 0:
-        raise ValueError(f"cache.max_gb={opts.cache.max_gb}: expected a size in GB > 0 (or cache.enabled=false)")
+        raise ValueError(f"cache.max_gb={opts.cache.max_gb:g}: expected a size in GB > 0 (or cache.enabled=false)")
     if opts.on_bad_image not in ("skip", "fail"):
         raise ValueError(f"on_bad_image={opts.on_bad_image}: expected skip or fail")
     if opts.precision not in ("fp32", "bf16", "fp16"):

@@ -63,11 +63,11 @@ class ScoreOptions:
             raise ValueError(f"upsample={upsample_mode}: expected one of {', '.join(MODES)}")
         limit, topk, tolerance = metrics.aupro_fpr_limit, metrics.image_topk, metrics.pointing_tolerance
         if not 0 < limit <= 1:
-            raise ValueError(f"metrics.aupro_fpr_limit={limit}: expected a value in (0, 1]")
+            raise ValueError(f"metrics.aupro_fpr_limit={limit:g}: expected a value in (0, 1]")
         if not 0 < topk <= 1:
-            raise ValueError(f"metrics.image_topk={topk}: expected a fraction in (0, 1]")
+            raise ValueError(f"metrics.image_topk={topk:g}: expected a fraction in (0, 1]")
         if tolerance < 0:
-            raise ValueError(f"metrics.pointing_tolerance={tolerance}: expected pixels >= 0")
+            raise ValueError(f"metrics.pointing_tolerance={tolerance:g}: expected pixels >= 0")
         return cls([float(t) for t in thresholds], rule, upsample_mode, float(limit), float(topk), float(tolerance))
 
     @classmethod
