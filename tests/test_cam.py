@@ -322,21 +322,21 @@ def test_deletion_auc_of_the_true_evidence_is_lower_than_random_maps():
 
 
 def test_faithfulness_options_and_helper():
+    import dataclasses
+
     from layerscope.mapsource import faithfulness
     from layerscope.metrics.faithfulness import check_faithfulness
-    from omegaconf import OmegaConf
+    from layerscope.options import MetricsOptions
 
-    cfg = OmegaConf.create({"metrics": {"faithfulness": True, "faithfulness_steps": 4,
-                                        "faithfulness_baseline": "blur"}})
+    metrics = MetricsOptions(faithfulness=True, faithfulness_steps=4, faithfulness_baseline="blur")
     with pytest.raises(ValueError, match=r"^metrics.faithfulness needs a model with a classifier"):
-        check_faithfulness(cfg, tiny_vit(num_classes=0))
+        check_faithfulness(metrics, tiny_vit(num_classes=0))
     bb = tiny_cnn()
-    check_faithfulness(cfg, bb)
+    check_faithfulness(metrics, bb)
     for key, value, message in (("faithfulness_steps", 0, "metrics.faithfulness_steps=0"),
                                 ("faithfulness_baseline", "noise", "metrics.faithfulness_baseline=noise")):
-        bad = OmegaConf.merge(cfg, {"metrics": {key: value}})
         with pytest.raises(ValueError, match=message):
-            check_faithfulness(bad, bb)
+            check_faithfulness(dataclasses.replace(metrics, **{key: value}), bb)
     x = torch.rand(2, 3, 64, 64)
     maps = {0: torch.rand(2, 3, 32, 32), 4: torch.rand(2, 1, 2, 2)}
     out = faithfulness(bb, x, maps, torch.tensor([1, 2]), steps=4)

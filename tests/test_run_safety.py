@@ -52,8 +52,22 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_boolean_options_are_read_from_the_defaults():
-    """Every key whose default is true/false in config.yaml or a group config is a boolean option."""
+    """Every key whose default is true/false in the schema, config.yaml or a group config is a boolean option."""
+    import dataclasses
+
+    from layerscope.options import StudyConfig
+
     expected = set()
+
+    def schema(cls, prefix):  # the top level's defaults live in the schema's dataclasses
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(default):
+                schema(type(default), f"{prefix}{f.name}.")
+            elif isinstance(default, bool):
+                expected.add(f"{prefix}{f.name}")
+
+    schema(StudyConfig, "")
 
     def leaves(node, prefix):
         for key, value in node.items():
@@ -130,13 +144,14 @@ def test_unset_options_of_each_dataset_name_what_they_expect(args, message):
 def test_faithfulness_needs_two_steps_at_least():
     from layerscope.metrics.faithfulness import check_faithfulness
 
+    from layerscope.options import MetricsOptions
+
     model = SimpleNamespace(num_classes=10, name="m")
-    cfg = OmegaConf.create({"metrics": {"faithfulness": True, "faithfulness_steps": 1,
-                                        "faithfulness_baseline": "blur"}})
+    metrics = MetricsOptions(faithfulness=True, faithfulness_steps=1, faithfulness_baseline="blur")
     with pytest.raises(ValueError, match=r"^metrics.faithfulness_steps=1: expected an int >= 2"):
-        check_faithfulness(cfg, model)
-    cfg.metrics.faithfulness_steps = 2
-    check_faithfulness(cfg, model)
+        check_faithfulness(metrics, model)
+    metrics.faithfulness_steps = 2
+    check_faithfulness(metrics, model)
 
 
 # ------------------------------------------------------------------------------------- refused runs

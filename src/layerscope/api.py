@@ -437,7 +437,7 @@ def score(maps: Maps, masks: Any = None, threshold: float | Sequence[float] = 0.
             or None for the threshold-free columns only.
         threshold: keep-mass fraction(s) (or min-max levels with ``threshold_rule="minmax"``).
         **metric_options: ``threshold_rule``, ``upsample``, and any ``metrics.*`` option of
-            ``conf/config.yaml`` (``aupro_fpr_limit``, ``pointing_tolerance``, ``faithfulness=True``,
+            the schema (``options.MetricsOptions``: ``aupro_fpr_limit``, ``pointing_tolerance``, ``faithfulness=True``,
             ``faithfulness_steps``, ``faithfulness_baseline``, ``faithfulness_tie_orders``), ``seed``.
 
     Returns:
@@ -455,25 +455,26 @@ def score(maps: Maps, masks: Any = None, threshold: float | Sequence[float] = 0.
         >>> sorted(df["head"].unique())
         ['l2', 'mean_abs', 'pca']
     """
-    import pandas as pd
-    from omegaconf import OmegaConf
+    import dataclasses
 
+    import pandas as pd
+
+    from .options import MetricsOptions, StudyConfig, typed
     from .results.table import COLUMNS
-    from .configs import config_dir
     from .scoring import ScoreOptions, Target, image_rows, one_thread
 
-    defaults = OmegaConf.load(Path(config_dir()) / "config.yaml")
-    cfg = {"threshold": list(threshold) if isinstance(threshold, (list, tuple)) else threshold,
-           "threshold_rule": defaults.threshold_rule, "upsample": defaults.upsample, "seed": int(defaults.seed),
-           "metrics": OmegaConf.to_container(defaults.metrics)}
+    metric_keys = tuple(f.name for f in dataclasses.fields(MetricsOptions))
+    given: dict[str, Any] = {"threshold": list(threshold) if isinstance(threshold, (list, tuple)) else threshold,
+                             "metrics": {}}
     for key, value in metric_options.items():
         if key in SCORE_KEYS:
-            cfg[key] = value
-        elif key in cfg["metrics"]:
-            cfg["metrics"][key] = value
+            given[key] = value
+        elif key in metric_keys:
+            given["metrics"][key] = value
         else:
-            raise ValueError(f"{key}: not a scoring option (options: {', '.join(SCORE_KEYS + tuple(cfg['metrics']))})")
-    opts = ScoreOptions.from_config(cfg)
+            raise ValueError(f"{key}: not a scoring option (options: {', '.join(SCORE_KEYS + metric_keys)})")
+    opts: StudyConfig = typed(StudyConfig, given)  # the schema's defaults for the rest, types checked
+    scoring = ScoreOptions.of(opts.threshold, opts.threshold_rule, opts.upsample, opts.metrics)
     n, bb = len(maps), maps.backbone
     mask_list = [None] * n if masks is None else [masks] if n == 1 and not isinstance(masks, (list, tuple)) else \
         list(masks)
@@ -481,7 +482,7 @@ def score(maps: Maps, masks: Any = None, threshold: float | Sequence[float] = 0.
         raise ValueError(f"masks: {len(mask_list)} masks for {n} images; give one per image (None where there is none)")
     size = maps.images.shape[1]
     targets = [_mask(m, size, i) for i, m in enumerate(mask_list)]
-    extra = _faithfulness(maps, cfg) if cfg["metrics"].get("faithfulness") else [None] * n
+    extra = _faithfulness(maps, opts.metrics, opts.seed) if opts.metrics.faithfulness else [None] * n
     rows = []
     with one_thread():
         for i in range(n):
@@ -493,15 +494,17 @@ def score(maps: Maps, masks: Any = None, threshold: float | Sequence[float] = 0.
                 p, c = torch.from_numpy(maps.logits[i]).softmax(-1).max(-1)
                 meta.update(pred_label=bb.labels[int(c)], pred_prob=float(p))
             image_maps = {layer: torch.from_numpy(maps[layer][i]) for layer in maps.layers}
-            rows += image_rows(meta, image_maps, {layer: maps.names for layer in maps.layers}, target, opts, extra[i])
+            names = {layer: maps.names for layer in maps.layers}
+            rows += image_rows(meta, image_maps, names, target, scoring, extra[i])
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-def _faithfulness(maps: Maps, cfg: dict) -> list[dict]:
-    """Deletion and insertion AUC of every map, per image (``metrics.faithfulness=True``)."""
+def _faithfulness(maps: Maps, metrics: Any, seed: int) -> list[dict]:
+    """Deletion and insertion AUC of every map, per image (``metrics.faithfulness=True``; ``metrics``: the
+    ``options.MetricsOptions``)."""
     from .mapsource import faithfulness
 
-    bb, metrics = maps.backbone, cfg["metrics"]
+    bb = maps.backbone
     target = getattr(maps._method, "target_class", None)
     if isinstance(target, int) or isinstance(target, (list, tuple)):
         classes = torch.as_tensor([target] * len(maps) if isinstance(target, int) else list(target))
@@ -510,8 +513,7 @@ def _faithfulness(maps: Maps, cfg: dict) -> list[dict]:
     else:
         classes = torch.zeros(len(maps), dtype=torch.long)  # faithfulness() stops with its one line
     arrays = {layer: torch.from_numpy(maps[layer]) for layer in maps.layers}
-    values = faithfulness(bb, maps._rgb, arrays, classes, int(metrics["faithfulness_steps"]),
-                          str(metrics["faithfulness_baseline"]), tie_orders=int(metrics["faithfulness_tie_orders"]),
-                          seed=int(cfg["seed"]))
+    values = faithfulness(bb, maps._rgb, arrays, classes, metrics.faithfulness_steps, metrics.faithfulness_baseline,
+                          tie_orders=metrics.faithfulness_tie_orders, seed=seed)
     return [{layer: {"deletion_auc": v[i, :, 0], "insertion_auc": v[i, :, 1]} for layer, v in values.items()}
             for i in range(len(maps))]

@@ -68,13 +68,10 @@ def _distance_rows(labels: dict[Path, str]) -> pd.DataFrame:
 
 
 def _log_wandb(similarity: pd.DataFrame, probe: pd.DataFrame | None, out: Path, folders: list[Path]) -> None:
-    from omegaconf import OmegaConf
-
     from .loggers.wandb_logger import WandbLogger
 
     logger = WandbLogger(group="compare")
-    cfg = OmegaConf.create({"data": {}, "compare": {"folders": [str(f) for f in folders]}})
-    logger.start(cfg, out, "compare", "compare")
+    logger.start({"compare": {"folders": [str(f) for f in folders]}}, out, "compare", "compare")
     ok = False
     try:
         logger.log_comparison(similarity, probe)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from .backbones import Backbone
 from .maps.methods import MapMethod
+from .options import CacheOptions
 from .plan import Plan
-from .results.cache import MapCache, config_key, image_key
+from .results.cache import MapCache, image_key
 
 
 def autocast(device: torch.device, precision: str):
@@ -27,16 +27,20 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
 
 
-def build_cache(cfg: DictConfig, method: MapMethod) -> MapCache | None:
-    """The map cache for this run, or None (disabled, or a method that learns from other images)."""
-    if not cfg.cache.enabled or method.needs_references:
+def build_cache(options: CacheOptions, method: MapMethod, key: str) -> MapCache | None:
+    """The map cache for this run, or None (disabled, or a method that learns from other images).
+
+    Args:
+        options: the run's ``cache.*`` options.
+        method: the run's map method.
+        key: what the maps depend on (``results.cache.config_key`` of the model, the method and the seed).
+    """
+    if not options.enabled or method.needs_references:
         return None
     from .backbones.bundled import cache_dir
 
-    root = Path(cfg.cache.dir).expanduser() if cfg.cache.dir else cache_dir() / "maps"
-    key = config_key(OmegaConf.to_container(cfg.model, resolve=True),
-                     OmegaConf.to_container(cfg.method, resolve=True), int(cfg.seed))
-    return MapCache(root, key, float(cfg.cache.max_gb))
+    root = Path(options.dir).expanduser() if options.dir else cache_dir() / "maps"
+    return MapCache(root, key, float(options.max_gb))
 
 
 class MapSource:

@@ -13,8 +13,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .backbones import Backbone, select_indices
 from .configs import config_dir
+from .data.base import Dataset, check_dataset
 from .maps.methods import MapMethod
 from .metrics.faithfulness import check_faithfulness
+from .options import StudyConfig, as_bool, bool_fields, typed
 from .scoring import ScoreOptions
 
 
@@ -27,11 +29,6 @@ class Plan:
     heads: list[int]
     scoring: ScoreOptions
     extras: tuple[str, ...] = ()  # captured beside the maps in the same pass (Backbone.extra_hooks)
-
-
-def as_plain(value: Any) -> Any:
-    """OmegaConf containers to plain Python; scalars stay scalars."""
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def build(cfg: Any, **kwargs: Any) -> Any:
@@ -64,7 +61,6 @@ def name_from_choices(cfg: DictConfig, choices: Mapping[str, Any]) -> DictConfig
     return cfg
 
 
-TRUE, FALSE = ("true", "yes", "on"), ("false", "no", "off")  # YAML 1.1 spellings, any case
 GROUPS_WITHOUT_DEFAULTS = ("experiment",)  # groups that change other options (``@package _global_``)
 _ABSENT = object()
 
@@ -87,12 +83,13 @@ def _bool_leaves(node: Any, prefix: str) -> Iterable[tuple[str, bool]]:
 
 @functools.lru_cache(maxsize=4)
 def bool_options(conf_dir: Path | None = None) -> tuple[str, ...]:
-    """Every boolean option: the keys whose default is true or false in ``config.yaml`` and in the
+    """Every boolean option: the schema's booleans (``save_maps``, ``metrics.faithfulness``, see
+    ``options.StudyConfig``) and the keys whose default is true or false in ``config.yaml`` and in the
     configs of each group (``model.pretrained``, ``data.recursive``, ...), read from the YAML files
     themselves so that a new boolean option is checked without being listed anywhere.
     """
     conf = Path(conf_dir) if conf_dir is not None else _conf_dir()
-    kinds: dict[str, set[bool]] = {}
+    kinds: dict[str, set[bool]] = {key: {True} for key in bool_fields()}
     files = [(conf / "config.yaml", "")]
     files += [(f, f"{group.name}.") for group in sorted(conf.iterdir())
               if group.is_dir() and group.name not in GROUPS_WITHOUT_DEFAULTS for f in sorted(group.rglob("*.yaml"))]
@@ -100,19 +97,6 @@ def bool_options(conf_dir: Path | None = None) -> tuple[str, ...]:
         for key, is_bool in _bool_leaves(OmegaConf.to_container(OmegaConf.load(path)), prefix):
             kinds.setdefault(key, set()).add(is_bool)
     return tuple(sorted(key for key, seen in kinds.items() if seen == {True}))
-
-
-def as_bool(key: str, value: Any) -> bool:
-    """A boolean option's value: true/false, or the YAML spellings yes/no, on/off (any case).
-
-    Raises:
-        ValueError: anything else (``save_maps=maybe``, ``1``, null), naming the option.
-    """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
-        return value.strip().lower() in TRUE
-    raise ValueError(f"{key}={value}: expected true or false (yes/no and on/off work too)")
 
 
 def missing_hint(key: str, choice: str | None, conf_dirs: Iterable[Path] = ()) -> str:
@@ -159,46 +143,45 @@ def check_config(cfg: DictConfig, conf_dirs: Iterable[Path] = ()) -> DictConfig:
     return cfg
 
 
-def _int_option(cfg: DictConfig, key: str, low: int) -> int:
-    value = OmegaConf.select(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+def _at_least(key: str, value: int, low: int) -> int:
+    if value < low:
         raise ValueError(f"{key}={value}: expected an int >= {low}")
     return value
 
 
-def plan_study(cfg: DictConfig, backbone: Backbone) -> Plan:
-    """Check every option against the model; raise ValueError naming the option otherwise."""
-    method: MapMethod = build(cfg.method, backbone=backbone)
-    layers = select_indices(as_plain(cfg.layer), backbone.num_layers, "layer")
-    heads = select_indices(as_plain(cfg.head), method.num_maps(), "head")
-    _int_option(cfg, "batch_size", 1)
-    loader_workers(cfg.num_workers, 1, 1)  # checks the option
-    _int_option(cfg, "figures.max_images", 0)
-    max_gb = OmegaConf.select(cfg, "cache.max_gb")
-    if isinstance(max_gb, bool) or not isinstance(max_gb, (int, float)) or not max_gb > 0:
-        raise ValueError(f"cache.max_gb={max_gb}: expected a size in GB > 0 (or cache.enabled=false)")
-    if cfg.on_bad_image not in ("skip", "fail"):
-        raise ValueError(f"on_bad_image={cfg.on_bad_image}: expected skip or fail")
-    if cfg.precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"precision={cfg.precision}: expected fp32, bf16 or fp16")
-    if cfg.precision != "fp32" and resolve_device(cfg.device).type != "cuda":
-        raise ValueError(f"precision={cfg.precision} needs a GPU (device=cuda or auto with CUDA); use precision=fp32")
-    check_faithfulness(cfg, backbone)
-    return Plan(method, layers, heads, ScoreOptions.from_config(cfg), plan_extras(cfg, backbone, method))
+def plan_study(cfg: DictConfig | StudyConfig, backbone: Backbone) -> Plan:
+    """Check every option against the model; raise ValueError naming the option otherwise.
+
+    Args:
+        cfg: the run's config (composed, or a saved ``config.yaml``), or its typed options.
+    """
+    opts = cfg if isinstance(cfg, StudyConfig) else typed(StudyConfig, cfg)
+    method: MapMethod = build(OmegaConf.create(opts.method), backbone=backbone)
+    layers = select_indices(opts.layer, backbone.num_layers, "layer")
+    heads = select_indices(opts.head, method.num_maps(), "head")
+    _at_least("batch_size", opts.batch_size, 1)
+    loader_workers(opts.num_workers, 1, 1)  # checks the option
+    _at_least("figures.max_images", opts.figures.max_images, 0)
+    if not opts.cache.max_gb > 0:
+        raise ValueError(f"cache.max_gb={opts.cache.max_gb:g}: expected a size in GB > 0 (or cache.enabled=false)")
+    if opts.on_bad_image not in ("skip", "fail"):
+        raise ValueError(f"on_bad_image={opts.on_bad_image}: expected skip or fail")
+    if opts.precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision={opts.precision}: expected fp32, bf16 or fp16")
+    if opts.precision != "fp32" and resolve_device(opts.device).type != "cuda":
+        raise ValueError(f"precision={opts.precision} needs a GPU (device=cuda or auto with CUDA); use precision=fp32")
+    check_faithfulness(opts.metrics, backbone)
+    scoring = ScoreOptions.of(opts.threshold, opts.threshold_rule, opts.upsample, opts.metrics)
+    return Plan(method, layers, heads, scoring, plan_extras(opts, backbone, method))
 
 
-def plan_extras(cfg: DictConfig, backbone: Backbone, method: MapMethod) -> tuple[str, ...]:
+def plan_extras(opts: StudyConfig, backbone: Backbone, method: MapMethod) -> tuple[str, ...]:
     """What the run captures beside the maps: pooled representations (``save_representations``) and,
     for ``cls_attention``, the mean attention distance per head (``metrics.attention_distance``)."""
     extras: list[str] = []
-    save = cfg.get("save_representations", False)
-    distance = OmegaConf.select(cfg, "metrics.attention_distance", default=False)
-    for key, value in (("save_representations", save), ("metrics.attention_distance", distance)):
-        if not isinstance(value, bool):
-            raise ValueError(f"{key}={value}: expected true or false")
-    if save:
+    if opts.save_representations:
         extras += [f"rep_{kind}" for kind in backbone.representation_kinds]
-    if distance and method.name == "cls_attention":
+    if opts.metrics.attention_distance and method.name == "cls_attention":
         extras.append("attention_distance")
     return tuple(extras)
 
@@ -250,8 +233,12 @@ def writer_threads() -> int:
     return max(1, min(4, usable_cores() // 4))
 
 
-def build_dataset(cfg: DictConfig) -> Any:
-    """Instantiate ``cfg.data`` (its ``name`` key is metadata, not an argument)."""
+def build_dataset(cfg: DictConfig) -> Dataset:
+    """Instantiate ``cfg.data`` (its ``name`` key is metadata, not an argument).
+
+    Raises:
+        ValueError: the class built is not a ``data.base.Dataset`` (naming what it lacks).
+    """
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data.pop("name", None)
-    return build(data)
+    return check_dataset(build(data))

@@ -79,6 +79,7 @@ def precheck(args: list[str]) -> str | None:
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import ValidationError
 
     overrides, dirs, own = _flags(args)
     if own:
@@ -91,8 +92,8 @@ def precheck(args: list[str]) -> str | None:
     for o in parsed:
         key = o.key_or_group
         if o.is_add() and not any(f"{key}.".startswith(prefix) for prefix in EXTENSIBLE):
-            return f"error: {o.input_line}: {key} is not an option of layerscope (the options are the keys of " \
-                   "conf/config.yaml; +key adds only inside model.model_kwargs)"
+            return f"error: {o.input_line}: {key} is not an option of layerscope (the options are those of " \
+                   "layerscope/options.py; +key adds only inside model.model_kwargs)"
     singles = [o.input_line if not o.is_sweep_override() else None for o in parsed]
     firsts = [f"{o.get_key_element()}={_first(o)}" if o.is_sweep_override() else o.input_line for o in parsed]
     combos = [firsts]
@@ -114,11 +115,13 @@ def precheck(args: list[str]) -> str | None:
                 group, _, value = wanted.rpartition("/")
                 return f"error: {group}={value}: no such config; available: {', '.join(e.options or [])}"
             except ConfigCompositionException as e:
+                if isinstance(e.__cause__, ValidationError) and getattr(e.__cause__, "full_key", None):
+                    return f"error: {_type_error(e.__cause__, combo)}"  # metrics.image_topk=abc: the schema's type
                 lines = str(e).splitlines()
                 first = lines[0]
                 if first.startswith("Could not override '"):
                     key = first.split("'")[1]
-                    return f"error: {key}: no such option (the options are the keys of conf/config.yaml and of " \
+                    return f"error: {key}: no such option (the options are those of layerscope/options.py and of " \
                            f"the chosen model/data/method configs)"
                 return f"error: {' '.join(lines)[:300]}"
             except Exception as e:  # noqa: BLE001 - any other composition error, still one line
@@ -131,6 +134,15 @@ def precheck(args: list[str]) -> str | None:
             except ValueError as e:
                 return f"error: {e}"
     return None
+
+
+def _type_error(error, overrides: list[str]) -> str:
+    """``key=value: expected ...`` for a value of the wrong type, the value as the user wrote it."""
+    from .options import type_error
+
+    key = str(error.full_key)
+    given = next((o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == key), None)
+    return type_error(error, given)
 
 
 def _first(override) -> str:

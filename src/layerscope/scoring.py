@@ -18,11 +18,13 @@ from .metrics import (Cells, mass_in_mask_counts, normalized_entropy, pointing_g
 from .metrics.localization import MaskCells, iou_from_kept_counts, rank_metrics
 from .metrics.ranking import Ranked, rank_rows
 from .metrics.threads import one_thread, serial  # noqa: F401 - one_thread: the study scores under it too
+from .options import MetricsOptions, StudyConfig, typed
 
 
 @dataclass
 class ScoreOptions:
-    """How maps become masks and numbers.
+    """How maps become masks and numbers: the scoring part of a run's options, defaults from the schema
+    (``options.StudyConfig``, ``options.MetricsOptions``).
 
     Attributes:
         thresholds: values for ``rule`` (keep-mass fractions or min-max levels).
@@ -35,41 +37,50 @@ class ScoreOptions:
     """
 
     thresholds: list[float]
-    rule: str = "keep_mass"
-    upsample: str = "nearest"
-    fpr_limit: float = 0.3
-    topk: float = 0.01
-    pointing_tolerance: float = 15.0
+    rule: str = StudyConfig.threshold_rule
+    upsample: str = StudyConfig.upsample
+    fpr_limit: float = MetricsOptions.aupro_fpr_limit
+    topk: float = MetricsOptions.image_topk
+    pointing_tolerance: float = MetricsOptions.pointing_tolerance
 
     @classmethod
-    def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> "ScoreOptions":
-        """Read and check ``threshold``, ``threshold_rule``, ``upsample`` and ``metrics.*``.
+    def of(cls, threshold: Any, rule: str, upsample_mode: str, metrics: MetricsOptions) -> "ScoreOptions":
+        """Check ``threshold``, ``threshold_rule``, ``upsample`` and the scoring ``metrics.*`` options.
 
         Raises:
             ValueError: naming the option and what it accepts.
         """
-        thresholds = OmegaConf.to_container(cfg["threshold"]) if OmegaConf.is_config(cfg["threshold"]) else cfg["threshold"]
-        thresholds = thresholds if isinstance(thresholds, list) else [thresholds]
+        thresholds = OmegaConf.to_container(threshold) if OmegaConf.is_config(threshold) else threshold
+        thresholds = list(thresholds) if isinstance(thresholds, (list, tuple)) else [thresholds]
         if not thresholds or not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in thresholds):
             raise ValueError(f"threshold={thresholds}: expected a number or a list of numbers in [0, 1]")
         bad = [t for t in thresholds if not 0 <= t <= 1]
         if bad:
             raise ValueError(f"threshold={bad}: thresholds must be in [0, 1]")
-        if cfg["threshold_rule"] not in RULES:
-            raise ValueError(f"threshold_rule={cfg['threshold_rule']}: expected one of {', '.join(RULES)}")
-        if cfg["upsample"] not in MODES:
-            raise ValueError(f"upsample={cfg['upsample']}: expected one of {', '.join(MODES)}")
-        metrics = cfg.get("metrics") or {}
-        limit, topk = float(metrics.get("aupro_fpr_limit", 0.3)), float(metrics.get("image_topk", 0.01))
+        if rule not in RULES:
+            raise ValueError(f"threshold_rule={rule}: expected one of {', '.join(RULES)}")
+        if upsample_mode not in MODES:
+            raise ValueError(f"upsample={upsample_mode}: expected one of {', '.join(MODES)}")
+        limit, topk, tolerance = metrics.aupro_fpr_limit, metrics.image_topk, metrics.pointing_tolerance
         if not 0 < limit <= 1:
-            raise ValueError(f"metrics.aupro_fpr_limit={limit}: expected a value in (0, 1]")
+            raise ValueError(f"metrics.aupro_fpr_limit={limit:g}: expected a value in (0, 1]")
         if not 0 < topk <= 1:
-            raise ValueError(f"metrics.image_topk={topk}: expected a fraction in (0, 1]")
-        tolerance = metrics.get("pointing_tolerance", 15)
-        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
-            raise ValueError(f"metrics.pointing_tolerance={tolerance}: expected pixels >= 0")
-        return cls([float(t) for t in thresholds], cfg["threshold_rule"], cfg["upsample"], limit, topk,
-                   float(tolerance))
+            raise ValueError(f"metrics.image_topk={topk:g}: expected a fraction in (0, 1]")
+        if tolerance < 0:
+            raise ValueError(f"metrics.pointing_tolerance={tolerance:g}: expected pixels >= 0")
+        return cls([float(t) for t in thresholds], rule, upsample_mode, float(limit), float(topk), float(tolerance))
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> "ScoreOptions":
+        """Read and check the scoring options of a whole config, such as a run's saved ``config.yaml``
+        (missing keys take the schema's defaults).
+
+        Raises:
+            ValueError: naming the option and what it accepts.
+        """
+        opts = typed(StudyConfig, {k: cfg[k] for k in ("threshold", "threshold_rule", "upsample", "metrics")
+                                   if k in cfg})
+        return cls.of(opts.threshold, opts.threshold_rule, opts.upsample, opts.metrics)
 
 
 class Target:

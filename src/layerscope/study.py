@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .backbones import Backbone
+from .data.base import Dataset
 from .data.ids import safe_name
 from .data.images import BadImage
 from .data.transforms import mask_rule_effect, to_input
@@ -22,8 +23,10 @@ from .figures.grid import layer_head_grid
 from .loggers import Logger
 from .maps import threshold_maps, upsample
 from .mapsource import MapSource, build_cache, to_uint8
+from .options import StudyConfig, typed
 from .plan import Plan, build, build_dataset, check_config, loader_workers, plan_study, resolve_device, writer_threads
 from .results import layout
+from .results.cache import config_key
 from .results.maps_io import save_maps
 from .results.representations import PartWriter, consolidate
 from .results.rundir import RunLock, done_line, previous_progress, write_atomic, write_summary
@@ -35,7 +38,7 @@ from .scoring_batch import batch_image_rows
 log = logging.getLogger(__name__)
 
 
-def fit_references(plan: Plan, backbone: Backbone, dataset: Any, batch_size: int, device: torch.device) -> None:
+def fit_references(plan: Plan, backbone: Backbone, dataset: Dataset, batch_size: int, device: torch.device) -> None:
     """Feed the dataset's normal reference images to a method that learns from them (patch_knn)."""
     if not plan.method.needs_references:
         return
@@ -75,13 +78,14 @@ def _run_locked(cfg: DictConfig, out_dir: Path, on_accept: Callable[[bool], None
         log.info("%s already holds this finished run; skipped (resume=false to refuse instead)", out_dir)
         return out_dir / layout.RESULTS
     write_atomic(out_dir / layout.CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
-    torch.manual_seed(int(cfg.seed))
-    device = resolve_device(cfg.device)
+    opts = typed(StudyConfig, cfg)  # from here on, each part gets its own typed options
+    torch.manual_seed(opts.seed)
+    device = resolve_device(opts.device)
 
     backbone: Backbone = build(cfg.model)
-    plan = plan_study(cfg, backbone)
+    plan = plan_study(opts, backbone)
     dataset = build_dataset(cfg)
-    if plan.method.needs_references and not hasattr(dataset, "references"):
+    if plan.method.needs_references and not dataset.has_references:
         raise ValueError(f"method={plan.method.name} needs defect-free reference images, which data="
                          f"{cfg.data.get('name', '?')} does not offer; use data=synthetic, data=mvtec, or data=folder "
                          "with data.normal_dir")
@@ -93,14 +97,15 @@ def _run_locked(cfg: DictConfig, out_dir: Path, on_accept: Callable[[bool], None
     log.info("model %s (%s, %d layers) ready in %.1fs; layers %s, method %s, %d images",
              backbone.name, backbone.kind, backbone.num_layers, time.perf_counter() - t0,
              plan.layers, method.name, len(dataset))
-    logger.start(cfg, out_dir, backbone.name, method.name)
+    logger.start(OmegaConf.to_container(cfg, resolve=True), out_dir, backbone.name, method.name,
+                 dataset=str(opts.data.get("name", "")))
     ok, pooled = False, None
     try:
-        stats = _study_loop(cfg, out_dir, plan, backbone, dataset, device, logger, done)
+        stats = _study_loop(opts, out_dir, plan, backbone, dataset, device, logger, done)
         stats["rows"] += sum(done.values())  # the rows of images an earlier, interrupted run finished
         if any(e.startswith("rep_") for e in plan.extras):
             stats["representations"] = consolidate(out_dir)  # done.txt order: a resumed run's equals a clean one's
-        pooled, stats["dataset_seconds"] = dataset_pass(cfg, out_dir)
+        pooled, stats["dataset_seconds"] = dataset_pass(opts, out_dir)
         write_summary(out_dir, {"complete": True, "model": backbone.name, "method": method.name,
                                 "layers": plan.layers, "seconds": round(time.perf_counter() - t0, 3), **stats})
         ok = True
@@ -124,7 +129,7 @@ def _log_comparison(logger: Logger, out_dir: Path) -> None:
     logger.log_comparison(*self_comparison(out_dir))
 
 
-def dataset_pass(cfg: DictConfig, out_dir: Path) -> tuple[Any, float]:
+def dataset_pass(cfg: StudyConfig, out_dir: Path) -> tuple[Any, float]:
     """The dataset-level protocol over the saved maps (``dataset_metrics.csv``), when asked and possible.
 
     Returns:
@@ -161,7 +166,7 @@ def dataset_pass(cfg: DictConfig, out_dir: Path) -> tuple[Any, float]:
 class Prepared(torch.utils.data.Dataset):
     """Dataset items resized for the model; runs in DataLoader workers when ``num_workers`` > 0."""
 
-    def __init__(self, dataset: Any, size: int):
+    def __init__(self, dataset: Dataset, size: int):
         self.dataset, self.size = dataset, size
 
     def __len__(self) -> int:
@@ -171,7 +176,7 @@ class Prepared(torch.utils.data.Dataset):
         try:
             s = self.dataset[i]
         except BadImage as e:  # the study skips it (or stops, with on_bad_image=fail)
-            name = self.dataset.name_of(i) if hasattr(self.dataset, "name_of") else f"item {i}"
+            name = self.dataset.name_of(i)
             return {"id": safe_name(name), "error": str(e)}
         x, mask, valid = to_input(s, self.size)
         sid = safe_name(s.id)
@@ -199,7 +204,7 @@ def _quiet_hang_ups(worker_id: int) -> None:
     sys.excepthook = hook
 
 
-def image_batches(cfg: DictConfig, dataset: Any, size: int, device: torch.device) -> tuple[Any, int]:
+def image_batches(cfg: StudyConfig, dataset: Dataset, size: int, device: torch.device) -> tuple[Any, int]:
     """An iterator over batches of prepared images, and the DataLoader workers preparing them.
 
     Workers are forked (on Linux; no pickling, also inside a joblib sweep job) when the iterator is made,
@@ -238,7 +243,7 @@ def image_batches(cfg: DictConfig, dataset: Any, size: int, device: torch.device
         return iter(loader(0)), 0
 
 
-def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, dataset: Any, device: torch.device,
+def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, dataset: Dataset, device: torch.device,
                 logger: Logger, done: dict[str, int | None]) -> dict:
     """Every image not yet done: maps, rows (written here), then its files and ``done.txt`` line.
 
@@ -252,7 +257,7 @@ def _study_loop(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, 
     fit_references(plan, backbone, dataset, int(cfg.batch_size), device)
     all_names = method.map_names()
     names = [all_names[h] for h in plan.heads] + (["mean"] if method.head_mean else [])
-    cache = build_cache(cfg, method)
+    cache = build_cache(cfg.cache, method, config_key(cfg.model, cfg.method, cfg.seed))
     source = MapSource(backbone, plan, device, cfg.precision, cache, keep_on_device=device.type == "cuda")
     batches, workers = image_batches(cfg, dataset, backbone.img_size, device)  # workers start before any thread
     from skimage.measure import label  # noqa: F401 - region labels of the masks: a one-time import (~1 s with
@@ -367,11 +372,11 @@ def chosen_maps(plan: Plan, maps: dict[int, torch.Tensor]) -> dict[int, torch.Te
     return out
 
 
-def _faithfulness(cfg: DictConfig, plan: Plan, backbone: Backbone, items: list[dict],
+def _faithfulness(cfg: StudyConfig, plan: Plan, backbone: Backbone, items: list[dict],
                   per_image: list[dict[int, torch.Tensor]], logits: list[torch.Tensor | None]) -> list[dict | None]:
     """Deletion and insertion AUC of every chosen map of a batch (``metrics.faithfulness``), per image:
     layer -> {"deletion_auc": (K,), "insertion_auc": (K,)}; None per image when not asked for."""
-    if not cfg.metrics.get("faithfulness", False):
+    if not cfg.metrics.faithfulness:
         return [None] * len(items)
     from .mapsource import faithfulness
 
@@ -383,7 +388,7 @@ def _faithfulness(cfg: DictConfig, plan: Plan, backbone: Backbone, items: list[d
         torch.stack([lg.argmax(-1) for lg in logits])
     values = faithfulness(backbone, x, maps, target, int(cfg.metrics.faithfulness_steps),
                           str(cfg.metrics.faithfulness_baseline), int(cfg.batch_size) * 4,
-                          tie_orders=int(cfg.metrics.get("faithfulness_tie_orders", 4)), seed=int(cfg.seed))
+                          tie_orders=cfg.metrics.faithfulness_tie_orders, seed=cfg.seed)
     return [{layer: {"deletion_auc": v[i, :, 0], "insertion_auc": v[i, :, 1]} for layer, v in values.items()}
             for i in range(len(items))]
 
@@ -406,7 +411,7 @@ def _merged(faith: dict | None, columns: dict | None) -> dict | None:
     return {layer: {**(faith or {}).get(layer, {}), **cols} for layer, cols in columns.items()}
 
 
-def _score_batch(cfg: DictConfig, plan: Plan, backbone: Backbone, names: list[str], items: list[dict],
+def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: list[str], items: list[dict],
                  per_image: list[dict[int, torch.Tensor]], logits: list[torch.Tensor | None], faith: list[dict | None],
                  clock: dict[str, float]) -> list[tuple[dict, dict[int, torch.Tensor], list[dict]]]:
     """The rows of every image of a batch, scored together where the maps are (``scoring_batch``).
@@ -436,7 +441,7 @@ def _score_batch(cfg: DictConfig, plan: Plan, backbone: Backbone, names: list[st
             for b, (meta, image_rows) in enumerate(zip(metas, rows))]
 
 
-def _record(cfg: DictConfig, out_dir: Path, plan: Plan, backbone: Backbone, names: list[str], item: dict,
+def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, names: list[str], item: dict,
             meta: dict, chosen: dict[int, torch.Tensor], rows: list[dict], writer: ResultsWriter,
             files: BackgroundWriter, logger: Logger, clock: dict[str, float], draw: bool,
             columns: dict | None = None, before: Sequence = ()) -> int:

@@ -1,7 +1,8 @@
-"""The record every dataset yields."""
+"""The record every dataset yields, and what the study asks of a dataset."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -29,3 +30,58 @@ class Sample:
     source: str = ""
     ignore: np.ndarray | None = None
     group: str = ""
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """What a study asks of a dataset (``data=`` builds one from its config's ``_target_``).
+
+    The optional capabilities are members every dataset has, so callers ask, never probe:
+    ``has_references`` says whether ``references`` gives normal images, and ``name_of`` names an
+    item that could not be read. ``DatasetBase`` gives the defaults (no references, items named
+    by index).
+
+    Attributes:
+        has_references: whether ``references`` gives defect-free images (for methods that learn
+            from normal images, ``patch_knn``).
+    """
+
+    has_references: bool
+
+    def __len__(self) -> int:
+        """Number of items."""
+
+    def __getitem__(self, i: int) -> Sample:
+        """Item ``i``; raises ``data.images.BadImage`` for an unreadable file."""
+
+    def name_of(self, i: int) -> str:
+        """What item ``i`` is, for a message about it when it cannot be read (a file path)."""
+
+    def references(self, n: int) -> list[Sample]:
+        """Up to ``n`` defect-free images, when ``has_references``."""
+
+
+class DatasetBase:
+    """The defaults of ``Dataset``'s optional capabilities: no reference images, items named by index."""
+
+    has_references = False
+
+    def name_of(self, i: int) -> str:
+        return f"item {i}"
+
+    def references(self, n: int) -> list[Sample]:
+        raise ValueError(f"{type(self).__name__} has no defect-free reference images")
+
+
+def check_dataset(dataset: object) -> Dataset:
+    """``dataset`` when it is a ``Dataset``, else ValueError naming what it lacks (a ``data._target_`` of one's own).
+
+    Raises:
+        ValueError: one line naming the class and its missing members.
+    """
+    if isinstance(dataset, Dataset):
+        return dataset
+    missing = [m for m in ("__len__", "__getitem__", "has_references", "name_of", "references")
+               if not hasattr(dataset, m)]
+    raise ValueError(f"data: {type(dataset).__name__} is not a dataset: it lacks {', '.join(missing)}; subclass "
+                     "layerscope.data.base.DatasetBase for the optional ones")

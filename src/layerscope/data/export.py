@@ -8,6 +8,7 @@ Each texture becomes a category: ``OUT/<texture>/train/good``, ``test/<defect>``
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
@@ -16,9 +17,13 @@ from PIL import Image
 
 from .synthetic import DEFECTS, TEXTURES, SyntheticDefects
 
+_PAINT = {k: p.default for k, p in inspect.signature(SyntheticDefects).parameters.items()}  # size, scale, contrast, seed:
+# the dataset's own defaults, so an exported tree and data=synthetic paint alike unless told otherwise
+
 
 def export_mvtec(out: Path, textures=TEXTURES, defects=DEFECTS, per_combination: int = 5, good: int = 5,
-                 train: int = 20, size: int = 256, scale: float = 1.0, contrast: float = 0.5, seed: int = 0) -> list[Path]:
+                 train: int = 20, size: int = _PAINT["size"], scale: float = _PAINT["scale"],
+                 contrast: float = _PAINT["contrast"], seed: int = _PAINT["seed"]) -> list[Path]:
     """Write one MVTec-layout category per texture under ``out``; returns the category folders.
 
     Raises:
@@ -62,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-combination", type=int, default=5, help="defective test images per defect type")
     p.add_argument("--good", type=int, default=5, help="defect-free test images per texture")
     p.add_argument("--train", type=int, default=20, help="defect-free training images per texture")
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--scale", type=float, default=1.0)
-    p.add_argument("--contrast", type=float, default=0.5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=_PAINT["size"])
+    p.add_argument("--scale", type=float, default=_PAINT["scale"])
+    p.add_argument("--contrast", type=float, default=_PAINT["contrast"])
+    p.add_argument("--seed", type=int, default=_PAINT["seed"])
     a = p.parse_args(argv)
     try:
         folders = export_mvtec(a.out, a.textures, a.defects, a.per_combination, a.good, a.train, a.size, a.scale,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .base import Sample
+from .base import DatasetBase, Sample
 from .images import read_image, read_mask
 from .transforms import resize_mask
 
@@ -59,7 +59,7 @@ def _walk(root: Path, skip: Path | None = None) -> list[Path]:
     return files
 
 
-class Folder:
+class Folder(DatasetBase):
     """Every image under ``root``; a mask for ``x.png`` is ``mask_dir/x.png`` or ``mask_dir/x_mask.png``.
 
     Masks are checked against their images at construction (from the file headers), so a
@@ -140,6 +140,11 @@ class Folder:
         sample_id = "__".join((rel if path in self._keep_suffix else rel.with_suffix("")).parts)
         return Sample(id=sample_id, image=image, mask=mask, category=rel.parent.name if rel.parent.parts else "",
                       source=str(path))
+
+    @property
+    def has_references(self) -> bool:
+        """Whether ``data.normal_dir`` was given."""
+        return self.normal_dir is not None
 
     def references(self, n: int) -> list[Sample]:
         """The first ``n`` images of ``normal_dir``.

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .base import Sample
+from .base import DatasetBase, Sample
 from .folder import IMAGE_SUFFIXES, header_size
 from .images import read_image
 
@@ -42,7 +42,7 @@ def read_binary_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
     return arr > 0
 
 
-class MVTecAD:
+class MVTecAD(DatasetBase):
     """One MVTec AD category, test split, with masks; ``train/good`` as normal references.
 
     Args:
@@ -108,6 +108,8 @@ class MVTecAD:
         h, w = image.shape[:2]
         mask = read_binary_mask(mask_path, (w, h)) if mask_path else np.zeros((h, w), bool)
         return Sample(id=f"{defect}_{path.stem}", image=image, mask=mask, category=defect, source=str(path))
+
+    has_references = True  # train/good; references() names the folder when it is empty
 
     def references(self, n: int) -> list[Sample]:
         """The first ``n`` images of ``train/good`` (normal, no masks).

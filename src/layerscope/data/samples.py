@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Sample
+from .base import DatasetBase, Sample
 
 PHOTOS = ("cat", "coffee", "astronaut", "rocket", "motorcycle")
 
@@ -24,7 +24,7 @@ def load_photo(name: str) -> np.ndarray:
     return np.ascontiguousarray(loaders[name]()[..., :3])
 
 
-class Samples:
+class Samples(DatasetBase):
     """The scikit-image photos (cat, coffee, astronaut, rocket, motorcycle).
 
     Args:

@@ -44,7 +44,7 @@ import numpy as np
 from skimage import data as skdata
 from skimage import filters, transform
 
-from layerscope.data.base import Sample
+from layerscope.data.base import DatasetBase, Sample
 
 __all__ = ["DEFECTS", "TEXTURES", "SyntheticDefects", "make_defect"]
 
@@ -462,7 +462,7 @@ def _target(
     return 0.0  # crack, spot
 
 
-class SyntheticDefects:
+class SyntheticDefects(DatasetBase):
     """Synthetic defects on bundled texture photos, with exact masks.
 
     Item ``i`` is a texture crop with one defect, deterministic in
@@ -497,7 +497,7 @@ class SyntheticDefects:
         per_combination: int = 1,
         size: int = 256,
         scale: float = 1.0,
-        contrast: float = 0.35,
+        contrast: float = 0.5,
         seed: int = 0,
         good_per_texture: int = 0,
     ) -> None:
@@ -532,6 +532,8 @@ class SyntheticDefects:
         grey = np.round(_texture_patch(texture, self.size, rng) * 255.0).astype(np.uint8)
         return Sample(id=f"{texture}_{name}_{j // len(self.textures)}", image=np.repeat(grey[:, :, None], 3, axis=2),
                       mask=np.zeros((self.size, self.size), bool), category=category, source=texture)
+
+    has_references = True
 
     def references(self, n: int) -> list[Sample]:
         """``n`` defect-free crops (textures in turn), disjoint in seed from the test items: the normal

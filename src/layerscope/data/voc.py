@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import Sample
+from .base import DatasetBase, Sample
 from .images import read_image
 
 CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -27,7 +27,7 @@ def _index_png(path: Path) -> np.ndarray:
         return np.asarray(im)
 
 
-class VOCObjects:
+class VOCObjects(DatasetBase):
     """VOC 2012 segmentation split, one sample per object instance.
 
     Args:

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-from omegaconf import DictConfig
 
 
 class Logger:
@@ -13,8 +12,13 @@ class Logger:
 
     max_images = 0
 
-    def start(self, cfg: DictConfig, out_dir: Path, model: str, method: str) -> None:
-        """Called once the model and method are known, before the first image."""
+    def start(self, config: Mapping[str, Any], out_dir: Path, model: str, method: str, dataset: str = "") -> None:
+        """Called once the model and method are known, before the first image.
+
+        Args:
+            config: the run's resolved config, as plain containers (recorded, not read for options).
+            dataset: the data config's name (``synthetic``), "" when there is none.
+        """
 
     def wants_maps(self) -> bool:
         """Whether ``log_maps`` would still use another image (lets the study skip preparing it)."""

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from ..results import layout
 from ..results.axes import map_axis, map_label
@@ -76,15 +76,15 @@ class WandbLogger(Logger):
         self.method = ""
         self._images: list[list[Any]] = []
 
-    def start(self, cfg: DictConfig, out_dir: Path, model: str, method: str) -> None:
+    def start(self, config: Mapping[str, Any], out_dir: Path, model: str, method: str, dataset: str = "") -> None:
         import wandb
 
-        dataset = cfg.data.get("name", "")
         self.run = wandb.init(
             project=self.project, entity=self.entity, mode=self.mode, dir=str(out_dir),
             group=self.group or sweep_group(out_dir), job_type=method, name=f"{model}·{method}·{out_dir.name}",
             tags=sorted({*self.tags, model, method, dataset} - {""}),
-            config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous")
+            config=OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else dict(config),
+            reinit="finish_previous")
         self.run.define_metric("layer")
         self.run.define_metric("*", step_metric="layer")
         self.method = method

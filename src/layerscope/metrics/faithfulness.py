@@ -21,10 +21,13 @@ the model's normalised space):
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ..options import MetricsOptions
 
 BASELINES = ("blur", "mean")
 
@@ -189,26 +192,28 @@ def deletion_insertion(forward: Callable[[torch.Tensor], torch.Tensor], x: torch
     return (total / used).float().view(2, b, k).permute(1, 2, 0).contiguous()
 
 
-def check_faithfulness(cfg: Any, backbone: Any) -> None:
-    """Check ``metrics.faithfulness*`` against the model before any weights load (call from the plan).
+def check_faithfulness(metrics: MetricsOptions, backbone: Any) -> None:
+    """Check the ``metrics.faithfulness*`` options against the model before any weights load (the plan calls it).
+
+    Args:
+        metrics: the run's ``metrics.*`` options.
+        backbone: the model (its ``num_classes`` and ``name``).
 
     Raises:
         ValueError: one line naming the option: a model without a classifier, steps < 2, an
             unknown baseline.
     """
-    metrics = cfg.get("metrics") or {}
-    if not metrics.get("faithfulness", False):
+    if not metrics.faithfulness:
         return
     if not backbone.num_classes:
         raise ValueError(f"metrics.faithfulness needs a model with a classifier; model {backbone.name} has none "
                          "(use metrics.faithfulness=false)")
-    steps = metrics.get("faithfulness_steps", 10)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:  # one step: deletion equals insertion
-        raise ValueError(f"metrics.faithfulness_steps={steps!r}: expected an int >= 2 (with 1 step, deletion and "
-                         "insertion see the same two images)")
-    orders = metrics.get("faithfulness_tie_orders", 4)
-    if isinstance(orders, bool) or not isinstance(orders, int) or orders < 0:
-        raise ValueError(f"metrics.faithfulness_tie_orders={orders!r}: expected an int >= 1 (or 0: raster order)")
-    if metrics.get("faithfulness_baseline", "blur") not in BASELINES:
-        raise ValueError(f"metrics.faithfulness_baseline={metrics.get('faithfulness_baseline')}: expected one of "
+    if metrics.faithfulness_steps < 2:  # one step: deletion equals insertion
+        raise ValueError(f"metrics.faithfulness_steps={metrics.faithfulness_steps!r}: expected an int >= 2 (with 1 "
+                         "step, deletion and insertion see the same two images)")
+    if metrics.faithfulness_tie_orders < 0:
+        raise ValueError(f"metrics.faithfulness_tie_orders={metrics.faithfulness_tie_orders!r}: expected an int >= 1 "
+                         "(or 0: raster order)")
+    if metrics.faithfulness_baseline not in BASELINES:
+        raise ValueError(f"metrics.faithfulness_baseline={metrics.faithfulness_baseline}: expected one of "
                          f"{', '.join(BASELINES)}")

@@ -82,10 +82,11 @@ class Pool:
 
 def _run_options(run_dir: Path) -> tuple[str, float, float]:
     """upsample mode, AUPRO limit and top-k share of a run, from its saved config."""
-    cfg = OmegaConf.load(run_dir / layout.CONFIG) if (run_dir / layout.CONFIG).exists() else OmegaConf.create({})
-    metrics = cfg.get("metrics") or {}
-    return str(cfg.get("upsample", "nearest")), float(metrics.get("aupro_fpr_limit", 0.3)), \
-        float(metrics.get("image_topk", 0.01))
+    from ..options import StudyConfig, typed
+
+    saved = OmegaConf.load(run_dir / layout.CONFIG) if (run_dir / layout.CONFIG).exists() else {}
+    opts = typed(StudyConfig, {k: saved[k] for k in ("upsample", "metrics") if k in saved})  # the schema's defaults
+    return opts.upsample, opts.metrics.aupro_fpr_limit, opts.metrics.image_topk
 
 
 def _image_scores(maps: np.ndarray, topk: float) -> np.ndarray:

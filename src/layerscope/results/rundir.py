@@ -80,7 +80,7 @@ def previous_progress(cfg: DictConfig, out_dir: Path) -> dict[str, int] | None:
         counts[r[0]] = counts.get(r[0], 0) + 1
     done = {image: counts[image] for image, n in listed.items()
             if image in counts and (n is None or counts[image] == n)}
-    unmapped = without_maps(out_dir, done) if cfg.get("save_maps") else []
+    unmapped = without_maps(out_dir, done) if cfg.save_maps else []
     if unmapped:
         log.warning("%s: %d finished images have no saved maps (%s%s); redoing them", out_dir, len(unmapped),
                     ", ".join(unmapped[:3]), ", ..." if len(unmapped) > 3 else "")
