@@ -338,7 +338,7 @@ def test_study_rows_are_the_same_with_workers_and_equal_a_rescore(tmp_path):
     import csv
 
     from layerscope import study
-    from layerscope.rescore import rescore_dir
+    from layerscope.rescoring import rescore_dir
 
     from .conftest import compose
 

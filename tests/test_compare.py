@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from layerscope import study
-from layerscope.compare import main
+from layerscope.cli.compare import main
 from layerscope.comparison import PROBE_COLUMNS, SIMILARITY_COLUMNS
 from layerscope.metrics.probe import probe
 from layerscope.metrics.similarity import cka
@@ -200,7 +200,7 @@ def test_compare_logs_its_tables_to_wandb(sweep, tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), WANDB_MODE="offline", WANDB_SILENT="true")
     env.pop("WANDB_API_KEY", None)
-    proc = subprocess.run([sys.executable, "-m", "layerscope.compare", str(sweep), "--probe", "category", "--out",
+    proc = subprocess.run([sys.executable, "-m", "layerscope.cli.compare", str(sweep), "--probe", "category", "--out",
                            str(out), "--formats", "png", "--logger", "wandb"], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

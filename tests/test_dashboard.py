@@ -14,7 +14,8 @@ pytest.importorskip("wandb_workspaces")
 import wandb_workspaces.reports.v2 as wr  # noqa: E402
 import wandb_workspaces.workspaces as ws  # noqa: E402
 
-from layerscope import dashboard  # noqa: E402
+from layerscope.cli import dashboard  # noqa: E402
+from layerscope.loggers import workspace as planner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP = "2024-06-01/12-00-00"  # the logger's group: the multirun folder DATE/TIME
@@ -44,7 +45,7 @@ def panels(plan, section):
 
 @pytest.mark.parametrize("metrics", [("auroc", "aupro", "iou", "entropy"), ("aupro",), ("iou_oracle", "pointing")])
 def test_plan_has_one_metric_vs_layer_panel_per_metric(metrics):
-    plan = dashboard.plan_workspace("team", "layerscope", GROUP, metrics)
+    plan = planner.plan_workspace("team", "layerscope", GROUP, metrics)
     lines = panels(plan, "metric vs layer")
     assert [p["y"] for p in lines] == [[f"{m}/top"] for m in metrics]
     assert all(p["type"] == "line" and p["x"] == "layer" for p in lines)
@@ -55,25 +56,25 @@ def test_plan_has_one_metric_vs_layer_panel_per_metric(metrics):
 
 
 def test_plan_filters_on_the_group_and_groups_by_model_and_method():
-    plan = dashboard.plan_workspace(None, "layerscope", GROUP)
+    plan = planner.plan_workspace(None, "layerscope", GROUP)
     assert plan["runset"]["filter"] == {"key": "Group", "op": "==", "value": GROUP}
     assert plan["runset"]["groupby"] == ["config:model.name", "run:JobType"]
     assert plan["name"] == f"layerscope · {GROUP}"
     assert plan["entity"] is None and plan["project"] == "layerscope"
-    assert len(panels(plan, "metric vs layer")) == len(dashboard.DEFAULT_METRICS)
+    assert len(panels(plan, "metric vs layer")) == len(planner.DEFAULT_METRICS)
 
 
 @pytest.mark.parametrize("kwargs", [{"metrics": ()}, {"metrics": ("auroc", "accuracy")}, {"group": ""},
                                     {"group": "it's"}, {"project": ""}])
 def test_plan_rejects_bad_input(kwargs):
-    args = {"entity": "e", "project": "p", "group": GROUP, "metrics": dashboard.DEFAULT_METRICS} | kwargs
+    args = {"entity": "e", "project": "p", "group": GROUP, "metrics": planner.DEFAULT_METRICS} | kwargs
     with pytest.raises(ValueError):
-        dashboard.plan_workspace(**args)
+        planner.plan_workspace(**args)
 
 
 def test_build_workspace_mirrors_the_plan():
-    plan = dashboard.plan_workspace("team", "layerscope", GROUP, ("auroc", "entropy"))
-    workspace = dashboard.build_workspace(plan)
+    plan = planner.plan_workspace("team", "layerscope", GROUP, ("auroc", "entropy"))
+    workspace = planner.build_workspace(plan)
     assert isinstance(workspace, ws.Workspace)
     assert (workspace.entity, workspace.project, workspace.name) == ("team", "layerscope", plan["name"])
     assert [s.name for s in workspace.sections] == [s["name"] for s in plan["sections"]]
@@ -91,7 +92,7 @@ def test_build_workspace_mirrors_the_plan():
 
 def test_built_workspace_serialises_the_filter_grouping_and_panels():
     """What ``save()`` would send, checked offline: group filter, model x method grouping, panel keys."""
-    workspace = dashboard.build_workspace(dashboard.plan_workspace("team", "layerscope", GROUP, ("auroc",)))
+    workspace = planner.build_workspace(planner.plan_workspace("team", "layerscope", GROUP, ("auroc",)))
     spec = workspace._to_model().model_dump(by_alias=True, exclude_none=True)["spec"]["section"]
     runset = spec["runSets"][0]
     assert runset["filters"]["filters"] == [
@@ -109,19 +110,19 @@ def test_built_workspace_serialises_the_filter_grouping_and_panels():
 
 
 def test_build_workspace_needs_an_entity():
-    plan = dashboard.plan_workspace(None, "layerscope", GROUP)
+    plan = planner.plan_workspace(None, "layerscope", GROUP)
     with pytest.raises(ValueError, match="entity"):
-        dashboard.build_workspace(plan)
-    assert dashboard.build_workspace(plan, entity="me").entity == "me"
+        planner.build_workspace(plan)
+    assert planner.build_workspace(plan, entity="me").entity == "me"
 
 
 def test_cli_offline_prints_the_plan_and_does_not_create(capsys):
     assert dashboard.main(["--project", "layerscope", "--group", GROUP, "--metrics", "auroc", "aupro"]) == 0
     out, err = capsys.readouterr()
     plan = json.loads(out)
-    assert plan == dashboard.plan_workspace(None, "layerscope", GROUP, ("auroc", "aupro"))
+    assert plan == planner.plan_workspace(None, "layerscope", GROUP, ("auroc", "aupro"))
     assert "not created: WANDB_MODE=offline" in err
-    assert f"python -m layerscope.dashboard --project layerscope --group {GROUP} --metrics auroc aupro" in err
+    assert f"python -m layerscope.cli.dashboard --project layerscope --group {GROUP} --metrics auroc aupro" in err
 
 
 @pytest.mark.parametrize("setup, reason", [("dry-run", "dry run"), ("no-key", "no W&B API key")])
@@ -139,7 +140,7 @@ def test_cli_says_why_it_did_not_create(setup, reason, monkeypatch, capsys):
     assert json.loads(out)["entity"] == "team"
     assert f"not created: {reason}" in err
     command = err.splitlines()[-1]
-    assert "python -m layerscope.dashboard" in command and "--entity team" in command and "--dry-run" not in command
+    assert "python -m layerscope.cli.dashboard" in command and "--entity team" in command and "--dry-run" not in command
 
 
 def test_cli_online_saves_and_prints_the_url(monkeypatch, capsys):
@@ -164,8 +165,9 @@ def test_cli_bad_arguments_exit_2_with_one_line(argv, capsys):
 
 
 def test_module_entry_point_runs_offline():
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"} | {"WANDB_MODE": "offline"}
-    r = subprocess.run([sys.executable, "-m", "layerscope.dashboard", "--project", "p", "--group", GROUP, "--dry-run"],
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"} | {"WANDB_MODE": "offline",
+                                                                          "PYTHONPATH": str(ROOT / "src")}
+    r = subprocess.run([sys.executable, "-m", "layerscope.cli.dashboard", "--project", "p", "--group", GROUP, "--dry-run"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["runset"]["filter"]["value"] == GROUP

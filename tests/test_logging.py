@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from layerscope.collect import main as collect_main
+from layerscope.cli.collect import main as collect_main
 from layerscope.loggers.offline import read_offline_run
 from layerscope.loggers.wandb_logger import layer_table
 

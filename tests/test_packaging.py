@@ -15,9 +15,13 @@ import pytest
 from .conftest import ROOT
 
 PACKAGE = ROOT / "src" / "layerscope"
-CLI_MODULES = {"layerscope.run", "layerscope.report", "layerscope.rescore", "layerscope.collect", "layerscope.bench",
-               "layerscope.dashboard", "layerscope.figures.__main__", "layerscope.data.export", "layerscope.view",
-               "layerscope.compare"}
+# the command layer: the cli package, the two commands still at the package root, and `python -m` entries
+ROOT_COMMANDS = {"layerscope.run", "layerscope.bench"}
+
+
+def is_command(module: str) -> bool:
+    return (module == "layerscope.cli" or module.startswith("layerscope.cli.") or module in ROOT_COMMANDS
+            or module.endswith(".__main__"))
 
 
 def _module_name(path: Path) -> str:
@@ -52,10 +56,9 @@ def _imports(path: Path) -> set[str]:
 
 def test_no_import_cycles_and_no_module_imports_a_command_line_module():
     graph = {_module_name(p): _imports(p) for p in PACKAGE.rglob("*.py")}
+    assert {"layerscope.cli.report", "layerscope.cli.errors", "layerscope.view.page"} <= set(graph)  # the walk sees them
     for module, targets in graph.items():
-        bad = sorted(t for t in targets if t in CLI_MODULES and not module.startswith(t))
-        if module == "layerscope.figures.__main__":
-            bad = [t for t in bad if t != "layerscope.figures"]
+        bad = sorted(t for t in targets if is_command(t) and not is_command(module))
         assert not bad, f"{module} imports command-line modules {bad}"
 
     def package_of(m: str) -> str:
@@ -90,6 +93,25 @@ def test_results_imports_nothing_above_it():
         assert not above, f"{_module_name(path)} imports {above}, above results/"
 
 
+def test_every_console_script_is_the_main_of_a_command_module_that_also_runs_with_python_m():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    targets = {}
+    for name, target in scripts.items():
+        module, function = target.split(":")
+        assert is_command(module) and not module.endswith(".__main__"), f"{name} = {target}: not a command module"
+        tree = ast.parse((PACKAGE / Path(*module.split(".")[1:])).with_suffix(".py").read_text())
+        assert function in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, f"{name} = {target}"
+        runs = [n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "__name__ == '__main__'"]
+        assert runs, f"{module}: no `if __name__ == '__main__'`, so `python -m {module}` would do nothing"
+        targets[module] = name
+    commands = {_module_name(p) for p in (PACKAGE / "cli").glob("*.py")} - {"layerscope.cli", "layerscope.cli.errors"}
+    assert commands <= set(targets), f"command modules without a console script: {sorted(commands - set(targets))}"
+
+
 def _build_wheel(tmp_path: Path) -> Path:
     """Build the wheel from a copy of the checkout's package files (the checkout stays clean)."""
     src = tmp_path / "checkout"
@@ -116,7 +138,7 @@ def test_wheel_holds_the_package_and_its_configs_and_runs_from_another_folder(tm
     modules = {f"layerscope/{p.relative_to(PACKAGE).as_posix()}" for p in PACKAGE.rglob("*.py")}
     assert modules <= names, sorted(modules - names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "layerscope = layerscope.run:main" in entry_points and "layerscope-report = layerscope.report:main" in entry_points
+    assert "layerscope = layerscope.run:main" in entry_points and "layerscope-report = layerscope.cli.report:main" in entry_points
 
     # install the wheel's files alone and run them from an empty folder, away from the checkout
     site = tmp_path / "site"

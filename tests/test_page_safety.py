@@ -221,7 +221,7 @@ def html_names(tmp_path_factory) -> Path:
 
 
 def test_names_that_are_html_stay_text_in_the_page_and_the_report(html_names, capsys):
-    from layerscope.report import main as report_main
+    from layerscope.cli.report import main as report_main
 
     page = build(html_names, n_boot=20)
     parsed = _parse(page)
@@ -286,7 +286,7 @@ def broken_sweep(folder_run, tmp_path) -> Path:
 
 
 def test_failed_and_unfinished_jobs_show_in_the_page(broken_sweep):
-    from layerscope.collect import collect
+    from layerscope.cli.collect import collect
 
     text = build(broken_sweep, n_boot=20).read_text(encoding="utf-8")
     assert "<b>3</b> runs (1 finished, 1 failed, 1 unfinished; 1 planned never started)" in text
@@ -299,7 +299,7 @@ def test_failed_and_unfinished_jobs_show_in_the_page(broken_sweep):
 
 
 def test_failed_and_unfinished_jobs_show_in_the_report_through_the_cli(broken_sweep):
-    proc = _cli("layerscope.report", str(broken_sweep), "--protocol", "per_image", "--metric", "auroc", "--boot", "20")
+    proc = _cli("layerscope.cli.report", str(broken_sweep), "--protocol", "per_image", "--metric", "auroc", "--boot", "20")
     assert proc.returncode == 0, proc.stderr[-2000:]
     warning = [line for line in proc.stderr.splitlines() if line.startswith("warning: not every run")]
     assert len(warning) == 1, proc.stderr[-2000:]
@@ -315,6 +315,6 @@ def test_figures_and_export_onto_a_file_say_so_in_one_line(folder_run, tmp_path)
     existing.write_text("keep")
     line = _one_error(_cli("layerscope.figures", str(folder_run), "--out", str(existing), "--kinds", "layer_head"))
     assert str(existing) in line and "is a file" in line
-    line = _one_error(_cli("layerscope.data.export", str(existing), "--textures", "brick", "--per-combination", "1"))
+    line = _one_error(_cli("layerscope.cli.export", str(existing), "--textures", "brick", "--per-combination", "1"))
     assert str(existing) in line and "is a file" in line
     assert existing.read_text() == "keep"

@@ -14,7 +14,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from layerscope import study
 from layerscope.maps import upsample
 from layerscope.protocol import choose, dataset_metrics, split_images
-from layerscope.report import main as report_main
+from layerscope.cli.report import main as report_main
 from layerscope.results import layout
 from layerscope.results.maps_io import load_maps, save_maps
 from layerscope.results.pool import build_pool

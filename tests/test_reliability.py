@@ -159,7 +159,7 @@ def test_file_names_that_clean_to_the_same_id_stay_apart(tmp_path):
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_a_failing_job_does_not_stop_the_sweep_and_is_named(tmp_path, launcher):
-    from layerscope.collect import main as collect_main
+    from layerscope.cli.collect import main as collect_main
 
     sweep = tmp_path / "sweep"
     args = ["-m", *SYNTH, "model.img_size=60,64", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}"]
@@ -196,8 +196,8 @@ def test_bad_options_get_one_line_and_exit_2(tmp_path, args, pattern):
 
 
 def test_report_and_figures_refuse_empty_or_foreign_tables_in_one_line(clean, tmp_path):
-    from layerscope.figures.__main__ import main as figures_main
-    from layerscope.report import main as report_main
+    from layerscope.cli.figures import main as figures_main
+    from layerscope.cli.report import main as report_main
 
     cases = {"zero_bytes": b"", "header_only": (clean / "results.csv").read_bytes().split(b"\n")[0] + b"\n",
              "foreign": b"a,b,c\n1,2,3\n"}

@@ -18,9 +18,9 @@ from omegaconf import OmegaConf
 
 from layerscope import study
 from layerscope.figures.paper import dataset_vs_layer
-from layerscope.report import main as report_main
-from layerscope.rescore import OPTIONS
-from layerscope.rescore import main as rescore_main
+from layerscope.cli.report import main as report_main
+from layerscope.rescoring import OPTIONS
+from layerscope.cli.rescore import main as rescore_main
 from layerscope.results import layout
 from layerscope.results.maps_io import load_maps
 from layerscope.results.pool import build_pool
@@ -145,8 +145,8 @@ def test_an_edited_map_file_is_refused_in_one_line_naming_it(run_dir, tmp_path, 
 def test_an_edited_map_file_through_the_command_line(run_dir, tmp_path):
     run = copy_run(run_dir, tmp_path / "run")
     rewrite(layout.map_file(run, EDITED), _extra_layer)
-    for module in ("layerscope.report", "layerscope.rescore"):
-        args = [run, "--protocol", "dataset"] if module == "layerscope.report" else [run, "threshold=[0.5]"]
+    for module in ("layerscope.cli.report", "layerscope.cli.rescore"):
+        args = [run, "--protocol", "dataset"] if module == "layerscope.cli.report" else [run, "threshold=[0.5]"]
         proc = cli(module, args, tmp_path)
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert f"{EDITED}.npz: maps of layers [0, 1, 99]" in error_line(proc.stderr)
@@ -187,7 +187,7 @@ def test_pooling_fewer_images_than_the_run_scored_warns_naming_them(run_dir, tmp
 def test_the_missing_map_warning_through_the_command_line(run_dir, tmp_path):
     run = copy_run(run_dir, tmp_path / "run")
     layout.map_file(run, EDITED).unlink()
-    proc = cli("layerscope.report", [run, "--protocol", "dataset", "--boot", 5], tmp_path)
+    proc = cli("layerscope.cli.report", [run, "--protocol", "dataset", "--boot", 5], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if "have no saved maps" in line]
     assert len(lines) == 1 and EDITED in lines[0] and "1 of the 6 images" in lines[0]
@@ -241,7 +241,7 @@ def test_undefined_pooled_metrics_are_reported_and_the_report_goes_on(run_dir, t
 def test_undefined_pooled_metrics_through_the_command_line(run_dir, tmp_path):
     run = copy_run(run_dir, tmp_path / "run")
     _masks(run, False)
-    proc = cli("layerscope.report", [run, "--protocol", "dataset", "--boot", 5], tmp_path)
+    proc = cli("layerscope.cli.report", [run, "--protocol", "dataset", "--boot", 5], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Pooled `pixel_auroc` undefined: no defect pixels." in proc.stdout and "Traceback" not in proc.stderr
 
@@ -275,7 +275,7 @@ def test_report_options_out_of_range_exit_2_in_one_line(run_dir, args, line):
 
 
 def test_an_option_out_of_range_through_the_command_line(run_dir, tmp_path):
-    proc = cli("layerscope.report", [run_dir, "--boot", "0"], tmp_path)
+    proc = cli("layerscope.cli.report", [run_dir, "--boot", "0"], tmp_path)
     assert proc.returncode == 2 and error_line(proc.stderr) == "error: --boot 0: expected an int >= 1"
 
 

@@ -25,10 +25,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from layerscope.cli.view import main
 from layerscope.figures.paper import layer_head, metric_vs_layer
 from layerscope.results.saved import Study, relative_depth
-from layerscope.report import rank
-from layerscope.view import REPORT, build, main
+from layerscope.results.ranking import rank
+from layerscope.view import REPORT, build
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["data.textures=[brick,grass]", "data.defects=[scratch,spot]", "data.per_combination=2",

@@ -1,6 +1,6 @@
 """``python -m layerscope.view DIR``: the ``layerscope-view`` command."""
 import sys
 
-from .command import main
+from ..cli.view import main
 
 sys.exit(main())

@@ -1,4 +1,4 @@
-"""The ``layerscope-view`` command: options in, ``page.build``, one line per error (exit 2)."""
+"""The ``layerscope-view`` command: options in, ``view.page.build``, one line per error (exit 2)."""
 from __future__ import annotations
 
 import argparse
@@ -7,9 +7,12 @@ import time
 from pathlib import Path
 
 from ..results import catalog, layout
-from .page import DEFAULT_METRICS, build
+from ..view.page import DEFAULT_METRICS, build
+from .errors import UsageError, command
 
 
+# a full disk, a read-only folder: the earlier page and pictures stay as they were
+@command(errors=(FileNotFoundError, ValueError), write="; the earlier page is kept")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="layerscope-view", description="One self-contained HTML page per run or sweep "
                                 "(DIR/report.html + DIR/report_files/), to look at offline.")
@@ -23,21 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples of the 95%% CIs")
     a = p.parse_args(argv)
     if not a.folder.is_dir():
-        print(f"error: {a.folder}: no such folder", file=sys.stderr)
-        return 2
+        raise UsageError(f"{a.folder}: no such folder")
     started = time.perf_counter()
-    try:
-        path = build(a.folder, a.out, a.metric, a.depth, a.top, a.boot)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full disk, a read-only folder: the earlier page and pictures stay as they were
-        print(f"error: cannot write{f' {e.filename}' if e.filename else ''}: {e.strerror or e}; the earlier page "
-              "is kept", file=sys.stderr)
-        return 2
+    path = build(a.folder, a.out, a.metric, a.depth, a.top, a.boot)
     files = layout.page_files(path)
     size = path.stat().st_size + sum(f.stat().st_size for f in files.rglob("*") if f.is_file())
     print(path)
     print(f"written in {time.perf_counter() - started:.1f} s: page {path.stat().st_size / 1e6:.2f} MB, "
           f"with its pictures {size / 1e6:.1f} MB; open it in any browser (no network needed)", file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,20 +23,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from .comparison import load_models, probe_table, similarity_table
-from .figures.compare import cka_heatmaps, probe_curves
-from .figures.paper import AXES, attention_distance
-from .metrics.similarity import ESTIMATORS, KERNELS
-from .results.layout import COMPARE, PROBE, RESULTS, SIMILARITY
-from .results.representations import KINDS
+from ..comparison import load_models, probe_table, similarity_table
+from ..figures.compare import cka_heatmaps, probe_curves
+from ..figures.paper import AXES, attention_distance
+from ..metrics.similarity import ESTIMATORS, KERNELS
+from ..results.layout import COMPARE, PROBE, RESULTS, SIMILARITY
+from ..results.representations import KINDS
+from .errors import UsageError, command, fail
 
 
 class _Parser(argparse.ArgumentParser):
     """Bad options get one line and exit code 2 (argparse prints its usage too)."""
 
     def error(self, message: str) -> None:
-        print(f"error: {message} (see layerscope-compare --help)", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(fail(f"{message} (see {self.prog} --help)"))
 
 
 def _positive(value: str) -> int:
@@ -57,7 +57,7 @@ def _atomic_csv(table: pd.DataFrame, path: Path) -> None:
 
 def _distance_rows(labels: dict[Path, str]) -> pd.DataFrame:
     """``results.csv`` rows of the runs with ``attention_distance`` values, ``series`` = the model's label."""
-    from .results.table import read_results
+    from ..results.table import read_results
 
     frames = []
     for run, label in labels.items():
@@ -68,7 +68,7 @@ def _distance_rows(labels: dict[Path, str]) -> pd.DataFrame:
 
 
 def _log_wandb(similarity: pd.DataFrame, probe: pd.DataFrame | None, out: Path, folders: list[Path]) -> None:
-    from .loggers.wandb_logger import WandbLogger
+    from ..loggers.wandb_logger import WandbLogger
 
     logger = WandbLogger(group="compare")
     logger.start({"compare": {"folders": [str(f) for f in folders]}}, out, "compare", "compare")
@@ -80,6 +80,7 @@ def _log_wandb(similarity: pd.DataFrame, probe: pd.DataFrame | None, out: Path, 
         logger.finish(ok)
 
 
+@command(errors=(ValueError, FileNotFoundError))
 def main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="layerscope-compare", description=__doc__.split("\n\n")[0])
     p.add_argument("folders", type=Path, nargs="+", metavar="DIR", help="a run, several runs, or a sweep folder")
@@ -100,28 +101,21 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     missing = [f for f in a.folders if not f.is_dir()]
     if missing:
-        print(f"error: {missing[0]}: no such folder", file=sys.stderr)
-        return 2
+        raise UsageError(f"{missing[0]}: no such folder")
     if a.out is None and len(a.folders) > 1:
-        print("error: --out DIR is needed when comparing several folders", file=sys.stderr)
-        return 2
+        raise UsageError("--out DIR is needed when comparing several folders")
     from matplotlib.figure import Figure
 
     supported = Figure().canvas.get_supported_filetypes()
     if bad := [f for f in a.formats if f not in supported]:
-        print(f"error: --formats {' '.join(bad)}: expected some of {', '.join(sorted(supported))}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--formats {' '.join(bad)}: expected some of {', '.join(sorted(supported))}")
     out = a.out if a.out is not None else a.folders[0] / COMPARE
     started = time.perf_counter()
-    try:
-        models, warnings = load_models(a.folders, a.kind)
-        for w in warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        similarity = similarity_table(models, a.kind, a.kernel, a.estimator, a.batch_size, a.seed)
-        probe = probe_table(models, a.probe, a.kind, a.k, a.boot, a.seed) if a.probe else None
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    models, warnings = load_models(a.folders, a.kind)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    similarity = similarity_table(models, a.kind, a.kernel, a.estimator, a.batch_size, a.seed)
+    probe = probe_table(models, a.probe, a.kind, a.k, a.boot, a.seed) if a.probe else None
     out.mkdir(parents=True, exist_ok=True)
     depths = {m.label: m.num_layers for m in models}
     written = [out / SIMILARITY]

@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from .results import layout
-from .results.jobs import job_state, planned_jobs
-from .results.rundir import job_overrides
-from .results.table import read_table
+from ..results import layout
+from ..results.jobs import job_state, planned_jobs
+from ..results.rundir import job_overrides
+from ..results.table import read_table
+from .errors import UsageError, command
 
 
 def collect(sweep_dir: Path, name: str = layout.RESULTS) -> tuple[pd.DataFrame, list[str]]:
@@ -57,6 +58,7 @@ def collect(sweep_dir: Path, name: str = layout.RESULTS) -> tuple[pd.DataFrame, 
     return merged, problems
 
 
+@command(errors=(FileNotFoundError,))
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="layerscope-collect", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="a Hydra multirun folder")
@@ -64,13 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=layout.RESULTS, help="per-job file name to merge")
     a = p.parse_args(argv)
     if Path(a.out).name != a.out:
-        print(f"error: --out {a.out}: expected a file name (it is written inside the multirun folder)", file=sys.stderr)
-        return 2
-    try:
-        merged, problems = collect(a.folder, a.results)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--out {a.out}: expected a file name (it is written inside the multirun folder)")
+    merged, problems = collect(a.folder, a.results)
     if not merged.empty:
         merged.to_csv(a.folder / a.out, index=False)
         print(f"merged {merged['job'].nunique()} jobs, {len(merged)} rows -> {a.folder / a.out}")

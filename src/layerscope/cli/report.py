@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .results.jobs import job_problems
-from .results import catalog
-from .results.layout import RESULTS, report_stem
-from .results.ranking import (IMAGE_METRICS, KEYS, bootstrap_auroc, bootstrap_mean, dataset_markdown,  # noqa: F401
-                               rank, rank_dataset, to_markdown)
-from .results.table import METRICS, load_results
+from ..results import catalog
+from ..results.jobs import job_problems
+from ..results.layout import RESULTS, report_stem
+from ..results.ranking import IMAGE_METRICS, dataset_markdown, rank, rank_dataset, to_markdown
+from ..results.table import METRICS, load_results
+from .errors import UsageError, command
 
 def _calibration(value: str, images: pd.DataFrame) -> float | np.ndarray:
     """``--calibration``: a share, a text file of image ids (one per line), or a saved ``choice_*.json``."""
@@ -87,6 +87,7 @@ def _write(folder: Path, stem: str, table: pd.DataFrame, md: str) -> None:
     print(f"written: {folder / (stem + '.csv')}, {folder / (stem + '.md')}")
 
 
+@command(errors=(ValueError, FileNotFoundError))
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="layerscope-report", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="a run folder or a multirun folder")
@@ -112,47 +113,40 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     bad = _check_options(a)
     if bad:
-        print(f"error: {bad}", file=sys.stderr)
-        return 2
+        raise UsageError(bad)
     if (a.cost_miss is None) != (a.cost_false_alarm is None):
-        print("error: --cost-miss and --cost-false-alarm go together", file=sys.stderr)
-        return 2
+        raise UsageError("--cost-miss and --cost-false-alarm go together")
     if a.calibration is None and (a.cost_miss is not None or a.target_fpr is not None):
-        print("error: --cost-miss/--target-fpr belong to the held-out choice: add --calibration 0.5", file=sys.stderr)
-        return 2
+        raise UsageError("--cost-miss/--target-fpr belong to the held-out choice: add --calibration 0.5")
     if a.folder.is_dir() and (problems := job_problems(a.folder, a.results)):
         print(f"warning: not every run below {a.folder} finished (only finished images are ranked): "
               f"{'; '.join(problems)}", file=sys.stderr)
-    try:
-        per_image_metric = a.metric in (*METRICS, *IMAGE_METRICS)
-        if a.protocol == "per_image" or (a.protocol == "both" and per_image_metric):
-            table = rank(load_results(a.folder, a.results), a.metric, a.threshold, a.boot, a.seed, a.include_best)
-            _write(a.folder, report_stem(a.metric), table, to_markdown(table, a.top))
-        if a.protocol in ("both", "dataset"):
-            from .protocol import choose, undefined_reasons, write_choice, write_dataset_metrics
-            from .results.pool import build_pool
+    per_image_metric = a.metric in (*METRICS, *IMAGE_METRICS)
+    if a.protocol == "per_image" or (a.protocol == "both" and per_image_metric):
+        table = rank(load_results(a.folder, a.results), a.metric, a.threshold, a.boot, a.seed, a.include_best)
+        _write(a.folder, report_stem(a.metric), table, to_markdown(table, a.top))
+    if a.protocol in ("both", "dataset"):
+        from ..protocol import choose, undefined_reasons, write_choice, write_dataset_metrics
+        from ..results.pool import build_pool
 
-            metric = catalog.dataset_metric(a.metric)
-            pool = build_pool(a.folder, progress=True)  # the saved maps are read once for the table and the choice
-            try:
-                pooled = write_dataset_metrics(a.folder, n_boot=min(a.boot, 200), seed=a.seed, pool=pool)
-                ranked = rank_dataset(pooled, metric)
-                md = dataset_markdown(ranked, a.top, held_out=a.calibration is not None)
-                _write(a.folder, report_stem(metric, "dataset"), ranked,
-                       md + _undefined_markdown(undefined_reasons(pooled, metric), metric))
-                if a.calibration is not None:
-                    result = choose(pool, metric, _calibration(a.calibration, pool.images), a.seed, a.boot,
-                                    a.stability, a.target_fpr,
-                                    (a.cost_miss, a.cost_false_alarm) if a.cost_miss is not None else None,
-                                    a.defect_rate, a.image_score)
-                    js, md = write_choice(a.folder, result)
-                    print(md.read_text())
-                    print(f"written: {js}, {md}")
-            finally:
-                pool.close()
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        metric = catalog.dataset_metric(a.metric)
+        pool = build_pool(a.folder, progress=True)  # the saved maps are read once for the table and the choice
+        try:
+            pooled = write_dataset_metrics(a.folder, n_boot=min(a.boot, 200), seed=a.seed, pool=pool)
+            ranked = rank_dataset(pooled, metric)
+            md = dataset_markdown(ranked, a.top, held_out=a.calibration is not None)
+            _write(a.folder, report_stem(metric, "dataset"), ranked,
+                   md + _undefined_markdown(undefined_reasons(pooled, metric), metric))
+            if a.calibration is not None:
+                result = choose(pool, metric, _calibration(a.calibration, pool.images), a.seed, a.boot,
+                                a.stability, a.target_fpr,
+                                (a.cost_miss, a.cost_false_alarm) if a.cost_miss is not None else None,
+                                a.defect_rate, a.image_score)
+                js, md = write_choice(a.folder, result)
+                print(md.read_text())
+                print(f"written: {js}, {md}")
+        finally:
+            pool.close()
     return 0
 
 

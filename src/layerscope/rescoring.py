@@ -1,24 +1,18 @@
 """Score a finished run again from its saved maps, with new thresholds or metric options; no model runs.
 
-    layerscope-rescore RUN_OR_MULTIRUN_DIR threshold=[0.3,0.5,0.7] [threshold_rule=minmax]
-        [upsample=bilinear] [metrics.aupro_fpr_limit=0.1] [metrics.image_topk=0.05]
-        [metrics.pointing_tolerance=10] [--out results_rescored.csv]
-
-Every folder below that holds ``config.yaml`` and ``maps/`` is rescored into ``--out`` beside
-its ``results.csv``, with the same columns, so ``layerscope.report --results NAME`` ranks it.
+The library behind ``layerscope-rescore`` (``cli/rescore.py``): a run folder's maps are rescored into a
+table beside its ``results.csv``, with the same columns, so ``layerscope-report --results NAME`` ranks it.
 ``metrics.faithfulness*`` need the model and are not rescored (their columns stay empty).
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from .results.layout import CONFIG, MAPS, RESCORED, RESULTS, map_files
+from .results.layout import CONFIG, MAPS, RESULTS, map_files
 from .results.maps_io import check_same_layout, load_maps
 from .results.pool import warn_missing_maps
 from .results.table import ResultsWriter
@@ -83,29 +77,3 @@ def rescore_dir(run_dir: Path, overrides: list[str], out_name: str, progress: bo
     OmegaConf.save(cfg, run_dir / f"{Path(out_name).stem}.config.yaml")
     return out
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="layerscope-rescore", description=__doc__.split("\n\n")[0])
-    p.add_argument("folder", type=Path, help="a run folder or a multirun folder")
-    p.add_argument("overrides", nargs="*", help=f"key=value for {', '.join(OPTIONS)}")
-    p.add_argument("--out", default=RESCORED, help="file name written in each run folder")
-    a = p.parse_args(argv)
-    if Path(a.out).name != a.out:
-        print(f"error: --out {a.out}: expected a file name (it is written inside each run folder)", file=sys.stderr)
-        return 2
-    dirs = run_dirs(a.folder) if a.folder.is_dir() else []
-    if not dirs:
-        print(f"error: {a.folder}: no run with config.yaml and saved maps/ below it (was save_maps=false?)",
-              file=sys.stderr)
-        return 2
-    try:
-        for d in dirs:
-            print(f"rescored: {rescore_dir(d, a.overrides, a.out)}")
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
