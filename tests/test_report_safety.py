@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -19,13 +20,14 @@ from omegaconf import OmegaConf
 from layerscope import study
 from layerscope.figures.paper import dataset_vs_layer
 from layerscope.cli.report import main as report_main
+from layerscope.options import MetricsOptions
 from layerscope.rescoring import OPTIONS
 from layerscope.cli.rescore import main as rescore_main
 from layerscope.results import layout
 from layerscope.results.maps_io import load_maps
 from layerscope.results.pool import build_pool
 
-from .conftest import CONF, ROOT, compose
+from .conftest import ROOT, compose
 
 DATA = ["model=tiny_vit", "data=synthetic", "data.textures=[brick]", "data.defects=[scratch,spot]",
         "data.per_combination=2", "data.good_per_texture=2", "data.size=64", "progress=false", "figures.grid=false"]
@@ -377,7 +379,7 @@ def test_the_dataset_ranking_names_the_held_out_choice_when_there_is_one(run_dir
 
 
 def test_rescore_accepts_every_metrics_option_the_scorer_reads():
-    scored = {f"metrics.{k}" for k in OmegaConf.load(CONF / "config.yaml")["metrics"]}
+    scored = {f"metrics.{f.name}" for f in dataclasses.fields(MetricsOptions)}
     # deletion/insertion and attention distance need the model (rescoring carries the saved distances over)
     model_reruns = {k for k in scored if k.startswith("metrics.faithfulness")} | {"metrics.attention_distance"}
     assert scored - model_reruns == {o for o in OPTIONS if o.startswith("metrics.")}
