@@ -292,13 +292,14 @@ def capture_table(cases, batches, device: str, rounds: int, memory_limit_gb: flo
 # ------------------------------------------------------------------------------------------ pipeline
 
 
-STAGES = ("backbone", "scoring", "writing", "write_wait", "other", "loop", "dataset_pass")
+STAGES = ("backbone", "scoring", "writing", "write_wait", "data_wait", "other", "loop", "dataset_pass")
 STAGE_TEXT = {
     "backbone": "forward + maps in the study",
     "scoring": "rows and results.csv",
     "writing": "npz + png by the background thread",
     "write_wait": "time the study waited for that thread",
-    "other": "the rest of the loop (data preparation, ...)",
+    "data_wait": "time the study waited for the next prepared batch (from the DataLoader workers)",
+    "other": "the rest of the loop (data_wait included)",
     "loop": "the study's image loop end to end (after its first batch, whose one-time wait is apart)",
     "dataset_pass": "the dataset-level protocol at the end",
     "backbone_only": "forward + maps alone, timed here in the same round",
@@ -406,13 +407,14 @@ def _name(model: str, label: str) -> str:
 def _round_stages(summary: dict, wall: float, alone: float) -> dict:
     """One study's stages in seconds per image (steady state, after the first batch), from its run_summary."""
     n = summary["images"] - len(summary.get("skipped_images", []))
-    total = {k: summary[k] for k in ("loop_seconds", "backbone_seconds", "score_seconds", "write_wait_seconds")}
+    total = {k: summary.get(k, 0.0) for k in ("loop_seconds", "backbone_seconds", "score_seconds", "write_wait_seconds",
+                                              "data_wait_seconds")}  # older code: no data_wait_seconds
     first = summary.get("first_batch")
     steady, first_extra = total, 0.0
     if first and n > first["images"]:
         # per image in the steady state: after the first batch, whose wait for the first images (worker
         # start, first reads) is a one-time cost like the startup, not a per-image one
-        steady = {k: v - first[k] for k, v in total.items()}
+        steady = {k: v - first.get(k, 0.0) for k, v in total.items()}
         m = n - first["images"]
         first_extra = first["loop_seconds"] - first["images"] * steady["loop_seconds"] / m
     else:
@@ -420,7 +422,8 @@ def _round_stages(summary: dict, wall: float, alone: float) -> dict:
     loop, backbone = steady["loop_seconds"], steady["backbone_seconds"]
     score, wait = steady["score_seconds"], steady["write_wait_seconds"]
     return {"backbone": backbone / m, "scoring": score / m, "writing": summary["write_seconds"] / n,
-            "write_wait": wait / m, "other": (loop - backbone - score - wait) / m, "loop": loop / m,
+            "write_wait": wait / m, "data_wait": steady["data_wait_seconds"] / m,
+            "other": (loop - backbone - score - wait) / m, "loop": loop / m,
             "dataset_pass": summary.get("dataset_seconds", 0.0) / n, "backbone_only": alone / n,
             "startup": (wall - total["loop_seconds"] - summary.get("dataset_seconds", 0.0)),
             "first_batch_extra": first_extra, "loop_all": total["loop_seconds"] / n}
@@ -434,8 +437,8 @@ def pipeline_rows(result: dict) -> list[dict]:
     rows = []
     runs = result["rounds"]
     for stage in (*STAGES, "backbone_only"):
-        s = spread([r[stage] for r in runs])
-        v = spread([r[stage] / r["backbone"] for r in runs])
+        s = spread([r.get(stage, math.nan) for r in runs])  # a stage older code did not report: NaN
+        v = spread([r.get(stage, math.nan) / r["backbone"] for r in runs])
         rows.append({"model": result["model"], "device": result["device"], "stage": stage, "seconds_per_image": s[0],
                      "seconds_min": s[1], "seconds_max": s[2], "vs_backbone": v[0], "vs_min": v[1], "vs_max": v[2]})
     outside = spread([(r["loop"] - r["backbone"]) / r["backbone"] for r in runs])
@@ -470,7 +473,8 @@ def per_image_summary(result: dict) -> str:
     return (f"{result['model']} on {result['device']}: {statistics.median(outside):.1f} ms per image outside the "
             f"backbone [{min(outside):.1f}-{max(outside):.1f}] (scoring and rows {ms(lambda r: r['scoring']):.1f}, "
             f"waiting for the writer {ms(lambda r: r['write_wait']):.1f}, data and the rest "
-            f"{ms(lambda r: r['other']):.1f}; the writer thread worked {ms(lambda r: r['writing']):.1f} beside them); "
+            f"{ms(lambda r: r['other']):.1f}, of which waiting for data {ms(lambda r: r.get('data_wait', 0.0)):.1f}; "
+            f"the writer thread worked {ms(lambda r: r['writing']):.1f} beside them); "
             f"backbone + maps {ms(lambda r: r['backbone']):.1f}; end to end "
             f"{statistics.median([1 / r['loop'] for r in runs]):.2f} images/s, the backbone alone "
             f"{statistics.median([1 / r['backbone_only'] for r in runs]):.2f} images/s; the first batch waited "
@@ -538,6 +542,7 @@ def compared(before: dict, after: dict) -> str:
     parts = [(what, ms(before, key), ms(after, key)) for what, key in (
         ("outside the backbone", lambda r: r["loop"] - r["backbone"]), ("scoring and rows", lambda r: r["scoring"]),
         ("waiting for the writer", lambda r: r["write_wait"]), ("data and the rest", lambda r: r["other"]),
+        ("of which waiting for data", lambda r: r.get("data_wait", 0.0)),
         ("the writer thread", lambda r: r["writing"]), ("backbone + maps", lambda r: r["backbone"]),
         ("loop", lambda r: r["loop"]))]
     model = after["model"].rsplit("@", 1)[0]
