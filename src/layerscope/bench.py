@@ -408,7 +408,7 @@ def _round_stages(summary: dict, wall: float, alone: float) -> dict:
     """One study's stages in seconds per image (steady state, after the first batch), from its run_summary."""
     n = summary["images"] - len(summary.get("skipped_images", []))
     total = {k: summary.get(k, 0.0) for k in ("loop_seconds", "backbone_seconds", "score_seconds", "write_wait_seconds",
-                                              "data_wait_seconds")}  # older code: no data_wait_seconds
+                                              "data_wait_seconds")}  # older code: no data_wait_seconds (NaN below)
     first = summary.get("first_batch")
     steady, first_extra = total, 0.0
     if first and n > first["images"]:
@@ -422,7 +422,8 @@ def _round_stages(summary: dict, wall: float, alone: float) -> dict:
     loop, backbone = steady["loop_seconds"], steady["backbone_seconds"]
     score, wait = steady["score_seconds"], steady["write_wait_seconds"]
     return {"backbone": backbone / m, "scoring": score / m, "writing": summary["write_seconds"] / n,
-            "write_wait": wait / m, "data_wait": steady["data_wait_seconds"] / m,
+            "write_wait": wait / m,
+            "data_wait": steady["data_wait_seconds"] / m if "data_wait_seconds" in summary else math.nan,
             "other": (loop - backbone - score - wait) / m, "loop": loop / m,
             "dataset_pass": summary.get("dataset_seconds", 0.0) / n, "backbone_only": alone / n,
             "startup": (wall - total["loop_seconds"] - summary.get("dataset_seconds", 0.0)),
@@ -473,7 +474,7 @@ def per_image_summary(result: dict) -> str:
     return (f"{result['model']} on {result['device']}: {statistics.median(outside):.1f} ms per image outside the "
             f"backbone [{min(outside):.1f}-{max(outside):.1f}] (scoring and rows {ms(lambda r: r['scoring']):.1f}, "
             f"waiting for the writer {ms(lambda r: r['write_wait']):.1f}, data and the rest "
-            f"{ms(lambda r: r['other']):.1f}, of which waiting for data {ms(lambda r: r.get('data_wait', 0.0)):.1f}; "
+            f"{ms(lambda r: r['other']):.1f}, of which waiting for data {ms(lambda r: r.get('data_wait', math.nan)):.1f}; "
             f"the writer thread worked {ms(lambda r: r['writing']):.1f} beside them); "
             f"backbone + maps {ms(lambda r: r['backbone']):.1f}; end to end "
             f"{statistics.median([1 / r['loop'] for r in runs]):.2f} images/s, the backbone alone "
@@ -537,12 +538,12 @@ def pipeline_table(models: Sequence[str], devices: Sequence[str], rounds: int, e
 def compared(before: dict, after: dict) -> str:
     """Median milliseconds per image of the stages outside the backbone, the other code's against this one's."""
     def ms(result: dict, key) -> float:
-        return 1000 * statistics.median([key(r) for r in result["rounds"]])
+        return 1000 * spread([key(r) for r in result["rounds"]])[0]  # NaN: a stage that code does not report
 
     parts = [(what, ms(before, key), ms(after, key)) for what, key in (
         ("outside the backbone", lambda r: r["loop"] - r["backbone"]), ("scoring and rows", lambda r: r["scoring"]),
         ("waiting for the writer", lambda r: r["write_wait"]), ("data and the rest", lambda r: r["other"]),
-        ("of which waiting for data", lambda r: r.get("data_wait", 0.0)),
+        ("of which waiting for data", lambda r: r.get("data_wait", math.nan)),
         ("the writer thread", lambda r: r["writing"]), ("backbone + maps", lambda r: r["backbone"]),
         ("loop", lambda r: r["loop"]))]
     model = after["model"].rsplit("@", 1)[0]
