@@ -81,7 +81,8 @@ def test_pca_equals_the_svd_first_component(shape):
     _, _, v = torch.linalg.svd(x, full_matrices=False)  # the definition, in float64
     comp = (x @ v[:, 0, :, None]).squeeze(-1)
     norm = feat.double().norm(dim=1).flatten(1)
-    comp = comp * torch.sign(((comp - comp.mean(1, keepdim=True)) * (norm - norm.mean(1, keepdim=True))).sum(1))[:, None]
+    sign = torch.sign(((comp - comp.mean(1, keepdim=True)) * (norm - norm.mean(1, keepdim=True))).sum(1))
+    comp = comp * sign[:, None]
     torch.testing.assert_close(pca(feat).double().flatten(1), comp, rtol=0, atol=1e-6 * comp.abs().max().item())
 
 

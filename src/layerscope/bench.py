@@ -471,10 +471,11 @@ def per_image_summary(result: dict) -> str:
         return 1000 * statistics.median([key(r) for r in runs])
 
     outside = [1000 * (r["loop"] - r["backbone"]) for r in runs]
+    data = ms(lambda r: r.get("data_wait", math.nan))
     return (f"{result['model']} on {result['device']}: {statistics.median(outside):.1f} ms per image outside the "
             f"backbone [{min(outside):.1f}-{max(outside):.1f}] (scoring and rows {ms(lambda r: r['scoring']):.1f}, "
             f"waiting for the writer {ms(lambda r: r['write_wait']):.1f}, data and the rest "
-            f"{ms(lambda r: r['other']):.1f}, of which waiting for data {ms(lambda r: r.get('data_wait', math.nan)):.1f}; "
+            f"{ms(lambda r: r['other']):.1f}, of which waiting for data {data:.1f}; "
             f"the writer thread worked {ms(lambda r: r['writing']):.1f} beside them); "
             f"backbone + maps {ms(lambda r: r['backbone']):.1f}; end to end "
             f"{statistics.median([1 / r['loop'] for r in runs]):.2f} images/s, the backbone alone "
