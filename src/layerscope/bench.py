@@ -317,7 +317,8 @@ def _study(model: str, device: str, out: Path, extra: Sequence[str], cache: Path
     caching = [f"cache.dir={cache}"] if cache is not None else ["cache.enabled=false"]
     cmd = [sys.executable, "-m", "layerscope.run", f"model={model}", f"device={device}", *caching,
            "progress=false", f"hydra.run.dir={out}", *extra]
-    env = dict(os.environ, PYTHONPATH=str(src if src is not None else Path(__file__).resolve().parents[1]))
+    first = str(src if src is not None else Path(__file__).resolve().parents[1])  # this package, or the other code
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([first, *filter(None, [os.environ.get("PYTHONPATH")])]))
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
