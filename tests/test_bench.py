@@ -89,6 +89,29 @@ def test_marginal_is_the_slope_between_two_sizes(monkeypatch):
                                                                               ("cold-warm", 0.006)]
 
 
+def test_against_runs_the_other_code_in_the_same_rounds_in_alternating_order(monkeypatch, tmp_path, capsys):
+    """--against: every round runs both codes (the other one from its src folder), first one then the other."""
+    calls = []
+
+    def fake_study(model, device, out, extra, cache=None, src=None):
+        calls.append((out.name, src))
+        n = 16 * int(next(e for e in extra if e.startswith("data.per_combination=")).split("=")[1])
+        cost = 0.030 if src is not None else 0.010  # the other code is slower per image
+        return {"images": n, "loop_seconds": 3.0 + n * cost, "backbone_calls": 0 if out.name.startswith("warm")
+                else 1}, 1.0
+
+    monkeypatch.setattr(bench, "_study", fake_study)
+    other = tmp_path / "src"
+    found = bench.marginal("m", "cpu", 2, against=other)
+    assert [r["warm"] for r in found["before"]] == pytest.approx([0.030, 0.030])
+    assert [r["warm"] for r in found["after"]] == pytest.approx([0.010, 0.010])
+    firsts = [src for name, src in calls if name.startswith("cold") and "_1" in name]  # the 16-image cold runs
+    assert firsts == [other, None, None, other]  # round 0: before, after; round 1: after, before
+    assert bench.main(["--against", str(tmp_path)]) == 2  # only with --pipeline
+    assert bench.main(["--pipeline", "--against", str(tmp_path / "nothing")]) == 2
+    assert "expected a src folder holding layerscope/run.py" in capsys.readouterr().err
+
+
 def test_capture_quick_prints_every_variant_with_finite_ratios(tmp_path):
     proc = _bench(["--quick", "--out", str(tmp_path / "bench.csv")], tmp_path)
     assert "estimated duration: about" in proc.stdout and "took" in proc.stdout

@@ -448,6 +448,29 @@ def test_mosaic_is_pixel_identical_to_the_matplotlib_coloured_one():
     assert np.array_equal(grid._mosaic(image, None, maps), _old_mosaic(image, None, maps))
 
 
+def test_mosaic_identical_on_grids_that_do_not_divide_the_cell():
+    from layerscope.figures import grid
+
+    rng = np.random.default_rng(1)
+    image, mask, _, _ = _grid_inputs()
+    maps = {layer: rng.standard_normal((k, side, side)).astype(np.float32)  # EfficientNet-like 7 .. 112 grids
+            for layer, (k, side) in enumerate([(3, 7), (2, 14), (3, 33), (1, 112)])}
+    assert np.array_equal(grid._mosaic(image, mask, maps), _old_mosaic(image, mask, maps))
+
+
+def test_png_bytes_decode_to_the_same_pixels(tmp_path):
+    from PIL import Image
+
+    from layerscope.figures import grid
+
+    rgb = (np.random.default_rng(2).random((37, 53, 3)) * 255).astype(np.uint8)
+    rgb[10:20] = 255  # runs, as in a grid
+    (tmp_path / "x.png").write_bytes(grid.png_bytes(rgb))
+    with Image.open(tmp_path / "x.png") as im:
+        assert im.format == "PNG" and im.mode == "RGB"
+        assert np.array_equal(np.asarray(im), rgb)
+
+
 def test_per_run_grid_is_drawn_without_matplotlib(tmp_path, monkeypatch):
     import sys
 

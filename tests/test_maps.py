@@ -72,6 +72,20 @@ def test_reductions_hand_case():
         reduce_features(torch.rand(2, 8, 5, 5), ["max"])
 
 
+@pytest.mark.parametrize("shape", [(3, 6, 9, 8), (2, 40, 4, 3)])  # more positions than channels, and fewer
+def test_pca_equals_the_svd_first_component(shape):
+    torch.manual_seed(0)
+    feat = torch.randn(shape).relu() + torch.randn(shape[0], shape[1], 1, 1)
+    x = feat.double().flatten(2).transpose(1, 2)
+    x = x - x.mean(1, keepdim=True)
+    _, _, v = torch.linalg.svd(x, full_matrices=False)  # the definition, in float64
+    comp = (x @ v[:, 0, :, None]).squeeze(-1)
+    norm = feat.double().norm(dim=1).flatten(1)
+    sign = torch.sign(((comp - comp.mean(1, keepdim=True)) * (norm - norm.mean(1, keepdim=True))).sum(1))
+    comp = comp * sign[:, None]
+    torch.testing.assert_close(pca(feat).double().flatten(1), comp, rtol=0, atol=1e-6 * comp.abs().max().item())
+
+
 def test_upsample_nearest_repeats_patches():
     maps = torch.arange(4.0).view(1, 2, 2)
     up = upsample(maps, (4, 4), "nearest")

@@ -3,6 +3,7 @@
     layerscope-bench [--quick | --full] [--device cpu|cuda] [--rounds 3] [--cases vit_s8:480] [--out bench.csv]
     layerscope-bench --pipeline [--quick] [--device cpu|cuda] [--models dinov2_vits14_bundled ...] [--rounds 3]
     layerscope-bench --pipeline --marginal [--models ...] [--rounds 2]
+    layerscope-bench --pipeline [--marginal] --against OTHER/src   (before/after, interleaved)
 
 Every command first prints an estimate of its duration, from the model sizes and a 0.3 s probe of
 this machine's matrix-multiply rate (so a busy machine gets a longer estimate), and its real duration
@@ -44,6 +45,12 @@ images per second end to end against the backbone alone.
 way: the study's loop time at two dataset sizes (16 and 48 images), each with a cold map cache (the
 backbone runs) and then a warm one (no backbone: maps read from the cache); the slope between the two
 sizes is the marginal cost of one more image, cold and warm, free of startup and of any per-run cost.
+
+**Before/after** (``--pipeline [--marginal] --against DIR``). The same studies run by other code (``DIR``: the
+``src`` folder of another checkout, e.g. ``git worktree add /tmp/before HEAD~3`` then ``/tmp/before/src``),
+interleaved with this code's in every round (their order alternating from round to round), so both see the
+same machine; its rows are labelled ``MODEL@before`` and this code's ``MODEL@after``, and one line per model
+compares the medians.
 """
 from __future__ import annotations
 
@@ -287,30 +294,35 @@ def capture_table(cases, batches, device: str, rounds: int, memory_limit_gb: flo
 # ------------------------------------------------------------------------------------------ pipeline
 
 
-STAGES = ("backbone", "scoring", "writing", "write_wait", "other", "loop", "dataset_pass")
+STAGES = ("backbone", "scoring", "writing", "write_wait", "data_wait", "other", "loop", "dataset_pass")
 STAGE_TEXT = {
     "backbone": "forward + maps in the study",
     "scoring": "rows and results.csv",
     "writing": "npz + png by the background thread",
     "write_wait": "time the study waited for that thread",
-    "other": "the rest of the loop (data preparation, ...)",
+    "data_wait": "time the study waited for the next prepared batch (from the DataLoader workers)",
+    "other": "the rest of the loop (data_wait included)",
     "loop": "the study's image loop end to end (after its first batch, whose one-time wait is apart)",
     "dataset_pass": "the dataset-level protocol at the end",
     "backbone_only": "forward + maps alone, timed here in the same round",
 }
 
 
-def _study(model: str, device: str, out: Path, extra: Sequence[str], cache: Path | None = None) -> tuple[dict, float]:
+def _study(model: str, device: str, out: Path, extra: Sequence[str], cache: Path | None = None,
+           src: Path | None = None) -> tuple[dict, float]:
     """One default study in a fresh process, as a user runs it; its run_summary.json and wall seconds.
 
     Args:
         cache: a map cache folder to use (cold when empty, warm after a run), or None: no cache.
+        src: the folder holding the ``layerscope`` package to run (other code), or None: this package's.
     """
     caching = [f"cache.dir={cache}"] if cache is not None else ["cache.enabled=false"]
     cmd = [sys.executable, "-m", "layerscope.run", f"model={model}", f"device={device}", *caching,
            "progress=false", f"hydra.run.dir={out}", *extra]
+    first = str(src if src is not None else Path(__file__).resolve().parents[1])  # this package, or the other code
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([first, *filter(None, [os.environ.get("PYTHONPATH")])]))
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         lines = [t for t in proc.stderr.strip().splitlines() if t.strip()]
@@ -355,40 +367,70 @@ class BackboneOnly:
         return time.perf_counter() - t0
 
 
-def pipeline(model: str, device: str, rounds: int, extra: Sequence[str]) -> dict:
-    """Rounds of (default study in a fresh process, backbone alone here) for one backbone and device."""
-    per_round: list[dict] = []
+def _codes(against: Path | None) -> list[tuple[str, Path | None]]:
+    """(label, source folder) of each code a round runs: this package alone, or the other code and this."""
+    return [("", None)] if against is None else [("before", against), ("after", None)]
+
+
+def _in_turn(codes: list, r: int) -> list:
+    """The codes in round ``r``'s order: alternating, so neither always runs on a machine the other warmed."""
+    return codes if r % 2 == 0 else codes[::-1]
+
+
+def pipeline(model: str, device: str, rounds: int, extra: Sequence[str], against: Path | None = None) -> list[dict]:
+    """Rounds of (default study in a fresh process, backbone alone here) for one backbone and device.
+
+    Returns:
+        One result per code (this package's alone, or ``against``'s then this one's, run in the same rounds).
+    """
+    codes = _codes(against)
+    per_round: dict[str, list[dict]] = {label: [] for label, _ in codes}
     only: BackboneOnly | None = None
     with tempfile.TemporaryDirectory(prefix="layerscope-bench-") as tmp:
         for r in range(rounds):
-            print(f"  {model} on {device}: round {r + 1}/{rounds}", file=sys.stderr, flush=True)
-            summary, wall = _study(model, device, Path(tmp) / f"round{r}", extra)
+            done = {}
+            for label, src in _in_turn(codes, r):
+                print(f"  {_name(model, label)} on {device}: round {r + 1}/{rounds}", file=sys.stderr, flush=True)
+                done[label] = _study(model, device, Path(tmp) / f"round{r}{label}", extra,
+                                     **({"src": src} if src is not None else {}))
             if only is None:
-                only = BackboneOnly(Path(tmp) / "round0" / CONFIG)
+                only = BackboneOnly(Path(tmp) / f"round0{codes[-1][0]}" / CONFIG)
             alone = only()
-            n = summary["images"] - len(summary.get("skipped_images", []))
-            total = {k: summary[k] for k in ("loop_seconds", "backbone_seconds", "score_seconds", "write_wait_seconds")}
-            first = summary.get("first_batch")
-            steady, first_extra = total, 0.0
-            if first and n > first["images"]:
-                # per image in the steady state: after the first batch, whose wait for the first images (worker
-                # start, first reads) is a one-time cost like the startup, not a per-image one
-                steady = {k: v - first[k] for k, v in total.items()}
-                m = n - first["images"]
-                first_extra = first["loop_seconds"] - first["images"] * steady["loop_seconds"] / m
-            else:
-                m = n
-            loop, backbone = steady["loop_seconds"], steady["backbone_seconds"]
-            score, wait = steady["score_seconds"], steady["write_wait_seconds"]
-            per_round.append({
-                "backbone": backbone / m, "scoring": score / m, "writing": summary["write_seconds"] / n,
-                "write_wait": wait / m, "other": (loop - backbone - score - wait) / m, "loop": loop / m,
-                "dataset_pass": summary.get("dataset_seconds", 0.0) / n, "backbone_only": alone / n,
-                "startup": (wall - total["loop_seconds"] - summary.get("dataset_seconds", 0.0)),
-                "first_batch_extra": first_extra, "loop_all": total["loop_seconds"] / n,
-            })
-    return {"model": model, "device": device, "images": n, "rounds": per_round, "layers": only.layers,
-            "maps": only.maps, "img_size": only.img_size}
+            for label, (summary, wall) in done.items():
+                n = summary["images"] - len(summary.get("skipped_images", []))
+                per_round[label].append(_round_stages(summary, wall, alone))
+    return [{"model": _name(model, label), "device": device, "images": n, "rounds": per_round[label],
+             "layers": only.layers, "maps": only.maps, "img_size": only.img_size} for label, _ in codes]
+
+
+def _name(model: str, label: str) -> str:
+    return f"{model}@{label}" if label else model
+
+
+def _round_stages(summary: dict, wall: float, alone: float) -> dict:
+    """One study's stages in seconds per image (steady state, after the first batch), from its run_summary."""
+    n = summary["images"] - len(summary.get("skipped_images", []))
+    total = {k: summary.get(k, 0.0) for k in ("loop_seconds", "backbone_seconds", "score_seconds", "write_wait_seconds",
+                                              "data_wait_seconds")}  # older code: no data_wait_seconds (NaN below)
+    first = summary.get("first_batch")
+    steady, first_extra = total, 0.0
+    if first and n > first["images"]:
+        # per image in the steady state: after the first batch, whose wait for the first images (worker
+        # start, first reads) is a one-time cost like the startup, not a per-image one
+        steady = {k: v - first.get(k, 0.0) for k, v in total.items()}
+        m = n - first["images"]
+        first_extra = first["loop_seconds"] - first["images"] * steady["loop_seconds"] / m
+    else:
+        m = n
+    loop, backbone = steady["loop_seconds"], steady["backbone_seconds"]
+    score, wait = steady["score_seconds"], steady["write_wait_seconds"]
+    return {"backbone": backbone / m, "scoring": score / m, "writing": summary["write_seconds"] / n,
+            "write_wait": wait / m,
+            "data_wait": steady["data_wait_seconds"] / m if "data_wait_seconds" in summary else math.nan,
+            "other": (loop - backbone - score - wait) / m, "loop": loop / m,
+            "dataset_pass": summary.get("dataset_seconds", 0.0) / n, "backbone_only": alone / n,
+            "startup": (wall - total["loop_seconds"] - summary.get("dataset_seconds", 0.0)),
+            "first_batch_extra": first_extra, "loop_all": total["loop_seconds"] / n}
 
 
 PIPELINE_COLUMNS = ["model", "device", "stage", "ms/img", "ms_min", "ms_max", "vs_backbone", "vs_min", "vs_max"]
@@ -399,8 +441,8 @@ def pipeline_rows(result: dict) -> list[dict]:
     rows = []
     runs = result["rounds"]
     for stage in (*STAGES, "backbone_only"):
-        s = spread([r[stage] for r in runs])
-        v = spread([r[stage] / r["backbone"] for r in runs])
+        s = spread([r.get(stage, math.nan) for r in runs])  # a stage older code did not report: NaN
+        v = spread([r.get(stage, math.nan) / r["backbone"] for r in runs])
         rows.append({"model": result["model"], "device": result["device"], "stage": stage, "seconds_per_image": s[0],
                      "seconds_min": s[1], "seconds_max": s[2], "vs_backbone": v[0], "vs_min": v[1], "vs_max": v[2]})
     outside = spread([(r["loop"] - r["backbone"]) / r["backbone"] for r in runs])
@@ -432,10 +474,12 @@ def per_image_summary(result: dict) -> str:
         return 1000 * statistics.median([key(r) for r in runs])
 
     outside = [1000 * (r["loop"] - r["backbone"]) for r in runs]
+    data = ms(lambda r: r.get("data_wait", math.nan))
     return (f"{result['model']} on {result['device']}: {statistics.median(outside):.1f} ms per image outside the "
             f"backbone [{min(outside):.1f}-{max(outside):.1f}] (scoring and rows {ms(lambda r: r['scoring']):.1f}, "
             f"waiting for the writer {ms(lambda r: r['write_wait']):.1f}, data and the rest "
-            f"{ms(lambda r: r['other']):.1f}; the writer thread worked {ms(lambda r: r['writing']):.1f} beside them); "
+            f"{ms(lambda r: r['other']):.1f}, of which waiting for data {data:.1f}; "
+            f"the writer thread worked {ms(lambda r: r['writing']):.1f} beside them); "
             f"backbone + maps {ms(lambda r: r['backbone']):.1f}; end to end "
             f"{statistics.median([1 / r['loop'] for r in runs]):.2f} images/s, the backbone alone "
             f"{statistics.median([1 / r['backbone_only'] for r in runs]):.2f} images/s; the first batch waited "
@@ -461,22 +505,25 @@ def _hms(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}"
 
 
-def pipeline_table(models: Sequence[str], devices: Sequence[str], rounds: int, extra: Sequence[str]) -> list[dict]:
-    """Run every model on every device; print the stage table, the target check and the projections."""
+def pipeline_table(models: Sequence[str], devices: Sequence[str], rounds: int, extra: Sequence[str],
+                   against: Path | None = None) -> list[dict]:
+    """Run every model on every device; print the stage table, the target check and the projections (and,
+    with ``against``, the other code's table in the same rounds and a before/after line per model)."""
     results, rows = [], []
     print("stages: " + "; ".join(f"{k} = {v}" for k, v in STAGE_TEXT.items()), flush=True)
     print(" ".join(PIPELINE_COLUMNS), flush=True)
     for device in devices:
         for model in models:
             try:
-                result = pipeline(model, device, rounds, extra)
+                found = pipeline(model, device, rounds, extra, against)
             except RuntimeError as e:
                 print(f"{model:26s} {device:6s} failed: {e}", flush=True)
                 continue
-            results.append(result)
-            for row in pipeline_rows(result):
-                rows.append(row)
-                print(_pipeline_line(row), flush=True)
+            results += found
+            for result in found:
+                for row in pipeline_rows(result):
+                    rows.append(row)
+                    print(_pipeline_line(row), flush=True)
     for result in results:
         outside = next(r for r in pipeline_rows(result) if r["stage"] == "outside_backbone")
         verdict = "met" if outside["vs_backbone"] <= TARGET_OUTSIDE else "not met"
@@ -487,62 +534,97 @@ def pipeline_table(models: Sequence[str], devices: Sequence[str], rounds: int, e
         print("per image: " + per_image_summary(result), flush=True)
     for result in results:
         print("projection: " + projection(result), flush=True)
+    for before, after in zip(results[::2], results[1::2]) if against is not None else ():
+        print("before -> after: " + compared(before, after), flush=True)
     return rows
 
 
-def marginal(model: str, device: str, rounds: int) -> list[dict]:
+def compared(before: dict, after: dict) -> str:
+    """Median milliseconds per image of the stages outside the backbone, the other code's against this one's."""
+    def ms(result: dict, key) -> float:
+        return 1000 * spread([key(r) for r in result["rounds"]])[0]  # NaN: a stage that code does not report
+
+    parts = [(what, ms(before, key), ms(after, key)) for what, key in (
+        ("outside the backbone", lambda r: r["loop"] - r["backbone"]), ("scoring and rows", lambda r: r["scoring"]),
+        ("waiting for the writer", lambda r: r["write_wait"]), ("data and the rest", lambda r: r["other"]),
+        ("of which waiting for data", lambda r: r.get("data_wait", math.nan)),
+        ("the writer thread", lambda r: r["writing"]), ("backbone + maps", lambda r: r["backbone"]),
+        ("loop", lambda r: r["loop"]))]
+    model = after["model"].rsplit("@", 1)[0]
+    return (f"{model} on {after['device']}, ms per image over {len(after['rounds'])} interleaved rounds: "
+            + ", ".join(f"{what} {b:.1f} -> {a:.1f}" for what, b, a in parts))
+
+
+def marginal(model: str, device: str, rounds: int, against: Path | None = None) -> list[dict] | dict[str, list[dict]]:
     """Rounds of the cold/warm map-cache studies at two sizes; per round the marginal seconds per image.
 
+    Args:
+        against: other code's ``src`` folder, run in the same rounds (its order alternating with this code's).
+
     Returns:
-        Per round: ``cold`` and ``warm`` (loop seconds per extra image) and ``images`` (the two sizes).
+        Per round: ``cold`` and ``warm`` (loop seconds per extra image) and ``images`` (the two sizes); with
+        ``against``, those rounds per code: {"before": [...], "after": [...]}.
     """
-    out = []
+    codes = _codes(against)
+    out: dict[str, list[dict]] = {label: [] for label, _ in codes}
     with tempfile.TemporaryDirectory(prefix="layerscope-marginal-") as tmp:
         for r in range(rounds):
-            loops: dict[str, list[float]] = {"cold": [], "warm": []}
-            sizes = []
-            for k in MARGINAL_SIZES:
-                print(f"  {model} on {device}: round {r + 1}/{rounds}, {16 * k} images", file=sys.stderr, flush=True)
-                cache = Path(tmp) / f"cache{r}_{k}"
-                extra = [f"data.per_combination={k}", "dataset_metrics=false"]
-                for state in ("cold", "warm"):  # the cold run fills the cache the warm one reads
-                    summary, _ = _study(model, device, Path(tmp) / f"{state}{r}_{k}", extra, cache=cache)
-                    if state == "warm" and summary.get("backbone_calls", 0):
-                        raise RuntimeError(f"{model}: the warm run called the backbone {summary['backbone_calls']} "
-                                           "times (is the map cache enabled?)")
-                    loops[state].append(summary["loop_seconds"])
-                sizes.append(summary["images"])
-            span = sizes[1] - sizes[0]
-            out.append({"images": sizes, **{state: (t[1] - t[0]) / span for state, t in loops.items()}})
-    return out
+            for label, src in _in_turn(codes, r):
+                loops: dict[str, list[float]] = {"cold": [], "warm": []}
+                sizes = []
+                for k in MARGINAL_SIZES:
+                    print(f"  {_name(model, label)} on {device}: round {r + 1}/{rounds}, {16 * k} images",
+                          file=sys.stderr, flush=True)
+                    cache = Path(tmp) / f"cache{r}_{k}{label}"
+                    extra = [f"data.per_combination={k}", "dataset_metrics=false"]
+                    for state in ("cold", "warm"):  # the cold run fills the cache the warm one reads
+                        summary, _ = _study(model, device, Path(tmp) / f"{state}{r}_{k}{label}", extra, cache=cache,
+                                            **({"src": src} if src is not None else {}))
+                        if state == "warm" and summary.get("backbone_calls", 0):
+                            raise RuntimeError(f"{model}: the warm run called the backbone "
+                                               f"{summary['backbone_calls']} times (is the map cache enabled?)")
+                        loops[state].append(summary["loop_seconds"])
+                    sizes.append(summary["images"])
+                span = sizes[1] - sizes[0]
+                out[label].append({"images": sizes, **{state: (t[1] - t[0]) / span for state, t in loops.items()}})
+    return out[""] if against is None else out
 
 
 MARGINAL_COLUMNS = ["model", "device", "cache", "ms/img", "ms_min", "ms_max"]
 
 
-def marginal_table(models: Sequence[str], devices: Sequence[str], rounds: int) -> list[dict]:
+def marginal_table(models: Sequence[str], devices: Sequence[str], rounds: int,
+                   against: Path | None = None) -> list[dict]:
     """Print the marginal milliseconds per image, cold and warm cache, and their difference (the backbone)."""
     print(" ".join(MARGINAL_COLUMNS), flush=True)
     rows = []
     for device in devices:
-        for model in models:
+        for plain in models:
             try:
-                runs = marginal(model, device, rounds)
+                found = marginal(plain, device, rounds, against)
             except RuntimeError as e:
-                print(f"{model:26s} {device:6s} failed: {e}", flush=True)
+                print(f"{plain:26s} {device:6s} failed: {e}", flush=True)
                 continue
-            for cache, values in (("cold", [r["cold"] for r in runs]), ("warm", [r["warm"] for r in runs]),
-                                  ("cold-warm", [r["cold"] - r["warm"] for r in runs])):
-                median, low, high = spread(values)
-                rows.append({"model": model, "device": device, "cache": cache, "seconds_per_image": median,
-                             "seconds_min": low, "seconds_max": high, "rounds": rounds})
-                print(f"{model:26s} {device:6s} {cache:10s} {1000 * median:8.1f} {1000 * low:8.1f} {1000 * high:8.1f}",
-                      flush=True)
-            sizes = runs[0]["images"]
-            print(f"{model} on {device}: one more image costs {1000 * statistics.median(r['warm'] for r in runs):.1f} "
-                  f"ms outside the backbone (warm cache) and {1000 * statistics.median(r['cold'] for r in runs):.1f} "
-                  f"ms with it (cold), the slope of the loop time between {sizes[0]} and {sizes[1]} images, median "
-                  f"of {rounds} rounds", flush=True)
+            for label, runs in (found.items() if against is not None else [("", found)]):
+                rows += _marginal_rows(_name(plain, label), device, rounds, runs)
+    return rows
+
+
+def _marginal_rows(model: str, device: str, rounds: int, runs: list[dict]) -> list[dict]:
+    """Print and return one code's marginal rows (cold, warm, cold-warm) and its one-line summary."""
+    rows = []
+    for cache, values in (("cold", [r["cold"] for r in runs]), ("warm", [r["warm"] for r in runs]),
+                          ("cold-warm", [r["cold"] - r["warm"] for r in runs])):
+        median, low, high = spread(values)
+        rows.append({"model": model, "device": device, "cache": cache, "seconds_per_image": median,
+                     "seconds_min": low, "seconds_max": high, "rounds": rounds})
+        print(f"{model:26s} {device:6s} {cache:10s} {1000 * median:8.1f} {1000 * low:8.1f} {1000 * high:8.1f}",
+              flush=True)
+    sizes = runs[0]["images"]
+    print(f"{model} on {device}: one more image costs {1000 * statistics.median(r['warm'] for r in runs):.1f} "
+          f"ms outside the backbone (warm cache) and {1000 * statistics.median(r['cold'] for r in runs):.1f} "
+          f"ms with it (cold), the slope of the loop time between {sizes[0]} and {sizes[1]} images, median "
+          f"of {rounds} rounds", flush=True)
     return rows
 
 
@@ -642,6 +724,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", nargs="+", default=None, metavar="MODEL:SIZE",
                    help=f"capture cases, e.g. vit_s8:480 (models: {', '.join(CONFIGS)})")
     p.add_argument("--models", nargs="+", default=None, help="pipeline: model configs (conf/model/*.yaml)")
+    p.add_argument("--against", type=Path, default=None, metavar="DIR",
+                   help="pipeline: other code's src folder (holding layerscope/), run before/after in the same rounds")
     p.add_argument("--memory-limit-gb", type=float, default=12.0, help="skip N x N variants needing more")
     p.add_argument("--out", type=Path, default=None, help="CSV (default outputs/bench.csv or bench_pipeline.csv)")
     p.add_argument("--serve", nargs=4, metavar=("MODEL", "SIZE", "BATCH", "VARIANT"), help=argparse.SUPPRESS)
@@ -652,6 +736,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.marginal and not a.pipeline:
         print("error: --marginal: goes with --pipeline", file=sys.stderr)
+        return 2
+    if a.against is not None and not a.pipeline:
+        print("error: --against: goes with --pipeline", file=sys.stderr)
+        return 2
+    if a.against is not None and not (a.against / "layerscope" / "run.py").is_file():
+        print(f"error: --against {a.against}: expected a src folder holding layerscope/run.py", file=sys.stderr)
         return 2
     rounds = a.rounds if a.rounds is not None else (2 if a.quick or a.marginal else 5 if a.full else 3)
     if rounds < 1:
@@ -672,13 +762,15 @@ def main(argv: list[str] | None = None) -> int:
             estimate = sum(marginal_estimate(models, rounds, gflops[d]) for d in devices)
         else:
             estimate = pipeline_estimate(models, devices, rounds, 4 if a.quick else 16, gflops)
+        estimate *= 2 if a.against is not None else 1  # every study twice
         _announce(estimate, gflops)
         if a.marginal:
-            rows = marginal_table(models, devices, rounds)
+            rows = marginal_table(models, devices, rounds, a.against.resolve() if a.against else None)
             fields = ["model", "device", "cache", "seconds_per_image", "seconds_min", "seconds_max", "rounds"]
             out = a.out or Path("outputs/bench_marginal.csv")
         else:
-            rows = pipeline_table(models, devices, rounds, QUICK_DATA if a.quick else [])
+            rows = pipeline_table(models, devices, rounds, QUICK_DATA if a.quick else [],
+                                  a.against.resolve() if a.against else None)
             fields = ["model", "device", "stage", "seconds_per_image", "seconds_min", "seconds_max", "vs_backbone",
                       "vs_min", "vs_max"]
             out = a.out or Path("outputs/bench_pipeline.csv")

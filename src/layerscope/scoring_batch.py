@@ -276,7 +276,6 @@ def _group_sums(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
     """
     rows, n = ranked.order.shape
     b, _, c = weights.shape
-    r = rows // b
     w = _in_sorted_order(weights.double(), ranked.order)
     tied = torch.nonzero(ranked.n_groups < n).flatten()
     if tied.numel() == 0:

@@ -272,13 +272,13 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
         raise OSError(e.errno, e.strerror, str(out_dir / layout.DONE)) from None
     # figures.max_images counts the grids an interrupted run already drew
     drawn_before = len(list((out_dir / layout.FIGURES).glob(f"*{layout.GRID_SUFFIX}"))) if done else 0
-    n_figures, no_mask, skipped, clock = drawn_before, 0, [], {"score": 0.0}
+    n_figures, no_mask, skipped, clock = drawn_before, 0, [], {"score": 0.0, "data": 0.0}
     gained = []  # per image whose mask the any-pixel rule changed: (defect cells gained, nearest would lose all)
     first_batch: dict | None = None  # the stages at the end of the first batch: its one-time waits apart
     try:
         with tqdm(total=len(dataset), desc=backbone.name, unit="img", disable=not cfg.progress) as bar:
             bar.update(len(done))
-            for items in batches:
+            for items in _timed(batches, clock):
                 for bad in [item for item in items if "error" in item]:
                     if cfg.on_bad_image == "fail":
                         raise ValueError(f"{bad['error']} (on_bad_image=fail)")
@@ -307,7 +307,8 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
                     first_batch = {"images": len(items), "loop_seconds": round(time.perf_counter() - t_loop, 3),
                                    "backbone_seconds": round(source.seconds, 3),
                                    "score_seconds": round(clock["score"], 3),
-                                   "write_wait_seconds": round(files.wait_seconds, 3)}
+                                   "write_wait_seconds": round(files.wait_seconds, 3),
+                                   "data_wait_seconds": round(clock["data"], 3)}
         files.close()  # waits for the last files; raises a failed write, naming the file
     finally:
         files.close(raise_errors=False)  # leaving on another exception: still drain, without masking it
@@ -315,6 +316,7 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
     stats = {"images": len(dataset), "rows": writer.rows, "backbone_calls": source.calls, "num_workers": workers,
              "backbone_seconds": round(source.seconds, 3), "score_seconds": round(clock["score"], 3),
              "write_seconds": round(files.busy_seconds, 3), "write_wait_seconds": round(files.wait_seconds, 3),
+             "data_wait_seconds": round(clock["data"], 3),
              "loop_seconds": round(time.perf_counter() - t_loop, 3),
              "skipped_images": skipped, "images_without_mask": no_mask, "first_batch": first_batch,
              "masks_changed_by_resize_rule": len(gained), "masks_kept_from_vanishing": sum(v for _, v in gained)}
@@ -333,6 +335,20 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
              "(%.2fs waited for); %d rows -> %s", source.seconds, source.calls, len(dataset), clock["score"],
              files.busy_seconds, files.wait_seconds, writer.rows, out_dir / layout.RESULTS)
     return stats
+
+
+def _timed(batches: Any, clock: dict[str, float]) -> Any:
+    """The batches, with the time spent waiting for each (preparing it, or taking it from the workers) added
+    to ``clock["data"]``."""
+    while True:
+        t0 = time.perf_counter()
+        try:
+            items = next(batches)
+        except StopIteration:
+            return
+        finally:
+            clock["data"] += time.perf_counter() - t0
+        yield items
 
 
 def reuse_freed_memory(threshold: int = 32 * 2 ** 20, trim: int = 256 * 2 ** 20) -> bool:

@@ -6,6 +6,8 @@ run's per-image PNG (no matplotlib: a run draws up to ``figures.max_images`` of 
 """
 from __future__ import annotations
 
+import struct
+import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -46,16 +48,27 @@ def colormap() -> np.ndarray:
     return np.frombuffer(bytes.fromhex(_INFERNO), dtype=np.uint8).reshape(256, 3)
 
 
-def _colorize(m: np.ndarray) -> np.ndarray:
-    """(h, w) float -> (CELL, CELL, 3) uint8, min-max scaled per map, nearest upsampled.
+def _colorize(maps: np.ndarray) -> np.ndarray:
+    """(K, h, w) float -> (K, CELL, CELL, 3) uint8, each map min-max scaled on its own, nearest upsampled.
 
-    The bin of a value is matplotlib's: ``floor(x * 256)``, 1.0 in the last bin.
+    The bin of a value is matplotlib's: ``floor(x * 256)``, 1.0 in the last bin. All maps of a layer at
+    once, with the values and upsampling of a per-map PIL rendering (NEAREST's pixel choice, from PIL).
     """
-    low, high = float(m.min()), float(m.max())
-    scaled = (m - low) / (high - low) if high > low else np.zeros_like(m)
+    low, high = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)
+    span = (high.astype(np.float64) - low).astype(maps.dtype)  # as float(high) - float(low), then the map's dtype
+    flat = high <= low
+    scaled = np.where(flat, 0, (maps - low) / np.where(flat, 1, span))
     index = np.clip((scaled * 256).astype(np.int64), 0, 255)
-    rgb = colormap()[index]
-    return np.asarray(Image.fromarray(rgb).resize((CELL, CELL), Image.NEAREST))
+    rows, cols = _nearest_index(maps.shape[1], maps.shape[2])
+    return colormap()[index].take(rows, axis=1).take(cols, axis=2)  # coloured on the map's grid, then upsampled
+
+
+@lru_cache(maxsize=32)
+def _nearest_index(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The source row and column of each pixel of PIL's NEAREST resize of (h, w) to (CELL, CELL)."""
+    grid = np.arange(h * w, dtype=np.int32).reshape(h, w)
+    picked = np.asarray(Image.fromarray(grid).resize((CELL, CELL), Image.NEAREST))
+    return picked[:, 0] // w, picked[0, :] % w
 
 
 def _mosaic(image: np.ndarray, mask: np.ndarray | None, maps: Mapping[int, np.ndarray]) -> np.ndarray:
@@ -78,8 +91,8 @@ def _mosaic(image: np.ndarray, mask: np.ndarray | None, maps: Mapping[int, np.nd
         overlay[small & ~inner] = (0, 208, 255)  # outline only, the defect stays visible
         put(1, 0, overlay)
     for r, layer in enumerate(layers):
-        for k in range(maps[layer].shape[0]):
-            put(r, k + 1, _colorize(maps[layer][k]))
+        for k, tile in enumerate(_colorize(np.asarray(maps[layer]))):
+            put(r, k + 1, tile)
     return canvas
 
 
@@ -138,12 +151,34 @@ def layer_head_grid(image: np.ndarray, mask: np.ndarray | None, maps: Mapping[in
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
-        # compress_level 1: about a third of the default level's time for ~2% more bytes (a 12 x 7 grid)
-        grid_image(image, mask, maps, names, title).save(tmp, compress_level=1)
+        picture = grid_image(image, mask, maps, names, title)
+        if path.suffix.lower() == ".png":
+            tmp.write_bytes(png_bytes(np.asarray(picture)))
+        else:
+            picture.save(tmp)
         tmp.replace(path)
     except OSError as e:  # a full disk: no half picture is left, and the message names the file
         tmp.unlink(missing_ok=True)
         raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def png_bytes(rgb: np.ndarray, level: int = 1) -> bytes:
+    """A PNG file of an (H, W, 3) uint8 picture, rows unfiltered, deflated at ``level``.
+
+    Half PIL's time at its fastest level (which tries five row filters per row) and smaller files for
+    these pictures (runs of equal pixels: 235 vs 298 kB for a 12 x 7 grid); the same pixels.
+    """
+    h, w, _ = rgb.shape
+    raw = np.empty((h, 1 + 3 * w), np.uint8)
+    raw[:, 0] = 0  # each row: filter type 0 (none), then its bytes
+    raw[:, 1:] = rgb.reshape(h, 3 * w)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, deflate, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(memoryview(raw), level))
+            + chunk(b"IEND", b""))
 
 
 def grid_figure(image: np.ndarray, mask: np.ndarray | None, maps: Mapping[int, np.ndarray],
