@@ -23,7 +23,7 @@ fi
 mkdir -p "$OUT"
 "$PY" -c "import torch; p = torch.cuda.get_device_properties(0); print(f'device: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}')" | tee "$OUT/device.txt"
 start=$(date +%s)
-timeout 210 "$PY" -m layerscope.bench --pipeline --device cuda --rounds 2 \
+timeout 210 "$PY" -m layerscope.cli.bench --pipeline --device cuda --rounds 2 \
   --models dinov2_vits14_bundled efficientnet_lite0_bundled --out "$OUT/bench_pipeline_cuda.csv" 2>&1 \
   | tee "$OUT/bench_pipeline_cuda.txt"
 timeout 60 "$PY" -m pytest tests/test_batch_scoring.py -q -p no:cacheprovider -k "device_route" 2>&1 \

@@ -20,7 +20,7 @@ def _offline_and_private_cache(tmp_path_factory):
 
 
 def compose(*overrides: str):
-    """The run's config with ``overrides``, as ``python -m layerscope.run`` would build it."""
+    """The run's config with ``overrides``, as ``python -m layerscope.cli.run`` would build it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -37,9 +37,9 @@ def compose(*overrides: str):
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 600):
-    """Run ``python -m layerscope.run ARGS`` in a subprocess; returns the CompletedProcess."""
+    """Run ``python -m layerscope.cli.run ARGS`` in a subprocess; returns the CompletedProcess."""
     import subprocess
 
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "layerscope.run", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "layerscope.cli.run", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)

@@ -182,7 +182,7 @@ def slow_run_args(out):
 
 def start(args, cwd):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
-    return subprocess.Popen([sys.executable, "-m", "layerscope.run", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "layerscope.cli.run", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -249,7 +249,7 @@ def test_full_disk_gives_a_clear_error_and_keeps_finished_images(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
 
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "layerscope.run", *SYNTH, "data.per_combination=20", "save_maps=false",
+    proc = subprocess.run([sys.executable, "-m", "layerscope.cli.run", *SYNTH, "data.per_combination=20", "save_maps=false",
                            # RLIMIT_FSIZE also caps the shared-memory files that DataLoader workers pass tensors
                            # through (a real full disk does not): the limit is for the run's own files
                            "cache.enabled=false", "num_workers=0", f"hydra.run.dir={out}"], cwd=tmp_path, env=env, capture_output=True,

@@ -9,14 +9,16 @@ import sys
 
 import pytest
 
-from layerscope import bench
+from layerscope.bench import capture, common, pipeline
+from layerscope.bench import estimate as estimates
+from layerscope.cli import bench
 
 from .conftest import ROOT
 
 
 def _bench(args: list[str], cwd) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "layerscope.bench", *args], cwd=cwd, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "layerscope.cli.bench", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
@@ -34,8 +36,8 @@ def _table(stdout: str, header: list[str]) -> list[list[str]]:
 
 
 def test_spread_is_median_min_max_and_ignores_nan():
-    assert bench.spread([3.0, 1.0, 2.0, float("nan")]) == (2.0, 1.0, 3.0)
-    assert all(math.isnan(v) for v in bench.spread([]))
+    assert common.spread([3.0, 1.0, 2.0, float("nan")]) == (2.0, 1.0, 3.0)
+    assert all(math.isnan(v) for v in common.spread([]))
 
 
 def test_pipeline_rows_take_ratios_within_a_round():
@@ -44,12 +46,12 @@ def test_pipeline_rows_take_ratios_within_a_round():
             "dataset_pass": 0.3, "backbone_only": 1.0, "startup": 5.0}
     result = {"model": "m", "device": "cpu", "images": 16, "layers": 12, "maps": 7, "img_size": 448,
               "rounds": [base, {k: 2 * v for k, v in base.items()}]}
-    rows = {r["stage"]: r for r in bench.pipeline_rows(result)}
+    rows = {r["stage"]: r for r in pipeline.pipeline_rows(result)}
     assert rows["scoring"]["vs_min"] == pytest.approx(0.1) and rows["scoring"]["vs_max"] == pytest.approx(0.1)
     assert rows["scoring"]["seconds_min"] == pytest.approx(0.1) and rows["scoring"]["seconds_max"] == pytest.approx(0.2)
     assert rows["outside_backbone"]["vs_backbone"] == pytest.approx(0.15)
     assert rows["e2e_rate_vs_backbone_only"]["vs_backbone"] == pytest.approx(1 / 1.15)
-    text = bench.projection(result, images=1700)
+    text = pipeline.projection(result, images=1700)
     # startup (median 7.5 s) + 1700 x (median loop 1.725 + median dataset pass 0.45) = 3705 s
     assert "1:01:45" in text and "1,700-image" in text
 
@@ -61,14 +63,14 @@ def test_no_arguments_run_the_small_default_after_an_estimate(monkeypatch, capsy
     monkeypatch.setattr(bench, "machine_gflops", lambda device="cpu": 50.0)
     monkeypatch.setattr(bench, "capture_table", lambda *a: calls.append(a) or [])
     assert bench.main(["--out", str(tmp_path / "b.csv")]) == 0
-    assert calls[-1][:4] == (bench.DEFAULT, [1], "cpu", 3)
+    assert calls[-1][:4] == (capture.DEFAULT, [1], "cpu", 3)
     out = capsys.readouterr().out
-    estimate = bench.capture_estimate(bench.DEFAULT, [1], 3, 50.0, 12.0)
-    assert f"estimated duration: about {bench._minutes(estimate)}" in out and "--full for every case" in out
+    estimate = estimates.capture_estimate(capture.DEFAULT, [1], 3, 50.0, 12.0)
+    assert f"estimated duration: about {common.minutes(estimate)}" in out and "--full for every case" in out
     assert estimate < 300  # on 2 quiet cores
     assert bench.main(["--full", "--out", str(tmp_path / "b.csv")]) == 0
-    assert calls[-1][:4] == (bench.FULL, [1, 8], "cpu", 5)
-    assert bench.capture_estimate(bench.FULL, [1, 8], 5, 50.0, 12.0) > 10 * estimate
+    assert calls[-1][:4] == (capture.FULL, [1, 8], "cpu", 5)
+    assert estimates.capture_estimate(capture.FULL, [1, 8], 5, 50.0, 12.0) > 10 * estimate
     assert bench.main(["--marginal"]) == 2  # only with --pipeline
 
 
@@ -80,11 +82,11 @@ def test_marginal_is_the_slope_between_two_sizes(monkeypatch):
         return {"images": n, "loop_seconds": 3.0 + n * (0.015 if warm else 0.021),
                 "backbone_calls": 0 if warm else n // 4}, 1.0
 
-    monkeypatch.setattr(bench, "_study", fake_study)
-    runs = bench.marginal("m", "cpu", 2)
+    monkeypatch.setattr(pipeline, "_study", fake_study)
+    runs = pipeline.marginal("m", "cpu", 2)
     assert [r["images"] for r in runs] == [[16, 48], [16, 48]]
     assert all(r["warm"] == pytest.approx(0.015) and r["cold"] == pytest.approx(0.021) for r in runs)
-    rows = bench.marginal_table(["m"], ["cpu"], 1)
+    rows = pipeline.marginal_table(["m"], ["cpu"], 1)
     assert [(r["cache"], round(r["seconds_per_image"], 6)) for r in rows] == [("cold", 0.021), ("warm", 0.015),
                                                                               ("cold-warm", 0.006)]
 
@@ -100,23 +102,23 @@ def test_against_runs_the_other_code_in_the_same_rounds_in_alternating_order(mon
         return {"images": n, "loop_seconds": 3.0 + n * cost, "backbone_calls": 0 if out.name.startswith("warm")
                 else 1}, 1.0
 
-    monkeypatch.setattr(bench, "_study", fake_study)
+    monkeypatch.setattr(pipeline, "_study", fake_study)
     other = tmp_path / "src"
-    found = bench.marginal("m", "cpu", 2, against=other)
+    found = pipeline.marginal("m", "cpu", 2, against=other)
     assert [r["warm"] for r in found["before"]] == pytest.approx([0.030, 0.030])
     assert [r["warm"] for r in found["after"]] == pytest.approx([0.010, 0.010])
     firsts = [src for name, src in calls if name.startswith("cold") and "_1" in name]  # the 16-image cold runs
     assert firsts == [other, None, None, other]  # round 0: before, after; round 1: after, before
     assert bench.main(["--against", str(tmp_path)]) == 2  # only with --pipeline
     assert bench.main(["--pipeline", "--against", str(tmp_path / "nothing")]) == 2
-    assert "expected a src folder holding layerscope/run.py" in capsys.readouterr().err
+    assert "expected a src folder holding layerscope/cli/run.py" in capsys.readouterr().err
 
 
 def test_capture_quick_prints_every_variant_with_finite_ratios(tmp_path):
     proc = _bench(["--quick", "--out", str(tmp_path / "bench.csv")], tmp_path)
     assert "estimated duration: about" in proc.stdout and "took" in proc.stdout
-    rows = _table(proc.stdout, bench.CAPTURE_COLUMNS)
-    assert [r[3] for r in rows] == list(bench.VARIANTS)
+    rows = _table(proc.stdout, capture.CAPTURE_COLUMNS)
+    assert [r[3] for r in rows] == list(capture.VARIANTS)
     for r in rows:
         assert r[-1] == "ok", r
         ratio, low, high = (float(v) for v in r[6:9])
@@ -124,15 +126,15 @@ def test_capture_quick_prints_every_variant_with_finite_ratios(tmp_path):
     assert [r[6] for r in rows][0] == "1.00"  # plain is the baseline of every round
     with open(tmp_path / "bench.csv") as f:
         saved = list(csv.DictReader(f))
-    assert [r["variant"] for r in saved] == list(bench.VARIANTS) and all(int(r["rounds"]) == 2 for r in saved)
+    assert [r["variant"] for r in saved] == list(capture.VARIANTS) and all(int(r["rounds"]) == 2 for r in saved)
 
 
 @pytest.mark.slow
 def test_pipeline_quick_prints_every_stage_and_a_projection(tmp_path):
     proc = _bench(["--pipeline", "--quick", "--device", "cpu", "--out", str(tmp_path / "pipe.csv")], tmp_path)
-    rows = _table(proc.stdout, bench.PIPELINE_COLUMNS)
+    rows = _table(proc.stdout, pipeline.PIPELINE_COLUMNS)
     stages = [r[2] for r in rows]
-    assert stages == [*bench.STAGES, "backbone_only", "outside_backbone", "e2e_rate_vs_backbone_only"]
+    assert stages == [*pipeline.STAGES, "backbone_only", "outside_backbone", "e2e_rate_vs_backbone_only"]
     for r in rows:
         ratio, low, high = (float(v) for v in r[-3:])
         assert all(math.isfinite(v) and v >= 0 for v in (ratio, low, high)) and low <= ratio <= high, r

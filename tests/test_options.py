@@ -80,7 +80,7 @@ def test_typed_reads_a_part_with_defaults_types_and_booleans_checked():
     (["save_maps=1"], "error: save_maps=1: expected true or false (yes/no and on/off work too)"),
 ])
 def test_a_value_of_the_wrong_type_is_one_line_naming_the_option(args, line):
-    from layerscope.run import precheck
+    from layerscope.cli.run import precheck
 
     assert precheck(args) == line
 

@@ -15,13 +15,11 @@ import pytest
 from .conftest import ROOT
 
 PACKAGE = ROOT / "src" / "layerscope"
-# the command layer: the cli package, the two commands still at the package root, and `python -m` entries
-ROOT_COMMANDS = {"layerscope.run", "layerscope.bench"}
+# the command layer: the cli package and `python -m` entries
 
 
 def is_command(module: str) -> bool:
-    return (module == "layerscope.cli" or module.startswith("layerscope.cli.") or module in ROOT_COMMANDS
-            or module.endswith(".__main__"))
+    return module == "layerscope.cli" or module.startswith("layerscope.cli.") or module.endswith(".__main__")
 
 
 def _module_name(path: Path) -> str:
@@ -142,7 +140,7 @@ def test_wheel_holds_the_package_and_its_configs_and_runs_from_another_folder(tm
     modules = {f"layerscope/{p.relative_to(PACKAGE).as_posix()}" for p in PACKAGE.rglob("*.py")}
     assert modules <= names, sorted(modules - names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "layerscope = layerscope.run:main" in entry_points and "layerscope-report = layerscope.cli.report:main" in entry_points
+    assert "layerscope = layerscope.cli.run:main" in entry_points and "layerscope-report = layerscope.cli.report:main" in entry_points
 
     # install the wheel's files alone and run them from an empty folder, away from the checkout
     site = tmp_path / "site"
@@ -152,11 +150,11 @@ def test_wheel_holds_the_package_and_its_configs_and_runs_from_another_folder(tm
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = dict(os.environ, PYTHONPATH=str(site), HF_HUB_OFFLINE="1")
-    where = subprocess.run([sys.executable, "-c", "import layerscope, layerscope.run as r; print(layerscope.__file__);"
+    where = subprocess.run([sys.executable, "-c", "import layerscope, layerscope.cli.run as r; print(layerscope.__file__);"
                             "print(r.config_dir())"], cwd=elsewhere, env=env, capture_output=True, text=True)
     assert where.returncode == 0, where.stderr[-2000:]
     assert where.stdout.split() == [str(site / "layerscope" / "__init__.py"), str(site / "layerscope" / "conf")]
-    run = subprocess.run([sys.executable, "-m", "layerscope.run", "data=synthetic", "model=tiny_vit", "progress=false",
+    run = subprocess.run([sys.executable, "-m", "layerscope.cli.run", "data=synthetic", "model=tiny_vit", "progress=false",
                           "data.textures=[brick]", "data.defects=[spot]", "data.size=64", "hydra.run.dir=out"],
                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -96,7 +96,7 @@ def test_a_second_run_into_a_busy_folder_stops_and_a_stale_lock_does_not_block(c
 def test_two_runs_started_together_never_merge_their_rows(clean, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
-    args = [sys.executable, "-m", "layerscope.run", *SYNTH, f"hydra.run.dir={run}"]
+    args = [sys.executable, "-m", "layerscope.cli.run", *SYNTH, f"hydra.run.dir={run}"]
     procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     results = [p.communicate(timeout=300) for p in procs]
@@ -322,7 +322,7 @@ def test_a_full_disk_while_writing_maps_names_the_file_and_leaves_no_half_file(t
         resource.setrlimit(resource.RLIMIT_FSIZE, (6_000, 6_000))  # results rows fit, a maps file does not
 
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "layerscope.run", *SYNTH, "cache.enabled=false",
+    proc = subprocess.run([sys.executable, "-m", "layerscope.cli.run", *SYNTH, "cache.enabled=false",
                            "num_workers=0",  # RLIMIT_FSIZE would also cap the workers' shared-memory files
                            f"hydra.run.dir={out}"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           preexec_fn=limit_file_size, timeout=300)

@@ -5,7 +5,7 @@ import csv
 from pathlib import Path
 
 from layerscope.results.maps_io import load_maps
-from layerscope.run import listify_sweeps
+from layerscope.cli.run import listify_sweeps
 
 from .conftest import run_cli
 

@@ -317,7 +317,7 @@ def test_long_ids_are_cut_by_the_hash_rule():
     assert ids[0] != ids[1] and all(len(i) == MAX_ID for i in ids)
     assert ids[0] == "x" * (MAX_ID - 9) + "-" + hashlib.sha1(long_a.encode()).hexdigest()[:8]
     assert safe_name(long_a) == ids[0]  # the same on every run
-    from layerscope.run import os_advice
+    from layerscope.cli.run import os_advice
 
     assert "longer than this file system allows" in os_advice(OSError(errno.ENAMETOOLONG, "File name too long"))
     assert "free space" in os_advice(OSError(errno.ENOSPC, "No space left on device"))

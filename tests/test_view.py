@@ -49,7 +49,7 @@ def sweep(tmp_path_factory) -> Path:
     ``method=auto`` and ``method=features`` on a CNN)."""
     parent = tmp_path_factory.mktemp("sweep")
     for job, model in (("0", "tiny_vit"), ("1", "tiny_cnn")):
-        proc = _cli(["-m", "layerscope.run", f"model={model}", *SMALL, f"hydra.run.dir={parent / job}"], ROOT)
+        proc = _cli(["-m", "layerscope.cli.run", f"model={model}", *SMALL, f"hydra.run.dir={parent / job}"], ROOT)
         assert proc.returncode == 0, proc.stderr[-3000:]
     shutil.copytree(parent / "1", parent / "2")
     return parent

@@ -1,4 +1,4 @@
-"""Entry point: ``layerscope model=dino_vits8 'layer=range(0,12)'`` (also ``python -m layerscope.run``, and
+"""Entry point: ``layerscope model=dino_vits8 'layer=range(0,12)'`` (also ``python -m layerscope.cli.run``, and
 ``python -m src.run`` from a checkout).
 
 In a single run, a sweep written for a list-valued key (``layer=range(0,12)``,
@@ -20,8 +20,8 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .configs import config_dir
-from .results.layout import FAILED, HYDRA, HYDRA_CONFIG, HYDRA_OVERRIDES, HYDRA_SETTINGS, RESULTS
+from ..configs import config_dir
+from ..results.layout import FAILED, HYDRA, HYDRA_CONFIG, HYDRA_OVERRIDES, HYDRA_SETTINGS, RESULTS
 
 LIST_KEYS = ("layer", "head", "threshold")
 
@@ -103,7 +103,7 @@ def precheck(args: list[str]) -> str | None:
     search = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in dirs)}]"] if dirs else []
     from omegaconf import open_dict
 
-    from .plan import check_config, name_from_choices
+    from ..plan import check_config, name_from_choices
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         for combo in combos:
@@ -138,7 +138,7 @@ def precheck(args: list[str]) -> str | None:
 
 def _type_error(error, overrides: list[str]) -> str:
     """``key=value: expected ...`` for a value of the wrong type, the value as the user wrote it."""
-    from .options import type_error
+    from ..options import type_error
 
     key = str(error.full_key)
     given = next((o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == key), None)
@@ -208,7 +208,7 @@ def write_hydra_files(out_dir: Path, task_cfg: DictConfig, hydra_cfg: DictConfig
     the run once its folder is checked (``hydra.output_subdir: null`` keeps Hydra from writing it earlier)."""
     from omegaconf import OmegaConf, read_write
 
-    from .results.rundir import write_atomic
+    from ..results.rundir import write_atomic
 
     hydra_cfg = copy.deepcopy(hydra_cfg)
     with read_write(hydra_cfg.hydra):
@@ -225,9 +225,9 @@ def _main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from .backbones.weights import WeightsError
-    from .plan import name_from_choices
-    from .study import run
+    from ..backbones.weights import WeightsError
+    from ..plan import name_from_choices
+    from ..study import run
 
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
@@ -316,8 +316,8 @@ def main() -> None:
     sys.argv = [sys.argv[0], *args]
     import importlib
 
-    # the callback is built by Hydra from "layerscope.run", which is not "__main__" under python -m
-    failed_jobs = importlib.import_module("layerscope.run")._failed_jobs
+    # the callback is built by Hydra from "layerscope.cli.run", which is not "__main__" under python -m
+    failed_jobs = importlib.import_module("layerscope.cli.run")._failed_jobs
     try:
         _main()
     except SystemExit as e:

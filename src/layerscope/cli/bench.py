@@ -1,0 +1,132 @@
+"""``layerscope-bench``: the benchmarks of ``layerscope.bench`` (see its docstring for what each measures).
+
+    layerscope-bench [--quick | --full] [--device cpu|cuda] [--rounds 3] [--cases vit_s8:480] [--out bench.csv]
+    layerscope-bench --pipeline [--quick] [--device cpu|cuda] [--models dinov2_vits14_bundled ...] [--rounds 3]
+    layerscope-bench --pipeline --marginal [--models ...] [--rounds 2]
+    layerscope-bench --pipeline [--marginal] --against OTHER/src   (before/after, interleaved)
+
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..bench.capture import CONFIGS, DEFAULT, FULL, QUICK, capture_table, serve
+from ..bench.common import minutes
+from ..bench.estimate import capture_estimate, machine_gflops, marginal_estimate, pipeline_estimate
+from ..bench.pipeline import (PIPELINE_MODELS, PIPELINE_QUICK, QUICK_DATA, marginal_table, pipeline_table,
+                              study_module)
+from ..results.rundir import write_atomic
+from .errors import UsageError, command
+
+
+@command(errors=(), write="")
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="layerscope-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a smoke run (one small case, 2 rounds)")
+    p.add_argument("--full", action="store_true",
+                   help="capture: every case (ViT-S/8 at 224 and 480 px, ViT-B/16), batches 1 and 8, 5 rounds")
+    p.add_argument("--pipeline", action="store_true", help="time the default study by stage instead")
+    p.add_argument("--marginal", action="store_true",
+                   help="with --pipeline: the marginal ms per image with a cold and a warm map cache instead")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                   help="capture: cpu (default); pipeline: cpu, and cuda too when present (default)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds (default 3; 5 with --full, 2 with --quick or --marginal)")
+    p.add_argument("--batches", type=int, nargs="+", default=None)
+    p.add_argument("--cases", nargs="+", default=None, metavar="MODEL:SIZE",
+                   help=f"capture cases, e.g. vit_s8:480 (models: {', '.join(CONFIGS)})")
+    p.add_argument("--models", nargs="+", default=None, help="pipeline: model configs (conf/model/*.yaml)")
+    p.add_argument("--against", type=Path, default=None, metavar="DIR",
+                   help="pipeline: other code's src folder (holding layerscope/), run before/after in the same rounds")
+    p.add_argument("--memory-limit-gb", type=float, default=12.0, help="skip N x N variants needing more")
+    p.add_argument("--out", type=Path, default=None, help="CSV (default outputs/bench.csv or bench_pipeline.csv)")
+    p.add_argument("--serve", nargs=4, metavar=("MODEL", "SIZE", "BATCH", "VARIANT"), help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.serve:
+        model, size, batch, variant = a.serve
+        serve(model, int(size), int(batch), variant, a.device or "cpu")
+        return 0
+    if a.marginal and not a.pipeline:
+        raise UsageError("--marginal: goes with --pipeline")
+    if a.against is not None and not a.pipeline:
+        raise UsageError("--against: goes with --pipeline")
+    if a.against is not None:
+        try:
+            study_module(a.against)
+        except ValueError:
+            raise UsageError(f"--against {a.against}: expected a src folder holding layerscope/cli/run.py (or "
+                  "layerscope/run.py)")
+    rounds = a.rounds if a.rounds is not None else (2 if a.quick or a.marginal else 5 if a.full else 3)
+    if rounds < 1:
+        raise UsageError(f"--rounds {rounds}: expected at least 1")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device visible")
+    threads = os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, {rounds} interleaved rounds "
+          "(median and min-max over rounds)", flush=True)
+    t_start = time.perf_counter()
+    if a.pipeline:
+        devices = [a.device] if a.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        models = a.models or (PIPELINE_QUICK if a.quick else PIPELINE_MODELS)
+        gflops = {d: machine_gflops(d) for d in devices}
+        if a.marginal:
+            estimate = sum(marginal_estimate(models, rounds, gflops[d]) for d in devices)
+        else:
+            estimate = pipeline_estimate(models, devices, rounds, 4 if a.quick else 16, gflops)
+        estimate *= 2 if a.against is not None else 1  # every study twice
+        _announce(estimate, gflops)
+        if a.marginal:
+            rows = marginal_table(models, devices, rounds, a.against.resolve() if a.against else None)
+            fields = ["model", "device", "cache", "seconds_per_image", "seconds_min", "seconds_max", "rounds"]
+            out = a.out or Path("outputs/bench_marginal.csv")
+        else:
+            rows = pipeline_table(models, devices, rounds, QUICK_DATA if a.quick else [],
+                                  a.against.resolve() if a.against else None)
+            fields = ["model", "device", "stage", "seconds_per_image", "seconds_min", "seconds_max", "vs_backbone",
+                      "vs_min", "vs_max"]
+            out = a.out or Path("outputs/bench_pipeline.csv")
+    else:
+        try:
+            cases = [(c.split(":")[0], int(c.split(":")[1])) for c in a.cases] if a.cases else None
+        except (IndexError, ValueError):
+            raise UsageError(f"--cases {' '.join(a.cases)}: expected MODEL:SIZE, e.g. vit_s8:480")
+        cases = cases or (QUICK if a.quick else FULL if a.full else DEFAULT)
+        unknown = [m for m, _ in cases if m not in CONFIGS]
+        if unknown:
+            raise UsageError(f"--cases {unknown[0]}: expected one of {', '.join(CONFIGS)}")
+        device = a.device or "cpu"
+        batches = a.batches or ([1, 8] if a.full else [1])
+        gflops = {device: machine_gflops(device)}
+        _announce(capture_estimate(cases, batches, rounds, gflops[device], a.memory_limit_gb), gflops,
+                  "" if a.full or a.cases or a.quick else "; --full for every case")
+        rows = capture_table(cases, batches, device, rounds, a.memory_limit_gb)
+        fields = ["model", "size", "batch", "variant", "device", "rounds", "seconds_per_image", "seconds_min",
+                  "seconds_max", "peak_mb", "time_ratio", "ratio_min", "ratio_max", "memory_ratio", "status"]
+        out = a.out or Path("outputs/bench.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:  # NaN (undefined) -> empty cell
+        w.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()})
+    write_atomic(out, text.getvalue())  # a cut leaves the earlier table or this one
+    print(f"written: {out} (took {minutes(time.perf_counter() - t_start)})")
+    return 0
+
+
+def _announce(seconds: float, gflops: dict[str, float], more: str = "") -> None:
+    rates = ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in gflops.items())
+    print(f"estimated duration: about {minutes(seconds)} (this machine now: {rates}){more}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
