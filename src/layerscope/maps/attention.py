@@ -1,6 +1,8 @@
 """CLS-token attention from a block's own queries and keys, without the N x N matrix."""
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
 
@@ -29,3 +31,19 @@ def cls_attention(q: torch.Tensor, k: torch.Tensor, scale: float, num_prefix: in
         raise ValueError(f"{n} tokens minus {num_prefix} prefix tokens do not fill a {grid[0]}x{grid[1]} patch grid")
     logits = (q[:, :, :1].float() * scale) @ k.float().transpose(-2, -1)  # (B, H, 1, N)
     return logits.softmax(dim=-1)[:, :, 0, num_prefix:].reshape(b, h, *grid)
+
+
+def attention_blocks(q: torch.Tensor, k: torch.Tensor, scale: float, chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """``softmax(q k^T * scale)`` a block of ``chunk`` query rows at a time, never the whole (B, H, N, N) matrix.
+
+    Args:
+        q: queries (B, H, N, D); k: keys (B, H, M, D) (any dtype; computed in float32).
+        scale: the model's attention scale.
+        chunk: query rows per block (>= 1).
+
+    Yields:
+        (first query row of the block, its (B, H, c, M) attention probabilities).
+    """
+    kt = k.float().transpose(-2, -1)
+    for start in range(0, q.shape[2], chunk):
+        yield start, (q[:, :, start:start + chunk].float() * scale @ kt).softmax(-1)

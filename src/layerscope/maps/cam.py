@@ -25,6 +25,7 @@ from typing import Sequence
 
 import torch
 
+from .attention import attention_blocks
 from .methods import MapMethod
 
 
@@ -297,11 +298,11 @@ class AttnGrad(_GradMethod):
 
     def _relevance(self, qkv: torch.Tensor, grad_o: torch.Tensor, scale: float) -> torch.Tensor:
         """(3, B, H, N, D) q, k, v and (B, H, N, D) grad of the output -> (B, N, N) head-mean relevance."""
-        q, k, v = (t.float() for t in qkv)
+        q, k, v = qkv
         rows = []
-        for qc, gc in zip(q.split(self.chunk, dim=2), grad_o.float().split(self.chunk, dim=2)):
-            a = (qc * scale @ k.transpose(-2, -1)).softmax(-1)  # (B, H, c, N): the attention probabilities
-            ga = gc @ v.transpose(-2, -1)  # (B, H, c, N): d score / d A, since o = A v
+        for start, a in attention_blocks(q, k, scale, self.chunk):  # (B, H, c, N): the attention probabilities
+            gc = grad_o[:, :, start:start + self.chunk].float()
+            ga = gc @ v.float().transpose(-2, -1)  # (B, H, c, N): d score / d A, since o = A v
             rows.append((ga * a).clamp(min=0).mean(1))
         return torch.cat(rows, dim=1)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .attention import attention_blocks
+
 CHUNK_FLOATS = 1 << 21  # floats of one (B, H, chunk, P) block: 8 MB in float32 (cache-sized blocks run faster)
 
 
@@ -54,12 +56,9 @@ def attention_distance(q: torch.Tensor, k: torch.Tensor, scale: float, num_prefi
     p = grid[0] * grid[1]
     if n - num_prefix != p:
         raise ValueError(f"{n} tokens minus {num_prefix} prefix tokens do not fill a {grid[0]}x{grid[1]} patch grid")
-    qp = q[:, :, num_prefix:].float() * scale
-    kt = k[:, :, num_prefix:].float().transpose(-2, -1)  # (B, H, D, P)
     dist = patch_distances(grid, patch_size, q.device)
     step = int(chunk) if chunk else max(1, CHUNK_FLOATS // max(1, b * h * p))
     total = torch.zeros(b, h, dtype=torch.float64, device=q.device)
-    for start in range(0, p, step):
-        attn = (qp[:, :, start:start + step] @ kt).softmax(dim=-1)  # (B, H, c, P): patch keys only
+    for start, attn in attention_blocks(q[:, :, num_prefix:], k[:, :, num_prefix:], scale, step):  # patch keys only
         total += (attn * dist[start:start + step]).sum(-1).sum(-1, dtype=torch.float64)
     return (total / p).float()

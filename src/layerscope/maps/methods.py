@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from .attention import attention_blocks
 from .reduce import reduce_features
 
 log = logging.getLogger(__name__)
@@ -208,8 +209,7 @@ class Rollout(MapMethod):
     def _fused(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
         """(B, H, N, D) q, k -> (B, N, N) attention fused over heads."""
         rows = []
-        for qc in q.float().split(self.chunk, dim=2):
-            a = (qc * scale @ k.float().transpose(-2, -1)).softmax(-1)  # (B, H, c, N)
+        for _, a in attention_blocks(q, k, scale, self.chunk):  # (B, H, c, N)
             rows.append(a.mean(1) if self.head_fusion == "mean" else a.amax(1) if self.head_fusion == "max" else a.amin(1))
         return torch.cat(rows, dim=1)
 
