@@ -18,7 +18,7 @@ from layerscope.data.images import BadImage, read_image, read_mask
 from layerscope.scoring import ScoreOptions, Target, score_layer
 from layerscope.data.ids import safe_name
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, run_cli, run_main
 
 TINY = ["model=tiny_vit", "progress=false", "figures.grid=false"]
 SYNTH = [*TINY, "data.textures=[brick]", "data.defects=[scratch,spot]", "data.size=64"]
@@ -153,7 +153,7 @@ def test_all_zero_mask_metrics_are_marked_undefined(tmp_path):
 ])
 def test_config_errors(tmp_path, args, pattern, code):
     out = tmp_path / "run"
-    proc = run_cli([*(TINY if "data=samples" in args else SYNTH), *args, f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main([*(TINY if "data=samples" in args else SYNTH), *args, f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == code, proc.stderr[-2000:]
     assert re.search(pattern, proc.stderr, re.S), proc.stderr[-2000:]
     assert not (out / "results.csv").exists()  # nothing ran

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, run_cli, run_main
 
 TINY = ["model=tiny_vit", "progress=false", "figures.grid=false"]
 SYNTH = [*TINY, "data.textures=[brick]", "data.defects=[scratch,spot]", "data.per_combination=2",
@@ -188,11 +188,18 @@ def test_a_failing_job_does_not_stop_the_sweep_and_is_named(tmp_path, launcher):
 def test_bad_options_get_one_line_and_exit_2(tmp_path, args, pattern):
     import re
 
-    proc = run_cli([*SYNTH, *args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-                   cwd=tmp_path)
+    proc = run_main([*SYNTH, *args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                    cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert re.search(pattern, one_error_line(proc)), proc.stderr[-2000:]
     assert not (tmp_path / "run" / "results.csv").exists()
+
+
+def test_a_bad_option_through_the_command_line(tmp_path):
+    proc = run_cli([*SYNTH, "foo=1", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert one_error_line(proc).startswith("error: foo: no such option")
+    assert not (tmp_path / "run").exists()
 
 
 def test_report_and_figures_refuse_empty_or_foreign_tables_in_one_line(clean, tmp_path):
