@@ -29,6 +29,8 @@ from layerscope.figures.paper import Study, layer_head, metric_vs_layer, relativ
 from layerscope.report import rank
 from layerscope.view import REPORT, build, main
 
+from .conftest import call_main, run_main
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["data.textures=[brick,grass]", "data.defects=[scratch,spot]", "data.per_combination=2",
          "data.good_per_texture=1", "data.size=64", "progress=false"]
@@ -47,7 +49,7 @@ def sweep(tmp_path_factory) -> Path:
     ``method=auto`` and ``method=features`` on a CNN)."""
     parent = tmp_path_factory.mktemp("sweep")
     for job, model in (("0", "tiny_vit"), ("1", "tiny_cnn")):
-        proc = _cli(["-m", "layerscope.run", f"model={model}", *SMALL, f"hydra.run.dir={parent / job}"], ROOT)
+        proc = run_main([f"model={model}", *SMALL, f"hydra.run.dir={parent / job}"], ROOT)
         assert proc.returncode == 0, proc.stderr[-3000:]
     shutil.copytree(parent / "1", parent / "2")
     return parent
@@ -170,11 +172,17 @@ def test_sweep_page_side_by_side_with_identical_job_merged(sweep, tmp_path):
 def test_cli_errors_exit_2_in_one_line(single, tmp_path, case):
     folder = {"missing": tmp_path / "nope", "empty": tmp_path, "metric": single}[case]
     args = [str(folder), *(["--metric", "nonsense"] if case == "metric" else [])]
-    proc = _cli(["-m", "layerscope.view", *args], ROOT)
+    proc = call_main(main, args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert ("--metric nonsense" if case == "metric" else str(folder)) in lines[0]
+
+
+def test_a_cli_error_through_the_command_line(tmp_path):
+    proc = _cli(["-m", "layerscope.view", str(tmp_path / "nope")], ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'}: no such folder"], proc.stderr
 
 
 def test_main_writes_page_again(single, capsys):
@@ -335,8 +343,10 @@ def test_layer_head_heatmap_and_relative_depth_figures(sweep, tmp_path):
     assert [p.name for p in paths] == ["metric_vs_depth_auroc.png"]
     with pytest.raises(ValueError, match="--depth"):
         metric_vs_layer(sweep, tmp_path, ("png",), ("auroc",), depth="nonsense")
-    proc = _cli(["-m", "layerscope.figures", str(sweep), "--out", str(tmp_path / "cli"), "--formats", "png",
-                 "--kinds", "layer_head", "metric_vs_layer", "--metric", "iou", "--depth", "relative"], ROOT)
+    from layerscope.figures.__main__ import main as figures_main
+
+    proc = call_main(figures_main, [str(sweep), "--out", str(tmp_path / "cli"), "--formats", "png",
+                                    "--kinds", "layer_head", "metric_vs_layer", "--metric", "iou", "--depth", "relative"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(Path(p).name for p in proc.stdout.split()) == ["layer_head_iou.png", "metric_vs_depth_iou.png"]
     assert "jobs 1 and 2 hold identical results" in proc.stderr
