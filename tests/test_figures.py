@@ -14,7 +14,7 @@ import pytest
 from layerscope.figures.paper import KINDS, Study, _depth_layers, threshold_curves
 from layerscope.results.maps_io import load_maps, save_maps
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, run_main
 
 SMALL = ["data.textures=[brick]", "data.defects=[scratch,spot]", "data.size=64", "threshold=[0.4,0.6]", "progress=false",
          "metrics.attention_distance=true"]
@@ -29,10 +29,10 @@ def _python(code: str | None, *args: str, cwd: Path = ROOT) -> subprocess.Comple
 
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory) -> Path:
-    """A parent folder holding a finished tiny_vit run and a finished tiny_cnn run (the real CLI)."""
+    """A parent folder holding a finished tiny_vit run and a finished tiny_cnn run (the command's main)."""
     parent = tmp_path_factory.mktemp("study")
     for name, model in (("vit", "tiny_vit"), ("cnn", "tiny_cnn")):
-        proc = run_cli([f"model={model}", *SMALL, f"hydra.run.dir={parent / name}"], cwd=ROOT)
+        proc = run_main([f"model={model}", *SMALL, f"hydra.run.dir={parent / name}"], cwd=ROOT)
         assert proc.returncode == 0, proc.stderr[-3000:]
     from layerscope.protocol import choose, write_choice
     from layerscope.results.pool import build_pool
