@@ -23,6 +23,21 @@ def _offline_and_private_cache(tmp_path_factory):
     yield
 
 
+SMALL_RUN = ["model=tiny_vit", "progress=false", "figures.grid=false", "data.textures=[brick]",
+             "data.defects=[scratch,spot]", "data.per_combination=2", "data.good_per_texture=2", "data.size=64"]
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> Path:
+    """A finished 6-image run (tiny ViT, 4 defective and 2 good synthetic images, saved maps) made by
+    ``layerscope SMALL_RUN`` once per session; tests only read it: one that changes it works on a copy
+    (``shutil.copytree(small_run, tmp_path / "run")``)."""
+    out = tmp_path_factory.mktemp("small_run") / "run"
+    proc = run_main([*SMALL_RUN, f"hydra.run.dir={out}"], cwd=out.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
 def compose(*overrides: str):
     """The run's config with ``overrides``, as ``python -m layerscope.run`` would build it."""
     from hydra import compose as hydra_compose

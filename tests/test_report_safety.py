@@ -25,19 +25,15 @@ from layerscope.results import layout
 from layerscope.results.maps_io import load_maps
 from layerscope.results.pool import build_pool
 
-from .conftest import CONF, ROOT, compose
+from .conftest import CONF, ROOT
 
-DATA = ["model=tiny_vit", "data=synthetic", "data.textures=[brick]", "data.defects=[scratch,spot]",
-        "data.per_combination=2", "data.good_per_texture=2", "data.size=64", "progress=false", "figures.grid=false"]
 EDITED = "brick_scratch_0"
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+@pytest.fixture
+def run_dir(small_run):
     """A finished 6-image run (4 defective, 2 good) with saved maps; tests edit copies of it."""
-    out = tmp_path_factory.mktemp("safety") / "run"
-    study.run(compose(*DATA), out)
-    return out
+    return small_run
 
 
 def copy_run(run_dir, dst):
