@@ -83,10 +83,13 @@ def call_main(main, argv: list[str]) -> subprocess.CompletedProcess:
 def run_main(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """``layerscope ARGS`` (``layerscope.run.main``) in this process, started in ``cwd``: no interpreter
     start-up (a subprocess costs 8-15 s, this ~1 s), same exit code and stderr lines. Hydra's global
-    state, the logging it configures, ``sys.argv`` and the working directory are put back afterwards."""
+    state, the sweep's failed-job list, the logging Hydra configures, ``sys.argv`` and the working
+    directory are put back afterwards."""
+    import importlib
+
     from hydra.core.global_hydra import GlobalHydra
 
-    from layerscope.run import main
+    run = importlib.import_module("layerscope.run")  # the module, not the package's ``run`` attribute
 
     root = logging.getLogger()
     saved_root = root.level, list(root.handlers)
@@ -94,14 +97,16 @@ def run_main(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
              for name, lg in logging.Logger.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
     saved_argv, saved_cwd = sys.argv, os.getcwd()
     GlobalHydra.instance().clear()
+    run._failed_jobs.clear()  # a sweep's failed jobs, kept by the process for its exit line
     try:
         sys.argv = ["layerscope", *map(str, args)]
         os.chdir(cwd)
-        return call_main(lambda _: main(), args)
+        return call_main(lambda _: run.main(), args)
     finally:
         os.chdir(saved_cwd)
         sys.argv = saved_argv
         GlobalHydra.instance().clear()
+        run._failed_jobs.clear()
         for handler in root.handlers:
             if handler not in saved_root[1]:
                 handler.close()  # Hydra's run.log handler: its file stays closed, as after a process

@@ -13,7 +13,7 @@ from PIL import Image
 import layerscope as ls
 from layerscope.backbones import forward_hooks
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, run_main
 
 HF_KW = dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=3, intermediate_size=96, patch_size=8,
              image_size=64)
@@ -218,9 +218,9 @@ def test_api_and_a_cli_run_give_identical_maps_and_rows(tmp_path):
         mask[10:30, 20:50] = 255
         Image.fromarray(mask).save(masks / f"{name}.png")
     run = tmp_path / "run"
-    proc = run_cli(["model=tiny_vit", "data=folder", f"data.root={images}", f"data.mask_dir={masks}",
-                    "method=cls_attention", "threshold=[0.5,0.7]", "progress=false", "cache.enabled=false",
-                    "figures.grid=false", "batch_size=2", f"hydra.run.dir={run}"], cwd=tmp_path)
+    proc = run_main(["model=tiny_vit", "data=folder", f"data.root={images}", f"data.mask_dir={masks}",
+                     "method=cls_attention", "threshold=[0.5,0.7]", "progress=false", "cache.enabled=false",
+                     "figures.grid=false", "batch_size=2", f"hydra.run.dir={run}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     paths = sorted(images.glob("*.png"))
     m = ls.maps(ls.load("tiny_vit"), paths, method="cls_attention", batch_size=2)  # the run's batches
@@ -250,9 +250,10 @@ def test_timm_and_hf_configs_on_the_command_line(tmp_path):
     names = {p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")}
     archs = ["deit_tiny_patch16_224", "resnet10t"]
     assert not any(a in (ROOT / "conf" / "model" / f"{n}.yaml").read_text() for a in archs for n in names)
-    proc = run_cli(["-m", "model=timm", f"model.arch={','.join(archs)}", "model.pretrained=false", "model.img_size=64",
-                    "data.textures=[brick]", "data.defects=[spot]", "data.size=64", "progress=false",
-                    "figures.grid=false", "cache.enabled=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    proc = run_main(["-m", "model=timm", f"model.arch={','.join(archs)}", "model.pretrained=false", "model.img_size=64",
+                     "data.textures=[brick]", "data.defects=[spot]", "data.size=64", "progress=false",
+                     "figures.grid=false", "cache.enabled=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import pandas as pd
 
@@ -263,7 +264,7 @@ def test_timm_and_hf_configs_on_the_command_line(tmp_path):
         assert summary["complete"] and len(df) > 0
         kinds[summary["model"]] = (df["kind"].iloc[0], df["method"].iloc[0], int(df["layer"].max()) + 1)
     assert kinds == {"deit_tiny_patch16_224": ("vit", "cls_attention", 12), "resnet10t": ("cnn", "features", 5)}
-    proc = run_cli(["model=timm", "progress=false"], cwd=tmp_path)
+    proc = run_main(["model=timm", "progress=false"], cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: model=timm needs model.arch=")
 
 

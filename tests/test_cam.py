@@ -14,7 +14,7 @@ from layerscope.maps.cam import AttnGrad, EigenCAM, GradCAM, GradCAMPlusPlus
 from layerscope.metrics.faithfulness import deletion_insertion
 from layerscope.metrics.pointing import pointing_game_tolerance
 
-from .conftest import run_cli
+from .conftest import run_main
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -404,7 +404,7 @@ def test_gradient_maps_run_in_a_study_and_are_cached(tmp_path):
              "data.size=64", "progress=false", f"cache.dir={tmp_path / 'cache'}"]
     summaries = []
     for name in ("first", "second"):
-        proc = run_cli([*small, f"hydra.run.dir={tmp_path / name}"], cwd=tmp_path)
+        proc = run_main([*small, f"hydra.run.dir={tmp_path / name}"], cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         summaries.append(json.loads((tmp_path / name / "run_summary.json").read_text()))
     assert summaries[0]["backbone_calls"] == 1 and summaries[1]["backbone_calls"] == 0

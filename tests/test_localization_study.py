@@ -15,7 +15,7 @@ from layerscope.data.voc import VOCObjects
 from layerscope.report import bootstrap_auroc, bootstrap_mean, main as report_main, rank
 from layerscope.rescore import main as rescore_main
 
-from .conftest import run_cli
+from .conftest import run_main
 
 FAST = ["model=tiny_vit", "progress=false", "figures.max_images=1"]
 
@@ -43,8 +43,8 @@ def test_export_writes_the_mvtec_layout(mvtec_root):
 @pytest.mark.parametrize("method", ["cls_attention", "patch_knn"])
 def test_mvtec_run_and_report(mvtec_root, tmp_path, method, capsys):
     out = tmp_path / method
-    proc = run_cli([*FAST, "data=mvtec", f"data.root={mvtec_root}", "data.category=brick", f"method={method}",
-                    f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main([*FAST, "data=mvtec", f"data.root={mvtec_root}", "data.category=brick", f"method={method}",
+                     f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = pd.read_csv(out / "results.csv", dtype={"head": str})
     assert set(df["category"]) == {"good", "scratch", "spot"}
@@ -65,9 +65,9 @@ def test_mvtec_run_and_report(mvtec_root, tmp_path, method, capsys):
 def test_patch_knn_finds_the_defects_better_than_chance(tmp_path):
     """Even a random-init network's patch features separate a painted defect from its texture."""
     out = tmp_path / "knn"
-    proc = run_cli([*FAST, "model=tiny_cnn", "method=patch_knn", "data.textures=[brick,moon]",
-                    "data.defects=[spot,scratch]", "data.size=64", "data.contrast=0.9", "layer=[0,1]",
-                    f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main([*FAST, "model=tiny_cnn", "method=patch_knn", "data.textures=[brick,moon]",
+                     "data.defects=[spot,scratch]", "data.size=64", "data.contrast=0.9", "layer=[0,1]",
+                     f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = pd.read_csv(out / "results.csv")
     assert df.groupby("layer")["auroc"].mean().max() > 0.7
@@ -75,8 +75,8 @@ def test_patch_knn_finds_the_defects_better_than_chance(tmp_path):
 
 def test_rescore_reproduces_and_extends_without_a_model(mvtec_root, tmp_path):
     out = tmp_path / "run"
-    proc = run_cli([*FAST, "data=mvtec", f"data.root={mvtec_root}", "data.category=brick", "threshold=0.6",
-                    f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main([*FAST, "data=mvtec", f"data.root={mvtec_root}", "data.category=brick", "threshold=0.6",
+                     f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert rescore_main([str(out), "threshold=[0.6,0.8]", "--out", "again.csv"]) == 0
     first = pd.read_csv(out / "results.csv", dtype={"head": str})
@@ -113,7 +113,7 @@ def test_voc_objects_and_run(tmp_path):
         ("2007_000001_obj1", "cat", "2007_000001", 100, 12)
     assert ds[1].category == "dog"
     out = tmp_path / "run"
-    proc = run_cli([*FAST, "data=voc", f"data.root={tmp_path / 'VOC2012'}", f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main([*FAST, "data=voc", f"data.root={tmp_path / 'VOC2012'}", f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = pd.read_csv(out / "results.csv", dtype={"head": str})
     assert set(df["group"]) == {"2007_000001", "2007_000002"} and df["image"].nunique() == 4
@@ -160,8 +160,8 @@ def broken_tree(tmp_path, problem):
 ])
 def test_bad_mvtec_input_gives_one_line_naming_the_file(tmp_path, problem, message):
     root = broken_tree(tmp_path, problem)
-    proc = run_cli([*FAST, "data=mvtec", f"data.root={root}", "data.category=brick",
-                    f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = run_main([*FAST, "data=mvtec", f"data.root={root}", "data.category=brick",
+                     f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr

@@ -8,7 +8,7 @@ from layerscope.collect import main as collect_main
 from layerscope.loggers.offline import read_offline_run
 from layerscope.loggers.wandb_logger import layer_table
 
-from .conftest import run_cli
+from .conftest import run_cli, run_main
 
 SMALL = ["model=tiny_vit", "data.textures=[brick]", "data.defects=[scratch,spot]", "data.size=64", "progress=false"]
 
@@ -64,7 +64,7 @@ def test_wandb_run_is_finished_with_an_error_code_when_the_study_fails(tmp_path,
 
 def test_collect_merges_jobs_with_their_overrides_and_reports_missing_ones(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", *SMALL, "layer=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    proc = run_main(["-m", *SMALL, "layer=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert collect_main([str(sweep)]) == 0
     merged = pd.read_csv(sweep / "all_results.csv", dtype={"head": str})

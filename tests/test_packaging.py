@@ -134,10 +134,11 @@ def test_user_config_dir_adds_a_model_without_editing_the_package(tmp_path):
     (mine / "my_vit.yaml").write_text("defaults:\n  - base/timm_vit@_here_\n  - _self_\n"
                                       "arch: vit_tiny_patch16_224\nimg_size: 32\npretrained: false\n"
                                       "model_kwargs: {depth: 1, embed_dim: 16, num_heads: 2, patch_size: 8}\n")
-    from .conftest import run_cli
+    from .conftest import run_main
 
-    proc = run_cli(["--config-dir", str(tmp_path / "my_conf"), "model=my_vit", "progress=false", "data.size=32",
-                    "data.textures=[brick]", "data.defects=[spot]", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = run_main(["--config-dir", str(tmp_path / "my_conf"), "model=my_vit", "progress=false", "data.size=32",
+                     "data.textures=[brick]", "data.defects=[spot]", f"hydra.run.dir={tmp_path / 'run'}"],
+                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = (tmp_path / "run" / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 1 * 4 and ",my_vit," in rows[1]

@@ -7,7 +7,7 @@ from pathlib import Path
 from layerscope.results.maps_io import load_maps
 from layerscope.run import listify_sweeps
 
-from .conftest import run_cli
+from .conftest import run_cli, run_main
 
 SMALL_DATA = ["data.textures=[brick]", "data.defects=[scratch,spot]", "data.size=64", "progress=false"]
 
@@ -26,8 +26,8 @@ def test_listify_sweeps():
 
 def test_design_card_command_one_process_all_layers(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(["model=dino_vits8", "layer=range(0,12)", "model.pretrained=false", "model.img_size=64",
-                    *SMALL_DATA, f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main(["model=dino_vits8", "layer=range(0,12)", "model.pretrained=false", "model.img_size=64",
+                     *SMALL_DATA, f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_rows(out / "results.csv")
     assert sorted({int(r["layer"]) for r in rows}) == list(range(12))
@@ -44,8 +44,8 @@ def test_design_card_command_one_process_all_layers(tmp_path):
 
 def test_thresholds_listed_in_one_run_and_best_head(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(["model=tiny_vit", "layer=-1", "threshold=0.4,0.6,0.8", *SMALL_DATA, f"hydra.run.dir={out}"],
-                   cwd=tmp_path)
+    proc = run_main(["model=tiny_vit", "layer=-1", "threshold=0.4,0.6,0.8", *SMALL_DATA, f"hydra.run.dir={out}"],
+                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_rows(out / "results.csv")
     assert sorted({float(r["threshold"]) for r in rows}) == [0.4, 0.6, 0.8]
@@ -60,7 +60,7 @@ def test_thresholds_listed_in_one_run_and_best_head(tmp_path):
 
 def test_cnn_run_uses_feature_reductions(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(["model=tiny_cnn", *SMALL_DATA, f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main(["model=tiny_cnn", *SMALL_DATA, f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_rows(out / "results.csv")
     assert {r["method"] for r in rows} == {"features"}
@@ -70,7 +70,7 @@ def test_cnn_run_uses_feature_reductions(tmp_path):
 
 def test_multirun_two_jobs(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", "model=tiny_vit", "layer=0,1", *SMALL_DATA, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    proc = run_main(["-m", "model=tiny_vit", "layer=0,1", *SMALL_DATA, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     layers = [sorted({r["layer"] for r in read_rows(sweep / str(job) / "results.csv")}) for job in (0, 1)]
     assert layers == [["0"], ["1"]]

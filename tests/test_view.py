@@ -345,8 +345,8 @@ def test_layer_head_heatmap_and_relative_depth_figures(sweep, tmp_path):
         metric_vs_layer(sweep, tmp_path, ("png",), ("auroc",), depth="nonsense")
     from layerscope.figures.__main__ import main as figures_main
 
-    proc = call_main(figures_main, [str(sweep), "--out", str(tmp_path / "cli"), "--formats", "png",
-                                    "--kinds", "layer_head", "metric_vs_layer", "--metric", "iou", "--depth", "relative"])
+    proc = call_main(figures_main, [str(sweep), "--out", str(tmp_path / "cli"), "--formats", "png", "--kinds",
+                                    "layer_head", "metric_vs_layer", "--metric", "iou", "--depth", "relative"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(Path(p).name for p in proc.stdout.split()) == ["layer_head_iou.png", "metric_vs_depth_iou.png"]
     assert "jobs 1 and 2 hold identical results" in proc.stderr
