@@ -117,3 +117,36 @@ def run_main(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
             lg.setLevel(level)
             lg.handlers[:] = handlers
             lg.propagate, lg.disabled = propagate, disabled
+
+
+def pytest_addoption(parser):
+    parser.addoption("--check-modules", action="store_true",
+                     help="fail the session when a module of src/layerscope was never imported by the tests that ran "
+                          "(make test-fast: the fast tier must reach every module)")
+
+
+def package_modules() -> list[str]:
+    """Every module of the package, dotted (``layerscope.results.pool``), from the files under src/."""
+    src = ROOT / "src"
+    names = []
+    for path in sorted((src / "layerscope").rglob("*.py")):
+        parts = path.relative_to(src).with_suffix("").parts
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not config.getoption("--check-modules"):
+        return
+    missing = [name for name in package_modules() if name not in sys.modules]
+    if missing:
+        terminalreporter.write_line(f"error: {len(missing)} module(s) of layerscope never imported by these tests: "
+                                    f"{', '.join(missing)}", red=True)
+    else:
+        terminalreporter.write_line(f"every module of layerscope imported ({len(package_modules())})")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if session.config.getoption("--check-modules") and exitstatus == 0:
+        if any(name not in sys.modules for name in package_modules()):
+            session.exitstatus = 1
