@@ -147,6 +147,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if session.config.getoption("--check-modules") and exitstatus == 0:
-        if any(name not in sys.modules for name in package_modules()):
-            session.exitstatus = 1
+    if session.config.getoption("--check-modules") and exitstatus == 0 and \
+            any(name not in sys.modules for name in package_modules()):
+        session.exitstatus = 1

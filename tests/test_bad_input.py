@@ -87,6 +87,7 @@ def test_mask_value_rule(tmp_path):
     assert read_mask(tmp_path / "01.png").sum() == 4 * 55
 
 
+@pytest.mark.slow
 def test_folder_run_skips_unreadable_files_and_counts_them(tmp_path):
     write_images(tmp_path / "imgs")
     out = tmp_path / "run"
@@ -204,6 +205,7 @@ def wait_for_images(out, n, proc, timeout=120):
     pytest.fail("run too slow to interrupt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_run_keeps_finished_images_and_resumes(tmp_path, sig):
     out = tmp_path / "run"
@@ -230,6 +232,7 @@ def test_interrupted_run_keeps_finished_images_and_resumes(tmp_path, sig):
     pd.testing.assert_frame_equal(df.sort_values(key).reset_index(drop=True), ref.sort_values(key).reset_index(drop=True))
 
 
+@pytest.mark.slow
 def test_other_config_in_the_same_folder_is_refused(tmp_path):
     out = tmp_path / "run"
     assert run_main([*SYNTH, f"hydra.run.dir={out}"], cwd=tmp_path).returncode == 0
@@ -239,6 +242,7 @@ def test_other_config_in_the_same_folder_is_refused(tmp_path):
     assert (out / "results.csv").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_full_disk_gives_a_clear_error_and_keeps_finished_images(tmp_path):
     import resource
 

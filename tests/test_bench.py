@@ -89,6 +89,7 @@ def test_marginal_is_the_slope_between_two_sizes(monkeypatch):
                                                                               ("cold-warm", 0.006)]
 
 
+@pytest.mark.slow
 def test_capture_quick_prints_every_variant_with_finite_ratios(tmp_path):
     proc = _bench(["--quick", "--out", str(tmp_path / "bench.csv")], tmp_path)
     assert "estimated duration: about" in proc.stdout and "took" in proc.stdout

@@ -54,6 +54,7 @@ def one_error(capsys, call) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_similarity_holds_every_ordered_layer_pair_and_equals_cka_of_the_saved_arrays(sweep, compared):
     sim = pd.read_csv(compared / "similarity.csv")
     assert tuple(sim.columns) == SIMILARITY_COLUMNS
@@ -127,6 +128,7 @@ def test_bad_options_get_one_line_and_exit_2(sweep, capsys, args, message):
     assert message in line, line
 
 
+@pytest.mark.slow
 def test_bad_folders_get_one_line(sweep, tmp_path, capsys):
     assert "no such folder" in one_error(capsys, lambda: main([str(tmp_path / "nowhere")]))
     assert "--out DIR is needed" in one_error(capsys, lambda: main([str(sweep / "0"), str(sweep / "1")]))
@@ -162,6 +164,7 @@ def test_report_page_shows_heatmaps_probe_and_attention_distance_escaped(sweep, 
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
 
 
+@pytest.mark.slow
 def test_a_run_with_wandb_logs_its_cka_and_probe(tmp_path, monkeypatch):
     from layerscope.comparison import probe_table, load_models
     from layerscope.loggers.offline import read_offline_run
@@ -188,6 +191,7 @@ def test_a_run_with_wandb_logs_its_cka_and_probe(tmp_path, monkeypatch):
     assert any(k.startswith("cka/tiny_vit__tiny_vit") for row in logged["history"] for k in row)
 
 
+@pytest.mark.slow
 def test_compare_logs_its_tables_to_wandb(sweep, tmp_path):
     import os
     import subprocess

@@ -60,6 +60,7 @@ def made(study_dir) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_make_all_writes_every_kind_as_png_and_pdf(study_dir, made):
     written = made["written"]
     assert set(written) == set(KINDS)
@@ -90,6 +91,7 @@ def test_never_loads_a_model(made):
     assert not made["torch"], "layerscope.figures imported torch"
 
 
+@pytest.mark.slow
 def test_cli_prints_files_and_honours_options(study_dir, tmp_path):
     out = tmp_path / "figs"
     proc = _python(None, "-m", "layerscope.figures", str(study_dir / "vit"), "--out", str(out), "--metric", "auroc",
@@ -99,6 +101,7 @@ def test_cli_prints_files_and_honours_options(study_dir, tmp_path):
     assert "vit_vs_cnn: needs a ViT run and a CNN run" in proc.stderr  # one run folder: the skip is explained
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "empty"])
 def test_cli_bad_folder_exits_2(tmp_path, case):
     folder = tmp_path / "nope"

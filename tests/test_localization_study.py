@@ -40,6 +40,7 @@ def test_export_writes_the_mvtec_layout(mvtec_root):
         export_mvtec(mvtec_root, textures=["brick"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["cls_attention", "patch_knn"])
 def test_mvtec_run_and_report(mvtec_root, tmp_path, method, capsys):
     out = tmp_path / method
@@ -62,6 +63,7 @@ def test_mvtec_run_and_report(mvtec_root, tmp_path, method, capsys):
         assert set(df["head"]) == {"knn"}
 
 
+@pytest.mark.slow
 def test_patch_knn_finds_the_defects_better_than_chance(tmp_path):
     """Even a random-init network's patch features separate a painted defect from its texture."""
     out = tmp_path / "knn"
@@ -73,6 +75,7 @@ def test_patch_knn_finds_the_defects_better_than_chance(tmp_path):
     assert df.groupby("layer")["auroc"].mean().max() > 0.7
 
 
+@pytest.mark.slow
 def test_rescore_reproduces_and_extends_without_a_model(mvtec_root, tmp_path):
     out = tmp_path / "run"
     proc = run_main([*FAST, "data=mvtec", f"data.root={mvtec_root}", "data.category=brick", "threshold=0.6",
@@ -104,6 +107,7 @@ def write_voc(root, ids):
             im.save(root / sub / f"{image_id}.png")
 
 
+@pytest.mark.slow
 def test_voc_objects_and_run(tmp_path):
     write_voc(tmp_path / "VOC2012", ["2007_000001", "2007_000002"])
     ds = VOCObjects(str(tmp_path / "VOC2012"))

@@ -20,6 +20,7 @@ def _no_wandb_account(monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
+@pytest.mark.slow
 def test_offline_wandb_run_holds_per_layer_history_and_summary(tmp_path):
     out = tmp_path / "run"
     proc = run_cli([*SMALL, "logger=wandb", "logger.max_images=1", f"hydra.run.dir={out}"], cwd=tmp_path)
@@ -48,6 +49,7 @@ def test_offline_wandb_run_holds_per_layer_history_and_summary(tmp_path):
     assert summary["dataset_metrics/_type"] == "table-file"
 
 
+@pytest.mark.slow
 def test_wandb_run_is_finished_with_an_error_code_when_the_study_fails(tmp_path, monkeypatch):
     from layerscope import study
 
@@ -62,6 +64,7 @@ def test_wandb_run_is_finished_with_an_error_code_when_the_study_fails(tmp_path,
     assert read_offline_run(tmp_path / "run")["exit_code"] == 1
 
 
+@pytest.mark.slow
 def test_collect_merges_jobs_with_their_overrides_and_reports_missing_ones(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_main(["-m", *SMALL, "layer=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)

@@ -128,6 +128,7 @@ def test_wheel_holds_the_package_and_its_configs_and_runs_from_another_folder(tm
     assert ",tiny_vit," in lines[1] and ",synthetic," in lines[1]  # names come from the config choices
 
 
+@pytest.mark.slow
 def test_user_config_dir_adds_a_model_without_editing_the_package(tmp_path):
     mine = tmp_path / "my_conf" / "model"
     mine.mkdir(parents=True)
@@ -144,6 +145,7 @@ def test_user_config_dir_adds_a_model_without_editing_the_package(tmp_path):
     assert len(rows) == 1 + 1 * 4 and ",my_vit," in rows[1]
 
 
+@pytest.mark.slow
 def test_design_card_command_works_from_the_repository_root(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-m", "src.run", "model=dino_vits8", "layer=range(0,12)",

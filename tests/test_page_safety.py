@@ -87,6 +87,7 @@ def run_copy(folder_run, tmp_path) -> Path:
 # ----------------------------------------------------------------------- the README's folder example
 
 
+@pytest.mark.slow
 def test_readme_folder_example_then_the_page(folder_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(folder_run, run)
@@ -194,6 +195,7 @@ def test_a_second_page_writer_waits_for_the_first(run_copy, capsys):
     assert done["path"] == run_copy / REPORT and (run_copy / REPORT).stat().st_mtime_ns != stamp
 
 
+@pytest.mark.slow
 def test_two_pages_at_once_through_the_cli_lose_nothing(run_copy):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
     procs = [subprocess.Popen([sys.executable, "-m", "layerscope.view", str(run_copy), "--boot", "20"], env=env,
@@ -313,6 +315,7 @@ def test_failed_and_unfinished_jobs_show_in_the_reports_warning(broken_sweep):
 # ----------------------------------------------------------------------- outputs that are files
 
 
+@pytest.mark.slow
 def test_figures_and_export_onto_a_file_say_so_in_one_line(folder_run, tmp_path):
     existing = tmp_path / "existing_file"
     existing.write_text("keep")

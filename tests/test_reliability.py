@@ -40,11 +40,13 @@ def clean(small_run):
     return small_run
 
 
+@pytest.mark.slow
 def test_results_are_lf_only(clean):
     data = (clean / "results.csv").read_bytes()
     assert b"\r" not in data and data.count(b"\n") == 1 + len(table(clean))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["inside_quoted_notes", "mid_row", "inside_header", "just_after_a_row"])
 def test_a_results_table_cut_at_any_byte_resumes_to_the_clean_rows(clean, tmp_path, where):
     run = tmp_path / "run"
@@ -61,6 +63,7 @@ def test_a_results_table_cut_at_any_byte_resumes_to_the_clean_rows(clean, tmp_pa
     assert json.loads((run / "run_summary.json").read_text())["rows"] == len(table(clean))
 
 
+@pytest.mark.slow
 def test_a_cut_done_line_and_rows_of_an_unfinished_image_are_redone(clean, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(clean, run)
@@ -72,6 +75,7 @@ def test_a_cut_done_line_and_rows_of_an_unfinished_image_are_redone(clean, tmp_p
     pd.testing.assert_frame_equal(table(run), table(clean))
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_busy_folder_stops_and_a_stale_lock_does_not_block(clean, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -89,6 +93,7 @@ def test_a_second_run_into_a_busy_folder_stops_and_a_stale_lock_does_not_block(c
     pd.testing.assert_frame_equal(table(run), table(clean))
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_never_merge_their_rows(clean, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
@@ -105,6 +110,7 @@ def test_two_runs_started_together_never_merge_their_rows(clean, tmp_path):
     pd.testing.assert_frame_equal(table(run), table(clean))
 
 
+@pytest.mark.slow
 def test_a_corrupted_cache_entry_is_dropped_and_recomputed(tmp_path):
     cache = tmp_path / "cache"
     first = tmp_path / "first"
@@ -137,6 +143,7 @@ def _images(folder, names):
         Image.fromarray(pixels).save(folder / name)
 
 
+@pytest.mark.slow
 def test_file_names_that_clean_to_the_same_id_stay_apart(tmp_path):
     names = ["a b.png", "a_b.png", "猫.png", "犬.png", "grey16.png", "grey16.tif"]
     _images(tmp_path / "imgs", names)
@@ -153,6 +160,7 @@ def test_file_names_that_clean_to_the_same_id_stay_apart(tmp_path):
     assert sorted(pd.read_csv(tmp_path / "again" / "results.csv")["image"].unique()) == sorted(df["image"].unique())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_a_failing_job_does_not_stop_the_sweep_and_is_named(tmp_path, launcher):
     from layerscope.collect import main as collect_main
@@ -232,6 +240,7 @@ def test_report_leaves_out_the_image_an_unfinished_run_was_cut_in(clean, tmp_pat
     assert sorted(df["image"].unique()) == sorted(line.split("\t")[0] for line in done[:3])
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_get_one_line(tmp_path):
     import torch
     from safetensors.torch import save_file
@@ -315,6 +324,7 @@ def test_a_cache_that_cannot_be_written_is_warned_about_once(tmp_path, monkeypat
     assert list(tmp_path.rglob("*.npz")) == []  # no half-written entry
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_writing_maps_names_the_file_and_leaves_no_half_file(tmp_path):
     import resource
 
@@ -349,6 +359,7 @@ def test_every_readme_command_is_valid_bash():
     assert "~/" not in script.replace("~/.cache", "")
 
 
+@pytest.mark.slow
 def test_figures_max_images_holds_across_a_resume(clean, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(clean, run)

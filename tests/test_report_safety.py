@@ -138,6 +138,7 @@ def test_an_edited_map_file_is_refused_in_one_line_naming_it(run_dir, tmp_path, 
     assert not (run / "results_rescored.csv").exists() and not (run / "results_rescored.partial.csv").exists()
 
 
+@pytest.mark.slow
 def test_an_edited_map_file_through_the_command_line(run_dir, tmp_path):
     run = copy_run(run_dir, tmp_path / "run")
     rewrite(layout.map_file(run, EDITED), _extra_layer)
@@ -180,6 +181,7 @@ def test_pooling_fewer_images_than_the_run_scored_warns_naming_them(run_dir, tmp
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
+@pytest.mark.slow
 def test_the_missing_map_warning_through_the_command_line(run_dir, tmp_path):
     run = copy_run(run_dir, tmp_path / "run")
     layout.map_file(run, EDITED).unlink()
@@ -234,6 +236,7 @@ def test_undefined_pooled_metrics_are_reported_and_the_report_goes_on(run_dir, t
     assert any("dataset_vs_layer: pixel_auroc undefined for every map" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_undefined_pooled_metrics_through_the_command_line(run_dir, tmp_path):
     run = copy_run(run_dir, tmp_path / "run")
     _masks(run, False)

@@ -61,6 +61,7 @@ def test_saved_representations_equal_the_block_outputs_computed_by_hand(clean):
     assert mean[0].dtype == np.float32 and mean[0].shape == (6, m.embed_dim)
 
 
+@pytest.mark.slow
 def test_cnn_stages_are_global_average_pooled(tmp_path):
     from layerscope.data.transforms import to_input
     from layerscope.plan import build, build_dataset

@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
+
 from layerscope.results.maps_io import load_maps
 from layerscope.run import listify_sweeps
 
@@ -24,6 +26,7 @@ def test_listify_sweeps():
     assert listify_sweeps(["layer=[0,1]", "head=all"]) == ["layer=[0,1]", "head=all"]
 
 
+@pytest.mark.slow
 def test_design_card_command_one_process_all_layers(tmp_path):
     out = tmp_path / "run"
     proc = run_main(["model=dino_vits8", "layer=range(0,12)", "model.pretrained=false", "model.img_size=64",
@@ -42,6 +45,7 @@ def test_design_card_command_one_process_all_layers(tmp_path):
     assert (out / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_thresholds_listed_in_one_run_and_best_head(tmp_path):
     out = tmp_path / "run"
     proc = run_main(["model=tiny_vit", "layer=-1", "threshold=0.4,0.6,0.8", *SMALL_DATA, f"hydra.run.dir={out}"],
@@ -58,6 +62,7 @@ def test_thresholds_listed_in_one_run_and_best_head(tmp_path):
             assert best["best_head"] in ("0", "1")
 
 
+@pytest.mark.slow
 def test_cnn_run_uses_feature_reductions(tmp_path):
     out = tmp_path / "run"
     proc = run_main(["model=tiny_cnn", *SMALL_DATA, f"hydra.run.dir={out}"], cwd=tmp_path)
@@ -68,6 +73,7 @@ def test_cnn_run_uses_feature_reductions(tmp_path):
     assert sorted({int(r["layer"]) for r in rows}) == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_multirun_two_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_main(["-m", "model=tiny_vit", "layer=0,1", *SMALL_DATA, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
@@ -76,6 +82,7 @@ def test_multirun_two_jobs(tmp_path):
     assert layers == [["0"], ["1"]]
 
 
+@pytest.mark.slow
 def test_bad_option_exits_2_with_one_line(tmp_path):
     out = tmp_path / "run"
     proc = run_cli(["model=tiny_vit", "layer=7", *SMALL_DATA, f"hydra.run.dir={out}"], cwd=tmp_path)

@@ -94,6 +94,7 @@ def test_other_values_of_a_boolean_option_are_refused_naming_it(overrides, shown
     assert as_bool("x", "off") is False and as_bool("x", " TRUE ") is True
 
 
+@pytest.mark.slow
 def test_boolean_options_through_the_command_line(tmp_path):
     out = tmp_path / "run"
     proc = run_main([*SYNTH, "save_maps=off", "dataset_metrics=no", f"hydra.run.dir={out}"], cwd=tmp_path)
@@ -142,6 +143,7 @@ def test_faithfulness_needs_two_steps_at_least():
 # ------------------------------------------------------------------------------------- refused runs
 
 
+@pytest.mark.slow
 def test_a_refused_run_changes_nothing_in_the_folder_it_refused(tmp_path):
     sweep = tmp_path / "sweep"
     job = sweep / "0"
@@ -308,6 +310,7 @@ def test_long_ids_are_cut_by_the_hash_rule():
     assert "free space" in os_advice(OSError(errno.ENOSPC, "No space left on device"))
 
 
+@pytest.mark.slow
 def test_a_legal_251_character_file_name_runs_with_its_mask(tmp_path):
     images, masks = tmp_path / "images", tmp_path / "masks"
     name = "n" * 247  # + ".png": 251 characters, legal

@@ -63,6 +63,7 @@ def test_rollout_matches_full_matrix_implementation(fusion, discard):
         torch.testing.assert_close(ours[layer][:, 0].flatten(1), expected[:, layer, 1:], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_batch_sizes_give_the_same_maps(tmp_path):
     tables = []
     for batch in (1, 4):
@@ -80,6 +81,7 @@ def test_batch_sizes_give_the_same_maps(tmp_path):
                                    rtol=0)
 
 
+@pytest.mark.slow
 def test_cached_run_equals_uncached_and_runs_no_backbone(tmp_path):
     cache = tmp_path / "cache"
     runs = {}
@@ -101,6 +103,7 @@ def test_cached_run_equals_uncached_and_runs_no_backbone(tmp_path):
     assert proc.returncode == 0 and json.loads((out / "run_summary.json").read_text())["backbone_calls"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_sweep_through_a_launcher_completes_and_a_rerun_skips_both_jobs(tmp_path, launcher):
     sweep = tmp_path / "sweep"

@@ -95,6 +95,7 @@ def _parse(page: Path) -> _Tags:
 # ------------------------------------------------------------------------------------- the page
 
 
+@pytest.mark.slow
 def test_page_structure_of_one_run(single):
     page = single / REPORT
     text = page.read_text(encoding="utf-8")
@@ -147,6 +148,7 @@ def test_heatmap_marks_the_ranking_best(single):
     assert "x-axis: " in text and "relative depth (0 = first layer, 1 = last" in text
 
 
+@pytest.mark.slow
 def test_sweep_page_side_by_side_with_identical_job_merged(sweep, tmp_path):
     out = tmp_path / "page" / "index.html"
     proc = _cli(["-m", "layerscope.view", str(sweep), "--out", str(out), "--metric", "auroc", "--boot", "100",
@@ -250,6 +252,7 @@ document.getElementById("f").addEventListener("load", function () {{
 """
 
 
+@pytest.mark.slow
 def test_browser_opens_the_page_clicks_an_image_and_shows_its_grid(browser, sweep, tmp_path):
     build(sweep, n_boot=100)
     page = sweep / REPORT
