@@ -81,11 +81,13 @@ def test_make_all_writes_every_kind_as_png_and_pdf(study_dir, made):
     assert {Path(p).stem for p in written["best_map_overlays"]} == {"best_map_scratch", "best_map_spot"}
 
 
+@pytest.mark.slow
 def test_pdf_text_is_truetype(made):
     pdf = Path(made["written"]["metric_vs_layer"][1]).read_bytes()
     assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # fonttype 42: embedded TrueType, not Type 3
 
 
+@pytest.mark.slow
 def test_never_loads_a_model(made):
     assert not made["backbones"], "layerscope.figures imported layerscope.backbones"
     assert not made["torch"], "layerscope.figures imported torch"
@@ -137,6 +139,7 @@ def _split_job(src: Path, dst: Path, layers: set[int] | None = None, thresholds:
                   d["valid"])
 
 
+@pytest.mark.slow
 def test_jobs_splitting_layers_merge_and_repeats_stay_apart(study_dir, tmp_path):
     split = tmp_path / "split"
     _split_job(study_dir / "vit", split / "0", layers={0})
@@ -155,6 +158,7 @@ def test_jobs_splitting_layers_merge_and_repeats_stay_apart(study_dir, tmp_path)
     assert Study(repeat).series() == ["tiny_vit · cls_attention · job 0", "tiny_vit · cls_attention · job 1"]
 
 
+@pytest.mark.slow
 def test_one_threshold_skips_threshold_curves(study_dir, tmp_path, caplog):
     _split_job(study_dir / "vit", tmp_path / "one", thresholds={0.4})
     with caplog.at_level("INFO", logger="layerscope.figures"):

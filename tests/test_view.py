@@ -138,6 +138,7 @@ def test_page_structure_of_one_run(single):
     assert value[names.index("auroc")] == pytest.approx(row["auroc"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_heatmap_marks_the_ranking_best(single):
     text = (single / REPORT).read_text(encoding="utf-8")
     best = re.findall(r"<td class=best [^>]*>([^<]*)</td>", text)
@@ -170,6 +171,7 @@ def test_sweep_page_side_by_side_with_identical_job_merged(sweep, tmp_path):
         assert set(im["s"]) == {"0", "1"}  # every image through both models
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "empty", "metric"])
 def test_cli_errors_exit_2_in_one_line(single, tmp_path, case):
     folder = {"missing": tmp_path / "nope", "empty": tmp_path, "metric": single}[case]
@@ -187,6 +189,7 @@ def test_a_cli_error_through_the_command_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'}: no such folder"], proc.stderr
 
 
+@pytest.mark.slow
 def test_main_writes_page_again(single, capsys):
     assert main([str(single), "--boot", "20", "--top", "2"]) == 0
     assert capsys.readouterr().out.strip() == str(single / REPORT)
@@ -293,6 +296,7 @@ def test_browser_opens_the_page_clicks_an_image_and_shows_its_grid(browser, swee
     harness.unlink()
 
 
+@pytest.mark.slow
 def test_wandb_logs_the_page_as_a_report_artifact(single, tmp_path):
     from layerscope.loggers.offline import _records
 
@@ -322,6 +326,7 @@ def test_relative_depth():
     assert float(relative_depth(0, 1)) == 1.0
 
 
+@pytest.mark.slow
 def test_identical_jobs_merge_and_differing_ones_stay_apart(sweep, tmp_path):
     study = Study(sweep)
     assert study.merged == {"2": "1"}
@@ -338,6 +343,7 @@ def test_identical_jobs_merge_and_differing_ones_stay_apart(sweep, tmp_path):
     assert study.series() == ["tiny_cnn · features · job 1", "tiny_cnn · features · job 2"]
 
 
+@pytest.mark.slow
 def test_layer_head_heatmap_and_relative_depth_figures(sweep, tmp_path):
     paths = layer_head(sweep, tmp_path, ("png",), ("aupro", "entropy"))
     assert [p.name for p in paths] == ["layer_head_aupro.png", "layer_head_entropy.png"]
@@ -346,10 +352,8 @@ def test_layer_head_heatmap_and_relative_depth_figures(sweep, tmp_path):
     assert [p.name for p in paths] == ["metric_vs_depth_auroc.png"]
     with pytest.raises(ValueError, match="--depth"):
         metric_vs_layer(sweep, tmp_path, ("png",), ("auroc",), depth="nonsense")
-    from layerscope.figures.__main__ import main as figures_main
-
-    proc = call_main(figures_main, [str(sweep), "--out", str(tmp_path / "cli"), "--formats", "png", "--kinds",
-                                    "layer_head", "metric_vs_layer", "--metric", "iou", "--depth", "relative"])
+    proc = _cli(["-m", "layerscope.figures", str(sweep), "--out", str(tmp_path / "cli"), "--formats", "png",
+                 "--kinds", "layer_head", "metric_vs_layer", "--metric", "iou", "--depth", "relative"], ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(Path(p).name for p in proc.stdout.split()) == ["layer_head_iou.png", "metric_vs_depth_iou.png"]
     assert "jobs 1 and 2 hold identical results" in proc.stderr
