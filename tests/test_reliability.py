@@ -199,6 +199,7 @@ def test_bad_options_get_one_line_and_exit_2(tmp_path, args, pattern):
     assert not (tmp_path / "run" / "results.csv").exists()
 
 
+@pytest.mark.slow
 def test_a_bad_option_through_the_command_line(tmp_path):
     proc = run_cli([*SYNTH, "foo=1", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
