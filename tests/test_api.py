@@ -13,7 +13,7 @@ from PIL import Image
 import layerscope as ls
 from layerscope.backbones import forward_hooks
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, run_main
 
 HF_KW = dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=3, intermediate_size=96, patch_size=8,
              image_size=64)
@@ -35,6 +35,7 @@ def hf_model(kind: str, attn: str = "eager"):
     return getattr(transformers, model_cls)(config).eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,prefix", [("ViTModel", 1), ("Dinov2WithRegistersModel", 5), ("DeiTModel", 2)])
 def test_wrapped_transformers_cls_attention_equals_output_attentions_every_layer(kind, prefix):
     model = hf_model(kind)
@@ -82,6 +83,7 @@ def plain_gradcam(model, modules, x, score_fn):
     return {n: reference_gradcam(acts[n], grads[n]) for n in modules}
 
 
+@pytest.mark.slow
 def test_wrapped_torchvision_resnet18_gradcam_equals_plain_hooks_for_class_and_callable_targets():
     import torchvision
 
@@ -128,6 +130,7 @@ def test_patch_knn_learns_from_references():
         ls.maps(bb, [odd], method="patch_knn")
 
 
+@pytest.mark.slow
 def test_target_and_layer_mistakes_are_one_line_errors():
     import torchvision
 
@@ -162,6 +165,7 @@ def tiny_timm_vit(num_classes=0):
                              embed_dim=32, num_heads=2, num_classes=num_classes)
 
 
+@pytest.mark.slow
 def test_wrapped_timm_vit_reads_preprocessing_and_named_modules_give_the_same_features():
     model = tiny_timm_vit()
     bb = ls.wrap(model)
@@ -201,6 +205,7 @@ def test_images_as_paths_pil_and_arrays_give_identical_maps_and_overlays(tmp_pat
     assert (hot == colormap()[255]).all(-1).any() and (hot == colormap()[0]).all(-1).any()
 
 
+@pytest.mark.slow
 def test_api_and_a_cli_run_give_identical_maps_and_rows(tmp_path):
     """Same model (random init, seed 0), images, masks and options: the saved maps .npz and results.csv
     of ``layerscope`` equal ``ls.maps`` and ``ls.score``."""
@@ -218,9 +223,9 @@ def test_api_and_a_cli_run_give_identical_maps_and_rows(tmp_path):
         mask[10:30, 20:50] = 255
         Image.fromarray(mask).save(masks / f"{name}.png")
     run = tmp_path / "run"
-    proc = run_cli(["model=tiny_vit", "data=folder", f"data.root={images}", f"data.mask_dir={masks}",
-                    "method=cls_attention", "threshold=[0.5,0.7]", "progress=false", "cache.enabled=false",
-                    "figures.grid=false", "batch_size=2", f"hydra.run.dir={run}"], cwd=tmp_path)
+    proc = run_main(["model=tiny_vit", "data=folder", f"data.root={images}", f"data.mask_dir={masks}",
+                     "method=cls_attention", "threshold=[0.5,0.7]", "progress=false", "cache.enabled=false",
+                     "figures.grid=false", "batch_size=2", f"hydra.run.dir={run}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     paths = sorted(images.glob("*.png"))
     m = ls.maps(ls.load("tiny_vit"), paths, method="cls_attention", batch_size=2)  # the run's batches
@@ -245,14 +250,16 @@ def test_api_and_a_cli_run_give_identical_maps_and_rows(tmp_path):
             assert (api[column].fillna("").astype(str) == cli[column].fillna("").astype(str)).all(), column
 
 
+@pytest.mark.slow
 def test_timm_and_hf_configs_on_the_command_line(tmp_path):
     """model=timm runs a ViT and a CNN arch that conf/model/ does not name (random init, no network)."""
     names = {p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")}
     archs = ["deit_tiny_patch16_224", "resnet10t"]
     assert not any(a in (ROOT / "conf" / "model" / f"{n}.yaml").read_text() for a in archs for n in names)
-    proc = run_cli(["-m", "model=timm", f"model.arch={','.join(archs)}", "model.pretrained=false", "model.img_size=64",
-                    "data.textures=[brick]", "data.defects=[spot]", "data.size=64", "progress=false",
-                    "figures.grid=false", "cache.enabled=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    proc = run_main(["-m", "model=timm", f"model.arch={','.join(archs)}", "model.pretrained=false", "model.img_size=64",
+                     "data.textures=[brick]", "data.defects=[spot]", "data.size=64", "progress=false",
+                     "figures.grid=false", "cache.enabled=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import pandas as pd
 
@@ -263,10 +270,11 @@ def test_timm_and_hf_configs_on_the_command_line(tmp_path):
         assert summary["complete"] and len(df) > 0
         kinds[summary["model"]] = (df["kind"].iloc[0], df["method"].iloc[0], int(df["layer"].max()) + 1)
     assert kinds == {"deit_tiny_patch16_224": ("vit", "cls_attention", 12), "resnet10t": ("cnn", "features", 5)}
-    proc = run_cli(["model=timm", "progress=false"], cwd=tmp_path)
+    proc = run_main(["model=timm", "progress=false"], cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: model=timm needs model.arch=")
 
 
+@pytest.mark.slow
 def test_load_timm_by_name_reads_the_pretrained_cfg_and_the_run_seed():
     bb = ls.load("timm", arch="vit_tiny_patch16_224.augreg_in21k", pretrained=False, img_size=32,
                  model_kwargs={"depth": 2})
@@ -287,6 +295,7 @@ def test_load_timm_by_name_reads_the_pretrained_cfg_and_the_run_seed():
         ls.load("timm", arch="not_a_model")
 
 
+@pytest.mark.slow
 def test_hf_config_from_a_local_folder_loads_its_weights_and_processor(tmp_path):
     model = hf_model("Dinov2WithRegistersModel", attn="sdpa")
     model.save_pretrained(tmp_path / "dino")
@@ -312,6 +321,7 @@ def test_hf_config_from_a_local_folder_loads_its_weights_and_processor(tmp_path)
         ls.load("hf")
 
 
+@pytest.mark.slow
 def test_faithfulness_from_score_matches_the_function():
     from layerscope.metrics.faithfulness import deletion_insertion
 
@@ -328,6 +338,7 @@ def test_faithfulness_from_score_matches_the_function():
         ls.score(m, None, colour=1)
 
 
+@pytest.mark.slow
 def test_import_layerscope_stays_cheap():
     code = ("import sys, layerscope as ls; assert 'torch' not in sys.modules, 'torch'; "
             "assert callable(ls.load) and callable(ls.maps) and 'torch' in sys.modules")
@@ -337,6 +348,7 @@ def test_import_layerscope_stays_cheap():
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow
 def test_docstring_examples_run():
     import doctest
 

@@ -111,6 +111,7 @@ def test_cnn_cannot_capture_attention_distance():
         bb.extra_hooks([0], ["attention_distance"])
 
 
+@pytest.mark.slow
 def test_results_rows_hold_each_heads_distance_and_the_mean_of_all_heads_and_rescoring_keeps_them(tmp_path):
     from layerscope import study
     from layerscope.cli.rescore import main as rescore_main

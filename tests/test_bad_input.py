@@ -18,7 +18,7 @@ from layerscope.data.images import BadImage, read_image, read_mask
 from layerscope.scoring import ScoreOptions, Target, score_layer
 from layerscope.data.ids import safe_name
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, run_cli, run_main
 
 TINY = ["model=tiny_vit", "progress=false", "figures.grid=false"]
 SYNTH = [*TINY, "data.textures=[brick]", "data.defects=[scratch,spot]", "data.size=64"]
@@ -87,10 +87,11 @@ def test_mask_value_rule(tmp_path):
     assert read_mask(tmp_path / "01.png").sum() == 4 * 55
 
 
+@pytest.mark.slow
 def test_folder_run_skips_unreadable_files_and_counts_them(tmp_path):
     write_images(tmp_path / "imgs")
     out = tmp_path / "run"
-    proc = run_cli([*TINY, "data=folder", f"data.root={tmp_path / 'imgs'}", f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main([*TINY, "data=folder", f"data.root={tmp_path / 'imgs'}", f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "run_summary.json").read_text())
     skipped = " ".join(summary["skipped_images"])
@@ -104,8 +105,8 @@ def test_folder_run_skips_unreadable_files_and_counts_them(tmp_path):
     notes = pd.read_csv(out / "results.csv")["notes"]
     assert notes.str.startswith("no mask").all()
 
-    fatal = run_cli([*TINY, "data=folder", f"data.root={tmp_path / 'imgs'}", "on_bad_image=fail",
-                     f"hydra.run.dir={tmp_path / 'fatal'}"], cwd=tmp_path)
+    fatal = run_main([*TINY, "data=folder", f"data.root={tmp_path / 'imgs'}", "on_bad_image=fail",
+                      f"hydra.run.dir={tmp_path / 'fatal'}"], cwd=tmp_path)
     assert fatal.returncode == 2
     assert re.search(r"error: .*(empty|not_an_image|truncated)\.png: .*\(on_bad_image=fail\)", one_error_line(fatal))
 
@@ -116,11 +117,11 @@ def test_mask_of_the_wrong_size_stops_before_the_model_loads(tmp_path):
     Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(tmp_path / "imgs" / "a.png")
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "masks" / "a_mask.png")
     args = [*TINY, "data=folder", f"data.root={tmp_path / 'imgs'}", f"data.mask_dir={tmp_path / 'masks'}"]
-    proc = run_cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = run_main([*args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode == 2
     assert "a_mask.png: mask is 20x20, image a.png is 48x40; expected the same size" in one_error_line(proc)
     assert not (tmp_path / "run" / "results.csv").exists()
-    ok = run_cli([*args, "data.resize_masks=true", f"hydra.run.dir={tmp_path / 'ok'}"], cwd=tmp_path)
+    ok = run_main([*args, "data.resize_masks=true", f"hydra.run.dir={tmp_path / 'ok'}"], cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
 
 
@@ -130,8 +131,8 @@ def test_all_zero_mask_metrics_are_marked_undefined(tmp_path):
     Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(tmp_path / "imgs" / "a.png")
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "masks" / "a.png")
     out = tmp_path / "run"
-    proc = run_cli([*TINY, "data=folder", f"data.root={tmp_path / 'imgs'}", f"data.mask_dir={tmp_path / 'masks'}",
-                    f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main([*TINY, "data=folder", f"data.root={tmp_path / 'imgs'}", f"data.mask_dir={tmp_path / 'masks'}",
+                     f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     df = pd.read_csv(out / "results.csv")
     assert df["auroc"].isna().all() and df["aupro"].isna().all()
@@ -153,7 +154,7 @@ def test_all_zero_mask_metrics_are_marked_undefined(tmp_path):
 ])
 def test_config_errors(tmp_path, args, pattern, code):
     out = tmp_path / "run"
-    proc = run_cli([*(TINY if "data=samples" in args else SYNTH), *args, f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main([*(TINY if "data=samples" in args else SYNTH), *args, f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == code, proc.stderr[-2000:]
     assert re.search(pattern, proc.stderr, re.S), proc.stderr[-2000:]
     assert not (out / "results.csv").exists()  # nothing ran
@@ -167,8 +168,8 @@ def test_pickled_code_in_a_checkpoint_is_refused_on_the_command_line(tmp_path):
             return (os.system, ("touch pwned",))
 
     torch.save({"w": Payload()}, tmp_path / "evil.pth")
-    proc = run_cli([*SYNTH, "model.pretrained=true", "model.weights.source=file",
-                    f"model.weights.path={tmp_path / 'evil.pth'}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = run_main([*SYNTH, "model.pretrained=true", "model.weights.source=file",
+                     f"model.weights.path={tmp_path / 'evil.pth'}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode == 2
     assert "refused to load" in one_error_line(proc) and "safetensors" in proc.stderr
     assert not (tmp_path / "pwned").exists()
@@ -204,6 +205,7 @@ def wait_for_images(out, n, proc, timeout=120):
     pytest.fail("run too slow to interrupt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_run_keeps_finished_images_and_resumes(tmp_path, sig):
     out = tmp_path / "run"
@@ -230,15 +232,17 @@ def test_interrupted_run_keeps_finished_images_and_resumes(tmp_path, sig):
     pd.testing.assert_frame_equal(df.sort_values(key).reset_index(drop=True), ref.sort_values(key).reset_index(drop=True))
 
 
+@pytest.mark.slow
 def test_other_config_in_the_same_folder_is_refused(tmp_path):
     out = tmp_path / "run"
-    assert run_cli([*SYNTH, f"hydra.run.dir={out}"], cwd=tmp_path).returncode == 0
+    assert run_main([*SYNTH, f"hydra.run.dir={out}"], cwd=tmp_path).returncode == 0
     before = (out / "results.csv").read_bytes()
-    proc = run_cli([*SYNTH, "threshold=0.3", f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main([*SYNTH, "threshold=0.3", f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 2 and "holds results of another configuration" in one_error_line(proc)
     assert (out / "results.csv").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_full_disk_gives_a_clear_error_and_keeps_finished_images(tmp_path):
     import resource
 
@@ -275,7 +279,7 @@ def test_ids_cannot_write_outside_the_run_folder(tmp_path):
         target.mkdir(parents=True, exist_ok=True)
         (target / f"2007_000001.{ext}").write_bytes((root / sub / f"2007_000001.{ext}").read_bytes())
     out = tmp_path / "run"
-    proc = run_cli([*TINY, "data=voc", f"data.root={root}", f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main([*TINY, "data=voc", f"data.root={root}", f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = {p.name for p in (out / "maps").iterdir()}
     assert len(written) == 2 and all(n.startswith("escape_2007_000001_obj") for n in written)

@@ -112,6 +112,7 @@ def test_batch_rows_equal_image_rows_exactly(kind, rule, thresholds):
     _assert_same_rows(ours, _reference(metas, maps, names, targets, opts))
 
 
+@pytest.mark.slow
 def test_batch_rows_of_large_maps_with_float_collisions_equal_image_rows():
     """Large grids (112 x 112, 32 x 32 at 448 px) take NumPy's sort and the fast pointing game; pairs of equal
     values that a threshold cuts between must still be kept as ``torch.sort`` orders them."""
@@ -190,6 +191,7 @@ def _pointing_cases():
             yield v, mask, (h, w)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tolerance", [0, 2.5, 15])
 def test_fast_pointing_game_equals_the_full_upsample(tolerance):
     for v, mask, grid in _pointing_cases():
@@ -202,6 +204,7 @@ def test_fast_pointing_game_equals_the_full_upsample(tolerance):
         pointing_game_tolerance_fast(torch.rand(2, 16), empty, (4, 4), -1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fast", [True, False, None])
 def test_batched_pointing_game_equals_one_image_at_a_time(fast):
     from layerscope.metrics.pointing import pointing_game_tolerance_batch
@@ -229,6 +232,7 @@ def test_fast_pointing_game_on_real_attention_maps_uses_no_full_upsample(monkeyp
     assert torch.equal(pointing.pointing_game_tolerance_fast(v, mask, (32, 32), 15), ref)
 
 
+@pytest.mark.slow
 def test_mask_cells_equal_cells_from_mask():
     g = torch.Generator().manual_seed(1)
     for size in ((224, 224), (37, 101), (5, 5)):
@@ -332,6 +336,7 @@ def test_loader_workers_auto_uses_the_cores_but_one(monkeypatch):
             plan.loader_workers(bad, 10, 4)
 
 
+@pytest.mark.slow
 def test_study_rows_are_the_same_with_workers_and_equal_a_rescore(tmp_path):
     """``num_workers=0`` and ``2`` write the same table, and rescoring the saved maps one image at a time
     (``image_rows``) reproduces it: the batched scorer changed no number."""

@@ -114,6 +114,7 @@ def test_against_runs_the_other_code_in_the_same_rounds_in_alternating_order(mon
     assert "expected a src folder holding layerscope/cli/run.py" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_capture_quick_prints_every_variant_with_finite_ratios(tmp_path):
     proc = _bench(["--quick", "--out", str(tmp_path / "bench.csv")], tmp_path)
     assert "estimated duration: about" in proc.stdout and "took" in proc.stdout

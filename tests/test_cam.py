@@ -14,7 +14,7 @@ from layerscope.maps.cam import AttnGrad, EigenCAM, GradCAM, GradCAMPlusPlus
 from layerscope.metrics.faithfulness import deletion_insertion
 from layerscope.metrics.pointing import pointing_game_tolerance
 
-from .conftest import run_cli
+from .conftest import run_main
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -67,6 +67,7 @@ def predicted_logit(y):
     return y.gather(1, y.argmax(-1, keepdim=True))[:, 0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method_cls,reference",
                          [(GradCAM, reference_gradcam), (GradCAMPlusPlus, reference_gradcam_pp)])
 def test_gradcam_on_a_cnn_equals_the_hand_written_reference(method_cls, reference):
@@ -223,6 +224,7 @@ def _tensors() -> tuple[int, int]:
     return len(tensors), sum(t.grad_fn is not None for t in tensors)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["cnn_gradcam", "vit_attn_grad", "vit_gradcam_pp"])
 def test_hooks_graph_and_gradients_are_released_over_20_batches(kind):
     bb = tiny_cnn() if kind.startswith("cnn") else tiny_vit()
@@ -289,6 +291,7 @@ def evidence_case():
     return x, evidence, forward
 
 
+@pytest.mark.slow
 def test_deletion_insertion_equals_a_plain_loop_per_image_and_map():
     x, evidence, forward = evidence_case()
     g = torch.Generator().manual_seed(1)
@@ -308,6 +311,7 @@ def test_deletion_insertion_equals_a_plain_loop_per_image_and_map():
                 torch.testing.assert_close(ours[b, k], torch.tensor(ref, dtype=torch.float32), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_deletion_auc_of_the_true_evidence_is_lower_than_random_maps():
     x, evidence, forward = evidence_case()
     truth = evidence.float().expand(3, 1, 4, 4)
@@ -321,6 +325,7 @@ def test_deletion_auc_of_the_true_evidence_is_lower_than_random_maps():
         assert (t[..., 1] > r[..., 1].max(1, keepdim=True).values).all()  # insertion: higher
 
 
+@pytest.mark.slow
 def test_faithfulness_options_and_helper():
     import dataclasses
 
@@ -397,6 +402,7 @@ def test_pointing_game_tolerance_by_hand():
 # ---------------------------------------------------------------- the study: configs, cache
 
 
+@pytest.mark.slow
 def test_gradient_maps_run_in_a_study_and_are_cached(tmp_path):
     from layerscope.results.cache import config_key
 
@@ -404,7 +410,7 @@ def test_gradient_maps_run_in_a_study_and_are_cached(tmp_path):
              "data.size=64", "progress=false", f"cache.dir={tmp_path / 'cache'}"]
     summaries = []
     for name in ("first", "second"):
-        proc = run_cli([*small, f"hydra.run.dir={tmp_path / name}"], cwd=tmp_path)
+        proc = run_main([*small, f"hydra.run.dir={tmp_path / name}"], cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         summaries.append(json.loads((tmp_path / name / "run_summary.json").read_text()))
     assert summaries[0]["backbone_calls"] == 1 and summaries[1]["backbone_calls"] == 0
@@ -415,6 +421,7 @@ def test_gradient_maps_run_in_a_study_and_are_cached(tmp_path):
                                                                                                "target_class": 3}, 0)
 
 
+@pytest.mark.slow
 def test_faithfulness_and_tolerant_pointing_reach_the_results_rows(tmp_path):
     """A run with metrics.faithfulness=true on a CNN with a classifier fills both AUCs on every row
     (best rows with their head's), and pointing_tol on every masked row."""

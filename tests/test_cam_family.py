@@ -32,6 +32,7 @@ REFERENCES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method_cls", list(REFERENCES), ids=lambda c: c.__name__)
 def test_cam_variants_on_a_cnn_equal_plain_per_channel_implementations(method_cls):
     bb = tiny_cnn()
@@ -89,6 +90,7 @@ def test_gradcam_pp_weights_are_float64_where_the_denominator_vanishes():
     assert float((single.double() - expected).abs().max()) > 0.1 * scale  # what float32 weights would give
 
 
+@pytest.mark.slow
 def test_centred_eigencam_is_the_svd_of_the_centred_activations_per_image():
     bb = tiny_cnn()
     x = torch.rand(3, 3, 64, 64)
@@ -127,6 +129,7 @@ def plain_tied_auc(forward, x, cell_map, steps, base, orders, seed):
     return np.mean(aucs, axis=0)
 
 
+@pytest.mark.slow
 def test_faithfulness_with_ties_is_the_mean_over_seeded_orders_and_costs_nothing_without_ties():
     x, evidence, forward = evidence_case()
     probs = lambda z: forward(z).softmax(-1)  # noqa: E731

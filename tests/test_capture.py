@@ -102,6 +102,7 @@ def test_select_indices():
         select_indices(["x"], 6, "head")
 
 
+@pytest.mark.slow
 def test_dino_configs_build_the_intended_timm_architecture():
     bb = TimmViT("d", "vit_small_patch8_224", img_size=480, mean=MEAN, std=STD, pretrained=False)
     assert (bb.num_layers, bb.num_heads, bb.patch_size, bb.grid) == (12, 6, 8, (60, 60))

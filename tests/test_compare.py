@@ -54,6 +54,7 @@ def one_error(capsys, call) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_similarity_holds_every_ordered_layer_pair_and_equals_cka_of_the_saved_arrays(sweep, compared):
     sim = pd.read_csv(compared / "similarity.csv")
     assert tuple(sim.columns) == SIMILARITY_COLUMNS
@@ -75,6 +76,7 @@ def test_similarity_holds_every_ordered_layer_pair_and_equals_cka_of_the_saved_a
     assert {"probe_category_mean.png", "attention_distance.png", "attention_distance.pdf"} <= names
 
 
+@pytest.mark.slow
 def test_probe_table_is_the_probe_of_the_runs_category(sweep, compared):
     table = pd.read_csv(compared / "probe.csv")
     assert tuple(table.columns) == PROBE_COLUMNS
@@ -88,6 +90,7 @@ def test_probe_table_is_the_probe_of_the_runs_category(sweep, compared):
     assert row["ci_low"] <= row["accuracy"] <= row["ci_high"]
 
 
+@pytest.mark.slow
 def test_images_are_matched_by_id_not_by_row(sweep, compared):
     """The CNN's images in another order, two of them missing: the CKA of the shared images, matched by id."""
     from layerscope.comparison import load_models, similarity_table
@@ -104,6 +107,7 @@ def test_images_are_matched_by_id_not_by_row(sweep, compared):
         assert table.loc[("tiny_vit", la, "tiny_cnn", lb), "cka"] == pytest.approx(want, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_fewer_than_10_shared_images_is_one_line(sweep, tmp_path, capsys):
     few = run(tmp_path / "few", "model=tiny_vit", "data.textures=[brick]", "data.per_combination=2")  # 4 images
     line = one_error(capsys, lambda: main([str(sweep / "1"), str(few), "--out", str(tmp_path / "o")]))
@@ -111,6 +115,7 @@ def test_fewer_than_10_shared_images_is_one_line(sweep, tmp_path, capsys):
     assert not (tmp_path / "o" / "similarity.csv").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--kind", "token"], "--kind: invalid choice"),
     (["--kernel", "poly"], "--kernel: invalid choice"),
@@ -127,6 +132,7 @@ def test_bad_options_get_one_line_and_exit_2(sweep, capsys, args, message):
     assert message in line, line
 
 
+@pytest.mark.slow
 def test_bad_folders_get_one_line(sweep, tmp_path, capsys):
     assert "no such folder" in one_error(capsys, lambda: main([str(tmp_path / "nowhere")]))
     assert "--out DIR is needed" in one_error(capsys, lambda: main([str(sweep / "0"), str(sweep / "1")]))
@@ -137,6 +143,7 @@ def test_bad_folders_get_one_line(sweep, tmp_path, capsys):
     assert "no model below" in one_error(capsys, lambda: main([str(sweep / "1"), "--kind", "cls"]))
 
 
+@pytest.mark.slow
 def test_cls_kind_leaves_the_cnn_out_with_a_warning(sweep, tmp_path, capsys):
     assert main([str(sweep), "--kind", "cls", "--out", str(tmp_path / "cls"), "--formats", "png"]) == 0
     assert "tiny_cnn has no cls representations" in capsys.readouterr().err
@@ -144,6 +151,7 @@ def test_cls_kind_leaves_the_cnn_out_with_a_warning(sweep, tmp_path, capsys):
     assert set(sim["model_a"]) == {"tiny_vit"} and set(sim["kind"]) == {"cls"}
 
 
+@pytest.mark.slow
 def test_report_page_shows_heatmaps_probe_and_attention_distance_escaped(sweep, compared, tmp_path):
     from layerscope.view import build
 
@@ -162,6 +170,7 @@ def test_report_page_shows_heatmaps_probe_and_attention_distance_escaped(sweep, 
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
 
 
+@pytest.mark.slow
 def test_a_run_with_wandb_logs_its_cka_and_probe(tmp_path, monkeypatch):
     from layerscope.comparison import probe_table, load_models
     from layerscope.loggers.offline import read_offline_run
@@ -188,6 +197,7 @@ def test_a_run_with_wandb_logs_its_cka_and_probe(tmp_path, monkeypatch):
     assert any(k.startswith("cka/tiny_vit__tiny_vit") for row in logged["history"] for k in row)
 
 
+@pytest.mark.slow
 def test_compare_logs_its_tables_to_wandb(sweep, tmp_path):
     import os
     import subprocess

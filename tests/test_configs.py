@@ -22,6 +22,7 @@ def test_model_list_is_the_documented_one():
     assert expected <= set(MODELS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_instantiates(name):
     cfg = compose(f"model={name}")
@@ -33,6 +34,7 @@ def test_every_model_instantiates(name):
         bb.load_weights()  # bundled weights are local: load them for real
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [m for m in MODELS if m not in BUNDLED and not m.startswith("tiny")])
 def test_hub_models_offline_fail_fast_naming_the_ways_out(name):
     bb = instantiate(compose(f"model={name}").model, _convert_="all")

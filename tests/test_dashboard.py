@@ -166,7 +166,7 @@ def test_cli_bad_arguments_exit_2_with_one_line(argv, capsys):
 
 def test_module_entry_point_runs_offline():
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"} | {"WANDB_MODE": "offline",
-                                                                          "PYTHONPATH": str(ROOT / "src")}
+                                                                            "PYTHONPATH": str(ROOT / "src")}
     r = subprocess.run([sys.executable, "-m", "layerscope.cli.dashboard", "--project", "p", "--group", GROUP, "--dry-run"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

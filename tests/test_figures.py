@@ -15,7 +15,7 @@ from layerscope.figures.paper import KINDS, _depth_layers, threshold_curves
 from layerscope.results.saved import Study
 from layerscope.results.maps_io import load_maps, save_maps
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, run_main
 
 SMALL = ["data.textures=[brick]", "data.defects=[scratch,spot]", "data.size=64", "threshold=[0.4,0.6]", "progress=false",
          "metrics.attention_distance=true"]
@@ -30,10 +30,10 @@ def _python(code: str | None, *args: str, cwd: Path = ROOT) -> subprocess.Comple
 
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory) -> Path:
-    """A parent folder holding a finished tiny_vit run and a finished tiny_cnn run (the real CLI)."""
+    """A parent folder holding a finished tiny_vit run and a finished tiny_cnn run (the command's main)."""
     parent = tmp_path_factory.mktemp("study")
     for name, model in (("vit", "tiny_vit"), ("cnn", "tiny_cnn")):
-        proc = run_cli([f"model={model}", *SMALL, f"hydra.run.dir={parent / name}"], cwd=ROOT)
+        proc = run_main([f"model={model}", *SMALL, f"hydra.run.dir={parent / name}"], cwd=ROOT)
         assert proc.returncode == 0, proc.stderr[-3000:]
     from layerscope.protocol import choose, write_choice
     from layerscope.results.pool import build_pool
@@ -61,6 +61,7 @@ def made(study_dir) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_make_all_writes_every_kind_as_png_and_pdf(study_dir, made):
     written = made["written"]
     assert set(written) == set(KINDS)
@@ -81,16 +82,19 @@ def test_make_all_writes_every_kind_as_png_and_pdf(study_dir, made):
     assert {Path(p).stem for p in written["best_map_overlays"]} == {"best_map_scratch", "best_map_spot"}
 
 
+@pytest.mark.slow
 def test_pdf_text_is_truetype(made):
     pdf = Path(made["written"]["metric_vs_layer"][1]).read_bytes()
     assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # fonttype 42: embedded TrueType, not Type 3
 
 
+@pytest.mark.slow
 def test_never_loads_a_model(made):
     assert not made["backbones"], "layerscope.figures imported layerscope.backbones"
     assert not made["torch"], "layerscope.figures imported torch"
 
 
+@pytest.mark.slow
 def test_cli_prints_files_and_honours_options(study_dir, tmp_path):
     out = tmp_path / "figs"
     proc = _python(None, "-m", "layerscope.figures", str(study_dir / "vit"), "--out", str(out), "--metric", "auroc",
@@ -100,6 +104,7 @@ def test_cli_prints_files_and_honours_options(study_dir, tmp_path):
     assert "vit_vs_cnn: needs a ViT run and a CNN run" in proc.stderr  # one run folder: the skip is explained
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "empty"])
 def test_cli_bad_folder_exits_2(tmp_path, case):
     folder = tmp_path / "nope"
@@ -135,6 +140,7 @@ def _split_job(src: Path, dst: Path, layers: set[int] | None = None, thresholds:
                   d["valid"])
 
 
+@pytest.mark.slow
 def test_jobs_splitting_layers_merge_and_repeats_stay_apart(study_dir, tmp_path):
     split = tmp_path / "split"
     _split_job(study_dir / "vit", split / "0", layers={0})
@@ -153,6 +159,7 @@ def test_jobs_splitting_layers_merge_and_repeats_stay_apart(study_dir, tmp_path)
     assert Study(repeat).series() == ["tiny_vit · cls_attention · job 0", "tiny_vit · cls_attention · job 1"]
 
 
+@pytest.mark.slow
 def test_one_threshold_skips_threshold_curves(study_dir, tmp_path, caplog):
     _split_job(study_dir / "vit", tmp_path / "one", thresholds={0.4})
     with caplog.at_level("INFO", logger="layerscope.figures"):

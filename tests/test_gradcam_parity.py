@@ -26,6 +26,7 @@ def resnet():
     return torchvision.models.resnet18(weights=None).eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("theirs,ours,options", PAIRS, ids=[p[0] for p in PAIRS])
 def test_maps_equal_pytorch_grad_cam(resnet, theirs, ours, options):
     from pytorch_grad_cam.utils.image import scale_cam_image

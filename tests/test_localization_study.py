@@ -16,7 +16,7 @@ from layerscope.data.mvtec import MVTecAD
 from layerscope.data.voc import VOCObjects
 from layerscope.results.ranking import bootstrap_auroc, bootstrap_mean, rank
 
-from .conftest import run_cli
+from .conftest import run_main
 
 FAST = ["model=tiny_vit", "progress=false", "figures.max_images=1"]
 
@@ -41,11 +41,12 @@ def test_export_writes_the_mvtec_layout(mvtec_root):
         export_mvtec(mvtec_root, textures=["brick"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["cls_attention", "patch_knn"])
 def test_mvtec_run_and_report(mvtec_root, tmp_path, method, capsys):
     out = tmp_path / method
-    proc = run_cli([*FAST, "data=mvtec", f"data.root={mvtec_root}", "data.category=brick", f"method={method}",
-                    f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main([*FAST, "data=mvtec", f"data.root={mvtec_root}", "data.category=brick", f"method={method}",
+                     f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = pd.read_csv(out / "results.csv", dtype={"head": str})
     assert set(df["category"]) == {"good", "scratch", "spot"}
@@ -63,21 +64,23 @@ def test_mvtec_run_and_report(mvtec_root, tmp_path, method, capsys):
         assert set(df["head"]) == {"knn"}
 
 
+@pytest.mark.slow
 def test_patch_knn_finds_the_defects_better_than_chance(tmp_path):
     """Even a random-init network's patch features separate a painted defect from its texture."""
     out = tmp_path / "knn"
-    proc = run_cli([*FAST, "model=tiny_cnn", "method=patch_knn", "data.textures=[brick,moon]",
-                    "data.defects=[spot,scratch]", "data.size=64", "data.contrast=0.9", "layer=[0,1]",
-                    f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main([*FAST, "model=tiny_cnn", "method=patch_knn", "data.textures=[brick,moon]",
+                     "data.defects=[spot,scratch]", "data.size=64", "data.contrast=0.9", "layer=[0,1]",
+                     f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = pd.read_csv(out / "results.csv")
     assert df.groupby("layer")["auroc"].mean().max() > 0.7
 
 
+@pytest.mark.slow
 def test_rescore_reproduces_and_extends_without_a_model(mvtec_root, tmp_path):
     out = tmp_path / "run"
-    proc = run_cli([*FAST, "data=mvtec", f"data.root={mvtec_root}", "data.category=brick", "threshold=0.6",
-                    f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main([*FAST, "data=mvtec", f"data.root={mvtec_root}", "data.category=brick", "threshold=0.6",
+                     f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert rescore_main([str(out), "threshold=[0.6,0.8]", "--out", "again.csv"]) == 0
     first = pd.read_csv(out / "results.csv", dtype={"head": str})
@@ -105,6 +108,7 @@ def write_voc(root, ids):
             im.save(root / sub / f"{image_id}.png")
 
 
+@pytest.mark.slow
 def test_voc_objects_and_run(tmp_path):
     write_voc(tmp_path / "VOC2012", ["2007_000001", "2007_000002"])
     ds = VOCObjects(str(tmp_path / "VOC2012"))
@@ -114,7 +118,7 @@ def test_voc_objects_and_run(tmp_path):
         ("2007_000001_obj1", "cat", "2007_000001", 100, 12)
     assert ds[1].category == "dog"
     out = tmp_path / "run"
-    proc = run_cli([*FAST, "data=voc", f"data.root={tmp_path / 'VOC2012'}", f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main([*FAST, "data=voc", f"data.root={tmp_path / 'VOC2012'}", f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = pd.read_csv(out / "results.csv", dtype={"head": str})
     assert set(df["group"]) == {"2007_000001", "2007_000002"} and df["image"].nunique() == 4
@@ -161,8 +165,8 @@ def broken_tree(tmp_path, problem):
 ])
 def test_bad_mvtec_input_gives_one_line_naming_the_file(tmp_path, problem, message):
     root = broken_tree(tmp_path, problem)
-    proc = run_cli([*FAST, "data=mvtec", f"data.root={root}", "data.category=brick",
-                    f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = run_main([*FAST, "data=mvtec", f"data.root={root}", "data.category=brick",
+                     f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr

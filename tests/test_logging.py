@@ -8,7 +8,7 @@ from layerscope.cli.collect import main as collect_main
 from layerscope.loggers.offline import read_offline_run
 from layerscope.loggers.wandb_logger import layer_table
 
-from .conftest import run_cli
+from .conftest import run_cli, run_main
 
 SMALL = ["model=tiny_vit", "data.textures=[brick]", "data.defects=[scratch,spot]", "data.size=64", "progress=false"]
 
@@ -20,6 +20,7 @@ def _no_wandb_account(monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
+@pytest.mark.slow
 def test_offline_wandb_run_holds_per_layer_history_and_summary(tmp_path):
     out = tmp_path / "run"
     proc = run_cli([*SMALL, "logger=wandb", "logger.max_images=1", f"hydra.run.dir={out}"], cwd=tmp_path)
@@ -49,6 +50,7 @@ def test_offline_wandb_run_holds_per_layer_history_and_summary(tmp_path):
     assert summary["dataset_metrics/_type"] == "table-file"
 
 
+@pytest.mark.slow
 def test_wandb_run_is_finished_with_an_error_code_when_the_study_fails(tmp_path, monkeypatch):
     from layerscope import study
 
@@ -63,9 +65,10 @@ def test_wandb_run_is_finished_with_an_error_code_when_the_study_fails(tmp_path,
     assert read_offline_run(tmp_path / "run")["exit_code"] == 1
 
 
+@pytest.mark.slow
 def test_collect_merges_jobs_with_their_overrides_and_reports_missing_ones(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", *SMALL, "layer=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    proc = run_main(["-m", *SMALL, "layer=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert collect_main([str(sweep)]) == 0
     merged = pd.read_csv(sweep / "all_results.csv", dtype={"head": str})

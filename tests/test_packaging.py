@@ -163,21 +163,24 @@ def test_wheel_holds_the_package_and_its_configs_and_runs_from_another_folder(tm
     assert ",tiny_vit," in lines[1] and ",synthetic," in lines[1]  # names come from the config choices
 
 
+@pytest.mark.slow
 def test_user_config_dir_adds_a_model_without_editing_the_package(tmp_path):
     mine = tmp_path / "my_conf" / "model"
     mine.mkdir(parents=True)
     (mine / "my_vit.yaml").write_text("defaults:\n  - base/timm_vit@_here_\n  - _self_\n"
                                       "arch: vit_tiny_patch16_224\nimg_size: 32\npretrained: false\n"
                                       "model_kwargs: {depth: 1, embed_dim: 16, num_heads: 2, patch_size: 8}\n")
-    from .conftest import run_cli
+    from .conftest import run_main
 
-    proc = run_cli(["--config-dir", str(tmp_path / "my_conf"), "model=my_vit", "progress=false", "data.size=32",
-                    "data.textures=[brick]", "data.defects=[spot]", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = run_main(["--config-dir", str(tmp_path / "my_conf"), "model=my_vit", "progress=false", "data.size=32",
+                     "data.textures=[brick]", "data.defects=[spot]", f"hydra.run.dir={tmp_path / 'run'}"],
+                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = (tmp_path / "run" / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 1 * 4 and ",my_vit," in rows[1]
 
 
+@pytest.mark.slow
 def test_design_card_command_works_from_the_repository_root(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-m", "src.run", "model=dino_vits8", "layer=range(0,12)",

@@ -25,16 +25,20 @@ from layerscope.results.layout import image_stem
 from layerscope.results.table import read_table
 from layerscope.view import MARKER, REPORT, ViewError, build
 
-from .conftest import ROOT, compose, run_cli
+from .conftest import ROOT, call_main, compose, run_main
 from .test_view import _parse
 
 IDS = ("x=1", "x+1", "x-1")  # three ids the page and the figures used to give one file name
 BAD_CATEGORY = "<!--<script>&"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", *args], env=env, capture_output=True, text=True, timeout=600)
+def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` as its ``main(argv)`` in this process (exit code, stdout, stderr)."""
+    import importlib
+
+    package = importlib.import_module(module)
+    main = getattr(package, "main", None) or importlib.import_module(f"{module}.__main__").main
+    return call_main(main, list(args))
 
 
 def _one_error(proc: subprocess.CompletedProcess) -> str:
@@ -61,15 +65,15 @@ def _images(folder: Path, masks: Path | None, names, seed: int = 0) -> None:
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory) -> Path:
     """The README's "your own images" example with a tiny model: ``data=folder data.root=... data.mask_dir=...``,
-    through the command line (images x=1, x+1, x-1: no category, every image with a mask)."""
+    through the command's main in this process (images x=1, x+1, x-1: no category, every image with a mask)."""
     base = tmp_path_factory.mktemp("folder")
     parts, masks = base / "parts", base / "parts_masks"
     parts.mkdir()
     masks.mkdir()
     _images(parts, masks, IDS)
     run = base / "run"
-    proc = run_cli(["model=tiny_vit", "data=folder", f"data.root={parts}", f"data.mask_dir={masks}", "progress=false",
-                    f"hydra.run.dir={run}"], cwd=base)
+    proc = run_main(["model=tiny_vit", "data=folder", f"data.root={parts}", f"data.mask_dir={masks}",
+                     "progress=false", f"hydra.run.dir={run}"], cwd=base)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run
 
@@ -84,6 +88,7 @@ def run_copy(folder_run, tmp_path) -> Path:
 # ----------------------------------------------------------------------- the README's folder example
 
 
+@pytest.mark.slow
 def test_readme_folder_example_then_the_page(folder_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(folder_run, run)
@@ -124,7 +129,7 @@ def test_figures_of_ids_that_slug_alike_are_three_files(folder_run, tmp_path):
 # ----------------------------------------------------------------------- where the page writes
 
 
-def test_view_out_refuses_what_it_did_not_write_through_the_cli(run_copy, tmp_path):
+def test_view_out_refuses_what_it_did_not_write_in_one_line(run_copy, tmp_path):
     somewhere = tmp_path / "somewhere"
     (somewhere / "important_files").mkdir(parents=True)
     (somewhere / "important_files" / "thesis.tex").write_text("years of work")
@@ -191,6 +196,7 @@ def test_a_second_page_writer_waits_for_the_first(run_copy, capsys):
     assert done["path"] == run_copy / REPORT and (run_copy / REPORT).stat().st_mtime_ns != stamp
 
 
+@pytest.mark.slow
 def test_two_pages_at_once_through_the_cli_lose_nothing(run_copy):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
     procs = [subprocess.Popen([sys.executable, "-m", "layerscope.view", str(run_copy), "--boot", "20"], env=env,
@@ -298,7 +304,7 @@ def test_failed_and_unfinished_jobs_show_in_the_page(broken_sweep):
     assert len(problems) == 3 and "job 1 failed" in problems[0] and "1 of 4 planned jobs never started" in problems[2]
 
 
-def test_failed_and_unfinished_jobs_show_in_the_report_through_the_cli(broken_sweep):
+def test_failed_and_unfinished_jobs_show_in_the_reports_warning(broken_sweep):
     proc = _cli("layerscope.cli.report", str(broken_sweep), "--protocol", "per_image", "--metric", "auroc", "--boot", "20")
     assert proc.returncode == 0, proc.stderr[-2000:]
     warning = [line for line in proc.stderr.splitlines() if line.startswith("warning: not every run")]
@@ -310,6 +316,7 @@ def test_failed_and_unfinished_jobs_show_in_the_report_through_the_cli(broken_sw
 # ----------------------------------------------------------------------- outputs that are files
 
 
+@pytest.mark.slow
 def test_figures_and_export_onto_a_file_say_so_in_one_line(folder_run, tmp_path):
     existing = tmp_path / "existing_file"
     existing.write_text("keep")

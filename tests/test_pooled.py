@@ -385,6 +385,7 @@ def test_bad_input_is_refused():
 # ---------------------------------------------------------------- 7. memory at scale
 
 
+@pytest.mark.slow
 def test_two_million_cells_in_linear_memory():
     n = 2_000_000
     rng = np.random.default_rng(6)

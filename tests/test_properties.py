@@ -18,6 +18,7 @@ scores = arrays(np.float64, st.tuples(st.integers(2, 8), st.integers(2, 8)),
                 elements=st.floats(0, 1, allow_nan=False, width=32))
 
 
+@pytest.mark.slow
 @FAST
 @given(arrays(np.float64, st.integers(1, 40), elements=st.floats(0.001, 10)),
        st.floats(0, 1), st.floats(0, 1))

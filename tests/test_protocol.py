@@ -49,6 +49,7 @@ def pixels(run_dir, layer: int, head: str, categories: set[str] | None):
     return np.stack(maps), np.stack(masks), ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer,head,category", [(1, "mean", "all"), (0, "1", "scratch"), (1, "0", "spot")])
 def test_pooled_metrics_equal_references_on_concatenated_pixels(run_dir, layer, head, category):
     table = pd.read_csv(run_dir / layout.DATASET_METRICS, dtype={"head": str})  # written at the end of the run
@@ -134,6 +135,7 @@ def test_the_two_protocols_differ_where_scales_differ(tmp_path):
     assert row["image_auroc"] == 1.0  # both defective maxima (1.1, 15) beat the good image's 0.5
 
 
+@pytest.mark.slow
 def test_held_out_choice_is_disjoint_saved_and_reproducible(run_dir, capsys):
     args = [str(run_dir), "--protocol", "dataset", "--metric", "aupro", "--calibration", "0.5", "--boot", "100",
             "--stability", "30", "--cost-miss", "50", "--cost-false-alarm", "2"]

@@ -15,11 +15,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, SMALL_RUN, run_cli, run_main
 
 TINY = ["model=tiny_vit", "progress=false", "figures.grid=false"]
-SYNTH = [*TINY, "data.textures=[brick]", "data.defects=[scratch,spot]", "data.per_combination=2",
-         "data.good_per_texture=2", "data.size=64"]
+SYNTH = SMALL_RUN
 KEY = ["image", "layer", "head", "threshold"]
 
 
@@ -35,20 +34,19 @@ def one_error_line(proc) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory):
-    """A clean run of the small study: the reference every recovery must reproduce."""
-    out = tmp_path_factory.mktemp("clean") / "run"
-    proc = run_cli([*SYNTH, f"hydra.run.dir={out}"], cwd=out.parent)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+@pytest.fixture
+def clean(small_run):
+    """A clean run of the small study (``SYNTH``): the reference every recovery must reproduce."""
+    return small_run
 
 
+@pytest.mark.slow
 def test_results_are_lf_only(clean):
     data = (clean / "results.csv").read_bytes()
     assert b"\r" not in data and data.count(b"\n") == 1 + len(table(clean))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["inside_quoted_notes", "mid_row", "inside_header", "just_after_a_row"])
 def test_a_results_table_cut_at_any_byte_resumes_to_the_clean_rows(clean, tmp_path, where):
     run = tmp_path / "run"
@@ -59,23 +57,25 @@ def test_a_results_table_cut_at_any_byte_resumes_to_the_clean_rows(clean, tmp_pa
     cut = {"inside_quoted_notes": quoted, "mid_row": (header_end + len(data)) // 2 + 7,
            "inside_header": header_end // 2, "just_after_a_row": data.index(b"\n", len(data) // 3) + 1}[where]
     (run / "results.csv").write_bytes(data[:cut])  # a full disk or kill -9 cut the file here
-    proc = run_cli([*SYNTH, f"hydra.run.dir={run}"], cwd=tmp_path)
+    proc = run_main([*SYNTH, f"hydra.run.dir={run}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     pd.testing.assert_frame_equal(table(run), table(clean))
     assert json.loads((run / "run_summary.json").read_text())["rows"] == len(table(clean))
 
 
+@pytest.mark.slow
 def test_a_cut_done_line_and_rows_of_an_unfinished_image_are_redone(clean, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(clean, run)
     (run / "run_summary.json").unlink()  # interrupted: not finished
     done = (run / "done.txt").read_text().splitlines()
     (run / "done.txt").write_text("\n".join(done[:2]) + "\n" + done[2][:3])  # the third line was cut
-    proc = run_cli([*SYNTH, f"hydra.run.dir={run}"], cwd=tmp_path)
+    proc = run_main([*SYNTH, f"hydra.run.dir={run}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     pd.testing.assert_frame_equal(table(run), table(clean))
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_busy_folder_stops_and_a_stale_lock_does_not_block(clean, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -83,16 +83,17 @@ def test_a_second_run_into_a_busy_folder_stops_and_a_stale_lock_does_not_block(c
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write("pid 4242 on somewhere\n")
         held.flush()
-        proc = run_cli([*SYNTH, f"hydra.run.dir={run}"], cwd=tmp_path)
+        proc = run_main([*SYNTH, f"hydra.run.dir={run}"], cwd=tmp_path)
         assert proc.returncode == 2
         assert f"{run} is in use by another run (pid 4242 on somewhere)" in one_error_line(proc)
         assert not (run / "results.csv").exists()
     # the holder is gone (as after kill -9): its lock file stays, but blocks nothing
-    proc = run_cli([*SYNTH, f"hydra.run.dir={run}"], cwd=tmp_path)
+    proc = run_main([*SYNTH, f"hydra.run.dir={run}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     pd.testing.assert_frame_equal(table(run), table(clean))
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_never_merge_their_rows(clean, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
@@ -109,10 +110,11 @@ def test_two_runs_started_together_never_merge_their_rows(clean, tmp_path):
     pd.testing.assert_frame_equal(table(run), table(clean))
 
 
+@pytest.mark.slow
 def test_a_corrupted_cache_entry_is_dropped_and_recomputed(tmp_path):
     cache = tmp_path / "cache"
     first = tmp_path / "first"
-    proc = run_cli([*SYNTH, f"cache.dir={cache}", f"hydra.run.dir={first}"], cwd=tmp_path)
+    proc = run_main([*SYNTH, f"cache.dir={cache}", f"hydra.run.dir={first}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     entries = sorted(cache.glob("*/*.npz"))
     assert len(entries) == 6
@@ -122,14 +124,14 @@ def test_a_corrupted_cache_entry_is_dropped_and_recomputed(tmp_path):
     data[len(data) // 2] ^= 0xFF  # a flipped byte (bad CRC)
     entries[2].write_bytes(bytes(data))
     second = tmp_path / "second"
-    proc = run_cli([*SYNTH, f"cache.dir={cache}", f"hydra.run.dir={second}"], cwd=tmp_path)
+    proc = run_main([*SYNTH, f"cache.dir={cache}", f"hydra.run.dir={second}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     summary = json.loads((second / "run_summary.json").read_text())
     assert summary["cache_hits"] == 3 and summary["cache_misses"] == 3
     pd.testing.assert_frame_equal(table(second), table(first))
     third = tmp_path / "third"  # the bad entries were replaced by good ones
-    assert run_cli([*SYNTH, f"cache.dir={cache}", f"hydra.run.dir={third}"], cwd=tmp_path).returncode == 0
+    assert run_main([*SYNTH, f"cache.dir={cache}", f"hydra.run.dir={third}"], cwd=tmp_path).returncode == 0
     assert json.loads((third / "run_summary.json").read_text())["cache_hits"] == 6
 
 
@@ -141,22 +143,24 @@ def _images(folder, names):
         Image.fromarray(pixels).save(folder / name)
 
 
+@pytest.mark.slow
 def test_file_names_that_clean_to_the_same_id_stay_apart(tmp_path):
     names = ["a b.png", "a_b.png", "猫.png", "犬.png", "grey16.png", "grey16.tif"]
     _images(tmp_path / "imgs", names)
     out = tmp_path / "run"
-    proc = run_cli([*TINY, "data=folder", f"data.root={tmp_path / 'imgs'}", f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main([*TINY, "data=folder", f"data.root={tmp_path / 'imgs'}", f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = pd.read_csv(out / "results.csv")
     assert df["image"].nunique() == 6 and df["source"].nunique() == 6  # one id per file, the path kept
     assert sorted(os.path.basename(s) for s in df["source"].unique()) == sorted(names)
     assert len(list((out / "maps").glob("*.npz"))) == 6
-    again = run_cli([*TINY, "data=folder", f"data.root={tmp_path / 'imgs'}", f"hydra.run.dir={tmp_path / 'again'}"],
-                    cwd=tmp_path)
+    again = run_main([*TINY, "data=folder", f"data.root={tmp_path / 'imgs'}", f"hydra.run.dir={tmp_path / 'again'}"],
+                     cwd=tmp_path)
     assert again.returncode == 0
     assert sorted(pd.read_csv(tmp_path / "again" / "results.csv")["image"].unique()) == sorted(df["image"].unique())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_a_failing_job_does_not_stop_the_sweep_and_is_named(tmp_path, launcher):
     from layerscope.cli.collect import main as collect_main
@@ -188,11 +192,19 @@ def test_a_failing_job_does_not_stop_the_sweep_and_is_named(tmp_path, launcher):
 def test_bad_options_get_one_line_and_exit_2(tmp_path, args, pattern):
     import re
 
-    proc = run_cli([*SYNTH, *args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-                   cwd=tmp_path)
+    proc = run_main([*SYNTH, *args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                    cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert re.search(pattern, one_error_line(proc)), proc.stderr[-2000:]
     assert not (tmp_path / "run" / "results.csv").exists()
+
+
+@pytest.mark.slow
+def test_a_bad_option_through_the_command_line(tmp_path):
+    proc = run_cli([*SYNTH, "foo=1", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert one_error_line(proc).startswith("error: foo: no such option")
+    assert not (tmp_path / "run").exists()
 
 
 def test_report_and_figures_refuse_empty_or_foreign_tables_in_one_line(clean, tmp_path):
@@ -229,6 +241,7 @@ def test_report_leaves_out_the_image_an_unfinished_run_was_cut_in(clean, tmp_pat
     assert sorted(df["image"].unique()) == sorted(line.split("\t")[0] for line in done[:3])
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_get_one_line(tmp_path):
     import torch
     from safetensors.torch import save_file
@@ -248,9 +261,9 @@ def test_bad_checkpoints_get_one_line(tmp_path):
     save_file(wrong, str(tmp_path / "shapes.safetensors"))
     for name, message in (("cut", "not a readable safetensors file"), ("garbage", "not a readable safetensors file"),
                           ("shapes", "checkpoint tensors of the wrong shape")):
-        proc = run_cli([*SYNTH, "model.pretrained=true", "model.weights.source=file",
-                        f"model.weights.path={tmp_path / (name + '.safetensors')}", f"hydra.run.dir={tmp_path / name}"],
-                       cwd=tmp_path)
+        proc = run_main([*SYNTH, "model.pretrained=true", "model.weights.source=file",
+                         f"model.weights.path={tmp_path / (name + '.safetensors')}",
+                         f"hydra.run.dir={tmp_path / name}"], cwd=tmp_path)
         assert proc.returncode == 2 and message in one_error_line(proc), proc.stderr[-2000:]
     del WeightsError
 
@@ -312,6 +325,7 @@ def test_a_cache_that_cannot_be_written_is_warned_about_once(tmp_path, monkeypat
     assert list(tmp_path.rglob("*.npz")) == []  # no half-written entry
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_writing_maps_names_the_file_and_leaves_no_half_file(tmp_path):
     import resource
 
@@ -346,6 +360,7 @@ def test_every_readme_command_is_valid_bash():
     assert "~/" not in script.replace("~/.cache", "")
 
 
+@pytest.mark.slow
 def test_figures_max_images_holds_across_a_resume(clean, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(clean, run)
@@ -356,6 +371,6 @@ def test_figures_max_images_holds_across_a_resume(clean, tmp_path):
     for line in done[:3]:  # the interrupted run had drawn its first 3 grids
         (run / "figures" / f"{line.split(chr(9))[0]}_grid.png").write_bytes(b"png")
     args = [a for a in SYNTH if a != "figures.grid=false"]
-    proc = run_cli([*args, "figures.grid=true", "figures.max_images=4", f"hydra.run.dir={run}"], cwd=tmp_path)
+    proc = run_main([*args, "figures.grid=true", "figures.max_images=4", f"hydra.run.dir={run}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list((run / "figures").glob("*_grid.png"))) == 4  # 3 before + 1 now, not 3 + 4

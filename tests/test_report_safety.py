@@ -27,19 +27,15 @@ from layerscope.results import layout
 from layerscope.results.maps_io import load_maps
 from layerscope.results.pool import build_pool
 
-from .conftest import ROOT, compose
+from .conftest import ROOT
 
-DATA = ["model=tiny_vit", "data=synthetic", "data.textures=[brick]", "data.defects=[scratch,spot]",
-        "data.per_combination=2", "data.good_per_texture=2", "data.size=64", "progress=false", "figures.grid=false"]
 EDITED = "brick_scratch_0"
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+@pytest.fixture
+def run_dir(small_run):
     """A finished 6-image run (4 defective, 2 good) with saved maps; tests edit copies of it."""
-    out = tmp_path_factory.mktemp("safety") / "run"
-    study.run(compose(*DATA), out)
-    return out
+    return small_run
 
 
 def copy_run(run_dir, dst):
@@ -144,6 +140,7 @@ def test_an_edited_map_file_is_refused_in_one_line_naming_it(run_dir, tmp_path, 
     assert not (run / "results_rescored.csv").exists() and not (run / "results_rescored.partial.csv").exists()
 
 
+@pytest.mark.slow
 def test_an_edited_map_file_through_the_command_line(run_dir, tmp_path):
     run = copy_run(run_dir, tmp_path / "run")
     rewrite(layout.map_file(run, EDITED), _extra_layer)
@@ -186,6 +183,7 @@ def test_pooling_fewer_images_than_the_run_scored_warns_naming_them(run_dir, tmp
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
+@pytest.mark.slow
 def test_the_missing_map_warning_through_the_command_line(run_dir, tmp_path):
     run = copy_run(run_dir, tmp_path / "run")
     layout.map_file(run, EDITED).unlink()
@@ -240,6 +238,7 @@ def test_undefined_pooled_metrics_are_reported_and_the_report_goes_on(run_dir, t
     assert any("dataset_vs_layer: pixel_auroc undefined for every map" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_undefined_pooled_metrics_through_the_command_line(run_dir, tmp_path):
     run = copy_run(run_dir, tmp_path / "run")
     _masks(run, False)

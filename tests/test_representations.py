@@ -61,6 +61,7 @@ def test_saved_representations_equal_the_block_outputs_computed_by_hand(clean):
     assert mean[0].dtype == np.float32 and mean[0].shape == (6, m.embed_dim)
 
 
+@pytest.mark.slow
 def test_cnn_stages_are_global_average_pooled(tmp_path):
     from layerscope.data.transforms import to_input
     from layerscope.plan import build, build_dataset
@@ -103,6 +104,7 @@ def test_the_map_cache_keeps_representations_and_attention_distance(tmp_path, cl
     np.testing.assert_array_equal(second["attention_distance"], first["attention_distance"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cut", range(6))
 def test_a_run_cut_after_any_image_resumes_to_the_clean_arrays(clean, tmp_path, monkeypatch, cut):
     """Stopped after ``cut`` images (batches of 4: some cuts fall inside a batch whose chunk is already on disk)."""

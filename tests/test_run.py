@@ -4,10 +4,12 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
+
 from layerscope.results.maps_io import load_maps
 from layerscope.cli.run import listify_sweeps
 
-from .conftest import run_cli
+from .conftest import run_cli, run_main
 
 SMALL_DATA = ["data.textures=[brick]", "data.defects=[scratch,spot]", "data.size=64", "progress=false"]
 
@@ -24,10 +26,11 @@ def test_listify_sweeps():
     assert listify_sweeps(["layer=[0,1]", "head=all"]) == ["layer=[0,1]", "head=all"]
 
 
+@pytest.mark.slow
 def test_design_card_command_one_process_all_layers(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(["model=dino_vits8", "layer=range(0,12)", "model.pretrained=false", "model.img_size=64",
-                    *SMALL_DATA, f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main(["model=dino_vits8", "layer=range(0,12)", "model.pretrained=false", "model.img_size=64",
+                     *SMALL_DATA, f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_rows(out / "results.csv")
     assert sorted({int(r["layer"]) for r in rows}) == list(range(12))
@@ -42,10 +45,11 @@ def test_design_card_command_one_process_all_layers(tmp_path):
     assert (out / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_thresholds_listed_in_one_run_and_best_head(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(["model=tiny_vit", "layer=-1", "threshold=0.4,0.6,0.8", *SMALL_DATA, f"hydra.run.dir={out}"],
-                   cwd=tmp_path)
+    proc = run_main(["model=tiny_vit", "layer=-1", "threshold=0.4,0.6,0.8", *SMALL_DATA, f"hydra.run.dir={out}"],
+                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_rows(out / "results.csv")
     assert sorted({float(r["threshold"]) for r in rows}) == [0.4, 0.6, 0.8]
@@ -58,9 +62,10 @@ def test_thresholds_listed_in_one_run_and_best_head(tmp_path):
             assert best["best_head"] in ("0", "1")
 
 
+@pytest.mark.slow
 def test_cnn_run_uses_feature_reductions(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(["model=tiny_cnn", *SMALL_DATA, f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main(["model=tiny_cnn", *SMALL_DATA, f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_rows(out / "results.csv")
     assert {r["method"] for r in rows} == {"features"}
@@ -68,14 +73,16 @@ def test_cnn_run_uses_feature_reductions(tmp_path):
     assert sorted({int(r["layer"]) for r in rows}) == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_multirun_two_jobs(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", "model=tiny_vit", "layer=0,1", *SMALL_DATA, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    proc = run_main(["-m", "model=tiny_vit", "layer=0,1", *SMALL_DATA, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     layers = [sorted({r["layer"] for r in read_rows(sweep / str(job) / "results.csv")}) for job in (0, 1)]
     assert layers == [["0"], ["1"]]
 
 
+@pytest.mark.slow
 def test_bad_option_exits_2_with_one_line(tmp_path):
     out = tmp_path / "run"
     proc = run_cli(["model=tiny_vit", "layer=7", *SMALL_DATA, f"hydra.run.dir={out}"], cwd=tmp_path)

@@ -28,7 +28,7 @@ from layerscope.plan import as_bool, bool_options, check_config
 from layerscope.results import layout
 from layerscope.results.rundir import RunLock, comparable
 
-from .conftest import CONF, compose, run_cli
+from .conftest import CONF, compose, run_main
 
 TINY = ["model=tiny_vit", "progress=false", "figures.grid=false"]
 SYNTH = [*TINY, "data.textures=[brick]", "data.defects=[scratch,spot]", "data.size=64"]
@@ -108,13 +108,14 @@ def test_other_values_of_a_boolean_option_are_refused_naming_it(overrides, shown
     assert as_bool("x", "off") is False and as_bool("x", " TRUE ") is True
 
 
+@pytest.mark.slow
 def test_boolean_options_through_the_command_line(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli([*SYNTH, "save_maps=off", "dataset_metrics=no", f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main([*SYNTH, "save_maps=off", "dataset_metrics=no", f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (out / layout.MAPS).exists() and not (out / layout.DATASET_METRICS).exists()
     assert OmegaConf.load(out / layout.CONFIG).save_maps is False  # stored as a bool
-    bad = run_cli([*SYNTH, "save_maps=maybe", f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path)
+    bad = run_main([*SYNTH, "save_maps=maybe", f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path)
     assert bad.returncode == 2
     assert one_error_line(bad) == "error: save_maps=maybe: expected true or false (yes/no and on/off work too)"
     assert not (tmp_path / "bad").exists()  # refused before Hydra made the folder
@@ -124,7 +125,7 @@ def test_boolean_options_through_the_command_line(tmp_path):
 
 
 def test_unset_data_root_is_one_line_naming_it(tmp_path):
-    proc = run_cli([*TINY, "data=folder", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = run_main([*TINY, "data=folder", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode == 2
     assert one_error_line(proc) == ("error: data.root is not set (data=folder); expected the folder of your images: "
                                     "data.root=/path/to/images")
@@ -157,27 +158,28 @@ def test_faithfulness_needs_two_steps_at_least():
 # ------------------------------------------------------------------------------------- refused runs
 
 
+@pytest.mark.slow
 def test_a_refused_run_changes_nothing_in_the_folder_it_refused(tmp_path):
     sweep = tmp_path / "sweep"
     job = sweep / "0"
-    first = run_cli([*SYNTH, f"hydra.run.dir={job}"], cwd=tmp_path)
+    first = run_main([*SYNTH, f"hydra.run.dir={job}"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     before = snapshot(job)
     assert {".hydra/overrides.yaml", ".hydra/config.yaml", layout.LOG} <= set(before)
     assert "data.size=64" in before[".hydra/overrides.yaml"].decode()
 
-    other = run_cli([*SYNTH, "threshold=0.5", f"hydra.run.dir={job}"], cwd=tmp_path)  # finished, another config
+    other = run_main([*SYNTH, "threshold=0.5", f"hydra.run.dir={job}"], cwd=tmp_path)  # finished, another config
     assert other.returncode == 2
     assert "holds results of another configuration" in one_error_line(other)
     assert snapshot(job) == before
 
     with RunLock(job):  # another run holds the folder
-        busy = run_cli([*SYNTH, f"hydra.run.dir={job}"], cwd=tmp_path)
+        busy = run_main([*SYNTH, f"hydra.run.dir={job}"], cwd=tmp_path)
     assert busy.returncode == 2 and "is in use by another run" in one_error_line(busy)
     assert snapshot(job) == before
 
     # a sweep whose job 0 lands on that folder with another config: job 1 runs, job 0 is named, 0/ untouched
-    swept = run_cli(["-m", *SYNTH, "data.contrast=0.3,0.5", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    swept = run_main(["-m", *SYNTH, "data.contrast=0.3,0.5", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert swept.returncode == 1, swept.stderr[-3000:]
     assert re.search(r"failed: job 0: error: .* holds results of another configuration", swept.stderr)
     assert "1 job(s) of the sweep failed" in swept.stderr
@@ -323,6 +325,7 @@ def test_long_ids_are_cut_by_the_hash_rule():
     assert "free space" in os_advice(OSError(errno.ENOSPC, "No space left on device"))
 
 
+@pytest.mark.slow
 def test_a_legal_251_character_file_name_runs_with_its_mask(tmp_path):
     images, masks = tmp_path / "images", tmp_path / "masks"
     name = "n" * 247  # + ".png": 251 characters, legal
@@ -332,8 +335,8 @@ def test_a_legal_251_character_file_name_runs_with_its_mask(tmp_path):
     mask[5:20, 5:20] = 255
     Image.fromarray(mask).save(masks / f"{name}.png")  # name_mask.png would be 256 characters: not possible
     out = tmp_path / "run"
-    proc = run_cli(["model=tiny_vit", "progress=false", "data=folder", f"data.root={images}", f"data.mask_dir={masks}",
-                    f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main(["model=tiny_vit", "progress=false", "data=folder", f"data.root={images}", f"data.mask_dir={masks}",
+                     f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = pd.read_csv(out / layout.RESULTS)
     assert df["image"].nunique() == 1 and len(df["image"].iloc[0]) == MAX_ID

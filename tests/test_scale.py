@@ -10,7 +10,7 @@ import torch
 from layerscope.backbones import TimmViT
 from layerscope.maps.methods import Rollout
 
-from .conftest import run_cli
+from .conftest import run_cli, run_main
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SMALL = ["model=tiny_vit", "data.textures=[brick]", "data.defects=[scratch,spot]", "data.size=64", "progress=false"]
@@ -63,12 +63,13 @@ def test_rollout_matches_full_matrix_implementation(fusion, discard):
         torch.testing.assert_close(ours[layer][:, 0].flatten(1), expected[:, layer, 1:], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_batch_sizes_give_the_same_maps(tmp_path):
     tables = []
     for batch in (1, 4):
         out = tmp_path / f"b{batch}"
-        proc = run_cli([*SMALL, "data.defects=[scratch,spot,crack]", "data.textures=[brick,moon]",
-                        f"batch_size={batch}", "cache.enabled=false", f"hydra.run.dir={out}"], cwd=tmp_path)
+        proc = run_main([*SMALL, "data.defects=[scratch,spot,crack]", "data.textures=[brick,moon]",
+                         f"batch_size={batch}", "cache.enabled=false", f"hydra.run.dir={out}"], cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         tables.append(pd.read_csv(out / "results.csv", dtype={"head": str}))
         from layerscope.results.maps_io import load_maps
@@ -80,12 +81,13 @@ def test_batch_sizes_give_the_same_maps(tmp_path):
                                    rtol=0)
 
 
+@pytest.mark.slow
 def test_cached_run_equals_uncached_and_runs_no_backbone(tmp_path):
     cache = tmp_path / "cache"
     runs = {}
     for name in ("first", "second"):
         out = tmp_path / name
-        proc = run_cli([*SMALL, f"cache.dir={cache}", "threshold=[0.5,0.7]", f"hydra.run.dir={out}"], cwd=tmp_path)
+        proc = run_main([*SMALL, f"cache.dir={cache}", "threshold=[0.5,0.7]", f"hydra.run.dir={out}"], cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = (pd.read_csv(out / "results.csv", dtype={"head": str}),
                       json.loads((out / "run_summary.json").read_text()))
@@ -94,13 +96,14 @@ def test_cached_run_equals_uncached_and_runs_no_backbone(tmp_path):
     assert (s1["backbone_calls"], s1["cache_hits"], s1["cache_misses"]) == (1, 0, 2)
     assert (s2["backbone_calls"], s2["cache_hits"], s2["cache_misses"]) == (0, 2, 0)
     out = tmp_path / "third"  # a threshold sweep over the same images: still no backbone
-    proc = run_cli([*SMALL, f"cache.dir={cache}", "threshold=[0.3,0.9]", f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main([*SMALL, f"cache.dir={cache}", "threshold=[0.3,0.9]", f"hydra.run.dir={out}"], cwd=tmp_path)
     assert json.loads((out / "run_summary.json").read_text())["backbone_calls"] == 0
     out = tmp_path / "fourth"  # another input size is another key
-    proc = run_cli([*SMALL, f"cache.dir={cache}", "model.img_size=32", f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_main([*SMALL, f"cache.dir={cache}", "model.img_size=32", f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0 and json.loads((out / "run_summary.json").read_text())["backbone_calls"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_sweep_through_a_launcher_completes_and_a_rerun_skips_both_jobs(tmp_path, launcher):
     sweep = tmp_path / "sweep"

@@ -31,6 +31,8 @@ from layerscope.results.saved import Study, relative_depth
 from layerscope.results.ranking import rank
 from layerscope.view import REPORT, build
 
+from .conftest import call_main, run_main
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["data.textures=[brick,grass]", "data.defects=[scratch,spot]", "data.per_combination=2",
          "data.good_per_texture=1", "data.size=64", "progress=false"]
@@ -49,7 +51,7 @@ def sweep(tmp_path_factory) -> Path:
     ``method=auto`` and ``method=features`` on a CNN)."""
     parent = tmp_path_factory.mktemp("sweep")
     for job, model in (("0", "tiny_vit"), ("1", "tiny_cnn")):
-        proc = _cli(["-m", "layerscope.cli.run", f"model={model}", *SMALL, f"hydra.run.dir={parent / job}"], ROOT)
+        proc = run_main([f"model={model}", *SMALL, f"hydra.run.dir={parent / job}"], ROOT)
         assert proc.returncode == 0, proc.stderr[-3000:]
     shutil.copytree(parent / "1", parent / "2")
     return parent
@@ -95,6 +97,7 @@ def _parse(page: Path) -> _Tags:
 # ------------------------------------------------------------------------------------- the page
 
 
+@pytest.mark.slow
 def test_page_structure_of_one_run(single):
     page = single / REPORT
     text = page.read_text(encoding="utf-8")
@@ -137,6 +140,7 @@ def test_page_structure_of_one_run(single):
     assert value[names.index("auroc")] == pytest.approx(row["auroc"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_heatmap_marks_the_ranking_best(single):
     text = (single / REPORT).read_text(encoding="utf-8")
     best = re.findall(r"<td class=best [^>]*>([^<]*)</td>", text)
@@ -147,6 +151,7 @@ def test_heatmap_marks_the_ranking_best(single):
     assert "x-axis: " in text and "relative depth (0 = first layer, 1 = last" in text
 
 
+@pytest.mark.slow
 def test_sweep_page_side_by_side_with_identical_job_merged(sweep, tmp_path):
     out = tmp_path / "page" / "index.html"
     proc = _cli(["-m", "layerscope.view", str(sweep), "--out", str(out), "--metric", "auroc", "--boot", "100",
@@ -168,17 +173,25 @@ def test_sweep_page_side_by_side_with_identical_job_merged(sweep, tmp_path):
         assert set(im["s"]) == {"0", "1"}  # every image through both models
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "empty", "metric"])
 def test_cli_errors_exit_2_in_one_line(single, tmp_path, case):
     folder = {"missing": tmp_path / "nope", "empty": tmp_path, "metric": single}[case]
     args = [str(folder), *(["--metric", "nonsense"] if case == "metric" else [])]
-    proc = _cli(["-m", "layerscope.view", *args], ROOT)
+    proc = call_main(main, args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert ("--metric nonsense" if case == "metric" else str(folder)) in lines[0]
 
 
+def test_a_cli_error_through_the_command_line(tmp_path):
+    proc = _cli(["-m", "layerscope.view", str(tmp_path / "nope")], ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'}: no such folder"], proc.stderr
+
+
+@pytest.mark.slow
 def test_main_writes_page_again(single, capsys):
     assert main([str(single), "--boot", "20", "--top", "2"]) == 0
     assert capsys.readouterr().out.strip() == str(single / REPORT)
@@ -244,6 +257,7 @@ document.getElementById("f").addEventListener("load", function () {{
 """
 
 
+@pytest.mark.slow
 def test_browser_opens_the_page_clicks_an_image_and_shows_its_grid(browser, sweep, tmp_path):
     build(sweep, n_boot=100)
     page = sweep / REPORT
@@ -284,6 +298,7 @@ def test_browser_opens_the_page_clicks_an_image_and_shows_its_grid(browser, swee
     harness.unlink()
 
 
+@pytest.mark.slow
 def test_wandb_logs_the_page_as_a_report_artifact(single, tmp_path):
     from layerscope.loggers.offline import _records
 
@@ -313,6 +328,7 @@ def test_relative_depth():
     assert float(relative_depth(0, 1)) == 1.0
 
 
+@pytest.mark.slow
 def test_identical_jobs_merge_and_differing_ones_stay_apart(sweep, tmp_path):
     study = Study(sweep)
     assert study.merged == {"2": "1"}
@@ -329,6 +345,7 @@ def test_identical_jobs_merge_and_differing_ones_stay_apart(sweep, tmp_path):
     assert study.series() == ["tiny_cnn · features · job 1", "tiny_cnn · features · job 2"]
 
 
+@pytest.mark.slow
 def test_layer_head_heatmap_and_relative_depth_figures(sweep, tmp_path):
     paths = layer_head(sweep, tmp_path, ("png",), ("aupro", "entropy"))
     assert [p.name for p in paths] == ["layer_head_aupro.png", "layer_head_entropy.png"]
