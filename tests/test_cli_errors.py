@@ -1,6 +1,7 @@
 """The commands' one error wrapper (``layerscope.cli.errors.command``): what a user can cause ends as one line."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from layerscope.cli.errors import INTERRUPTED, UsageError, command
@@ -42,3 +43,36 @@ def test_a_command_that_succeeds_returns_its_own_code_and_keeps_its_name():
         return 1 if argv else 0
 
     assert main(["a"]) == 1 and main() == 0 and main.__name__ == "main" and main.__doc__ == "Doc."
+
+
+def test_python_m_entries_of_the_view_and_figures_packages_are_their_commands():
+    """``python -m layerscope.view`` and ``python -m layerscope.figures`` run the ``cli`` commands (imported here,
+    they run nothing: the ``__main__`` guard)."""
+    import importlib
+
+    from layerscope.cli import figures, view
+
+    assert importlib.import_module("layerscope.view.__main__").main is view.main
+    assert importlib.import_module("layerscope.figures.__main__").main is figures.main
+
+
+def test_export_writes_an_mvtec_tree_and_refuses_a_folder_it_would_overwrite(tmp_path, capsys):
+    from PIL import Image
+
+    from layerscope.cli.export import main
+
+    out = tmp_path / "mvtec"
+    args = [str(out), "--textures", "brick", "--defects", "spot", "--per-combination", "1", "--good", "1",
+            "--train", "1", "--size", "32"]
+    assert main(args) == 0
+    assert "wrote 1 categories" in capsys.readouterr().out
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert files == ["brick/ground_truth/spot/000_mask.png", "brick/test/good/000.png", "brick/test/spot/000.png",
+                     "brick/train/good/000.png"]
+    mask = np.asarray(Image.open(out / "brick/ground_truth/spot/000_mask.png"))
+    assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 255} and mask.max() == 255
+    before = {p: p.read_bytes() for p in out.rglob("*.png")}
+    assert main(args) == 2  # the category folder exists and is not empty: nothing is overwritten
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "exists and is not empty" in err and len(err.splitlines()) == 1
+    assert {p: p.read_bytes() for p in out.rglob("*.png")} == before

@@ -33,12 +33,11 @@ BAD_CATEGORY = "<!--<script>&"
 
 
 def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    """``python -m MODULE ARGS`` as its ``main(argv)`` in this process (exit code, stdout, stderr)."""
+    """``python -m MODULE ARGS`` (a ``layerscope.cli`` command) as its ``main(argv)`` in this process (exit code,
+    stdout, stderr)."""
     import importlib
 
-    package = importlib.import_module(module)
-    main = getattr(package, "main", None) or importlib.import_module(f"{module}.__main__").main
-    return call_main(main, list(args))
+    return call_main(importlib.import_module(module).main, list(args))
 
 
 def _one_error(proc: subprocess.CompletedProcess) -> str:
@@ -93,7 +92,7 @@ def test_readme_folder_example_then_the_page(folder_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(folder_run, run)
     assert read_table(run / "dataset_metrics.csv")["category"].isin(["", "all"]).all()  # "" stays "", never NaN
-    proc = _cli("layerscope.view", str(run), "--boot", "50")
+    proc = _cli("layerscope.cli.view", str(run), "--boot", "50")
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(_parse(run / REPORT).data)
     assert sorted(im["id"] for im in data["images"]) == sorted(IDS)
@@ -133,16 +132,16 @@ def test_view_out_refuses_what_it_did_not_write_in_one_line(run_copy, tmp_path):
     somewhere = tmp_path / "somewhere"
     (somewhere / "important_files").mkdir(parents=True)
     (somewhere / "important_files" / "thesis.tex").write_text("years of work")
-    line = _one_error(_cli("layerscope.view", str(run_copy), "--out", str(somewhere / "important.html")))
+    line = _one_error(_cli("layerscope.cli.view", str(run_copy), "--out", str(somewhere / "important.html")))
     assert "important_files" in line and "not written by layerscope-view" in line
     assert (somewhere / "important_files" / "thesis.tex").read_text() == "years of work"
     assert sorted(p.name for p in somewhere.iterdir()) == ["important_files"]  # no page, no .tmp
 
     before = (run_copy / "results.csv").read_bytes()
-    line = _one_error(_cli("layerscope.view", str(run_copy), "--out", str(run_copy / "results.csv")))
+    line = _one_error(_cli("layerscope.cli.view", str(run_copy), "--out", str(run_copy / "results.csv")))
     assert "results.csv" in line and (run_copy / "results.csv").read_bytes() == before
 
-    line = _one_error(_cli("layerscope.view", str(run_copy), "--out", str(somewhere)))
+    line = _one_error(_cli("layerscope.cli.view", str(run_copy), "--out", str(somewhere)))
     assert "is a folder" in line
     assert not [p for p in [*run_copy.iterdir(), *somewhere.iterdir()] if ".tmp" in p.name]
 
@@ -320,7 +319,7 @@ def test_failed_and_unfinished_jobs_show_in_the_reports_warning(broken_sweep):
 def test_figures_and_export_onto_a_file_say_so_in_one_line(folder_run, tmp_path):
     existing = tmp_path / "existing_file"
     existing.write_text("keep")
-    line = _one_error(_cli("layerscope.figures", str(folder_run), "--out", str(existing), "--kinds", "layer_head"))
+    line = _one_error(_cli("layerscope.cli.figures", str(folder_run), "--out", str(existing), "--kinds", "layer_head"))
     assert str(existing) in line and "is a file" in line
     line = _one_error(_cli("layerscope.cli.export", str(existing), "--textures", "brick", "--per-combination", "1"))
     assert str(existing) in line and "is a file" in line
