@@ -185,8 +185,30 @@ class Prepared(torch.utils.data.Dataset):
                 "valid": valid, "mask_rule": rule}
 
 
-def _as_list(items: list) -> list:
-    return items
+_PACKED = ("x", "mask", "valid")  # an item's tensors, all of one shape per key within a run
+
+
+def _packed(items: list) -> dict:
+    """A batch as it crosses from a DataLoader worker: each of ``_PACKED`` stacked into one tensor (the items
+    keep their row, or None), so the study receives a few shared-memory blocks, not a few per image (each
+    block is handed over in a round trip to the worker, which waits for a core on a busy machine)."""
+    blocks = {}
+    for key in _PACKED:
+        have = [i for i, item in enumerate(items) if item.get(key) is not None]
+        if have:
+            blocks[key] = torch.stack([items[i][key] for i in have])
+            for row, i in enumerate(have):
+                items[i][key] = row
+    return {"items": items, "blocks": blocks}
+
+
+def _unpacked(batch: dict) -> list:
+    """``_packed``'s items with their tensors back (views of the batch's blocks)."""
+    for item in batch["items"]:
+        for key, block in batch["blocks"].items():
+            if item.get(key) is not None:
+                item[key] = block[item[key]]
+    return batch["items"]
 
 
 def _quiet_hang_ups(worker_id: int) -> None:
@@ -224,15 +246,15 @@ def image_batches(cfg: StudyConfig, dataset: Dataset, size: int, device: torch.d
     def loader(n: int):
         context = multiprocessing.get_context("fork") if n and sys.platform.startswith("linux") else None
         return torch.utils.data.DataLoader(Prepared(dataset, size), batch_size=batch_size, num_workers=n,
-                                           collate_fn=_as_list, pin_memory=device.type == "cuda",
+                                           collate_fn=_packed, pin_memory=device.type == "cuda",
                                            multiprocessing_context=context,
                                            worker_init_fn=_quiet_hang_ups if n else None)
 
     if not workers:
-        return iter(loader(0)), 0
+        return map(_unpacked, loader(0)), 0
     try:  # a batch of prepared images must fit in shared memory, or the workers could not hand it over
         torch.empty(batch_size * 3 * size * size).share_memory_()
-        return iter(loader(workers)), workers
+        return map(_unpacked, iter(loader(workers))), workers
     except Exception as e:  # noqa: BLE001 - any failure to start workers or share memory has the same remedy
         reason = " ".join(str(e).split())[:200] or type(e).__name__
         if cfg.num_workers != "auto":
@@ -240,7 +262,7 @@ def image_batches(cfg: StudyConfig, dataset: Dataset, size: int, device: torch.d
                              f"({reason}); use num_workers=0") from None
         log.warning("num_workers=auto: DataLoader workers cannot run here (%s); preparing images in this process",
                     reason)
-        return iter(loader(0)), 0
+        return map(_unpacked, loader(0)), 0
 
 
 def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, dataset: Dataset, device: torch.device,
