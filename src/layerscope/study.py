@@ -17,6 +17,7 @@ from tqdm import tqdm
 from .backbones import Backbone
 from .data.base import Dataset
 from .data.ids import safe_name
+from .data.prefetch import Prefetched
 from .data.images import BadImage
 from .data.transforms import mask_rule_effect, to_input
 from .figures.grid import layer_head_grid
@@ -282,6 +283,8 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
     cache = build_cache(cfg.cache, method, config_key(cfg.model, cfg.method, cfg.seed))
     source = MapSource(backbone, plan, device, cfg.precision, cache, keep_on_device=device.type == "cuda")
     batches, workers = image_batches(cfg, dataset, backbone.img_size, device)  # workers start before any thread
+    if workers:  # their batches are taken (unpickled) ahead, off the study's critical path
+        batches = Prefetched(batches)
     from skimage.measure import label  # noqa: F401 - region labels of the masks: a one-time import (~1 s with
     # scipy.ndimage) that belongs to the startup, not to the first batch's scoring
     t_loop = time.perf_counter()
@@ -291,6 +294,8 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
         files = BackgroundWriter(out_dir / layout.DONE, threads=writer_threads())
     except OSError as e:
         writer.close()
+        if isinstance(batches, Prefetched):
+            batches.close()
         raise OSError(e.errno, e.strerror, str(out_dir / layout.DONE)) from None
     # figures.max_images counts the grids an interrupted run already drew
     drawn_before = len(list((out_dir / layout.FIGURES).glob(f"*{layout.GRID_SUFFIX}"))) if done else 0
@@ -335,6 +340,8 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
     finally:
         files.close(raise_errors=False)  # leaving on another exception: still drain, without masking it
         writer.close()
+        if isinstance(batches, Prefetched):
+            batches.close()
     stats = {"images": len(dataset), "rows": writer.rows, "backbone_calls": source.calls, "num_workers": workers,
              "backbone_seconds": round(source.seconds, 3), "score_seconds": round(clock["score"], 3),
              "write_seconds": round(files.busy_seconds, 3), "write_wait_seconds": round(files.wait_seconds, 3),
