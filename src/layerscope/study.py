@@ -25,7 +25,8 @@ from .loggers import Logger
 from .maps import threshold_maps, upsample
 from .mapsource import MapSource, build_cache, to_uint8
 from .options import StudyConfig, typed
-from .plan import Plan, build, build_dataset, check_config, loader_workers, plan_study, resolve_device, writer_threads
+from .plan import (Plan, build, build_dataset, check_config, loader_workers, plan_study, resolve_device,
+                   usable_cores, writer_threads)
 from .results import layout
 from .results.cache import config_key
 from .results.maps_io import save_maps
@@ -283,7 +284,9 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
     cache = build_cache(cfg.cache, method, config_key(cfg.model, cfg.method, cfg.seed))
     source = MapSource(backbone, plan, device, cfg.precision, cache, keep_on_device=device.type == "cuda")
     batches, workers = image_batches(cfg, dataset, backbone.img_size, device)  # workers start before any thread
-    if workers:  # their batches are taken (unpickled) ahead, off the study's critical path
+    # their batches are taken (unpickled) ahead, off the critical path, where a core is free for it: on a
+    # CPU study whose backbone uses every core the hand-over then only slows the backbone as much (measured)
+    if workers and (device.type == "cuda" or usable_cores() > torch.get_num_threads()):
         batches = Prefetched(batches)
     from skimage.measure import label  # noqa: F401 - region labels of the masks: a one-time import (~1 s with
     # scipy.ndimage) that belongs to the startup, not to the first batch's scoring
