@@ -10,6 +10,7 @@ import torch
 
 from .backbones import Backbone
 from .maps.methods import MapMethod
+from .metrics.threads import one_thread
 from .options import CacheOptions
 from .plan import Plan
 from .results.cache import MapCache, image_key
@@ -74,7 +75,8 @@ class MapSource:
         found = [self.cache.get_all(k, layers, extras) if self.cache else None for k in keys]
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
-            x = torch.stack([items[i]["x"] for i in missing]).to(self.device, non_blocking=True)
+            with one_thread():  # a copy of a few MB: a second OpenMP thread on a busy core stalls it for ms
+                x = torch.stack([items[i]["x"] for i in missing]).to(self.device, non_blocking=True)
             t0 = time.perf_counter()
             with autocast(self.device, self.precision), self.backbone.capturing(layers, extras) as got:
                 method = self.plan.method

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .metrics import normalized_entropy, top_score
 from .metrics.localization import aupro_from_groups, iou_from_kept_counts, iou_oracle_from_groups, pro_fpr_weights
-from .metrics.pointing import pointing_game_tolerance_batch
+from .metrics.pointing import mask_sums, pointing_game_tolerance_batch
 from .metrics.ranking import Ranked, auroc_from_groups
 from .scoring import ScoreOptions, Target, _notes, assemble_rows, image_rows
 
@@ -55,9 +55,15 @@ def batch_image_rows(metas: Sequence[Mapping[str, Any]], maps: Mapping[int, torc
     scored: list[dict[int, tuple]] = [{} for _ in metas]
     pointing: list[dict[int, list[float]]] = [{} for _ in metas]
     shortcuts = cpu_shortcuts if cpu_shortcuts is not None else all(m.device.type == "cpu" for m in maps.values())
+    # the tolerant pointing game's images (image_rows's condition) and their masks' sums, shared by every grid
+    pointed = [b for b, t in enumerate(targets) if t is not None and bool(t.mask.any())]
+    sums = None
+    if pointed:
+        device = next(iter(maps.values())).device
+        sums = mask_sums(torch.stack([targets[b].mask for b in pointed]).to(device), opts.pointing_tolerance)
     for layers in blocks.values():
         stacked = torch.cat([maps[layer] for layer in layers], 1)  # (B, R, h, w)
-        columns, notes, ious, tol = _score_batch(stacked, targets, opts, shortcuts)
+        columns, notes, ious, tol = _score_batch(stacked, targets, opts, shortcuts, (pointed, sums))
         for b in range(len(metas)):
             start = 0
             for layer in layers:
@@ -78,7 +84,8 @@ def batch_image_rows(metas: Sequence[Mapping[str, Any]], maps: Mapping[int, torc
     return rows
 
 
-def _score_batch(maps: torch.Tensor, targets: Sequence[Target | None], opts: ScoreOptions, shortcuts: bool
+def _score_batch(maps: torch.Tensor, targets: Sequence[Target | None], opts: ScoreOptions, shortcuts: bool,
+                 pointing: tuple[list[int], tuple | None]
                  ) -> tuple[dict[str, list], list[list[str]], list[list | None], list[list | None]]:
     """``scoring._score_block`` for B images' R maps on one grid, plus the tolerant pointing game.
 
@@ -86,6 +93,7 @@ def _score_batch(maps: torch.Tensor, targets: Sequence[Target | None], opts: Sco
         maps: (B, R, h, w).
         targets: B ground truths or None.
         shortcuts: the CPU's exact shortcuts (``batch_image_rows``'s ``cpu_shortcuts``).
+        pointing: the images with mask pixels, and ``mask_sums`` of their masks.
 
     Returns:
         (columns, notes, ious, pointing_tol): column name -> B lists of R values; B lists of R notes;
@@ -140,13 +148,14 @@ def _score_batch(maps: torch.Tensor, targets: Sequence[Target | None], opts: Sco
         frac = target.fraction
         columns["mass_ratio"][b] = (host["mass_in_mask"][j] / frac).tolist() if frac > 0 else [None] * rows
         ious[b] = iou[j]
-    pointed = [j for j, b in enumerate(with_target) if targets[b].mask.any()]  # image_rows's condition
+    pointed, sums = pointing
     if pointed:
-        masks = torch.stack([targets[with_target[j]].mask for j in pointed])
-        hits = pointing_game_tolerance_batch(scored[pointed].float(), masks, grid, opts.pointing_tolerance,
-                                             fast=None if shortcuts else False)
-        for k, j in enumerate(pointed):
-            tol[with_target[j]] = hits[k].tolist()
+        masks = torch.stack([targets[b].mask for b in pointed])
+        at = {b: j for j, b in enumerate(with_target)}
+        hits = pointing_game_tolerance_batch(scored[[at[b] for b in pointed]].float(), masks, grid,
+                                             opts.pointing_tolerance, fast=None if shortcuts else False, sums=sums)
+        for k, b in enumerate(pointed):
+            tol[b] = hits[k].tolist()
     return columns, notes, ious, tol
 
 

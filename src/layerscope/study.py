@@ -17,6 +17,7 @@ from tqdm import tqdm
 from .backbones import Backbone
 from .data.base import Dataset
 from .data.ids import safe_name
+from .data.prefetch import Prefetched
 from .data.images import BadImage
 from .data.transforms import mask_rule_effect, to_input
 from .figures.grid import layer_head_grid
@@ -24,7 +25,8 @@ from .loggers import Logger
 from .maps import threshold_maps, upsample
 from .mapsource import MapSource, build_cache, to_uint8
 from .options import StudyConfig, typed
-from .plan import Plan, build, build_dataset, check_config, loader_workers, plan_study, resolve_device, writer_threads
+from .plan import (Plan, build, build_dataset, check_config, loader_workers, plan_study, resolve_device,
+                   usable_cores, writer_threads)
 from .results import layout
 from .results.cache import config_key
 from .results.maps_io import save_maps
@@ -185,8 +187,30 @@ class Prepared(torch.utils.data.Dataset):
                 "valid": valid, "mask_rule": rule}
 
 
-def _as_list(items: list) -> list:
-    return items
+_PACKED = ("x", "mask", "valid")  # an item's tensors, all of one shape per key within a run
+
+
+def _packed(items: list) -> dict:
+    """A batch as it crosses from a DataLoader worker: each of ``_PACKED`` stacked into one tensor (the items
+    keep their row, or None), so the study receives a few shared-memory blocks, not a few per image (each
+    block is handed over in a round trip to the worker, which waits for a core on a busy machine)."""
+    blocks = {}
+    for key in _PACKED:
+        have = [i for i, item in enumerate(items) if item.get(key) is not None]
+        if have:
+            blocks[key] = torch.stack([items[i][key] for i in have])
+            for row, i in enumerate(have):
+                items[i][key] = row
+    return {"items": items, "blocks": blocks}
+
+
+def _unpacked(batch: dict) -> list:
+    """``_packed``'s items with their tensors back (views of the batch's blocks)."""
+    for item in batch["items"]:
+        for key, block in batch["blocks"].items():
+            if item.get(key) is not None:
+                item[key] = block[item[key]]
+    return batch["items"]
 
 
 def _quiet_hang_ups(worker_id: int) -> None:
@@ -224,15 +248,15 @@ def image_batches(cfg: StudyConfig, dataset: Dataset, size: int, device: torch.d
     def loader(n: int):
         context = multiprocessing.get_context("fork") if n and sys.platform.startswith("linux") else None
         return torch.utils.data.DataLoader(Prepared(dataset, size), batch_size=batch_size, num_workers=n,
-                                           collate_fn=_as_list, pin_memory=device.type == "cuda",
+                                           collate_fn=_packed, pin_memory=device.type == "cuda",
                                            multiprocessing_context=context,
                                            worker_init_fn=_quiet_hang_ups if n else None)
 
     if not workers:
-        return iter(loader(0)), 0
+        return map(_unpacked, loader(0)), 0
     try:  # a batch of prepared images must fit in shared memory, or the workers could not hand it over
         torch.empty(batch_size * 3 * size * size).share_memory_()
-        return iter(loader(workers)), workers
+        return map(_unpacked, iter(loader(workers))), workers
     except Exception as e:  # noqa: BLE001 - any failure to start workers or share memory has the same remedy
         reason = " ".join(str(e).split())[:200] or type(e).__name__
         if cfg.num_workers != "auto":
@@ -240,7 +264,7 @@ def image_batches(cfg: StudyConfig, dataset: Dataset, size: int, device: torch.d
                              f"({reason}); use num_workers=0") from None
         log.warning("num_workers=auto: DataLoader workers cannot run here (%s); preparing images in this process",
                     reason)
-        return iter(loader(0)), 0
+        return map(_unpacked, loader(0)), 0
 
 
 def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, dataset: Dataset, device: torch.device,
@@ -260,6 +284,10 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
     cache = build_cache(cfg.cache, method, config_key(cfg.model, cfg.method, cfg.seed))
     source = MapSource(backbone, plan, device, cfg.precision, cache, keep_on_device=device.type == "cuda")
     batches, workers = image_batches(cfg, dataset, backbone.img_size, device)  # workers start before any thread
+    # their batches are taken (unpickled) ahead, off the critical path, where a core is free for it: on a
+    # CPU study whose backbone uses every core the hand-over then only slows the backbone as much (measured)
+    if workers and (device.type == "cuda" or usable_cores() > torch.get_num_threads()):
+        batches = Prefetched(batches)
     from skimage.measure import label  # noqa: F401 - region labels of the masks: a one-time import (~1 s with
     # scipy.ndimage) that belongs to the startup, not to the first batch's scoring
     t_loop = time.perf_counter()
@@ -269,6 +297,8 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
         files = BackgroundWriter(out_dir / layout.DONE, threads=writer_threads())
     except OSError as e:
         writer.close()
+        if isinstance(batches, Prefetched):
+            batches.close()
         raise OSError(e.errno, e.strerror, str(out_dir / layout.DONE)) from None
     # figures.max_images counts the grids an interrupted run already drew
     drawn_before = len(list((out_dir / layout.FIGURES).glob(f"*{layout.GRID_SUFFIX}"))) if done else 0
@@ -313,6 +343,8 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
     finally:
         files.close(raise_errors=False)  # leaving on another exception: still drain, without masking it
         writer.close()
+        if isinstance(batches, Prefetched):
+            batches.close()
     stats = {"images": len(dataset), "rows": writer.rows, "backbone_calls": source.calls, "num_workers": workers,
              "backbone_seconds": round(source.seconds, 3), "score_seconds": round(clock["score"], 3),
              "write_seconds": round(files.busy_seconds, 3), "write_wait_seconds": round(files.wait_seconds, 3),

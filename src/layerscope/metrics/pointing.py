@@ -116,7 +116,8 @@ def pointing_game_tolerance_fast(scores: torch.Tensor, mask: torch.Tensor, grid:
 
 
 def pointing_game_tolerance_batch(scores: torch.Tensor, masks: torch.Tensor, grid: tuple[int, int],
-                                  tolerance_px: float = 15, fast: bool | None = None) -> torch.Tensor:
+                                  tolerance_px: float = 15, fast: bool | None = None,
+                                  sums: tuple | None = None) -> torch.Tensor:
     """``pointing_game_tolerance`` of B images' R maps at once, each image with its own mask: the same values.
 
     Args:
@@ -126,7 +127,9 @@ def pointing_game_tolerance_batch(scores: torch.Tensor, masks: torch.Tensor, gri
         tolerance_px: tolerance in pixels, >= 0.
         fast: find each maximum as ``pointing_game_tolerance_fast`` does (True), by upsampling every map
             (False), or by the cheaper of the two for these shapes and this device (None: the fast way on a
-            CPU past about a million upsampled pixels, e.g. a ViT's 84 maps at 448 px; a GPU upsamples).
+            CPU past about a million upsampled pixels, e.g. a ViT's 84 maps at 448 px, or where a cell
+            covers 16 pixels or more; a GPU upsamples).
+        sums: ``mask_sums(masks, tolerance_px)``, when the same masks serve maps of several grids.
 
     Returns:
         (B, R) float32 on the CPU: 1.0 hit, 0.0 miss, NaN for every map of an image whose mask is empty.
@@ -139,13 +142,14 @@ def pointing_game_tolerance_batch(scores: torch.Tensor, masks: torch.Tensor, gri
     v = scores.reshape(b * r, n).float()
     image = torch.arange(b, device=device).repeat_interleave(r)
     if fast is None:
-        fast = device.type == "cpu" and b * r * big_h * big_w >= 2 ** 20
+        # the fast way's cost grows with the cells, the upsample's with the pixels (measured on 2 cores)
+        fast = device.type == "cpu" and (b * r * big_h * big_w >= 2 ** 20 or big_h * big_w >= 16 * n)
     result = torch.full((b * r,), float("nan"), device=device)
     present = masks.flatten(1).any(1)
     todo = present[image]
     if not bool(todo.any()):
         return result.view(b, r).cpu()
-    sums = _row_sums(masks, float(tolerance_px))
+    sums = sums if sums is not None else mask_sums(masks, tolerance_px)
     maps = torch.nonzero(todo).flatten()
     slow = maps
     if fast:
@@ -157,9 +161,13 @@ def pointing_game_tolerance_batch(scores: torch.Tensor, masks: torch.Tensor, gri
     return result.view(b, r).cpu()
 
 
-def _check(scores: torch.Tensor, masks: torch.Tensor, grid: tuple[int, int], tolerance_px: float) -> None:
+def _check_tolerance(tolerance_px: float) -> None:
     if isinstance(tolerance_px, bool) or not isinstance(tolerance_px, (int, float)) or not tolerance_px >= 0:
         raise ValueError(f"metrics.pointing_tolerance={tolerance_px!r}: expected a distance in pixels >= 0")
+
+
+def _check(scores: torch.Tensor, masks: torch.Tensor, grid: tuple[int, int], tolerance_px: float) -> None:
+    _check_tolerance(tolerance_px)
     h, w = grid
     if scores.shape[-1] != h * w or masks.ndim != 3:
         raise ValueError(f"pointing_game_tolerance: expected scores (..., {h * w}) and a mask (H, W); got "
@@ -266,9 +274,12 @@ def _disc_rows(tolerance_px: float, device: torch.device) -> tuple[int, torch.Te
     return r, d[rows], half[rows]
 
 
-def _row_sums(masks: torch.Tensor, tolerance_px: float) -> tuple:
-    """Row-wise cumulative sums of the masks, padded so that every disc row's run of columns stays inside."""
-    r, dy, half = _disc_rows(tolerance_px, masks.device)
+def mask_sums(masks: torch.Tensor, tolerance_px: float) -> tuple:
+    """What ``pointing_game_tolerance_batch`` reads of masks (B, H, W): their row-wise cumulative sums, padded
+    so that every disc row's run of columns stays inside, with the disc's rows; computed once per batch."""
+    _check_tolerance(tolerance_px)
+    r, dy, half = _disc_rows(float(tolerance_px), masks.device)
+    masks = masks.bool()
     side = r + 1
     padded = F.pad(masks.float(), (side, side, r, r))  # (B, H + 2r, W + 2 side)
     return F.pad(torch.cumsum(padded, 2), (1, 0)), r, side, dy, half  # [:, :, j]: mask pixels left of column j
@@ -289,7 +300,7 @@ def _hits_at(sums: tuple, image: torch.Tensor, y: torch.Tensor, x: torch.Tensor)
 
 def _hits(mask: torch.Tensor, y: torch.Tensor, x: torch.Tensor, tolerance_px: float) -> torch.Tensor:
     """Whether a mask pixel lies strictly within ``tolerance_px`` of each point (y, x), as the pointing game asks."""
-    sums = _row_sums(mask[None], float(tolerance_px))
+    sums = mask_sums(mask[None], tolerance_px)
     return _hits_at(sums, torch.zeros_like(y), y, x)
 
 

@@ -111,6 +111,10 @@ class BackgroundWriter:
         """
         self._closed = True
         self._closing.set()  # set first: an interrupted close() still lets the worker drain and exit
+        try:
+            self._queue.put_nowait(None)  # wakes an idle worker now, not at its next poll (up to 50 ms)
+        except queue.Full:
+            pass  # a busy worker finds the queue empty and closing set after its last image
         if self._thread.is_alive():  # joined again if a Ctrl-C cut the first join short
             t0 = time.perf_counter()
             self._thread.join()
@@ -158,6 +162,8 @@ class BackgroundWriter:
                 if self._closing.is_set():
                     return
                 continue
+            if item is None:  # close(): nothing was submitted after it
+                return
             line, work = item
             # a pooled image may be writing already: wait for it even after a failure (nothing is left half done)
             error, path = work.result() if isinstance(work, Future) else (None, None)
