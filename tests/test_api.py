@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 import layerscope as ls
-from layerscope.backbones import forward_hooks
 
 from .conftest import ROOT, run_main
 
