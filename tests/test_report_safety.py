@@ -403,3 +403,24 @@ def test_rescore_with_a_pointing_tolerance(run_dir, tmp_path):
     assert OmegaConf.load(run / "tol0.config.yaml").metrics.pointing_tolerance == 0
     code, _, err = call(rescore_main, [run, "metrics.pointing_tolerance=-1", "--out", "neg.csv"])
     assert code == 2 and error_line(err) == "error: metrics.pointing_tolerance=-1: expected pixels >= 0"
+
+
+def test_a_report_cut_while_writing_keeps_the_earlier_report_whole(run_dir, tmp_path, monkeypatch):
+    """The report's tables go through a temporary file and a rename: a failure before the rename (a cut, a
+    full disk) leaves the earlier report byte for byte, and no half-written table under the report's name."""
+    from pathlib import Path
+
+    run = copy_run(run_dir, tmp_path / "run")
+    args = [run, "--protocol", "per_image", "--metric", "auroc", "--boot", "20"]
+    assert call(report_main, args)[0] == 0
+    earlier = {p.name: p.read_bytes() for p in run.glob("report_*")}
+    assert {"report_auroc.csv", "report_auroc.md"} <= set(earlier)
+
+    def cut(self, target):
+        raise OSError(28, "No space left on device", str(target))
+
+    monkeypatch.setattr(Path, "replace", cut)
+    code, _, err = call(report_main, [*args[:-1], "7"])  # another bootstrap: other numbers in the CIs
+    assert code == 2 and error_line(err) == (f"error: cannot write {run / 'report_auroc.csv'}: No space left on "
+                                             "device; the earlier report is kept")
+    assert {p.name: p.read_bytes() for p in run.glob("report_*")} == earlier

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from ..results import layout
 from ..results.jobs import job_state, planned_jobs
-from ..results.rundir import job_overrides
+from ..results.rundir import job_overrides, write_atomic
 from ..results.table import read_table
 from .errors import UsageError, command
 
@@ -58,7 +58,7 @@ def collect(sweep_dir: Path, name: str = layout.RESULTS) -> tuple[pd.DataFrame, 
     return merged, problems
 
 
-@command(errors=(FileNotFoundError,))
+@command(errors=(FileNotFoundError,), write="")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="layerscope-collect", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="a Hydra multirun folder")
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--out {a.out}: expected a file name (it is written inside the multirun folder)")
     merged, problems = collect(a.folder, a.results)
     if not merged.empty:
-        merged.to_csv(a.folder / a.out, index=False)
+        write_atomic(a.folder / a.out, merged.to_csv(index=False))  # a cut leaves the earlier table or this one
         print(f"merged {merged['job'].nunique()} jobs, {len(merged)} rows -> {a.folder / a.out}")
     for problem in problems:
         print(f"missing: {problem}", file=sys.stderr)

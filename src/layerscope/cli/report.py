@@ -29,6 +29,7 @@ from ..results import catalog
 from ..results.jobs import job_problems
 from ..results.layout import RESULTS, report_stem
 from ..results.ranking import IMAGE_METRICS, dataset_markdown, rank, rank_dataset, to_markdown
+from ..results.rundir import write_atomic
 from ..results.table import METRICS, load_results
 from .errors import UsageError, command
 
@@ -81,13 +82,13 @@ def _undefined_markdown(reasons: dict[str, str], metric: str) -> str:
 
 
 def _write(folder: Path, stem: str, table: pd.DataFrame, md: str) -> None:
-    table.to_csv(folder / f"{stem}.csv", index=False)
-    (folder / f"{stem}.md").write_text(md)
+    write_atomic(folder / f"{stem}.csv", table.to_csv(index=False))  # a cut leaves the earlier report or this one
+    write_atomic(folder / f"{stem}.md", md)
     print(md)
     print(f"written: {folder / (stem + '.csv')}, {folder / (stem + '.md')}")
 
 
-@command(errors=(ValueError, FileNotFoundError))
+@command(errors=(ValueError, FileNotFoundError), write="; the earlier report is kept")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="layerscope-report", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="a run folder or a multirun folder")

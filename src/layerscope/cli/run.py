@@ -294,7 +294,9 @@ def fail(message: str, code: int, record: Path | None = None) -> None:
     if record is None:
         sys.exit(code)
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(message + "\n")
+    from ..results.rundir import write_atomic
+
+    write_atomic(record, message + "\n")
 
 
 def main() -> None:

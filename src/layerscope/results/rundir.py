@@ -39,8 +39,12 @@ def write_summary(out_dir: Path, summary: dict[str, Any]) -> None:
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename: a cut leaves the old file or the new."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:  # a full disk, Ctrl-C: no half-written temporary left beside the file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def previous_progress(cfg: DictConfig, out_dir: Path) -> dict[str, int] | None:
