@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 import zipfile
 
 import numpy as np
@@ -290,11 +289,19 @@ def test_threaded_writer_marks_images_done_in_submission_order(tmp_path):
 
     done = tmp_path / "done.txt"
     finished: list[int] = []
+    later_done = threading.Event()
+
+    def write(i: int) -> None:
+        if i == 0:  # the first image's files finish only after the second image's: an event, not a sleep
+            assert later_done.wait(60), "the second image was never written beside the first"
+        finished.append(i)
+        if i == 1:
+            later_done.set()
+
     with BackgroundWriter(done, max_pending=6, threads=3) as w:
-        for i in range(9):  # earlier images take longer: with 3 threads they finish after later ones
-            slow = 0.03 * (i % 3 == 0)
-            w.submit(f"img{i}", [(tmp_path / f"{i}", lambda i=i, slow=slow: (time.sleep(slow), finished.append(i)))])
-    assert sorted(finished) == list(range(9)) and finished != list(range(9))
+        for i in range(9):
+            w.submit(f"img{i}", [(tmp_path / f"{i}", lambda i=i: write(i))])
+    assert sorted(finished) == list(range(9)) and finished.index(1) < finished.index(0)
     assert done.read_text() == "".join(f"img{i}\n" for i in range(9))
 
 
