@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from layerscope.backbones import HFViT, forward_hooks
+from layerscope.backbones import HFViT
 from layerscope.maps.distance import attention_distance
 
-from .test_capture import timm_vit
+from .test_capture import eager_timm, timm_vit
 
 
 def brute_force(attn: np.ndarray, prefix: int, grid: int, patch: int) -> np.ndarray:
@@ -25,19 +25,6 @@ def brute_force(attn: np.ndarray, prefix: int, grid: int, patch: int) -> np.ndar
     return (a * d).sum(-1).mean(-1)
 
 
-def eager_timm(bb, x: torch.Tensor) -> dict[int, np.ndarray]:
-    """Every layer's full attention (B, H, N, N) from timm's non-fused path (the softmax output)."""
-    full, hooks = {}, []
-    for i, blk in enumerate(bb.model.blocks):
-        blk.attn.fused_attn = False
-        hooks.append((blk.attn.attn_drop, lambda m, inp, out, i=i: full.__setitem__(i, inp[0].numpy())))
-    with forward_hooks(hooks), torch.no_grad():
-        bb.model(bb.normalize(x))
-    for blk in bb.model.blocks:
-        blk.attn.fused_attn = True
-    return full
-
-
 @pytest.mark.parametrize("kwargs", [{}, {"arch": "vit_small_patch14_reg4_dinov2", "patch_size": 14, "img_size": 56}])
 def test_timm_attention_distance_equals_brute_force_over_eager_attention(kwargs):
     torch.manual_seed(0)
@@ -46,7 +33,7 @@ def test_timm_attention_distance_equals_brute_force_over_eager_attention(kwargs)
     layers = list(range(bb.num_layers))
     with bb.capturing(layers, ["attention_distance"]) as got:
         bb.extract(x, layers, "cls_attention")
-    full = eager_timm(bb, x)
+    full = {layer: a.numpy() for layer, a in eager_timm(bb, x).items()}
     g = bb.img_size // bb.patch_size
     for layer in layers:
         expected = brute_force(full[layer], bb.num_prefix, g, bb.patch_size)

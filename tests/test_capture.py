@@ -16,18 +16,17 @@ def timm_vit(arch="vit_tiny_patch16_224", **kwargs):
     return TimmViT("t", arch, img_size=kw.pop("img_size", 64), mean=MEAN, std=STD, pretrained=False, model_kwargs=kw)
 
 
-def eager_timm_rows(bb: TimmViT, x: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Full attention matrices from timm's non-fused path; returns CLS rows over all tokens."""
-    rows = {}
-    hooks = []
+def eager_timm(bb: TimmViT, x: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Every layer's full attention (B, H, N, N) from timm's non-fused path: the softmax output the model uses."""
+    full, hooks = {}, []
     for i, blk in enumerate(bb.model.blocks):
         blk.attn.fused_attn = False
-        hooks.append((blk.attn.attn_drop, lambda m, inp, out, i=i: rows.__setitem__(i, inp[0][:, :, 0])))
+        hooks.append((blk.attn.attn_drop, lambda m, inp, out, i=i: full.__setitem__(i, inp[0])))
     with forward_hooks(hooks), torch.no_grad():
         bb.model(bb.normalize(x))
     for blk in bb.model.blocks:
         blk.attn.fused_attn = True
-    return rows
+    return full
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"arch": "vit_small_patch14_reg4_dinov2", "patch_size": 14, "img_size": 56}])
@@ -36,7 +35,7 @@ def test_timm_cls_attention_equals_eager_attention(kwargs):
     bb = timm_vit(**kwargs)
     x = torch.rand(2, 3, bb.img_size, bb.img_size)
     captured, _ = bb.extract(x, list(range(bb.num_layers)), "cls_attention")
-    full = eager_timm_rows(bb, x)
+    full = {layer: a[:, :, 0] for layer, a in eager_timm(bb, x).items()}  # the CLS rows
     g = bb.img_size // bb.patch_size
     for layer in range(bb.num_layers):
         expected = full[layer][:, :, bb.num_prefix:].reshape(2, bb.num_heads, g, g)

@@ -126,6 +126,11 @@ def test_a_run_cut_after_any_image_resumes_to_the_clean_arrays(clean, tmp_path, 
         ids, partial = arrays(out)
         assert ids == arrays(clean)[0][:cut] and partial[1].shape[0] == cut
     run(out)
+    assert_same_representations(out, clean)
+
+
+def assert_same_representations(out, clean) -> None:
+    """Every kind's image ids and per-layer arrays of ``out`` equal the clean run's, bit for bit."""
     for kind in ("mean", "cls"):
         ids, want = arrays(clean, kind)
         got_ids, got = arrays(out, kind)
@@ -147,12 +152,7 @@ def test_a_kill_that_lost_done_lines_or_cut_the_consolidation_resumes_to_the_cle
     np.save(out / "representations" / "mean_layer_1.npy", np.zeros((2, 3), np.float32))  # a stale array
     (out / "representations" / "parts" / "part_000007.tmp.npz").write_bytes(b"PK\x03")  # a cut chunk write
     run(out)
-    for kind in ("mean", "cls"):
-        ids, want = arrays(clean, kind)
-        got_ids, got = arrays(out, kind)
-        assert got_ids == ids
-        for layer in want:
-            np.testing.assert_array_equal(got[layer], want[layer])
+    assert_same_representations(out, clean)
 
 
 def test_chunks_removed_under_a_finished_image_are_named(clean, tmp_path):
