@@ -49,7 +49,7 @@ def test_close_stops_the_thread_that_waits_for_room():
 
 
 def test_packed_batches_hand_back_each_items_tensors():
-    from layerscope.study import _packed, _unpacked
+    from layerscope.data.handover import pack as _packed, unpack as _unpacked
 
     items = [{"id": "a", "x": torch.rand(3, 4, 4), "mask": torch.rand(4, 4) > 0.5, "valid": None},
              {"id": "bad", "error": "unreadable"},
@@ -65,3 +65,62 @@ def test_packed_batches_hand_back_each_items_tensors():
                 assert torch.equal(item[key], value)
             else:
                 assert item[key] == value
+
+
+def _items(indices, size=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"index": i, "id": f"im{i}", "x": torch.rand(3, size, size, generator=g),
+             "mask": torch.rand(size, size, generator=g) > 0.5, "valid": None} for i in indices]
+
+
+def test_a_ring_slot_hands_back_copies_that_outlive_the_slots_reuse():
+    """A worker writes batch k into slot k % slots and sends only its number; the study's copy of a batch
+    stays intact when a later batch reuses the slot."""
+    from layerscope.data.handover import SlotRing, pack, unpack
+
+    ring = SlotRing(batch_size=2, size=4, slots=2)
+    first = _items([0, 1])
+    want = [{k: v.clone() for k, v in item.items() if isinstance(v, torch.Tensor)} for item in first]
+    batch = pack([dict(item) for item in first], ring)
+    assert batch["blocks"] == {"x": (0, 2), "mask": (0, 2)}  # numbers only: no tensor crosses the pipe
+    assert all("index" not in item for item in batch["items"])
+    got = unpack(batch, ring)
+    third = pack(_items([4, 5], seed=1), ring)  # batch 2: slot 0 again
+    assert third["blocks"]["x"] == (0, 2) and not torch.equal(ring.blocks["x"][0, 0], want[0]["x"])
+    for item, expected in zip(got, want):
+        assert item["valid"] is None
+        for key, value in expected.items():
+            assert torch.equal(item[key], value)
+    assert pack(_items([2, 3]), ring)["blocks"]["x"] == (1, 2)  # batch 1: slot 1
+
+
+def test_a_tensor_the_ring_cannot_hold_crosses_as_a_block():
+    from layerscope.data.handover import SlotRing, pack, unpack
+
+    ring = SlotRing(batch_size=2, size=4, slots=2)
+    items = _items([0, 1], size=6)  # another size than the ring's
+    want = [item["x"].clone() for item in items]
+    batch = pack([dict(item) for item in items], ring)
+    assert isinstance(batch["blocks"]["x"], torch.Tensor) and batch["blocks"]["x"].shape == (2, 3, 6, 6)
+    assert all(torch.equal(item["x"], x) for item, x in zip(unpack(batch, ring), want))
+
+
+def test_worker_batches_through_the_ring_equal_the_study_process_own(monkeypatch):
+    """Two workers, more batches than slots (each slot reused), a last batch shorter: the same items, in
+    order, as preparing them in the study's process."""
+    from omegaconf import OmegaConf
+
+    from layerscope.data.synthetic import SyntheticDefects
+    from layerscope.study import image_batches
+
+    dataset = SyntheticDefects(textures=["brick", "moon"], defects=["spot", "crack"], per_combination=5, size=32)
+    monkeypatch.setattr("layerscope.plan.usable_cores", lambda: 4)
+    got = {}
+    for workers in (0, 2):
+        cfg = OmegaConf.create({"batch_size": 3, "num_workers": workers})
+        batches, started = image_batches(cfg, dataset, 32, torch.device("cpu"))
+        assert started == workers
+        got[workers] = [item for batch in batches for item in batch]
+    assert len(got[0]) == 20 and [i["id"] for i in got[0]] == [i["id"] for i in got[2]]
+    for a, b in zip(got[0], got[2]):
+        assert torch.equal(a["x"], b["x"]) and torch.equal(a["mask"], b["mask"]) and a["mask_rule"] == b["mask_rule"]

@@ -5,6 +5,7 @@ the run folder's resume bookkeeping (``results.rundir``) and the row builder (``
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -16,17 +17,16 @@ from tqdm import tqdm
 
 from .backbones import Backbone
 from .data.base import Dataset
-from .data.ids import safe_name
+from .data.handover import Prepared, SlotRing, pack, unpack
 from .data.prefetch import Prefetched
-from .data.images import BadImage
-from .data.transforms import mask_rule_effect, to_input
+from .data.transforms import to_input
 from .figures.grid import layer_head_grid
 from .loggers import Logger
 from .maps import threshold_maps, upsample
 from .mapsource import MapSource, build_cache, to_uint8
 from .options import StudyConfig, typed
 from .plan import (Plan, build, build_dataset, check_config, loader_workers, plan_study, resolve_device,
-                   usable_cores, writer_threads)
+                   writer_threads)
 from .results import layout
 from .results.cache import config_key
 from .results.maps_io import save_maps
@@ -165,54 +165,6 @@ def dataset_pass(cfg: StudyConfig, out_dir: Path) -> tuple[Any, float]:
     return table, round(seconds, 3)
 
 
-class Prepared(torch.utils.data.Dataset):
-    """Dataset items resized for the model; runs in DataLoader workers when ``num_workers`` > 0."""
-
-    def __init__(self, dataset: Dataset, size: int):
-        self.dataset, self.size = dataset, size
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict:
-        try:
-            s = self.dataset[i]
-        except BadImage as e:  # the study skips it (or stops, with on_bad_image=fail)
-            name = self.dataset.name_of(i)
-            return {"id": safe_name(name), "error": str(e)}
-        x, mask, valid = to_input(s, self.size)
-        sid = safe_name(s.id)
-        rule = mask_rule_effect(s.mask, mask, self.size) if mask is not None else (0, False)
-        return {"id": sid, "group": s.group or sid, "category": s.category, "source": s.source, "x": x, "mask": mask,
-                "valid": valid, "mask_rule": rule}
-
-
-_PACKED = ("x", "mask", "valid")  # an item's tensors, all of one shape per key within a run
-
-
-def _packed(items: list) -> dict:
-    """A batch as it crosses from a DataLoader worker: each of ``_PACKED`` stacked into one tensor (the items
-    keep their row, or None), so the study receives a few shared-memory blocks, not a few per image (each
-    block is handed over in a round trip to the worker, which waits for a core on a busy machine)."""
-    blocks = {}
-    for key in _PACKED:
-        have = [i for i, item in enumerate(items) if item.get(key) is not None]
-        if have:
-            blocks[key] = torch.stack([items[i][key] for i in have])
-            for row, i in enumerate(have):
-                items[i][key] = row
-    return {"items": items, "blocks": blocks}
-
-
-def _unpacked(batch: dict) -> list:
-    """``_packed``'s items with their tensors back (views of the batch's blocks)."""
-    for item in batch["items"]:
-        for key, block in batch["blocks"].items():
-            if item.get(key) is not None:
-                item[key] = block[item[key]]
-    return batch["items"]
-
-
 def _quiet_hang_ups(worker_id: int) -> None:
     """In a DataLoader worker: a batch handed over while the study stops (Ctrl-C, an error) loses its reader
     mid-transfer, and multiprocessing's handle-sharing thread would print that broken connection as a
@@ -244,19 +196,21 @@ def image_batches(cfg: StudyConfig, dataset: Dataset, size: int, device: torch.d
 
     batch_size = int(cfg.batch_size)
     workers = loader_workers(cfg.num_workers, len(dataset), batch_size)
+    prefetch = 2  # the DataLoader's prefetch_factor: batches in flight per worker
 
-    def loader(n: int):
+    def loader(n: int, ring: SlotRing | None = None):
         context = multiprocessing.get_context("fork") if n and sys.platform.startswith("linux") else None
         return torch.utils.data.DataLoader(Prepared(dataset, size), batch_size=batch_size, num_workers=n,
-                                           collate_fn=_packed, pin_memory=device.type == "cuda",
-                                           multiprocessing_context=context,
-                                           worker_init_fn=_quiet_hang_ups if n else None)
+                                           collate_fn=functools.partial(pack, ring=ring),
+                                           pin_memory=device.type == "cuda", multiprocessing_context=context,
+                                           worker_init_fn=_quiet_hang_ups if n else None,
+                                           prefetch_factor=prefetch if n else None)
 
     if not workers:
-        return map(_unpacked, loader(0)), 0
-    try:  # a batch of prepared images must fit in shared memory, or the workers could not hand it over
-        torch.empty(batch_size * 3 * size * size).share_memory_()
-        return map(_unpacked, iter(loader(workers))), workers
+        return map(unpack, loader(0)), 0
+    try:  # the workers write batches into shared memory allocated here, before they are forked
+        ring = SlotRing(batch_size, size, slots=prefetch * workers + 2)
+        return map(functools.partial(unpack, ring=ring), iter(loader(workers, ring))), workers
     except Exception as e:  # noqa: BLE001 - any failure to start workers or share memory has the same remedy
         reason = " ".join(str(e).split())[:200] or type(e).__name__
         if cfg.num_workers != "auto":
@@ -264,7 +218,7 @@ def image_batches(cfg: StudyConfig, dataset: Dataset, size: int, device: torch.d
                              f"({reason}); use num_workers=0") from None
         log.warning("num_workers=auto: DataLoader workers cannot run here (%s); preparing images in this process",
                     reason)
-        return map(_unpacked, loader(0)), 0
+        return map(unpack, loader(0)), 0
 
 
 def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, dataset: Dataset, device: torch.device,
@@ -284,9 +238,9 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
     cache = build_cache(cfg.cache, method, config_key(cfg.model, cfg.method, cfg.seed))
     source = MapSource(backbone, plan, device, cfg.precision, cache, keep_on_device=device.type == "cuda")
     batches, workers = image_batches(cfg, dataset, backbone.img_size, device)  # workers start before any thread
-    # their batches are taken (unpickled) ahead, off the critical path, where a core is free for it: on a
-    # CPU study whose backbone uses every core the hand-over then only slows the backbone as much (measured)
-    if workers and (device.type == "cuda" or usable_cores() > torch.get_num_threads()):
+    # their batches are taken ahead by a thread: a copy out of a shared slot (data.handover), off the critical
+    # path, and the workers' exit at the end (tens of ms on busy cores) overlaps the last batch's work
+    if workers:
         batches = Prefetched(batches)
     from skimage.measure import label  # noqa: F401 - region labels of the masks: a one-time import (~1 s with
     # scipy.ndimage) that belongs to the startup, not to the first batch's scoring

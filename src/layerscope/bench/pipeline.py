@@ -80,7 +80,7 @@ class BackboneOnly:
 
         from ..mapsource import MapSource
         from ..plan import build, build_dataset, plan_study, resolve_device
-        from ..study import Prepared
+        from ..data.handover import Prepared
 
         cfg = OmegaConf.load(config)
         self.device = resolve_device(cfg.device)

@@ -1,10 +1,9 @@
 """Taking batches from DataLoader workers in a background thread, so the study never waits for the hand-over.
 
-A batch from a worker process arrives as a pickle whose tensors live in shared memory; unpickling it asks
-the worker, in a round trip per block, for each block's file descriptor. On a busy machine each round trip
-waits for the worker to get a core (milliseconds). Taken here, ahead of time, while the study runs the
-backbone on the batch before, the hand-over leaves the study's critical path; the study takes ready
-batches from an in-process queue.
+A batch from a worker process arrives through a pipe and is copied out of its shared-memory slot
+(``data.handover``); at the end the DataLoader joins its worker processes, which on a busy machine takes
+tens of milliseconds. Taken here, ahead of time, while the study runs the backbone on the batch before,
+both leave the study's critical path; the study takes ready batches from an in-process queue.
 """
 from __future__ import annotations
 
