@@ -97,7 +97,8 @@ NAMES = ["0", "1", "2", "3", "4", "mean"]
 @pytest.mark.parametrize("kind", ["continuous", "ties", "mixed"])
 @pytest.mark.parametrize("rule,thresholds", [("keep_mass", [0.6]), ("keep_mass", [0.0, 0.3, 0.6, 0.9, 1.0]),
                                              ("minmax", [0.0, 0.5, 1.0])])
-def test_batch_rows_equal_image_rows_exactly(kind, rule, thresholds):
+@pytest.mark.parametrize("threads", [1, 8])  # 8: three grids on threads, each split into runs of 2 images
+def test_batch_rows_equal_image_rows_exactly(kind, rule, thresholds, threads):
     g = torch.Generator().manual_seed(hash((kind, rule, len(thresholds))) % 1000)
     targets = [_target(t, 56, g) for t in ("regions", "none", "empty", "full", "ignored", "tiny")]
     b = len(targets)
@@ -107,7 +108,7 @@ def test_batch_rows_equal_image_rows_exactly(kind, rule, thresholds):
     names = {layer: NAMES for layer in maps}
     metas = [{"image": f"im{i}", "model": "m"} for i in range(b)]
     opts = ScoreOptions(thresholds, rule, "nearest", fpr_limit=0.3, topk=0.05, pointing_tolerance=3)
-    ours = batch_image_rows(metas, maps, names, targets, opts)
+    ours = batch_image_rows(metas, maps, names, targets, opts, threads=threads)
     _assert_same_rows(ours, _reference(metas, maps, names, targets, opts))
 
 
@@ -141,7 +142,8 @@ def test_batch_rows_bilinear_and_extra_columns_equal_image_rows():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_device_route_agrees_with_the_cpu_scorer(device):
+@pytest.mark.parametrize("threads", [1, 2])  # 2: the one grid's images in two runs
+def test_device_route_agrees_with_the_cpu_scorer(device, threads):
     """What a GPU runs (``torch.sort`` everywhere, the full upsample for the pointing game, every step on the
     device) against ``image_rows`` on the CPU: the same numbers to 1e-6. Continuous maps: among exactly equal
     cells, which ones a threshold keeps is the sort's choice, and a GPU sort may choose others."""
@@ -153,8 +155,39 @@ def test_device_route_agrees_with_the_cpu_scorer(device):
     metas = [{"image": f"im{i}"} for i in range(4)]
     opts = ScoreOptions([0.3, 0.6], pointing_tolerance=15)
     on_device = {layer: m.to(device) for layer, m in maps.items()}
-    ours = batch_image_rows(metas, on_device, names, targets, opts, cpu_shortcuts=False)
+    ours = batch_image_rows(metas, on_device, names, targets, opts, cpu_shortcuts=False, threads=threads)
     _assert_same_rows(ours, _reference(metas, maps, names, targets, opts), tol=1e-6)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_score_units_cover_every_layer_and_image_once(threads):
+    from layerscope.scoring_batch import _units
+
+    for blocks in ([[0, 2], [1]], [[0, 1, 2]]):
+        units = _units(blocks, 5, threads)
+        pairs = [(layer, b) for layers, images in units for layer in layers for b in images]
+        assert sorted(pairs) == sorted((layer, b) for layers in blocks for layer in layers for b in range(5))
+        assert all(images == list(range(images[0], images[-1] + 1)) for _, images in units)  # runs
+        assert len(units) == (len(blocks) if threads == 1 or len(blocks) >= threads
+                              else len(blocks) * min(5, -(-threads // len(blocks))))
+
+
+def test_map_threads_keeps_the_order_runs_one_intra_op_thread_and_raises_here():
+    from layerscope.metrics.threads import map_threads
+
+    before = torch.get_num_threads()
+
+    def work(i):
+        if i == 5:
+            raise KeyError("item 5")
+        return i * i, torch.get_num_threads(), threading.current_thread().name
+
+    got = map_threads(work, list(range(5)), 3)
+    assert [r[0] for r in got] == [0, 1, 4, 9, 16] and {r[1] for r in got} == {1}
+    assert all(name.startswith("layerscope-score") for _, _, name in got)
+    with pytest.raises(KeyError, match="item 5"):
+        map_threads(work, list(range(7)), 3)
+    assert torch.get_num_threads() == before  # the caller's count is back
 
 
 def test_batch_rows_check_the_shapes():

@@ -227,6 +227,11 @@ def loader_workers(value: Any, images: int, batch_size: int) -> int:
     return value
 
 
+def score_threads() -> int:
+    """Grids a study scores at once (``scoring_batch.batch_image_rows``): one per usable core, at most 8."""
+    return max(1, min(8, usable_cores()))
+
+
 def writer_threads() -> int:
     """Images written at once by the study's background writer: one, or a few on a many-core machine (a GPU
     study outruns one thread compressing saved maps)."""

@@ -97,11 +97,16 @@ class Target:
         return tuple(self.mask.shape)
 
     @serial
+    def mask_cells(self) -> MaskCells:
+        """The image-sized work shared by every grid (an integral image, the connected regions), once."""
+        if self._mask_cells is None:
+            self._mask_cells = MaskCells(self.mask, self.valid)
+        return self._mask_cells
+
+    @serial
     def cells(self, grid: tuple[int, int]) -> Cells:
-        if grid not in self._cells:  # cells_from_mask's counts, the image-sized work shared by every grid
-            if self._mask_cells is None:
-                self._mask_cells = MaskCells(self.mask, self.valid)
-            self._cells[grid] = self._mask_cells.at(grid)
+        if grid not in self._cells:  # cells_from_mask's counts
+            self._cells[grid] = self.mask_cells().at(grid)
         return self._cells[grid]
 
     @property

@@ -18,13 +18,14 @@ from .metrics import normalized_entropy, top_score
 from .metrics.localization import aupro_from_groups, iou_from_kept_counts, iou_oracle_from_groups, pro_fpr_weights
 from .metrics.pointing import mask_sums, pointing_game_tolerance_batch
 from .metrics.ranking import Ranked, auroc_from_groups
+from .metrics.threads import map_threads
 from .scoring import ScoreOptions, Target, _notes, assemble_rows, image_rows
 
 
 def batch_image_rows(metas: Sequence[Mapping[str, Any]], maps: Mapping[int, torch.Tensor],
                      names: Mapping[int, Sequence[str]], targets: Sequence[Target | None], opts: ScoreOptions,
                      extras: Sequence[Mapping[int, Mapping[str, Any]] | None] | None = None,
-                     cpu_shortcuts: bool | None = None) -> list[list[dict]]:
+                     cpu_shortcuts: bool | None = None, threads: int = 1) -> list[list[dict]]:
     """Every ``results.csv`` row of B images, each image's rows equal to ``image_rows``'s for it.
 
     Args:
@@ -37,6 +38,8 @@ def batch_image_rows(metas: Sequence[Mapping[str, Any]], maps: Mapping[int, torc
         extras: B of (layer -> column -> (K,) values) or None, as ``image_rows``'s ``extra``.
         cpu_shortcuts: NumPy's sort where it is exact and the pointing game without a full upsample; by
             default where the maps are on the CPU (False runs on a CPU what a GPU runs).
+        threads: grids (or runs of images, with fewer grids) scored at once, each on one intra-op thread;
+            the rows do not depend on it.
 
     Returns:
         B lists of row dicts.
@@ -52,6 +55,8 @@ def batch_image_rows(metas: Sequence[Mapping[str, Any]], maps: Mapping[int, torc
     blocks: dict[tuple, list[int]] = {}
     for layer, layer_maps in maps.items():
         blocks.setdefault((tuple(layer_maps.shape[-2:]), layer_maps.dtype), []).append(layer)
+    # the largest grids first: the threads then finish together (the longest work is never started last)
+    order = sorted(blocks.values(), key=lambda layers: -sum(maps[layer][0].numel() for layer in layers))
     scored: list[dict[int, tuple]] = [{} for _ in metas]
     pointing: list[dict[int, list[float]]] = [{} for _ in metas]
     shortcuts = cpu_shortcuts if cpu_shortcuts is not None else all(m.device.type == "cpu" for m in maps.values())
@@ -61,18 +66,31 @@ def batch_image_rows(metas: Sequence[Mapping[str, Any]], maps: Mapping[int, torc
     if pointed:
         device = next(iter(maps.values())).device
         sums = mask_sums(torch.stack([targets[b].mask for b in pointed]).to(device), opts.pointing_tolerance)
-    for layers in blocks.values():
-        stacked = torch.cat([maps[layer] for layer in layers], 1)  # (B, R, h, w)
-        columns, notes, ious, tol = _score_batch(stacked, targets, opts, shortcuts, (pointed, sums))
-        for b in range(len(metas)):
+    for t in targets:  # the image-sized work of each mask, once, before the grids share it
+        if t is not None:
+            t.mask_cells()
+    units = _units(order, len(metas), threads)
+
+    def score(unit: tuple[list[int], list[int]]) -> tuple:
+        layers, images = unit
+        whole = len(images) == len(metas)
+        run = slice(images[0], images[-1] + 1)  # a run of consecutive images
+        stacked = torch.cat([maps[layer][run] for layer in layers], 1)  # (B, R, h, w)
+        at = {b: j for j, b in enumerate(pointed)}
+        mine = [i for i, b in enumerate(images) if b in at]
+        table = sums if whole or sums is None else (sums[0][[at[images[i]] for i in mine]], *sums[1:])
+        return _score_batch(stacked, [targets[b] for b in images], opts, shortcuts, (mine, table))
+
+    for (layers, images), (columns, notes, ious, tol) in zip(units, map_threads(score, units, threads)):
+        for i, b in enumerate(images):
             start = 0
             for layer in layers:
                 k = maps[layer].shape[1]
-                scored[b][layer] = ({c: v[b][start:start + k] for c, v in columns.items() if v[b] is not None},
-                                    notes[b][start:start + k],
-                                    ious[b][start:start + k] if ious[b] is not None else None)
-                if tol[b] is not None:
-                    pointing[b][layer] = tol[b][start:start + k]
+                scored[b][layer] = ({c: v[i][start:start + k] for c, v in columns.items() if v[i] is not None},
+                                    notes[i][start:start + k],
+                                    ious[i][start:start + k] if ious[i] is not None else None)
+                if tol[i] is not None:
+                    pointing[b][layer] = tol[i][start:start + k]
                 start += k
     rows = []
     grids = {layer: tuple(layer_maps.shape[-2:]) for layer, layer_maps in maps.items()}
@@ -82,6 +100,14 @@ def batch_image_rows(metas: Sequence[Mapping[str, Any]], maps: Mapping[int, torc
             extra[layer]["pointing_tol"] = values
         rows.append(assemble_rows(meta, grids, names, scored[b], extra, opts))
     return rows
+
+
+def _units(blocks: list[list[int]], images: int, threads: int) -> list[tuple[list[int], list[int]]]:
+    """The work ``batch_image_rows`` spreads over ``threads``: (layers, images) pairs, each grid's block whole,
+    or, with fewer grids than threads, the blocks split into runs of images (one grid: a ViT's layers)."""
+    parts = max(1, min(images, -(-threads // len(blocks)))) if threads > 1 else 1
+    bounds = [images * i // parts for i in range(parts + 1)]
+    return [(layers, list(range(lo, hi))) for layers in blocks for lo, hi in zip(bounds, bounds[1:])]
 
 
 def _score_batch(maps: torch.Tensor, targets: Sequence[Target | None], opts: ScoreOptions, shortcuts: bool,

@@ -26,7 +26,7 @@ from .maps import threshold_maps, upsample
 from .mapsource import MapSource, build_cache, to_uint8
 from .options import StudyConfig, typed
 from .plan import (Plan, build, build_dataset, check_config, loader_workers, plan_study, resolve_device,
-                   writer_threads)
+                   score_threads, writer_threads)
 from .results import layout
 from .results.cache import config_key
 from .results.maps_io import save_maps
@@ -436,7 +436,8 @@ def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: list[s
                 meta.update(pred_label=backbone.labels[int(c)], pred_prob=float(p))
             metas.append(meta)
         chosen = chosen_maps(plan, {layer: torch.stack([m[layer] for m in per_image]) for layer in per_image[0]})
-        rows = batch_image_rows(metas, chosen, {layer: names for layer in chosen}, targets, plan.scoring, faith)
+        rows = batch_image_rows(metas, chosen, {layer: names for layer in chosen}, targets, plan.scoring, faith,
+                                threads=score_threads())
         chosen = {layer: m.cpu() for layer, m in chosen.items()}  # to save: from the device once per batch
     clock["score"] += time.perf_counter() - t0
     return [(meta, {layer: m[b] for layer, m in chosen.items()}, image_rows)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -37,3 +38,21 @@ def serial(fn: F) -> F:
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="layerscope-score")
+
+
+def map_threads(fn: Callable[[Any], Any], items: Sequence[Any], threads: int) -> list[Any]:
+    """``[fn(item) for item in items]`` on up to ``threads`` threads at once, each op on one intra-op thread.
+
+    The threads are kept for the next call. They start, and make their first torch op, inside
+    ``one_thread``: a thread takes the intra-op thread count in force at its first op and keeps it, so these
+    keep one whatever the caller sets later. An exception of ``fn`` is raised here.
+    """
+    with one_thread():
+        if threads <= 1 or len(items) <= 1:
+            return [fn(item) for item in items]
+        return list(_pool(threads).map(fn, items))
