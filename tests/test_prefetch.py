@@ -124,3 +124,26 @@ def test_worker_batches_through_the_ring_equal_the_study_process_own(monkeypatch
     assert len(got[0]) == 20 and [i["id"] for i in got[0]] == [i["id"] for i in got[2]]
     for a, b in zip(got[0], got[2]):
         assert torch.equal(a["x"], b["x"]) and torch.equal(a["mask"], b["mask"]) and a["mask_rule"] == b["mask_rule"]
+
+
+def test_workers_without_room_for_the_ring_hand_batches_over_block_by_block(monkeypatch, caplog):
+    """A /dev/shm too small for the ring of slots (but big enough for one batch): the workers still run, and each
+    batch crosses in shared blocks of its own."""
+    from omegaconf import OmegaConf
+
+    from layerscope import study
+    from layerscope.data.synthetic import SyntheticDefects
+
+    def no_room(*args, **kwargs):
+        raise RuntimeError("unable to resize file </torch_9> to the right size: No space left on device (28)")
+
+    dataset = SyntheticDefects(textures=["brick"], defects=["spot", "crack"], per_combination=2, size=32)
+    monkeypatch.setattr("layerscope.plan.usable_cores", lambda: 4)
+    monkeypatch.setattr(study, "SlotRing", no_room)
+    with caplog.at_level("INFO"):
+        batches, workers = study.image_batches(OmegaConf.create({"batch_size": 3, "num_workers": "auto"}), dataset,
+                                               32, torch.device("cpu"))
+        items = [item for batch in batches for item in batch]
+    assert workers == 2 and "one shared block at a time (unable to resize file" in caplog.text
+    assert [item["id"] for item in items] == [dataset[i].id for i in range(4)]
+    assert all(item["x"].shape == (3, 32, 32) and item["mask"].shape == (32, 32) for item in items)

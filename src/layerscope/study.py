@@ -208,8 +208,16 @@ def image_batches(cfg: StudyConfig, dataset: Dataset, size: int, device: torch.d
 
     if not workers:
         return map(unpack, loader(0)), 0
-    try:  # the workers write batches into shared memory allocated here, before they are forked
-        ring = SlotRing(batch_size, size, slots=prefetch * workers + 2)
+    try:
+        # the workers write batches into shared memory allocated here, before they are forked; where it cannot
+        # hold them all (a small /dev/shm), each batch crosses in blocks of its own, as big as one batch
+        try:
+            ring = SlotRing(batch_size, size, slots=prefetch * workers + 2)
+        except Exception as e:  # noqa: BLE001 - the same failures as below, for a larger block
+            log.info("batches cross from the DataLoader workers one shared block at a time (%s)",
+                     " ".join(str(e).split())[:200] or type(e).__name__)
+            ring = None
+            torch.empty(batch_size * 3 * size * size).share_memory_()
         return map(functools.partial(unpack, ring=ring), iter(loader(workers, ring))), workers
     except Exception as e:  # noqa: BLE001 - any failure to start workers or share memory has the same remedy
         reason = " ".join(str(e).split())[:200] or type(e).__name__
