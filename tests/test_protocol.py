@@ -114,6 +114,17 @@ def test_report_adds_bootstrap_cis_to_the_pooled_rows(run_dir):
     assert table.loc[table["category"] != "all", "aupro_ci_low"].isna().all()
 
 
+def test_dataset_metrics_on_threads_equal_one_thread_with_the_same_cis(run_dir):
+    """Candidates on 3 threads (two chunks of bootstrap draws): the same table, CIs included, as one thread."""
+    pool = build_pool(run_dir)
+    try:
+        tables = [dataset_metrics(pool, n_boot=20, ci_top=None, threads=t) for t in (1, 3)]
+    finally:
+        pool.close()
+    assert tables[0]["aupro_ci_low"].notna().sum() == 6  # every candidate's pooled row has a CI
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
 def test_the_two_protocols_differ_where_scales_differ(tmp_path):
     """Each image ranked on its own is perfect; pooled, the image whose map has another scale loses."""
     mask = np.zeros((8, 8), bool)

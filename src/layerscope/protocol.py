@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from .metrics.pooled import SortedCells, pooled_metrics, threshold_at_fpr
+from .metrics.threads import map_threads
 from .results import catalog, layout
-from .results.pool import SCORES, Pool, build_pool
+from .results.pool import SCORES, GridCells, Pool, build_pool
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,14 @@ def _categories(images: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def _notes(images: pd.DataFrame, sel: np.ndarray) -> str:
-    """Which pooled metrics of the selected images are undefined, and why (empty when all are defined)."""
-    pos, neg = images["defect_pixels"].to_numpy()[sel].sum(), images["normal_pixels"].to_numpy()[sel].sum()
-    defective = images["defective"].to_numpy()[sel]
+def _notes(images: pd.DataFrame | dict[str, np.ndarray], sel: np.ndarray) -> str:
+    """Which pooled metrics of the selected images are undefined, and why (empty when all are defined).
+
+    Args:
+        images: ``Pool.images``, or its columns as arrays (what threads read).
+    """
+    pos, neg = np.asarray(images["defect_pixels"])[sel].sum(), np.asarray(images["normal_pixels"])[sel].sum()
+    defective = np.asarray(images["defective"])[sel]
     notes = []
     if pos == 0:
         notes.append("pixel_auroc, aupro, pixel_ap, pixel_f1_max undefined: no defect pixels")
@@ -97,11 +102,11 @@ def undefined_reasons(table: pd.DataFrame, metric: str) -> dict[str, str]:
 class _Candidate:
     """One candidate's cells, sorted once; every metric is a weighted pass over them."""
 
-    def __init__(self, pool: Pool, c: int):
-        self.cells = pool.cells(c)
+    def __init__(self, pool: Pool, c: int, regions: np.ndarray | None = None, cells: GridCells | None = None):
+        self.cells = pool.cells(c) if cells is None else cells
         self.scores = pool.scores(c)
         self.sorted = SortedCells(self.scores)
-        self.regions = pool.images["regions"].to_numpy(float)
+        self.regions = pool.images["regions"].to_numpy(float) if regions is None else regions
         self.limit = pool.fpr_limit
         self.covered = np.zeros(len(pool.images), bool)
         self.covered[np.unique(self.cells.image)] = True
@@ -135,7 +140,8 @@ def _ci(values: Sequence[float]) -> tuple[float, float]:
     return float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))
 
 
-def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | None = 5) -> pd.DataFrame:
+def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | None = 5,
+                    threads: int = 1) -> pd.DataFrame:
     """One row per (candidate, category) with the pooled metrics (``COLUMNS``).
 
     Args:
@@ -146,22 +152,32 @@ def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | 
         ci_top: which ``all`` rows get CIs: the ``ci_top`` best candidates by each of the two
             metrics plus, per (model, method), every layer of its best map (the line the figures
             draw); None for every candidate. Each CI costs ``n_boot`` pooled passes.
+        threads: candidates evaluated at once (NumPy's sorts and sums release the GIL); memory holds one
+            candidate's sorted cells per thread. The rows do not depend on it.
     """
     images = pool.images
     defective = images["defective"].to_numpy()
-    rows = []
-    for c, cand in pool.candidates.iterrows():
-        data = _Candidate(pool, c)  # one candidate's sorted cells at a time: memory does not grow with candidates
-        for category, chosen in _categories(images):
+    regions = images["regions"].to_numpy(float)
+    columns = {key: images[key].to_numpy() for key in ("defect_pixels", "normal_pixels", "defective")}
+    categories = _categories(images)
+
+    def candidate_rows(c: int) -> list[dict]:
+        cand = candidates[c]
+        data = _Candidate(pool, c, regions, grid_cells[c])  # one candidate's sorted cells per thread at a time
+        rows = []
+        for category, chosen in categories:
             sel = chosen & data.covered
             m = data.metrics(sel.astype(float))
             rows.append({"job": cand["job"], **{k: cand[k] for k in CANDIDATE}, "category": category,
                          "n_images": int(sel.sum()), "n_defect_images": int((sel & defective).sum()), **asdict(m),
                          **{name: _image_auroc(data.image_scores[sel, SCORES.index(score)], defective[sel])
                             for name, score in catalog.IMAGE_SCORES.items()},
-                         "upsample": cand["upsample"], "notes": _notes(images, sel), "_c": c})
-        del data
-    table = pd.DataFrame(rows)
+                         "upsample": cand["upsample"], "notes": _notes(columns, sel), "_c": c})
+        return rows
+
+    candidates = {c: dict(cand) for c, cand in pool.candidates.iterrows()}  # pandas here, NumPy in the threads
+    grid_cells = {c: pool.cells(c) for c in candidates}
+    table = pd.DataFrame([row for part in map_threads(candidate_rows, list(candidates), threads) for row in part])
     if n_boot:
         pooled = table[table["category"] == "all"]
         chosen_c = set(pooled["_c"])
@@ -174,28 +190,41 @@ def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | 
                     head = part.groupby("head")[metric].mean().idxmax()
                     chosen_c |= set(part.loc[part["head"] == head, "_c"])
         rng = np.random.default_rng(seed)
-        for i, row in pooled[pooled["_c"].isin(chosen_c)].iterrows():
-            data = _Candidate(pool, int(row["_c"]))
-            sel = data.covered
-            groups = [np.flatnonzero(sel & defective), np.flatnonzero(sel & ~defective)]
-            boots = [data.metrics(w) for w in _bootstrap_weights(groups, len(images), n_boot, rng)]
-            for metric in catalog.DATASET_CI:
-                table.loc[i, [f"{metric}_ci_low", f"{metric}_ci_high"]] = _ci([getattr(b, metric) for b in boots])
+        chosen_rows = [(i, int(c)) for i, c in pooled.loc[pooled["_c"].isin(chosen_c), "_c"].items()]
+
+        def intervals(job: tuple[int, np.ndarray]) -> dict[str, tuple[float, float]]:
+            c, draws = job
+            data = _Candidate(pool, c, regions, grid_cells[c])
+            boots = [data.metrics(w) for w in draws]
+            return {metric: _ci([getattr(b, metric) for b in boots]) for metric in catalog.DATASET_CI}
+
+        step = max(1, threads)  # the resamples are drawn in this order whatever the threads: the same CIs
+        for start in range(0, len(chosen_rows), step):
+            jobs = []
+            for _, c in chosen_rows[start:start + step]:
+                covered = np.zeros(len(images), bool)
+                covered[np.unique(grid_cells[c].image)] = True  # as _Candidate.covered
+                groups = [np.flatnonzero(covered & defective), np.flatnonzero(covered & ~defective)]
+                jobs.append((c, _bootstrap_weights(groups, len(images), n_boot, rng)))
+            for (i, _), cis in zip(chosen_rows[start:start + step], map_threads(intervals, jobs, threads)):
+                for metric, ci in cis.items():
+                    table.loc[i, [f"{metric}_ci_low", f"{metric}_ci_high"]] = ci
     return table.reindex(columns=COLUMNS)
 
 
 def write_dataset_metrics(folder: Path, n_boot: int = 200, seed: int = 0, progress: bool = False,
-                          pool: Pool | None = None) -> pd.DataFrame:
+                          pool: Pool | None = None, threads: int = 1) -> pd.DataFrame:
     """Compute ``dataset_metrics`` for every run below ``folder`` and write each run's rows into its
     ``dataset_metrics.csv`` (atomically); returns all rows.
 
     Args:
         pool: the folder's pooled maps when the caller has them (and keeps them open); else read here.
+        threads: ``dataset_metrics``' threads.
     """
     own = pool is None
     pool = build_pool(folder, progress) if own else pool
     try:
-        table = dataset_metrics(pool, n_boot, seed)
+        table = dataset_metrics(pool, n_boot, seed, threads=threads)
     finally:
         if own:
             pool.close()

@@ -146,7 +146,8 @@ def dataset_pass(cfg: StudyConfig, out_dir: Path) -> tuple[Any, float]:
 
     t0 = time.perf_counter()
     try:
-        table = write_dataset_metrics(out_dir, n_boot=0, seed=int(cfg.seed))  # CIs: layerscope-report (costly)
+        # CIs: layerscope-report (costly)
+        table = write_dataset_metrics(out_dir, n_boot=0, seed=int(cfg.seed), threads=score_threads())
     except FileNotFoundError as e:  # no masks: nothing to pool
         log.info("dataset_metrics skipped: %s", e)
         return None, 0.0

@@ -127,13 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         table = rank(load_results(a.folder, a.results), a.metric, a.threshold, a.boot, a.seed, a.include_best)
         _write(a.folder, report_stem(a.metric), table, to_markdown(table, a.top))
     if a.protocol in ("both", "dataset"):
+        from ..plan import score_threads
         from ..protocol import choose, undefined_reasons, write_choice, write_dataset_metrics
         from ..results.pool import build_pool
 
         metric = catalog.dataset_metric(a.metric)
         pool = build_pool(a.folder, progress=True)  # the saved maps are read once for the table and the choice
         try:
-            pooled = write_dataset_metrics(a.folder, n_boot=min(a.boot, 200), seed=a.seed, pool=pool)
+            pooled = write_dataset_metrics(a.folder, n_boot=min(a.boot, 200), seed=a.seed, pool=pool,
+                                           threads=score_threads())
             ranked = rank_dataset(pooled, metric)
             md = dataset_markdown(ranked, a.top, held_out=a.calibration is not None)
             _write(a.folder, report_stem(metric, "dataset"), ranked,

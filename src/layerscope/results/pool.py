@@ -21,7 +21,8 @@ import torch
 from omegaconf import OmegaConf
 
 from ..maps.upsample import upsample as upsample_maps
-from ..metrics.localization import cells_from_mask, top_score
+from ..metrics.localization import MaskCells, top_score
+from ..metrics.threads import one_thread
 from . import catalog, layout
 from .maps_io import check_same_layout, load_maps
 
@@ -202,8 +203,11 @@ def build_pool(folder: Path, progress: bool = False) -> Pool:
             i = image_index[image_id]
             mask = torch.from_numpy(d["mask"])
             valid = torch.from_numpy(d["valid"]) if d["valid"] is not None else None
+            with one_thread():  # small tensors (see metrics.threads); the image-sized work once for every grid
+                per_mask = MaskCells(mask, valid)
+                cells_at = {grid: per_mask.at(grid) for grid in per_grid}
             for grid, store in per_grid.items():
-                cells = cells_from_mask(mask, grid, valid)
+                cells = cells_at[grid]
                 n_regions = cells.regions.shape[1]
                 image_rows[i]["regions"] = n_regions
                 pro = (cells.regions / cells.regions.sum(0, keepdim=True)).sum(1) if n_regions else \
