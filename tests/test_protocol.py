@@ -114,8 +114,12 @@ def test_report_adds_bootstrap_cis_to_the_pooled_rows(run_dir):
     assert table.loc[table["category"] != "all", "aupro_ci_low"].isna().all()
 
 
-def test_dataset_metrics_on_threads_equal_one_thread_with_the_same_cis(run_dir):
+@pytest.mark.parametrize("threaded_cells", [0, 2 ** 40])  # every candidate on the threads; none
+def test_dataset_metrics_on_threads_equal_one_thread_with_the_same_cis(run_dir, monkeypatch, threaded_cells):
     """Candidates on 3 threads (two chunks of bootstrap draws): the same table, CIs included, as one thread."""
+    import layerscope.protocol as protocol
+
+    monkeypatch.setattr(protocol, "THREADED_CELLS", threaded_cells)
     pool = build_pool(run_dir)
     try:
         tables = [dataset_metrics(pool, n_boot=20, ci_top=None, threads=t) for t in (1, 3)]
