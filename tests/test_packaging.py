@@ -114,6 +114,24 @@ def test_every_console_script_is_the_main_of_a_command_module_that_also_runs_wit
     assert commands <= set(targets), f"command modules without a console script: {sorted(commands - set(targets))}"
 
 
+def test_an_unknown_option_is_one_line_and_exit_2_in_every_argparse_command():
+    """Each command but ``layerscope`` (Hydra's own parsing) answers a mistyped option with
+    ``error: ... (see <prog> --help)`` alone: no usage block, no traceback."""
+    import importlib
+
+    from .conftest import call_main
+
+    commands = sorted(_module_name(p) for p in (PACKAGE / "cli").glob("*.py"))
+    not_argparse = ("layerscope.cli", "layerscope.cli.errors", "layerscope.cli.run")
+    argparse_commands = [m for m in commands if m not in not_argparse]
+    assert len(argparse_commands) == 9
+    for module in argparse_commands:
+        done = call_main(importlib.import_module(module).main, ["--no-such-option", "x", "y"])
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, (module, done.stderr)
+        assert lines[0].startswith("error: ") and lines[0].endswith("--help)"), (module, lines[0])
+
+
 def _build_wheel(tmp_path: Path) -> Path:
     """Build the wheel from a copy of the checkout's package files (the checkout stays clean)."""
     src = tmp_path / "checkout"

@@ -25,12 +25,12 @@ from ..bench.estimate import capture_estimate, machine_gflops, marginal_estimate
 from ..bench.pipeline import (PIPELINE_MODELS, PIPELINE_QUICK, QUICK_DATA, marginal_table, pipeline_table,
                               study_module)
 from ..results.rundir import write_atomic
-from .errors import UsageError, command
+from .errors import Parser, UsageError, command
 
 
 @command(errors=(), write="")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="layerscope-bench", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="layerscope-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a smoke run (one small case, 2 rounds)")
     p.add_argument("--full", action="store_true",
                    help="capture: every case (ViT-S/8 at 224 and 480 px, ViT-B/16), batches 1 and 8, 5 rounds")

@@ -9,7 +9,6 @@ missing, after writing what there is (``results.jobs``, which ``layerscope-repor
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from ..results import layout
 from ..results.jobs import job_state, planned_jobs
 from ..results.rundir import job_overrides, write_atomic
 from ..results.table import read_table
-from .errors import UsageError, command
+from .errors import Parser, UsageError, command
 
 
 def collect(sweep_dir: Path, name: str = layout.RESULTS) -> tuple[pd.DataFrame, list[str]]:
@@ -60,7 +59,7 @@ def collect(sweep_dir: Path, name: str = layout.RESULTS) -> tuple[pd.DataFrame, 
 
 @command(errors=(FileNotFoundError,), write="")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="layerscope-collect", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="layerscope-collect", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="a Hydra multirun folder")
     p.add_argument("--out", default=layout.ALL_RESULTS, help="file written in the folder")
     p.add_argument("--results", default=layout.RESULTS, help="per-job file name to merge")

@@ -29,14 +29,7 @@ from ..figures.paper import AXES, attention_distance
 from ..metrics.similarity import ESTIMATORS, KERNELS
 from ..results.layout import COMPARE, PROBE, RESULTS, SIMILARITY
 from ..results.representations import KINDS
-from .errors import UsageError, command, fail
-
-
-class _Parser(argparse.ArgumentParser):
-    """Bad options get one line and exit code 2 (argparse prints its usage too)."""
-
-    def error(self, message: str) -> None:
-        sys.exit(fail(f"{message} (see {self.prog} --help)"))
+from .errors import Parser, UsageError, command
 
 
 def _positive(value: str) -> int:
@@ -82,7 +75,7 @@ def _log_wandb(similarity: pd.DataFrame, probe: pd.DataFrame | None, out: Path, 
 
 @command(errors=(ValueError, FileNotFoundError))
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="layerscope-compare", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="layerscope-compare", description=__doc__.split("\n\n")[0])
     p.add_argument("folders", type=Path, nargs="+", metavar="DIR", help="a run, several runs, or a sweep folder")
     p.add_argument("--kind", default="mean", choices=KINDS, help="mean (patch tokens / global pool) or cls (ViTs)")
     p.add_argument("--kernel", default="linear", choices=KERNELS, help="CKA kernel (rbf: median heuristic)")

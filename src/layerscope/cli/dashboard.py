@@ -13,10 +13,9 @@ import json
 import shlex
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from ..loggers.workspace import DEFAULT_METRICS, LOGGED_METRICS, build_workspace, offline_reason, plan_workspace
-from .errors import command
+from .errors import Parser, command
 
 
 def online_command(args: argparse.Namespace) -> str:
@@ -28,15 +27,8 @@ def online_command(args: argparse.Namespace) -> str:
     return "WANDB_MODE=online WANDB_API_KEY=<your key> " + shlex.join(cmd)
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr (exit status 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="layerscope-dashboard", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="layerscope-dashboard", description=__doc__.split("\n\n")[0])
     p.add_argument("--project", required=True, help="W&B project the runs were logged to")
     p.add_argument("--group", required=True,
                    help="the runs' W&B group: the multirun folder DATE/TIME, e.g. 2024-06-01/12-00-00")

@@ -5,10 +5,11 @@ A command's ``main(argv) -> int`` raises; ``command`` turns what a user can caus
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 Main = TypeVar("Main", bound=Callable[..., int])
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -22,6 +23,14 @@ def fail(message: str, code: int = 2) -> int:
     """Print ``error: <message>`` on stderr; returns ``code`` for the command to return."""
     print(f"error: {message}", file=sys.stderr)
     return code
+
+
+class Parser(argparse.ArgumentParser):
+    """Every command's argument parser: a bad option is one line, ``error: <message> (see <prog> --help)``,
+    and exit code 2 (argparse's own prints its whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.exit(fail(f"{message} (see {self.prog} --help)"))
 
 
 def command(errors: tuple[type[Exception], ...] = (ValueError, FileNotFoundError),

@@ -7,19 +7,18 @@ Each texture becomes a category: ``OUT/<texture>/train/good``, ``test/<defect>``
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from ..data.export import PAINT, export_mvtec
 from ..data.synthetic import DEFECTS, TEXTURES
-from .errors import command
+from .errors import Parser, command
 
 
 # OUT below a file, a read-only or full disk: one line naming the path
 @command(errors=(ValueError, FileExistsError), write="")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="layerscope-export", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="layerscope-export", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="output folder (the MVTec root)")
     p.add_argument("--textures", nargs="+", default=list(TEXTURES), choices=TEXTURES)
     p.add_argument("--defects", nargs="+", default=list(DEFECTS), choices=DEFECTS)

@@ -8,19 +8,18 @@ written; a kind with nothing to draw is skipped with its reason on stderr.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
 from ..figures.paper import AXES, KINDS, METRICS, make_all
-from .errors import UsageError, command
+from .errors import Parser, UsageError, command
 
 
 # --out below a file, a read-only or full disk: one line naming the path
 @command(errors=(FileNotFoundError, ValueError), write="")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="layerscope-figures", description=__doc__.split("\n\n")[0].strip("`: "))
+    p = Parser(prog="layerscope-figures", description=__doc__.split("\n\n")[0].strip("`: "))
     p.add_argument("folder", type=Path, help="a run folder (results.csv + maps/) or a multirun folder above several")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: FOLDER/figures_paper)")
     p.add_argument("--metric", nargs="+", default=list(METRICS), metavar="METRIC",

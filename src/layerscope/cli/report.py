@@ -31,7 +31,7 @@ from ..results.layout import RESULTS, report_stem
 from ..results.ranking import IMAGE_METRICS, dataset_markdown, rank, rank_dataset, to_markdown
 from ..results.rundir import write_atomic
 from ..results.table import METRICS, load_results
-from .errors import UsageError, command
+from .errors import Parser, UsageError, command
 
 def _calibration(value: str, images: pd.DataFrame) -> float | np.ndarray:
     """``--calibration``: a share, a text file of image ids (one per line), or a saved ``choice_*.json``."""
@@ -90,7 +90,7 @@ def _write(folder: Path, stem: str, table: pd.DataFrame, md: str) -> None:
 
 @command(errors=(ValueError, FileNotFoundError), write="; the earlier report is kept")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="layerscope-report", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="layerscope-report", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="a run folder or a multirun folder")
     p.add_argument("--protocol", choices=("both", "per_image", "dataset"), default="both",
                    help="per_image: mean over images of per-image metrics; dataset: pooled over images (MVTec AD)")

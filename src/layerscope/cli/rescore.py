@@ -10,18 +10,17 @@ its ``results.csv``, with the same columns, so ``layerscope-report --results NAM
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from ..rescoring import OPTIONS, rescore_dir, run_dirs
 from ..results.layout import RESCORED
-from .errors import UsageError, command
+from .errors import Parser, UsageError, command
 
 
 @command(errors=(ValueError, OSError))
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="layerscope-rescore", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="layerscope-rescore", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="a run folder or a multirun folder")
     p.add_argument("overrides", nargs="*", help=f"key=value for {', '.join(OPTIONS)}")
     p.add_argument("--out", default=RESCORED, help="file name written in each run folder")

@@ -1,20 +1,19 @@
 """The ``layerscope-view`` command: options in, ``view.page.build``, one line per error (exit 2)."""
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 from ..results import catalog, layout
 from ..view.page import DEFAULT_METRICS, build
-from .errors import UsageError, command
+from .errors import Parser, UsageError, command
 
 
 # a full disk, a read-only folder: the earlier page and pictures stay as they were
 @command(errors=(FileNotFoundError, ValueError), write="; the earlier page is kept")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="layerscope-view", description="One self-contained HTML page per run or sweep "
+    p = Parser(prog="layerscope-view", description="One self-contained HTML page per run or sweep "
                                 "(DIR/report.html + DIR/report_files/), to look at offline.")
     p.add_argument("folder", type=Path, help="a run folder (results.csv + maps/) or a sweep folder above several")
     p.add_argument("--out", type=Path, default=None, help="the HTML file (default: FOLDER/report.html)")
