@@ -150,3 +150,28 @@ def pytest_sessionfinish(session, exitstatus):
     if session.config.getoption("--check-modules") and exitstatus == 0 and \
             any(name not in sys.modules for name in package_modules()):
         session.exitstatus = 1
+
+
+def tiny_hf_vit(layers: int = 3):
+    """A randomly initialised transformers ViT (3 heads of 16 dims, patch 8, 64 px) wrapped as ``HFViT``."""
+    import torch
+
+    from layerscope.backbones import HFViT
+
+    torch.manual_seed(0)
+    cfg = dict(hidden_size=48, num_hidden_layers=layers, num_attention_heads=3, intermediate_size=96, patch_size=8,
+               image_size=64, num_labels=10)
+    return HFViT("h", img_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, pretrained=False, config=cfg)
+
+
+def eager_reference(bb, x):
+    """The output, with ``output_attentions``, of an eager-attention copy of ``tiny_hf_vit``'s model on ``x``:
+    the reference attention written by transformers itself, not by the code under test."""
+    from transformers import ViTForImageClassification
+
+    eager = ViTForImageClassification(bb.model.config)
+    eager.load_state_dict(bb.model.state_dict())
+    eager.config._attn_implementation = "eager"
+    eager.eval()
+    return eager(pixel_values=bb.normalize(x), output_attentions=True, interpolate_pos_encoding=True)
+

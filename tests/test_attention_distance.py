@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from layerscope.backbones import HFViT
 from layerscope.maps.distance import attention_distance
 
+from .conftest import eager_reference, tiny_hf_vit
 from .test_capture import eager_timm, timm_vit
 
 
@@ -43,21 +43,12 @@ def test_timm_attention_distance_equals_brute_force_over_eager_attention(kwargs)
 
 
 def test_hf_vit_attention_distance_equals_brute_force_over_output_attentions():
-    from transformers import ViTForImageClassification
-
-    torch.manual_seed(0)
-    cfg = dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=3, intermediate_size=96, patch_size=8,
-               image_size=64, num_labels=10)
-    bb = HFViT("h", img_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, pretrained=False, config=cfg)
+    bb = tiny_hf_vit()
     x = torch.rand(2, 3, 64, 64)
     with bb.capturing([0, 1, 2], ["attention_distance"]) as got:
         bb.extract(x, [0, 1, 2], "cls_attention")
-    eager = ViTForImageClassification(bb.model.config)
-    eager.load_state_dict(bb.model.state_dict())
-    eager.config._attn_implementation = "eager"
-    eager.eval()
     with torch.no_grad():
-        out = eager(pixel_values=bb.normalize(x), output_attentions=True, interpolate_pos_encoding=True)
+        out = eager_reference(bb, x)
     for layer, attn in enumerate(out.attentions):
         np.testing.assert_allclose(got["attention_distance"][layer].numpy(), brute_force(attn.numpy(), 1, 8, 8),
                                    atol=1e-4, rtol=0)

@@ -9,12 +9,12 @@ import warnings
 import pytest
 import torch
 
-from layerscope.backbones import HFViT, TimmCNN, TimmViT, forward_hooks
+from layerscope.backbones import TimmCNN, TimmViT, forward_hooks
 from layerscope.maps.cam import AttnGrad, EigenCAM, GradCAM, GradCAMPlusPlus
 from layerscope.metrics.faithfulness import deletion_insertion
 from layerscope.metrics.pointing import pointing_game_tolerance
 
-from .conftest import run_main
+from .conftest import eager_reference, run_main, tiny_hf_vit
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -155,17 +155,8 @@ def reference_attn_grad(attentions, grads, prefix):
 def test_attn_grad_equals_a_direct_computation_on_a_two_block_vit(kind):
     x = torch.rand(2, 3, 64 if kind != "timm_registers" else 56, 64 if kind != "timm_registers" else 56)
     if kind == "hf":
-        from transformers import ViTForImageClassification
-
-        torch.manual_seed(0)
-        cfg = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=96, patch_size=8,
-                   image_size=64, num_labels=10)
-        bb = HFViT("h", img_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, pretrained=False, config=cfg)
-        eager = ViTForImageClassification(bb.model.config)
-        eager.load_state_dict(bb.model.state_dict())
-        eager.config._attn_implementation = "eager"
-        eager.eval()
-        out = eager(pixel_values=bb.normalize(x), output_attentions=True, interpolate_pos_encoding=True)
+        bb = tiny_hf_vit(layers=2)
+        out = eager_reference(bb, x)
         attentions = list(out.attentions)
         grads = torch.autograd.grad(predicted_logit(out.logits).sum(), attentions)
     else:

@@ -5,7 +5,9 @@ import pytest
 import timm
 import torch
 
-from layerscope.backbones import HFViT, TimmCNN, TimmViT, forward_hooks, select_indices
+from layerscope.backbones import TimmCNN, TimmViT, forward_hooks, select_indices
+
+from .conftest import eager_reference, tiny_hf_vit
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -46,20 +48,11 @@ def test_timm_cls_attention_equals_eager_attention(kwargs):
 
 
 def test_hf_vit_cls_attention_equals_output_attentions():
-    from transformers import ViTForImageClassification
-
-    torch.manual_seed(0)
-    cfg = dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=3, intermediate_size=96, patch_size=8,
-               image_size=64, num_labels=10)
-    bb = HFViT("h", img_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, pretrained=False, config=cfg)
+    bb = tiny_hf_vit()
     x = torch.rand(2, 3, 64, 64)
     captured, logits = bb.extract(x, [0, 1, 2], "cls_attention")
-    eager = ViTForImageClassification(bb.model.config)
-    eager.load_state_dict(bb.model.state_dict())
-    eager.config._attn_implementation = "eager"
-    eager.eval()
     with torch.no_grad():
-        out = eager(pixel_values=bb.normalize(x), output_attentions=True, interpolate_pos_encoding=True)
+        out = eager_reference(bb, x)
     assert len(out.attentions) == 3
     for layer, attn in enumerate(out.attentions):
         torch.testing.assert_close(captured[layer], attn[:, :, 0, 1:].reshape(2, 3, 8, 8), atol=1e-5, rtol=0)

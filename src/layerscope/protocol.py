@@ -99,6 +99,13 @@ def undefined_reasons(table: pd.DataFrame, metric: str) -> dict[str, str]:
     return reasons
 
 
+def _covered(cells: GridCells, images: int) -> np.ndarray:
+    """(images,) bool: the images that have cells at this grid (those with a mask)."""
+    covered = np.zeros(images, bool)
+    covered[np.unique(cells.image)] = True
+    return covered
+
+
 class _Candidate:
     """One candidate's cells, sorted once; every metric is a weighted pass over them."""
 
@@ -108,8 +115,7 @@ class _Candidate:
         self.sorted = SortedCells(self.scores)
         self.regions = pool.images["regions"].to_numpy(float) if regions is None else regions
         self.limit = pool.fpr_limit
-        self.covered = np.zeros(len(pool.images), bool)
-        self.covered[np.unique(self.cells.image)] = True
+        self.covered = _covered(self.cells, len(pool.images))
         self.image_scores = pool.image_scores[c]
 
     def metrics(self, image_weights: np.ndarray):
@@ -150,12 +156,8 @@ def _spread(fn: Callable[[Any], Any], items: Sequence[Any], cells: Sequence[int]
     """``[fn(item) for item in items]``: the items of ``THREADED_CELLS`` cells or more on ``threads``, the
     others here, one after another."""
     big = [i for i, n in enumerate(cells) if n >= THREADED_CELLS]
-    out: list[Any] = [None] * len(items)
-    for i, result in zip(big, map_threads(fn, [items[i] for i in big], threads)):
-        out[i] = result
-    for i in sorted(set(range(len(items))) - set(big)):
-        out[i] = fn(items[i])
-    return out
+    out = dict(zip(big, map_threads(fn, [items[i] for i in big], threads)))
+    return [out[i] if i in out else fn(item) for i, item in enumerate(items)]
 
 
 def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | None = 5,
@@ -222,8 +224,7 @@ def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | 
         for start in range(0, len(chosen_rows), step):
             jobs = []
             for _, c in chosen_rows[start:start + step]:
-                covered = np.zeros(len(images), bool)
-                covered[np.unique(grid_cells[c].image)] = True  # as _Candidate.covered
+                covered = _covered(grid_cells[c], len(images))
                 groups = [np.flatnonzero(covered & defective), np.flatnonzero(covered & ~defective)]
                 jobs.append((c, _bootstrap_weights(groups, len(images), n_boot, rng)))
             cells = [len(grid_cells[c].image) for c, _ in jobs]

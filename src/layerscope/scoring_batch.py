@@ -70,14 +70,14 @@ def batch_image_rows(metas: Sequence[Mapping[str, Any]], maps: Mapping[int, torc
         if t is not None:
             t.mask_cells()
     units = _units(order, len(metas), threads)
+    at = {b: j for j, b in enumerate(pointed)}  # an image's row in the masks' sums
 
     def score(unit: tuple[list[int], list[int]]) -> tuple:
         layers, images = unit
-        whole = len(images) == len(metas)
         run = slice(images[0], images[-1] + 1)  # a run of consecutive images
         stacked = torch.cat([maps[layer][run] for layer in layers], 1)  # (B, R, h, w)
-        at = {b: j for j, b in enumerate(pointed)}
         mine = [i for i, b in enumerate(images) if b in at]
+        whole = len(images) == len(metas)
         table = sums if whole or sums is None else (sums[0][[at[images[i]] for i in mine]], *sums[1:])
         return _score_batch(stacked, [targets[b] for b in images], opts, shortcuts, (mine, table))
 

@@ -14,7 +14,7 @@ from .errors import Parser, UsageError, command
 @command(errors=(FileNotFoundError, ValueError), write="; the earlier page is kept")
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="layerscope-view", description="One self-contained HTML page per run or sweep "
-                                "(DIR/report.html + DIR/report_files/), to look at offline.")
+                      "(DIR/report.html + DIR/report_files/), to look at offline.")
     p.add_argument("folder", type=Path, help="a run folder (results.csv + maps/) or a sweep folder above several")
     p.add_argument("--out", type=Path, default=None, help="the HTML file (default: FOLDER/report.html)")
     p.add_argument("--metric", default=None, help=f"the page's metric, one of {', '.join(catalog.MAP_METRICS)} "
