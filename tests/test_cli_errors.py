@@ -1,6 +1,8 @@
 """The commands' one error wrapper (``layerscope.cli.errors.command``): what a user can cause ends as one line."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -32,8 +34,9 @@ def test_errors_a_user_can_cause_end_as_one_line_and_an_exit_code(exc, kwargs, c
                                          (ValueError("x"), {"errors": (FileNotFoundError,)}),
                                          (KeyError("bug"), {})])
 def test_what_a_command_does_not_expect_keeps_its_traceback(exc, kwargs):
-    with pytest.raises(type(exc)):
+    with pytest.raises(type(exc), match=re.escape(str(exc))) as raised:
         command(**kwargs)(_raising(exc))()
+    assert raised.value is exc
 
 
 def test_a_command_that_succeeds_returns_its_own_code_and_keeps_its_name():

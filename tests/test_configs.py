@@ -39,7 +39,7 @@ def test_every_model_instantiates(name):
 def test_hub_models_offline_fail_fast_naming_the_ways_out(name):
     bb = instantiate(compose(f"model={name}").model, _convert_="all")
     t0 = time.perf_counter()
-    with pytest.raises(WeightsError) as err:
+    with pytest.raises(WeightsError, match="model.pretrained=false") as err:
         bb.load_weights()
     assert time.perf_counter() - t0 < 5
     msg = str(err.value)

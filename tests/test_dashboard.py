@@ -64,11 +64,14 @@ def test_plan_filters_on_the_group_and_groups_by_model_and_method():
     assert len(panels(plan, "metric vs layer")) == len(planner.DEFAULT_METRICS)
 
 
-@pytest.mark.parametrize("kwargs", [{"metrics": ()}, {"metrics": ("auroc", "accuracy")}, {"group": ""},
-                                    {"group": "it's"}, {"project": ""}])
-def test_plan_rejects_bad_input(kwargs):
+@pytest.mark.parametrize("kwargs, match", [({"metrics": ()}, "at least one metric"),
+                                           ({"metrics": ("auroc", "accuracy")}, "unknown metric.*accuracy; choose from"),
+                                           ({"group": ""}, "project and group must be non-empty"),
+                                           ({"group": "it's"}, "quotes and backslashes are not supported"),
+                                           ({"project": ""}, "project and group must be non-empty")])
+def test_plan_rejects_bad_input(kwargs, match):
     args = {"entity": "e", "project": "p", "group": GROUP, "metrics": planner.DEFAULT_METRICS} | kwargs
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=match):
         planner.plan_workspace(**args)
 
 
@@ -157,7 +160,7 @@ def test_cli_online_saves_and_prints_the_url(monkeypatch, capsys):
 @pytest.mark.parametrize("argv", [["--group", GROUP], ["--project", "p", "--group", GROUP, "--metrics", "acc"],
                                   ["--project", "p", "--group", 'a"b'], ["--project", "p"]])
 def test_cli_bad_arguments_exit_2_with_one_line(argv, capsys):
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(SystemExit, match="^2$") as e:
         dashboard.main(argv)
     assert e.value.code == 2
     err = capsys.readouterr().err

@@ -369,16 +369,16 @@ def test_no_positives_no_negatives_and_all_ties():
 
 def test_bad_input_is_refused():
     s, c = np.array([0.1, 0.2]), np.array([1.0, 1.0])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="scores contain NaN"):
         pooled_metrics(np.array([0.1, np.nan]), c, c, c, 1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="pos: expected finite non-negative values"):
         pooled_metrics(s, np.array([1.0, -1.0]), c, c, 1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="weights: expected finite non-negative values"):
         pooled_metrics(s, c, c, c, 1.0, weights=np.array([1.0, np.nan]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"pos: expected shape \(2,\) like the scores, got \(1,\)"):
         pooled_metrics(s, c[:1], c, c, 1.0)
     for limit in (0.0, 1.5):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=rf"fpr_limit={limit}, expected a value in \(0, 1\]"):
             pooled_metrics(s, c, c, c, 1.0, fpr_limit=limit)
 
 

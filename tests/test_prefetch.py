@@ -11,7 +11,7 @@ from layerscope.data.prefetch import Prefetched
 def test_batches_come_in_order_and_end_like_the_iterator():
     got = Prefetched(iter(range(7)), ahead=2)
     assert list(got) == list(range(7))
-    with pytest.raises(StopIteration):
+    with pytest.raises(StopIteration, match="^$"):
         next(got)  # a spent iterator stays spent
 
 
@@ -25,7 +25,7 @@ def test_an_error_is_raised_in_the_callers_thread_in_its_place():
     assert next(got) == 1 and next(got) == 2
     with pytest.raises(KeyError, match="bad batch"):
         next(got)
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="bad batch"):
         next(got)
 
 

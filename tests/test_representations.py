@@ -113,12 +113,12 @@ def test_a_run_cut_after_any_image_resumes_to_the_clean_arrays(clean, tmp_path, 
 
     def stop_after(*args, **kwargs):
         if calls["n"] == cut:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("stopped by the test")
         calls["n"] += 1
         return record(*args, **kwargs)
 
     monkeypatch.setattr(study, "_record", stop_after)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="stopped by the test"):
         run(out)
     monkeypatch.setattr(study, "_record", record)
     assert len((out / DONE).read_text().splitlines()) == cut and not (out / SUMMARY).exists()

@@ -22,11 +22,6 @@ def clean_samples():
     return [ds[i] for i in range(len(ds))]
 
 
-def test_constants():
-    assert TEXTURES == ("brick", "grass", "gravel", "moon")
-    assert DEFECTS == ("scratch", "crack", "spot", "stain")
-
-
 def test_length_and_ids(samples):
     assert len(SyntheticDefects()) == len(TEXTURES) * len(DEFECTS) == len(samples)
     expected = [f"{t}_{d}_0" for t in TEXTURES for d in DEFECTS]
@@ -42,9 +37,9 @@ def test_ordering_textures_outer_defects_middle_repeats_inner():
     expected = [f"{t}_{d}_{r}" for t in ("moon", "brick") for d in ("stain", "spot") for r in range(3)]
     assert ids == expected
     assert ds[-1].id == "brick_spot_2"
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=r"index 12 out of range for 12 samples \(valid -12\.\.11\)"):
         ds[12]
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="index -13 out of range"):
         ds[-13]
 
 

@@ -209,7 +209,8 @@ def test_run_folder_file_names_are_spelled_in_layout_alone():
     assert not found, found
 
 
-def test_one_row_builder_for_runs_and_rescoring():
+def test_row_builder_takes_the_scoring_rule_and_each_layer_grid():
+    """(That runs and rescoring give the same rows: test_batch_scoring's run-vs-rescore test.)"""
     mask = torch.zeros(16, 16, dtype=torch.bool)
     mask[4:9, 3:7] = True
     maps = {0: torch.rand(3, 4, 4), 5: torch.rand(3, 4, 4)}

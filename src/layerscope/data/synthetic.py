@@ -554,12 +554,12 @@ class SyntheticDefects(DatasetBase):
         Raises:
             IndexError: If ``i`` is out of range.
         """
-        i = operator.index(i)
+        asked = i = operator.index(i)
         n = len(self)
         if i < 0:
             i += n
         if not 0 <= i < n:
-            raise IndexError(f"index {i} out of range for {n} samples")
+            raise IndexError(f"index {asked} out of range for {n} samples (valid -{n}..{n - 1})")
         n_defective = len(self.textures) * len(self.defects) * self.per_combination
         if i >= n_defective:  # good items: texture-major like the defective ones
             j = i - n_defective
