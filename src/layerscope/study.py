@@ -34,7 +34,7 @@ from .results.representations import PartWriter, consolidate
 from .results.rundir import RunLock, done_line, previous_progress, write_atomic, write_summary
 from .results.table import ResultsWriter
 from .results.writer import BackgroundWriter
-from .scoring import Target, one_thread
+from .scoring import NONFINITE_NOTE, Target, one_thread
 from .scoring_batch import batch_image_rows
 
 log = logging.getLogger(__name__)
@@ -266,6 +266,8 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
     # figures.max_images counts the grids an interrupted run already drew
     drawn_before = len(list((out_dir / layout.FIGURES).glob(f"*{layout.GRID_SUFFIX}"))) if done else 0
     n_figures, no_mask, skipped, clock = drawn_before, 0, [], {"score": 0.0, "data": 0.0}
+    scored_now = 0  # images scored by this run (an interrupted run's are in ``done``)
+    nonfinite = 0  # (image, layer, map) whose map held NaN/inf values: its rows are empty
     gained = []  # per image whose mask the any-pixel rule changed: (defect cells gained, nearest would lose all)
     first_batch: dict | None = None  # the stages at the end of the first batch: its one-time waits apart
     try:
@@ -295,6 +297,9 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
                     n_figures += _record(cfg, out_dir, plan, backbone, names, item, meta, chosen, rows, writer,
                                          files, logger, clock, draw=n_figures < int(cfg.figures.max_images),
                                          columns=columns[i], before=before if i == 0 else ())
+                    scored_now += 1
+                    nonfinite += sum(row["notes"] == NONFINITE_NOTE for row in rows
+                                     if row["head"] != "best" and row["threshold"] == plan.scoring.thresholds[0])
                     bar.update(1)
                 if first_batch is None:  # it also waited for the first images (worker start, lazy imports)
                     first_batch = {"images": len(items), "loop_seconds": round(time.perf_counter() - t_loop, 3),
@@ -308,15 +313,21 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
         writer.close()
         if isinstance(batches, Prefetched):
             batches.close()
-    stats = {"images": len(dataset), "rows": writer.rows, "backbone_calls": source.calls, "num_workers": workers,
+    stats = {"images": len(done) + scored_now, "skipped": len(skipped), "nonfinite_maps": nonfinite, "rows": writer.rows, "backbone_calls": source.calls, "num_workers": workers,
              "backbone_seconds": round(source.seconds, 3), "score_seconds": round(clock["score"], 3),
              "write_seconds": round(files.busy_seconds, 3), "write_wait_seconds": round(files.wait_seconds, 3),
              "data_wait_seconds": round(clock["data"], 3),
              "loop_seconds": round(time.perf_counter() - t_loop, 3),
              "skipped_images": skipped, "images_without_mask": no_mask, "first_batch": first_batch,
              "masks_changed_by_resize_rule": len(gained), "masks_kept_from_vanishing": sum(v for _, v in gained)}
+    if skipped and not stats["images"]:
+        shown = "; ".join(skipped[:3]) + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        raise ValueError(f"no image could be read ({len(skipped)} skipped): {shown}")
     if skipped:
         log.warning("%d unreadable images skipped (listed in run_summary.json)", len(skipped))
+    if nonfinite:
+        log.warning("%d maps (image, layer, map) have NaN/inf values (the model's output: a NaN weight?): their "
+                    "metric columns are empty, noted %r", nonfinite, NONFINITE_NOTE)
     if gained:
         log.info("masks resized to %d px so that no defect vanishes (a cell is a defect where any of its pixels is): "
                  "%d images have more defect pixels than nearest resizing gives (+%d in all); %d would have had none",
