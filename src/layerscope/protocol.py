@@ -52,12 +52,13 @@ def _image_auroc(scores: np.ndarray, defective: np.ndarray) -> float:
 
 
 def _categories(images: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
-    """(name, bool image selection): each defect type with the good images, then ``all``."""
+    """(name, bool image selection): each defect type with the good images, then ``all`` (a category of the
+    data called ``all`` is named apart from it: ``catalog.data_category``)."""
     good = (images["category"] == "good").to_numpy()
     out = []
     for category in sorted(set(images["category"]) - {"good"}):
-        out.append((category, (images["category"] == category).to_numpy() | good))
-    out.append(("all", np.ones(len(images), bool)))
+        out.append((catalog.data_category(category), (images["category"] == category).to_numpy() | good))
+    out.append((catalog.AGGREGATE, np.ones(len(images), bool)))
     return out
 
 
@@ -211,7 +212,7 @@ def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | 
     parts = _spread(candidate_rows, order, [len(grid_cells[c].image) for c in order], threads)
     table = pd.DataFrame([row for part in parts for row in part])
     if n_boot:
-        pooled = table[table["category"] == "all"]
+        pooled = table[table["category"] == catalog.AGGREGATE]
         chosen_c = set(pooled["_c"])
         if ci_top is not None:
             chosen_c = set()

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .backbones import Backbone
 from .data.base import Dataset
-from .data.handover import Prepared, SlotRing, pack, unpack
+from .data.handover import Prepared, SlotRing, no_leftover_segments, pack, unpack
 from .data.prefetch import Prefetched
 from .data.transforms import to_input
 from .figures.grid import layer_head_grid
@@ -218,7 +218,8 @@ def image_batches(cfg: StudyConfig, dataset: Dataset, size: int, device: torch.d
             log.info("batches cross from the DataLoader workers one shared block at a time (%s)",
                      " ".join(str(e).split())[:200] or type(e).__name__)
             ring = None
-            torch.empty(batch_size * 3 * size * size).share_memory_()
+            with no_leftover_segments():  # where it cannot be sized either, no empty file is left in /dev/shm
+                torch.empty(batch_size * 3 * size * size).share_memory_()
         return map(functools.partial(unpack, ring=ring), iter(loader(workers, ring))), workers
     except Exception as e:  # noqa: BLE001 - any failure to start workers or share memory has the same remedy
         reason = " ".join(str(e).split())[:200] or type(e).__name__
