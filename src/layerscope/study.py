@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -509,7 +510,10 @@ def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, nam
     drawn = int(bool(draw and cfg.figures.grid))
     if drawn:
         path_png, title = layout.grid_file(out_dir, item["id"]), f"{item['id']} | {backbone.name} | {method.name}"
-        tasks.append((path_png, lambda: layer_head_grid(image_u8(), mask_np, saved, all_names, title, path_png)))
+        # a NaN/inf map (its rows are empty) is drawn blank: it has no colour to give
+        shown = {layer: m if np.isfinite(m).all() else np.where(np.isfinite(m), m, 0).astype(m.dtype)
+                 for layer, m in saved.items()}
+        tasks.append((path_png, lambda: layer_head_grid(image_u8(), mask_np, shown, all_names, title, path_png)))
     # the done.txt line, with the image's row count, is appended by the writer after these files
     files.submit(item["id"], tasks, line=done_line(item["id"], writer.rows - rows_before))
     return drawn

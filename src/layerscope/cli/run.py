@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from ..configs import config_dir
-from ..results.layout import FAILED, HYDRA, HYDRA_CONFIG, HYDRA_OVERRIDES, HYDRA_SETTINGS, RESULTS
+from ..results.layout import FAILED, HYDRA, HYDRA_CONFIG, HYDRA_OVERRIDES, HYDRA_SETTINGS, LOG, RESULTS
 
 LIST_KEYS = ("layer", "head", "threshold")
 
@@ -353,7 +353,7 @@ def unwritable_output(args: list[str]) -> str | None:
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"error: {named}: cannot write into {existing} (permission denied or a read-only file system); " \
                f"choose a folder you can write ({key}=...)"
-    log_file = existing / "run.log"
+    log_file = existing / LOG
     if existing == folder and not multirun and log_file.exists() and not os.access(log_file, os.W_OK):
         return f"error: {named}: cannot write {log_file} (permission denied); choose a folder you can write " \
                f"({key}=...)"
