@@ -123,10 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metric = catalog.dataset_metric(a.metric)
     except ValueError:
-        if a.protocol == "dataset" or (a.protocol == "both" and not per_image_metric):
-            raise UsageError(f"--metric {a.metric}: expected one of "
-                             + (f"{', '.join([*METRICS, *IMAGE_METRICS])} (per image) or " if a.protocol == "both"
-                                else "") + f"{', '.join(catalog.DATASET)} (dataset level)") from None
+        if a.protocol == "dataset":
+            raise
+        if a.protocol == "both" and not per_image_metric:
+            raise UsageError(f"--metric {a.metric}: expected one of {', '.join([*METRICS, *IMAGE_METRICS])} (per "
+                             f"image) or {', '.join(catalog.DATASET)} (dataset level)") from None
         metric = None
     per_image = a.protocol == "per_image" or (a.protocol == "both" and per_image_metric)
     dataset = a.protocol == "dataset" or (a.protocol == "both" and metric is not None)
