@@ -375,20 +375,24 @@ def _tree(folder: Path) -> dict[str, bytes]:
 def test_read_only_output_folders_are_one_line_and_nothing_is_written(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
-    existing = tmp_path / "old_run"
-    existing.mkdir()
-    (existing / "run.log").write_text("an earlier run\n")
-    (existing / "results.csv").write_text("image\n")
+    existing, log_only = tmp_path / "old_run", tmp_path / "log_only"
+    for run in (existing, log_only):
+        run.mkdir()
+        (run / "run.log").write_text("an earlier run\n")
+        (run / "results.csv").write_text("image\n")
     before = _tree(tmp_path)
     locked.chmod(0o555)
     existing.chmod(0o555)
-    (existing / "run.log").chmod(0o444)
+    for run in (existing, log_only):
+        (run / "run.log").chmod(0o444)
     try:
-        for out, named in ((locked / "new" / "run", locked), (existing, existing)):
+        for out, named in ((locked / "new" / "run", f"cannot write into {locked} "),
+                           (existing, f"cannot write into {existing} "),
+                           (log_only, f"cannot write {log_only / 'run.log'} ")):
             proc = _as_unprivileged([*SMALL_RUN, f"hydra.run.dir={out}"], tmp_path)
             assert proc.returncode == 2, proc.stderr[-3000:]
             line = one_error(proc)
-            assert line.startswith(f"error: hydra.run.dir={out}: cannot write into {named} ") and \
+            assert line.startswith(f"error: hydra.run.dir={out}: {named}") and \
                 "choose a folder you can write" in line, line
     finally:
         locked.chmod(0o755)
@@ -408,11 +412,14 @@ def test_non_ascii_paths_in_overrides_are_accepted(tmp_path):
 
 
 def test_non_ascii_that_cannot_be_quoted_for_you_gets_hydras_quoting(tmp_path):
-    proc = run_main([*TINY, "data.defects=[ünï]", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert proc.returncode == 2
-    line = one_error(proc)
-    assert "inside its own quotes" in line and """'data.defects=["ünï"]'""" in line, line
-    assert not (tmp_path / "run").exists()
+    # a list, and a sweep of one of Hydra's own keys (which Hydra would have answered with its lexer's traceback)
+    for args in (["data.defects=[ünï]", f"hydra.run.dir={tmp_path / 'run'}"], [f"hydra.run.dir={tmp_path / 'a,ünï'}"]):
+        proc = run_main([*TINY, *args], cwd=tmp_path)
+        assert proc.returncode == 2
+        line = one_error(proc)
+        assert line.startswith("error: cannot read the overrides") and "inside its own quotes" in line and \
+            """'data.defects=["ünï"]'""" in line, line
+    assert not list(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------------------- 19, 20: report

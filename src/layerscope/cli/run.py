@@ -339,6 +339,8 @@ def unwritable_output(args: list[str]) -> str | None:
     except Exception:  # noqa: BLE001 - Hydra says what it cannot read
         return None
     if value is None:
+        if any(a.startswith(("--config", "-c", "hydra/", "hydra.searchpath", "+hydra")) for a in args):
+            return None  # a config of the user's may name another folder: Hydra says what it cannot write
         value = "outputs/multirun/" if multirun else "outputs/runs/"
     literal = value.split("${", 1)[0]
     folder = Path(literal) if "${" not in value else Path(literal).parent if not literal.endswith("/") else \
