@@ -354,17 +354,40 @@ def test_summary_counts_scored_images_and_lists_odd_entries_as_skipped(tmp_path)
 # ------------------------------------------------------------------------------------------- 14, 15: output folders
 
 
-def _as_unprivileged(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``layerscope ARGS`` without the right to write where the permissions say no: root drops
-    CAP_DAC_OVERRIDE (``setpriv``); any other user has no such right anyway."""
+UNPRIVILEGED = """
+import contextlib, io, json, sys
+from layerscope.cli.run import main
+out = []
+for args in json.loads(sys.argv[1]):
+    sys.argv, err = ["layerscope", *args], io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    out.append([code, err.getvalue()])
+print(json.dumps(out))
+"""
+
+
+def _as_unprivileged(runs: list[list[str]], cwd: Path) -> list[tuple[int, str]]:
+    """``layerscope ARGS`` for each ARGS of ``runs`` (in one process), without the right to write where the
+    permissions say no: root drops CAP_DAC_OVERRIDE (``setpriv``); any other user has no such right anyway.
+
+    Returns:
+        (exit code, stderr) per run.
+    """
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
     prefix = []
     if os.geteuid() == 0:
         if not shutil.which("setpriv"):
             pytest.skip("root can write anywhere, and setpriv is not there to drop that right")
         prefix = ["setpriv", "--bounding-set=-dac_override", "--inh-caps=-dac_override"]
-    return subprocess.run([*prefix, sys.executable, "-m", "layerscope.cli.run", *args], cwd=cwd, env=env,
+    proc = subprocess.run([*prefix, sys.executable, "-c", UNPRIVILEGED, json.dumps(runs)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [tuple(r) for r in json.loads(proc.stdout.splitlines()[-1])]
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -385,13 +408,13 @@ def test_read_only_output_folders_are_one_line_and_nothing_is_written(tmp_path):
     existing.chmod(0o555)
     for run in (existing, log_only):
         (run / "run.log").chmod(0o444)
+    cases = ((locked / "new" / "run", f"cannot write into {locked} "), (existing, f"cannot write into {existing} "),
+             (log_only, f"cannot write {log_only / 'run.log'} "))
     try:
-        for out, named in ((locked / "new" / "run", f"cannot write into {locked} "),
-                           (existing, f"cannot write into {existing} "),
-                           (log_only, f"cannot write {log_only / 'run.log'} ")):
-            proc = _as_unprivileged([*SMALL_RUN, f"hydra.run.dir={out}"], tmp_path)
-            assert proc.returncode == 2, proc.stderr[-3000:]
-            line = one_error(proc)
+        answers = _as_unprivileged([[*SMALL_RUN, f"hydra.run.dir={out}"] for out, _ in cases], tmp_path)
+        for (out, named), (code, stderr) in zip(cases, answers):
+            assert code == 2, stderr[-3000:]
+            line = one_error(subprocess.CompletedProcess([], code, "", stderr))
             assert line.startswith(f"error: hydra.run.dir={out}: {named}") and \
                 "choose a folder you can write" in line, line
     finally:
@@ -428,6 +451,8 @@ def test_non_ascii_that_cannot_be_quoted_for_you_gets_hydras_quoting(tmp_path):
 def test_report_metric_without_a_dataset_form_writes_the_per_image_report_and_says_so(small_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(small_run, run)
+    for old in [*run.glob("report_*"), *run.glob("choice_*")]:  # what other tests' reports left in the shared run
+        old.unlink()
     before = _tree(run)
     proc = call_main(report_main, [str(run), "--metric", "iou", "--boot", "20"])
     assert proc.returncode == 0, proc.stderr[-2000:]
