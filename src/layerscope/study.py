@@ -323,8 +323,9 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
              "skipped_images": skipped, "images_without_mask": no_mask, "first_batch": first_batch,
              "masks_changed_by_resize_rule": len(gained), "masks_kept_from_vanishing": sum(v for _, v in gained)}
     if skipped and not stats["images"]:
-        shown = "; ".join(skipped[:3]) + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
-        raise ValueError(f"no image could be read ({len(skipped)} skipped): {shown}")
+        shown = "; ".join(" ".join(why.split()) for why in skipped[:3])  # one line, whatever a reader said
+        more = f"; and {len(skipped) - 3} more, each named in the log" if len(skipped) > 3 else ""
+        raise ValueError(f"no image could be read ({len(skipped)} skipped): {shown}{more}")
     if skipped:
         log.warning("%d unreadable images skipped (listed in run_summary.json)", len(skipped))
     if nonfinite:
