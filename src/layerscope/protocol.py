@@ -52,12 +52,13 @@ def _image_auroc(scores: np.ndarray, defective: np.ndarray) -> float:
 
 
 def _categories(images: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
-    """(name, bool image selection): each defect type with the good images, then ``all``."""
+    """(name, bool image selection): each defect type with the good images, then ``all`` (a category of the
+    data called ``all`` is named apart from it: ``catalog.data_category``)."""
     good = (images["category"] == "good").to_numpy()
     out = []
     for category in sorted(set(images["category"]) - {"good"}):
-        out.append((category, (images["category"] == category).to_numpy() | good))
-    out.append(("all", np.ones(len(images), bool)))
+        out.append((catalog.data_category(category), (images["category"] == category).to_numpy() | good))
+    out.append((catalog.AGGREGATE, np.ones(len(images), bool)))
     return out
 
 
@@ -160,6 +161,11 @@ def _spread(fn: Callable[[Any], Any], items: Sequence[Any], cells: Sequence[int]
     return [out[i] if i in out else fn(item) for i, item in enumerate(items)]
 
 
+def nonfinite_note(images: int) -> str:
+    """The note of a candidate whose map held NaN or infinite values in ``images`` images."""
+    return f"map has NaN/inf values in {images} image{'s' if images != 1 else ''}: every metric undefined"
+
+
 def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | None = 5,
                     threads: int = 1) -> pd.DataFrame:
     """One row per (candidate, category) with the pooled metrics (``COLUMNS``).
@@ -185,14 +191,19 @@ def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | 
         cand = candidates[c]
         data = _Candidate(pool, c, regions, grid_cells[c])  # one candidate's sorted cells per thread at a time
         rows = []
+        bad = pool.nonfinite.get(c, 0)
         for category, chosen in categories:
             sel = chosen & data.covered
-            m = data.metrics(sel.astype(float))
+            m = asdict(data.metrics(sel.astype(float)))
+            scores = {name: _image_auroc(data.image_scores[sel, SCORES.index(score)], defective[sel])
+                      for name, score in catalog.IMAGE_SCORES.items()}
+            notes = _notes(columns, sel)
+            if bad:  # its cells were read as zeros: no number of it would mean anything
+                m, scores = {k: float("nan") for k in m}, {k: float("nan") for k in scores}
+                notes = nonfinite_note(bad)
             rows.append({"job": cand["job"], **{k: cand[k] for k in CANDIDATE}, "category": category,
-                         "n_images": int(sel.sum()), "n_defect_images": int((sel & defective).sum()), **asdict(m),
-                         **{name: _image_auroc(data.image_scores[sel, SCORES.index(score)], defective[sel])
-                            for name, score in catalog.IMAGE_SCORES.items()},
-                         "upsample": cand["upsample"], "notes": _notes(columns, sel), "_c": c})
+                         "n_images": int(sel.sum()), "n_defect_images": int((sel & defective).sum()), **m, **scores,
+                         "upsample": cand["upsample"], "notes": notes, "_c": c})
         return rows
 
     candidates = {c: dict(cand) for c, cand in pool.candidates.iterrows()}  # pandas here, NumPy in the threads
@@ -201,7 +212,7 @@ def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | 
     parts = _spread(candidate_rows, order, [len(grid_cells[c].image) for c in order], threads)
     table = pd.DataFrame([row for part in parts for row in part])
     if n_boot:
-        pooled = table[table["category"] == "all"]
+        pooled = table[table["category"] == catalog.AGGREGATE]
         chosen_c = set(pooled["_c"])
         if ci_top is not None:
             chosen_c = set()
@@ -370,13 +381,16 @@ def choose(pool: Pool, metric: str = "aupro", calibration: float | np.ndarray = 
     n_candidates = len(pool.candidates)
     scores = np.full(n_candidates, np.nan)
     for c in range(n_candidates):  # one at a time: memory does not grow with the number of candidates
-        scores[c] = getattr(_Candidate(pool, c).metrics(cal.astype(float)), metric)
+        if not pool.nonfinite.get(c):  # a map with NaN/inf values is never chosen
+            scores[c] = getattr(_Candidate(pool, c).metrics(cal.astype(float)), metric)
     if np.isnan(scores).all():
-        raise ValueError(f"{metric} is undefined for every candidate on the calibration images")
+        why = " (every candidate's map has NaN/inf values)" if len(pool.nonfinite) == n_candidates else ""
+        raise ValueError(f"{metric} is undefined for every candidate on the calibration images{why}")
     best = int(np.nanargmax(scores))
     # the contenders of the stability resamples: the strongest on the whole calibration set (a candidate
     # far behind never wins a resample); only they are held in memory
-    contenders = [int(i) for i in np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:stability_pool]]
+    contenders = [int(i) for i in np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:stability_pool]
+                  if not pool.nonfinite.get(int(i))]
     data = {i: _Candidate(pool, i) for i in {*contenders, best}}
     chosen = data[best]
     cand = pool.candidates.iloc[best]

@@ -118,6 +118,30 @@ class Target:
         return self._fraction
 
 
+NONFINITE_NOTE = "map has NaN/inf values: every metric undefined"
+
+
+def finite_maps(maps: Mapping[int, torch.Tensor]) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """The maps to score, each map holding a NaN or infinite value replaced by zeros, and which those were.
+
+    A NaN has no rank and an infinity no share of a mass, so no metric of such a map means anything: it
+    is scored as zeros only so that the maps beside it are scored as usual (each map's columns depend on
+    that map alone), and ``assemble_rows`` then empties its columns and names it in ``notes``.
+
+    Args:
+        maps: layer -> (..., K, h, w) maps.
+
+    Returns:
+        (maps, bad): the maps to score; layer -> (..., K) bool, True where a map is not finite.
+    """
+    clean, bad = {}, {}
+    for layer, m in maps.items():
+        bad[layer] = ~torch.isfinite(m.flatten(-2)).all(-1)
+        clean[layer] = torch.where(bad[layer][..., None, None], torch.zeros((), dtype=m.dtype, device=m.device), m) \
+            if bool(bad[layer].any()) else m
+    return clean, bad
+
+
 def _notes(target: Target | None, cells: Cells | None, has_mass: bool) -> str:
     """Why some metrics of a row are empty: undefined, not zero, and not silently missing."""
     notes = []
@@ -284,6 +308,7 @@ def image_rows(meta: Mapping[str, Any], maps: Mapping[int, torch.Tensor], names:
         if layer_maps.ndim != 3 or layer_maps.shape[0] != len(names[layer]):
             raise ValueError(f"expected maps (K, h, w) with K={len(names[layer])} names at layer {layer}, "
                              f"got {tuple(layer_maps.shape)}")
+    maps, nonfinite = finite_maps(maps)
     scored: dict[int, tuple[dict, list, list | None]] = {}
     blocks: dict[tuple, list[int]] = {}
     for layer, layer_maps in maps.items():  # bilinear maps are image-sized: one layer at a time bounds memory
@@ -305,12 +330,23 @@ def image_rows(meta: Mapping[str, Any], maps: Mapping[int, torch.Tensor], names:
             extra[layer]["pointing_tol"] = tolerant_pointing(
                 layer_maps.flatten(-2).float(), target.mask, tuple(layer_maps.shape[-2:]), opts.pointing_tolerance)
     grids = {layer: tuple(layer_maps.shape[-2:]) for layer, layer_maps in maps.items()}
-    return assemble_rows(meta, grids, names, scored, extra, opts)
+    return assemble_rows(meta, grids, names, scored, extra, opts, {layer: b.tolist() for layer, b in nonfinite.items()})
+
+
+def _without(scored: tuple[dict, list, list | None], bad: Sequence[bool]) -> tuple[dict, list, list | None]:
+    """One layer's scored columns with the non-finite maps' emptied: None columns, NaN IoUs (never the
+    ``best`` head while a finite head has an IoU), ``NONFINITE_NOTE``."""
+    columns, notes, ious = scored
+    columns = {c: [None if b else v for v, b in zip(values, bad)] for c, values in columns.items()}
+    notes = [NONFINITE_NOTE if b else n for n, b in zip(notes, bad)]
+    if ious is not None:
+        ious = [[float("nan")] * len(v) if b else v for v, b in zip(ious, bad)]
+    return columns, notes, ious
 
 
 def assemble_rows(meta: Mapping[str, Any], grids: Mapping[int, tuple[int, int]], names: Mapping[int, Sequence[str]],
                   scored: Mapping[int, tuple[dict, list, list | None]], extra: Mapping[int, Mapping[str, Any]],
-                  opts: ScoreOptions) -> list[dict]:
+                  opts: ScoreOptions, nonfinite: Mapping[int, Sequence[bool]] | None = None) -> list[dict]:
     """One image's ``results.csv`` rows from its scored columns (``image_rows``'s last step, shared with
     ``scoring_batch``).
 
@@ -321,13 +357,19 @@ def assemble_rows(meta: Mapping[str, Any], grids: Mapping[int, tuple[int, int]],
         scored: layer -> (columns: name -> K values, K notes, K lists of T IoUs or None).
         extra: layer -> column -> (K,) values added to every row of that map (a ``best`` row takes its head's).
         opts: thresholds and metric options.
+        nonfinite: layer -> K bools, True for a map that held NaN or infinite values (``finite_maps``): its
+            rows keep no number, only ``NONFINITE_NOTE``.
     """
     rows = []
     for layer, (grid_h, grid_w) in grids.items():
         grid = {"layer": layer, "grid_h": grid_h, "grid_w": grid_w}
         index = {name: k for k, name in enumerate(names[layer])}
-        for row in _rows(list(names[layer]), *scored[layer], opts):
+        bad = list((nonfinite or {}).get(layer) or [False] * len(names[layer]))
+        layer_scored = _without(scored[layer], bad) if any(bad) else scored[layer]
+        for row in _rows(list(names[layer]), *layer_scored, opts):
             k = index[row["best_head"] if row["head"] == "best" else row["head"]]
-            row.update({column: float(values[k]) for column, values in extra[layer].items()})
+            row.update({column: None if bad[k] else float(values[k]) for column, values in extra[layer].items()})
+            if bad[k]:
+                row["iou"] = None
             rows.append({**meta, "threshold_rule": opts.rule, **grid, **row})
     return rows

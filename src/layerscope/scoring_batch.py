@@ -19,7 +19,7 @@ from .metrics.localization import aupro_from_groups, iou_from_kept_counts, iou_o
 from .metrics.pointing import mask_sums, pointing_game_tolerance_batch
 from .metrics.ranking import Ranked, auroc_from_groups
 from .metrics.threads import map_threads
-from .scoring import ScoreOptions, Target, _notes, assemble_rows, image_rows
+from .scoring import ScoreOptions, Target, _notes, assemble_rows, finite_maps, image_rows
 
 
 def batch_image_rows(metas: Sequence[Mapping[str, Any]], maps: Mapping[int, torch.Tensor],
@@ -52,6 +52,7 @@ def batch_image_rows(metas: Sequence[Mapping[str, Any]], maps: Mapping[int, torc
     if opts.upsample != "nearest":  # image-sized maps: one image at a time bounds memory, as image_rows does
         return [image_rows(meta, {layer: m[b].cpu() for layer, m in maps.items()}, names, targets[b], opts, extras[b])
                 for b, meta in enumerate(metas)]
+    maps, nonfinite = finite_maps(maps)  # as image_rows: such a map is scored as zeros, its row emptied
     blocks: dict[tuple, list[int]] = {}
     for layer, layer_maps in maps.items():
         blocks.setdefault((tuple(layer_maps.shape[-2:]), layer_maps.dtype), []).append(layer)
@@ -98,7 +99,8 @@ def batch_image_rows(metas: Sequence[Mapping[str, Any]], maps: Mapping[int, torc
         extra = {layer: dict((extras[b] or {}).get(layer, {})) for layer in maps}
         for layer, values in pointing[b].items():
             extra[layer]["pointing_tol"] = values
-        rows.append(assemble_rows(meta, grids, names, scored[b], extra, opts))
+        rows.append(assemble_rows(meta, grids, names, scored[b], extra, opts,
+                                  {layer: bad[b].tolist() for layer, bad in nonfinite.items()}))
     return rows
 
 

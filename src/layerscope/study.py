@@ -11,13 +11,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .backbones import Backbone
 from .data.base import Dataset
-from .data.handover import Prepared, SlotRing, pack, unpack
+from .data.handover import Prepared, SlotRing, no_leftover_segments, pack, unpack
 from .data.prefetch import Prefetched
 from .data.transforms import to_input
 from .figures.grid import layer_head_grid
@@ -34,7 +35,7 @@ from .results.representations import PartWriter, consolidate
 from .results.rundir import RunLock, done_line, previous_progress, write_atomic, write_summary
 from .results.table import ResultsWriter
 from .results.writer import BackgroundWriter
-from .scoring import Target, one_thread
+from .scoring import NONFINITE_NOTE, Target, one_thread
 from .scoring_batch import batch_image_rows
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,8 @@ def image_batches(cfg: StudyConfig, dataset: Dataset, size: int, device: torch.d
             log.info("batches cross from the DataLoader workers one shared block at a time (%s)",
                      " ".join(str(e).split())[:200] or type(e).__name__)
             ring = None
-            torch.empty(batch_size * 3 * size * size).share_memory_()
+            with no_leftover_segments():  # where it cannot be sized either, no empty file is left in /dev/shm
+                torch.empty(batch_size * 3 * size * size).share_memory_()
         return map(functools.partial(unpack, ring=ring), iter(loader(workers, ring))), workers
     except Exception as e:  # noqa: BLE001 - any failure to start workers or share memory has the same remedy
         reason = " ".join(str(e).split())[:200] or type(e).__name__
@@ -266,6 +268,8 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
     # figures.max_images counts the grids an interrupted run already drew
     drawn_before = len(list((out_dir / layout.FIGURES).glob(f"*{layout.GRID_SUFFIX}"))) if done else 0
     n_figures, no_mask, skipped, clock = drawn_before, 0, [], {"score": 0.0, "data": 0.0}
+    scored_now = 0  # images scored by this run (an interrupted run's are in ``done``)
+    nonfinite = 0  # (image, layer, map) whose map held NaN/inf values: its rows are empty
     gained = []  # per image whose mask the any-pixel rule changed: (defect cells gained, nearest would lose all)
     first_batch: dict | None = None  # the stages at the end of the first batch: its one-time waits apart
     try:
@@ -295,6 +299,9 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
                     n_figures += _record(cfg, out_dir, plan, backbone, names, item, meta, chosen, rows, writer,
                                          files, logger, clock, draw=n_figures < int(cfg.figures.max_images),
                                          columns=columns[i], before=before if i == 0 else ())
+                    scored_now += 1
+                    nonfinite += sum(row["notes"] == NONFINITE_NOTE for row in rows
+                                     if row["head"] != "best" and row["threshold"] == plan.scoring.thresholds[0])
                     bar.update(1)
                 if first_batch is None:  # it also waited for the first images (worker start, lazy imports)
                     first_batch = {"images": len(items), "loop_seconds": round(time.perf_counter() - t_loop, 3),
@@ -308,15 +315,22 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
         writer.close()
         if isinstance(batches, Prefetched):
             batches.close()
-    stats = {"images": len(dataset), "rows": writer.rows, "backbone_calls": source.calls, "num_workers": workers,
+    stats = {"images": len(done) + scored_now, "skipped": len(skipped), "nonfinite_maps": nonfinite, "rows": writer.rows, "backbone_calls": source.calls, "num_workers": workers,
              "backbone_seconds": round(source.seconds, 3), "score_seconds": round(clock["score"], 3),
              "write_seconds": round(files.busy_seconds, 3), "write_wait_seconds": round(files.wait_seconds, 3),
              "data_wait_seconds": round(clock["data"], 3),
              "loop_seconds": round(time.perf_counter() - t_loop, 3),
              "skipped_images": skipped, "images_without_mask": no_mask, "first_batch": first_batch,
              "masks_changed_by_resize_rule": len(gained), "masks_kept_from_vanishing": sum(v for _, v in gained)}
+    if skipped and not stats["images"]:
+        shown = "; ".join(" ".join(why.split()) for why in skipped[:3])  # one line, whatever a reader said
+        more = f"; and {len(skipped) - 3} more, each named in the log" if len(skipped) > 3 else ""
+        raise ValueError(f"no image could be read ({len(skipped)} skipped): {shown}{more}")
     if skipped:
         log.warning("%d unreadable images skipped (listed in run_summary.json)", len(skipped))
+    if nonfinite:
+        log.warning("%d maps (image, layer, map) have NaN/inf values (the model's output: a NaN weight?): their "
+                    "metric columns are empty, noted %r", nonfinite, NONFINITE_NOTE)
     if gained:
         log.info("masks resized to %d px so that no defect vanishes (a cell is a defect where any of its pixels is): "
                  "%d images have more defect pixels than nearest resizing gives (+%d in all); %d would have had none",
@@ -497,7 +511,10 @@ def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, nam
     drawn = int(bool(draw and cfg.figures.grid))
     if drawn:
         path_png, title = layout.grid_file(out_dir, item["id"]), f"{item['id']} | {backbone.name} | {method.name}"
-        tasks.append((path_png, lambda: layer_head_grid(image_u8(), mask_np, saved, all_names, title, path_png)))
+        # a NaN/inf map (its rows are empty) is drawn blank: it has no colour to give
+        shown = {layer: m if np.isfinite(m).all() else np.where(np.isfinite(m), m, 0).astype(m.dtype)
+                 for layer, m in saved.items()}
+        tasks.append((path_png, lambda: layer_head_grid(image_u8(), mask_np, shown, all_names, title, path_png)))
     # the done.txt line, with the image's row count, is appended by the writer after these files
     files.submit(item["id"], tasks, line=done_line(item["id"], writer.rows - rows_before))
     return drawn

@@ -136,7 +136,7 @@ def pipeline(model: str, device: str, rounds: int, extra: Sequence[str], against
                 only = BackboneOnly(Path(tmp) / f"round0{codes[-1][0]}" / CONFIG)
             alone = only()
             for label, (summary, wall) in done.items():
-                n = summary["images"] - len(summary.get("skipped_images", []))
+                n = _scored(summary)
                 per_round[label].append(_round_stages(summary, wall, alone))
     return [{"model": _name(model, label), "device": device, "images": n, "rounds": per_round[label],
              "layers": only.layers, "maps": only.maps, "img_size": only.img_size} for label, _ in codes]
@@ -146,9 +146,14 @@ def _name(model: str, label: str) -> str:
     return f"{model}@{label}" if label else model
 
 
+def _scored(summary: dict) -> int:
+    """Images a study scored: ``images`` (older summaries counted the skipped ones in it too)."""
+    return summary["images"] if "skipped" in summary else summary["images"] - len(summary.get("skipped_images", []))
+
+
 def _round_stages(summary: dict, wall: float, alone: float) -> dict:
     """One study's stages in seconds per image (steady state, after the first batch), from its run_summary."""
-    n = summary["images"] - len(summary.get("skipped_images", []))
+    n = _scored(summary)
     total = {k: summary.get(k, 0.0) for k in ("loop_seconds", "backbone_seconds", "score_seconds", "write_wait_seconds",
                                               "data_wait_seconds")}  # older code: no data_wait_seconds (NaN below)
     first = summary.get("first_batch")

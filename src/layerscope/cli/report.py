@@ -28,7 +28,7 @@ import pandas as pd
 from ..results import catalog
 from ..results.jobs import job_problems
 from ..results.layout import RESULTS, report_stem
-from ..results.ranking import IMAGE_METRICS, dataset_markdown, rank, rank_dataset, to_markdown
+from ..results.ranking import IMAGE_METRICS, dataset_markdown, md, rank, rank_dataset, to_markdown
 from ..results.rundir import write_atomic
 from ..results.table import METRICS, load_results
 from .errors import Parser, UsageError, command
@@ -77,7 +77,7 @@ def _undefined_markdown(reasons: dict[str, str], metric: str) -> str:
     """The categories where pooled ``metric`` is undefined for every map, and why."""
     lines = []
     for category, reason in reasons.items():
-        lines += ["", f"## {category}", "", f"Pooled `{metric}` undefined: {reason}."]
+        lines += ["", f"## {md(category)}", "", f"Pooled `{metric}` undefined: {md(reason)}."]
     return "\n".join(lines) + "\n" if lines else ""
 
 
@@ -119,20 +119,45 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--cost-miss and --cost-false-alarm go together")
     if a.calibration is None and (a.cost_miss is not None or a.target_fpr is not None):
         raise UsageError("--cost-miss/--target-fpr belong to the held-out choice: add --calibration 0.5")
-    if a.folder.is_dir() and (problems := job_problems(a.folder, a.results)):
-        print(f"warning: not every run below {a.folder} finished (only finished images are ranked): "
-              f"{'; '.join(problems)}", file=sys.stderr)
     per_image_metric = a.metric in (*METRICS, *IMAGE_METRICS)
-    if a.protocol == "per_image" or (a.protocol == "both" and per_image_metric):
-        table = rank(load_results(a.folder, a.results), a.metric, a.threshold, a.boot, a.seed, a.include_best)
+    try:
+        metric = catalog.dataset_metric(a.metric)
+    except ValueError:
+        if a.protocol == "dataset":
+            raise
+        if a.protocol == "both" and not per_image_metric:
+            raise UsageError(f"--metric {a.metric}: expected one of {', '.join([*METRICS, *IMAGE_METRICS])} (per "
+                             f"image) or {', '.join(catalog.DATASET)} (dataset level)") from None
+        metric = None
+    per_image = a.protocol == "per_image" or (a.protocol == "both" and per_image_metric)
+    dataset = a.protocol == "dataset" or (a.protocol == "both" and metric is not None)
+    if a.calibration is not None and not dataset:
+        raise UsageError(f"--calibration: the held-out choice ranks by a dataset-level metric "
+                         f"({', '.join(catalog.DATASET)}), not --metric {a.metric}")
+    if a.protocol == "both" and not (per_image and dataset):  # checked first: nothing written, then an error
+        print(f"note: --metric {a.metric} has no {'dataset-level' if per_image else 'per-image'} form: only the "
+              f"{'per-image' if per_image else 'dataset-level'} report is written (the "
+              f"{'dataset' if per_image else 'per_image'} protocol is skipped)", file=sys.stderr)
+    problems = job_problems(a.folder, a.results) if a.folder.is_dir() else []
+
+    def warn() -> None:  # once the results read: a folder that holds no run gets its one error line alone
+        if problems:
+            print(f"warning: not every run below {a.folder} finished (only finished images are ranked): "
+                  f"{'; '.join(problems)}", file=sys.stderr)
+            problems.clear()
+
+    if per_image:
+        results = load_results(a.folder, a.results)
+        warn()
+        table = rank(results, a.metric, a.threshold, a.boot, a.seed, a.include_best)
         _write(a.folder, report_stem(a.metric), table, to_markdown(table, a.top))
-    if a.protocol in ("both", "dataset"):
+    if dataset:
         from ..plan import score_threads
         from ..protocol import choose, undefined_reasons, write_choice, write_dataset_metrics
         from ..results.pool import build_pool
 
-        metric = catalog.dataset_metric(a.metric)
         pool = build_pool(a.folder, progress=True)  # the saved maps are read once for the table and the choice
+        warn()
         try:
             pooled = write_dataset_metrics(a.folder, n_boot=min(a.boot, 200), seed=a.seed, pool=pool,
                                            threads=score_threads())

@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from ..configs import config_dir
-from ..results.layout import FAILED, HYDRA, HYDRA_CONFIG, HYDRA_OVERRIDES, HYDRA_SETTINGS, RESULTS
+from ..results.layout import FAILED, HYDRA, HYDRA_CONFIG, HYDRA_OVERRIDES, HYDRA_SETTINGS, LOG, RESULTS
 
 LIST_KEYS = ("layer", "head", "threshold")
 
@@ -87,8 +87,7 @@ def precheck(args: list[str]) -> str | None:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException as e:
-        return f"error: cannot read the overrides ({str(e).splitlines()[0]}); quote values with brackets or " \
-               "parentheses in bash: 'layer=range(0,12)'"
+        return f"error: cannot read the overrides ({str(e).splitlines()[0]}); {parse_advice(args)}"
     for o in parsed:
         key = o.key_or_group
         if o.is_add() and not any(f"{key}.".startswith(prefix) for prefix in EXTENSIBLE):
@@ -299,19 +298,98 @@ def fail(message: str, code: int, record: Path | None = None) -> None:
     write_atomic(record, message + "\n")
 
 
+UNQUOTABLE = set("[]{}(),'\"\\")  # a value holding one of these is a list, a sweep or quoted already
+
+
+def quote_non_ascii(args: list[str]) -> list[str]:
+    """``key=/tmp/ünï`` as ``key='/tmp/ünï'``: Hydra's grammar takes letters outside ASCII only inside its own
+    quotes, and a plain value (a path, a name) means the same quoted. Lists, sweeps, function calls and
+    values quoted already are left as written (``parse_advice`` says how to quote them)."""
+    out = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if (eq and not arg.startswith("-") and not value.isascii() and not UNQUOTABLE & set(value)
+                and not value.startswith(("'", '"'))):
+            arg = f"{key}='{value}'"
+        out.append(arg)
+    return out
+
+
+def parse_advice(args: list[str]) -> str:
+    """How to quote what Hydra could not read."""
+    if not all(arg.isascii() for arg in args):
+        return ("Hydra reads letters outside ASCII only inside its own quotes, kept by bash's: "
+                "'data.defects=[\"ünï\"]'")
+    return "in bash, quote values with brackets or parentheses: 'layer=range(0,12)'"
+
+
+def unwritable_output(args: list[str]) -> str | None:
+    """The one-line error for a run folder that cannot be written (checked before Hydra creates it and opens
+    its ``run.log``), or None. Only what is known before the run: a folder named with ``${...}`` is checked up
+    to its first interpolation (the default ``outputs/runs/${now:...}``: ``outputs/runs``)."""
+    import os
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    multirun = any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in args)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = [a for a in args if a.split("=", 1)[0] == key]
+    try:
+        value = str(OverridesParser.create().parse_overrides(given[-1:])[0].value()) if given else None
+    except Exception:  # noqa: BLE001 - Hydra says what it cannot read
+        return None
+    if value is None:
+        if any(a.startswith(("--config", "-c", "hydra/", "hydra.searchpath", "+hydra")) for a in args):
+            return None  # a config of the user's may name another folder: Hydra says what it cannot write
+        value = "outputs/multirun/" if multirun else "outputs/runs/"
+    literal = value.split("${", 1)[0]
+    folder = Path(literal) if "${" not in value else Path(literal).parent if not literal.endswith("/") else \
+        Path(literal)
+    folder = Path.cwd() / folder if not folder.is_absolute() else folder
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    named = f"{key}={value}"
+    if not existing.is_dir():
+        return f"error: {named}: {existing} is not a folder; choose another output folder ({key}=...)"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"error: {named}: cannot write into {existing} (permission denied or a read-only file system); " \
+               f"choose a folder you can write ({key}=...)"
+    log_file = existing / LOG
+    if existing == folder and not multirun and log_file.exists() and not os.access(log_file, os.W_OK):
+        return f"error: {named}: cannot write {log_file} (permission denied); choose a folder you can write " \
+               f"({key}=...)"
+    return None
+
+
+def _overrides(args: list[str]) -> list[str]:
+    """The ``key=value`` arguments (not the values of ``--config-dir DIR`` and the like)."""
+    out, it = [], iter(args)
+    for arg in it:
+        if arg in ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--experimental-rerun"):
+            next(it, None)
+        elif not arg.startswith("-") and "=" in arg:
+            out.append(arg)
+    return out
+
+
 def main() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # honour Ctrl-C even when started with it ignored
     from hydra.errors import OverrideParseException
 
+    given = quote_non_ascii(sys.argv[1:])
     try:
-        args = listify_sweeps(sys.argv[1:])
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        # every override, Hydra's own (hydra.run.dir=...) too, which precheck leaves to Hydra
+        OverridesParser.create().parse_overrides(_overrides(given))
+        args = listify_sweeps(given)
     except OverrideParseException as e:
-        print(f"error: cannot read the overrides ({str(e).splitlines()[0]}); in bash, quote values with brackets or "
-              "parentheses: 'layer=range(0,12)'", file=sys.stderr)
+        print(f"error: cannot read the overrides ({str(e).splitlines()[0]}); {parse_advice(given)}", file=sys.stderr)
         sys.exit(2)
-    problem = precheck(args)
+    problem = precheck(args) or unwritable_output(args)
     if problem:
         print(problem, file=sys.stderr)
         sys.exit(2)

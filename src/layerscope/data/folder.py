@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections import Counter
 from pathlib import Path
 
 from PIL import Image
 
 from .base import DatasetBase, Sample
-from .images import read_image, read_mask
+from .ids import path_id, safe_name
+from .images import BadImage, read_image, read_mask
 from .transforms import resize_mask
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,20 @@ def header_size(path: Path) -> tuple[int, int] | None:
             return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     except Exception:  # noqa: BLE001 - unreadable files are reported when loaded
         return None
+
+
+def _not_a_file(path: Path) -> str:
+    """What a path named as an image is when it is no regular file."""
+    if path.is_symlink() and not path.exists():
+        return "a dangling symbolic link"
+    if path.is_dir():
+        return "a folder"
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    return "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device file" \
+        if stat.S_ISBLK(mode) or stat.S_ISCHR(mode) else "not a regular file"
 
 
 def _walk(root: Path, skip: Path | None = None) -> list[Path]:
@@ -59,6 +75,23 @@ def _walk(root: Path, skip: Path | None = None) -> list[Path]:
     return files
 
 
+def _refuse_shared_ids(root: Path, files: list[Path], ids: list[str]) -> None:
+    """Stop before the run when two files would share an image id (and so one maps file, one figure, one
+    line of ``done.txt``). ``path_id`` keeps paths apart; what remains is a suffix kept to tell ``x.png``
+    from ``x.tif`` meeting a file named so (``x.png.png``).
+
+    Raises:
+        ValueError: naming both files.
+    """
+    seen: dict[str, Path] = {}
+    for path, image_id in zip(files, ids):
+        key = safe_name(image_id)  # the name its files get in the run folder
+        if key in seen:
+            raise ValueError(f"data.root={root}: {seen[key].relative_to(root)} and {path.relative_to(root)} both "
+                             f"become image id {key!r} (one maps file and one row set for two images); rename one")
+        seen[key] = path
+
+
 class Folder(DatasetBase):
     """Every image under ``root``; a mask for ``x.png`` is ``mask_dir/x.png`` or ``mask_dir/x_mask.png``.
 
@@ -90,16 +123,23 @@ class Folder(DatasetBase):
         self.normal_dir = Path(normal_dir).expanduser() if normal_dir else None
         if self.normal_dir is not None and not self.normal_dir.is_dir():
             raise FileNotFoundError(f"data.normal_dir={self.normal_dir}: no such folder")
+        # every entry named as an image: one that is no regular file (a dangling link, a FIFO, a folder called
+        # x.png) is listed with the skipped images when read, not dropped without a word
         self.files = sorted(p for p in (_walk(self.root, self.mask_dir) if recursive else self.root.iterdir())
-                            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                            if p.suffix.lower() in IMAGE_SUFFIXES
                             and (self.mask_dir is None or self.mask_dir not in p.parents))
         if not self.files:
             raise ValueError(f"data.root={self.root}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
         stems = Counter(p.relative_to(self.root).with_suffix("") for p in self.files)
         # x.png and x.tif are two images: their ids keep the suffix; a lone x.png is plainly "x"
-        self._keep_suffix = {p for p in self.files if stems[p.relative_to(self.root).with_suffix("")] > 1}
+        keep_suffix = {p for p in self.files if stems[p.relative_to(self.root).with_suffix("")] > 1}
+        self.ids = [path_id((p.relative_to(self.root) if p in keep_suffix else
+                             p.relative_to(self.root).with_suffix("")).parts) for p in self.files]
+        _refuse_shared_ids(self.root, self.files, self.ids)
         self.resize_masks = bool(resize_masks)
         for path in self.files if not self.resize_masks else []:
+            if not path.is_file():  # not opened: a FIFO would wait for a writer
+                continue
             mask_path = self._mask_path(path)
             sizes = (header_size(path), header_size(mask_path)) if mask_path else (None, None)
             if None not in sizes and sizes[0] != sizes[1]:
@@ -128,6 +168,8 @@ class Folder(DatasetBase):
 
     def __getitem__(self, i: int) -> Sample:
         path = self.files[i]
+        if not path.is_file():
+            raise BadImage(f"{path}: {_not_a_file(path)}, not an image file")
         image = read_image(path)
         mask_path = self._mask_path(path)
         mask = read_mask(mask_path) if mask_path else None
@@ -137,8 +179,7 @@ class Folder(DatasetBase):
                                  f"{image.shape[1]}x{image.shape[0]}; expected the same size (or data.resize_masks=true)")
             mask = resize_mask(mask, image.shape[:2]).numpy()  # no defect vanishes when the mask shrinks
         rel = path.relative_to(self.root)
-        sample_id = "__".join((rel if path in self._keep_suffix else rel.with_suffix("")).parts)
-        return Sample(id=sample_id, image=image, mask=mask, category=rel.parent.name if rel.parent.parts else "",
+        return Sample(id=self.ids[i], image=image, mask=mask, category=rel.parent.name if rel.parent.parts else "",
                       source=str(path))
 
     @property

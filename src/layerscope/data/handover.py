@@ -9,7 +9,10 @@ items' small fields go through the pipe; the study copies the slot out on arriva
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -46,6 +49,28 @@ class Prepared(torch.utils.data.Dataset):
                 "mask": mask, "valid": valid, "mask_rule": rule}
 
 
+SHM = Path("/dev/shm")
+
+
+@contextlib.contextmanager
+def no_leftover_segments() -> Iterator[None]:
+    """Remove the shared-memory files this process made inside the block when the block fails.
+
+    ``Tensor.share_memory_`` creates ``/dev/shm/torch_<pid>_*`` and then sizes it; where sizing fails
+    (a file-size limit, ``ulimit -f``; a full ``/dev/shm``) torch raises and leaves the empty file behind,
+    after the run too. Only this process's files that appeared inside the block are removed.
+    """
+    pattern = f"torch_{os.getpid()}_*"
+    before = set(SHM.glob(pattern)) if SHM.is_dir() else set()
+    try:
+        yield
+    except BaseException:
+        for path in (set(SHM.glob(pattern)) - before) if SHM.is_dir() else ():
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+
+
 class SlotRing:
     """Shared-memory blocks for ``slots`` batches of prepared images, made before the workers start.
 
@@ -67,8 +92,9 @@ class SlotRing:
         self.batch_size, self.slots = batch_size, slots
         shapes = {"x": ((3, size, size), torch.float32), "mask": ((size, size), torch.bool),
                   "valid": ((size, size), torch.bool)}
-        self.blocks = {key: torch.empty((slots, batch_size, *shape), dtype=dtype).share_memory_()
-                       for key, (shape, dtype) in shapes.items()}
+        with no_leftover_segments():
+            self.blocks = {key: torch.empty((slots, batch_size, *shape), dtype=dtype).share_memory_()
+                           for key, (shape, dtype) in shapes.items()}
 
     def fits(self, key: str, value: torch.Tensor) -> bool:
         block = self.blocks[key]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Sequence
 
 
 MAX_ID = 200  # characters: the longest file name made from an id (".<id>_grid.tmp.png") stays under 255 bytes
@@ -21,5 +22,29 @@ def safe_name(name: str) -> str:
     parts = [p for p in re.split(r"[\\/]+", name) if p not in ("", ".", "..")]
     cleaned = re.sub(r"[^A-Za-z0-9._=+-]+", "_", "_".join(parts)).replace("..", "_").lstrip(".") or "_"
     if cleaned != name or len(cleaned) > MAX_ID:
-        cleaned = cleaned[:MAX_ID - 9] + "-" + hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        cleaned = cleaned[:MAX_ID - 9] + "-" + _short_hash(name)
     return cleaned
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def path_id(parts: Sequence[str]) -> str:
+    """The id of a file from its path below a folder: the parts joined by ``__`` (``sub/x`` -> ``sub__x``).
+
+    The joined name is decoded in one way only when no part holds ``__`` and, below the top level, no part
+    starts or ends with ``_`` (a run of exactly two underscores is then always a separator). Any other
+    path gets a short hash of the path itself appended (a top-level ``sub__x.png`` becomes ``sub__x-<hash>``),
+    so two files of one folder never share an id, and the id of a file does not depend on which other
+    files are there (a resumed run keeps its ids when files are added).
+
+    Args:
+        parts: the path's components below the folder, the last one the file name (with or without
+            its suffix, as the id should show it).
+    """
+    parts = [str(p) for p in parts]
+    joined = "__".join(parts)
+    ambiguous = any("__" in p for p in parts) or (
+        len(parts) > 1 and any(p.startswith("_") or p.endswith("_") for p in parts))
+    return f"{joined}-{_short_hash('/'.join(parts))}" if ambiguous else joined

@@ -14,6 +14,7 @@ A candidate map is named by ``CANDIDATE`` (model, method, layer, head) in every 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -139,3 +140,15 @@ def title(name: str) -> str:
     """Short display name of a metric (its name when unknown)."""
     metric = PER_IMAGE.get(name) or DATASET.get(name)
     return metric.title if metric else name
+
+
+AGGREGATE = "all"  # the category of the rows that pool every image, in the report and dataset_metrics.csv
+
+
+def data_category(name: str) -> str:
+    """A category of the data as the tables that also hold the ``AGGREGATE`` rows name it.
+
+    ``all`` (a folder called so) becomes ``all_``, and a category already ``all_``, ``all__``, ... gets one
+    more ``_`` as well, so no category of the data is read as the aggregate and no two become one.
+    """
+    return f"{name}_" if re.fullmatch(f"{AGGREGATE}_*", name) else name

@@ -73,8 +73,9 @@ def load_maps(path: Path) -> dict:
     """Read and check a file written by ``save_maps``.
 
     Checked: an ``(S, S, 3)`` image; ``mask`` and ``valid`` bool and ``(S, S)`` like the image;
-    at least one ``layer_<int>`` map, each ``(K, h, w)``, floating and finite; ``K`` names per
-    layer and names for exactly the saved layers.
+    at least one ``layer_<int>`` map, each ``(K, h, w)`` and floating; ``K`` names per layer and names
+    for exactly the saved layers. A map may hold NaN or infinite values, as the model made it (a NaN
+    weight): what scores it leaves its metrics empty (``scoring.finite_maps``).
 
     Returns:
         dict with ``image``, ``mask`` and ``valid`` (or None), ``maps`` (layer -> (K, h, w)), ``names``, ``meta``,
@@ -118,9 +119,6 @@ def _load(path: Path) -> dict:
             m = z[key]
             if m.ndim != 3 or not np.issubdtype(m.dtype, np.floating):
                 raise _Invalid(f"{key} is {m.dtype} {m.shape}, expected float maps (K, h, w)")
-            if not np.isfinite(m).all():  # NaN or inf has no rank: every metric of it would be made up
-                raise _Invalid(f"{key} holds {int((~np.isfinite(m)).sum())} NaN or infinite values, expected "
-                               "finite maps")
             maps[layer] = m
         if not maps:
             raise _Invalid("no maps (expected layer_<int> arrays)")

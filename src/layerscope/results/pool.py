@@ -56,6 +56,8 @@ class Pool:
         image_scores: candidate index -> (n_images, len(SCORES)) float64, the ``SCORES`` columns of
             ``results.csv`` (NaN for images the candidate's job did not score).
         fpr_limit: AUPRO integration limit of the runs.
+        nonfinite: candidate index -> images whose map held NaN or infinite values (their cells are
+            stored as zeros so that reading goes on; every pooled metric of such a candidate is undefined).
     """
 
     images: pd.DataFrame
@@ -65,6 +67,7 @@ class Pool:
     fpr_limit: float
     _scores: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+    nonfinite: dict[int, int] = field(default_factory=dict)
 
     def scores(self, c: int) -> np.ndarray:
         """Cell scores of candidate ``c``, (n,) float32, in the order of its grid's cells."""
@@ -158,6 +161,7 @@ def build_pool(folder: Path, progress: bool = False) -> Pool:
     scores: dict[int, np.ndarray] = {}
     image_scores: dict[int, np.ndarray] = {}
     limits = set()
+    nonfinite: dict[int, int] = {}
     for r, run in enumerate(runs):
         job = str(run.relative_to(folder)) if run != folder else "."
         mode, limit, topk = _run_options(run)
@@ -222,9 +226,15 @@ def build_pool(folder: Path, progress: bool = False) -> Pool:
                 flat = layer_maps.reshape(layer_maps.shape[0], -1).astype(np.float32)  # (K, h*w)
                 if mode == "bilinear":
                     flat = upsample_maps(torch.from_numpy(layer_maps), size, "bilinear").reshape(len(flat), -1).numpy()
+                bad = ~np.isfinite(flat).all(1)  # a NaN weight's maps: kept out of every pooled metric
+                if bad.any():
+                    flat = np.where(bad[:, None], np.float32(0), flat)
                 per_map = _image_scores(layer_maps, topk)  # (K, len(SCORES))
+                per_map[bad] = np.nan
                 for k in range(len(flat)):
                     c = job_cands[(layer, k)]
+                    if bad[k]:
+                        nonfinite[c] = nonfinite.get(c, 0) + 1
                     scores[c][offsets[c]:offsets[c] + flat.shape[1]] = flat[k]
                     offsets[c] += flat.shape[1]
                     image_scores[c][f] = (i, *per_map[k])
@@ -245,4 +255,4 @@ def build_pool(folder: Path, progress: bool = False) -> Pool:
                                                "normal_pixels"])
     if images.empty:
         raise FileNotFoundError(f"{folder}: no saved map has a mask; the dataset-level protocol needs masks")
-    return Pool(images, pd.DataFrame(cand_rows), grids, per_image, limits.pop(), scores, tmp)
+    return Pool(images, pd.DataFrame(cand_rows), grids, per_image, limits.pop(), scores, tmp, nonfinite=nonfinite)

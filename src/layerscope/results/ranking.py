@@ -73,7 +73,9 @@ def rank(df: pd.DataFrame, metric: str, threshold: float | None = None, n_boot: 
     df = df[np.isclose(df["threshold"], threshold)]
     if not include_best:
         df = df[df["head"] != "best"]
-    df = df.assign(group=df["group"].fillna(df["image"]), category=df["category"].fillna(""))
+    # a category of the data called "all" is named apart from the rows over every image
+    df = df.assign(group=df["group"].fillna(df["image"]),
+                   category=df["category"].fillna("").astype(str).map(catalog.data_category))
     rng = np.random.default_rng(seed)
     out = []
     if image_level:
@@ -82,7 +84,7 @@ def rank(df: pd.DataFrame, metric: str, threshold: float | None = None, n_boot: 
             raise ValueError(f"--metric {metric}: needs defect-free images (category 'good'), and the results have none")
         negatives = {key: part.groupby("group")[column].mean().to_numpy(float) for key, part in good.groupby(KEYS)}
         bad = df[df["category"] != "good"]
-        for category, by_category in [*bad.groupby("category"), ("all", bad)]:
+        for category, by_category in [*bad.groupby("category"), (catalog.AGGREGATE, bad)]:
             for key, part in by_category.groupby(KEYS):
                 pos = part.groupby("group")[column].mean().to_numpy(float)
                 neg = negatives.get(key, np.array([]))
@@ -91,7 +93,7 @@ def rank(df: pd.DataFrame, metric: str, threshold: float | None = None, n_boot: 
         scored = df.dropna(subset=[column])
         if scored.empty:
             raise ValueError(f"--metric {metric}: undefined for every row (no masks, or only defect-free images?)")
-        for category, by_category in [*scored.groupby("category"), ("all", scored)]:
+        for category, by_category in [*scored.groupby("category"), (catalog.AGGREGATE, scored)]:
             per_image = by_category.groupby([*KEYS, "group"], as_index=False)[column].mean()  # objects -> image
             for key, part in per_image.groupby(KEYS):
                 out.append([category, *key, *bootstrap_mean(part[column].to_numpy(float), n_boot, rng), len(part)])
@@ -105,8 +107,20 @@ def rank(df: pd.DataFrame, metric: str, threshold: float | None = None, n_boot: 
 
 def md(text: object) -> str:
     """A name (category, model, head, image) as Markdown text: HTML-escaped, so a folder called
-    ``<!--<script>`` shows as written wherever the report is rendered, and ``|`` kept inside its cell."""
-    return html.escape(str(text), quote=True).replace("|", "&#124;")
+    ``<!--<script>`` shows as written wherever the report is rendered, ``|`` kept inside its cell, and a line
+    break shown as ``\\n`` (a heading or a table row is one line)."""
+    text = html.escape(str(text), quote=True).replace("|", "&#124;")
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def number(value: object) -> str:
+    """A metric value for a Markdown table: three decimals, or ``undefined`` (NaN, missing)."""
+    return f"{value:.3f}" if value is not None and pd.notna(value) else "undefined"
+
+
+def interval(low: object, high: object) -> str:
+    """``[low, high]``, or nothing where the interval is undefined."""
+    return f"[{low:.3f}, {high:.3f}]" if pd.notna(low) and pd.notna(high) else ""
 
 
 def to_markdown(table: pd.DataFrame, top: int) -> str:
@@ -118,8 +132,8 @@ def to_markdown(table: pd.DataFrame, top: int) -> str:
         lines += [f"## {md(category)}", "", "| rank | model | method | layer | head | mean | 95% CI | n |",
                   "|---:|---|---|---:|---|---:|---|---:|"]
         for r in part.head(top).itertuples():
-            lines.append(f"| {r.rank} | {md(r.model)} | {md(r.method)} | {r.layer} | {md(r.head)} | {r.mean:.3f} | "
-                         f"[{r.ci_low:.3f}, {r.ci_high:.3f}] | {r.n} |")
+            lines.append(f"| {r.rank} | {md(r.model)} | {md(r.method)} | {r.layer} | {md(r.head)} | {number(r.mean)} | "
+                         f"{interval(r.ci_low, r.ci_high)} | {r.n} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -147,8 +161,8 @@ def dataset_markdown(table: pd.DataFrame, top: int, held_out: bool = False) -> s
                   "|---:|---|---|---:|---|" + "---:|" * len(_SHOWN) + "---|"]
         for r in part.head(top).to_dict("records"):
             low, high = r.get(f"{_SHOWN_CI}_ci_low"), r.get(f"{_SHOWN_CI}_ci_high")
-            ci = f" [{low:.3f}, {high:.3f}]" if pd.notna(low) else ""
-            cells = [f"{r[name]:.3f}{ci if name == _SHOWN_CI else ''}" for name in _SHOWN]
+            ci = f" {interval(low, high)}" if pd.notna(low) and pd.notna(high) else ""
+            cells = [f"{number(r[name])}{ci if name == _SHOWN_CI else ''}" for name in _SHOWN]
             lines.append(f"| {r['rank']} | {md(r['model'])} | {md(r['method'])} | {r['layer']} | {md(r['head'])} | "
                          f"{' | '.join(cells)} | {r['n_images']} ({r['n_defect_images']}) |")
         lines.append("")
