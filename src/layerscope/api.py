@@ -183,6 +183,9 @@ def _resolve_layers(backbone: Backbone, layers: Any) -> list[int]:
                 raise ValueError(f"layers={item!r}: not a layer of model {backbone.name}; its layers are {shown} "
                                  "(or ints, negative from the end; wrap(model, layers=[...]) takes any module)")
             out.append(names.index(item))
+        elif isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(f"layers={item!r}: expected an int (negative from the end), a module name, 'all', or a "
+                             "list of them")
         else:
             out.append(item)
     return select_indices(out, backbone.num_layers, "layer")

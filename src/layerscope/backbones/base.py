@@ -169,8 +169,8 @@ class Backbone(nn.Module):
                     raise
                 hint = (f"; its class logits are out.logits (target=lambda out: out.logits[:, k])"
                         if isinstance(getattr(out, "logits", None), torch.Tensor) else "")
-                raise ValueError(f"target: the callable failed on the model's output, a {type(out).__name__} "
-                                 f"object, not a tensor ({type(e).__name__}: {e}){hint}") from None
+                raise ValueError(f"target: the callable failed on the model's output, an object of type "
+                                 f"{type(out).__name__}, not a tensor ({type(e).__name__}: {e}){hint}") from None
             if not isinstance(score, torch.Tensor) or tuple(score.shape) != (x.shape[0],):
                 shape = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
                 raise ValueError(f"target: the callable returned {shape}; expected a tensor of one score per image, "

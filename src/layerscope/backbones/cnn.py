@@ -99,8 +99,13 @@ class TimmCNN(Backbone):
         p = next(self.model.parameters(), None)
         x = torch.zeros(1, 3, self.img_size, self.img_size, device=p.device if p is not None else "cpu",
                         dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
-        with forward_hooks([(m, hook_for(i)) for i, m in enumerate(self._modules_by_stage)]):
-            self.model(x)
+        try:
+            with forward_hooks([(m, hook_for(i)) for i, m in enumerate(self._modules_by_stage)]):
+                self.model(x)
+        except Exception as e:  # noqa: BLE001 - a model built for another input size asserts, others raise
+            raise ValueError(f"model {self.name}: {arch} ({type(self.model).__name__}) fails on a {self.img_size} px "
+                             f"image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); is "
+                             "model.img_size one it takes?") from None
         for i, info in enumerate(self.model.feature_info):
             shape = shapes.get(i)
             if shape is None or len(shape) != 4 or shape[1] != info["num_chs"]:

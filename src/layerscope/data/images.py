@@ -73,12 +73,13 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
 
 def array_to_rgb(arr: np.ndarray, what: str) -> np.ndarray:
     """RGB uint8 (H, W, 3) from an image array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), by the rule of
-    image files: uint8 as it is, 16-bit and other integers by their type's range, floats in [0, 1] as they
-    are (see ``_scale_to_uint8``); alpha dropped.
+    image files (``_scale_to_uint8``): uint8 as it is, uint16 by 65535 (as a 16-bit PNG), floats in [0, 1]
+    times 255; alpha dropped. Other dtypes are refused rather than guessed (an int64 array of 0..255 values
+    would otherwise be read as 16-bit, nearly black).
 
     Raises:
-        ValueError: one line naming ``what``: another shape, an empty side, a dtype that is not a number
-            (bool, complex, object), or NaN/inf values.
+        ValueError: one line naming ``what``: another shape, an empty side, another dtype, floats outside
+            [0, 1] or NaN/inf.
     """
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[-1] == 1:
@@ -87,10 +88,12 @@ def array_to_rgb(arr: np.ndarray, what: str) -> np.ndarray:
         raise ValueError(f"{what}: expected an (H, W), (H, W, 3) or (H, W, 4) image array, got shape {arr.shape}")
     if not arr.shape[0] or not arr.shape[1]:
         raise ValueError(f"{what}: an empty image ({arr.shape[1]}x{arr.shape[0]} pixels)")
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"{what}: pixels of dtype {arr.dtype}; expected uint8 (or 16-bit integers, or floats in [0, 1])")
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        raise ValueError(f"{what}: the image has NaN/inf pixels")
+    if arr.dtype not in (np.uint8, np.uint16) and not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"{what}: pixels of dtype {arr.dtype}; expected uint8 (0..255), uint16 (0..65535) or floats "
+                         "in [0, 1] (cast it, e.g. arr.astype(np.uint8))")
+    if np.issubdtype(arr.dtype, np.floating) and not (np.isfinite(arr).all() and 0 <= arr.min() and arr.max() <= 1):
+        raise ValueError(f"{what}: float pixels must be finite and in [0, 1], got "
+                         f"{'NaN/inf' if not np.isfinite(arr).all() else f'{arr.min():g}..{arr.max():g}'}")
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     return np.ascontiguousarray(_scale_to_uint8(arr[..., :3]))
