@@ -296,6 +296,11 @@ def test_a_cast_model_gets_its_input_in_its_dtype_and_gives_float32_maps(dtype, 
             assert got[layer].dtype == np.float32
             scale = np.abs(reference[layer]).max()
             np.testing.assert_allclose(got[layer], reference[layer], atol=tol * scale, rtol=0, err_msg=method)
+        if method == "gradcam" and dtype == torch.float64:  # faithfulness runs the cast model on perturbed images
+            rows = ls.score(got, None, faithfulness=True, faithfulness_steps=3)
+            expected_rows = ls.score(reference, None, faithfulness=True, faithfulness_steps=3)
+            assert rows["deletion_auc"].notna().all()
+            np.testing.assert_allclose(rows["deletion_auc"], expected_rows["deletion_auc"], atol=5 * tol)
     assert next(cnn.model.parameters()).dtype == dtype  # the model stays as the user cast it
 
 

@@ -26,7 +26,7 @@ from .backbones import Backbone, select_indices
 
 __all__ = ["Maps", "load", "maps", "score", "wrap"]
 
-ImageLike = Any  # a path, a PIL image or an (H, W, 3) uint8 array
+ImageLike = Any  # a path, a PIL image or an (H, W, 3) array (uint8, uint16, or floats in [0, 1])
 
 
 def _compose(overrides: Sequence[str]):
@@ -72,7 +72,8 @@ def load(name: str, *, seed: int = 0, device: str | torch.device | None = None, 
             (with ``hub_id=``), ...
         seed: seeds a random-init model's weights as a run with ``seed=`` does (the caller's RNG
             state is left as it was).
-        device: where to put it (``"cuda"``); None leaves it on the CPU.
+        device: where to put it (``"cuda"``, ``"cuda:1"``, ``"mps"``); None leaves it on the CPU. A device
+            this machine does not have is a ValueError before anything is built.
         **overrides: ``model.*`` options as keywords: ``img_size=224``, ``pretrained=False``,
             ``weights={"source": "file", "path": "ckpt.pth"}``, ``arch="resnet18"``.
 
@@ -80,7 +81,8 @@ def load(name: str, *, seed: int = 0, device: str | torch.device | None = None, 
         The backbone: ``num_layers``, ``layer_names()``, ``img_size``, ``labels``, ...
 
     Raises:
-        ValueError: an unknown config or option, or a value the model does not take (one line).
+        ValueError: an unknown config or option, a value the model does not take, a device this machine
+            lacks, or ``weights=`` naming a file with ``pretrained=False`` (it would be ignored) (one line).
         WeightsError: weights that cannot be found or read (the message says what to do).
 
     Example:
@@ -152,8 +154,10 @@ def wrap(model: nn.Module, *, layers: Sequence[str] | str | None = None, img_siz
         num_prefix: leading non-patch tokens of token outputs with ``layers=`` (default: inferred).
 
     Raises:
-        ValueError: one line: a model layerscope cannot read without ``layers``, an unknown module
-            name (the closest names are listed), a layer output that is not a map.
+        ValueError: one line: a model layerscope cannot read without ``layers`` (a timm ``features_only``
+            model, a timm transformer that is not a ``VisionTransformer`` such as EVA-02 or BEiT), an unknown
+            module name (the closest names are listed), a layer output that is not a map, an ``img_size``
+            that is not a positive int, a ``std`` with a value <= 0.
 
     Example:
         >>> import torch, torchvision, layerscope as ls
@@ -407,17 +411,24 @@ def maps(backbone: Backbone | nn.Module, images: Any, layers: Any = "all", metho
          references: Any = None, **options: Any) -> Maps:
     """Every requested layer's maps of ``images``, one forward pass (and one backward for gradient methods) per batch.
 
+    The model runs in eval mode (no dropout; BatchNorm uses its running statistics and changes no buffer),
+    and every module's own train/eval mode is put back afterwards. A model cast to another dtype
+    (``.half()``, ``.bfloat16()``, ``.double()``) gets its input in that dtype; the maps are float32.
+
     Args:
         backbone: from ``load`` or ``wrap`` (a plain ``nn.Module`` is wrapped first).
-        images: paths, PIL images, (H, W, 3) uint8 arrays (resized to the model's side as a run
-            does), or a float tensor (B, 3, S, S) taken as the model's already preprocessed input.
+        images: paths, PIL images, (H, W), (H, W, 3) or (H, W, 4) arrays, uint8, uint16 (divided by
+            65535, as a 16-bit file or PIL image is) or floats in [0, 1] (resized to the model's side as a
+            run does), or a float tensor (B, 3, S, S) taken as the model's already preprocessed input.
         layers: ``"all"``, an int (negative from the end), a module name, or a list of them.
         method: a method config name: ``cls_attention``, ``features``, ``rollout``, ``gradcam``,
             ``gradcam_pp``, ``hirescam``, ``xgradcam``, ``layercam``, ``eigencam``, ``attn_grad``,
             ``patch_knn`` (with ``references=``), ``auto``; or a built ``MapMethod``.
-        target: gradient methods: a class index, one per image, or a callable on the model's own
-            output returning a (B,) score (``lambda out: out[:, 3]``, pytorch-grad-cam's pattern);
-            None explains each image's predicted class (or the embedding norm without a classifier).
+        target: gradient methods: a class index (NumPy and torch integers too), one per image, or a
+            callable on the model's own output returning a (B,) score computed with torch operations
+            (``lambda out: out[:, 3]``, pytorch-grad-cam's pattern; a transformers model's output is its
+            ``ModelOutput``: ``lambda out: out.logits[:, 3]``); None explains each image's predicted class
+            (or the embedding norm without a classifier). Not under ``torch.inference_mode()``.
         batch_size: images per forward pass.
         references: normal images for ``patch_knn``'s memory bank (same kinds as ``images``).
         **options: the method's options (``reductions=["l2"]``, ``centred=True``, ``head_fusion="max"``).
@@ -426,7 +437,9 @@ def maps(backbone: Backbone | nn.Module, images: Any, layers: Any = "all", metho
         ``Maps``: per layer (B, K, h, w) float32; for attention the heads and their mean, as a run saves them.
 
     Raises:
-        ValueError: one line naming the option, layer, image or target that does not fit.
+        ValueError: one line naming the option, layer, image or target that does not fit (also: a method
+            that reads the CLS token on a ViT without one; a gradient method under ``torch.inference_mode()``;
+            a callable target whose score is detached).
 
     Example:
         >>> import torch, torchvision, layerscope as ls
@@ -530,8 +543,10 @@ def score(maps: Maps, masks: Any = None, threshold: float | Sequence[float] = 0.
 
     Args:
         maps: from ``layerscope.maps``.
-        masks: one per image (a path, a PIL image, an (H, W) array in the image's frame, or None),
-            or None for the threshold-free columns only.
+        masks: one per image (a path, a PIL image, an (H, W) array of the image's own size as given to
+            ``maps``, or None), or None for the threshold-free columns only. Read and resized as a run
+            does (``data.images.as_mask``, ``data.transforms.resize_mask``: a cell of a coarser grid is defect
+            where any of its pixels is), so the rows equal the run's.
         threshold: keep-mass fraction(s) (or min-max levels with ``threshold_rule="minmax"``).
         **metric_options: ``threshold_rule``, ``upsample``, and any ``metrics.*`` option of
             the schema (``options.MetricsOptions``: ``aupro_fpr_limit``, ``pointing_tolerance``, ``faithfulness=True``,
@@ -542,7 +557,8 @@ def score(maps: Maps, masks: Any = None, threshold: float | Sequence[float] = 0.
         threshold), plus a ``best`` row per threshold where maps are heads with their mean.
 
     Raises:
-        ValueError: an unknown option, or masks that do not match the images.
+        ValueError: an unknown option, or masks that do not match the images: another count, another size
+            than their image, not a mask ((H, W, 5), NaN values, complex).
 
     Example:
         >>> import numpy as np, layerscope as ls
