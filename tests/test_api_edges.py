@@ -56,7 +56,8 @@ def test_vit_without_cls_token_refuses_cls_methods_and_keeps_the_others():
 def test_run_refuses_cls_attention_on_siglip_before_any_weights_load(tmp_path):
     """SigLIP's timm arch (no CLS token): one line, exit 2, before the (missing) weights file is read."""
     args = ["model=timm", "model.arch=vit_base_patch16_siglip_224", "model.img_size=32", "+model.model_kwargs.depth=1",
-            "model.weights.source=file", f"model.weights.path={tmp_path / 'absent.safetensors'}", "method=cls_attention",
+            "model.weights.source=file", f"model.weights.path={tmp_path / 'absent.safetensors'}",
+            "method=cls_attention",
             "data.textures=[brick]", "data.defects=[spot]", "data.size=32", *QUIET, f"hydra.run.dir={tmp_path / 'run'}"]
     proc = run_main(args, cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
@@ -285,7 +286,8 @@ def float32_maps():
                     "cls_attention": ls.maps(ls.load("tiny_vit"), images, method="cls_attention")}
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-5), pytest.param(torch.bfloat16, 6e-2, marks=pytest.mark.slow),
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-5),
+                                       pytest.param(torch.bfloat16, 6e-2, marks=pytest.mark.slow),
                                        pytest.param(torch.float16, 1e-2, marks=pytest.mark.slow)])
 def test_a_cast_model_gets_its_input_in_its_dtype_and_gives_float32_maps(dtype, tol, float32_maps):
     images, expected = float32_maps
@@ -354,7 +356,8 @@ def test_numpy_and_torch_integers_are_taken_for_layers_and_targets():
     image = [picture()]
     for layers in (np.array([1, 2]), [np.int64(1), torch.tensor(2)], (np.int32(1), 2)):
         assert ls.maps(bb, image, layers=layers, method="features").layers == [1, 2]
-    assert ls.maps(bb, image, layers=np.int64(-1), method="features").layers == [4]
+    last = ls.maps(bb, image, layers=np.int64(-1), method="features")
+    assert last.layers == [4] and last[np.int64(-1)].shape == last[4].shape
     reference = ls.maps(bb, image, layers=[2], method="gradcam", target=2)
     for target in (np.int64(2), [np.int64(2)], np.array([2]), torch.tensor(2)):
         np.testing.assert_array_equal(ls.maps(bb, image, layers=[2], method="gradcam", target=target)[2], reference[2])
@@ -368,7 +371,8 @@ def test_inputs_the_api_cannot_take_are_one_line_errors():
     image = [picture()]
     m = ls.maps(bb, image, method="features")
     cases = [
-        (lambda: ls.maps(bb, image, layers=1.0, method="features"), r"^layers=1.0: expected an int \(negative from the end\), a module"),
+        (lambda: ls.maps(bb, image, layers=1.0, method="features"),
+         r"^layers=1.0: expected an int \(negative from the end\), a module"),
         (lambda: ls.maps(bb, image, layers=[1.5], method="features"), r"^layers=1.5: expected an int"),
         (lambda: ls.maps(bb, torch.zeros(0, 3, 64, 64), method="features"), r"^images: an empty batch"),
         (lambda: ls.maps(bb, torch.zeros(1, 3, 64, 64, dtype=torch.uint8), method="features"),

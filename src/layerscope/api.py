@@ -301,6 +301,7 @@ class Maps:
         return len(self.ids)
 
     def __getitem__(self, layer: int | str) -> np.ndarray:
+        layer = _as_int(layer)
         if isinstance(layer, str) and layer in self.layer_names:
             layer = self.layers[self.layer_names.index(layer)]
         elif isinstance(layer, int) and layer < 0:

@@ -271,7 +271,8 @@ def hf_backbone(name: str | None, hub_id: str | None, img_size: int | None = Non
         except WeightsError:
             processor = None
     side, own_mean, own_std = _read_processor(processor)
-    size = side_of(img_size, "model.img_size") if img_size is not None else (side or int(getattr(config, "image_size", 224)))
-    return HFViT.from_model(model, name, size, rgb_triple(mean, "model.mean") if mean is not None else own_mean or IMAGENET[0],
-                            rgb_triple(std, "model.std", positive=True) if std is not None else own_std or IMAGENET[1],
-                            pretrained=pretrained, weights=weights)
+    size = side_of(img_size, "model.img_size") if img_size is not None else \
+        (side or int(getattr(config, "image_size", 224)))
+    mean = rgb_triple(mean, "model.mean") if mean is not None else own_mean or IMAGENET[0]
+    std = rgb_triple(std, "model.std", positive=True) if std is not None else own_std or IMAGENET[1]
+    return HFViT.from_model(model, name, size, mean, std, pretrained=pretrained, weights=weights)

@@ -75,8 +75,12 @@ class Backbone(nn.Module):
             raise ValueError(f"model.img_size={img_size}: expected a positive int (pixels)")
         self.img_size = int(img_size)
         for key, values in (("mean", mean), ("std", std)):
-            if len(values) != 3 or not all(math.isfinite(float(v)) for v in values) or key == "std" and min(values) <= 0:
-                raise ValueError(f"model.{key}={list(values)}: expected 3 {'positive' if key == 'std' else 'finite'} "
+            try:
+                numbers = [float(v) for v in values]
+            except (TypeError, ValueError):
+                numbers = []
+            if len(numbers) != 3 or not all(math.isfinite(v) and (v > 0 or key == "mean") for v in numbers):
+                raise ValueError(f"model.{key}={values!r}: expected 3 {'positive' if key == 'std' else 'finite'} "
                                  "numbers (R, G, B)")
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)

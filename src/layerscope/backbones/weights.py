@@ -183,6 +183,7 @@ def check_source(model: str, weights: dict, pretrained: bool = True) -> None:
     if source not in SOURCES:
         raise ValueError(f"model {model}: model.weights.source={source!r}, expected one of {', '.join(SOURCES)}")
     if not pretrained and (source == "file" or weights.get("path")):
-        given = f"model.weights.source={source}" + (f" model.weights.path={weights['path']}" if weights.get("path") else "")
+        path = weights.get("path")
+        given = f"model.weights.source={source}" + (f" model.weights.path={path}" if path else "")
         raise ValueError(f"model {model}: {given} with model.pretrained=false: the file would not be read (random "
                          "init); set model.pretrained=true to load it, or drop the weights options for random init")
