@@ -13,9 +13,10 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from .backbones import Backbone, select_indices
 
 __all__ = ["Maps", "load", "maps", "score", "wrap"]
 
-ImageLike = Any  # a path, a PIL image or an (H, W, 3) uint8 array
+ImageLike = Any  # a path, a PIL image or an (H, W, 3) array (uint8, uint16, or floats in [0, 1])
 
 
 def _compose(overrides: Sequence[str]):
@@ -71,7 +72,8 @@ def load(name: str, *, seed: int = 0, device: str | torch.device | None = None, 
             (with ``hub_id=``), ...
         seed: seeds a random-init model's weights as a run with ``seed=`` does (the caller's RNG
             state is left as it was).
-        device: where to put it (``"cuda"``); None leaves it on the CPU.
+        device: where to put it (``"cuda"``, ``"cuda:1"``, ``"mps"``); None leaves it on the CPU. A device
+            this machine does not have is a ValueError before anything is built.
         **overrides: ``model.*`` options as keywords: ``img_size=224``, ``pretrained=False``,
             ``weights={"source": "file", "path": "ckpt.pth"}``, ``arch="resnet18"``.
 
@@ -79,7 +81,8 @@ def load(name: str, *, seed: int = 0, device: str | torch.device | None = None, 
         The backbone: ``num_layers``, ``layer_names()``, ``img_size``, ``labels``, ...
 
     Raises:
-        ValueError: an unknown config or option, or a value the model does not take (one line).
+        ValueError: an unknown config or option, a value the model does not take, a device this machine
+            lacks, or ``weights=`` naming a file with ``pretrained=False`` (it would be ignored) (one line).
         WeightsError: weights that cannot be found or read (the message says what to do).
 
     Example:
@@ -92,6 +95,7 @@ def load(name: str, *, seed: int = 0, device: str | torch.device | None = None, 
 
     from .plan import build
 
+    device = _device(device)
     cfg = _compose([f"model={name}"])
     model_cfg = _merged(OmegaConf.to_container(cfg.model, resolve=True), overrides, "model")
     with torch.random.fork_rng(devices=[]):
@@ -101,6 +105,29 @@ def load(name: str, *, seed: int = 0, device: str | torch.device | None = None, 
     backbone.eval()
     backbone.config = model_cfg
     return backbone.to(device) if device is not None else backbone
+
+
+def _device(device: Any) -> torch.device | None:
+    """``device=`` as a torch device that exists on this machine (None stays None).
+
+    Raises:
+        ValueError: one line: not a device name, or a CUDA/MPS device this machine does not have.
+    """
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device={device!r}: not a torch device; expected 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise ValueError(f"device={device!r}: {'no CUDA device is' if not seen else f'only {seen} CUDA device(s) are'} "
+                         "visible on this machine; use device='cpu' (or leave it unset)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device={device!r}: no MPS device is available on this machine; use device='cpu'")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={device!r}: layerscope runs on 'cpu', 'cuda' or 'mps', not {dev.type}")
+    return dev
 
 
 def wrap(model: nn.Module, *, layers: Sequence[str] | str | None = None, img_size: int | None = None,
@@ -127,8 +154,10 @@ def wrap(model: nn.Module, *, layers: Sequence[str] | str | None = None, img_siz
         num_prefix: leading non-patch tokens of token outputs with ``layers=`` (default: inferred).
 
     Raises:
-        ValueError: one line: a model layerscope cannot read without ``layers``, an unknown module
-            name (the closest names are listed), a layer output that is not a map.
+        ValueError: one line: a model layerscope cannot read without ``layers`` (a timm ``features_only``
+            model, a timm transformer that is not a ``VisionTransformer`` such as EVA-02 or BEiT), an unknown
+            module name (the closest names are listed), a layer output that is not a map, an ``img_size``
+            that is not a positive int, a ``std`` with a value <= 0.
 
     Example:
         >>> import torch, torchvision, layerscope as ls
@@ -143,44 +172,62 @@ def wrap(model: nn.Module, *, layers: Sequence[str] | str | None = None, img_siz
 
 def _resolve_layers(backbone: Backbone, layers: Any) -> list[int]:
     """``"all"``, an int or module name, or a list of them -> sorted layer indices."""
-    if layers is None or layers == "all":
+    if isinstance(layers, str) and layers == "all" or layers is None:
         return list(range(backbone.num_layers))
-    items = [layers] if isinstance(layers, (int, str)) else list(layers)
+    if isinstance(layers, (np.ndarray, torch.Tensor)):
+        layers = layers.tolist()  # a 0-d array gives its number, a 1-d one a list
+    items = list(layers) if isinstance(layers, (list, tuple, range)) else [layers]
     names = backbone.layer_names()
     out = []
     for item in items:
+        item = _as_int(item)
         if isinstance(item, str):
             if item not in names:
                 shown = ", ".join(names[:6]) + (f", ... ({len(names)} layers)" if len(names) > 6 else "")
                 raise ValueError(f"layers={item!r}: not a layer of model {backbone.name}; its layers are {shown} "
                                  "(or ints, negative from the end; wrap(model, layers=[...]) takes any module)")
             out.append(names.index(item))
+        elif isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(f"layers={item!r}: expected an int (negative from the end), a module name, 'all', or a "
+                             "list of them")
         else:
             out.append(item)
     return select_indices(out, backbone.num_layers, "layer")
+
+
+def _as_int(value: Any) -> Any:
+    """A NumPy or 0-d torch integer as a Python int (layers, targets); anything else as it is."""
+    if isinstance(value, np.integer) and not isinstance(value, np.bool_):
+        return int(value)
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point() \
+            and not value.is_complex() and value.dtype != torch.bool:
+        return int(value)
+    return value
 
 
 def _as_rgb(item: ImageLike, i: int) -> tuple[np.ndarray, str]:
     """One image as (H, W, 3) uint8 and its id (the file stem for a path, else its index)."""
     from PIL import Image
 
-    from .data.images import read_image
+    from .data.images import array_to_rgb, pil_to_rgb, read_image
 
     if isinstance(item, (str, Path)):
-        return read_image(Path(item)), Path(item).stem
-    if isinstance(item, Image.Image):
-        return np.asarray(item.convert("RGB")), str(i)
-    arr = np.asarray(item)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4) or arr.dtype != np.uint8:
-        raise ValueError(f"images[{i}]: expected a path, a PIL image or an (H, W, 3) uint8 array, got "
-                         f"{type(item).__name__} {arr.dtype} {arr.shape}")
-    return np.ascontiguousarray(arr[..., :3]), str(i)
+        rgb, image_id = read_image(Path(item)), Path(item).stem
+    elif isinstance(item, Image.Image):
+        rgb, image_id = pil_to_rgb(item), str(i)  # the files' rule: 16-bit scaled, not clipped
+    elif isinstance(item, (np.ndarray, torch.Tensor, list, tuple)):
+        arr = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
+        rgb, image_id = array_to_rgb(arr, f"images[{i}]"), str(i)
+    else:
+        raise ValueError(f"images[{i}]: expected a path, a PIL image or an (H, W, 3) array, got {type(item).__name__}")
+    if not rgb.shape[0] or not rgb.shape[1]:
+        raise ValueError(f"images[{i}]: an empty image ({rgb.shape[1]}x{rgb.shape[0]} pixels)")
+    return rgb, image_id
 
 
-def _inputs(backbone: Backbone, images: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(RGB in [0, 1] (B, 3, S, S), the model's normalised input, ids) from any accepted images."""
+def _inputs(backbone: Backbone, images: Any) -> tuple[torch.Tensor, torch.Tensor, list[str], list[tuple[int, int]]]:
+    """(RGB in [0, 1] (B, 3, S, S), the model's normalised input, ids, each image's (H, W) as given) from any
+    accepted images."""
     from .data.base import Sample
     from .data.transforms import to_input
 
@@ -190,9 +237,17 @@ def _inputs(backbone: Backbone, images: Any) -> tuple[torch.Tensor, torch.Tensor
             raise ValueError(f"images: a tensor is taken as the model's preprocessed input and must be (B, 3, {size}, "
                              f"{size}), got {tuple(images.shape)}; pass images (paths, PIL, uint8 arrays) to have "
                              "them resized and normalised")
+        if not images.is_floating_point():
+            raise ValueError(f"images: a tensor is taken as the model's preprocessed (normalised, float) input, got "
+                             f"{images.dtype}; pass uint8 images as (H, W, 3) NumPy arrays or PIL images to have them "
+                             "resized and normalised")
+        if not len(images):
+            raise ValueError("images: an empty batch (a tensor of 0 images)")
         xn = images.detach().float().cpu()
-        rgb = (xn * backbone.std.cpu() + backbone.mean.cpu()).clamp(0, 1)
-        return rgb, xn, [str(i) for i in range(len(xn))]
+        if not torch.isfinite(xn).all():
+            raise ValueError("images: the tensor has NaN/inf values")
+        rgb = (xn * backbone.std.float().cpu() + backbone.mean.float().cpu()).clamp(0, 1)
+        return rgb, xn, [str(i) for i in range(len(xn))], [(size, size)] * len(xn)
     if isinstance(images, (str, Path, np.ndarray)) and not (isinstance(images, np.ndarray) and images.ndim == 4):
         images = [images]
     elif not isinstance(images, (list, tuple, np.ndarray)):
@@ -201,13 +256,14 @@ def _inputs(backbone: Backbone, images: Any) -> tuple[torch.Tensor, torch.Tensor
         images = [images] if isinstance(images, Image.Image) else list(images)
     if not len(images):
         raise ValueError("images: none given")
-    xs, ids = [], []
+    xs, ids, sizes = [], [], []
     for i, item in enumerate(images):
         rgb, image_id = _as_rgb(item, i)
         xs.append(to_input(Sample(id=image_id, image=rgb), size)[0])  # the run's resize: whole image, bicubic
         ids.append(image_id)
+        sizes.append(tuple(rgb.shape[:2]))
     rgb = torch.stack(xs)
-    return rgb, (rgb - backbone.mean.cpu()) / backbone.std.cpu(), ids
+    return rgb, (rgb - backbone.mean.float().cpu()) / backbone.std.float().cpu(), ids, sizes
 
 
 class Maps:
@@ -219,6 +275,7 @@ class Maps:
         names: the K map names of every layer (heads then ``"mean"``, or ``"l2"``, ``"gradcam"``, ...).
         images: (B, S, S, 3) uint8, the model's input before normalisation.
         ids: one id per image (file stems for paths).
+        sizes: each image's (H, W) as given (before resizing to S): the frame its mask is in.
         logits: (B, C) float32, or None without a classifier.
         method: the method's name; model: the backbone's name.
 
@@ -226,7 +283,8 @@ class Maps:
     """
 
     def __init__(self, arrays: dict[int, np.ndarray], names: list[str], backbone: Backbone, method: Any,
-                 rgb: torch.Tensor, ids: list[str], logits: np.ndarray | None):
+                 rgb: torch.Tensor, ids: list[str], logits: np.ndarray | None,
+                 sizes: list[tuple[int, int]] | None = None):
         self._arrays = arrays
         self.layers = list(arrays)
         all_names = backbone.layer_names()
@@ -236,11 +294,14 @@ class Maps:
         self.method, self.model = method.name, backbone.name
         self.images = (rgb.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         self.ids, self.logits = list(ids), logits
+        side = self.images.shape[1]
+        self.sizes = [tuple(hw) for hw in sizes] if sizes is not None else [(side, side)] * len(self.ids)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, layer: int | str) -> np.ndarray:
+        layer = _as_int(layer)
         if isinstance(layer, str) and layer in self.layer_names:
             layer = self.layers[self.layer_names.index(layer)]
         elif isinstance(layer, int) and layer < 0:
@@ -270,8 +331,11 @@ class Maps:
         """
         from .maps.upsample import upsample
 
-        side = size if size is not None else self.images.shape[1]
-        hw = (side, side) if isinstance(side, int) else tuple(side)
+        side = _as_int(size) if size is not None else self.images.shape[1]
+        hw = (side, side) if isinstance(side, int) else tuple(_as_int(v) for v in side) \
+            if isinstance(side, (tuple, list)) else ()
+        if len(hw) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in hw):
+            raise ValueError(f"upsample: size={size!r}: expected a side in pixels >= 1, or (h, w)")
         out = copy.copy(self)
         out._arrays = {layer: upsample(torch.from_numpy(a), hw, mode).numpy() for layer, a in self._arrays.items()}
         return out
@@ -293,7 +357,16 @@ class Maps:
         from .figures.grid import colormap
         from .maps.upsample import upsample
 
-        k = self.names.index(k) if isinstance(k, str) else k
+        i, k = _as_int(i), _as_int(k)
+        if isinstance(i, bool) or not isinstance(i, int) or not -len(self) <= i < len(self):
+            raise ValueError(f"overlay: i={i!r}: expected an image index in 0..{len(self) - 1}")
+        if isinstance(k, str):
+            if k not in self.names:
+                raise ValueError(f"overlay: k={k!r} is not a map of these maps; their names: {', '.join(self.names)}")
+            k = self.names.index(k)
+        elif isinstance(k, bool) or not isinstance(k, int) or not -len(self.names) <= k < len(self.names):
+            raise ValueError(f"overlay: k={k!r}: expected a map index in {-len(self.names)}..{len(self.names) - 1} "
+                             f"or a name ({', '.join(self.names)})")
         image = self.images[i]
         m = upsample(torch.from_numpy(self[layer][i, k]), image.shape[:2], "bilinear").numpy()
         low, high = float(m.min()), float(m.max())
@@ -320,8 +393,9 @@ def _method(backbone: Backbone, method: Any, target: Any, options: Mapping[str, 
         if not method.needs_grad:
             raise ValueError(f"target= applies to gradient methods (gradcam, gradcam_pp, hirescam, xgradcam, layercam, "
                              f"attn_grad), not to method={method.name}")
-        if isinstance(target, torch.Tensor):
-            target = target.tolist()
+        if isinstance(target, (torch.Tensor, np.ndarray)):
+            target = target.tolist()  # a 0-d one gives its number
+        target = [_as_int(t) for t in target] if isinstance(target, (list, tuple)) else _as_int(target)
         if isinstance(target, (list, tuple, int)):
             from .maps.cam import check_target
 
@@ -338,17 +412,24 @@ def maps(backbone: Backbone | nn.Module, images: Any, layers: Any = "all", metho
          references: Any = None, **options: Any) -> Maps:
     """Every requested layer's maps of ``images``, one forward pass (and one backward for gradient methods) per batch.
 
+    The model runs in eval mode (no dropout; BatchNorm uses its running statistics and changes no buffer),
+    and every module's own train/eval mode is put back afterwards. A model cast to another dtype
+    (``.half()``, ``.bfloat16()``, ``.double()``) gets its input in that dtype; the maps are float32.
+
     Args:
         backbone: from ``load`` or ``wrap`` (a plain ``nn.Module`` is wrapped first).
-        images: paths, PIL images, (H, W, 3) uint8 arrays (resized to the model's side as a run
-            does), or a float tensor (B, 3, S, S) taken as the model's already preprocessed input.
+        images: paths, PIL images, (H, W), (H, W, 3) or (H, W, 4) arrays, uint8, uint16 (divided by
+            65535, as a 16-bit file or PIL image is) or floats in [0, 1] (resized to the model's side as a
+            run does), or a float tensor (B, 3, S, S) taken as the model's already preprocessed input.
         layers: ``"all"``, an int (negative from the end), a module name, or a list of them.
         method: a method config name: ``cls_attention``, ``features``, ``rollout``, ``gradcam``,
             ``gradcam_pp``, ``hirescam``, ``xgradcam``, ``layercam``, ``eigencam``, ``attn_grad``,
             ``patch_knn`` (with ``references=``), ``auto``; or a built ``MapMethod``.
-        target: gradient methods: a class index, one per image, or a callable on the model's own
-            output returning a (B,) score (``lambda out: out[:, 3]``, pytorch-grad-cam's pattern);
-            None explains each image's predicted class (or the embedding norm without a classifier).
+        target: gradient methods: a class index (NumPy and torch integers too), one per image, or a
+            callable on the model's own output returning a (B,) score computed with torch operations
+            (``lambda out: out[:, 3]``, pytorch-grad-cam's pattern; a transformers model's output is its
+            ``ModelOutput``: ``lambda out: out.logits[:, 3]``); None explains each image's predicted class
+            (or the embedding norm without a classifier). Not under ``torch.inference_mode()``.
         batch_size: images per forward pass.
         references: normal images for ``patch_knn``'s memory bank (same kinds as ``images``).
         **options: the method's options (``reductions=["l2"]``, ``centred=True``, ``head_fusion="max"``).
@@ -357,7 +438,9 @@ def maps(backbone: Backbone | nn.Module, images: Any, layers: Any = "all", metho
         ``Maps``: per layer (B, K, h, w) float32; for attention the heads and their mean, as a run saves them.
 
     Raises:
-        ValueError: one line naming the option, layer, image or target that does not fit.
+        ValueError: one line naming the option, layer, image or target that does not fit (also: a method
+            that reads the CLS token on a ViT without one; a gradient method under ``torch.inference_mode()``;
+            a callable target whose score is detached).
 
     Example:
         >>> import torch, torchvision, layerscope as ls
@@ -366,16 +449,42 @@ def maps(backbone: Backbone | nn.Module, images: Any, layers: Any = "all", metho
         >>> m["layer4"].shape
         (2, 1, 7, 7)
     """
-    from .plan import Plan
-    from .study import chosen_maps
-
     if not isinstance(backbone, Backbone):
         backbone = wrap(backbone)
+    batch_size = _as_int(batch_size)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected an int >= 1")
     method = _method(backbone, method, target, options)
+    if method.needs_grad and torch.is_inference_mode_enabled():
+        raise ValueError(f"method={method.name} needs gradients, which torch.inference_mode() forbids: call "
+                         "layerscope.maps outside that block (under torch.no_grad() it works)")
     picked = _resolve_layers(backbone, layers)
-    rgb, xn, ids = _inputs(backbone, images)
+    rgb, xn, ids, sizes = _inputs(backbone, images)
+    with _eval_mode(backbone):
+        arrays, logits = _compute(backbone, method, picked, xn, batch_size, references)
+    names = method.map_names() + (["mean"] if method.head_mean else [])
+    return Maps(arrays, names, backbone, method, rgb, ids, logits, sizes)
+
+
+@contextlib.contextmanager
+def _eval_mode(backbone: Backbone) -> Iterator[None]:
+    """The backbone in eval mode (no dropout; BatchNorm reads its running statistics and updates none of its
+    buffers) for the ``with`` block; every submodule's own mode is put back after, also after an exception."""
+    modes = [(m, m.training) for m in backbone.modules()]
+    backbone.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _compute(backbone: Backbone, method: Any, picked: list[int], xn: torch.Tensor, batch_size: int,
+             references: Any) -> tuple[dict[int, np.ndarray], np.ndarray | None]:
+    """Every picked layer's maps of the normalised batch ``xn`` (B, 3, S, S), and the logits (B, C) or None."""
+    from .plan import Plan
+    from .study import chosen_maps
+
     device = backbone.mean.device
     capture = method.capture_layers(picked)
     if method.needs_references:
@@ -400,32 +509,34 @@ def maps(backbone: Backbone | nn.Module, images: Any, layers: Any = "all", metho
             parts[layer].append(chosen[layer])
         if logits is not None:
             logits_parts.append(logits.float().cpu())
-    names = method.map_names() + (["mean"] if method.head_mean else [])
     arrays = {layer: torch.cat(parts[layer]).numpy() for layer in picked}
-    logits = torch.cat(logits_parts).numpy() if logits_parts else None
-    return Maps(arrays, names, backbone, method, rgb, ids, logits)
+    return arrays, torch.cat(logits_parts).numpy() if logits_parts else None
 
 
 SCORE_KEYS = ("threshold_rule", "upsample", "seed")
 
 
-def _mask(mask: Any, size: int, i: int) -> torch.Tensor | None:
-    """One mask (path, PIL, array; any size of the image's frame) -> (S, S) bool, resized nearest as a run does."""
-    from PIL import Image
+def _mask(mask: Any, image_hw: tuple[int, int], size: int, i: int) -> torch.Tensor | None:
+    """One mask (path, PIL, array) in its image's frame -> (S, S) bool, read and resized as a run does
+    (``data.images.as_mask``; ``data.transforms.resize_mask``: a cell is defect where any of its pixels is).
 
-    from .data.images import mask_foreground, read_mask
+    Raises:
+        ValueError: not a mask, or a mask of another size than its image (one line naming ``masks[i]``).
+    """
+    from .data.images import BadImage, as_mask
+    from .data.transforms import resize_mask
 
     if mask is None:
         return None
-    if isinstance(mask, (str, Path)):
-        arr = read_mask(Path(mask))
-    else:
-        arr = np.asarray(mask.convert("L") if isinstance(mask, Image.Image) else mask)
-        if arr.ndim not in (2, 3):
-            raise ValueError(f"masks[{i}]: expected a path, a PIL image or an (H, W) array, got shape {arr.shape}")
-        arr = mask_foreground(arr)
-    resized = Image.fromarray(arr.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)
-    return torch.from_numpy(np.asarray(resized) > 127)
+    try:
+        arr = as_mask(mask, f"masks[{i}]")
+    except BadImage as e:
+        raise ValueError(f"masks[{i}]: {e}") from None
+    if tuple(arr.shape) != tuple(image_hw):
+        (mh, mw), (ih, iw) = arr.shape, image_hw
+        raise ValueError(f"masks[{i}]: mask is {mw}x{mh}, image {i} is {iw}x{ih}; expected the same size (a mask in "
+                         "its image's frame, as given to layerscope.maps)")
+    return resize_mask(arr, size)
 
 
 def score(maps: Maps, masks: Any = None, threshold: float | Sequence[float] = 0.6, **metric_options: Any):
@@ -433,8 +544,10 @@ def score(maps: Maps, masks: Any = None, threshold: float | Sequence[float] = 0.
 
     Args:
         maps: from ``layerscope.maps``.
-        masks: one per image (a path, a PIL image, an (H, W) array in the image's frame, or None),
-            or None for the threshold-free columns only.
+        masks: one per image (a path, a PIL image, an (H, W) array of the image's own size as given to
+            ``maps``, or None), or None for the threshold-free columns only. Read and resized as a run
+            does (``data.images.as_mask``, ``data.transforms.resize_mask``: a cell of a coarser grid is defect
+            where any of its pixels is), so the rows equal the run's.
         threshold: keep-mass fraction(s) (or min-max levels with ``threshold_rule="minmax"``).
         **metric_options: ``threshold_rule``, ``upsample``, and any ``metrics.*`` option of
             the schema (``options.MetricsOptions``: ``aupro_fpr_limit``, ``pointing_tolerance``, ``faithfulness=True``,
@@ -445,7 +558,8 @@ def score(maps: Maps, masks: Any = None, threshold: float | Sequence[float] = 0.
         threshold), plus a ``best`` row per threshold where maps are heads with their mean.
 
     Raises:
-        ValueError: an unknown option, or masks that do not match the images.
+        ValueError: an unknown option, or masks that do not match the images: another count, another size
+            than their image, not a mask ((H, W, 5), NaN values, complex).
 
     Example:
         >>> import numpy as np, layerscope as ls
@@ -481,8 +595,12 @@ def score(maps: Maps, masks: Any = None, threshold: float | Sequence[float] = 0.
     if len(mask_list) != n:
         raise ValueError(f"masks: {len(mask_list)} masks for {n} images; give one per image (None where there is none)")
     size = maps.images.shape[1]
-    targets = [_mask(m, size, i) for i, m in enumerate(mask_list)]
-    extra = _faithfulness(maps, opts.metrics, opts.seed) if opts.metrics.faithfulness else [None] * n
+    targets = [_mask(m, maps.sizes[i], size, i) for i, m in enumerate(mask_list)]
+    if opts.metrics.faithfulness:
+        with _eval_mode(bb):
+            extra = _faithfulness(maps, opts.metrics, opts.seed)
+    else:
+        extra = [None] * n
     rows = []
     with one_thread():
         for i in range(n):

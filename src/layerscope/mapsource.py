@@ -141,8 +141,10 @@ def faithfulness(backbone: Backbone, x: torch.Tensor, maps: dict[int, torch.Tens
     device = backbone.mean.device
     x = x.to(device)
 
+    dtype = backbone.model_dtype()  # a model the user cast (.half(), .double()) takes its input in its dtype
+
     def forward(images: torch.Tensor) -> torch.Tensor:
-        return backbone.logits(backbone.normalize(images))
+        return backbone.logits(backbone.normalize(images).to(dtype))
 
     return {layer: deletion_insertion(forward, x, m.to(device), target.to(device), steps, baseline, batch_size,
                                       tie_orders=tie_orders, seed=seed)

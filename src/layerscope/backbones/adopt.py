@@ -83,6 +83,37 @@ def hf_preprocessing(model: nn.Module) -> Preprocessing:
     return side or int(getattr(model.config, "image_size", 224)), mean or IMAGENET[0], std or IMAGENET[1]
 
 
+def side_of(value: Any, key: str) -> int:
+    """An input side in pixels: a positive int (a NumPy integer, or a float with no fraction, is taken).
+
+    Raises:
+        ValueError: ``key=value: expected a positive int (pixels)``.
+    """
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value) or value < 1:
+        raise ValueError(f"{key}={value!r}: expected a positive int (pixels)")
+    return int(value)
+
+
+def rgb_triple(value: Any, key: str, positive: bool = False) -> tuple[float, ...]:
+    """Three finite numbers (R, G, B) for ``mean`` or ``std`` (``positive``: each > 0, as a divisor must be).
+
+    Raises:
+        ValueError: one line naming ``key`` and what it expects.
+    """
+    import math
+
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3 or not all(math.isfinite(v) and (v > 0 or not positive) for v in out):
+        what = "3 positive numbers" if positive else "3 finite numbers"
+        raise ValueError(f"{key}={value!r}: expected {what} (R, G, B)")
+    return out
+
+
 def _device_of(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -113,12 +144,9 @@ def wrap_model(model: nn.Module, layers: Sequence[str] | str | None = None, img_
     else:
         own = (224, *IMAGENET)
         name = name or type(model).__name__
-    size = int(img_size) if img_size is not None else own[0]
-    mean = tuple(mean) if mean is not None else own[1]
-    std = tuple(std) if std is not None else own[2]
-    for label, value in (("mean", mean), ("std", std)):
-        if len(value) != 3:
-            raise ValueError(f"{label}={list(value)}: expected 3 values (R, G, B)")
+    size = side_of(img_size, "img_size") if img_size is not None else own[0]
+    mean = rgb_triple(mean, "mean") if mean is not None else own[1]
+    std = rgb_triple(std, "std", positive=True) if std is not None else own[2]
     device = _device_of(model)
     if layers is not None:
         bb = ModuleBackbone(model, layers, str(name), size, mean, std, num_prefix).to(device)
@@ -131,10 +159,17 @@ def wrap_model(model: nn.Module, layers: Sequence[str] | str | None = None, img_
             size = max(size // _hf_patch(model), 1) * _hf_patch(model)  # a processor's side the patches do not tile
         return HFViT.from_model(model, str(name), size, mean, std).to(device)
     if _is_timm(model) and getattr(model, "feature_info", None):
+        if not hasattr(model, "num_classes"):
+            raise ValueError(_FEATURES_ONLY.format(what=f"a {type(model).__name__}"))
         return TimmCNN.from_model(model, str(name), size, mean, std).to(device)
     top = [n for n, _ in model.named_children()][:8]
     raise ValueError(f"wrap: layerscope cannot find the layers of a {type(model).__name__} by itself; give layers="
                      f"[module names] (its top-level modules: {', '.join(top) or 'none'})")
+
+
+_FEATURES_ONLY = ("wrap: {what} is a timm features_only=True model: it returns its stages' outputs, not the "
+                  "network layerscope reads; create the model without features_only (layerscope hooks the stages "
+                  "itself), or give layers=[module names]")
 
 
 def _hf_patch(model: nn.Module) -> int:
@@ -170,10 +205,14 @@ def timm_backbone(name: str | None, arch: str | None, img_size: int | None = Non
             probe = timm.create_model(arch, pretrained=False, **kwargs)
     except Exception:  # noqa: BLE001 - a model whose constructor computes on its tensors
         probe = timm.create_model(arch, pretrained=False, **kwargs)
+    if not hasattr(probe, "num_classes"):
+        raise ValueError(f"model.arch={arch}: model.model_kwargs.features_only=true gives a {type(probe).__name__}, "
+                         "which returns its stages' outputs, not the network; drop features_only (layerscope hooks "
+                         "the stages itself)")
     side, own_mean, own_std = timm_preprocessing(probe)
-    size = int(img_size) if img_size is not None else side
-    mean = tuple(mean) if mean is not None else own_mean
-    std = tuple(std) if std is not None else own_std
+    size = side_of(img_size, "model.img_size") if img_size is not None else side
+    mean = rgb_triple(mean, "model.mean") if mean is not None else own_mean
+    std = rgb_triple(std, "model.std", positive=True) if std is not None else own_std
     w = dict(weights or {})
     w.setdefault("source", "hub")
     w["hub_id"] = w.get("hub_id") or arch
@@ -232,7 +271,8 @@ def hf_backbone(name: str | None, hub_id: str | None, img_size: int | None = Non
         except WeightsError:
             processor = None
     side, own_mean, own_std = _read_processor(processor)
-    size = int(img_size) if img_size is not None else (side or int(getattr(config, "image_size", 224)))
-    return HFViT.from_model(model, name, size, tuple(mean) if mean is not None else own_mean or IMAGENET[0],
-                            tuple(std) if std is not None else own_std or IMAGENET[1], pretrained=pretrained,
-                            weights=weights)
+    size = side_of(img_size, "model.img_size") if img_size is not None else \
+        (side or int(getattr(config, "image_size", 224)))
+    mean = rgb_triple(mean, "model.mean") if mean is not None else own_mean or IMAGENET[0]
+    std = rgb_triple(std, "model.std", positive=True) if std is not None else own_std or IMAGENET[1]
+    return HFViT.from_model(model, name, size, mean, std, pretrained=pretrained, weights=weights)

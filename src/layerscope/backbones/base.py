@@ -1,6 +1,7 @@
 """What every backbone answers, ViT or CNN, and the hook context manager that captures layers."""
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
@@ -73,6 +74,14 @@ class Backbone(nn.Module):
         if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size <= 0:
             raise ValueError(f"model.img_size={img_size}: expected a positive int (pixels)")
         self.img_size = int(img_size)
+        for key, values in (("mean", mean), ("std", std)):
+            try:
+                numbers = [float(v) for v in values]
+            except (TypeError, ValueError):
+                numbers = []
+            if len(numbers) != 3 or not all(math.isfinite(v) and (v > 0 or key == "mean") for v in numbers):
+                raise ValueError(f"model.{key}={values!r}: expected 3 {'positive' if key == 'std' else 'finite'} "
+                                 "numbers (R, G, B)")
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.labels: list[str] | None = None
@@ -157,11 +166,23 @@ class Backbone(nn.Module):
         """
         if callable(target_class):
             out = self.forward_output(x)
-            score = target_class(out)
+            try:
+                score = target_class(out)
+            except (TypeError, AttributeError, IndexError, KeyError) as e:
+                if isinstance(out, torch.Tensor):
+                    raise
+                hint = (f"; its class logits are out.logits (target=lambda out: out.logits[:, k])"
+                        if isinstance(getattr(out, "logits", None), torch.Tensor) else "")
+                raise ValueError(f"target: the callable failed on the model's output, an object of type "
+                                 f"{type(out).__name__}, not a tensor ({type(e).__name__}: {e}){hint}") from None
             if not isinstance(score, torch.Tensor) or tuple(score.shape) != (x.shape[0],):
                 shape = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
                 raise ValueError(f"target: the callable returned {shape}; expected a tensor of one score per image, "
                                  f"({x.shape[0]},)")
+            if x.requires_grad and not score.requires_grad:
+                raise ValueError("target: the callable's score does not depend on the model's output through autograd "
+                                 "(detached: .detach(), .item(), NumPy or torch.no_grad() inside it); compute it from "
+                                 "the output with torch operations, e.g. lambda out: out[:, 3]")
             return score.float(), self.output_logits(out)
         idx = self._checked_classes(target_class, x.shape[0])
         if not self.num_classes:
@@ -195,6 +216,22 @@ class Backbone(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images (B, 3, H, W), got {tuple(x.shape)}")
 
+    def model_dtype(self) -> torch.dtype:
+        """The floating dtype of the wrapped model's parameters (float32 unless the user cast it: ``.half()``,
+        ``.bfloat16()``, ``.double()``); the input is cast to it, the maps come back as float32."""
+        model = getattr(self, "model", None)
+        params = model.parameters() if isinstance(model, nn.Module) else iter(())
+        return next((p.dtype for p in params if p.is_floating_point()), torch.float32)
+
+    @staticmethod
+    def _as_float32(value: object) -> object:
+        """Captured tensors (or tuples of them) of a cast model as float32, as every map method expects."""
+        if isinstance(value, torch.Tensor):
+            return value.float() if value.is_floating_point() else value
+        if isinstance(value, tuple):
+            return tuple(Backbone._as_float32(v) for v in value)
+        return value
+
     def extract_grad(self, x: torch.Tensor, layers: Sequence[int], method: object,
                      normalized: bool = False) -> tuple[dict[int, tuple], torch.Tensor | None]:
         """One forward pass with autograd and ONE backward for every requested layer.
@@ -221,9 +258,11 @@ class Backbone(nn.Module):
         self.check_capture(what, method.name)
         self._checked_input(x)
         hooks, store = self.capture_grad(layers, what)
+        dtype = self.model_dtype()
         try:
             with torch.enable_grad():  # also under the caller's no_grad
-                xn = (x.detach().clone() if normalized else self.normalize(x.detach())).requires_grad_(True)  # a graph exists even with frozen parameters
+                xn = (x.detach().clone() if normalized else self.normalize(x.detach())).to(dtype)
+                xn.requires_grad_(True)  # a graph exists even with frozen parameters
                 with forward_hooks(hooks):
                     score, logits = self.target_score(xn, getattr(method, "target_class", None),
                                                       getattr(method, "embedding_target", "norm"))
@@ -234,6 +273,8 @@ class Backbone(nn.Module):
                 grads = torch.autograd.grad(score.sum(), inputs, allow_unused=True)  # images independent: one backward
             captured = {layer: self.grad_captures(store[layer], g if g is not None else torch.zeros_like(t), what)
                         for layer, t, g in zip(layers, inputs, grads)}
+            if dtype != torch.float32:
+                captured = {layer: self._as_float32(c) for layer, c in captured.items()}
         finally:
             store.clear()  # drop the graph's tensors even when the backward failed
         return captured, logits.detach() if logits is not None else None
@@ -315,9 +356,13 @@ class Backbone(nn.Module):
         self.check_capture(capture)
         self._checked_input(x)
         hooks, store = self.capture(layers, capture)
+        dtype = self.model_dtype()
         with forward_hooks(hooks):
-            logits = self.logits(x if normalized else self.normalize(x))
+            logits = self.logits((x if normalized else self.normalize(x)).to(dtype))
         missing = [layer for layer in layers if layer not in store]
         if missing:
             raise RuntimeError(f"model {self.name}: layers {missing} were not captured during the forward pass")
+        if dtype != torch.float32:
+            return ({layer: self._as_float32(store[layer]) for layer in layers},
+                    logits.float() if logits is not None else None)
         return {layer: store[layer] for layer in layers}, logits

@@ -35,7 +35,7 @@ class TimmCNN(Backbone):
         super().__init__(name, img_size, mean, std)
         self.weights_cfg = dict(weights or {})
         self.pretrained = pretrained
-        check_source(name, self.weights_cfg)
+        check_source(name, self.weights_cfg, pretrained)
         model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **dict(model_kwargs or {}))
         self._adopt(model, arch)
 
@@ -70,11 +70,50 @@ class TimmCNN(Backbone):
         if self.img_size < max(self.strides):
             raise ValueError(f"model.img_size={self.img_size}: expected at least {max(self.strides)} px "
                              f"(the deepest stage of {arch} has stride {max(self.strides)})")
+        self._check_layout(arch)
         if int(self.model.num_classes) == 1000:
             from timm.data import ImageNetInfo
 
             info = ImageNetInfo()
             self.labels = [info.index_to_description(i) for i in range(1000)]
+
+    @torch.no_grad()
+    def _check_layout(self, arch: str) -> None:
+        """One forward pass of a blank image: every stage must give (B, C, h, w) feature maps.
+
+        A timm transformer that is not a ``VisionTransformer`` (EVA-02, BEiT: tokens (B, N, C); Swin:
+        (B, h, w, C)) also lists its blocks in ``feature_info``; read as a CNN its maps would be wrong.
+
+        Raises:
+            ValueError: one line naming the stage, its output and what to do instead.
+        """
+        from .base import forward_hooks
+
+        shapes: dict[int, tuple[int, ...]] = {}
+
+        def hook_for(i: int):
+            def keep(_m, _i, out):
+                shapes[i] = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
+            return keep
+
+        p = next(self.model.parameters(), None)
+        x = torch.zeros(1, 3, self.img_size, self.img_size, device=p.device if p is not None else "cpu",
+                        dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
+        try:
+            with forward_hooks([(m, hook_for(i)) for i, m in enumerate(self._modules_by_stage)]):
+                self.model(x)
+        except Exception as e:  # noqa: BLE001 - a model built for another input size asserts, others raise
+            raise ValueError(f"model {self.name}: {arch} ({type(self.model).__name__}) fails on a {self.img_size} px "
+                             f"image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); is "
+                             "model.img_size one it takes?") from None
+        for i, info in enumerate(self.model.feature_info):
+            shape = shapes.get(i)
+            if shape is None or len(shape) != 4 or shape[1] != info["num_chs"]:
+                raise ValueError(f"model {self.name}: {arch} ({type(self.model).__name__}) is neither a ViT whose "
+                                 f"attention layerscope reads nor a CNN: its stage {self.stages[i]} gives "
+                                 f"{shape or 'no tensor'}, not (B, {info['num_chs']}, h, w) feature maps; from "
+                                 "Python, layerscope.wrap(model, layers=[module names]) reads its blocks' tokens "
+                                 "for features and the CAM methods")
 
     def layer_names(self) -> list[str]:
         """The stage module names, by layer index (``act1``, ``layer1``, ... for a ResNet)."""

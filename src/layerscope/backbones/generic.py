@@ -112,7 +112,8 @@ class ModuleBackbone(Backbone):
         from .base import forward_hooks
 
         with forward_hooks(hooks):
-            out = self.forward_output(self.normalize(torch.zeros(1, 3, self.img_size, self.img_size, device=device)))
+            blank = self.normalize(torch.zeros(1, 3, self.img_size, self.img_size, device=device))
+            out = self.forward_output(blank.to(self.model_dtype()))  # a model cast with .half() takes half input
         logits = out.logits if hasattr(out, "logits") else out
         self._num_classes = int(logits.shape[-1]) if isinstance(logits, torch.Tensor) and logits.ndim == 2 else 0
         shapes = {}

@@ -23,6 +23,22 @@ class _ViT(Backbone):
     num_prefix: int
     num_heads: int
     patch_size: int
+    has_cls: bool = True  # token 0 is a CLS token (timm class_token=False models, SigLIP's, have none)
+
+    def _without_cls(self) -> None:
+        """A ViT without a CLS token: no CLS representation, no cosine-to-CLS gradient target."""
+        self.has_cls = False
+        self.representation_kinds = ("mean",)
+        self.embedding_targets = ("norm",)
+
+    def check_capture(self, capture: str, method: str | None = None) -> None:
+        """As ``Backbone.check_capture``; also refuses the CLS-attention methods on a ViT without a CLS token
+        (they would read patch 0's attention row as the CLS token's)."""
+        super().check_capture(capture, method)
+        if capture in ("cls_attention", "qk") and not self.has_cls:
+            raise ValueError(f"method={method or capture} reads the CLS token's attention; model {self.name} has no "
+                             "CLS token (timm class_token=False); use method=features or a gradient method "
+                             "(gradcam, gradcam_pp, hirescam, xgradcam, layercam, eigencam)")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -190,7 +206,7 @@ class TimmViT(_ViT):
         super().__init__(name, img_size, mean, std)
         self.weights_cfg = dict(weights or {})
         self.pretrained = pretrained
-        check_source(name, self.weights_cfg)
+        check_source(name, self.weights_cfg, pretrained)
         model = timm.create_model(arch, pretrained=False, img_size=self.img_size, num_classes=num_classes,
                                   **dict(model_kwargs or {}))
         self._adopt(model, arch)
@@ -223,6 +239,8 @@ class TimmViT(_ViT):
             raise ValueError(f"model {self.name}: timm arch {arch} has no q_norm/k_norm in its attention; not supported")
         self.num_heads = attn.num_heads
         self.num_prefix = self.model.num_prefix_tokens
+        if getattr(self.model, "cls_token", None) is None:
+            self._without_cls()
         self.patch_size = self.model.patch_embed.patch_size[0]
         if self.img_size < self.patch_size or self.img_size % self.patch_size:
             raise ValueError(f"model.img_size={self.img_size}: expected a positive multiple of the patch size "
@@ -320,7 +338,7 @@ class HFViT(_ViT):
         super().__init__(name, img_size, mean, std)
         self.weights_cfg = dict(weights or {})
         self.pretrained = pretrained
-        check_source(name, self.weights_cfg)
+        check_source(name, self.weights_cfg, pretrained)
         if self.weights_cfg.get("source", "hub") == "bundled":
             raise ValueError(f"model {name}: no bundled weights exist for this model; use hub or file")
         self.model = ViTForImageClassification(ViTConfig(**dict(config or {})))

@@ -172,8 +172,18 @@ def timm_state_dict(model: str, weights: dict) -> dict[str, torch.Tensor]:
     return load_state_dict(hub_file(cfg.hf_hub_id, "model.safetensors", model))
 
 
-def check_source(model: str, weights: dict) -> None:
-    """Reject an unknown ``model.weights.source`` before anything loads."""
+def check_source(model: str, weights: dict, pretrained: bool = True) -> None:
+    """Reject an unknown ``model.weights.source``, and a weights file with ``model.pretrained=false`` (random
+    init would silently ignore the file), before anything loads.
+
+    Raises:
+        ValueError: one line naming the option.
+    """
     source = weights.get("source", "hub")
     if source not in SOURCES:
         raise ValueError(f"model {model}: model.weights.source={source!r}, expected one of {', '.join(SOURCES)}")
+    if not pretrained and (source == "file" or weights.get("path")):
+        path = weights.get("path")
+        given = f"model.weights.source={source}" + (f" model.weights.path={path}" if path else "")
+        raise ValueError(f"model {model}: {given} with model.pretrained=false: the file would not be read (random "
+                         "init); set model.pretrained=true to load it, or drop the weights options for random init")

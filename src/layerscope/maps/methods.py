@@ -237,5 +237,7 @@ class Rollout(MapMethod):
 
 
 def auto(backbone, reductions: Sequence[str] = ("l2", "mean_abs", "pca")) -> MapMethod:
-    """``cls_attention`` for ViTs, ``features`` for CNNs: one sweep can span both kinds."""
-    return ClsAttention(backbone) if backbone.kind == "vit" else Features(backbone, reductions)
+    """``cls_attention`` for ViTs with a CLS token, ``features`` for CNNs (and ViTs without one): one sweep can
+    span both kinds."""
+    with_cls = backbone.kind == "vit" and getattr(backbone, "has_cls", True)
+    return ClsAttention(backbone) if with_cls else Features(backbone, reductions)
