@@ -385,7 +385,7 @@ def check_label(models: Sequence[Model], column: str) -> None:
     """
     if column == "image":
         raise ValueError("--probe image: the image id is not a label (each image would be its own class); expected "
-                         "category, group or another results.csv column that groups images")
+                         "category or another results.csv column that groups images")
     for m in models:
         if missing := [run for run in m.runs if not (run / RESULTS).exists()]:
             raise ValueError(f"--probe {column}: {missing[0]} has no {RESULTS}, where the labels of its images come "

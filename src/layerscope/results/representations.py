@@ -130,8 +130,10 @@ class PartWriter:
         arrays: dict[str, np.ndarray] = {"ids": np.array(list(ids), dtype=str)}
         if images is not None:
             arrays[HASHES] = np.array([image_hash(x) for x in images], dtype=str)
-            arrays[THUMBS] = np.stack([image_thumb(x) for x in images])
-            arrays[SIZE] = np.array(int(np.shape(images[0])[-1]) if len(images) else 0)
+            size = int(np.shape(images[0])[-1]) if len(images) else 0
+            if size >= THUMB:  # a smaller input (no model takes one) has no thumbnail: matched by hash alone
+                arrays[THUMBS] = np.stack([image_thumb(x) for x in images])
+            arrays[SIZE] = np.array(size)
         names = sorted(name for name in reps[0] if name.startswith("rep_")) if reps else []
         for name in names:
             for layer in sorted(reps[0][name]):
@@ -248,12 +250,13 @@ def _part_hashes(run_dir: Path) -> tuple[dict[str, str], dict[str, np.ndarray], 
             with np.load(path, allow_pickle=False) as z:
                 if HASHES not in z.files:
                     continue
-                ids, values, small, size = [str(i) for i in z["ids"]], [str(h) for h in z[HASHES]], z[THUMBS], \
-                    int(z[SIZE])
+                ids, values, size = [str(i) for i in z["ids"]], [str(h) for h in z[HASHES]], int(z[SIZE])
+                small = z[THUMBS] if THUMBS in z.files else None
         except Exception:  # noqa: BLE001 - an unreadable chunk is reported by _rows_from_parts
             continue
         hashes.update(zip(ids, values))
-        thumbs.update(zip(ids, small))
+        if small is not None:
+            thumbs.update(zip(ids, small))
     return hashes, thumbs, size
 
 
