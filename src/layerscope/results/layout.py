@@ -18,7 +18,7 @@
     <run>/representations/parts/part_<n>.npz   what the run appends batch by batch (resume)
     <run>/representations/checksums.json   each image's content hash, checksums of images.txt and the arrays
     <run>/representations/thumbnails.npy   each image's input at 16 x 16 (its content, whatever the input size)
-    <DIR>/compare/similarity.csv, probe.csv, *.png|pdf   ``layerscope-compare``
+    <DIR>/compare/similarity.csv, probe.csv, *.png|pdf, .layerscope-compare (what it wrote)   ``layerscope-compare``
     <run or sweep>/report.html, report_files/   the offline page (``layerscope-view``)
 """
 from __future__ import annotations
