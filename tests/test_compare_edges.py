@@ -486,3 +486,17 @@ def test_real_runs_of_another_seed_or_per_combination_are_not_compared_as_the_sa
     shutil.copytree(vit, tmp_path / "s" / "vit")
     line = one_line(compare(tmp_path / "s"))
     assert "model tiny_vit: runs" in line and "hold different images under" in line
+
+
+def test_configs_of_one_name_are_labelled_by_what_differs(tmp_path):
+    """A trained model and its random-init control: one name, two configs, two labelled models."""
+    x = images(12, 0)
+    make_run(tmp_path / "s" / "0", "vit", IDS[:12], x)
+    random = make_run(tmp_path / "s" / "1", "vit", IDS[:12], x, gain=0.5)
+    config = random / "config.yaml"
+    config.write_text(config.read_text().replace("model:\n", "model:\n  pretrained: false\n"))
+    (tmp_path / "s" / "0" / "config.yaml").write_text(
+        config.read_text().replace("pretrained: false", "pretrained: true"))
+    assert compare(tmp_path / "s", "--formats", "png").returncode == 0
+    sim = pd.read_csv(tmp_path / "s" / "compare" / "similarity.csv")
+    assert list(dict.fromkeys(sim["model_a"])) == ["vit · pretrained", "vit · random init"]

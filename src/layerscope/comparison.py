@@ -101,9 +101,29 @@ def _model_config(run: Path) -> dict:
     return model if isinstance(model, dict) else {"name": str(model)}
 
 
+def _flat(cfg: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value, default=str)
+    return out
+
+
+def _difference(key: str, value: str) -> str:
+    """How a label names one model option that tells two configs of one name apart."""
+    if key == "pretrained":
+        return "random init" if value == "false" else "pretrained"
+    if key == "img_size":
+        return f"{value} px"
+    return f"{key}={value.strip(chr(34))}"
+
+
 def group_runs(runs: Sequence[Path]) -> dict[str, list[Path]]:
-    """Runs grouped by model config, labelled by the config's name (``· <size> px`` or ``· <run>`` added
-    where two configs share a name)."""
+    """Runs grouped by model config, labelled by the config's name; where two configs share a name, the
+    options that differ are added (``· random init``, ``· 448 px``, ``· key=value``; at most 3), and the
+    first run's folder name where that is not enough."""
     groups: dict[str, list[Path]] = {}
     configs: dict[str, dict] = {}
     for run in runs:
@@ -111,16 +131,21 @@ def group_runs(runs: Sequence[Path]) -> dict[str, list[Path]]:
         key = json.dumps(cfg, sort_keys=True, default=str)
         groups.setdefault(key, []).append(run)
         configs[key] = cfg
-    names = [str(configs[k].get("name") or groups[k][0].name) for k in groups]
+    names = {k: str(configs[k].get("name") or groups[k][0].name) for k in groups}
+    flat = {k: _flat(configs[k]) for k in groups}
     labels = {}
-    for key, name in zip(groups, names):
+    for key, name in names.items():
+        same = [k for k in groups if names[k] == name]
         label = name
-        if names.count(name) > 1:
-            label = f"{name} · {configs[key].get('img_size')} px"
-            if sum(1 for k, n in zip(groups, names) if n == name and configs[k].get("img_size") ==
-                   configs[key].get("img_size")) > 1:
-                label = f"{name} · {groups[key][0].name}"
+        if len(same) > 1:
+            differ = sorted(o for o in set().union(*(flat[k] for k in same)) - {"name"}
+                            if len({flat[k].get(o, "null") for k in same}) > 1)
+            parts = [_difference(o, flat[key].get(o, "null")) for o in differ[:3]]
+            label = " · ".join([name, *parts])
         labels[key] = label
+    for key in groups:  # still shared (more than 3 options differ, or none recorded): the run's folder
+        if list(labels.values()).count(labels[key]) > 1:
+            labels[key] = f"{labels[key]} · {groups[key][0].name}"
     return {labels[k]: v for k, v in groups.items()}
 
 
