@@ -500,3 +500,10 @@ def test_configs_of_one_name_are_labelled_by_what_differs(tmp_path):
     assert compare(tmp_path / "s", "--formats", "png").returncode == 0
     sim = pd.read_csv(tmp_path / "s" / "compare" / "similarity.csv")
     assert list(dict.fromkeys(sim["model_a"])) == ["vit · pretrained", "vit · random init"]
+
+
+def test_a_removed_layer_file_is_named(pair, tmp_path):
+    path = pair[0] / "representations" / "mean_layer_1.npy"
+    path.unlink()
+    line = one_line(compare(*pair, "--out", tmp_path / "o"))
+    assert f"{path}: missing, though the run wrote it" in line

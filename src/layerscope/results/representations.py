@@ -408,6 +408,11 @@ def load_representations(run_dir: Path | str, kind: str = "mean") -> tuple[list[
                 raise ValueError(f"{path}: not the array the run wrote (its checksum in {REPRESENTATION_CHECKSUMS} "
                                  "differs); restore it or rerun")
             arrays[int(_KEY.match(path.stem)["layer"])] = array
+        for name in (checks or {}).get("arrays", {}):  # a layer's file removed: not silently one layer fewer
+            m = _KEY.match(Path(name).stem)
+            if m and m["kind"] == kind and int(m["layer"]) not in arrays:
+                raise ValueError(f"{folder / name}: missing, though the run wrote it (listed in "
+                                 f"{REPRESENTATION_CHECKSUMS}); restore it or rerun")
     else:
         ids = list(read_done(run_dir))
         rows = _rows_from_parts(run_dir, ids)
