@@ -507,3 +507,16 @@ def test_a_removed_layer_file_is_named(pair, tmp_path):
     path.unlink()
     line = one_line(compare(*pair, "--out", tmp_path / "o"))
     assert f"{path}: missing, though the run wrote it" in line
+
+
+def test_a_third_config_of_one_name_is_labelled_by_the_option_only_it_sets(tmp_path):
+    x = images(12, 0)
+    for i, extra in enumerate(["pretrained: true\n", "pretrained: false\n",
+                               "pretrained: false\n  model_kwargs:\n    init_values: null\n"]):
+        run = make_run(tmp_path / "s" / str(i), "vit", IDS[:12], x, gain=1 + i / 10)
+        config = run / "config.yaml"
+        config.write_text(config.read_text().replace("model:\n", f"model:\n  {extra}"))
+    assert compare(tmp_path / "s", "--formats", "png").returncode == 0
+    sim = pd.read_csv(tmp_path / "s" / "compare" / "similarity.csv")
+    assert list(dict.fromkeys(sim["model_a"])) == ["vit · pretrained", "vit · random init",
+                                                   "vit · model_kwargs.init_values=null · random init"]

@@ -138,13 +138,15 @@ def group_runs(runs: Sequence[Path]) -> dict[str, list[Path]]:
         same = [k for k in groups if names[k] == name]
         label = name
         if len(same) > 1:
+            absent = object()  # an option one config sets and another lacks differs, even when set to null
             differ = sorted(o for o in set().union(*(flat[k] for k in same)) - {"name"}
-                            if len({flat[k].get(o, "null") for k in same}) > 1)
-            parts = [_difference(o, flat[key].get(o, "null")) for o in differ[:3]]
+                            if len({flat[k].get(o, absent) for k in same}) > 1)
+            parts = [_difference(o, flat[key][o]) for o in differ if o in flat[key]][:3]
             label = " · ".join([name, *parts])
         labels[key] = label
-    for key in groups:  # still shared (more than 3 options differ, or none recorded): the run's folder
-        if list(labels.values()).count(labels[key]) > 1:
+    shared = {label for label in labels.values() if list(labels.values()).count(label) > 1}
+    for key in groups:  # still shared (more than 3 options differ, or none recorded): each run's folder added
+        if labels[key] in shared:
             labels[key] = f"{labels[key]} · {groups[key][0].name}"
     return {labels[k]: v for k, v in groups.items()}
 
