@@ -294,7 +294,8 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
                 extras = [_merged(f, c) for f, c in zip(faith, columns)]
                 scored = _score_batch(cfg, plan, backbone, names, items, per_image, logits, extras, clock)
                 # the batch's representations go to disk with its first image, before any of its done.txt lines
-                before = [parts.task([item["id"] for item in items], captured)] if parts else []
+                before = [parts.task([item["id"] for item in items], captured, [item["x"] for item in items])
+                          ] if parts else []
                 for i, (item, (meta, chosen, rows)) in enumerate(zip(items, scored)):
                     n_figures += _record(cfg, out_dir, plan, backbone, names, item, meta, chosen, rows, writer,
                                          files, logger, clock, draw=n_figures < int(cfg.figures.max_images),

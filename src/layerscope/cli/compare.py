@@ -4,8 +4,9 @@
         [--depth layer|relative] [--estimator auto|full|minibatch] [--k K] [--logger none|wandb]
 
 Reads the representations runs saved (``save_representations=true``) below each DIR (a run, several
-runs, a sweep); runs of one model config are merged, images are matched by id. Writes into ``--out``
-(default ``DIR/compare`` for one DIR; required for several):
+runs, a sweep); runs of one model config are merged, images are matched by id and content (the hash or
+thumbnail of the input each run saved). Writes into ``--out`` (default ``DIR/compare`` for one DIR;
+required for several), replacing only its own previous outputs there, as a set (``results.compare_output``):
 
 - ``similarity.csv``: CKA of every pair of layers of every pair of models (both orders, each model with
   itself, the diagonal), with the images shared and the estimator (``full`` or ``minibatch``);
@@ -23,10 +24,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..comparison import load_models, probe_table, similarity_table
+from ..comparison import check_label, load_models, probe_table, similarity_table
 from ..figures.compare import cka_heatmaps, probe_curves
 from ..figures.paper import AXES, attention_distance
 from ..metrics.similarity import ESTIMATORS, KERNELS
+from ..results.compare_output import check_out, writing
 from ..results.layout import COMPARE, PROBE, RESULTS, SIMILARITY
 from ..results.representations import KINDS
 from .errors import Parser, UsageError, command
@@ -42,10 +44,14 @@ def _positive(value: str) -> int:
     return n
 
 
-def _atomic_csv(table: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(path)
+def _seed(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected an int >= 0") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected an int >= 0")
+    return n
 
 
 def _distance_rows(labels: dict[Path, str]) -> pd.DataFrame:
@@ -88,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depth", default="layer", choices=AXES, help="figure axes: layer index or relative depth")
     p.add_argument("--formats", nargs="+", default=["png", "pdf"], help="figure formats")
     p.add_argument("--boot", type=_positive, default=1000, help="bootstrap resamples of the probe's 95%% CI")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap and of the minibatches (>= 0)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: DIR/compare for one DIR)")
     p.add_argument("--logger", default="none", choices=("none", "wandb"), help="also log the tables to W&B")
     a = p.parse_args(argv)
@@ -103,22 +109,24 @@ def main(argv: list[str] | None = None) -> int:
     if bad := [f for f in a.formats if f not in supported]:
         raise UsageError(f"--formats {' '.join(bad)}: expected some of {', '.join(sorted(supported))}")
     out = a.out if a.out is not None else a.folders[0] / COMPARE
+    check_out(out, [SIMILARITY, PROBE] if a.probe else [SIMILARITY])  # before any work: a refused --out costs nothing
     started = time.perf_counter()
     models, warnings = load_models(a.folders, a.kind)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
+    if a.probe:
+        check_label(models, a.probe)
     similarity = similarity_table(models, a.kind, a.kernel, a.estimator, a.batch_size, a.seed)
     probe = probe_table(models, a.probe, a.kind, a.k, a.boot, a.seed) if a.probe else None
-    out.mkdir(parents=True, exist_ok=True)
     depths = {m.label: m.num_layers for m in models}
-    written = [out / SIMILARITY]
-    _atomic_csv(similarity, out / SIMILARITY)
-    written += cka_heatmaps(similarity, out, a.formats, a.depth, depths)
-    if probe is not None:
-        _atomic_csv(probe, out / PROBE)
-        written += [out / PROBE, *probe_curves(probe, out, a.formats, a.depth, depths)]
     labels = {run: m.label for m in models for run in m.runs}
-    written += attention_distance(_distance_rows(labels), out, a.formats, a.depth)
+    tables = {SIMILARITY: similarity} if probe is None else {SIMILARITY: similarity, PROBE: probe}
+    with writing(out) as output:  # one compare at a time; its previous outputs replaced as a set
+        figures = cka_heatmaps(similarity, output.staging, a.formats, a.depth, depths)
+        if probe is not None:
+            figures += probe_curves(probe, output.staging, a.formats, a.depth, depths)
+        figures += attention_distance(_distance_rows(labels), output.staging, a.formats, a.depth)
+        written = output.commit(tables, figures)
     for path in written:
         print(path)
     summary = ", ".join(f"{m.label} ({len(m.ids)} images, {len(m.arrays)} layers)" for m in models)

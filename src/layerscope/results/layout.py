@@ -16,7 +16,9 @@
     <DIR>/choice_<metric>.json|md   the held-out choice (``layerscope-report --calibration``)
     <run>/representations/<kind>_layer_<i>.npy, images.txt   pooled representations (save_representations)
     <run>/representations/parts/part_<n>.npz   what the run appends batch by batch (resume)
-    <DIR>/compare/similarity.csv, probe.csv, *.png|pdf   ``layerscope-compare``
+    <run>/representations/checksums.json   each image's content hash, checksums of images.txt and the arrays
+    <run>/representations/thumbnails.npy   each image's input at 16 x 16 (its content, whatever the input size)
+    <DIR>/compare/similarity.csv, probe.csv, *.png|pdf, .layerscope-compare (what it wrote)   ``layerscope-compare``
     <run or sweep>/report.html, report_files/   the offline page (``layerscope-view``)
 """
 from __future__ import annotations
@@ -50,6 +52,8 @@ REPRESENTATIONS = "representations"  # pooled representations per layer (save_re
 REPRESENTATION_IDS = "images.txt"  # inside REPRESENTATIONS: the arrays' row order, one image id per line
 REPRESENTATION_PARTS = "parts"  # inside REPRESENTATIONS: per-batch chunks, consolidated at the end
 PART_GLOB = "part_*.npz"  # inside REPRESENTATION_PARTS (see ``part_file``)
+REPRESENTATION_CHECKSUMS = "checksums.json"  # inside REPRESENTATIONS: each input image's hash, checksums of the files
+REPRESENTATION_THUMBS = "thumbnails.npy"  # inside REPRESENTATIONS: each row's input at 16 x 16 (matching across sizes)
 COMPARE = "compare"  # layerscope-compare's default output folder
 SIMILARITY = "similarity.csv"
 PROBE = "probe.csv"

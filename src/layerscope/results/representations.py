@@ -4,7 +4,9 @@ Layout (names in ``results.layout``)::
 
     <run>/representations/<kind>_layer_<i>.npy   float32 (n_images, D), rows in the order of images.txt
     <run>/representations/images.txt             one image id per line
-    <run>/representations/parts/part_<n>.npz     the per-batch chunks the run appends (ids + arrays)
+    <run>/representations/parts/part_<n>.npz     the per-batch chunks the run appends (ids + arrays + hashes)
+    <run>/representations/checksums.json         each row's image hash, checksums of images.txt and the arrays
+    <run>/representations/thumbnails.npy         uint8 (n_images, 16, 16, 3): each row's input, block-averaged
 
 ``kind`` is ``mean`` (mean over patch tokens of a ViT block's output; a CNN stage's global average
 pool) or ``cls`` (a ViT's CLS token). Why it survives a cut at any image: a batch's chunk is written
@@ -16,10 +18,21 @@ same for a resumed run as for a clean one), each file written atomically, ``imag
 chunks are kept, so a consolidation cut half-way is redone from them by the next run. A reader
 trusts the arrays once ``run_summary.json`` exists and rebuilds from the chunks before that.
 
+Which image a row is: besides its id, each row carries ``image_hash`` of the preprocessed input the
+model saw (the map cache's key) and ``image_thumb``, that input block-averaged to 16 x 16, so that
+``layerscope-compare`` matches images by id *and* content (two runs may give one id to two images:
+another seed, another ``data.per_combination``): by hash between runs of one input size, by thumbnail
+between sizes (a ViT at 448 px, a CNN at 224 px: the hashes differ, the thumbnails agree). The arrays
+are checked when read: float values, all finite, and, where ``checksums.json`` exists (runs since it
+was added), ``images.txt`` and every array as the run wrote them (an edited, reordered or truncated
+``images.txt`` would silently pair rows with the wrong images).
+
 numpy only (no torch): the comparison tools and the report page read these without a model.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 from pathlib import Path
@@ -27,13 +40,58 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .layout import (PART_GLOB, REPRESENTATION_IDS, REPRESENTATION_PARTS, REPRESENTATIONS, is_complete,
-                     part_file, read_done, representation_file, representation_key)
+from .layout import (PART_GLOB, REPRESENTATION_CHECKSUMS, REPRESENTATION_IDS, REPRESENTATION_PARTS,
+                     REPRESENTATION_THUMBS, REPRESENTATIONS, is_complete, part_file, read_done, representation_file,
+                     representation_key)
 
 log = logging.getLogger(__name__)
 
 KINDS = ("mean", "cls")  # the pooled representations a run can save (a CNN has no CLS token: mean only)
 _KEY = re.compile("^" + representation_key("(?P<kind>[a-z]+)", r"(?P<layer>\d+)") + "$")
+HASHES, THUMBS, SIZE = "image_hash", "image_thumb", "input_size"  # in a chunk: per row hash and thumbnail; input side
+THUMB = 16  # thumbnail side: coarse enough that resizing to another input size changes it by ~1/255
+
+
+def image_hash(x) -> str:
+    """The content hash of one preprocessed input, as the map cache keys it (``results.cache.image_key``).
+
+    Args:
+        x: (3, S, S) floats in [0, 1] (a CPU tensor or an array), the input before the model's normalisation.
+
+    Returns:
+        32 hex digits of the SHA-256 of its (S, S, 3) uint8 pixels and their shape.
+    """
+    if hasattr(x, "detach"):  # a tensor, wherever it lives (no torch import here)
+        x = x.detach().float().cpu().numpy()
+    u8 = (np.asarray(x, dtype=np.float32).transpose(1, 2, 0) * 255).round().astype(np.uint8)
+    h = hashlib.sha256(np.ascontiguousarray(u8).tobytes())
+    h.update(str(u8.shape).encode())
+    return h.hexdigest()[:32]
+
+
+def image_thumb(x) -> np.ndarray:
+    """One preprocessed input block-averaged to ``THUMB`` x ``THUMB`` (blocks of ``S / THUMB`` pixels, rounded).
+
+    Args:
+        x: (3, S, S) floats in [0, 1] (a CPU tensor or an array), S >= ``THUMB``.
+
+    Returns:
+        (THUMB, THUMB, 3) uint8.
+    """
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    x = np.asarray(x, dtype=np.float64)
+    edges = (np.arange(THUMB) * x.shape[-1]) // THUMB
+    sizes = np.diff(np.append(edges, x.shape[-1]))
+    blocks = np.add.reduceat(np.add.reduceat(x, edges, axis=1), edges, axis=2) / np.outer(sizes, sizes)
+    return (blocks.transpose(1, 2, 0) * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def _checksum(array: np.ndarray) -> str:
+    """SHA-256 of an array's values, dtype and shape (what ``np.load`` gives back)."""
+    h = hashlib.sha256(np.ascontiguousarray(array).tobytes())
+    h.update(f"{array.dtype.str}{array.shape}".encode())
+    return h.hexdigest()
 
 
 def _parts_dir(run_dir: Path) -> Path:
@@ -59,15 +117,23 @@ class PartWriter:
         files = _part_files(self.run_dir)
         self.next = int(files[-1].stem.split("_")[1]) + 1 if files else 0
 
-    def task(self, ids: Sequence[str], reps: Sequence[Mapping[str, Mapping[int, object]]]
-             ) -> tuple[Path, Callable[[], None]]:
+    def task(self, ids: Sequence[str], reps: Sequence[Mapping[str, Mapping[int, object]]],
+             images: Sequence[object] | None = None) -> tuple[Path, Callable[[], None]]:
         """A ``(file, write)`` task for ``results.writer.BackgroundWriter`` holding one batch's rows.
 
         Args:
             ids: the batch's image ids.
             reps: per image, ``rep_<kind>`` -> layer -> (D,) tensor or array (other keys are ignored).
+            images: per image, the (3, S, S) input the model saw, in [0, 1]: its ``image_hash`` is saved
+                with the row (hashed here, not in the writer: the input's memory may be reused).
         """
         arrays: dict[str, np.ndarray] = {"ids": np.array(list(ids), dtype=str)}
+        if images is not None:
+            arrays[HASHES] = np.array([image_hash(x) for x in images], dtype=str)
+            size = int(np.shape(images[0])[-1]) if len(images) else 0
+            if size >= THUMB:  # a smaller input (no model takes one) has no thumbnail: matched by hash alone
+                arrays[THUMBS] = np.stack([image_thumb(x) for x in images])
+            arrays[SIZE] = np.array(size)
         names = sorted(name for name in reps[0] if name.startswith("rep_")) if reps else []
         for name in names:
             for layer in sorted(reps[0][name]):
@@ -115,6 +181,9 @@ def _rows_from_parts(run_dir: Path, order: Sequence[str]) -> dict[str, np.ndarra
         except Exception as e:  # noqa: BLE001 - truncated, bad CRC, not a zip: the images it held are checked below
             log.warning("%s is unreadable (%s: %s); left out", path, type(e).__name__, e)
             continue
+        if bad := [k for k, v in block.items() if v.dtype.kind != "f"]:
+            raise ValueError(f"{path}: {bad[0]} holds {block[bad[0]].dtype} values; expected floats (float32 as a run "
+                             "writes them)")
         for j, image in enumerate(ids):
             latest[image] = {k: v[j] for k, v in block.items()}
     if lost := [image for image in order if image not in latest]:
@@ -141,14 +210,122 @@ def consolidate(run_dir: Path, order: Sequence[str] | None = None) -> int:
     arrays = _rows_from_parts(run_dir, order)
     folder = run_dir / REPRESENTATIONS
     folder.mkdir(parents=True, exist_ok=True)
+    sums = {}
     for key, array in arrays.items():
         m = _KEY.match(key)
-        _save_npy(representation_file(run_dir, m["kind"], int(m["layer"])), array)
-    ids = folder / REPRESENTATION_IDS
-    tmp = ids.with_name(f"{ids.name}.tmp")
-    tmp.write_text("".join(f"{image}\n" for image in order))
-    tmp.replace(ids)  # last: arrays and ids agree once this is there
+        path = representation_file(run_dir, m["kind"], int(m["layer"]))
+        _save_npy(path, array)
+        sums[path.name] = _checksum(array)
+    text = "".join(f"{image}\n" for image in order)
+    hashes, thumbs, size = _part_hashes(run_dir)
+    if order and all(image in thumbs for image in order):
+        thumb_array = np.stack([thumbs[image] for image in order])
+        _save_npy(folder / REPRESENTATION_THUMBS, thumb_array)
+        sums[REPRESENTATION_THUMBS] = _checksum(thumb_array)
+    checks = {"images": len(order), "images_txt_sha256": hashlib.sha256(text.encode()).hexdigest(),
+              "input_size": size, "image_hash": [hashes.get(image) for image in order], "arrays": sums}
+    _save_text(folder / REPRESENTATION_CHECKSUMS, json.dumps(checks, indent=1) + "\n")
+    _save_text(folder / REPRESENTATION_IDS, text)  # last: arrays, checksums and ids agree once this is there
     return len(order)
+
+
+def _save_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def _part_hashes(run_dir: Path) -> tuple[dict[str, str], dict[str, np.ndarray], int | None]:
+    """image id -> its hash and its thumbnail (its latest chunk's), and the input size, from the chunks that
+    hold them (chunks written before they were saved, or unreadable ones, add nothing)."""
+    hashes: dict[str, str] = {}
+    thumbs: dict[str, np.ndarray] = {}
+    size = None
+    for path in _part_files(run_dir):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if HASHES not in z.files:
+                    continue
+                ids, values, size = [str(i) for i in z["ids"]], [str(h) for h in z[HASHES]], int(z[SIZE])
+                small = z[THUMBS] if THUMBS in z.files else None
+        except Exception:  # noqa: BLE001 - an unreadable chunk is reported by _rows_from_parts
+            continue
+        hashes.update(zip(ids, values))
+        if small is not None:
+            thumbs.update(zip(ids, small))
+    return hashes, thumbs, size
+
+
+def _read_checksums(run_dir: Path) -> dict | None:
+    """``checksums.json`` of a finished run, or None (a run written before it existed).
+
+    Raises:
+        ValueError: a file that does not read as the run's checksums (named).
+    """
+    path = Path(run_dir) / REPRESENTATIONS / REPRESENTATION_CHECKSUMS
+    if not path.exists():
+        return None
+    try:
+        checks = json.loads(path.read_text())
+        if not isinstance(checks, dict) or not isinstance(checks.get("arrays"), dict) or \
+                not isinstance(checks.get("image_hash"), list):
+            raise ValueError("not the expected fields")
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not readable as the run's checksums ({e}); restore it or rerun") from None
+    return checks
+
+
+def image_contents(run_dir: Path | str) -> tuple[dict[str, str], dict[str, np.ndarray], int | None]:
+    """What each saved row's image was: image id -> ``image_hash`` of its preprocessed input, image id ->
+    its (16, 16, 3) uint8 thumbnail, and the input side in pixels (hashes of two sizes never match,
+    whatever the images; thumbnails do).
+
+    Returns:
+        ({}, {}, None) for a run written before they were saved (its images can be matched by id only).
+
+    Raises:
+        ValueError: an unreadable ``checksums.json`` or ``thumbnails.npy``, or one that is not what the run
+            wrote (named).
+    """
+    run_dir = Path(run_dir)
+    folder = run_dir / REPRESENTATIONS
+    if not (is_complete(run_dir) and (folder / REPRESENTATION_IDS).exists()):
+        return _part_hashes(run_dir)
+    checks = _read_checksums(run_dir)
+    if checks is None:
+        return {}, {}, None
+    ids = (folder / REPRESENTATION_IDS).read_text().splitlines()
+    hashes = {image: h for image, h in zip(ids, checks["image_hash"]) if isinstance(h, str)}
+    size = checks.get("input_size")
+    thumbs: dict[str, np.ndarray] = {}
+    path = folder / REPRESENTATION_THUMBS
+    if REPRESENTATION_THUMBS in checks["arrays"]:
+        try:
+            small = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise ValueError(f"{path}: not readable ({type(e).__name__}: {e}); restore it or rerun") from None
+        if _checksum(small) != checks["arrays"][REPRESENTATION_THUMBS] or len(small) != len(ids):
+            raise ValueError(f"{path}: not the array the run wrote (its checksum in {REPRESENTATION_CHECKSUMS} "
+                             "differs); restore it or rerun")
+        thumbs = dict(zip(ids, small))
+    return hashes, thumbs, int(size) if isinstance(size, int) else None
+
+
+def _check_values(path: Path, array: np.ndarray, ids: Sequence[str]) -> None:
+    """Refuse, naming ``path``, an array of non-float values or with NaN/inf (one NaN would silently empty
+    every CKA of its layer and change the probe)."""
+    if array.dtype.kind != "f":
+        raise ValueError(f"{path}: {array.dtype} values; expected floats (float32, as a run writes them)")
+    finite = np.isfinite(array)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite.all(axis=tuple(range(1, array.ndim))))[0])
+        image = f", image {ids[row]!r}" if row < len(ids) else ""
+        raise ValueError(f"{path}: {int((~finite).sum())} NaN/inf values (first in row {row}{image}); expected "
+                         "finite representations (a model with non-finite weights or outputs?)")
 
 
 def available(run_dir: Path) -> dict[str, list[int]]:
@@ -202,7 +379,18 @@ def load_representations(run_dir: Path | str, kind: str = "mean") -> tuple[list[
         raise FileNotFoundError(f"{folder}: no saved representations (run with save_representations=true)")
     ids_file = folder / REPRESENTATION_IDS
     if is_complete(run_dir) and ids_file.exists():
-        ids = ids_file.read_text().splitlines()
+        text = ids_file.read_bytes()
+        ids = text.decode(errors="replace").splitlines()
+        first: dict[str, int] = {}
+        for line, image in enumerate(ids, 1):
+            if image in first:
+                raise ValueError(f"{ids_file}: image {image!r} on lines {first[image]} and {line}; each line names one "
+                                 "row (an edited file?): restore it or rerun")
+            first[image] = line
+        checks = _read_checksums(run_dir)
+        if checks is not None and checks.get("images_txt_sha256") != hashlib.sha256(text).hexdigest():
+            raise ValueError(f"{ids_file}: not the file the run wrote (its checksum in {REPRESENTATION_CHECKSUMS} "
+                             "differs): its lines would name the wrong rows; restore it or rerun")
         arrays = {}
         for path in sorted(folder.glob(f"{representation_key(kind, '*')}.npy")):
             if ".tmp" in path.name or not _KEY.match(path.stem):
@@ -214,11 +402,23 @@ def load_representations(run_dir: Path | str, kind: str = "mean") -> tuple[list[
             if array.ndim != 2 or array.shape[0] != len(ids):
                 raise ValueError(f"{path}: expected ({len(ids)}, D) rows for the ids of {ids_file}, "
                                  f"got {array.shape}")
+            _check_values(path, array, ids)
+            want = (checks or {}).get("arrays", {}).get(path.name)
+            if want is not None and want != _checksum(array):
+                raise ValueError(f"{path}: not the array the run wrote (its checksum in {REPRESENTATION_CHECKSUMS} "
+                                 "differs); restore it or rerun")
             arrays[int(_KEY.match(path.stem)["layer"])] = array
+        for name in (checks or {}).get("arrays", {}):  # a layer's file removed: not silently one layer fewer
+            m = _KEY.match(Path(name).stem)
+            if m and m["kind"] == kind and int(m["layer"]) not in arrays:
+                raise ValueError(f"{folder / name}: missing, though the run wrote it (listed in "
+                                 f"{REPRESENTATION_CHECKSUMS}); restore it or rerun")
     else:
         ids = list(read_done(run_dir))
         rows = _rows_from_parts(run_dir, ids)
         arrays = {int(_KEY.match(k)["layer"]): v for k, v in rows.items() if _KEY.match(k)["kind"] == kind}
+        for layer, array in arrays.items():
+            _check_values(_parts_dir(run_dir) / f"{PART_GLOB} ({representation_key(kind, layer)})", array, ids)
     if not arrays and ids:
         kinds = ", ".join(available(run_dir)) or "none"
         raise ValueError(f"{folder}: no {kind} representations (saved: {kinds}; a CNN has no cls token)")
