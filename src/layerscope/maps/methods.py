@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from . import knn
 from .attention import attention_blocks
 from .reduce import reduce_features
 
@@ -101,36 +102,67 @@ class Features(MapMethod):
 
 
 class PatchKNN(MapMethod):
-    """Distance of each patch feature to its nearest normal patch features (PatchCore without training).
+    """Distance of each patch feature to its nearest normal patch features (PatchCore, AnomalyDINO; no training).
 
-    Per layer, a memory bank holds the patch features of normal images (``train/good`` or
-    defect-free synthetic images); a patch's map value is the mean distance to its ``k``
-    nearest bank entries. A random coreset keeps at most ``bank_size`` entries per layer.
+    Per layer, a memory bank holds the patch features of normal images (``train/good``, ``data.normal_dir``
+    or defect-free synthetic images); a patch's map value is the mean distance to its ``k`` nearest bank
+    entries. Each option is one published convention (``maps.knn`` holds them, with their sources):
 
     Args:
         k: neighbours averaged, >= 1.
-        bank_size: most entries kept per layer (random subset), or None for all.
+        metric: ``euclidean`` (PatchCore) or ``cosine`` (AnomalyDINO: 1 - cosine similarity).
+        aggregate: 1 (off), 3 or 5: PatchCore's local p x p average of the features before the search
+            (zero padding, divisor p*p).
+        coreset: ``random`` or ``greedy`` (PatchCore's approximate greedy k-center, seeded projection).
+        coreset_ratio: fraction of the bank kept by the coreset (PatchCore: 0.1), or None (all).
+        bank_size: most entries kept per layer after ``coreset_ratio``, or None (no cap).
+        smooth_sigma: Gaussian smoothing of the map at image size, sigma in pixels (PatchCore/anomalib: 4);
+            0 = off (the map stays on the patch grid). With smoothing the maps are image-sized.
+        mask_background: AnomalyDINO's PCA masking (object categories): references keep only foreground
+            patches, and background patches of a scored image get 0.
+        mask_threshold: the first principal component's threshold of the mask (AnomalyDINO: 10).
+        augment_references: ``none`` or ``rotations`` (AnomalyDINO: each reference at 0, 45, ..., 315 degrees).
         n_references: normal images used, or None for all the dataset offers.
         chunk: query rows per distance block (bounds memory).
-        seed: coreset sampling seed.
+        seed: coreset seed (random subset or the greedy start and projection).
     """
 
     name = "patch_knn"
     capture = "features"
     needs_references = True
 
-    def __init__(self, backbone, k: int = 1, bank_size: int | None = 16384, n_references: int | None = 16,
-                 chunk: int = 2048, seed: int = 0):
+    def __init__(self, backbone, k: int = 1, metric: str = "euclidean", aggregate: int = 1, coreset: str = "random",
+                 coreset_ratio: float | None = None, bank_size: int | None = 16384, smooth_sigma: float = 0.0,
+                 mask_background: bool = False, mask_threshold: float = 10.0, augment_references: str = "none",
+                 n_references: int | None = 16, chunk: int = 2048, seed: int = 0):
         super().__init__(backbone)
-        if int(k) < 1:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"method.k={k}: expected an int >= 1")
+        if metric not in knn.METRICS:
+            raise ValueError(f"method.metric={metric}: expected {' or '.join(knn.METRICS)}")
+        if aggregate not in knn.AGGREGATES or isinstance(aggregate, bool):
+            raise ValueError(f"method.aggregate={aggregate}: expected 1 (off), 3 or 5")
+        if coreset not in knn.CORESETS:
+            raise ValueError(f"method.coreset={coreset}: expected random or greedy")
+        if coreset_ratio is not None and not 0 < float(coreset_ratio) <= 1:
+            raise ValueError(f"method.coreset_ratio={coreset_ratio}: expected a fraction in (0, 1] or null (all)")
         if bank_size is not None and int(bank_size) < int(k):
             raise ValueError(f"method.bank_size={bank_size}: expected at least method.k={k} entries")
+        if not float(smooth_sigma) >= 0:
+            raise ValueError(f"method.smooth_sigma={smooth_sigma}: expected sigma in pixels >= 0 (0 = off)")
+        if augment_references not in knn.AUGMENTS:
+            raise ValueError(f"method.augment_references={augment_references}: expected none or rotations")
         if n_references is not None and int(n_references) < 1:
             raise ValueError(f"method.n_references={n_references}: expected an int >= 1 or null (all)")
-        self.k, self.bank_size, self.n_references = int(k), bank_size, n_references
+        if int(chunk) < 1:
+            raise ValueError(f"method.chunk={chunk}: expected an int >= 1")
+        self.k, self.metric, self.aggregate, self.coreset = int(k), metric, int(aggregate), coreset
+        self.coreset_ratio = None if coreset_ratio is None else float(coreset_ratio)
+        self.bank_size, self.n_references = bank_size, n_references
+        self.smooth_sigma, self.mask_background = float(smooth_sigma), bool(mask_background)
+        self.mask_threshold, self.augment_references = float(mask_threshold), augment_references
         self.chunk, self.seed = int(chunk), int(seed)
-        self.banks: dict[int, torch.Tensor] = {}
+        self.banks: dict[int, knn.Bank] = {}
 
     def num_maps(self) -> int:
         return 1
@@ -138,34 +170,53 @@ class PatchKNN(MapMethod):
     def map_names(self) -> list[str]:
         return ["knn"]
 
+    def _rows(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, C, h, w) features -> (B*h*w, C) search rows (aggregated), and the (B, h, w) foreground or None."""
+        mask = knn.background_mask(t, self.mask_threshold) if self.mask_background else None
+        t = knn.local_average(t.float(), self.aggregate)
+        return t.flatten(2).transpose(1, 2).reshape(-1, t.shape[1]), mask
+
+    def _kept(self, n: int) -> int:
+        """Bank entries kept out of ``n``: ``coreset_ratio`` (floored, as PatchCore), then ``bank_size``."""
+        m = n if self.coreset_ratio is None else max(1, int(n * self.coreset_ratio))
+        return m if self.bank_size is None else min(m, int(self.bank_size))
+
     def fit(self, batches, layers, extract) -> None:
         parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
         for x in batches:
-            captured, _ = extract(x)
-            for layer, t in captured.items():
-                parts[layer].append(t.flatten(2).transpose(1, 2).reshape(-1, t.shape[1]).float())
+            views = knn.rotations(x) if self.augment_references == "rotations" else x
+            for v in views.split(x.shape[0]):  # the rotated views in batches of the references' size
+                captured, _ = extract(v)
+                for layer, t in captured.items():
+                    rows, mask = self._rows(t)
+                    parts[layer].append(rows if mask is None else rows[mask.flatten().to(rows.device)])
         g = torch.Generator().manual_seed(self.seed)
         for layer, chunks in parts.items():
-            if not chunks:
-                raise ValueError("method=patch_knn: the dataset offered no normal reference images")
-            bank = torch.cat(chunks)
-            if self.bank_size is not None and bank.shape[0] > int(self.bank_size):
-                bank = bank[torch.randperm(bank.shape[0], generator=g)[: int(self.bank_size)].to(bank.device)]
-            self.banks[layer] = bank
-        log.info("patch_knn banks: %s", {layer: tuple(b.shape) for layer, b in self.banks.items()})
+            bank = torch.cat(chunks) if chunks else torch.zeros(0)
+            if bank.shape[0] == 0:
+                raise ValueError("method=patch_knn: the dataset offered no normal reference images" if not chunks else
+                                 "method=patch_knn: method.mask_background left no foreground patch in the references "
+                                 f"at layer {layer}; use method.mask_background=false (a texture) or another "
+                                 "method.mask_threshold")
+            m = self._kept(bank.shape[0])
+            if m < bank.shape[0]:
+                idx = (knn.greedy_coreset(bank, m, self.seed) if self.coreset == "greedy"
+                       else torch.randperm(bank.shape[0], generator=g)[:m])
+                bank = bank[idx.to(bank.device)]
+            self.banks[layer] = knn.Bank(bank, self.metric)
+        log.info("patch_knn banks: %s", {layer: tuple(b.rows.shape) for layer, b in self.banks.items()})
 
     def maps(self, captured):
         out = {}
         for layer, t in captured.items():
             if layer not in self.banks:
                 raise RuntimeError(f"method=patch_knn: no memory bank for layer {layer}; fit() was not run")
-            b, c, h, w = t.shape
-            queries = t.flatten(2).transpose(1, 2).reshape(-1, c).float()
-            bank = self.banks[layer].to(queries.device)
-            k = min(self.k, bank.shape[0])
-            dist = torch.cat([torch.cdist(q, bank).topk(k, largest=False).values.mean(-1)
-                              for q in queries.split(self.chunk)])
-            out[layer] = dist.view(b, 1, h, w)
+            b, _, h, w = t.shape
+            rows, mask = self._rows(t)
+            dist = knn.knn_distance(rows, self.banks[layer], self.k, self.chunk).view(b, 1, h, w)
+            if mask is not None:  # background patches get no anomaly score (AnomalyDINO)
+                dist = dist * mask.to(dist.device).unsqueeze(1)
+            out[layer] = knn.smooth(dist, self.backbone.img_size, self.smooth_sigma) if self.smooth_sigma else dist
         return out
 
 
