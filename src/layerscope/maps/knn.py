@@ -228,24 +228,25 @@ class Bank:
         return self._on[device]
 
 
-def knn_distance(queries: torch.Tensor, bank: Bank, k: int, chunk: int = 2048) -> torch.Tensor:
-    """Mean distance of each query to its ``k`` nearest bank rows.
+def knn_search(queries: torch.Tensor, bank: Bank, k: int, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest bank rows of each query.
 
     Args:
         queries: (Q, D) on any device; the search runs there.
         bank: the memory bank.
-        k: neighbours averaged (at most ``len(bank)``).
+        k: neighbours (at most ``len(bank)``).
         chunk: queries per distance block (memory: chunk x M floats).
 
     Returns:
-        (Q,) float32: fp32 matmul distances select ``k + RECHECK`` candidates, whose distances are then
-        computed exactly in float64 (``||q - b||``, or ``1 - cos``) and the ``k`` smallest averaged.
+        ((Q, k) float64 distances, (Q, k) int64 bank indices), nearest first: fp32 matmul distances select
+        ``k + RECHECK`` candidates, whose distances are then computed exactly in float64 (``||q - b||``, or
+        ``1 - cos``) and sorted.
     """
     rows, sq = bank.on(queries.device)
     k = min(k, len(bank))
     cand_k = min(k + RECHECK, len(bank))
     q_all = F.normalize(queries.float(), dim=1) if bank.metric == "cosine" else queries.float()
-    out = []
+    dists, index = [], []
     for q in q_all.split(chunk):
         dot = q @ rows.T  # (c, M)
         if bank.metric == "cosine":
@@ -260,5 +261,14 @@ def knn_distance(queries: torch.Tensor, bank: Bank, k: int, chunk: int = 2048) -
                 exact = (1.0 - (F.normalize(qd, dim=-1) * F.normalize(b, dim=-1)).sum(-1)).clamp(0.0, 2.0)
             else:
                 exact = (qd - b).pow(2).sum(-1).sqrt()
-            out.append(exact.topk(k, dim=1, largest=False).values.mean(1).float())
-    return torch.cat(out) if out else q_all.new_zeros(0)
+            d, j = exact.topk(k, dim=1, largest=False)
+            dists.append(d)
+            index.append(ids.gather(1, j))
+    if not dists:
+        return q_all.new_zeros(0, k, dtype=torch.float64), torch.zeros(0, k, dtype=torch.long, device=q_all.device)
+    return torch.cat(dists), torch.cat(index)
+
+
+def knn_distance(queries: torch.Tensor, bank: Bank, k: int, chunk: int = 2048) -> torch.Tensor:
+    """Mean distance of each query to its ``k`` nearest bank rows (``knn_search``): (Q,) float32."""
+    return knn_search(queries, bank, k, chunk)[0].mean(1).float()
