@@ -1,16 +1,20 @@
 """patch_knn's options against references written from the papers (PatchCore, AnomalyDINO), and anomalib where it imports."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 from sklearn.decomposition import PCA
 
+from layerscope.bench.knn import KNN_CASES, KNN_QUICK, knn_table
+from layerscope.cli import bench
 from layerscope.maps import knn
 from layerscope.maps.methods import PatchKNN
 
-from .conftest import compose
+from .conftest import CONF, compose
 
 
 class FeatureBackbone:
@@ -353,3 +357,31 @@ def test_patchcore_preset_equals_anomalib(monkeypatch):
     theirs = model(torch.zeros(2, 3, 64, 64)).anomaly_map
     ours = fitted({2: refs}, img_size=64, **preset("patchcore", coreset_ratio=None)).maps({2: test})[2]
     np.testing.assert_allclose(ours.numpy(), theirs.detach().numpy(), atol=1e-4)
+
+
+# ---- the benchmark (never an assertion on speed) --------------------------------------------------------
+
+
+def test_bench_cases_name_the_presets_and_bundled_models():
+    for preset, model, layers in [*KNN_CASES, *KNN_QUICK]:
+        assert (CONF / "method" / f"{preset}.yaml").is_file() and (CONF / "model" / f"{model}.yaml").is_file()
+        assert layers and all(isinstance(layer, int) for layer in layers)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--knn", "--pipeline"], r"--knn: goes alone"),
+    (["--knn", "--shots", "0"], r"--shots 0: expected at least 1"),
+])
+def test_bench_knn_refuses_bad_flags_in_one_line(argv, message, capsys):
+    assert bench.main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_bench_knn_quick_times_every_layer_against_the_backbone(capsys):
+    rows = knn_table(KNN_QUICK, "cpu", rounds=1, shots=2, images=2)
+    assert [(r["preset"], r["layer"]) for r in rows] == [(p, layer) for p, _, layers in KNN_QUICK for layer in layers]
+    for r in rows:
+        assert r["backbone_ms"] > 0 and r["map_ms_min"] <= r["map_ms"] <= r["map_ms_max"] and r["bank_rows"] > 0
+        assert r["map_vs_backbone"] == pytest.approx(r["map_ms"] / r["backbone_ms"], rel=0.02)
+    assert "vs backbone" in capsys.readouterr().out
