@@ -23,10 +23,13 @@ Each function is one convention of a published method, named for what it does:
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ..metrics.threads import one_thread
 
 METRICS = ("euclidean", "cosine")
 AGGREGATES = (1, 3, 5)
@@ -97,13 +100,18 @@ def greedy_coreset(x: torch.Tensor, m: int, seed: int) -> torch.Tensor:
         (m,) int64 indices on the CPU, in the order chosen.
     """
     z, start = project(x, seed)
+    z = z.double()  # exact enough that the greedy choice is the definition's (float64 expansion)
+    sq = z.pow(2).sum(1)
     selected = [start]
-    nearest = torch.full((z.shape[0],), float("inf"), device=z.device)
+    nearest = torch.full((z.shape[0],), float("inf"), dtype=torch.float64, device=z.device)
     last = start
-    for _ in range(m - 1):
-        nearest = torch.minimum(nearest, (z - z[last]).pow(2).sum(1))
-        last = int(nearest.argmax())  # the first of equal maxima
-        selected.append(last)
+    # each step is one (N, d) mat-vec: on a CPU, more threads only add their start-up to every step
+    with one_thread() if z.device.type == "cpu" else nullcontext():
+        for _ in range(m - 1):
+            d = torch.mv(z, z[last]).mul_(-2.0).add_(sq).add_(sq[last])  # squared distances to the last centre
+            torch.minimum(nearest, d, out=nearest)
+            last = int(nearest.argmax())  # the first of equal maxima
+            selected.append(last)
     return torch.tensor(selected, dtype=torch.long)
 
 
