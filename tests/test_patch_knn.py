@@ -20,7 +20,7 @@ from .conftest import CONF, compose
 class FeatureBackbone:
     """The least a map method needs of a backbone: it captures features, at ``img_size``."""
 
-    kind, captures = "cnn", ("features",)
+    kind, captures, num_layers = "cnn", ("features",), 5
 
     def __init__(self, img_size: int = 32):
         self.img_size = img_size
@@ -29,10 +29,11 @@ class FeatureBackbone:
         assert capture in self.captures
 
 
-def fitted(features_refs: dict[int, torch.Tensor], img_size: int = 32, **options) -> PatchKNN:
-    """A PatchKNN fitted on the given reference features (layer -> (R, C, h, w)), one batch."""
+def fitted(features_refs: dict[int, torch.Tensor], img_size: int = 32, layers=None, **options) -> PatchKNN:
+    """A PatchKNN fitted on the given reference features (layer -> (R, C, h, w)), one batch, for ``layers``
+    (default: every layer given)."""
     m = PatchKNN(FeatureBackbone(img_size), **options)
-    m.fit([torch.zeros(1)], list(features_refs), lambda x: (features_refs, None))
+    m.fit([torch.zeros(1)], layers if layers is not None else list(features_refs), lambda x: (features_refs, None))
     return m
 
 
@@ -385,3 +386,92 @@ def test_bench_knn_quick_times_every_layer_against_the_backbone(capsys):
         assert r["backbone_ms"] > 0 and r["map_ms_min"] <= r["map_ms"] <= r["map_ms_max"] and r["bank_rows"] > 0
         assert r["map_vs_backbone"] == pytest.approx(r["map_ms"] / r["backbone_ms"], rel=0.02)
     assert "vs backbone" in capsys.readouterr().out
+
+
+# ---- fused candidates (PatchCore's layer2 + layer3) ----------------------------------------------------------
+
+
+def bilinear_by_hand(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(B, C, h0, w0) -> (B, C, h, w): pixel centres at (i + 0.5) * h0 / h - 0.5, clamped at the edges."""
+    def taps(n_out, n_in):
+        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0)
+        lo = np.minimum(np.floor(src).astype(int), n_in - 1)
+        return lo, np.minimum(lo + 1, n_in - 1), src - lo
+    y0, y1, fy = taps(h, a.shape[2])
+    x0, x1, fx = taps(w, a.shape[3])
+    rows = a[:, :, y0] * (1 - fy)[:, None] + a[:, :, y1] * fy[:, None]
+    return rows[..., x0] * (1 - fx) + rows[..., x1] * fx
+
+
+def test_a_fused_candidates_map_is_the_knn_map_of_the_concatenated_resized_features():
+    g = torch.Generator().manual_seed(5)
+    refs = {2: torch.randn(3, 6, 8, 8, generator=g), 3: torch.randn(3, 10, 4, 4, generator=g)}
+    test = {2: torch.randn(2, 6, 8, 8, generator=g), 3: torch.randn(2, 10, 4, 4, generator=g)}
+    m = fitted(refs, layers=[2], fuse=[[3, 2]], bank_size=None)
+    assert m.capture_layers([2]) == [2, 3] and m.extra_map_names(2) == ["2+3"] and m.extra_map_names(3) == []
+    out = m.maps(test)
+    assert set(out) == {2} and out[2].shape == (2, 2, 8, 8)  # layer 2's own knn map, then 2+3
+    cat = lambda d: np.concatenate([d[2].numpy(), bilinear_by_hand(d[3].numpy(), 8, 8)], 1)  # noqa: E731
+    rows = lambda a: a.transpose(0, 2, 3, 1).reshape(-1, a.shape[1])  # noqa: E731
+    ref = brute_knn(rows(cat(test)), rows(cat(refs)), 1).reshape(2, 8, 8)
+    np.testing.assert_allclose(out[2][:, 1].numpy(), ref, rtol=1e-5, atol=1e-5)
+    own = brute_knn(rows(test[2].numpy()), rows(refs[2].numpy()), 1).reshape(2, 8, 8)
+    np.testing.assert_allclose(out[2][:, 0].numpy(), own, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_patchcore_equals_anomalib_layer2_plus_layer3(monkeypatch):
+    """anomalib's PatchcoreModel with layers layer2 + layer3 against method=patchcore with method.fuse=[[2,3]]."""
+    torch_model = pytest.importorskip("anomalib.models.image.patchcore.torch_model")
+    monkeypatch.setattr(torch_model, "TimmFeatureExtractor", StubExtractor)
+    g = torch.Generator().manual_seed(12)
+    refs = {2: torch.randn(3, 8, 8, 8, generator=g), 3: torch.randn(3, 12, 4, 4, generator=g)}
+    test = {2: torch.randn(2, 8, 8, 8, generator=g) * 1.4, 3: torch.randn(2, 12, 4, 4, generator=g) * 1.4}
+    model = torch_model.PatchcoreModel(layers=["layer2", "layer3"], backbone="resnet18", pre_trained=False)
+    StubExtractor.queue = [{"layer2": refs[2], "layer3": refs[3]}, {"layer2": test[2], "layer3": test[3]}]
+    model.train()
+    model(torch.zeros(3, 3, 64, 64))
+    model.memory_bank = torch.vstack(model.embedding_store)
+    model.eval()
+    theirs = model(torch.zeros(2, 3, 64, 64)).anomaly_map
+    m = fitted(refs, img_size=64, layers=[2], **preset("patchcore", coreset_ratio=None, fuse=[[2, 3]]))
+    np.testing.assert_allclose(m.maps(test)[2][:, 1:].numpy(), theirs.detach().numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("fuse, message", [
+    ([[2]], r"^method.fuse=\[\[2\]\]: expected lists of at least two distinct layers in \[-5, 5\)"),
+    ([[2, 2]], r"^method.fuse=\[\[2, 2\]\]: expected lists of at least two distinct"),
+    ([[2, 9]], r"^method.fuse=\[\[2, 9\]\]: expected"),
+    ([3], r"^method.fuse=\[3\]: expected"),
+])
+def test_bad_fuse_is_one_line(fuse, message):
+    with pytest.raises(ValueError, match=message):
+        PatchKNN(FeatureBackbone(), fuse=fuse)
+
+
+def test_fused_candidate_needs_its_lowest_layer_among_the_layers():
+    m = PatchKNN(FeatureBackbone(), fuse=[[-1, 3]])  # negative from the end: 4
+    assert m.fused == [(3, 4)] and m.extra_map_names(3) == ["3+4"]
+    with pytest.raises(ValueError, match=r"^method.fuse: 3\+4 is reported at layer 3, which is not among layer=\[4\]; add it"):
+        m.capture_layers([4])
+
+
+@pytest.mark.slow
+def test_fused_candidate_flows_through_results_and_the_dataset_protocol(tmp_path):
+    import pandas as pd
+
+    from layerscope.cli.report import main as report_main
+
+    from .conftest import run_main
+
+    out = tmp_path / "fused"
+    proc = run_main(["model=tiny_cnn", "method=patchcore", "method.fuse=[[0,1]]", "method.coreset_ratio=0.5",
+                     "progress=false", "figures.max_images=1", "data.textures=[brick]", "data.defects=[spot]",
+                     "data.size=64", "layer=[0,1]", "method.n_references=2", f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = pd.read_csv(out / "results.csv", dtype={"head": str})
+    assert set(zip(rows["layer"], rows["head"])) == {(0, "knn"), (0, "0+1"), (1, "knn")}
+    pooled = pd.read_csv(out / "dataset_metrics.csv", dtype={"head": str})
+    assert set(zip(pooled["layer"], pooled["head"])) == {(0, "knn"), (0, "0+1"), (1, "knn")}
+    assert pooled["aupro"].between(0, 1).all()
+    assert report_main([str(out), "--metric", "aupro"]) == 0
+    assert "| 0+1 |" in (out / "report_dataset_aupro.md").read_text()

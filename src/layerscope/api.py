@@ -378,6 +378,9 @@ def maps(backbone: Backbone | nn.Module, images: Any, layers: Any = "all", metho
     rgb, xn, ids = _inputs(backbone, images)
     device = backbone.mean.device
     capture = method.capture_layers(picked)
+    if any(method.extra_map_names(layer) for layer in picked):
+        raise ValueError(f"method={method.name} with fused layers (method.fuse) runs in studies (layerscope), "
+                         "not in layerscope.maps: leave fuse out here")
     if method.needs_references:
         if references is None:
             raise ValueError(f"method={method.name} learns from defect-free images: give references=[...]")
