@@ -243,6 +243,9 @@ def test_rotated_references_triple_the_fit_batches_into_eight_views():
     ({"coreset_ratio": 0}, r"^method.coreset_ratio=0: expected a fraction in \(0, 1\]"),
     ({"smooth_sigma": -1}, r"^method.smooth_sigma=-1: expected sigma in pixels >= 0"),
     ({"augment_references": "flips"}, r"^method.augment_references=flips: expected none or rotations$"),
+    ({"smooth_sigma": "wide"}, r"^method.smooth_sigma=wide: expected sigma in pixels >= 0 \(0 = off\)$"),
+    ({"coreset_ratio": "all"}, r"^method.coreset_ratio=all: expected a fraction in \(0, 1\]"),
+    ({"k": 0}, r"^method.k=0: expected an int >= 1$"),
 ])
 def test_bad_options_are_one_line_naming_the_option(option, message):
     with pytest.raises(ValueError, match=message):

@@ -48,7 +48,8 @@ def _setup(preset: str, model: str, layers: Sequence[int], device: torch.device,
     size = bb.img_size
     refs = torch.stack([to_input(s, size)[0] for s in dataset.references(shots)]).to(device)
     t0 = time.perf_counter()
-    method.fit(refs.split(8), layers, lambda x: bb.extract(x, layers, method.capture))
+    captured = method.capture_layers(layers)
+    method.fit(refs.split(8), layers, lambda x: bb.extract(x, captured, method.capture))
     _sync(device)
     fit_seconds = time.perf_counter() - t0
     x = torch.stack([to_input(dataset[i], size)[0] for i in range(images)]).to(device)

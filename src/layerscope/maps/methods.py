@@ -105,6 +105,15 @@ class Features(MapMethod):
         return {layer: reduce_features(t, self.reductions) for layer, t in captured.items()}
 
 
+def _number(key: str, value, expected: str) -> float | None:
+    """``method.<key>`` as a float (None stays None), or ValueError naming the option."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"method.{key}={value}: expected {expected}")
+    return float(value)
+
+
 class PatchKNN(MapMethod):
     """Distance of each patch feature to its nearest normal patch features (PatchCore, AnomalyDINO; no training).
 
@@ -152,12 +161,15 @@ class PatchKNN(MapMethod):
             raise ValueError(f"method.aggregate={aggregate}: expected 1 (off), 3 or 5")
         if coreset not in knn.CORESETS:
             raise ValueError(f"method.coreset={coreset}: expected random or greedy")
-        if coreset_ratio is not None and not 0 < float(coreset_ratio) <= 1:
-            raise ValueError(f"method.coreset_ratio={coreset_ratio}: expected a fraction in (0, 1] or null (all)")
+        coreset_ratio = _number("coreset_ratio", coreset_ratio, "a fraction in (0, 1] or null (all)")
+        smooth_sigma = _number("smooth_sigma", smooth_sigma, "sigma in pixels >= 0 (0 = off)")
+        mask_threshold = _number("mask_threshold", mask_threshold, "a number")
+        if coreset_ratio is not None and not 0 < coreset_ratio <= 1:
+            raise ValueError(f"method.coreset_ratio={coreset_ratio:g}: expected a fraction in (0, 1] or null (all)")
         if bank_size is not None and int(bank_size) < int(k):
             raise ValueError(f"method.bank_size={bank_size}: expected at least method.k={k} entries")
-        if not float(smooth_sigma) >= 0:
-            raise ValueError(f"method.smooth_sigma={smooth_sigma}: expected sigma in pixels >= 0 (0 = off)")
+        if not smooth_sigma >= 0:
+            raise ValueError(f"method.smooth_sigma={smooth_sigma:g}: expected sigma in pixels >= 0 (0 = off)")
         if augment_references not in knn.AUGMENTS:
             raise ValueError(f"method.augment_references={augment_references}: expected none or rotations")
         if n_references is not None and int(n_references) < 1:
