@@ -478,3 +478,19 @@ def test_fused_candidate_flows_through_results_and_the_dataset_protocol(tmp_path
     assert pooled["aupro"].between(0, 1).all()
     assert report_main([str(out), "--metric", "aupro"]) == 0
     assert "| 0+1 |" in (out / "report_dataset_aupro.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_python_api_runs_patch_knn_options_and_refuses_fused_candidates():
+    import layerscope as ls
+
+    bb = ls.load("tiny_cnn")
+    rng = np.random.default_rng(0)
+    normal = [rng.integers(100, 110, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
+    odd = normal[0].copy()
+    odd[8:24, 8:24] = 255
+    m = ls.maps(bb, [odd], layers=[2], method="patch_knn", references=normal, metric="cosine", aggregate=3,
+                coreset="greedy", coreset_ratio=0.5, smooth_sigma=2)
+    assert m[2].shape == (1, 1, 64, 64) and m[2][0, 0, 12:20, 12:20].min() > m[2][0, 0, 48:, 48:].max()
+    with pytest.raises(ValueError, match=r"^method=patch_knn with fused layers \(method.fuse\) runs in studies"):
+        ls.maps(bb, [odd], layers=[2], method="patch_knn", references=normal, fuse=[[2, 3]])
