@@ -10,7 +10,7 @@ Each function is one convention of a published method, named for what it does:
 - ``greedy_coreset``: PatchCore's approximate greedy k-center (Sec. 3.2): a seeded Gaussian random projection
   to ``PROJECTION_DIM`` dimensions (Johnson-Lindenstrauss), a seeded first centre, then the point farthest from
   the chosen ones, ties to the lowest index.
-- ``background_mask``: AnomalyDINO's masking (Damm et al., WACV 2025, Sec. 3.2; anomalib 2.7's
+- ``background_mask``: AnomalyDINO's masking (Damm et al., WACV 2025; anomalib 2.7's
   ``compute_background_masks``): first principal component of one image's patch features > threshold,
   the sign flipped when the central crop is mostly background, then a 3 x 3 dilation and a 3 x 3 closing.
 - ``rotations``: AnomalyDINO's reference augmentation: each reference rotated by 0, 45, ..., 315 degrees.
