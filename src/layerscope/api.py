@@ -487,6 +487,9 @@ def _compute(backbone: Backbone, method: Any, picked: list[int], xn: torch.Tenso
 
     device = backbone.mean.device
     capture = method.capture_layers(picked)
+    if any(method.extra_map_names(layer) for layer in picked):
+        raise ValueError(f"method={method.name} with fused layers (method.fuse) runs in studies (layerscope), "
+                         "not in layerscope.maps: leave fuse out here")
     if method.needs_references:
         if references is None:
             raise ValueError(f"method={method.name} learns from defect-free images: give references=[...]")

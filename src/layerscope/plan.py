@@ -159,6 +159,7 @@ def plan_study(cfg: DictConfig | StudyConfig, backbone: Backbone) -> Plan:
     method: MapMethod = build(OmegaConf.create(opts.method), backbone=backbone)
     layers = select_indices(opts.layer, backbone.num_layers, "layer")
     heads = select_indices(opts.head, method.num_maps(), "head")
+    method.capture_layers(layers)  # checks what the method needs of the layers (patch_knn's method.fuse)
     _at_least("batch_size", opts.batch_size, 1)
     loader_workers(opts.num_workers, 1, 1)  # checks the option
     _at_least("figures.max_images", opts.figures.max_images, 0)

@@ -51,7 +51,8 @@ def fit_references(plan: Plan, backbone: Backbone, dataset: Dataset, batch_size:
     chunks = [refs[i:i + batch_size] for i in range(0, len(refs), batch_size)]
     xs = (torch.stack([to_input(s, size)[0] for s in chunk]).to(device) for chunk in chunks)
     t0 = time.perf_counter()
-    plan.method.fit(xs, plan.layers, lambda x: backbone.extract(x, plan.layers, plan.method.capture))
+    captured = plan.method.capture_layers(plan.layers)  # with the layers fused candidates need
+    plan.method.fit(xs, plan.layers, lambda x: backbone.extract(x, captured, plan.method.capture))
     log.info("%s fitted on %d normal images in %.1fs", plan.method.name, len(refs), time.perf_counter() - t0)
 
 
@@ -246,6 +247,7 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
     fit_references(plan, backbone, dataset, int(cfg.batch_size), device)
     all_names = method.map_names()
     names = [all_names[h] for h in plan.heads] + (["mean"] if method.head_mean else [])
+    names = {layer: names + method.extra_map_names(layer) for layer in plan.layers}  # per layer: fused candidates
     cache = build_cache(cfg.cache, method, config_key(cfg.model, cfg.method, cfg.seed))
     source = MapSource(backbone, plan, device, cfg.precision, cache, keep_on_device=device.type == "cuda")
     batches, workers = image_batches(cfg, dataset, backbone.img_size, device)  # workers start before any thread
@@ -392,9 +394,13 @@ def chosen_maps(plan: Plan, maps: dict[int, torch.Tensor]) -> dict[int, torch.Te
         maps: layer -> (K_all, h, w) (or (B, K_all, h, w)).
     """
     out = {}
+    k = plan.method.num_maps()
     for layer, layer_maps in maps.items():
         picked = layer_maps[..., plan.heads, :, :]
-        out[layer] = torch.cat([picked, layer_maps.mean(-3, keepdim=True)], -3) if plan.method.head_mean else picked
+        if plan.method.head_mean:
+            picked = torch.cat([picked, layer_maps[..., :k, :, :].mean(-3, keepdim=True)], -3)
+        extra = layer_maps[..., k:, :, :]  # maps added beyond the K (extra_map_names): always kept
+        out[layer] = torch.cat([picked, extra], -3) if extra.shape[-3] else picked
     return out
 
 
@@ -437,7 +443,7 @@ def _merged(faith: dict | None, columns: dict | None) -> dict | None:
     return {layer: {**(faith or {}).get(layer, {}), **cols} for layer, cols in columns.items()}
 
 
-def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: list[str], items: list[dict],
+def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: dict[int, list[str]], items: list[dict],
                  per_image: list[dict[int, torch.Tensor]], logits: list[torch.Tensor | None], faith: list[dict | None],
                  clock: dict[str, float]) -> list[tuple[dict, dict[int, torch.Tensor], list[dict]]]:
     """The rows of every image of a batch, scored together where the maps are (``scoring_batch``).
@@ -460,7 +466,7 @@ def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: list[s
                 meta.update(pred_label=backbone.labels[int(c)], pred_prob=float(p))
             metas.append(meta)
         chosen = chosen_maps(plan, {layer: torch.stack([m[layer] for m in per_image]) for layer in per_image[0]})
-        rows = batch_image_rows(metas, chosen, {layer: names for layer in chosen}, targets, plan.scoring, faith,
+        rows = batch_image_rows(metas, chosen, {layer: names[layer] for layer in chosen}, targets, plan.scoring, faith,
                                 threads=score_threads())
         chosen = {layer: m.cpu() for layer, m in chosen.items()}  # to save: from the device once per batch
     clock["score"] += time.perf_counter() - t0
@@ -468,7 +474,7 @@ def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: list[s
             for b, (meta, image_rows) in enumerate(zip(metas, rows))]
 
 
-def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, names: list[str], item: dict,
+def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, names: dict[int, list[str]], item: dict,
             meta: dict, chosen: dict[int, torch.Tensor], rows: list[dict], writer: ResultsWriter,
             files: BackgroundWriter, logger: Logger, clock: dict[str, float], draw: bool,
             columns: dict | None = None, before: Sequence = ()) -> int:
@@ -486,7 +492,7 @@ def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, nam
     mask, valid = item["mask"], item["valid"]
     rows_before = writer.rows
     writer.write(rows)
-    all_names = {layer: names for layer in chosen}
+    all_names = {layer: names[layer] for layer in chosen}
     clock["score"] += time.perf_counter() - t0
     saved = {layer: m.numpy() for layer, m in chosen.items()}  # not modified after this: safe to share
     x, converted = item["x"], {}

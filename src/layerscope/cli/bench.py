@@ -4,6 +4,7 @@
     layerscope-bench --pipeline [--quick] [--device cpu|cuda] [--models dinov2_vits14_bundled ...] [--rounds 3]
     layerscope-bench --pipeline --marginal [--models ...] [--rounds 2]
     layerscope-bench --pipeline [--marginal] --against OTHER/src   (before/after, interleaved)
+    layerscope-bench --knn [--quick] [--device cpu|cuda] [--shots 16] [--rounds 3]   (few-shot k-NN maps)
 
 """
 from __future__ import annotations
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full", action="store_true",
                    help="capture: every case (ViT-S/8 at 224 and 480 px, ViT-B/16), batches 1 and 8, 5 rounds")
     p.add_argument("--pipeline", action="store_true", help="time the default study by stage instead")
+    p.add_argument("--knn", action="store_true",
+                   help="the few-shot k-NN map per image and layer (method=anomalydino on DINOv2 at 448 px, "
+                        "method=patchcore on EfficientNet-Lite0) against the backbone's forward pass")
+    p.add_argument("--shots", type=int, default=16, help="--knn: reference images in the bank")
     p.add_argument("--marginal", action="store_true",
                    help="with --pipeline: the marginal ms per image with a cold and a warm map cache instead")
     p.add_argument("--device", default=None, choices=("cpu", "cuda"),
@@ -55,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         model, size, batch, variant = a.serve
         serve(model, int(size), int(batch), variant, a.device or "cpu")
         return 0
+    if a.knn and (a.pipeline or a.marginal or a.against is not None):
+        raise UsageError("--knn: goes alone (not with --pipeline, --marginal or --against)")
+    if a.shots < 1:
+        raise UsageError(f"--shots {a.shots}: expected at least 1")
     if a.marginal and not a.pipeline:
         raise UsageError("--marginal: goes with --pipeline")
     if a.against is not None and not a.pipeline:
@@ -74,7 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, {rounds} interleaved rounds "
           "(median and min-max over rounds)", flush=True)
     t_start = time.perf_counter()
-    if a.pipeline:
+    if a.knn:
+        from ..bench.knn import KNN_CASES, KNN_QUICK, knn_table
+
+        rows = knn_table(KNN_QUICK if a.quick else KNN_CASES, a.device or "cpu", rounds, a.shots)
+        fields = list(rows[0]) if rows else []
+        out = a.out or Path("outputs/bench_knn.csv")
+    elif a.pipeline:
         devices = [a.device] if a.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         models = a.models or (PIPELINE_QUICK if a.quick else PIPELINE_MODELS)
         gflops = {d: machine_gflops(d) for d in devices}

@@ -459,6 +459,8 @@ def dataset_vs_layer(source: Study | Path | str, out: Path | str | None = None,
 
     Reads every ``dataset_metrics.csv`` below the folder (category ``all``). The map per line is the
     one with the best mean of that metric over layers; the band is the 95% bootstrap CI over images.
+    Fused candidates (``patch_knn``'s ``method.fuse``, maps named like ``2+3``) are diamonds with their CI
+    at the layer where they are reported, in their line's colour.
     """
     study = _as_study(source)
     out = _out_dir(study, out)
@@ -479,13 +481,19 @@ def dataset_vs_layer(source: Study | Path | str, out: Path | str | None = None,
         fig = Figure(figsize=(3.6, 2.5))
         ax = fig.add_subplot()
         for i, ((model, method), part) in enumerate(defined.groupby(["model", "method"])):
-            head = str(part.groupby("head")[metric].mean().idxmax())
-            line = part[part["head"] == head].sort_values("layer")
+            fused = part["head"].astype(str).str.contains("+", regex=False)
             colour = PALETTE[i % len(PALETTE)]
-            ax.plot(line["layer"], line[metric], marker="o", color=colour,
-                    label=f"{model}{SEP}{method}{SEP}{map_label(method, head)}")
-            ax.fill_between(line["layer"], line[f"{metric}_ci_low"], line[f"{metric}_ci_high"], color=colour,
-                            alpha=0.2, linewidth=0)
+            if (~fused).any():
+                head = str(part[~fused].groupby("head")[metric].mean().idxmax())
+                line = part[part["head"] == head].sort_values("layer")
+                ax.plot(line["layer"], line[metric], marker="o", color=colour,
+                        label=f"{model}{SEP}{method}{SEP}{map_label(method, head)}")
+                ax.fill_between(line["layer"], line[f"{metric}_ci_low"], line[f"{metric}_ci_high"], color=colour,
+                                alpha=0.2, linewidth=0)
+            for name, dots in part[fused].groupby("head"):
+                ax.errorbar(dots["layer"], dots[metric], fmt="D", color=colour, markersize=4,
+                            yerr=[dots[metric] - dots[f"{metric}_ci_low"], dots[f"{metric}_ci_high"] - dots[metric]],
+                            label=f"{model}{SEP}{method}{SEP}layers {name}")
         if metric == "pixel_auroc":
             ax.axhline(0.5, color="0.4", linewidth=0.7, linestyle="--", zorder=0)
         depth_axis(ax, "layer")
