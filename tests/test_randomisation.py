@@ -84,6 +84,7 @@ def test_spearman_and_ssim_against_scipy_and_skimage():
                                                        - min(x[:5, :5].min(), y[:5, :5].min())))
         assert ssim(a[i, :5, :5], b[i, :5, :5]).item() == pytest.approx(small, abs=1e-10)  # window fitted to 5 x 5
     assert spearman(torch.ones(2, 2), a[0, :2, :2]).isnan()
+    assert ssim(a[0, :2, :4], b[0, :2, :4]).isnan()  # no 3 x 3 window fits
 
 
 def test_other_classes_never_the_target():

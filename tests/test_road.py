@@ -80,6 +80,7 @@ def test_road_summaries_follow_their_definitions():
 def test_removed_counts_are_the_papers_fractions():
     assert removed_counts(100, [0.1, 0.5, 0.9]).tolist() == [10, 50, 90]
     assert removed_counts(256, [0.1]).tolist() == [26]
+    assert removed_counts(4, [0.1, 0.9]).tolist() == [0, 3]  # one cell always kept
 
 
 @pytest.mark.slow
@@ -131,3 +132,85 @@ def test_gini_and_complexity_against_their_formulas():
     assert gini(flat).item() == pytest.approx(0.0, abs=1e-7)
     assert complexity(flat).item() == pytest.approx(math.log(16))
     assert gini(torch.zeros(1, 2, 2)).isnan().all() and complexity(torch.zeros(1, 2, 2)).isnan().all()
+
+
+def test_sparseness_columns_in_both_scorers_only_when_asked():
+    from layerscope.options import MetricsOptions
+    from layerscope.scoring import ScoreOptions, Target, image_rows
+    from layerscope.scoring_batch import batch_image_rows
+
+    g = torch.Generator().manual_seed(6)
+    maps = {0: torch.rand(2, 3, 4, 4, generator=g), 1: torch.rand(2, 3, 2, 2, generator=g)}
+    maps[0][1, 2] = 0.0  # no mass: NaN
+    names = {0: ["a", "b", "c"], 1: ["a", "b", "c"]}
+    mask = torch.zeros(16, 16, dtype=torch.bool)
+    mask[3:9, 4:12] = True
+    targets = [Target(mask), None]
+    metas = [{"image": "x"}, {"image": "y"}]
+    off = ScoreOptions.of(0.6, "keep_mass", "nearest", MetricsOptions())
+    on = ScoreOptions.of(0.6, "keep_mass", "nearest", MetricsOptions(sparseness=True))
+    plain = batch_image_rows(metas, maps, names, targets, off)
+    assert all("gini" not in row and "complexity" not in row for rows in plain for row in rows)
+    batched = batch_image_rows(metas, maps, names, targets, on)
+    for b in range(2):
+        single = image_rows(metas[b], {layer: m[b] for layer, m in maps.items()}, names, targets[b], on)
+        assert len(single) == len(batched[b])
+        for s, r in zip(single, batched[b]):
+            for column in ("gini", "complexity"):
+                assert (math.isnan(s[column]) and math.isnan(r[column])) or s[column] == r[column]
+        stripped = [{k: v for k, v in row.items() if k not in ("gini", "complexity")} for row in batched[b]]
+        assert str(stripped) == str(plain[b])  # the other columns as without the option (NaN-safe comparison)
+    expect = gini(maps[0][0]).tolist()
+    assert [row["gini"] for row in batched[0] if row["layer"] == 0 and row["head"] != "best"] == \
+        pytest.approx(expect)
+    assert math.isnan(next(r["gini"] for r in batched[1] if r["layer"] == 0 and r["head"] == "c"))
+
+
+def test_sanity_options_are_checked_with_one_line():
+    from types import SimpleNamespace
+
+    from layerscope.options import MetricsOptions
+    from layerscope.sanity import check_sanity
+
+    cls = SimpleNamespace(num_classes=10, name="m")
+    method = SimpleNamespace(needs_references=False, name="gradcam")
+    check_sanity(MetricsOptions(road=True, randomisation="cascading"), cls, method)
+    with pytest.raises(ValueError, match=r"metrics.randomisation=full: expected one of none, cascading, independent"):
+        check_sanity(MetricsOptions(randomisation="full"), cls, method)
+    with pytest.raises(ValueError, match="metrics.road needs a model with a classifier; model m has none"):
+        check_sanity(MetricsOptions(road=True), SimpleNamespace(num_classes=0, name="m"), method)
+    with pytest.raises(ValueError, match=r"metrics.road_noise=-1: expected a standard deviation >= 0"):
+        check_sanity(MetricsOptions(road_noise=-1.0), cls, method)
+    with pytest.raises(ValueError, match="does not apply to method=patch_knn"):
+        check_sanity(MetricsOptions(randomisation="independent"), cls,
+                     SimpleNamespace(needs_references=True, name="patch_knn"))
+    with pytest.raises(ValueError, match=r"metrics.randomisation_flag=2: expected a Spearman correlation"):
+        check_sanity(MetricsOptions(randomisation_flag=2.0), cls, method)
+
+
+@pytest.mark.slow
+def test_run_writes_the_columns_and_rescore_recomputes_the_cheap_ones(tmp_path):
+    import csv
+
+    from layerscope import study
+    from layerscope.rescoring import rescore_dir
+
+    from .conftest import compose
+
+    cfg = compose("model=tiny_cnn", "model.num_classes=5", "model.img_size=32", "data.textures=[brick]",
+                  "data.defects=[spot]", "progress=false", "cache.enabled=false", "dataset_metrics=false",
+                  "figures.grid=false", "method=gradcam", "layer=[1,2]", "metrics.road=true", "metrics.sparseness=true",
+                  "metrics.randomisation=independent")
+    study.run(cfg, tmp_path / "run")
+    with open(tmp_path / "run" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    for row in rows:
+        for column in ("gini", "complexity", "road_morf", "road_lerf", "aopc", "mprt_spearman", "random_logit_ssim"):
+            assert row[column] != "", column
+        assert -1 <= float(row["mprt_spearman"]) <= 1 and 0 <= float(row["road_morf"]) <= 1
+    rescored = rescore_dir(tmp_path / "run", ["metrics.sparseness=true"], "rescored.csv", progress=False)
+    with open(rescored) as f:
+        again = list(csv.DictReader(f))
+    assert [r["gini"] for r in again] == [r["gini"] for r in rows]
+    assert all(r["road_morf"] == "" for r in again)  # needs the model: not rescored

@@ -15,7 +15,8 @@ from .backbones import Backbone
 from .maps.methods import MapMethod
 
 
-def method_maps(backbone: Backbone, method: MapMethod, x: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+def method_maps(backbone: Backbone, method: MapMethod, x: torch.Tensor, layers: Sequence[int]
+                ) -> dict[int, torch.Tensor]:
     """Every layer's maps of ``method`` with the model as it is now: one forward (and one backward) pass.
 
     Args:
@@ -110,7 +111,7 @@ def randomisation_columns(backbone: Backbone, method: MapMethod, x: torch.Tensor
     Returns:
         layer -> column -> (B, K) float32 on the CPU.
     """
-    from .metrics.randomisation import other_classes, randomised_maps, similarities, ssim, normalise
+    from .metrics.randomisation import normalise, other_classes, randomised_maps, similarities, ssim
 
     device = backbone.mean.device
     x = x.to(device)
@@ -133,4 +134,51 @@ def randomisation_columns(backbone: Backbone, method: MapMethod, x: torch.Tensor
         for layer in layers:
             out[layer]["random_logit_ssim"] = ssim(normalise(maps[layer].to(device)),
                                                    normalise(flipped[layer])).float().cpu()
+    return out
+
+
+def batch_columns(cfg, plan, backbone: Backbone, items: list[dict], per_image: list[dict[int, torch.Tensor]],
+                  logits: list[torch.Tensor | None], faith: list[dict | None],
+                  choose: Callable[[dict[int, torch.Tensor]], dict[int, torch.Tensor]]) -> list[dict | None]:
+    """A study batch's ``metrics.road`` and ``metrics.randomisation`` columns merged into its per-image
+    faithfulness columns (``faith``, returned unchanged when neither is asked for).
+
+    Args:
+        cfg: the run's options (``metrics.*``, ``batch_size``, ``seed``).
+        plan: the run's plan (its method).
+        per_image: per image, layer -> (K_all, h, w) maps; ``choose`` picks the rows' maps from them.
+        logits: per image (C,) logits or None.
+        faith: per image, layer -> column -> (K,), or None.
+
+    Returns:
+        Per image, layer -> column -> (K,) values, or None.
+    """
+    metrics = cfg.metrics
+    if not metrics.road and metrics.randomisation == "none":
+        return faith
+    x = torch.stack([item["x"] for item in items]).to(backbone.mean.device)
+    chosen = [choose(m) for m in per_image]
+    maps = {layer: torch.stack([c[layer] for c in chosen]) for layer in chosen[0]}
+    target_class = getattr(plan.method, "target_class", None)
+    target = None
+    if target_class is not None:
+        target = torch.full((len(items),), int(target_class))
+    elif all(lg is not None for lg in logits):
+        target = torch.stack([lg.argmax(-1) for lg in logits])
+    columns: dict[int, dict[str, torch.Tensor]] = {layer: {} for layer in maps}
+    if metrics.road:
+        for layer, cols in road_columns(backbone, x, maps, target, int(cfg.batch_size) * 4, float(metrics.road_noise),
+                                        int(metrics.faithfulness_tie_orders), int(cfg.seed)).items():
+            columns[layer].update(cols)
+    if metrics.randomisation != "none":
+        # choose (study.chosen_maps) picks from (B, K_all, h, w) as from (K_all, h, w)
+        for layer, cols in randomisation_columns(backbone, plan.method, x, maps, choose, metrics.randomisation,
+                                                 target, int(cfg.seed)).items():
+            columns[layer].update(cols)
+    out = []
+    for i, f in enumerate(faith):
+        merged = {layer: dict((f or {}).get(layer, {})) for layer in maps}
+        for layer, cols in columns.items():
+            merged[layer].update({c: v[i] for c, v in cols.items()})
+        out.append(merged)
     return out

@@ -21,7 +21,7 @@ Similarities, per map, between the trained map ``a`` and the randomised one ``b`
 
 - ``mprt_spearman``: Spearman rank correlation over the cells (average ranks for ties);
 - ``mprt_ssim``: SSIM (Wang et al. 2004) as scikit-image computes it with Quantus' arguments: a uniform
-  ``7 x 7`` window (the largest odd side that fits on a smaller grid), sample covariances,
+  ``7 x 7`` window (the largest odd side that fits on a smaller grid; none below 3 x 3: NaN), sample covariances,
   ``K1 = 0.01``, ``K2 = 0.03``, data range ``max - min`` over both maps, averaged over the windows
   inside the grid;
 - ``random_logit_ssim`` (Sixt et al. 2020, as Quantus' ``RandomLogit``): SSIM between the map for the
@@ -112,7 +112,8 @@ def randomised_maps(model: nn.Module, compute: Callable[[list[int]], dict[int, t
 
 
 def normalise(maps: torch.Tensor) -> torch.Tensor:
-    """``|m| / max |m|`` per map (Quantus' ``abs`` and ``normalise_by_max``): (..., h, w) float64; an all-zero map stays 0."""
+    """``|m| / max |m|`` per map (Quantus' ``abs`` and ``normalise_by_max``): (..., h, w) float64; an all-zero
+    map stays 0."""
     a = maps.double().abs()
     top = a.flatten(-2).amax(-1)[..., None, None]
     return torch.where(top > 0, a / top.clamp_min(1e-300), a)
@@ -149,10 +150,13 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = SSIM_WINDOW) -> torch.T
         window: odd window side; shrunk to the largest odd side that fits the grid.
 
     Returns:
-        (...) float64; NaN where both maps are constant and equal (zero data range).
+        (...) float64; NaN where both maps are constant and equal (zero data range), and on a grid with a side
+        under 3 cells.
     """
     h, w = a.shape[-2:]
     win = min(window, h if h % 2 else h - 1, w if w % 2 else w - 1)
+    if win < 3:  # a 1- or 2-cell side holds no window with a sample variance
+        return torch.full(a.shape[:-2], float("nan"), dtype=torch.float64, device=a.device)
     x, y = a.double().reshape(-1, 1, h, w), b.double().reshape(-1, 1, h, w)
     both = torch.cat([x, y], 1).flatten(1)
     data_range = both.amax(1) - both.amin(1)  # Quantus: over the two maps together

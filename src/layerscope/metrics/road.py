@@ -147,8 +147,9 @@ def noisy_linear_impute(x: torch.Tensor, removed: torch.Tensor, noise: float = N
 
 
 def removed_counts(n: int, fractions: Sequence[float]) -> torch.Tensor:
-    """Cells removed at each fraction: ``round(q n)``, (F,) int64."""
-    return torch.round(torch.tensor(list(fractions), dtype=torch.float64) * n).long()
+    """Cells removed at each fraction: ``round(q n)``, at most ``n - 1`` (a tiny grid keeps one cell to impute
+    from: 0.9 of 4 cells removes 3), (F,) int64."""
+    return torch.round(torch.tensor(list(fractions), dtype=torch.float64) * n).long().clamp_max(max(n - 1, 0))
 
 
 def _tied_at(flat: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
