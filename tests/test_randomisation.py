@@ -156,3 +156,25 @@ def test_mprt_spearman_equals_quantus():
         ours_map = saliency(model, x, y)
     rho, _ = similarities(torch.from_numpy(trained)[:, 0], torch.from_numpy(ours_map)[:, 0])
     np.testing.assert_allclose(rho.numpy(), np.asarray(theirs, dtype=np.float64), atol=1e-6)
+
+
+def test_surviving_maps_are_flagged_for_the_report_and_page():
+    import pandas as pd
+
+    from layerscope.metrics import randomisation
+    from layerscope.results import weights_check
+
+    assert weights_check.FLAG == randomisation.FLAG
+    rows = pd.DataFrame({"model": "m", "method": "gradcam", "layer": [0, 0, 0, 0, 1, 1, 1],
+                         "head": ["0", "0", "0", "best", "0", "0", "0"], "image": ["a", "a", "b", "a", "a", "b", "c"],
+                         "threshold": [0.5, 0.6, 0.5, 0.5, 0.5, 0.5, 0.5],
+                         "mprt_spearman": [0.9, 0.9, 0.3, 1.0, 0.2, 0.1, None],
+                         "mprt_ssim": [0.8, 0.8, 0.4, 1.0, 0.1, 0.0, None]})
+    table = weights_check.weight_independent(rows)
+    # layer 0: images a (0.9, once despite two thresholds) and b (0.3): mean 0.6 >= 0.5; layer 1: 0.15
+    assert table[["layer", "head", "n_images"]].values.tolist() == [[0, "0", 2]]
+    assert table["mprt_spearman"].iloc[0] == pytest.approx(0.6)
+    assert "layer 0 head 0: MPRT Spearman 0.60" in weights_check.flags_markdown(table)
+    assert weights_check.NOTE in weights_check.flags_section(rows)
+    assert "No map survives" in weights_check.flags_section(rows[rows["layer"] == 1])
+    assert weights_check.flags_section(rows.drop(columns=["mprt_spearman"])) == ""

@@ -52,7 +52,6 @@ class MetricsOptions:
     # none | cascading (full re-initialisation) | independent (each layer's own block): mprt_spearman, mprt_ssim,
     # random_logit_ssim (Adebayo et al. 2018)
     randomisation: str = "none"
-    randomisation_flag: float = _option(0.5, "a Spearman correlation in [-1, 1]")  # mean mprt_spearman >= it: flagged
 
 
 @dataclass

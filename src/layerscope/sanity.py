@@ -35,8 +35,8 @@ def method_maps(backbone: Backbone, method: MapMethod, x: torch.Tensor, layers: 
 
 
 def check_sanity(metrics, backbone: Backbone, method: MapMethod) -> None:
-    """Check ``metrics.road``, ``metrics.road_noise``, ``metrics.randomisation`` and ``metrics.randomisation_flag``
-    against the model and method before any weights load.
+    """Check ``metrics.road``, ``metrics.road_noise`` and ``metrics.randomisation`` against the model and method
+    before any weights load.
 
     Raises:
         ValueError: one line naming the option.
@@ -53,9 +53,6 @@ def check_sanity(metrics, backbone: Backbone, method: MapMethod) -> None:
     if metrics.randomisation != "none" and method.needs_references:
         raise ValueError(f"metrics.randomisation={metrics.randomisation} does not apply to method={method.name}: "
                          "its maps come from a memory bank fitted with the trained weights")
-    if not -1 <= metrics.randomisation_flag <= 1:
-        raise ValueError(f"metrics.randomisation_flag={metrics.randomisation_flag:g}: expected a Spearman "
-                         "correlation in [-1, 1]")
 
 
 @torch.no_grad()

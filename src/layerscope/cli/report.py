@@ -124,8 +124,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{'; '.join(problems)}", file=sys.stderr)
     per_image_metric = a.metric in (*METRICS, *IMAGE_METRICS)
     if a.protocol == "per_image" or (a.protocol == "both" and per_image_metric):
-        table = rank(load_results(a.folder, a.results), a.metric, a.threshold, a.boot, a.seed, a.include_best)
-        _write(a.folder, report_stem(a.metric), table, to_markdown(table, a.top))
+        rows = load_results(a.folder, a.results)
+        table = rank(rows, a.metric, a.threshold, a.boot, a.seed, a.include_best)
+        from ..results.weights_check import flags_markdown, weight_independent
+
+        _write(a.folder, report_stem(a.metric), table, to_markdown(table, a.top) +
+               flags_markdown(weight_independent(rows)))  # metrics.randomisation's survivors
     if a.protocol in ("both", "dataset"):
         from ..plan import score_threads
         from ..protocol import choose, undefined_reasons, write_choice, write_dataset_metrics

@@ -28,8 +28,9 @@ Similarities, per map, between the trained map ``a`` and the randomised one ``b`
   target class and the map for a random other class (uniform, seeded), for gradient methods of a model
   with a classifier.
 
-A map is flagged as not depending on the learned weights when its mean ``mprt_spearman`` over images
-is at least ``metrics.randomisation_flag`` (0.5 by default).
+The report and the page flag a map as not depending on the learned weights when its mean
+``mprt_spearman`` over images is at least ``FLAG`` (0.5: trained and randomised maps still rank the
+cells alike; Adebayo et al. read rank correlations of this size as a failed test).
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from torch import nn
 
 MODES = ("none", "cascading", "independent")
 SSIM_WINDOW = 7  # scikit-image's default window side
-FLAG = 0.5  # default metrics.randomisation_flag: mean mprt_spearman at or above it flags a map
+FLAG = 0.5  # a map whose mean mprt_spearman is at or above it is flagged (report, page)
 
 
 def resettable(module: nn.Module) -> list[nn.Module]:
