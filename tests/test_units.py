@@ -124,13 +124,15 @@ def test_model_and_data_names_come_from_the_config_choice():
 
 def test_metric_table_is_what_the_results_hold():
     assert METRICS == tuple(catalog.PER_IMAGE) and set(METRICS) <= set(COLUMNS)
-    assert [m for m in METRICS if catalog.lower_is_better(m)] == ["entropy", "deletion_auc"]
+    assert [m for m in METRICS if catalog.lower_is_better(m)] == ["entropy", "deletion_auc", "complexity", "road_morf",
+                                                                  "mprt_spearman", "mprt_ssim", "random_logit_ssim"]
     assert [m for m in METRICS if catalog.PER_IMAGE[m].threshold_dependent] == ["iou"]
     mask = torch.zeros(8, 8, dtype=torch.bool)
     mask[2:4, 2:4] = True
     maps, names = {0: torch.rand(2, 4, 4)}, {0: ["0", "1"]}
     rows = image_rows({}, maps, names, Target(mask), ScoreOptions([0.5]))
-    scorable = [m for m in METRICS if not catalog.PER_IMAGE[m].needs_model]  # faithfulness needs the model
+    # faithfulness needs the model; an option's columns (metrics.sparseness) are filled only when it is on
+    scorable = [m for m in METRICS if not catalog.PER_IMAGE[m].needs_model and not catalog.PER_IMAGE[m].option]
     assert set(scorable) <= set(rows[0])  # the scorer fills every other metric column of the table
     undefined = [m for m in scorable if catalog.PER_IMAGE[m].needs_mask]
     no_mask = image_rows({}, maps, names, None, ScoreOptions([0.5]))

@@ -45,6 +45,13 @@ class MetricsOptions:
     pointing_tolerance: float = _option(15.0, "pixels >= 0")  # pixels: the pointing game's hit radius around the mask (TorchRay benchmark)
     # cls_attention: each head's mean attention distance (input pixels), same pass (x1.46 a forward)
     attention_distance: bool = False
+    sparseness: bool = False  # gini and complexity per map (no model: rescore computes them)
+    # road_morf / road_lerf / aopc per map (Rong et al. 2022; models with a classifier; 18 imputed forwards per map)
+    road: bool = False
+    road_noise: float = _option(0.01, "a standard deviation >= 0")  # ROAD's imputation noise, in RGB units
+    # none | cascading (full re-initialisation) | independent (each layer's own block): mprt_spearman, mprt_ssim,
+    # random_logit_ssim (Adebayo et al. 2018)
+    randomisation: str = "none"
 
 
 @dataclass

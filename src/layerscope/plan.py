@@ -172,6 +172,9 @@ def plan_study(cfg: DictConfig | StudyConfig, backbone: Backbone) -> Plan:
     if opts.precision != "fp32" and resolve_device(opts.device).type != "cuda":
         raise ValueError(f"precision={opts.precision} needs a GPU (device=cuda or auto with CUDA); use precision=fp32")
     check_faithfulness(opts.metrics, backbone)
+    from .sanity import check_sanity
+
+    check_sanity(opts.metrics, backbone, method)  # metrics.road, metrics.randomisation
     scoring = ScoreOptions.of(opts.threshold, opts.threshold_rule, opts.upsample, opts.metrics)
     return Plan(method, layers, heads, scoring, plan_extras(opts, backbone, method))
 

@@ -20,7 +20,7 @@ from .scoring import ScoreOptions, Target, image_rows
 
 # every option ScoreOptions reads (the scoring of saved maps); faithfulness reruns the model, so it is not here
 OPTIONS = ("threshold", "threshold_rule", "upsample", "metrics.aupro_fpr_limit", "metrics.image_topk",
-           "metrics.pointing_tolerance")
+           "metrics.pointing_tolerance", "metrics.sparseness")
 
 
 def run_dirs(folder: Path) -> list[Path]:

@@ -42,6 +42,7 @@ class ScoreOptions:
     fpr_limit: float = MetricsOptions.aupro_fpr_limit
     topk: float = MetricsOptions.image_topk
     pointing_tolerance: float = MetricsOptions.pointing_tolerance
+    sparseness: bool = MetricsOptions.sparseness  # the gini and complexity columns
 
     @classmethod
     def of(cls, threshold: Any, rule: str, upsample_mode: str, metrics: MetricsOptions) -> "ScoreOptions":
@@ -68,7 +69,8 @@ class ScoreOptions:
             raise ValueError(f"metrics.image_topk={topk:g}: expected a fraction in (0, 1]")
         if tolerance < 0:
             raise ValueError(f"metrics.pointing_tolerance={tolerance:g}: expected pixels >= 0")
-        return cls([float(t) for t in thresholds], rule, upsample_mode, float(limit), float(topk), float(tolerance))
+        return cls([float(t) for t in thresholds], rule, upsample_mode, float(limit), float(topk), float(tolerance),
+                   bool(getattr(metrics, "sparseness", False)))
 
     @classmethod
     def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> "ScoreOptions":
@@ -140,6 +142,15 @@ def finite_maps(maps: Mapping[int, torch.Tensor]) -> tuple[dict[int, torch.Tenso
         clean[layer] = torch.where(bad[layer][..., None, None], torch.zeros((), dtype=m.dtype, device=m.device), m) \
             if bool(bad[layer].any()) else m
     return clean, bad
+
+
+def sparseness_columns(maps: torch.Tensor, opts: ScoreOptions) -> dict[str, torch.Tensor]:
+    """``gini`` and ``complexity`` of maps (..., h, w) -> (...) each, with ``metrics.sparseness``; else nothing."""
+    if not opts.sparseness:
+        return {}
+    from .metrics.sparseness import complexity, gini
+
+    return {"gini": gini(maps), "complexity": complexity(maps)}
 
 
 def _notes(target: Target | None, cells: Cells | None, has_mass: bool) -> str:
@@ -225,6 +236,7 @@ def _score_block(maps: torch.Tensor, target: Target | None, opts: ScoreOptions) 
     grid = tuple(maps.shape[-2:])
     flat = maps.flatten(-2).float()
     common = {"entropy": normalized_entropy(maps), "score_max": flat.amax(-1), "score_topk": top_score(flat, opts.topk)}
+    common.update(sparseness_columns(maps, opts))
     has_mass = (flat.abs().sum(-1) > 0).tolist()
     if target is None:
         notes = [_notes(None, None, m) for m in has_mass]

@@ -19,7 +19,7 @@ from .metrics.localization import aupro_from_groups, iou_from_kept_counts, iou_o
 from .metrics.pointing import mask_sums, pointing_game_tolerance_batch
 from .metrics.ranking import Ranked, auroc_from_groups
 from .metrics.threads import map_threads
-from .scoring import ScoreOptions, Target, _notes, assemble_rows, finite_maps, image_rows
+from .scoring import ScoreOptions, Target, _notes, assemble_rows, finite_maps, image_rows, sparseness_columns
 
 
 def batch_image_rows(metas: Sequence[Mapping[str, Any]], maps: Mapping[int, torch.Tensor],
@@ -133,6 +133,7 @@ def _score_batch(maps: torch.Tensor, targets: Sequence[Target | None], opts: Sco
     device = maps.device
     flat = maps.flatten(-2).float()
     common = {"entropy": normalized_entropy(maps), "score_max": flat.amax(-1), "score_topk": top_score(flat, opts.topk)}
+    common.update(sparseness_columns(maps, opts))
     has_mass = (flat.abs().sum(-1) > 0).tolist()
     # image_rows's columns in its order; an image without a target has the first three only (None below)
     columns: dict[str, list] = {c: [None] * b_all for c in (*common, "iou_oracle", "auroc", "aupro", "mass_in_mask",

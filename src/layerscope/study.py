@@ -35,6 +35,7 @@ from .results.representations import PartWriter, consolidate
 from .results.rundir import RunLock, done_line, previous_progress, write_atomic, write_summary
 from .results.table import ResultsWriter
 from .results.writer import BackgroundWriter
+from .sanity import batch_columns
 from .scoring import NONFINITE_NOTE, Target, one_thread
 from .scoring_batch import batch_image_rows
 
@@ -291,6 +292,8 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
                     continue
                 per_image, logits, captured = source.fetch(items)
                 faith = _faithfulness(cfg, plan, backbone, items, per_image, logits)
+                faith = batch_columns(cfg, plan, backbone, items, per_image, logits, faith,
+                                      functools.partial(chosen_maps, plan))  # metrics.road, metrics.randomisation
                 # per image: attention distance beside the maps (saved with them) and, with faithfulness, in its rows
                 columns = [_distance_columns(plan, c) for c in captured]
                 extras = [_merged(f, c) for f, c in zip(faith, columns)]

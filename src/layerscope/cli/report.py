@@ -150,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         results = load_results(a.folder, a.results)
         warn()
         table = rank(results, a.metric, a.threshold, a.boot, a.seed, a.include_best)
-        _write(a.folder, report_stem(a.metric), table, to_markdown(table, a.top))
+        from ..results.weights_check import flags_markdown, weight_independent
+
+        _write(a.folder, report_stem(a.metric), table, to_markdown(table, a.top) +
+               flags_markdown(weight_independent(results)))  # metrics.randomisation's survivors
     if dataset:
         from ..plan import score_threads
         from ..protocol import choose, undefined_reasons, write_choice, write_dataset_metrics

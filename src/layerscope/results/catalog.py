@@ -39,6 +39,7 @@ class Metric:
         ci: ``dataset_metrics.csv`` holds its bootstrap 95% CI (``<name>_ci_low``, ``<name>_ci_high``).
         score: for an image-level metric (``kind="image_score"``, dataset protocol), the per-image
             score column of ``results.csv`` it ranks images by (``score_max``).
+        option: the ``metrics.*`` option that fills the column (empty: always filled where defined).
     """
 
     name: str
@@ -54,6 +55,7 @@ class Metric:
     aliases: tuple[str, ...] = ()
     ci: bool = False
     score: str = ""
+    option: str = ""  # the option that adds the column (metrics.sparseness); empty rows otherwise
 
     def format(self, value: float) -> str:
         return "" if value != value else format(value, self.fmt)
@@ -76,6 +78,25 @@ _PER_IMAGE = (
            fmt=".1f", needs_model=True),  # cls_attention, from each head's q and k; descriptive (wider, not better)
     Metric("score_max", "max score", "map maximum", needs_mask=False, kind="image_score", fmt=".4g"),
     Metric("score_topk", "top-k score", "mean of the top cells", needs_mask=False, kind="image_score", fmt=".4g"),
+    # metrics.sparseness: shape of the map alone (rescore computes them)
+    Metric("gini", "Gini", "Gini sparseness of |map| (0–1, higher = sparser)", needs_mask=False,
+           option="metrics.sparseness"),
+    Metric("complexity", "complexity", "entropy of |map| over cells (nats, lower = simpler)", higher_is_better=False,
+           needs_mask=False, option="metrics.sparseness"),
+    # metrics.road: ROAD (Rong et al. 2022) with noisy linear imputation, and AOPC over its MoRF curve
+    Metric("road_morf", "ROAD MoRF", "ROAD MoRF probability (0–1, lower = more faithful)", higher_is_better=False,
+           needs_mask=False, needs_model=True, option="metrics.road"),
+    Metric("road_lerf", "ROAD LeRF", "ROAD LeRF probability (0–1)", needs_mask=False, needs_model=True,
+           option="metrics.road"),
+    Metric("aopc", "AOPC", "AOPC, ROAD MoRF (higher = more faithful)", needs_mask=False, needs_model=True,
+           option="metrics.road"),
+    # metrics.randomisation: similarity to the map under re-initialised weights (lower = depends on the weights)
+    Metric("mprt_spearman", "MPRT Spearman", "Spearman, trained vs randomised map (lower = depends on weights)",
+           higher_is_better=False, needs_mask=False, needs_model=True, option="metrics.randomisation"),
+    Metric("mprt_ssim", "MPRT SSIM", "SSIM, trained vs randomised map (lower = depends on weights)",
+           higher_is_better=False, needs_mask=False, needs_model=True, option="metrics.randomisation"),
+    Metric("random_logit_ssim", "Random Logit SSIM", "SSIM, map vs another class's map (lower = class-specific)",
+           higher_is_better=False, needs_mask=False, needs_model=True, option="metrics.randomisation"),
 )
 _DATASET = (
     Metric("pixel_auroc", "pixel AUROC", "pooled pixel AUROC (0–1)", protocol="dataset", aliases=("auroc",), ci=True),

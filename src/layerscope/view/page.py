@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from ..results import catalog, layout
 from ..results.saved import Study
+from ..results.weights_check import flags_section
 from .compare import compare_section
 from .gallery import gallery_data, gallery_section
 from .html import esc, script_json
@@ -235,6 +236,6 @@ def _write(study: Study, folder: Path, files: Path, staging: Path, metric: str, 
     sections = [summary_section(study, jobs, never, metric), glance_section(study, scores, metric, series_index),
                 gallery_section(data), ranking_section(study, metric, ranked, top),
                 curves_section(study, metric, scores, n_boot, depth), choice_section(study),
-                compare_section(study.df, folder), runs_section(study, jobs)]
+                compare_section(study.df, folder), flags_section(study.df), runs_section(study, jobs)]
     title = f"layerscope · {folder.resolve().name}"
     return _page(title, f"{folder.resolve()} · written {time.strftime('%Y-%m-%d %H:%M')}", sections, data, depth)

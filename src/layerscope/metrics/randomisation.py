@@ -1,0 +1,185 @@
+"""Model-parameter randomisation (MPRT) and Random Logit: does a map depend on what the model learned?
+
+Adebayo et al. 2018 ("Sanity checks for saliency maps") recompute a method's maps with the model's
+weights re-initialised and compare them with the trained model's: a map that barely changes shows the
+input (its edges), not the model. ``metrics.randomisation``:
+
+- ``cascading``: every module with ``reset_parameters`` re-initialised, from the output down (the
+  paper's cascade; Quantus' ``top_down`` order). The columns report **full randomisation**, the last
+  step of the cascade (every such module re-initialised): one extra pass per batch for every layer.
+- ``independent``: for the map of layer l, only layer l's block (its modules with ``reset_parameters``)
+  re-initialised, the rest trained: one extra pass per requested layer.
+
+Re-initialisation follows Quantus 0.6 (``PyTorchModel.get_random_layer_generator``): the modules in
+reverse ``named_modules`` order, each reset by its own ``reset_parameters`` right after
+``torch.manual_seed(seed + 1)``. Parameters no module resets (a ViT's class token and position
+embedding, DINOv2's layer scale) stay trained. The global random state is left as it was and the
+weights are restored exactly (the ``state_dict`` bit for bit) on leaving.
+
+Similarities, per map, between the trained map ``a`` and the randomised one ``b``, both taken as
+``|m| / max |m|`` (Quantus' defaults ``abs=True``, ``normalise_by_max``):
+
+- ``mprt_spearman``: Spearman rank correlation over the cells (average ranks for ties);
+- ``mprt_ssim``: SSIM (Wang et al. 2004) as scikit-image computes it with Quantus' arguments: a uniform
+  ``7 x 7`` window (the largest odd side that fits on a smaller grid; none below 3 x 3: NaN), sample covariances,
+  ``K1 = 0.01``, ``K2 = 0.03``, data range ``max - min`` over both maps, averaged over the windows
+  inside the grid;
+- ``random_logit_ssim`` (Sixt et al. 2020, as Quantus' ``RandomLogit``): SSIM between the map for the
+  target class and the map for a random other class (uniform, seeded), for gradient methods of a model
+  with a classifier.
+
+The report and the page flag a map as not depending on the learned weights when its mean
+``mprt_spearman`` over images is at least ``FLAG`` (0.5: trained and randomised maps still rank the
+cells alike; Adebayo et al. read rank correlations of this size as a failed test).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODES = ("none", "cascading", "independent")
+SSIM_WINDOW = 7  # scikit-image's default window side
+FLAG = 0.5  # a map whose mean mprt_spearman is at or above it is flagged (report, page)
+
+
+def resettable(module: nn.Module) -> list[nn.Module]:
+    """The modules below (and including) ``module`` that re-initialise themselves, in reverse
+    ``named_modules`` order (from the output down)."""
+    return [m for _, m in module.named_modules() if callable(getattr(m, "reset_parameters", None))][::-1]
+
+
+@contextmanager
+def randomised(model: nn.Module, modules: Sequence[nn.Module], seed: int = 0) -> Iterator[nn.Module]:
+    """Within the block, ``modules`` (parts of ``model``) are re-initialised; on leaving, ``model``'s
+    weights are restored bit for bit and the global random state is as before.
+
+    Args:
+        model: the whole model (its ``state_dict`` is saved and restored).
+        modules: the modules to reset, in order; each after ``torch.manual_seed(seed + 1)``.
+        seed: the randomisation seed.
+
+    Yields:
+        ``model``.
+    """
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    devices = sorted({p.device.index for p in model.parameters() if p.device.type == "cuda"})
+    try:
+        with torch.random.fork_rng(devices=devices):
+            for m in modules:
+                torch.manual_seed(int(seed) + 1)
+                m.reset_parameters()
+        yield model
+    finally:
+        with torch.no_grad():
+            model.load_state_dict(saved)  # copies into the same tensors: exact
+
+
+def randomised_maps(model: nn.Module, compute: Callable[[list[int]], dict[int, torch.Tensor]], layers: Sequence[int],
+                    mode: str, blocks: Callable[[int], nn.Module] | None = None, seed: int = 0
+                    ) -> dict[int, torch.Tensor]:
+    """The maps of ``layers`` recomputed under randomised weights.
+
+    Args:
+        model: the model (restored on return).
+        compute: layers -> (layer -> maps) with the model as it is now; called once (``cascading``) or once per
+            layer (``independent``, with that one layer).
+        layers: the requested layers.
+        mode: ``cascading`` (full randomisation) or ``independent`` (each layer's own block).
+        blocks: layer -> its block module (``independent`` only).
+        seed: randomisation seed.
+
+    Returns:
+        layer -> maps as ``compute`` returns them.
+
+    Raises:
+        ValueError: an unknown mode, naming ``metrics.randomisation``.
+    """
+    if mode == "cascading":
+        with randomised(model, resettable(model), seed):
+            return compute(list(layers))
+    if mode == "independent":
+        if blocks is None:
+            raise ValueError("metrics.randomisation=independent needs each layer's block")
+        out = {}
+        for layer in layers:
+            with randomised(model, resettable(blocks(layer)), seed):
+                out[layer] = compute([layer])[layer]
+        return out
+    raise ValueError(f"metrics.randomisation={mode}: expected one of {', '.join(MODES)}")
+
+
+def normalise(maps: torch.Tensor) -> torch.Tensor:
+    """``|m| / max |m|`` per map (Quantus' ``abs`` and ``normalise_by_max``): (..., h, w) float64; an all-zero
+    map stays 0."""
+    a = maps.double().abs()
+    top = a.flatten(-2).amax(-1)[..., None, None]
+    return torch.where(top > 0, a / top.clamp_min(1e-300), a)
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """Average ranks (1-based) along the last dim, ties sharing their mean rank: (..., n) -> (..., n) float64."""
+    n = x.shape[-1]
+    order = x.argsort(dim=-1, stable=True)
+    sorted_x = x.gather(-1, order)
+    new = torch.ones_like(sorted_x, dtype=torch.bool)
+    new[..., 1:] = sorted_x[..., 1:] != sorted_x[..., :-1]
+    group = new.long().cumsum(-1) - 1  # tie group of each sorted position
+    pos = torch.arange(1, n + 1, dtype=torch.float64, device=x.device).expand_as(sorted_x)
+    total = torch.zeros_like(pos).scatter_add_(-1, group, pos)
+    count = torch.zeros_like(pos).scatter_add_(-1, group, torch.ones_like(pos))
+    mean = (total / count.clamp_min(1)).gather(-1, group)
+    return torch.empty_like(mean).scatter_(-1, order, mean)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation of each pair of maps: (..., h, w) x2 -> (...) float64; NaN for a constant map."""
+    ra, rb = _ranks(a.flatten(-2).double()), _ranks(b.flatten(-2).double())
+    ra, rb = ra - ra.mean(-1, keepdim=True), rb - rb.mean(-1, keepdim=True)
+    den = (ra.square().sum(-1) * rb.square().sum(-1)).sqrt()
+    return torch.where(den > 0, (ra * rb).sum(-1) / den.clamp_min(1e-300), torch.full_like(den, float("nan")))
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = SSIM_WINDOW) -> torch.Tensor:
+    """Mean SSIM of each pair of maps as scikit-image's ``structural_similarity`` with Quantus' data range.
+
+    Args:
+        a, b: (..., h, w) maps.
+        window: odd window side; shrunk to the largest odd side that fits the grid.
+
+    Returns:
+        (...) float64; NaN where both maps are constant and equal (zero data range), and on a grid with a side
+        under 3 cells.
+    """
+    h, w = a.shape[-2:]
+    win = min(window, h if h % 2 else h - 1, w if w % 2 else w - 1)
+    if win < 3:  # a 1- or 2-cell side holds no window with a sample variance
+        return torch.full(a.shape[:-2], float("nan"), dtype=torch.float64, device=a.device)
+    x, y = a.double().reshape(-1, 1, h, w), b.double().reshape(-1, 1, h, w)
+    both = torch.cat([x, y], 1).flatten(1)
+    data_range = both.amax(1) - both.amin(1)  # Quantus: over the two maps together
+    c1 = ((0.01 * data_range) ** 2).view(-1, 1, 1, 1)
+    c2 = ((0.03 * data_range) ** 2).view(-1, 1, 1, 1)
+    mean = lambda t: F.avg_pool2d(t, win, stride=1)  # noqa: E731 - the windows inside the grid (skimage's crop)
+    ux, uy = mean(x), mean(y)
+    cov = win * win / (win * win - 1)  # sample covariance
+    vx, vy, vxy = cov * (mean(x * x) - ux * ux), cov * (mean(y * y) - uy * uy), cov * (mean(x * y) - ux * uy)
+    s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.mean((1, 2, 3)).view(a.shape[:-2])
+
+
+def similarities(trained: torch.Tensor, other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Spearman, SSIM) of ``normalise``d map pairs: (..., h, w) x2 -> two (...) float64."""
+    a, b = normalise(trained), normalise(other)
+    return spearman(a, b), ssim(a, b)
+
+
+def other_classes(target: torch.Tensor, num_classes: int, seed: int = 0) -> torch.Tensor:
+    """A uniformly drawn class other than each image's target: (B,) -> (B,) int64 (seeded, on the CPU)."""
+    g = torch.Generator().manual_seed(int(seed))
+    draw = torch.randint(0, num_classes - 1, target.shape, generator=g)
+    t = target.cpu().long()
+    return torch.where(draw >= t, draw + 1, draw)  # skip the target itself
