@@ -23,14 +23,16 @@ import numpy as np
 import pandas as pd
 
 from .results.layout import CONFIG, RESULTS, run_dirs
+from .metrics.probe import PERMUTATIONS
 from .results.representations import KINDS, available, has_representations, load_representations
 
 log = logging.getLogger(__name__)
 
 MIN_SHARED = 10  # fewer shared images than this: no CKA, no probe
 SIMILARITY_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "kind", "kernel", "cka", "n_images", "estimator")
-PROBE_COLUMNS = ("model", "layer", "kind", "label", "k", "accuracy", "ci_low", "ci_high", "chance", "n_images",
-                 "n_classes")
+PROBE_COLUMNS = ("model", "layer", "kind", "label", "group", "k", "accuracy", "ci_low", "ci_high", "interval",
+                 "chance", "null_q05", "null_q95", "p_value", "p_below", "permutations", "majority", "n_images",
+                 "n_classes", "n_groups")
 
 
 @dataclass
@@ -211,8 +213,11 @@ def similarity_table(models: Sequence[Model], kind: str = "mean", kernel: str = 
     return table.reset_index(drop=True)
 
 
-def image_labels(runs: Sequence[Path], column: str) -> dict[str, str]:
+def image_labels(runs: Sequence[Path], column: str, option: str = "--probe") -> dict[str, str]:
     """image id -> its value of ``column`` in the runs' ``results.csv`` (images without a value left out).
+
+    Args:
+        option: the option that named the column (for the errors).
 
     Raises:
         ValueError: no such column, or a column that varies within an image (not a label of images).
@@ -226,24 +231,32 @@ def image_labels(runs: Sequence[Path], column: str) -> dict[str, str]:
             continue
         df = read_results(path)
         if column not in df.columns:
-            raise ValueError(f"--probe {column}: no such column in {path} (an image label: category, group, ...)")
+            raise ValueError(f"{option} {column}: no such column in {path} (an image label: category, group, ...)")
         values = df[["image", column]].dropna()
         values = values[values[column].astype(str) != ""]
         several = values.groupby("image")[column].nunique()
         if (several > 1).any():
             image = several[several > 1].index[0]
-            raise ValueError(f"--probe {column}: not a label of images: image {image!r} has {int(several.max())} "
+            raise ValueError(f"{option} {column}: not a label of images: image {image!r} has {int(several.max())} "
                              f"values in {path}")
         for image, value in values.drop_duplicates("image").itertuples(index=False):
             labels.setdefault(str(image), str(value))
     return labels
 
 
-def probe_table(models: Sequence[Model], column: str, kind: str = "mean", k: int | None = None, n_boot: int = 1000,
+def probe_table(models: Sequence[Model], column: str, kind: str = "mean", k: int | None = None,
+                group: str | None = None, permutations: int = PERMUTATIONS, interval: str = "wilson",
                 seed: int = 0, strict: bool = True, min_images: int = MIN_SHARED) -> pd.DataFrame:
-    """Leave-one-out k-NN accuracy of the image label ``column`` per (model, layer), with chance and a 95% CI.
+    """k-NN accuracy of the image label ``column`` per (model, layer), leave-one-out or leave-one-group-out,
+    with a binomial 95% interval and a label-permutation null under the same scheme (``metrics.probe``).
 
     Args:
+        group: an image label column (e.g. ``source``): its groups are left out whole, so a factor it
+            holds cannot outvote ``column``. Rows of the ``patches`` kind (cells) are always grouped by
+            their image as well (a cell's own image would give its label away): ``group`` None means
+            leave-one-image-out there.
+        permutations: label permutations of the null (0: none).
+        interval: ``wilson`` or ``clopper-pearson``.
         strict: raise on a model that cannot be probed (fewer than ``min_images`` labelled images or one
             class); otherwise leave it out with a warning.
 
@@ -251,26 +264,58 @@ def probe_table(models: Sequence[Model], column: str, kind: str = "mean", k: int
         ValueError: see ``image_labels``; with ``strict``, a model that cannot be probed.
     """
     from .metrics.probe import probe
+    from .results.cells import image_of
 
     rows = []
     for m in models:
         labels = image_labels(m.runs, column)
-        idx = np.array([i for i, image in enumerate(m.ids) if image in labels], dtype=np.int64)
-        y = np.array([labels[m.ids[i]] for i in idx])
+        groups = image_labels(m.runs, group, "--group") if group else None
+        images = [image_of(row) for row in m.ids]
+        idx = np.array([i for i, image in enumerate(images) if image in labels
+                        and (groups is None or image in groups)], dtype=np.int64)
+        y = np.array([labels[images[i]] for i in idx])
+        g = None
+        if groups is not None or any(images[i] != m.ids[i] for i in idx):
+            # cells of one image always share its group: with --group, the image's group value
+            g = np.array([groups[images[i]] if groups is not None else images[i] for i in idx])
         classes = len(set(y.tolist()))
-        if len(idx) < min_images or classes < 2:
-            message = (f"--probe {column}: model {m.label} has {len(idx)} labelled images in {classes} classes; a "
-                       f"probe needs at least {min_images} images and 2 classes")
+        scheme = f"outside its {group}" if group else "other images"
+        if len(idx) < min_images or classes < 2 or (g is not None and len(set(g.tolist())) < 2):
+            message = (f"--probe {column}: model {m.label} has {len(idx)} labelled images in {classes} classes"
+                       + (f" and {len(set(g.tolist()))} groups" if g is not None else "")
+                       + f"; a probe needs at least {min_images} images, 2 classes"
+                       + (" and 2 groups" if g is not None else ""))
             if strict:
                 raise ValueError(message)
             log.warning("%s; left out", message)
             continue
-        if k is not None and not 1 <= k < len(idx):
-            raise ValueError(f"--k {k}: expected 1..{len(idx) - 1} (the other labelled images of {m.label})")
+        if k is not None:
+            limit = len(idx) - 1 if g is None else len(g) - max(np.unique(g, return_counts=True)[1])
+            if not 1 <= k <= limit:
+                raise ValueError(f"--k {k}: expected 1..{limit} (the labelled images {scheme} of {m.label})")
         for layer in sorted(m.arrays):
-            result = probe(m.arrays[layer][idx], y, k, n_boot=n_boot, seed=seed)
-            rows.append({"model": m.label, "layer": layer, "kind": kind, "label": column, **result})
+            result = probe(m.arrays[layer][idx], y, k, groups=g, permutations=permutations, interval=interval,
+                           seed=seed)
+            rows.append({"model": m.label, "layer": layer, "kind": kind, "label": column,
+                         "group": group or ("image" if g is not None else ""), **result})
     return pd.DataFrame(rows, columns=list(PROBE_COLUMNS))
+
+
+def probe_warnings(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
+    """One line per (model, label, kind, group) whose accuracy is significantly below its permutation null at
+    some layer: the representation clusters by a factor other than the label, and leave-one-out lets that
+    factor outvote it."""
+    if table.empty or "p_below" not in table.columns:
+        return []
+    out = []
+    below = table[table["p_below"] < alpha]
+    for (model, label, kind, group), part in below.groupby(["model", "label", "kind", "group"], sort=False):
+        layers = ", ".join(str(int(v)) for v in part["layer"])
+        again = ("--group with another column" if group and group != "image"
+                 else "--group COLUMN (the factor, a label of images: e.g. --group source)")
+        out.append(f"probe of {label} on {model} ({kind}), layers {layers}: accuracy below its permutation null "
+                   f"(p_below < {alpha:g}); the representation clusters by another factor; try {again}")
+    return out
 
 
 def self_comparison(run_dir: Path, kind: str = "mean", probe: str = "category", seed: int = 0

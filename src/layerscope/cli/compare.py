@@ -1,7 +1,8 @@
 """Compare layers and models beyond masks: CKA across layers and models, a k-NN probe per layer.
 
     layerscope-compare DIR [DIR ...] [--kind mean|cls] [--kernel linear|rbf] [--probe LABEL] [--out DIR]
-        [--depth layer|relative] [--estimator auto|full|minibatch] [--k K] [--logger none|wandb]
+        [--depth layer|relative] [--estimator auto|full|minibatch] [--k K] [--group COLUMN]
+        [--interval wilson|clopper-pearson] [--logger none|wandb]
 
 Reads the representations runs saved (``save_representations=true``) below each DIR (a run, several
 runs, a sweep); runs of one model config are merged, images are matched by id. Writes into ``--out``
@@ -11,7 +12,10 @@ runs, a sweep); runs of one model config are merged, images are matched by id. W
   itself, the diagonal), with the images shared and the estimator (``full`` or ``minibatch``);
 - ``cka_<a>__<b>_<kind>_<kernel>.png/pdf``: one heatmap per model pair (Raghu et al. 2021 layout);
 - with ``--probe LABEL`` (``category``, ``group`` or any results column that labels images):
-  ``probe.csv`` and ``probe_<label>_<kind>.png/pdf`` (leave-one-out k-NN accuracy per layer);
+  ``probe.csv`` and ``probe_<label>_<kind>.png/pdf`` (leave-one-out, or with ``--group`` leave-one-group-out,
+  k-NN accuracy per layer with its binomial 95% interval and its label-permutation null under the same
+  scheme: ``chance`` = the null's mean, ``null_q05``/``null_q95``, ``p_value``; ``majority`` = the largest
+  class's share); a warning when accuracy is significantly below its null;
 - ``attention_distance.png/pdf`` where the runs measured ``attention_distance`` (``cls_attention``).
 """
 from __future__ import annotations
@@ -23,9 +27,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..comparison import load_models, probe_table, similarity_table
+from ..comparison import load_models, probe_table, probe_warnings, similarity_table
 from ..figures.compare import cka_heatmaps, probe_curves
 from ..figures.paper import AXES, attention_distance
+from ..metrics.probe import INTERVALS, PERMUTATIONS
 from ..metrics.similarity import ESTIMATORS, KERNELS
 from ..results.layout import COMPARE, PROBE, RESULTS, SIMILARITY
 from ..results.representations import KINDS
@@ -82,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe", default=None, metavar="LABEL", help="k-NN probe of this image label per layer "
                    "(category, group, or any results.csv column with one value per image)")
     p.add_argument("--k", type=_positive, default=None, help="probe neighbours (default 20, fewer for small classes)")
+    p.add_argument("--group", default=None, metavar="COLUMN", help="probe leave-one-group-out: the images sharing a "
+                   "value of this image label (e.g. source, the texture) are left out together, so that factor "
+                   "cannot outvote the probed label (default: leave-one-out; patches: leave-one-image-out)")
+    p.add_argument("--interval", default="wilson", choices=INTERVALS, help="the probe accuracy's 95%% interval: "
+                   "Wilson (1927) or Clopper-Pearson (1934)")
     p.add_argument("--estimator", default="auto", choices=ESTIMATORS,
                    help="HSIC: full batch, minibatch (Nguyen et al. 2021), or auto (full while the Gram matrices fit)")
     p.add_argument("--batch-size", type=_positive, default=256, help="images per minibatch")
@@ -108,7 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     similarity = similarity_table(models, a.kind, a.kernel, a.estimator, a.batch_size, a.seed)
-    probe = probe_table(models, a.probe, a.kind, a.k, a.boot, a.seed) if a.probe else None
+    if a.group and not a.probe:
+        raise UsageError("--group needs --probe LABEL (it sets the probe's leave-one-group-out)")
+    # the probe's null takes the comparison's --permutations where that option exists
+    permutations = getattr(a, "permutations", PERMUTATIONS)
+    probe = (probe_table(models, a.probe, a.kind, a.k, a.group, permutations, a.interval, a.seed)
+             if a.probe else None)
+    for w in probe_warnings(probe) if probe is not None else []:
+        print(f"warning: {w}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     depths = {m.label: m.num_layers for m in models}
     written = [out / SIMILARITY]

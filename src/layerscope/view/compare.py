@@ -69,6 +69,7 @@ def _probe_charts(probe: pd.DataFrame, depths: dict[str, int], where: str) -> st
     need = {"model", "layer", "kind", "label", "k", "accuracy", "ci_low", "ci_high", "chance", "n_images"}
     if not need <= set(probe.columns) or probe.empty:
         return ""
+    has_null = {"null_q05", "null_q95"} <= set(probe.columns) and probe["null_q95"].notna().any()
     charts = []
     for (label, kind), table in probe.groupby(["label", "kind"], sort=False):
         series = []
@@ -76,14 +77,25 @@ def _probe_charts(probe: pd.DataFrame, depths: dict[str, int], where: str) -> st
             part = part.sort_values("layer")
             n = depths.get(str(model)) or int(part["layer"].max()) + 1
             d = relative_depth(part["layer"].to_numpy(), n)
+            colour = PALETTE[i % len(PALETTE)]
             series.append({"label": f"{model} (k={int(part['k'].iloc[0])}, {int(part['n_images'].iloc[0])} images)",
-                           "colour": PALETTE[i % len(PALETTE)], "level": float(part["chance"].iloc[0]),
+                           "colour": colour, "level": None if has_null else float(part["chance"].iloc[0]),
                            "points": [(int(r.layer), float(x), float(r.accuracy), float(r.ci_low), float(r.ci_high))
                                       for r, x in zip(part.itertuples(), d)]})
+            if has_null:  # the label-permutation null: its mean dashed, its 5-95% band faint
+                series.append({"label": f"{model}: permutation null (mean, 5-95%)", "colour": colour, "dash": True,
+                               "dots": False, "band_opacity": 0.07,
+                               "points": [(int(r.layer), float(x), float(r.chance), float(r.null_q05),
+                                           float(r.null_q95)) for r, x in zip(part.itertuples(), d)]})
         keys = "".join(f"<span class=key><i style=\"background:{s['colour']}\"></i>{esc(s['label'])}</span>"
-                       for s in series)
+                       for s in series if not s.get("dash"))
+        group = table["group"].iloc[0] if "group" in table.columns else ""
+        scheme = f"leave-one-{group}-out" if isinstance(group, str) and group else "leave-one-out"
+        interval = f"{str(table['interval'].iloc[0]).title()} " if "interval" in table.columns else ""
+        null = ("dashed with a faint band: the label-permutation null under the same scheme, mean and 5-95%"
+                if has_null else "dashed: chance")
         charts.append(f"<figure class=chartbox><figcaption>k-NN probe of {esc(label)}, {esc(kind)} representations "
-                      f"(leave-one-out, 95% CI; dashed: chance)</figcaption><div class=keys>{keys}</div>"
+                      f"({esc(scheme)}, {esc(interval)}95% interval; {null})</figcaption><div class=keys>{keys}</div>"
                       f"{line_chart(series, f'accuracy of {label}', (0.0, 1.0))}</figure>")
     return f"<h3>What each layer separates · <code>{esc(where)}</code></h3><div class=row>{''.join(charts)}</div>"
 
