@@ -45,6 +45,11 @@ class MetricsOptions:
     pointing_tolerance: float = _option(15.0, "pixels >= 0")  # pixels: the pointing game's hit radius around the mask (TorchRay benchmark)
     # cls_attention: each head's mean attention distance (input pixels), same pass (x1.46 a forward)
     attention_distance: bool = False
+    # renormalised (each query's attention over the patch keys, re-summed to 1) | raw (the patch rows and
+    # columns as the model gives them, prefix attention dropped, not renormalised: the common implementation)
+    attention_distance_rule: str = "renormalised"
+    # pixels (input pixels) | fraction (of the image side: the [0, 1] grid of Walmer et al. 2023)
+    attention_distance_unit: str = "pixels"
 
 
 @dataclass

@@ -23,6 +23,7 @@ from .data.transforms import to_input
 from .figures.grid import layer_head_grid
 from .loggers import Logger
 from .maps import threshold_maps, upsample
+from .maps.distance import EXTRAS as DISTANCE_EXTRAS
 from .mapsource import MapSource, build_cache, to_uint8
 from .options import StudyConfig, typed
 from .plan import (Plan, build, build_dataset, check_config, loader_workers, plan_study, resolve_device,
@@ -256,6 +257,7 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
     t_loop = time.perf_counter()
     writer = ResultsWriter(out_dir / layout.RESULTS)
     parts = PartWriter(out_dir) if any(e.startswith("rep_") for e in plan.extras) else None
+    unit_scale = 1.0 / backbone.img_size if cfg.metrics.attention_distance_unit == "fraction" else 1.0
     try:
         files = BackgroundWriter(out_dir / layout.DONE, threads=writer_threads())
     except OSError as e:
@@ -286,7 +288,7 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
                 per_image, logits, captured = source.fetch(items)
                 faith = _faithfulness(cfg, plan, backbone, items, per_image, logits)
                 # per image: attention distance beside the maps (saved with them) and, with faithfulness, in its rows
-                columns = [_distance_columns(plan, c) for c in captured]
+                columns = [_distance_columns(plan, c, unit_scale) for c in captured]
                 extras = [_merged(f, c) for f, c in zip(faith, columns)]
                 scored = _score_batch(cfg, plan, backbone, names, items, per_image, logits, extras, clock)
                 # the batch's representations go to disk with its first image, before any of its done.txt lines
@@ -404,14 +406,27 @@ def _faithfulness(cfg: StudyConfig, plan: Plan, backbone: Backbone, items: list[
             for i in range(len(items))]
 
 
-def _distance_columns(plan: Plan, captured: dict[str, dict[int, torch.Tensor]]) -> dict | None:
+def _distance_columns(plan: Plan, captured: dict[str, dict[int, torch.Tensor]], unit_scale: float = 1.0
+                      ) -> dict | None:
     """``attention_distance`` of the chosen heads and, for the ``mean`` row, the mean over every head:
-    layer -> {"attention_distance": (K,)}; None when the run does not measure it."""
-    per_layer = captured.get("attention_distance")
+    layer -> {"attention_distance": (K,)}; None when the run does not measure it.
+
+    Args:
+        unit_scale: multiplies the captured pixels (1 / the image side for ``attention_distance_unit=fraction``).
+    """
+    per_layer = next((captured[name] for name in DISTANCE_EXTRAS.values() if captured.get(name)), None)
     if not per_layer:
         return None
-    return {layer: {"attention_distance": torch.cat([d[plan.heads], d.mean().view(1)])}
+    return {layer: {"attention_distance": torch.cat([d[plan.heads], d.mean().view(1)]) * unit_scale}
             for layer, d in per_layer.items()}
+
+
+def _distance_conventions(cfg: StudyConfig, plan: Plan) -> dict:
+    """The ``attention_distance_rule`` / ``_unit`` columns of a run that measures attention distance."""
+    if not any(e in DISTANCE_EXTRAS.values() for e in plan.extras):
+        return {}
+    return {"attention_distance_rule": str(cfg.metrics.attention_distance_rule),
+            "attention_distance_unit": str(cfg.metrics.attention_distance_unit)}
 
 
 def _merged(faith: dict | None, columns: dict | None) -> dict | None:
@@ -439,7 +454,8 @@ def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: list[s
             meta = {"image": item["id"], "group": item["group"], "category": item["category"],
                     "dataset": cfg.data.get("name", ""), "source": item["source"], "model": backbone.name,
                     "kind": backbone.kind, "num_layers": backbone.num_layers, "img_size": size,
-                    "method": plan.method.name, "mask_fraction": target.fraction if target is not None else None}
+                    "method": plan.method.name, "mask_fraction": target.fraction if target is not None else None,
+                    **_distance_conventions(cfg, plan)}
             if image_logits is not None and backbone.labels:
                 p, c = image_logits.softmax(-1).max(-1)
                 meta.update(pred_label=backbone.labels[int(c)], pred_prob=float(p))

@@ -16,7 +16,8 @@ runs, a sweep); runs of one model config are merged, images are matched by id. W
   k-NN accuracy per layer with its binomial 95% interval and its label-permutation null under the same
   scheme: ``chance`` = the null's mean, ``null_q05``/``null_q95``, ``p_value``; ``majority`` = the largest
   class's share); a warning when accuracy is significantly below its null;
-- ``attention_distance.png/pdf`` where the runs measured ``attention_distance`` (``cls_attention``).
+- ``attention_distance.csv`` and ``.png/pdf`` where the runs measured ``attention_distance`` (``cls_attention``):
+  per (model, rule, unit, layer, head) the mean over images with its 95% bootstrap interval.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from ..figures.compare import cka_heatmaps, probe_curves
 from ..figures.paper import AXES, attention_distance
 from ..metrics.probe import INTERVALS, PERMUTATIONS
 from ..metrics.similarity import ESTIMATORS, KERNELS
-from ..results.layout import COMPARE, PROBE, RESULTS, SIMILARITY
+from ..results.layout import ATTENTION_DISTANCE, COMPARE, PROBE, RESULTS, SIMILARITY
+from ..results.saved import distance_table
 from ..results.representations import KINDS
 from .errors import Parser, UsageError, command
 
@@ -135,7 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         _atomic_csv(probe, out / PROBE)
         written += [out / PROBE, *probe_curves(probe, out, a.formats, a.depth, depths)]
     labels = {run: m.label for m in models for run in m.runs}
-    written += attention_distance(_distance_rows(labels), out, a.formats, a.depth)
+    distances = _distance_rows(labels)
+    table = distance_table(distances, seed=a.seed)
+    if not table.empty:
+        _atomic_csv(table, out / ATTENTION_DISTANCE)
+        written.append(out / ATTENTION_DISTANCE)
+    written += attention_distance(distances, out, a.formats, a.depth)
     for path in written:
         print(path)
     summary = ", ".join(f"{m.label} ({len(m.ids)} images, {len(m.arrays)} layers)" for m in models)

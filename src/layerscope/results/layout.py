@@ -53,6 +53,7 @@ PART_GLOB = "part_*.npz"  # inside REPRESENTATION_PARTS (see ``part_file``)
 COMPARE = "compare"  # layerscope-compare's default output folder
 SIMILARITY = "similarity.csv"
 PROBE = "probe.csv"
+ATTENTION_DISTANCE = "attention_distance.csv"  # layerscope-compare: per head, the mean over images and its interval
 
 
 def image_stem(image: str) -> str:
