@@ -141,7 +141,7 @@ def load_model(label: str, runs: Sequence[Path], kind: str = "mean") -> Model:
         seen.update(ids)
     if not rows:
         raise ValueError(f"model {label}: no {kind} representations in {', '.join(map(str, runs))} "
-                         f"(a CNN saves mean only)")
+                         f"(a CNN saves no cls)")
     layers = sorted(layer for layer, per in rows.items() if all(image in per for image in order))
     if not layers:
         raise ValueError(f"model {label}: no layer holds every image of its runs; compare the runs separately")
@@ -164,13 +164,66 @@ def load_models(folders: Sequence[Path | str], kind: str = "mean") -> tuple[list
     models, warnings = [], []
     for label, runs in group_runs(find_runs(folders)).items():
         if not any(kind in available(run) for run in runs):
-            warnings.append(f"model {label} has no {kind} representations (a CNN saves mean only); left out")
+            warnings.append(f"model {label} has no {kind} representations (a CNN saves no cls); left out")
             continue
         models.append(load_model(label, runs, kind))
     if not models:
         raise ValueError(f"--kind {kind}: no model below {', '.join(map(str, folders))} saved {kind} "
-                         "representations (a CNN saves mean only)")
+                         "representations (a CNN saves no cls)")
     return models, warnings
+
+
+def representation_rows(models: Sequence[Model], kind: str, grid: int | None = None, max_cells: int | None = None,
+                        seed: int = 0) -> tuple[list[Model], list[str]]:
+    """The rows a comparison of ``kind`` compares, and warnings.
+
+    - ``patches``: every layer of every model average-pooled to one common grid (``grid`` x ``grid``, or the
+      coarsest saved layer's), rows = image x cell named ``<image>#<row>,<col>`` (``results.cells``), so a
+      ViT block and a CNN stage compare cell by cell; with ``max_cells``, a seeded subset of those rows
+      (the same cells for every model).
+    - ``defect`` / ``background``: the images whose row exists at every layer (no mask, or no defect pixel
+      for ``defect``: NaN rows) in every model.
+    - other kinds: as loaded.
+
+    Raises:
+        ValueError: a ``grid`` finer than a saved layer's cells; no image left.
+    """
+    from .results.cells import adaptive_pool, cell_ids, common_grid, to_rows
+
+    warnings: list[str] = []
+    if kind == "patches":
+        g = common_grid([a.shape[1:3] for m in models for a in m.arrays.values()], grid)
+        out = [Model(m.label, m.runs, cell_ids(m.ids, g), {layer: to_rows(adaptive_pool(a, g))
+                                                              for layer, a in m.arrays.items()}, m.num_layers)
+               for m in models]
+        every = sorted({row for m in out for row in m.ids})
+        if max_cells is not None and max_cells < len(every):
+            keep = {every[i] for i in np.random.default_rng(seed).permutation(len(every))[:max_cells]}
+            for m in out:
+                idx = np.array([i for i, row in enumerate(m.ids) if row in keep], dtype=np.int64)
+                m.ids = [m.ids[i] for i in idx]
+                m.arrays = {layer: a[idx] for layer, a in m.arrays.items()}
+            warnings.append(f"patches: {max_cells} of {len(every)} cells kept (--max-cells, seed {seed})")
+        log.info("patches: every layer pooled to %dx%d cells", *g)
+        return out, warnings
+    if kind in ("defect", "background"):
+        out = []
+        for m in models:
+            ok = np.ones(len(m.ids), dtype=bool)
+            for a in m.arrays.values():
+                ok &= np.isfinite(a).all(1)
+            if not ok.any():
+                raise ValueError(f"--kind {kind}: model {m.label} has no image with a {kind} representation "
+                                 f"({'no mask or no defect pixel' if kind == 'defect' else 'no mask'} in every image)")
+            if not ok.all():
+                what = "a mask with a defect" if kind == "defect" else "a mask"
+                warnings.append(f"model {m.label}: {int((~ok).sum())} of {len(ok)} images have no {kind} "
+                                f"representation (without {what}); left out")
+            idx = np.flatnonzero(ok)
+            out.append(Model(m.label, m.runs, [m.ids[i] for i in idx], {layer: a[idx] for layer, a in m.arrays.items()},
+                             m.num_layers))
+        return out, warnings
+    return list(models), warnings
 
 
 def shared_rows(a: Model, b: Model) -> tuple[np.ndarray, np.ndarray]:
@@ -275,7 +328,9 @@ def probe_table(models: Sequence[Model], column: str, kind: str = "mean", k: int
                         and (groups is None or image in groups)], dtype=np.int64)
         y = np.array([labels[images[i]] for i in idx])
         g = None
-        if groups is not None or any(images[i] != m.ids[i] for i in idx):
+        cells = any(images[i] != m.ids[i] for i in idx)
+        units = np.array([images[i] for i in idx]) if cells else None  # the null permutes whole images' labels
+        if groups is not None or cells:
             # cells of one image always share its group: with --group, the image's group value
             g = np.array([groups[images[i]] if groups is not None else images[i] for i in idx])
         classes = len(set(y.tolist()))
@@ -295,7 +350,7 @@ def probe_table(models: Sequence[Model], column: str, kind: str = "mean", k: int
                 raise ValueError(f"--k {k}: expected 1..{limit} (the labelled images {scheme} of {m.label})")
         for layer in sorted(m.arrays):
             result = probe(m.arrays[layer][idx], y, k, groups=g, permutations=permutations, interval=interval,
-                           seed=seed)
+                           seed=seed, units=units)
             rows.append({"model": m.label, "layer": layer, "kind": kind, "label": column,
                          "group": group or ("image" if g is not None else ""), **result})
     return pd.DataFrame(rows, columns=list(PROBE_COLUMNS))

@@ -94,6 +94,8 @@ class StudyConfig:
     seed: int = _option(0, "an int >= 0")
     save_maps: bool = True
     save_representations: bool = False  # per layer, each image's pooled representation, for layerscope-compare
+    # the patches kind: each layer's cells average-pooled to at most this many a side (defect/background: the layer's own cells)
+    representation_grid: int = _option(8, "an int >= 1")
     dataset_metrics: bool = True  # dataset-level protocol at the end (dataset_metrics.csv; reads the saved maps)
     progress: bool = True
     figures: FigureOptions = field(default_factory=FigureOptions)

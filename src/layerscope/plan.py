@@ -162,6 +162,7 @@ def plan_study(cfg: DictConfig | StudyConfig, backbone: Backbone) -> Plan:
     _at_least("batch_size", opts.batch_size, 1)
     loader_workers(opts.num_workers, 1, 1)  # checks the option
     _at_least("figures.max_images", opts.figures.max_images, 0)
+    _at_least("representation_grid", opts.representation_grid, 1)
     if not opts.cache.max_gb > 0:
         raise ValueError(f"cache.max_gb={opts.cache.max_gb:g}: expected a size in GB > 0 (or cache.enabled=false)")
     if opts.on_bad_image not in ("skip", "fail"):

@@ -292,7 +292,9 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
                 extras = [_merged(f, c) for f, c in zip(faith, columns)]
                 scored = _score_batch(cfg, plan, backbone, names, items, per_image, logits, extras, clock)
                 # the batch's representations go to disk with its first image, before any of its done.txt lines
-                before = [parts.task([item["id"] for item in items], captured)] if parts else []
+                before = ([parts.task([item["id"] for item in items],
+                                      _representations(captured, items, int(cfg.representation_grid)))]
+                          if parts else [])
                 for i, (item, (meta, chosen, rows)) in enumerate(zip(items, scored)):
                     n_figures += _record(cfg, out_dir, plan, backbone, names, item, meta, chosen, rows, writer,
                                          files, logger, clock, draw=n_figures < int(cfg.figures.max_images),
@@ -419,6 +421,29 @@ def _distance_columns(plan: Plan, captured: dict[str, dict[int, torch.Tensor]], 
         return None
     return {layer: {"attention_distance": torch.cat([d[plan.heads], d.mean().view(1)]) * unit_scale}
             for layer, d in per_layer.items()}
+
+
+def _representations(captured: list[dict[str, dict[int, torch.Tensor]]], items: list[dict], grid: int
+                     ) -> list[dict[str, dict[int, object]]]:
+    """What a batch saves per image (``results.representations``): the pooled kinds as captured and, from
+    ``rep_patches`` (layer -> (h, w, D) cells), ``patches`` pooled to at most ``grid`` a side plus ``defect``
+    and ``background`` (the mask-weighted means of the layer's cells, ``results.cells``)."""
+    from .results.cells import adaptive_pool, mask_pooled
+
+    out = []
+    for extra, item in zip(captured, items):
+        reps: dict[str, dict[int, object]] = {k: v for k, v in extra.items() if k.startswith("rep_")}
+        if "rep_patches" in reps:
+            mask = item["mask"].numpy() if item["mask"] is not None else None
+            patches, defect, background = {}, {}, {}
+            for layer, cells in extra["rep_patches"].items():
+                cells = cells.numpy()
+                h, w = cells.shape[:2]
+                patches[layer] = adaptive_pool(cells, (min(h, grid), min(w, grid)))
+                defect[layer], background[layer] = mask_pooled(cells, mask)
+            reps.update(rep_patches=patches, rep_defect=defect, rep_background=background)
+        out.append(reps)
+    return out
 
 
 def _distance_conventions(cfg: StudyConfig, plan: Plan) -> dict:

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..maps.attention import cls_attention
 from ..maps.distance import EXTRAS as DISTANCE_EXTRAS
+from .base import capped_cells
 from ..maps.distance import attention_distance
 from .base import Backbone, Hook
 from .weights import WeightsError, check_source, hub_folder, timm_state_dict
@@ -20,7 +21,8 @@ class _ViT(Backbone):
     kind = "vit"
     captures = ("cls_attention", "features", "qk")
     embedding_targets = ("norm", "cosine")
-    representation_kinds = ("mean", "cls")  # of each block's output (before any final norm): patch-token mean, CLS
+    # of each block's output (before any final norm): patch-token mean, CLS, the patch tokens on their grid
+    representation_kinds = ("mean", "cls", "patches")
     num_prefix: int
     num_heads: int
     patch_size: int
@@ -134,7 +136,8 @@ class _ViT(Backbone):
 
     def extra_hooks(self, layers: Sequence[int], extras: Sequence[str]
                     ) -> tuple[list[tuple[nn.Module, Hook]], dict[str, dict[int, torch.Tensor]]]:
-        """``rep_mean``/``rep_cls`` from each block's output tokens (B, D); ``attention_distance`` (B, H)
+        """``rep_mean``/``rep_cls`` from each block's output tokens (B, D), ``rep_patches`` its patch tokens on
+        their grid (B, h, w, D) (``base.capped_cells``); ``attention_distance`` (B, H)
         from the block's own q and k (``maps.distance``, queries in chunks; prefix tokens left out by the
         ``renormalised`` rule; ``attention_distance_raw``: by the ``raw`` rule)."""
         known = (*DISTANCE_EXTRAS.values(), *(f"rep_{kind}" for kind in self.representation_kinds))
@@ -159,13 +162,16 @@ class _ViT(Backbone):
                                                                                  rule=rule)
 
                 hooks += [(q_mod, keep_q), (k_mod, use_k)]
-            if "rep_mean" in store or "rep_cls" in store:
+            if "rep_mean" in store or "rep_cls" in store or "rep_patches" in store:
                 def pool(_m, _i, out, layer=layer):
                     tokens = (out[0] if isinstance(out, tuple) else out).detach().float()  # (B, N, D)
                     if "rep_mean" in store:
                         store["rep_mean"][layer] = tokens[:, prefix:].mean(1)  # patch tokens only
                     if "rep_cls" in store:
                         store["rep_cls"][layer] = tokens[:, 0]
+                    if "rep_patches" in store:  # (B, h, w, D), at most CAPTURE_CELLS a side
+                        cells = tokens[:, prefix:].transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
+                        store["rep_patches"][layer] = capped_cells(cells)
 
                 hooks.append((self._block(layer), pool))
         return hooks, store

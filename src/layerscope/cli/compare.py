@@ -1,6 +1,7 @@
 """Compare layers and models beyond masks: CKA across layers and models, a k-NN probe per layer.
 
-    layerscope-compare DIR [DIR ...] [--kind mean|cls] [--kernel linear|rbf] [--probe LABEL] [--out DIR]
+    layerscope-compare DIR [DIR ...] [--kind mean|cls|patches|defect|background] [--grid G] [--max-cells N]
+        [--kernel linear|rbf] [--probe LABEL] [--out DIR]
         [--depth layer|relative] [--estimator auto|full|minibatch] [--k K] [--group COLUMN]
         [--interval wilson|clopper-pearson] [--logger none|wandb]
 
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..comparison import load_models, probe_table, probe_warnings, similarity_table
+from ..comparison import load_models, probe_table, probe_warnings, representation_rows, similarity_table
 from ..figures.compare import cka_heatmaps, probe_curves
 from ..figures.paper import AXES, attention_distance
 from ..metrics.probe import INTERVALS, PERMUTATIONS
@@ -84,7 +85,13 @@ def _log_wandb(similarity: pd.DataFrame, probe: pd.DataFrame | None, out: Path, 
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="layerscope-compare", description=__doc__.split("\n\n")[0])
     p.add_argument("folders", type=Path, nargs="+", metavar="DIR", help="a run, several runs, or a sweep folder")
-    p.add_argument("--kind", default="mean", choices=KINDS, help="mean (patch tokens / global pool) or cls (ViTs)")
+    p.add_argument("--kind", default="mean", choices=KINDS, help="mean (patch tokens / global pool), cls (ViTs), "
+                   "patches (rows = image x cell on one common grid), defect / background (mean of the cells "
+                   "inside / outside the mask)")
+    p.add_argument("--grid", type=_positive, default=None, help="patches: the common grid's side (default: the "
+                   "coarsest compared layer's)")
+    p.add_argument("--max-cells", type=_positive, default=None, help="patches: compare a seeded subset of this "
+                   "many image x cell rows")
     p.add_argument("--kernel", default="linear", choices=KERNELS, help="CKA kernel (rbf: median heuristic)")
     p.add_argument("--probe", default=None, metavar="LABEL", help="k-NN probe of this image label per layer "
                    "(category, group, or any results.csv column with one value per image)")
@@ -107,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f for f in a.folders if not f.is_dir()]
     if missing:
         raise UsageError(f"{missing[0]}: no such folder")
+    if (a.grid or a.max_cells) and a.kind != "patches":
+        raise UsageError(f"--grid and --max-cells apply to --kind patches (got --kind {a.kind})")
+    if a.group and not a.probe:
+        raise UsageError("--group needs --probe LABEL (it sets the probe's leave-one-group-out)")
     if a.out is None and len(a.folders) > 1:
         raise UsageError("--out DIR is needed when comparing several folders")
     from matplotlib.figure import Figure
@@ -117,11 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     out = a.out if a.out is not None else a.folders[0] / COMPARE
     started = time.perf_counter()
     models, warnings = load_models(a.folders, a.kind)
+    models, more = representation_rows(models, a.kind, a.grid, a.max_cells, a.seed)
+    warnings += more
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     similarity = similarity_table(models, a.kind, a.kernel, a.estimator, a.batch_size, a.seed)
-    if a.group and not a.probe:
-        raise UsageError("--group needs --probe LABEL (it sets the probe's leave-one-group-out)")
     # the probe's null takes the comparison's --permutations where that option exists
     permutations = getattr(a, "permutations", PERMUTATIONS)
     probe = (probe_table(models, a.probe, a.kind, a.k, a.group, permutations, a.interval, a.seed)
@@ -145,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     written += attention_distance(distances, out, a.formats, a.depth)
     for path in written:
         print(path)
-    summary = ", ".join(f"{m.label} ({len(m.ids)} images, {len(m.arrays)} layers)" for m in models)
+    rows = "rows (image x cell)" if a.kind == "patches" else "images"
+    summary = ", ".join(f"{m.label} ({len(m.ids)} {rows}, {len(m.arrays)} layers)" for m in models)
     print(f"compared {summary} in {time.perf_counter() - started:.1f} s; estimator "
           f"{', '.join(sorted(set(similarity['estimator'])))}", file=sys.stderr)
     if a.logger == "wandb":

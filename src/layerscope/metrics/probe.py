@@ -26,7 +26,7 @@ TEMPERATURE = 0.07
 MAX_K = 20
 CHUNK = 1024  # query rows per similarity block
 PERMUTATIONS = 200  # label permutations of the null (p-values resolve to 1 / 201)
-PERM_CHUNK = 64  # permutations per vectorised vote block
+PERM_FLOATS = 1 << 22  # floats of one (permutations, n, k) vote block: 32 MB
 INTERVALS = ("wilson", "clopper-pearson")
 ALPHA = 0.05  # two-sided 95% intervals; one-sided 5% tests against the null
 Z95 = 1.959963984540054  # the normal 97.5% quantile
@@ -157,13 +157,14 @@ def binomial_interval(hits: int, n: int, method: str = "wilson", alpha: float = 
 
 
 def _permuted(y: np.ndarray, groups: np.ndarray | None, count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` label permutations (count, n). Where each group holds one label (an image's cells), whole
-    groups' labels are permuted (the exchangeable units); otherwise rows are."""
+    """``count`` label permutations (count, n). Where each of ``groups`` holds one label (an image's cells),
+    whole groups' labels are permuted (the exchangeable units); otherwise rows are."""
     if groups is not None:
-        _, g = np.unique(groups, return_inverse=True)
-        first = np.zeros(g.max() + 1, dtype=np.int64)
-        first[g[::-1]] = np.arange(len(g))[::-1]  # each group's first row
-        per_group = y[first]
+        _, first, g = np.unique(groups, return_index=True, return_inverse=True)
+        order = np.argsort(first)  # groups in the order they first appear (one row per group: the same draws)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        g, per_group = rank[g], y[first[order]]
         if (per_group[g] == y).all():
             return np.stack([rng.permutation(per_group)[g] for _ in range(count)])
     return np.stack([rng.permutation(y) for _ in range(count)])
@@ -171,7 +172,7 @@ def _permuted(y: np.ndarray, groups: np.ndarray | None, count: int, rng: np.rand
 
 def probe(x: np.ndarray, labels: Sequence[object], k: int | None = None, temperature: float = TEMPERATURE,
           groups: Sequence[object] | None = None, permutations: int = PERMUTATIONS, interval: str = "wilson",
-          seed: int = 0) -> dict:
+          seed: int = 0, units: Sequence[object] | None = None) -> dict:
     """Leave-one-out (or leave-one-group-out) k-NN accuracy of ``labels`` from ``x``, with its interval and
     its label-permutation null.
 
@@ -182,6 +183,8 @@ def probe(x: np.ndarray, labels: Sequence[object], k: int | None = None, tempera
         permutations: label permutations of the null (0: no null, NaN columns).
         interval: ``wilson`` or ``clopper-pearson`` (95%).
         seed: the permutations' seed.
+        units: n values naming the rows' exchangeable units (the image of each cell): where each unit holds
+            one label, the null permutes the units' labels, not the rows'. Default: ``groups``.
 
     Returns:
         ``k, accuracy, ci_low, ci_high, interval``; the null: ``chance`` (its mean), ``null_q05``,
@@ -205,8 +208,10 @@ def probe(x: np.ndarray, labels: Sequence[object], k: int | None = None, tempera
     if permutations:
         rng = np.random.default_rng(seed)
         parts = []
-        for start in range(0, permutations, PERM_CHUNK):
-            ys = _permuted(y, groups, min(PERM_CHUNK, permutations - start), rng)
+        step = max(1, PERM_FLOATS // (n * k))
+        for start in range(0, permutations, step):
+            ys = _permuted(y, np.asarray(units) if units is not None else groups, min(step, permutations - start),
+                           rng)
             parts.append((_vote(top, weights, ys, len(classes)) == ys).mean(1))
         null = np.concatenate(parts)
     nan = float("nan")

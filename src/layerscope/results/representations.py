@@ -7,7 +7,11 @@ Layout (names in ``results.layout``)::
     <run>/representations/parts/part_<n>.npz     the per-batch chunks the run appends (ids + arrays)
 
 ``kind`` is ``mean`` (mean over patch tokens of a ViT block's output; a CNN stage's global average
-pool) or ``cls`` (a ViT's CLS token). Why it survives a cut at any image: a batch's chunk is written
+pool), ``cls`` (a ViT's CLS token), ``patches`` (the patch tokens / feature-map cells average-pooled to
+at most ``representation_grid`` a side, float32 (n_images, h, w, D)), ``defect`` / ``background`` (the
+mean of the layer's cells inside / outside the mask, NaN rows for images without one; ``results.cells``).
+
+Why it survives a cut at any image: a batch's chunk is written
 (temporary name, then renamed) by the run's background writer *before* the ``done.txt`` line of any
 of its images, so every image listed as done has a row in some chunk; an image redone after a cut
 appears in two chunks with the same values, and the later one counts. At the end of the run
@@ -32,7 +36,9 @@ from .layout import (PART_GLOB, REPRESENTATION_IDS, REPRESENTATION_PARTS, REPRES
 
 log = logging.getLogger(__name__)
 
-KINDS = ("mean", "cls")  # the pooled representations a run can save (a CNN has no CLS token: mean only)
+# what a run can save: pooled (mean, cls: a CNN has none), a layer's cells (patches, (n, h, w, D)), and the
+# mean of its cells inside / outside the mask (defect, background; NaN rows where there is none): results.cells
+KINDS = ("mean", "cls", "patches", "defect", "background")
 _KEY = re.compile("^" + representation_key("(?P<kind>[a-z]+)", r"(?P<layer>\d+)") + "$")
 
 
@@ -184,10 +190,11 @@ def load_representations(run_dir: Path | str, kind: str = "mean") -> tuple[list[
 
     Args:
         run_dir: a run folder.
-        kind: ``mean`` (mean over patch tokens / global average pool) or ``cls`` (ViTs).
+        kind: one of ``KINDS``.
 
     Returns:
-        (ids, arrays): n image ids, and layer -> (n, D) float32 with rows in the order of ``ids``.
+        (ids, arrays): n image ids, and layer -> (n, D) float32 ((n, h, w, D) for ``patches``) with rows
+        in the order of ``ids``.
 
     Raises:
         FileNotFoundError: the run saved no representations.
@@ -211,9 +218,9 @@ def load_representations(run_dir: Path | str, kind: str = "mean") -> tuple[list[
                 array = np.load(path, allow_pickle=False)
             except (OSError, ValueError, EOFError) as e:
                 raise ValueError(f"{path}: not a readable representation array ({type(e).__name__}: {e})") from None
-            if array.ndim != 2 or array.shape[0] != len(ids):
-                raise ValueError(f"{path}: expected ({len(ids)}, D) rows for the ids of {ids_file}, "
-                                 f"got {array.shape}")
+            if array.ndim != (4 if kind == "patches" else 2) or array.shape[0] != len(ids):
+                shape = f"({len(ids)}, h, w, D)" if kind == "patches" else f"({len(ids)}, D)"
+                raise ValueError(f"{path}: expected {shape} rows for the ids of {ids_file}, got {array.shape}")
             arrays[int(_KEY.match(path.stem)["layer"])] = array
     else:
         ids = list(read_done(run_dir))
@@ -221,5 +228,6 @@ def load_representations(run_dir: Path | str, kind: str = "mean") -> tuple[list[
         arrays = {int(_KEY.match(k)["layer"]): v for k, v in rows.items() if _KEY.match(k)["kind"] == kind}
     if not arrays and ids:
         kinds = ", ".join(available(run_dir)) or "none"
-        raise ValueError(f"{folder}: no {kind} representations (saved: {kinds}; a CNN has no cls token)")
+        raise ValueError(f"{folder}: no {kind} representations (saved: {kinds}; a CNN has no cls token; runs of "
+                         "earlier versions saved no patches, defect or background)")
     return ids, dict(sorted(arrays.items()))
