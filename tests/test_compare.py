@@ -130,6 +130,8 @@ def test_fewer_than_10_shared_images_is_one_line(sweep, tmp_path, capsys):
     (["--probe", "category", "--group", "head"], "--group head: not a label of images"),
     (["--group", "category"], "--group needs --probe LABEL"),
     (["--probe", "category", "--interval", "bootstrap"], "--interval: invalid choice"),
+    (["--grid", "2"], "--grid and --max-cells apply to --kind patches (got --kind mean)"),
+    (["--kind", "patches", "--grid", "9"], "--grid 9: the coarsest compared layer has 2x2 cells; expected at most 2"),
     (["--k", "0"], "--k: '0': expected an int >= 1"),
     (["--formats", "docx"], "--formats docx"),
     (["--depth", "deep"], "--depth: invalid choice"),
@@ -236,3 +238,20 @@ def test_the_experiment_composes_for_the_defects_and_for_the_photos():
     assert len(build_dataset(defects)) == 48
     photos = compose("experiment=vit_vs_cnn_representations", "data=samples", "~data.per_combination")
     assert photos.save_representations and len(build_dataset(photos)) == 5
+
+
+@pytest.mark.slow
+def test_compare_patches_and_defect_kinds_end_to_end(sweep, tmp_path, capsys):
+    """--kind patches: rows = image x cell on the coarsest layer's grid (the CNN's last stage: 2 x 2), the
+    probe grouped by image; --kind defect: the images with a defect (all 12 here)."""
+    assert main([str(sweep), "--kind", "patches", "--probe", "category", "--out", str(tmp_path / "p"),
+                 "--formats", "png"]) == 0
+    sim = pd.read_csv(tmp_path / "p" / "similarity.csv")
+    assert set(sim["n_images"]) == {12 * 4} and set(sim["kind"]) == {"patches"}
+    table = pd.read_csv(tmp_path / "p" / "probe.csv")
+    assert set(table["group"]) == {"image"} and set(table["n_groups"]) == {12} and set(table["n_images"]) == {48}
+    assert "(48 rows (image x cell)" in capsys.readouterr().err
+    assert main([str(sweep), "--kind", "defect", "--probe", "category", "--group", "source", "--out",
+                 str(tmp_path / "d"), "--formats", "png"]) == 0
+    table = pd.read_csv(tmp_path / "d" / "probe.csv")
+    assert set(table["group"]) == {"source"} and set(table["n_images"]) == {12} and set(table["n_groups"]) == {2}
