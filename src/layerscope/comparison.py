@@ -6,8 +6,11 @@ compared:
 
 - ``similarity_table``: CKA between every layer of every pair of models (a model with itself included),
   on the images the pair shares (``similarity.csv``);
-- ``probe_table``: a leave-one-out k-NN probe per (model, layer) of a label of the images, any column
-  of ``results.csv`` that holds one value per image (``probe.csv``).
+- ``probe_table``: a leave-one-out (or leave-one-group-out) k-NN probe per (model, layer) of a label of
+  the images, any column of ``results.csv`` that holds one value per image, with its binomial interval
+  and its label-permutation null (``probe.csv``; ``probe_warnings``: accuracies below their null);
+- ``representation_rows``: the rows a kind compares (``patches``: image x cell on one common grid;
+  ``defect``/``background``: the images that have one).
 
 The library behind ``layerscope-compare`` and a run's W&B logging.
 """
@@ -22,8 +25,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .results.layout import CONFIG, RESULTS, run_dirs
 from .metrics.probe import PERMUTATIONS
+from .results.layout import CONFIG, RESULTS, run_dirs
 from .results.representations import KINDS, available, has_representations, load_representations
 
 log = logging.getLogger(__name__)
@@ -141,7 +144,7 @@ def load_model(label: str, runs: Sequence[Path], kind: str = "mean") -> Model:
         seen.update(ids)
     if not rows:
         raise ValueError(f"model {label}: no {kind} representations in {', '.join(map(str, runs))} "
-                         f"(a CNN saves no cls)")
+                         f"(a CNN saves mean only)")
     layers = sorted(layer for layer, per in rows.items() if all(image in per for image in order))
     if not layers:
         raise ValueError(f"model {label}: no layer holds every image of its runs; compare the runs separately")
@@ -164,12 +167,12 @@ def load_models(folders: Sequence[Path | str], kind: str = "mean") -> tuple[list
     models, warnings = [], []
     for label, runs in group_runs(find_runs(folders)).items():
         if not any(kind in available(run) for run in runs):
-            warnings.append(f"model {label} has no {kind} representations (a CNN saves no cls); left out")
+            warnings.append(f"model {label} has no {kind} representations (a CNN saves mean only); left out")
             continue
         models.append(load_model(label, runs, kind))
     if not models:
         raise ValueError(f"--kind {kind}: no model below {', '.join(map(str, folders))} saved {kind} "
-                         "representations (a CNN saves no cls)")
+                         "representations (a CNN saves mean only)")
     return models, warnings
 
 
