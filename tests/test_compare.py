@@ -83,10 +83,13 @@ def test_probe_table_is_the_probe_of_the_runs_category(sweep, compared):
     assert len(table) == 2 + 5 and set(table["label"]) == {"category"} and set(table["n_classes"]) == {2}
     results = pd.read_csv(sweep / "1" / "results.csv").drop_duplicates("image").set_index("image")["category"]
     ids, cnn = load_representations(sweep / "1")
-    want = probe(cnn[2], results[ids].to_numpy(), n_boot=200)
+    want = probe(cnn[2], results[ids].to_numpy(), permutations=200)
     row = table[(table["model"] == "tiny_cnn") & (table["layer"] == 2)].iloc[0]
     assert row["k"] == want["k"] == 5  # 6 images per class, minus the image itself
-    assert row["accuracy"] == pytest.approx(want["accuracy"]) and row["chance"] == pytest.approx(0.5)
+    assert row["accuracy"] == pytest.approx(want["accuracy"]) and row["majority"] == pytest.approx(0.5)
+    assert row["chance"] == pytest.approx(want["chance"]) and row["p_value"] == pytest.approx(want["p_value"])
+    assert row["null_q05"] <= row["chance"] <= row["null_q95"] and row["permutations"] == 200
+    assert row["interval"] == "wilson" and row["ci_low"] < row["ci_high"]
     assert row["ci_low"] <= row["accuracy"] <= row["ci_high"]
 
 
@@ -124,6 +127,12 @@ def test_fewer_than_10_shared_images_is_one_line(sweep, tmp_path, capsys):
     (["--probe", "colour"], "--probe colour: no such column"),
     (["--probe", "head"], "--probe head: not a label of images"),
     (["--probe", "category", "--k", "12"], "--k 12: expected 1..11"),
+    (["--probe", "category", "--group", "colour"], "--group colour: no such column"),
+    (["--probe", "category", "--group", "head"], "--group head: not a label of images"),
+    (["--group", "category"], "--group needs --probe LABEL"),
+    (["--probe", "category", "--interval", "bootstrap"], "--interval: invalid choice"),
+    (["--grid", "2"], "--grid and --max-cells apply to --kind patches (got --kind mean)"),
+    (["--kind", "patches", "--grid", "9"], "--grid 9: the coarsest compared layer has 2x2 cells; expected at most 2"),
     (["--k", "0"], "--k: '0': expected an int >= 1"),
     (["--formats", "docx"], "--formats docx"),
     (["--depth", "deep"], "--depth: invalid choice"),
@@ -217,7 +226,8 @@ def test_compare_logs_its_tables_to_wandb(sweep, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     logged = read_offline_run(out)
     keys = {k for row in logged["history"] for k in row}
-    assert {"cka/_type", "probe/_type", "probe/category/mean/tiny_cnn"} <= keys
+    assert {"cka/_type", "probe/_type", "probe/category/mean/tiny_cnn", "probe/category/mean/tiny_cnn/null_q95",
+            "probe/category_mean/_type"} <= keys
     assert any(k.startswith("cka/tiny_vit__tiny_cnn") for k in keys)
 
 
@@ -229,3 +239,20 @@ def test_the_experiment_composes_for_the_defects_and_for_the_photos():
     assert len(build_dataset(defects)) == 48
     photos = compose("experiment=vit_vs_cnn_representations", "data=samples", "~data.per_combination")
     assert photos.save_representations and len(build_dataset(photos)) == 5
+
+
+@pytest.mark.slow
+def test_compare_patches_and_defect_kinds_end_to_end(sweep, tmp_path, capsys):
+    """--kind patches: rows = image x cell on the coarsest layer's grid (the CNN's last stage: 2 x 2), the
+    probe grouped by image; --kind defect: the images with a defect (all 12 here)."""
+    assert main([str(sweep), "--kind", "patches", "--probe", "category", "--out", str(tmp_path / "p"),
+                 "--formats", "png"]) == 0
+    sim = pd.read_csv(tmp_path / "p" / "similarity.csv")
+    assert set(sim["n_images"]) == {12 * 4} and set(sim["kind"]) == {"patches"}
+    table = pd.read_csv(tmp_path / "p" / "probe.csv")
+    assert set(table["group"]) == {"image"} and set(table["n_groups"]) == {12} and set(table["n_images"]) == {48}
+    assert "(48 rows (image x cell)" in capsys.readouterr().err
+    assert main([str(sweep), "--kind", "defect", "--probe", "category", "--group", "source", "--out",
+                 str(tmp_path / "d"), "--formats", "png"]) == 0
+    table = pd.read_csv(tmp_path / "d" / "probe.csv")
+    assert set(table["group"]) == {"source"} and set(table["n_images"]) == {12} and set(table["n_groups"]) == {2}

@@ -7,8 +7,11 @@ two runs can give one id to two images), and compared:
 
 - ``similarity_table``: CKA between every layer of every pair of models (a model with itself included),
   on the images the pair shares (``similarity.csv``);
-- ``probe_table``: a leave-one-out k-NN probe per (model, layer) of a label of the images, any column
-  of ``results.csv`` that holds one value per image (``probe.csv``).
+- ``probe_table``: a leave-one-out (or leave-one-group-out) k-NN probe per (model, layer) of a label of
+  the images, any column of ``results.csv`` that holds one value per image, with its binomial interval
+  and its label-permutation null (``probe.csv``; ``probe_warnings``: accuracies below their null);
+- ``representation_rows``: the rows a kind compares (``patches``: image x cell on one common grid;
+  ``defect``/``background``: the images that have one).
 
 The library behind ``layerscope-compare`` and a run's W&B logging.
 """
@@ -23,6 +26,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .metrics.probe import PERMUTATIONS
 from .results.layout import CONFIG, REPRESENTATIONS, RESULTS, run_dirs
 from .results.representations import (KINDS, available, has_representations, image_contents,
                                       load_representations)
@@ -38,8 +42,9 @@ THUMB_TOLERANCE = 8
 # below this (float32 vs float16 precision differ by ~1e-3; other weights by far more).
 ROW_TOLERANCE = 1e-2
 SIMILARITY_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "kind", "kernel", "cka", "n_images", "estimator")
-PROBE_COLUMNS = ("model", "layer", "kind", "label", "k", "accuracy", "ci_low", "ci_high", "chance", "n_images",
-                 "n_classes")
+PROBE_COLUMNS = ("model", "layer", "kind", "label", "group", "k", "accuracy", "ci_low", "ci_high", "interval",
+                 "chance", "null_q05", "null_q95", "p_value", "p_below", "permutations", "majority", "n_images",
+                 "n_classes", "n_groups")
 
 
 @dataclass
@@ -332,6 +337,59 @@ def _content_warnings(models: Sequence[Model], min_shared: int = MIN_SHARED) -> 
     return warnings
 
 
+def representation_rows(models: Sequence[Model], kind: str, grid: int | None = None, max_cells: int | None = None,
+                        seed: int = 0) -> tuple[list[Model], list[str]]:
+    """The rows a comparison of ``kind`` compares, and warnings.
+
+    - ``patches``: every layer of every model average-pooled to one common grid (``grid`` x ``grid``, or the
+      coarsest saved layer's), rows = image x cell named ``<image>#<row>,<col>`` (``results.cells``), so a
+      ViT block and a CNN stage compare cell by cell; with ``max_cells``, a seeded subset of those rows
+      (the same cells for every model).
+    - ``defect`` / ``background``: the images whose row exists at every layer (no mask, or no defect pixel
+      for ``defect``: NaN rows) in every model.
+    - other kinds: as loaded.
+
+    Raises:
+        ValueError: a ``grid`` finer than a saved layer's cells; no image left.
+    """
+    from .results.cells import adaptive_pool, cell_ids, common_grid, to_rows
+
+    warnings: list[str] = []
+    if kind == "patches":
+        g = common_grid([a.shape[1:3] for m in models for a in m.arrays.values()], grid)
+        out = [Model(m.label, m.runs, cell_ids(m.ids, g), {layer: to_rows(adaptive_pool(a, g))
+                                                              for layer, a in m.arrays.items()}, m.num_layers)
+               for m in models]
+        every = sorted({row for m in out for row in m.ids})
+        if max_cells is not None and max_cells < len(every):
+            keep = {every[i] for i in np.random.default_rng(seed).permutation(len(every))[:max_cells]}
+            for m in out:
+                idx = np.array([i for i, row in enumerate(m.ids) if row in keep], dtype=np.int64)
+                m.ids = [m.ids[i] for i in idx]
+                m.arrays = {layer: a[idx] for layer, a in m.arrays.items()}
+            warnings.append(f"patches: {max_cells} of {len(every)} cells kept (--max-cells, seed {seed})")
+        log.info("patches: every layer pooled to %dx%d cells", *g)
+        return out, warnings
+    if kind in ("defect", "background"):
+        out = []
+        for m in models:
+            ok = np.ones(len(m.ids), dtype=bool)
+            for a in m.arrays.values():
+                ok &= np.isfinite(a).all(1)
+            if not ok.any():
+                raise ValueError(f"--kind {kind}: model {m.label} has no image with a {kind} representation "
+                                 f"({'no mask or no defect pixel' if kind == 'defect' else 'no mask'} in every image)")
+            if not ok.all():
+                what = "a mask with a defect" if kind == "defect" else "a mask"
+                warnings.append(f"model {m.label}: {int((~ok).sum())} of {len(ok)} images have no {kind} "
+                                f"representation (without {what}); left out")
+            idx = np.flatnonzero(ok)
+            out.append(Model(m.label, m.runs, [m.ids[i] for i in idx], {layer: a[idx] for layer, a in m.arrays.items()},
+                             m.num_layers))
+        return out, warnings
+    return list(models), warnings
+
+
 def shared_rows(a: Model, b: Model) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of the images ``a`` and ``b`` share, matched by id and content (``same_image``: an id
     whose rows show other images is left out; one that cannot be checked counts), in ``a``'s order."""
@@ -374,8 +432,11 @@ def similarity_table(models: Sequence[Model], kind: str = "mean", kernel: str = 
     return table.reset_index(drop=True)
 
 
-def image_labels(runs: Sequence[Path], column: str) -> dict[str, str]:
+def image_labels(runs: Sequence[Path], column: str, option: str = "--probe") -> dict[str, str]:
     """image id -> its value of ``column`` in the runs' ``results.csv`` (images without a value left out).
+
+    Args:
+        option: the option that named the column (for the errors).
 
     Raises:
         ValueError: no such column, or a column that varies within an image (not a label of images).
@@ -389,13 +450,13 @@ def image_labels(runs: Sequence[Path], column: str) -> dict[str, str]:
             continue
         df = read_results(path)
         if column not in df.columns:
-            raise ValueError(f"--probe {column}: no such column in {path} (an image label: category, group, ...)")
+            raise ValueError(f"{option} {column}: no such column in {path} (an image label: category, group, ...)")
         values = df[["image", column]].dropna()
         values = values[values[column].astype(str) != ""]
         several = values.groupby("image")[column].nunique()
         if (several > 1).any():
             image = several[several > 1].index[0]
-            raise ValueError(f"--probe {column}: not a label of images: image {image!r} has {int(several.max())} "
+            raise ValueError(f"{option} {column}: not a label of images: image {image!r} has {int(several.max())} "
                              f"values in {path}")
         for image, value in values.drop_duplicates("image").itertuples(index=False):
             labels.setdefault(str(image), str(value))
@@ -427,11 +488,19 @@ def check_label(models: Sequence[Model], column: str) -> None:
                              "expected a label that groups images (a continuous column?)")
 
 
-def probe_table(models: Sequence[Model], column: str, kind: str = "mean", k: int | None = None, n_boot: int = 1000,
+def probe_table(models: Sequence[Model], column: str, kind: str = "mean", k: int | None = None,
+                group: str | None = None, permutations: int = PERMUTATIONS, interval: str = "wilson",
                 seed: int = 0, strict: bool = True, min_images: int = MIN_SHARED) -> pd.DataFrame:
-    """Leave-one-out k-NN accuracy of the image label ``column`` per (model, layer), with chance and a 95% CI.
+    """k-NN accuracy of the image label ``column`` per (model, layer), leave-one-out or leave-one-group-out,
+    with a binomial 95% interval and a label-permutation null under the same scheme (``metrics.probe``).
 
     Args:
+        group: an image label column (e.g. ``source``): its groups are left out whole, so a factor it
+            holds cannot outvote ``column``. Rows of the ``patches`` kind (cells) are always grouped by
+            their image as well (a cell's own image would give its label away): ``group`` None means
+            leave-one-image-out there.
+        permutations: label permutations of the null (0: none).
+        interval: ``wilson`` or ``clopper-pearson``.
         strict: raise on a model that cannot be probed (fewer than ``min_images`` labelled images or one
             class); otherwise leave it out with a warning.
 
@@ -439,26 +508,60 @@ def probe_table(models: Sequence[Model], column: str, kind: str = "mean", k: int
         ValueError: see ``image_labels``; with ``strict``, a model that cannot be probed.
     """
     from .metrics.probe import probe
+    from .results.cells import image_of
 
     rows = []
     for m in models:
         labels = image_labels(m.runs, column)
-        idx = np.array([i for i, image in enumerate(m.ids) if image in labels], dtype=np.int64)
-        y = np.array([labels[m.ids[i]] for i in idx])
+        groups = image_labels(m.runs, group, "--group") if group else None
+        images = [image_of(row) for row in m.ids]
+        idx = np.array([i for i, image in enumerate(images) if image in labels
+                        and (groups is None or image in groups)], dtype=np.int64)
+        y = np.array([labels[images[i]] for i in idx])
+        g = None
+        cells = any(images[i] != m.ids[i] for i in idx)
+        units = np.array([images[i] for i in idx]) if cells else None  # the null permutes whole images' labels
+        if groups is not None or cells:
+            # cells of one image always share its group: with --group, the image's group value
+            g = np.array([groups[images[i]] if groups is not None else images[i] for i in idx])
         classes = len(set(y.tolist()))
-        if len(idx) < min_images or classes < 2:
-            message = (f"--probe {column}: model {m.label} has {len(idx)} labelled images in {classes} classes; a "
-                       f"probe needs at least {min_images} images and 2 classes")
+        scheme = f"outside its {group}" if group else "other images"
+        if len(idx) < min_images or classes < 2 or (g is not None and len(set(g.tolist())) < 2):
+            message = (f"--probe {column}: model {m.label} has {len(idx)} labelled images in {classes} classes"
+                       + (f" and {len(set(g.tolist()))} groups" if g is not None else "")
+                       + f"; a probe needs at least {min_images} images, 2 classes"
+                       + (" and 2 groups" if g is not None else ""))
             if strict:
                 raise ValueError(message)
             log.warning("%s; left out", message)
             continue
-        if k is not None and not 1 <= k < len(idx):
-            raise ValueError(f"--k {k}: expected 1..{len(idx) - 1} (the other labelled images of {m.label})")
+        if k is not None:
+            limit = len(idx) - 1 if g is None else len(g) - max(np.unique(g, return_counts=True)[1])
+            if not 1 <= k <= limit:
+                raise ValueError(f"--k {k}: expected 1..{limit} (the labelled images {scheme} of {m.label})")
         for layer in sorted(m.arrays):
-            result = probe(m.arrays[layer][idx], y, k, n_boot=n_boot, seed=seed)
-            rows.append({"model": m.label, "layer": layer, "kind": kind, "label": column, **result})
+            result = probe(m.arrays[layer][idx], y, k, groups=g, permutations=permutations, interval=interval,
+                           seed=seed, units=units)
+            rows.append({"model": m.label, "layer": layer, "kind": kind, "label": column,
+                         "group": group or ("image" if g is not None else ""), **result})
     return pd.DataFrame(rows, columns=list(PROBE_COLUMNS))
+
+
+def probe_warnings(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
+    """One line per (model, label, kind, group) whose accuracy is significantly below its permutation null at
+    some layer: the representation clusters by a factor other than the label, and leave-one-out lets that
+    factor outvote it."""
+    if table.empty or "p_below" not in table.columns:
+        return []
+    out = []
+    below = table[table["p_below"] < alpha]
+    for (model, label, kind, group), part in below.groupby(["model", "label", "kind", "group"], sort=False):
+        layers = ", ".join(str(int(v)) for v in part["layer"])
+        again = ("--group with another column" if group and group != "image"
+                 else "--group COLUMN (the factor, a label of images: e.g. --group source)")
+        out.append(f"probe of {label} on {model} ({kind}), layers {layers}: accuracy below its permutation null "
+                   f"(p_below < {alpha:g}); the representation clusters by another factor; try {again}")
+    return out
 
 
 def self_comparison(run_dir: Path, kind: str = "mean", probe: str = "category", seed: int = 0

@@ -52,6 +52,11 @@ class MetricsOptions:
     # none | cascading (full re-initialisation) | independent (each layer's own block): mprt_spearman, mprt_ssim,
     # random_logit_ssim (Adebayo et al. 2018)
     randomisation: str = "none"
+    # renormalised (each query's attention over the patch keys, re-summed to 1) | raw (the patch rows and
+    # columns as the model gives them, prefix attention dropped, not renormalised: the common implementation)
+    attention_distance_rule: str = "renormalised"
+    # pixels (input pixels) | fraction (of the image side: the [0, 1] grid of Walmer et al. 2023)
+    attention_distance_unit: str = "pixels"
 
 
 @dataclass
@@ -96,6 +101,8 @@ class StudyConfig:
     seed: int = _option(0, "an int >= 0")
     save_maps: bool = True
     save_representations: bool = False  # per layer, each image's pooled representation, for layerscope-compare
+    # the patches kind: each layer's cells average-pooled to at most this many a side (defect/background: the layer's own cells)
+    representation_grid: int = _option(8, "an int >= 1")
     dataset_metrics: bool = True  # dataset-level protocol at the end (dataset_metrics.csv; reads the saved maps)
     progress: bool = True
     figures: FigureOptions = field(default_factory=FigureOptions)

@@ -163,6 +163,7 @@ def plan_study(cfg: DictConfig | StudyConfig, backbone: Backbone) -> Plan:
     _at_least("batch_size", opts.batch_size, 1)
     loader_workers(opts.num_workers, 1, 1)  # checks the option
     _at_least("figures.max_images", opts.figures.max_images, 0)
+    _at_least("representation_grid", opts.representation_grid, 1)
     if not opts.cache.max_gb > 0:
         raise ValueError(f"cache.max_gb={opts.cache.max_gb:g}: expected a size in GB > 0 (or cache.enabled=false)")
     if opts.on_bad_image not in ("skip", "fail"):
@@ -181,12 +182,21 @@ def plan_study(cfg: DictConfig | StudyConfig, backbone: Backbone) -> Plan:
 
 def plan_extras(opts: StudyConfig, backbone: Backbone, method: MapMethod) -> tuple[str, ...]:
     """What the run captures beside the maps: pooled representations (``save_representations``) and,
-    for ``cls_attention``, the mean attention distance per head (``metrics.attention_distance``)."""
+    for ``cls_attention``, the mean attention distance per head (``metrics.attention_distance``, by
+    ``metrics.attention_distance_rule``).
+
+    Raises:
+        ValueError: an unknown ``metrics.attention_distance_rule`` or ``metrics.attention_distance_unit``.
+    """
+    from .maps.distance import EXTRAS, check_conventions
+
+    rule = str(opts.metrics.attention_distance_rule)
+    check_conventions(rule, str(opts.metrics.attention_distance_unit))
     extras: list[str] = []
     if opts.save_representations:
         extras += [f"rep_{kind}" for kind in backbone.representation_kinds]
     if opts.metrics.attention_distance and method.name == "cls_attention":
-        extras.append("attention_distance")
+        extras.append(EXTRAS[rule])
     return tuple(extras)
 
 

@@ -24,6 +24,7 @@ from .data.transforms import to_input
 from .figures.grid import layer_head_grid
 from .loggers import Logger
 from .maps import threshold_maps, upsample
+from .maps.distance import EXTRAS as DISTANCE_EXTRAS
 from .mapsource import MapSource, build_cache, to_uint8
 from .options import StudyConfig, typed
 from .plan import (Plan, build, build_dataset, check_config, loader_workers, plan_study, resolve_device,
@@ -261,6 +262,7 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
     t_loop = time.perf_counter()
     writer = ResultsWriter(out_dir / layout.RESULTS)
     parts = PartWriter(out_dir) if any(e.startswith("rep_") for e in plan.extras) else None
+    unit_scale = 1.0 / backbone.img_size if cfg.metrics.attention_distance_unit == "fraction" else 1.0
     try:
         files = BackgroundWriter(out_dir / layout.DONE, threads=writer_threads())
     except OSError as e:
@@ -295,12 +297,14 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
                 faith = batch_columns(cfg, plan, backbone, items, per_image, logits, faith,
                                       functools.partial(chosen_maps, plan))  # metrics.road, metrics.randomisation
                 # per image: attention distance beside the maps (saved with them) and, with faithfulness, in its rows
-                columns = [_distance_columns(plan, c) for c in captured]
+                columns = [_distance_columns(plan, c, unit_scale) for c in captured]
                 extras = [_merged(f, c) for f, c in zip(faith, columns)]
                 scored = _score_batch(cfg, plan, backbone, names, items, per_image, logits, extras, clock)
                 # the batch's representations go to disk with its first image, before any of its done.txt lines
-                before = [parts.task([item["id"] for item in items], captured, [item["x"] for item in items])
-                          ] if parts else []
+                before = ([parts.task([item["id"] for item in items],
+                                      _representations(captured, items, int(cfg.representation_grid)),
+                                      [item["x"] for item in items])]
+                          if parts else [])
                 for i, (item, (meta, chosen, rows)) in enumerate(zip(items, scored)):
                     n_figures += _record(cfg, out_dir, plan, backbone, names, item, meta, chosen, rows, writer,
                                          files, logger, clock, draw=n_figures < int(cfg.figures.max_images),
@@ -428,14 +432,50 @@ def _faithfulness(cfg: StudyConfig, plan: Plan, backbone: Backbone, items: list[
             for i in range(len(items))]
 
 
-def _distance_columns(plan: Plan, captured: dict[str, dict[int, torch.Tensor]]) -> dict | None:
+def _distance_columns(plan: Plan, captured: dict[str, dict[int, torch.Tensor]], unit_scale: float = 1.0
+                      ) -> dict | None:
     """``attention_distance`` of the chosen heads and, for the ``mean`` row, the mean over every head:
-    layer -> {"attention_distance": (K,)}; None when the run does not measure it."""
-    per_layer = captured.get("attention_distance")
+    layer -> {"attention_distance": (K,)}; None when the run does not measure it.
+
+    Args:
+        unit_scale: multiplies the captured pixels (1 / the image side for ``attention_distance_unit=fraction``).
+    """
+    per_layer = next((captured[name] for name in DISTANCE_EXTRAS.values() if captured.get(name)), None)
     if not per_layer:
         return None
-    return {layer: {"attention_distance": torch.cat([d[plan.heads], d.mean().view(1)])}
+    return {layer: {"attention_distance": torch.cat([d[plan.heads], d.mean().view(1)]) * unit_scale}
             for layer, d in per_layer.items()}
+
+
+def _representations(captured: list[dict[str, dict[int, torch.Tensor]]], items: list[dict], grid: int
+                     ) -> list[dict[str, dict[int, object]]]:
+    """What a batch saves per image (``results.representations``): the pooled kinds as captured and, from
+    ``rep_patches`` (layer -> (h, w, D) cells), ``patches`` pooled to at most ``grid`` a side plus ``defect``
+    and ``background`` (the mask-weighted means of the layer's cells, ``results.cells``)."""
+    from .results.cells import adaptive_pool, mask_pooled
+
+    out = []
+    for extra, item in zip(captured, items):
+        reps: dict[str, dict[int, object]] = {k: v for k, v in extra.items() if k.startswith("rep_")}
+        if "rep_patches" in reps:
+            mask = item["mask"].numpy() if item["mask"] is not None else None
+            patches, defect, background = {}, {}, {}
+            for layer, cells in extra["rep_patches"].items():
+                cells = cells.numpy()
+                h, w = cells.shape[:2]
+                patches[layer] = adaptive_pool(cells, (min(h, grid), min(w, grid)))
+                defect[layer], background[layer] = mask_pooled(cells, mask)
+            reps.update(rep_patches=patches, rep_defect=defect, rep_background=background)
+        out.append(reps)
+    return out
+
+
+def _distance_conventions(cfg: StudyConfig, plan: Plan) -> dict:
+    """The ``attention_distance_rule`` / ``_unit`` columns of a run that measures attention distance."""
+    if not any(e in DISTANCE_EXTRAS.values() for e in plan.extras):
+        return {}
+    return {"attention_distance_rule": str(cfg.metrics.attention_distance_rule),
+            "attention_distance_unit": str(cfg.metrics.attention_distance_unit)}
 
 
 def _merged(faith: dict | None, columns: dict | None) -> dict | None:
@@ -463,7 +503,8 @@ def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: dict[i
             meta = {"image": item["id"], "group": item["group"], "category": item["category"],
                     "dataset": cfg.data.get("name", ""), "source": item["source"], "model": backbone.name,
                     "kind": backbone.kind, "num_layers": backbone.num_layers, "img_size": size,
-                    "method": plan.method.name, "mask_fraction": target.fraction if target is not None else None}
+                    "method": plan.method.name, "mask_fraction": target.fraction if target is not None else None,
+                    **_distance_conventions(cfg, plan)}
             if image_logits is not None and backbone.labels:
                 p, c = image_logits.softmax(-1).max(-1)
                 meta.update(pred_label=backbone.labels[int(c)], pred_prob=float(p))

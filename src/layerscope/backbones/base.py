@@ -9,6 +9,16 @@ import torch
 from torch import nn
 
 Hook = Callable[[nn.Module, tuple, object], None]
+CAPTURE_CELLS = 32  # rep_patches: at most this many cells a side leave the pass (a CNN's stem has 112 x 112)
+
+
+def capped_cells(maps: torch.Tensor) -> torch.Tensor:
+    """A layer's (B, D, h, w) map as (B, h, w, D) cells, average-pooled to at most ``CAPTURE_CELLS`` a side
+    (bounded memory and cache; the ``patches`` kind pools further, ``representation_grid``)."""
+    h, w = maps.shape[-2:]
+    if h > CAPTURE_CELLS or w > CAPTURE_CELLS:
+        maps = torch.nn.functional.adaptive_avg_pool2d(maps, (min(h, CAPTURE_CELLS), min(w, CAPTURE_CELLS)))
+    return maps.permute(0, 2, 3, 1).contiguous()
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .base import Backbone, Hook
+from .base import Backbone, Hook, capped_cells
 from .weights import check_source, timm_state_dict
 
 
@@ -26,6 +26,7 @@ class TimmCNN(Backbone):
 
     kind = "cnn"
     captures = ("features",)
+    representation_kinds = ("mean", "patches")  # of each stage's output: global average pool, its cells
 
     def __init__(self, name: str, arch: str, img_size: int, mean: Sequence[float], std: Sequence[float],
                  pretrained: bool = True, weights: Mapping[str, Any] | None = None, num_classes: int = 1000,
@@ -139,14 +140,18 @@ class TimmCNN(Backbone):
 
     def extra_hooks(self, layers: Sequence[int], extras: Sequence[str]
                     ) -> tuple[list[tuple[nn.Module, Hook]], dict[str, dict[int, torch.Tensor]]]:
-        """``rep_mean``: each stage's output (B, C, h, w) globally average-pooled, (B, C)."""
-        if unknown := [e for e in extras if e != "rep_mean"]:
+        """``rep_mean``: each stage's output (B, C, h, w) globally average-pooled, (B, C); ``rep_patches``: its
+        cells (B, h, w, C) (``base.capped_cells``)."""
+        if unknown := [e for e in extras if e not in ("rep_mean", "rep_patches")]:
             raise ValueError(f"model {self.name} ({self.kind}) cannot capture {', '.join(unknown)}")
         store: dict[str, dict[int, torch.Tensor]] = {e: {} for e in extras}
 
         def hook_for(layer: int) -> Hook:
             def pool(_m, _i, out):
-                store["rep_mean"][layer] = out.detach().float().mean((2, 3))
+                if "rep_mean" in store:
+                    store["rep_mean"][layer] = out.detach().float().mean((2, 3))
+                if "rep_patches" in store:
+                    store["rep_patches"][layer] = capped_cells(out.detach().float())
             return pool
 
         return ([(self._modules_by_stage[layer], hook_for(layer)) for layer in layers] if extras else []), store

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..maps.attention import cls_attention
+from ..maps.distance import EXTRAS as DISTANCE_EXTRAS
+from .base import capped_cells
 from ..maps.distance import attention_distance
 from .base import Backbone, Hook
 from .weights import WeightsError, check_source, hub_folder, timm_state_dict
@@ -19,7 +21,8 @@ class _ViT(Backbone):
     kind = "vit"
     captures = ("cls_attention", "features", "qk")
     embedding_targets = ("norm", "cosine")
-    representation_kinds = ("mean", "cls")  # of each block's output (before any final norm): patch-token mean, CLS
+    # of each block's output (before any final norm): patch-token mean, CLS, the patch tokens on their grid
+    representation_kinds = ("mean", "cls", "patches")
     num_prefix: int
     num_heads: int
     patch_size: int
@@ -149,34 +152,42 @@ class _ViT(Backbone):
 
     def extra_hooks(self, layers: Sequence[int], extras: Sequence[str]
                     ) -> tuple[list[tuple[nn.Module, Hook]], dict[str, dict[int, torch.Tensor]]]:
-        """``rep_mean``/``rep_cls`` from each block's output tokens (B, D); ``attention_distance`` (B, H)
-        from the block's own q and k (``maps.distance``, queries in chunks; prefix tokens left out)."""
-        known = ("attention_distance", *(f"rep_{kind}" for kind in self.representation_kinds))
+        """``rep_mean``/``rep_cls`` from each block's output tokens (B, D), ``rep_patches`` its patch tokens on
+        their grid (B, h, w, D) (``base.capped_cells``); ``attention_distance`` (B, H)
+        from the block's own q and k (``maps.distance``, queries in chunks; prefix tokens left out by the
+        ``renormalised`` rule; ``attention_distance_raw``: by the ``raw`` rule)."""
+        known = (*DISTANCE_EXTRAS.values(), *(f"rep_{kind}" for kind in self.representation_kinds))
         if unknown := [e for e in extras if e not in known]:
             raise ValueError(f"model {self.name} ({self.kind}) cannot capture {', '.join(unknown)}")
         store: dict[str, dict[int, torch.Tensor]] = {e: {} for e in extras}
         hooks: list[tuple[nn.Module, Hook]] = []
         grid, prefix, patch = self.grid, self.num_prefix, self.patch_size
         for layer in layers:
-            if "attention_distance" in store:
+            rules = [rule for rule, name in DISTANCE_EXTRAS.items() if name in store]
+            if rules:
                 q_mod, k_mod, scale = self._qk_modules(layer)
                 pending: dict[str, torch.Tensor] = {}
 
                 def keep_q(_m, _i, out, pending=pending):
                     pending["q"] = self._to_heads(out).detach()
 
-                def use_k(_m, _i, out, pending=pending, layer=layer, scale=scale):
-                    store["attention_distance"][layer] = attention_distance(
-                        pending.pop("q"), self._to_heads(out).detach(), scale, prefix, grid, patch)
+                def use_k(_m, _i, out, pending=pending, layer=layer, scale=scale, rules=rules):
+                    q, k = pending.pop("q"), self._to_heads(out).detach()
+                    for rule in rules:
+                        store[DISTANCE_EXTRAS[rule]][layer] = attention_distance(q, k, scale, prefix, grid, patch,
+                                                                                 rule=rule)
 
                 hooks += [(q_mod, keep_q), (k_mod, use_k)]
-            if "rep_mean" in store or "rep_cls" in store:
+            if "rep_mean" in store or "rep_cls" in store or "rep_patches" in store:
                 def pool(_m, _i, out, layer=layer):
                     tokens = (out[0] if isinstance(out, tuple) else out).detach().float()  # (B, N, D)
                     if "rep_mean" in store:
                         store["rep_mean"][layer] = tokens[:, prefix:].mean(1)  # patch tokens only
                     if "rep_cls" in store:
                         store["rep_cls"][layer] = tokens[:, 0]
+                    if "rep_patches" in store:  # (B, h, w, D), at most CAPTURE_CELLS a side
+                        cells = tokens[:, prefix:].transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
+                        store["rep_patches"][layer] = capped_cells(cells)
 
                 hooks.append((self._block(layer), pool))
         return hooks, store

@@ -1,7 +1,9 @@
 """Compare layers and models beyond masks: CKA across layers and models, a k-NN probe per layer.
 
-    layerscope-compare DIR [DIR ...] [--kind mean|cls] [--kernel linear|rbf] [--probe LABEL] [--out DIR]
-        [--depth layer|relative] [--estimator auto|full|minibatch] [--k K] [--logger none|wandb]
+    layerscope-compare DIR [DIR ...] [--kind mean|cls|patches|defect|background] [--grid G] [--max-cells N]
+        [--kernel linear|rbf] [--probe LABEL] [--out DIR]
+        [--depth layer|relative] [--estimator auto|full|minibatch] [--k K] [--group COLUMN]
+        [--interval wilson|clopper-pearson] [--logger none|wandb]
 
 Reads the representations runs saved (``save_representations=true``) below each DIR (a run, several
 runs, a sweep); runs of one model config are merged, images are matched by id and content (the hash or
@@ -12,8 +14,12 @@ required for several), replacing only its own previous outputs there, as a set (
   itself, the diagonal), with the images shared and the estimator (``full`` or ``minibatch``);
 - ``cka_<a>__<b>_<kind>_<kernel>.png/pdf``: one heatmap per model pair (Raghu et al. 2021 layout);
 - with ``--probe LABEL`` (``category``, ``group`` or any results column that labels images):
-  ``probe.csv`` and ``probe_<label>_<kind>.png/pdf`` (leave-one-out k-NN accuracy per layer);
-- ``attention_distance.png/pdf`` where the runs measured ``attention_distance`` (``cls_attention``).
+  ``probe.csv`` and ``probe_<label>_<kind>.png/pdf`` (leave-one-out, or with ``--group`` leave-one-group-out,
+  k-NN accuracy per layer with its binomial 95% interval and its label-permutation null under the same
+  scheme: ``chance`` = the null's mean, ``null_q05``/``null_q95``, ``p_value``; ``majority`` = the largest
+  class's share); a warning when accuracy is significantly below its null;
+- ``attention_distance.csv`` and ``.png/pdf`` where the runs measured ``attention_distance`` (``cls_attention``):
+  per (model, rule, unit, layer, head) the mean over images with its 95% bootstrap interval.
 """
 from __future__ import annotations
 
@@ -24,12 +30,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..comparison import check_label, load_models, probe_table, similarity_table
+from ..comparison import check_label, load_models, probe_table, probe_warnings, representation_rows, similarity_table
 from ..figures.compare import cka_heatmaps, probe_curves
 from ..figures.paper import AXES, attention_distance
+from ..metrics.probe import INTERVALS, PERMUTATIONS
 from ..metrics.similarity import ESTIMATORS, KERNELS
 from ..results.compare_output import check_out, writing
-from ..results.layout import COMPARE, PROBE, RESULTS, SIMILARITY
+from ..results.layout import ATTENTION_DISTANCE, COMPARE, PROBE, RESULTS, SIMILARITY
+from ..results.saved import distance_table
 from ..results.representations import KINDS
 from .errors import Parser, UsageError, command
 
@@ -83,11 +91,22 @@ def _log_wandb(similarity: pd.DataFrame, probe: pd.DataFrame | None, out: Path, 
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="layerscope-compare", description=__doc__.split("\n\n")[0])
     p.add_argument("folders", type=Path, nargs="+", metavar="DIR", help="a run, several runs, or a sweep folder")
-    p.add_argument("--kind", default="mean", choices=KINDS, help="mean (patch tokens / global pool) or cls (ViTs)")
+    p.add_argument("--kind", default="mean", choices=KINDS, help="mean (patch tokens / global pool), cls (ViTs), "
+                   "patches (rows = image x cell on one common grid), defect / background (mean of the cells "
+                   "inside / outside the mask)")
+    p.add_argument("--grid", type=_positive, default=None, help="patches: the common grid's side (default: the "
+                   "coarsest compared layer's)")
+    p.add_argument("--max-cells", type=_positive, default=None, help="patches: compare a seeded subset of this "
+                   "many image x cell rows")
     p.add_argument("--kernel", default="linear", choices=KERNELS, help="CKA kernel (rbf: median heuristic)")
     p.add_argument("--probe", default=None, metavar="LABEL", help="k-NN probe of this image label per layer "
                    "(category, group, or any results.csv column with one value per image)")
     p.add_argument("--k", type=_positive, default=None, help="probe neighbours (default 20, fewer for small classes)")
+    p.add_argument("--group", default=None, metavar="COLUMN", help="probe leave-one-group-out: the images sharing a "
+                   "value of this image label (e.g. source, the texture) are left out together, so that factor "
+                   "cannot outvote the probed label (default: leave-one-out; patches: leave-one-image-out)")
+    p.add_argument("--interval", default="wilson", choices=INTERVALS, help="the probe accuracy's 95%% interval: "
+                   "Wilson (1927) or Clopper-Pearson (1934)")
     p.add_argument("--estimator", default="auto", choices=ESTIMATORS,
                    help="HSIC: full batch, minibatch (Nguyen et al. 2021), or auto (full while the Gram matrices fit)")
     p.add_argument("--batch-size", type=_positive, default=256, help="images per minibatch")
@@ -101,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f for f in a.folders if not f.is_dir()]
     if missing:
         raise UsageError(f"{missing[0]}: no such folder")
+    if (a.grid or a.max_cells) and a.kind != "patches":
+        raise UsageError(f"--grid and --max-cells apply to --kind patches (got --kind {a.kind})")
+    if a.group and not a.probe:
+        raise UsageError("--group needs --probe LABEL (it sets the probe's leave-one-group-out)")
     if a.out is None and len(a.folders) > 1:
         raise UsageError("--out DIR is needed when comparing several folders")
     from matplotlib.figure import Figure
@@ -109,27 +132,41 @@ def main(argv: list[str] | None = None) -> int:
     if bad := [f for f in a.formats if f not in supported]:
         raise UsageError(f"--formats {' '.join(bad)}: expected some of {', '.join(sorted(supported))}")
     out = a.out if a.out is not None else a.folders[0] / COMPARE
-    check_out(out, [SIMILARITY, PROBE] if a.probe else [SIMILARITY])  # before any work: a refused --out costs nothing
+    check_out(out, [SIMILARITY, PROBE, ATTENTION_DISTANCE] if a.probe else [SIMILARITY, ATTENTION_DISTANCE])  # before any work: a refused --out costs nothing
     started = time.perf_counter()
     models, warnings = load_models(a.folders, a.kind)
+    models, more = representation_rows(models, a.kind, a.grid, a.max_cells, a.seed)
+    warnings += more
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     if a.probe:
         check_label(models, a.probe)
     similarity = similarity_table(models, a.kind, a.kernel, a.estimator, a.batch_size, a.seed)
-    probe = probe_table(models, a.probe, a.kind, a.k, a.boot, a.seed) if a.probe else None
+    # the probe's null takes the comparison's --permutations where that option exists
+    permutations = getattr(a, "permutations", PERMUTATIONS)
+    probe = (probe_table(models, a.probe, a.kind, a.k, a.group, permutations, a.interval, a.seed)
+             if a.probe else None)
+    for w in probe_warnings(probe) if probe is not None else []:
+        print(f"warning: {w}", file=sys.stderr)
     depths = {m.label: m.num_layers for m in models}
     labels = {run: m.label for m in models for run in m.runs}
-    tables = {SIMILARITY: similarity} if probe is None else {SIMILARITY: similarity, PROBE: probe}
+    distances = _distance_rows(labels)
+    distance = distance_table(distances, seed=a.seed)
+    tables = {SIMILARITY: similarity}
+    if probe is not None:
+        tables[PROBE] = probe
+    if not distance.empty:
+        tables[ATTENTION_DISTANCE] = distance
     with writing(out) as output:  # one compare at a time; its previous outputs replaced as a set
         figures = cka_heatmaps(similarity, output.staging, a.formats, a.depth, depths)
         if probe is not None:
             figures += probe_curves(probe, output.staging, a.formats, a.depth, depths)
-        figures += attention_distance(_distance_rows(labels), output.staging, a.formats, a.depth)
+        figures += attention_distance(distances, output.staging, a.formats, a.depth)
         written = output.commit(tables, figures)
     for path in written:
         print(path)
-    summary = ", ".join(f"{m.label} ({len(m.ids)} images, {len(m.arrays)} layers)" for m in models)
+    rows = "rows (image x cell)" if a.kind == "patches" else "images"
+    summary = ", ".join(f"{m.label} ({len(m.ids)} {rows}, {len(m.arrays)} layers)" for m in models)
     print(f"compared {summary} in {time.perf_counter() - started:.1f} s; estimator "
           f"{', '.join(sorted(set(similarity['estimator'])))}", file=sys.stderr)
     if a.logger == "wandb":

@@ -5,7 +5,7 @@
   first layer at the origin; on relative depth (0 = first layer, 1 = last) models of different depths
   share the axes.
 - ``probe_curves``: the k-NN probe's accuracy against layer (or relative depth), one line per model with
-  its 95% CI, each model's chance level dashed.
+  its 95% interval, each model's label-permutation null as a hatched 5-95% band with its mean dashed.
 - ``attention_distance`` (from ``results.csv``, so it lives in ``figures.paper``): mean attention distance
   against layer, one dot per head, models side by side (Dosovitskiy et al. 2020, Fig. 7).
 """
@@ -126,12 +126,21 @@ def probe_curves(probe: pd.DataFrame, out: Path | str, formats: Sequence[str] = 
             colour = PALETTE[i % len(PALETTE)]
             ax.plot(x, part["accuracy"], marker="o", color=colour, label=f"{model} (k={int(part['k'].iloc[0])})")
             ax.fill_between(x, part["ci_low"], part["ci_high"], color=colour, alpha=0.2, linewidth=0)
-            ax.axhline(float(part["chance"].iloc[0]), color=colour, linewidth=0.8, linestyle="--", zorder=0)
+            if {"null_q05", "null_q95"} <= set(part.columns) and part["null_q95"].notna().any():
+                # the permutation null under the same scheme: its 5-95% band hatched, its mean dashed
+                ax.fill_between(x, part["null_q05"], part["null_q95"], facecolor="none", edgecolor=colour,
+                                hatch="////", linewidth=0, alpha=0.45, zorder=0)
+                ax.plot(x, part["chance"], color=colour, linewidth=0.8, linestyle="--", zorder=0)
+            else:  # a probe.csv of an earlier version: chance = the largest class's share
+                ax.axhline(float(part["chance"].iloc[0]), color=colour, linewidth=0.8, linestyle="--", zorder=0)
         ax.set_ylim(0, 1.02)
         depth_axis(ax, depth)
         ax.set_ylabel(f"k-NN accuracy of {label} (0–1)")
-        ax.set_title(f"Leave-one-out k-NN probe, {kind} representations\n(95% CI; dashed: chance = the largest "
-                     "class's share)", pad=4)
+        group = str(table["group"].iloc[0]) if "group" in table.columns and pd.notna(table["group"].iloc[0]) else ""
+        scheme = f"leave-one-{group}-out" if group else "leave-one-out"
+        interval = f"{str(table['interval'].iloc[0]).title()} " if "interval" in table.columns else ""
+        ax.set_title(f"k-NN probe ({scheme}), {kind} representations\n({interval}95% CI; hatched: label-permutation "
+                     "null 5-95%, dashed: its mean)", pad=4)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, ncol=1)
         stem = f"probe{'_vs_depth' if depth == 'relative' else ''}_{slug(label)}_{kind}"
         paths += save(fig, Path(out), stem, formats)

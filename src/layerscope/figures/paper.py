@@ -541,10 +541,14 @@ def _depth_axis(layers: np.ndarray, num_layers: float, depth: str) -> np.ndarray
     return np.asarray(relative_depth(layers, n), float)
 
 
+UNIT_LABELS = {"pixels": "input pixels", "fraction": "fraction of the image side"}
+
+
 @styled
 def attention_distance(rows: pd.DataFrame, out: Path | str, formats: Sequence[str] = ("png", "pdf"),
                        depth: str = "layer") -> list[Path]:
-    """Mean attention distance against layer: one dot per head, the head mean as a line, one panel per series.
+    """Mean attention distance against layer: one dot per head with its 95% interval over images, the head mean
+    as a line, one panel per series and convention (rule, unit).
 
     Args:
         rows: ``results.csv`` rows with a ``series`` column (``figures.paper.Study.df``).
@@ -555,17 +559,19 @@ def attention_distance(rows: pd.DataFrame, out: Path | str, formats: Sequence[st
     if table.empty:
         log.info("attention_distance: no attention_distance values (cls_attention runs measure it), skipped")
         return []
-    series = sorted(table["series"].unique())
-    fig = Figure(figsize=(0.4 + 2.4 * len(series), 2.5))
-    axes = fig.subplots(1, len(series), sharey=True, squeeze=False)[0]
-    for ax, name in zip(axes, series):
-        part = table[table["series"] == name]
+    panels = list(table.groupby(["series", "rule", "unit"], sort=True))
+    units = sorted(set(table["unit"]))
+    fig = Figure(figsize=(0.4 + 2.4 * len(panels), 2.5))
+    axes = fig.subplots(1, len(panels), sharey=len(units) == 1, squeeze=False)[0]
+    for ax, ((name, rule, unit), part) in zip(axes, panels):
         n = part["num_layers"].iloc[0]
         heads = [h for h in head_order(part["head"]) if h.isdigit()]
         for j, head in enumerate(heads):
             dots = part[part["head"] == head].sort_values("layer")
             x = _depth_axis(dots["layer"].to_numpy(), n, depth)
-            ax.scatter(x, dots["attention_distance"], s=9, color=PALETTE[j % len(PALETTE)], alpha=0.85,
+            colour = PALETTE[j % len(PALETTE)]
+            ax.vlines(x, dots["ci_low"], dots["ci_high"], color=colour, linewidth=0.6, alpha=0.6, zorder=2)
+            ax.scatter(x, dots["attention_distance"], s=9, color=colour, alpha=0.85,
                        linewidths=0, label=f"head {head}" if ax is axes[0] else None, zorder=3)
         mean = part[part["head"] == "mean"].sort_values("layer")
         if not mean.empty:
@@ -573,11 +579,12 @@ def attention_distance(rows: pd.DataFrame, out: Path | str, formats: Sequence[st
             ax.plot(x, mean["attention_distance"], color="0.2", linewidth=1.0, label="mean of heads"
                     if ax is axes[0] else None, zorder=2)
         depth_axis(ax, depth, ticks=(0, 0.5, 1))
-        ax.set_title(name, pad=3, fontsize=7)
-    axes[0].set_ylabel("mean attention distance (input pixels)")
-    axes[0].set_ylim(0, 1.08 * float(table["attention_distance"].max()) or 1.0)
+        ax.set_title(f"{name} ({rule}, {unit})", pad=3, fontsize=7)
+        ax.set_ylim(0, 1.08 * float(np.nanmax([part["ci_high"].max(), part["attention_distance"].max()])) or 1.0)
+    axes[0].set_ylabel("mean attention distance" + (f" ({UNIT_LABELS.get(units[0], units[0])})" if len(units) == 1
+                                                    else ""))
     fig.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=6)
-    fig.suptitle("Mean attention distance per head (mean over images)", fontsize=8)
+    fig.suptitle("Mean attention distance per head (mean over images, 95% interval)", fontsize=8)
     stem = "attention_distance" + ("_vs_depth" if depth == "relative" else "")
     return save(fig, Path(out), stem, formats)
 

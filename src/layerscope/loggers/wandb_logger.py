@@ -174,12 +174,14 @@ class WandbLogger(Logger):
     def log_comparison(self, similarity: pd.DataFrame, probe: pd.DataFrame | None) -> None:
         """The CKA table (``cka``) with one heatmap image per model pair (``cka/<a>__<b>``), and the k-NN probe:
         ``probe/<label>/<kind>/<model>`` per layer (x-axis ``layer``), the ``probe`` table and
-        ``probe/<label>/<kind>/<model>/best`` (+ ``/layer``) in the summary."""
+        ``probe/<label>/<kind>/<model>/best`` (+ ``/layer``, ``/p_value``) in the summary; per layer the
+        label-permutation null beside each curve (``.../chance``, ``.../null_q05``, ``.../null_q95``) and the
+        curves with their null bands as images (``probe/<label>_<kind>``)."""
         import tempfile
 
         import wandb
 
-        from ..figures.compare import cka_heatmaps
+        from ..figures.compare import cka_heatmaps, probe_curves
 
         if self.run is None:
             return
@@ -194,6 +196,10 @@ class WandbLogger(Logger):
         for layer, part in probe.groupby("layer"):
             row: dict[str, Any] = {"layer": int(layer)}
             row.update({f"probe/{r.label}/{r.kind}/{r.model}": float(r.accuracy) for r in part.itertuples()})
+            for column in ("chance", "null_q05", "null_q95"):  # the permutation null's band beside each curve
+                if column in part.columns:
+                    row.update({f"probe/{r.label}/{r.kind}/{r.model}/{column}": float(getattr(r, column))
+                                for r in part.itertuples() if pd.notna(getattr(r, column))})
             self.run.log(row)
         for (label, kind, model), part in probe.groupby(["label", "kind", "model"]):
             best = part.loc[part["accuracy"].idxmax()]
@@ -201,7 +207,12 @@ class WandbLogger(Logger):
             self.run.summary[f"{key}/best"] = float(best["accuracy"])
             self.run.summary[f"{key}/best/layer"] = int(best["layer"])
             self.run.summary[f"{key}/chance"] = float(best["chance"])
+            if "p_value" in part.columns:
+                self.run.summary[f"{key}/best/p_value"] = float(best["p_value"])
         self.run.log({"probe": wandb.Table(dataframe=probe)})
+        with tempfile.TemporaryDirectory() as tmp:  # the curves with their null bands, as the figure draws them
+            for path in probe_curves(probe, Path(tmp), ("png",)):
+                self.run.log({f"probe/{path.stem.removeprefix('probe_')}": wandb.Image(str(path))})
 
     def log_report(self, path: Path) -> None:
         """The offline report page (``layerscope-view``: ``report.html`` and its ``report_files/``) as a

@@ -57,6 +57,7 @@ REPRESENTATION_THUMBS = "thumbnails.npy"  # inside REPRESENTATIONS: each row's i
 COMPARE = "compare"  # layerscope-compare's default output folder
 SIMILARITY = "similarity.csv"
 PROBE = "probe.csv"
+ATTENTION_DISTANCE = "attention_distance.csv"  # layerscope-compare: per head, the mean over images and its interval
 
 
 def image_stem(image: str) -> str:

@@ -9,7 +9,11 @@ Layout (names in ``results.layout``)::
     <run>/representations/thumbnails.npy         uint8 (n_images, 16, 16, 3): each row's input, block-averaged
 
 ``kind`` is ``mean`` (mean over patch tokens of a ViT block's output; a CNN stage's global average
-pool) or ``cls`` (a ViT's CLS token). Why it survives a cut at any image: a batch's chunk is written
+pool), ``cls`` (a ViT's CLS token), ``patches`` (the patch tokens / feature-map cells average-pooled to
+at most ``representation_grid`` a side, float32 (n_images, h, w, D)), ``defect`` / ``background`` (the
+mean of the layer's cells inside / outside the mask, NaN rows for images without one; ``results.cells``).
+
+Why it survives a cut at any image: a batch's chunk is written
 (temporary name, then renamed) by the run's background writer *before* the ``done.txt`` line of any
 of its images, so every image listed as done has a row in some chunk; an image redone after a cut
 appears in two chunks with the same values, and the later one counts. At the end of the run
@@ -46,7 +50,10 @@ from .layout import (PART_GLOB, REPRESENTATION_CHECKSUMS, REPRESENTATION_IDS, RE
 
 log = logging.getLogger(__name__)
 
-KINDS = ("mean", "cls")  # the pooled representations a run can save (a CNN has no CLS token: mean only)
+# what a run can save: pooled (mean, cls: a CNN has none), a layer's cells (patches, (n, h, w, D)), and the
+# mean of its cells inside / outside the mask (defect, background; NaN rows where there is none): results.cells
+KINDS = ("mean", "cls", "patches", "defect", "background")
+UNDEFINED_ROW_KINDS = ("defect", "background")  # a whole NaN row: an image without such cells
 _KEY = re.compile("^" + representation_key("(?P<kind>[a-z]+)", r"(?P<layer>\d+)") + "$")
 HASHES, THUMBS, SIZE = "image_hash", "image_thumb", "input_size"  # in a chunk: per row hash and thumbnail; input side
 THUMB = 16  # thumbnail side: coarse enough that resizing to another input size changes it by ~1/255
@@ -315,12 +322,16 @@ def image_contents(run_dir: Path | str) -> tuple[dict[str, str], dict[str, np.nd
     return hashes, thumbs, int(size) if isinstance(size, int) else None
 
 
-def _check_values(path: Path, array: np.ndarray, ids: Sequence[str]) -> None:
+def _check_values(path: Path, array: np.ndarray, ids: Sequence[str], undefined_rows: bool = False) -> None:
     """Refuse, naming ``path``, an array of non-float values or with NaN/inf (one NaN would silently empty
-    every CKA of its layer and change the probe)."""
+    every CKA of its layer and change the probe). With ``undefined_rows`` (``defect``/``background``), a row
+    that is NaN as a whole is allowed: the image has no such cells (no mask, or no defect pixel)."""
     if array.dtype.kind != "f":
         raise ValueError(f"{path}: {array.dtype} values; expected floats (float32, as a run writes them)")
     finite = np.isfinite(array)
+    if undefined_rows:
+        rows = array.reshape(len(array), -1)
+        finite = finite | np.isnan(rows).all(1).reshape((-1,) + (1,) * (array.ndim - 1))
     if not finite.all():
         row = int(np.flatnonzero(~finite.all(axis=tuple(range(1, array.ndim))))[0])
         image = f", image {ids[row]!r}" if row < len(ids) else ""
@@ -361,10 +372,11 @@ def load_representations(run_dir: Path | str, kind: str = "mean") -> tuple[list[
 
     Args:
         run_dir: a run folder.
-        kind: ``mean`` (mean over patch tokens / global average pool) or ``cls`` (ViTs).
+        kind: one of ``KINDS``.
 
     Returns:
-        (ids, arrays): n image ids, and layer -> (n, D) float32 with rows in the order of ``ids``.
+        (ids, arrays): n image ids, and layer -> (n, D) float32 ((n, h, w, D) for ``patches``) with rows
+        in the order of ``ids``.
 
     Raises:
         FileNotFoundError: the run saved no representations.
@@ -399,10 +411,10 @@ def load_representations(run_dir: Path | str, kind: str = "mean") -> tuple[list[
                 array = np.load(path, allow_pickle=False)
             except (OSError, ValueError, EOFError) as e:
                 raise ValueError(f"{path}: not a readable representation array ({type(e).__name__}: {e})") from None
-            if array.ndim != 2 or array.shape[0] != len(ids):
-                raise ValueError(f"{path}: expected ({len(ids)}, D) rows for the ids of {ids_file}, "
-                                 f"got {array.shape}")
-            _check_values(path, array, ids)
+            if array.ndim != (4 if kind == "patches" else 2) or array.shape[0] != len(ids):
+                shape = f"({len(ids)}, h, w, D)" if kind == "patches" else f"({len(ids)}, D)"
+                raise ValueError(f"{path}: expected {shape} rows for the ids of {ids_file}, got {array.shape}")
+            _check_values(path, array, ids, undefined_rows=kind in UNDEFINED_ROW_KINDS)
             want = (checks or {}).get("arrays", {}).get(path.name)
             if want is not None and want != _checksum(array):
                 raise ValueError(f"{path}: not the array the run wrote (its checksum in {REPRESENTATION_CHECKSUMS} "
@@ -418,8 +430,10 @@ def load_representations(run_dir: Path | str, kind: str = "mean") -> tuple[list[
         rows = _rows_from_parts(run_dir, ids)
         arrays = {int(_KEY.match(k)["layer"]): v for k, v in rows.items() if _KEY.match(k)["kind"] == kind}
         for layer, array in arrays.items():
-            _check_values(_parts_dir(run_dir) / f"{PART_GLOB} ({representation_key(kind, layer)})", array, ids)
+            _check_values(_parts_dir(run_dir) / f"{PART_GLOB} ({representation_key(kind, layer)})", array, ids,
+                          undefined_rows=kind in UNDEFINED_ROW_KINDS)
     if not arrays and ids:
         kinds = ", ".join(available(run_dir)) or "none"
-        raise ValueError(f"{folder}: no {kind} representations (saved: {kinds}; a CNN has no cls token)")
+        raise ValueError(f"{folder}: no {kind} representations (saved: {kinds}; a CNN has no cls token; runs of "
+                         "earlier versions saved no patches, defect or background)")
     return ids, dict(sorted(arrays.items()))

@@ -5,7 +5,7 @@
 - The analysis both readers share: ``smallest_threshold``, ``per_image`` (objects of one image averaged
   first), ``layer_head_scores`` (mean and 95% bootstrap CI per layer and head, ``ranking.bootstrap_mean``),
   ``line_head`` (the map a metric-vs-layer line follows), ``head_order``, ``relative_depth``, ``num_layers``
-  and ``distance_table`` (mean attention distance per head).
+  and ``distance_table`` (mean attention distance per head over images, with its 95% interval).
 
 Series: rows are grouped by (model, method), plus the input size when one model was run at
 several sizes, plus the job when two jobs repeat the same (image, layer, head, threshold) rows
@@ -259,17 +259,44 @@ def line_head(part: pd.DataFrame, method: str, metric: str) -> str:
 
 
 
-def distance_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean over images of ``attention_distance`` per (series, layer, head), from ``results.csv`` rows with a
-    ``series`` column (smallest threshold, no ``best`` rows); with each series' ``num_layers``."""
+DISTANCE_COLUMNS = ["series", "layer", "head", "attention_distance", "ci_low", "ci_high", "n_images", "rule", "unit",
+                    "num_layers"]
+
+
+def distance_table(rows: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Mean over images of ``attention_distance`` per (series, rule, unit, layer, head), with a 95% percentile
+    bootstrap interval over images, from ``results.csv`` rows with a ``series`` column (smallest threshold,
+    no ``best`` rows); with each series' ``num_layers``.
+
+    ``rule`` and ``unit`` are the rows' ``attention_distance_rule`` / ``_unit`` (``renormalised`` and
+    ``pixels`` for rows written before those columns existed): values of different conventions are never
+    averaged together.
+    """
     if "attention_distance" not in rows.columns:
-        return pd.DataFrame(columns=["series", "layer", "head", "attention_distance", "num_layers"])
+        return pd.DataFrame(columns=DISTANCE_COLUMNS)
     rows = rows[(rows["head"].astype(str) != "best") & rows["attention_distance"].notna()]
     if rows.empty:
-        return pd.DataFrame(columns=["series", "layer", "head", "attention_distance", "num_layers"])
+        return pd.DataFrame(columns=DISTANCE_COLUMNS)
     rows = smallest_threshold(rows).assign(head=lambda d: d["head"].astype(str))
-    by_image = rows.groupby(["series", "layer", "head", "image"], as_index=False)["attention_distance"].mean()
-    table = by_image.groupby(["series", "layer", "head"], as_index=False)["attention_distance"].mean()
+    for column, default in (("attention_distance_rule", "renormalised"), ("attention_distance_unit", "pixels")):
+        values = rows[column].astype(object) if column in rows.columns else pd.Series(None, index=rows.index,
+                                                                                          dtype=object)
+        rows = rows.assign(**{column: values.where(values.notna(), default).astype(str)})
+    rows = rows.rename(columns={"attention_distance_rule": "rule", "attention_distance_unit": "unit"})
+    keys = ["series", "rule", "unit", "layer", "head"]
+    by_image = rows.groupby([*keys, "image"], as_index=False)["attention_distance"].mean()
+    rng = np.random.default_rng(seed)
+    out = []
+    for key, part in by_image.groupby(keys, sort=True):
+        values = part["attention_distance"].to_numpy(float)
+        if n_boot and len(values) > 1:
+            mean, low, high = bootstrap_mean(values, n_boot, rng)
+        else:  # one image: no interval
+            mean, low, high = float(values.mean()), float("nan"), float("nan")
+        out.append({**dict(zip(keys, key)), "attention_distance": mean, "ci_low": low, "ci_high": high,
+                    "n_images": len(values)})
+    table = pd.DataFrame(out)
     depth = pd.to_numeric(rows.get("num_layers"), errors="coerce").groupby(rows["series"]).max()
     table["num_layers"] = table["series"].map(depth)
-    return table
+    return table[DISTANCE_COLUMNS]
+

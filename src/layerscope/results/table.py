@@ -18,7 +18,7 @@ METRICS = tuple(PER_IMAGE)  # the metric columns, in the catalog's order
 COLUMNS = (
     "image", "group", "category", "dataset", "source", "model", "kind", "num_layers", "img_size", "layer", "grid_h", "grid_w",
     "method", "head", "threshold_rule", "threshold", *METRICS,
-    "mask_fraction", "best_head", "pred_label", "pred_prob", "notes",
+    "attention_distance_rule", "attention_distance_unit", "mask_fraction", "best_head", "pred_label", "pred_prob", "notes",
 )
 
 
@@ -94,7 +94,7 @@ def read_results(path: Path) -> pd.DataFrame:
 # name such as "NA", "null" or "1" stays that name. In OPTIONAL an empty cell means "not given" (NaN).
 NAMES = ("image", "category", "dataset", "source", "model", "kind", "method", "head", "notes", "pred_label", "job",
          "upsample")
-OPTIONAL = ("group", "best_head", "threshold_rule")
+OPTIONAL = ("group", "best_head", "threshold_rule", "attention_distance_rule", "attention_distance_unit")
 # pandas' default missing-value spellings, kept for the number columns only
 NA_NUMBERS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
               "NA", "NULL", "NaN", "None", "n/a", "nan", "null")

@@ -39,7 +39,8 @@ def line_chart(series: list[dict[str, Any]], y_label: str, y_range: tuple[float,
     Args:
         series: each with ``label``, ``colour``, ``points`` [(layer, depth, value, ci_low, ci_high)] (NaN CI
             ends: no band), and optionally ``line`` (draw a line, default True), ``dots`` (draw points,
-            default True), ``level`` (a dashed line in the series' colour, e.g. a probe's chance).
+            default True), ``level`` (a dashed line in the series' colour, e.g. a probe's chance), ``dash``
+            (draw the line dashed), ``band_opacity`` (the band's fill opacity, default 0.16).
         y_label: the y-axis title.
         y_range: (low, high); default every value and CI end, 5% padded.
         value: how a value reads in a point's tooltip.
@@ -83,10 +84,11 @@ def line_chart(series: list[dict[str, Any]], y_label: str, y_range: tuple[float,
             band = [(x, p[4]) for x, p in pts if finite(p[4])] + [(x, p[3]) for x, p in reversed(pts) if finite(p[3])]
             if band:
                 g.append(f"<polygon points=\"{' '.join(f'{x:.1f},{py(v):.1f}' for x, v in band)}\" "
-                         f"fill=\"{s['colour']}\" fill-opacity=0.16 />")
+                         f"fill=\"{s['colour']}\" fill-opacity={s.get('band_opacity', 0.16):g} />")
             if s.get("line", True):
+                dash = " stroke-dasharray=\"4 3\"" if s.get("dash") else ""
                 g.append(f"<polyline points=\"{' '.join(f'{x:.1f},{py(p[2]):.1f}' for x, p in pts)}\" fill=none "
-                         f"stroke=\"{s['colour']}\" stroke-width={line_width:g} />")
+                         f"stroke=\"{s['colour']}\" stroke-width={line_width:g}{dash} />")
             if s.get("dots", True):
                 for x, p in pts:
                     ci = f" [{value(p[3])}, {value(p[4])}]" if finite(p[3]) else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..figures.compare import cka_grid, pairs
@@ -69,6 +70,7 @@ def _probe_charts(probe: pd.DataFrame, depths: dict[str, int], where: str) -> st
     need = {"model", "layer", "kind", "label", "k", "accuracy", "ci_low", "ci_high", "chance", "n_images"}
     if not need <= set(probe.columns) or probe.empty:
         return ""
+    has_null = {"null_q05", "null_q95"} <= set(probe.columns) and probe["null_q95"].notna().any()
     charts = []
     for (label, kind), table in probe.groupby(["label", "kind"], sort=False):
         series = []
@@ -76,14 +78,25 @@ def _probe_charts(probe: pd.DataFrame, depths: dict[str, int], where: str) -> st
             part = part.sort_values("layer")
             n = depths.get(str(model)) or int(part["layer"].max()) + 1
             d = relative_depth(part["layer"].to_numpy(), n)
+            colour = PALETTE[i % len(PALETTE)]
             series.append({"label": f"{model} (k={int(part['k'].iloc[0])}, {int(part['n_images'].iloc[0])} images)",
-                           "colour": PALETTE[i % len(PALETTE)], "level": float(part["chance"].iloc[0]),
+                           "colour": colour, "level": None if has_null else float(part["chance"].iloc[0]),
                            "points": [(int(r.layer), float(x), float(r.accuracy), float(r.ci_low), float(r.ci_high))
                                       for r, x in zip(part.itertuples(), d)]})
+            if has_null:  # the label-permutation null: its mean dashed, its 5-95% band faint
+                series.append({"label": f"{model}: permutation null (mean, 5-95%)", "colour": colour, "dash": True,
+                               "dots": False, "band_opacity": 0.07,
+                               "points": [(int(r.layer), float(x), float(r.chance), float(r.null_q05),
+                                           float(r.null_q95)) for r, x in zip(part.itertuples(), d)]})
         keys = "".join(f"<span class=key><i style=\"background:{s['colour']}\"></i>{esc(s['label'])}</span>"
-                       for s in series)
+                       for s in series if not s.get("dash"))
+        group = table["group"].iloc[0] if "group" in table.columns else ""
+        scheme = f"leave-one-{group}-out" if isinstance(group, str) and group else "leave-one-out"
+        interval = f"{str(table['interval'].iloc[0]).title()} " if "interval" in table.columns else ""
+        null = ("dashed with a faint band: the label-permutation null under the same scheme, mean and 5-95%"
+                if has_null else "dashed: chance")
         charts.append(f"<figure class=chartbox><figcaption>k-NN probe of {esc(label)}, {esc(kind)} representations "
-                      f"(leave-one-out, 95% CI; dashed: chance)</figcaption><div class=keys>{keys}</div>"
+                      f"({esc(scheme)}, {esc(interval)}95% interval; {null})</figcaption><div class=keys>{keys}</div>"
                       f"{line_chart(series, f'accuracy of {label}', (0.0, 1.0))}</figure>")
     return f"<h3>What each layer separates · <code>{esc(where)}</code></h3><div class=row>{''.join(charts)}</div>"
 
@@ -93,7 +106,7 @@ def _distance_charts(df: pd.DataFrame) -> str:
     if table.empty:
         return ""
     charts = []
-    for name, part in table.groupby("series"):
+    for (name, rule, unit), part in table.groupby(["series", "rule", "unit"]):
         n = int(part["num_layers"].iloc[0]) if finite(part["num_layers"].iloc[0]) else int(part["layer"].max()) + 1
         series = []
         for j, head in enumerate(head_order(part["head"])):
@@ -102,14 +115,22 @@ def _distance_charts(df: pd.DataFrame) -> str:
             mean = head == "mean"
             series.append({"label": "mean of heads" if mean else f"head {head}",
                            "colour": "#333333" if mean else PALETTE[j % len(PALETTE)], "line": mean, "dots": not mean,
-                           "points": [(int(r.layer), float(x), float(r.attention_distance), float("nan"), float("nan"))
-                                      for r, x in zip(dots.itertuples(), d)]})
-        top = float(part["attention_distance"].max()) * 1.08 or 1.0
-        charts.append(f"<figure class=chartbox><figcaption>{esc(name)}: one dot per head, the line is the mean of "
-                      f"heads</figcaption>{line_chart(series, 'attention distance (px)', (0.0, top))}</figure>")
-    return ("<h3>How far each head looks</h3><p class=note>Mean attention distance (input pixels, mean over images): "
-            "per query patch, the attention-weighted distance to the key patches, CLS and registers left out "
-            f"(Dosovitskiy et al. 2020, Fig. 7).</p><div class=row>{''.join(charts)}</div>")
+                           "band_opacity": 0.12 if mean else 0.0,  # heads: the interval in the tooltip
+                           "points": [(int(r.layer), float(x), float(r.attention_distance), float(r.ci_low),
+                                       float(r.ci_high)) for r, x in zip(dots.itertuples(), d)]})
+        top = float(np.nanmax([part["ci_high"].max(), part["attention_distance"].max()])) * 1.08 or 1.0
+        short = "px" if unit == "pixels" else "fraction of the side"
+        value = (lambda v: f"{v:.1f} px") if unit == "pixels" else (lambda v: f"{v:.3f}")
+        chart = line_chart(series, f"attention distance ({short})", (0.0, top), value)
+        charts.append(f"<figure class=chartbox><figcaption>{esc(name)} ({esc(rule)} rule, {esc(unit)}): one dot per "
+                      "head (its 95% interval over images in the tooltip), the line is the mean of heads with its "
+                      f"interval</figcaption>{chart}</figure>")
+    return ("<h3>How far each head looks</h3><p class=note>Mean attention distance (mean over images, 95% bootstrap "
+            "interval): per query patch, the attention-weighted distance to the key patches, CLS and registers left "
+            "out (Dosovitskiy et al. 2020, Fig. 7); <code>renormalised</code>: each query's attention over the patch "
+            "keys re-summed to 1; <code>raw</code>: the model's attention rows as they are, the prefix keys' share "
+            "dropped (the common implementation); <code>fraction</code>: of the image side (Walmer et al. 2023)."
+            f"</p><div class=row>{''.join(charts)}</div>")
 
 
 def compare_section(df: pd.DataFrame, folder: Path | str) -> str:
