@@ -61,7 +61,7 @@ def test_similarity_holds_every_ordered_layer_pair_and_equals_cka_of_the_saved_a
     assert len(sim) == (2 + 5) ** 2  # ViT: 2 blocks, CNN: 5 stages; both orders, each model with itself
     assert set(sim["estimator"]) == {"full"} and set(sim["n_images"]) == {12}
     assert set(sim["kind"]) == {"mean"} and set(sim["kernel"]) == {"linear"}
-    key = sim.set_index(["model_a", "layer_a", "model_b", "layer_b"])["cka"]
+    key = sim.set_index(["model_a", "layer_a", "model_b", "layer_b"])["value"]
     for (a, la, b, lb), value in key.items():
         assert key[(b, lb, a, la)] == pytest.approx(value, abs=1e-12)  # symmetric, both orders written
         if a == b and la == lb:

@@ -16,7 +16,7 @@
     <DIR>/choice_<metric>.json|md   the held-out choice (``layerscope-report --calibration``)
     <run>/representations/<kind>_layer_<i>.npy, images.txt   pooled representations (save_representations)
     <run>/representations/parts/part_<n>.npz   what the run appends batch by batch (resume)
-    <DIR>/compare/similarity.csv, probe.csv, *.png|pdf   ``layerscope-compare``
+    <DIR>/compare/similarity.csv, monotonicity.csv, probe.csv, *.png|pdf   ``layerscope-compare``
     <run or sweep>/report.html, report_files/   the offline page (``layerscope-view``)
 """
 from __future__ import annotations
@@ -52,6 +52,7 @@ REPRESENTATION_PARTS = "parts"  # inside REPRESENTATIONS: per-batch chunks, cons
 PART_GLOB = "part_*.npz"  # inside REPRESENTATION_PARTS (see ``part_file``)
 COMPARE = "compare"  # layerscope-compare's default output folder
 SIMILARITY = "similarity.csv"
+MONOTONICITY = "monotonicity.csv"  # in COMPARE: within-model layer monotonicity per similarity measure
 PROBE = "probe.csv"
 
 

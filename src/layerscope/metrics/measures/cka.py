@@ -36,17 +36,21 @@ MEDIAN_RULES = {
 
 @dataclass
 class GramState:
-    """One layer's Gram matrix and the sums both estimators need.
+    """One layer's Gram matrix, held once: its off-diagonal part and its diagonal.
 
     Attributes:
-        k: (n, n) Gram matrix; kt: k with a zero diagonal (HSIC_1); d: (n,) its diagonal.
+        kt: (n, n) the Gram matrix with a zero diagonal (what HSIC_1 reads); d: (n,) its diagonal.
         x: the features, kept for the minibatch estimator only (else None).
     """
 
-    k: np.ndarray | None
     kt: np.ndarray | None
     d: np.ndarray | None
     x: np.ndarray | None = None
+
+    @property
+    def k(self) -> np.ndarray:
+        """The full Gram matrix (a new array)."""
+        return self.kt + np.diag(self.d)
 
 
 def centred_hsic(k: np.ndarray, l: np.ndarray) -> float:
@@ -87,12 +91,12 @@ class CKA(Measure):
     def prepare(self, x: np.ndarray, opts: Options) -> GramState:
         x = as_2d(x)
         if self._estimator(opts) == "minibatch":
-            return GramState(None, None, None, x)
+            return GramState(None, None, x)
         s = sim.rbf_bandwidth(x, opts.seed, opts.rbf_sigma, opts.rbf_median) if opts.kernel == "rbf" else None
         k = sim.gram(x, opts.kernel, s)
-        kt = k.copy()
-        kt[np.diag_indices(len(k))] = 0.0
-        return GramState(k, kt, np.diag(k).copy())
+        d = np.diag(k).copy()
+        k[np.diag_indices(len(k))] = 0.0
+        return GramState(k, d)
 
     def points(self, sa: Sequence[GramState], sb: Sequence[GramState], opts: Options) -> np.ndarray:
         est = self._estimator(opts)
@@ -101,12 +105,11 @@ class CKA(Measure):
                                   "minibatch", opts.batch_size, opts.seed, rbf_sigma=opts.rbf_sigma,
                                   rbf_median=opts.rbf_median)[0]
         if est == "full":  # the same arithmetic as metrics.similarity.cka_matrix, so the same numbers
-            xs, ys = [sim._Stats(s.k) for s in sa], [sim._Stats(s.k) for s in sb]
+            xs, ys = [_stats(s) for s in sa], [_stats(s) for s in sb]
             return sim._ratio(*sim._pair_hsic(xs, ys))
-        xy = np.array([[centred_hsic(a.k, b.k) for b in sb] for a in sa])
-        xx = np.array([centred_hsic(a.k, a.k) for a in sa])
-        yy = np.array([centred_hsic(b.k, b.k) for b in sb])
-        return sim._ratio(xy, xx, yy)
+        ka, kb = [s.k for s in sa], [s.k for s in sb]
+        xy = np.array([[centred_hsic(a, b) for b in kb] for a in ka])
+        return sim._ratio(xy, np.array([centred_hsic(a, a) for a in ka]), np.array([centred_hsic(b, b) for b in kb]))
 
     def permuted(self, sa, sb, perms, opts):
         est = self._estimator(opts)
@@ -120,16 +123,17 @@ class CKA(Measure):
             rows = np.einsum("an,bpn->abp", ra, rb)
             ta, tb = ra.sum(1)[:, None, None], rb[:, 0].sum(1)[None, :, None]
             xy = (inner + ta * tb / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * rows) / (n * (n - 3))
-            xx = np.array([sim._hsic(st, st, float(np.vdot(st.k, st.k))) for st in map(sim._Stats, (s.k for s in sa))])
-            yy = np.array([sim._hsic(st, st, float(np.vdot(st.k, st.k))) for st in map(sim._Stats, (s.k for s in sb))])
+            xx = np.array([sim._hsic(st, st, float(np.vdot(st.k, st.k))) for st in map(_stats, sa)])
+            yy = np.array([sim._hsic(st, st, float(np.vdot(st.k, st.k))) for st in map(_stats, sb)])
         else:
             inner = inner + np.einsum("an,bpn->abp", np.stack([s.d for s in sa]), np.stack([s.d for s in sb])[:, perms])
-            ra, rb = np.stack([s.k.sum(1) for s in sa]), np.stack([s.k.sum(1) for s in sb])[:, perms]
+            ra = np.stack([s.kt.sum(1) + s.d for s in sa])
+            rb = np.stack([s.kt.sum(1) + s.d for s in sb])[:, perms]
             rows = np.einsum("an,bpn->abp", ra, rb)
             ta, tb = ra.sum(1)[:, None, None], rb[:, 0].sum(1)[None, :, None]
             xy = inner - 2.0 / n * rows + ta * tb / n ** 2
-            xx = np.array([centred_hsic(s.k, s.k) for s in sa])
-            yy = np.array([centred_hsic(s.k, s.k) for s in sb])
+            xx = np.array([centred_hsic(k, k) for k in (s.k for s in sa)])
+            yy = np.array([centred_hsic(k, k) for k in (s.k for s in sb)])
         return _ratio3(xy, xx, yy)
 
     def boot(self, sa, sb, draws, counts, opts):
@@ -141,14 +145,14 @@ class CKA(Measure):
         n = counts.shape[1]
         w = counts
 
-        def parts(s: GramState):
-            return w @ s.k, s  # (B, n): the resampled Gram's row sums, at each image
+        def sums(p: GramState, q: GramState) -> np.ndarray:
+            """w^T (K o L) w per draw: the off-diagonal part, then the diagonal's."""
+            return quadratic(w, p.kt * q.kt) + (w * w) @ (p.d * q.d)
 
-        def hsic(p, q, kl):
-            (kw, s), (lw, t) = p, q
-            if est == "full":
-                rk, rl = kw - s.d, lw - t.d
-                pairs = kl - w @ (s.d * t.d)
+        def hsic(p: GramState, q: GramState, kw, lw, kl):
+            if est == "full":  # positions i != j: drop each image's own term w_a K_aa L_aa
+                rk, rl = kw - p.d, lw - q.d
+                pairs = kl - w @ (p.d * q.d)
                 tk, tl = np.einsum("bi,bi->b", w, rk), np.einsum("bi,bi->b", w, rl)
                 rows = np.einsum("bi,bi,bi->b", w, rk, rl)
                 return (pairs + tk * tl / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * rows) / (n * (n - 3))
@@ -156,19 +160,26 @@ class CKA(Measure):
             rows = np.einsum("bi,bi,bi->b", w, kw, lw)
             return kl - 2.0 / n * rows + tk * tl / n ** 2
 
-        pa, pb = [parts(s) for s in sa], [parts(s) for s in sb]
-        xx = np.stack([hsic(p, p, quadratic(w, p[1].k * p[1].k)) for p in pa])  # (La, B)
-        yy = np.stack([hsic(q, q, quadratic(w, q[1].k * q[1].k)) for q in pb])
-        same = sa is sb
+        # the resampled Gram's row sums at each image, (B, n): K w
+        kws = [w @ s.kt + w * s.d for s in sa]
+        lws = kws if sa is sb else [w @ s.kt + w * s.d for s in sb]
+        xx = np.stack([hsic(s, s, kw, kw, sums(s, s)) for s, kw in zip(sa, kws)])  # (La, B)
+        yy = xx if sa is sb else np.stack([hsic(s, s, lw, lw, sums(s, s)) for s, lw in zip(sb, lws)])
         out = np.empty((len(sa), len(sb), len(draws)))
-        for i, p in enumerate(pa):
-            for j, q in enumerate(pb):
-                if same and j < i:
+        for i, (p, kw) in enumerate(zip(sa, kws)):
+            for j, (q, lw) in enumerate(zip(sb, lws)):
+                if sa is sb and j < i:
                     out[i, j] = out[j, i]
                     continue
-                xy = hsic(p, q, quadratic(w, p[1].k * q[1].k))
-                out[i, j] = _ratio3(xy[None, None], xx[i][None], yy[j][None])[0, 0]
+                out[i, j] = _ratio3(hsic(p, q, kw, lw, sums(p, q))[None, None], xx[i][None], yy[j][None])[0, 0]
         return out
+
+
+def _stats(s: GramState) -> "sim._Stats":
+    """metrics.similarity's HSIC_1 statistics of a prepared layer, without a second n x n copy."""
+    st = sim._Stats.__new__(sim._Stats)
+    st.n, st.k, st.rows, st.total = len(s.kt), s.kt, s.kt.sum(1), float(s.kt.sum())
+    return st
 
 
 def _ratio3(xy: np.ndarray, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:

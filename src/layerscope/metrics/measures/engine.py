@@ -6,7 +6,7 @@ Gram-based measures (CKA, RSA, mutual k-NN, CKNNA) compute every replicate as a 
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -17,33 +17,27 @@ from .resampling import bootstrap_draws, permutations, summarise
 MAX_MATRIX_BYTES = 4 << 30  # the n x n matrices of every layer prepared at once
 
 
-def compare(xs: Mapping[int, np.ndarray], ys: Mapping[int, np.ndarray], measure: Measure, opts: Options,
-            n_perm: int = 200, n_boot: int = 1000, seed: int = 0, same: bool = False
-            ) -> tuple[list[int], list[int], np.ndarray, list[list[dict[str, float]]]]:
-    """The measure between every layer of xs and every layer of ys, rows of the same n images.
+def prepare(arrays: Mapping[int, np.ndarray], measure: Measure, opts: Options) -> tuple[list[int], list[Any]]:
+    """Each layer's state under ``measure`` (computed once, reused by every pair): (sorted layers, states)."""
+    layers = sorted(arrays)
+    return layers, [measure.prepare(arrays[k], opts) for k in layers]
 
-    Args:
-        xs, ys: layer -> (n, D) representations (ys may be xs: pass ``same=True`` to prepare once).
-        n_perm: permutations of ys's images for the null (0: none).
-        n_boot: bootstrap draws of images, the same for both (0: none).
-        seed: draws and permutations (the same for every pair of layers).
 
-    Returns:
-        (xs's layers sorted, ys's layers sorted, values (La, Lb), per-pair ``summarise`` columns).
-    """
-    la, lb = sorted(xs), sorted(ys)
-    n = as_2d(xs[la[0]]).shape[0]
-    if any(as_2d(v).shape[0] != n for v in [*xs.values(), *ys.values()]):
-        raise ValueError("expected the same images in every layer")
+def check(n: int, layers: int, measure: Measure, opts: Options) -> None:
+    """Raise ValueError when ``layers`` layers of n images cannot be compared under ``measure``."""
     measure.check(n, opts)
-    layers = len(la) + (0 if same else len(lb))
-    if measure.name != "cka" or opts.estimator != "minibatch":
-        if layers * n * n * 8 > MAX_MATRIX_BYTES and measure.name in ("cka", "rsa", "mknn", "cknna"):
-            raise ValueError(f"--measure {measure.name}: {layers} layers x {n} images need "
-                             f"{layers * n * n * 8 / 2 ** 30:.1f} GiB of n x n matrices; compare fewer images "
-                             "or layers (CKA: --estimator minibatch)")
-    sa = [measure.prepare(xs[k], opts) for k in la]
-    sb = sa if same else [measure.prepare(ys[k], opts) for k in lb]
+    gram = measure.name in ("rsa", "mknn", "cknna") or (measure.name == "cka" and opts.estimator != "minibatch")
+    if gram and layers * n * n * 8 > MAX_MATRIX_BYTES:
+        raise ValueError(f"--measure {measure.name}: {layers} layers x {n} images need "
+                         f"{layers * n * n * 8 / 2 ** 30:.1f} GiB of n x n matrices; compare fewer images "
+                         "(CKA alone: --estimator minibatch)")
+
+
+def compare_states(sa: Sequence[Any], sb: Sequence[Any], n: int, measure: Measure, opts: Options,
+                   n_perm: int = 200, n_boot: int = 1000, seed: int = 0
+                   ) -> tuple[np.ndarray, list[list[dict[str, float]]]]:
+    """Values (La, Lb) and per-pair ``summarise`` columns from prepared states of n images each (pass the
+    same list twice for a model against itself: symmetric work is done once)."""
     values = measure.points(sa, sb, opts)
     resample = not (measure.name == "cka" and opts.estimator == "minibatch")
     null = measure.permuted(sa, sb, permutations(n, n_perm, seed), opts) if resample and n_perm else None
@@ -52,8 +46,32 @@ def compare(xs: Mapping[int, np.ndarray], ys: Mapping[int, np.ndarray], measure:
         draws, counts = bootstrap_draws(n, n_boot, seed)
         boot = measure.boot(sa, sb, draws, counts, opts)
     columns = [[summarise(float(values[i, j]), None if null is None else null[i, j],
-                          None if boot is None else boot[i, j], measure.bounded) for j in range(len(lb))]
-               for i in range(len(la))]
+                          None if boot is None else boot[i, j], measure.bounded) for j in range(len(sb))]
+               for i in range(len(sa))]
+    return values, columns
+
+
+def compare(xs: Mapping[int, np.ndarray], ys: Mapping[int, np.ndarray], measure: Measure, opts: Options,
+            n_perm: int = 200, n_boot: int = 1000, seed: int = 0
+            ) -> tuple[list[int], list[int], np.ndarray, list[list[dict[str, float]]]]:
+    """The measure between every layer of xs and every layer of ys, rows of the same n images.
+
+    Args:
+        xs, ys: layer -> (n, D) representations (``ys is xs``: each layer prepared once).
+        n_perm: permutations of ys's images for the null (0: none).
+        n_boot: bootstrap draws of images, the same for both (0: none).
+        seed: draws and permutations (the same for every pair of layers).
+
+    Returns:
+        (xs's layers sorted, ys's layers sorted, values (La, Lb), per-pair ``summarise`` columns).
+    """
+    n = as_2d(next(iter(xs.values()))).shape[0]
+    if any(as_2d(v).shape[0] != n for v in [*xs.values(), *ys.values()]):
+        raise ValueError("expected the same images in every layer")
+    check(n, len(xs) + (0 if ys is xs else len(ys)), measure, opts)
+    la, sa = prepare(xs, measure, opts)
+    lb, sb = (la, sa) if ys is xs else prepare(ys, measure, opts)
+    values, columns = compare_states(sa, sb, n, measure, opts, n_perm, n_boot, seed)
     return la, lb, values, columns
 
 
