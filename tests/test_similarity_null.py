@@ -139,3 +139,24 @@ def _exit_code(main, argv) -> int:
         return main(argv)
     except SystemExit as e:  # the parser's one-line error
         return int(e.code)
+
+
+def test_the_benchmark_times_each_measure_on_two_synthetic_models():
+    from layerscope.bench.similarity import models, similarity_times
+
+    group = models(n=20, widths=((6, 6, 6), (4, 5)))
+    assert [len(m.arrays) for m in group] == [3, 2] and group[0].ids == group[1].ids
+    rows = similarity_times(["cka", "mknn"], n=20, n_perm=10, n_boot=10, widths=((6, 6, 6), (4, 5)))
+    assert [r["measure"] for r in rows] == ["cka", "mknn"]
+    assert all(r["rows"] == 25 and r["seconds"] > 0 and r["layers"] == "3+2" for r in rows)
+
+
+@pytest.mark.slow
+def test_bench_compare_prints_the_time_per_measure(tmp_path, capsys):
+    from layerscope.cli.bench import main
+
+    out = tmp_path / "b.csv"
+    assert main(["--compare", "--quick", "--images", "20", "--measures", "cka", "rsa", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "cka:" in printed and "rsa:" in printed and "total:" in printed
+    assert pd.read_csv(out)["measure"].tolist() == ["cka", "rsa"]

@@ -45,6 +45,11 @@ def compare_states(sa: Sequence[Any], sb: Sequence[Any], n: int, measure: Measur
     if resample and n_boot:
         draws, counts = bootstrap_draws(n, n_boot, seed)
         boot = measure.boot(sa, sb, draws, counts, opts)
+    if sa is sb and measure.symmetric:  # layer j against i is layer i against j: one null, one interval
+        low = np.tril_indices(len(sa), -1)
+        for replicates in (null, boot):
+            if replicates is not None:
+                replicates[low] = replicates.transpose(1, 0, 2)[low]
     columns = [[summarise(float(values[i, j]), None if null is None else null[i, j],
                           None if boot is None else boot[i, j], measure.bounded) for j in range(len(sb))]
                for i in range(len(sa))]
