@@ -160,3 +160,22 @@ def test_bench_compare_prints_the_time_per_measure(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "cka:" in printed and "rsa:" in printed and "total:" in printed
     assert pd.read_csv(out)["measure"].tolist() == ["cka", "rsa"]
+
+
+def test_the_page_dims_cells_within_the_null_and_lists_each_measure_with_its_monotonicity(tmp_path):
+    from layerscope.comparison import load_models, monotonicity_table, similarity_table
+    from layerscope.view.compare import compare_section
+
+    models, _ = load_models(_fake_runs(tmp_path / "runs"))
+    table = similarity_table(models, measures=["cka", "mknn"], n_perm=30, n_boot=20, knn_k=5)
+    folder = tmp_path / "page" / "compare"
+    folder.mkdir(parents=True)
+    table.to_csv(folder / "similarity.csv", index=False)
+    monotonicity_table(table).to_csv(folder / "monotonicity.csv", index=False)
+    html = compare_section(pd.DataFrame(), tmp_path / "page")
+    cka = table[table["measure"] == "cka"]
+    assert html.count("class=null") == int((cka["p_value"] >= 0.05).sum()) > 0  # every cell within the null dimmed
+    assert "<h3>Similarity measures" in html and "<td>mknn</td>" in html
+    rho = monotonicity_table(table).set_index(["model", "measure"]).loc[("vit", "cka"), "spearman"]
+    assert f"{rho:+.2f}" in html
+    assert "<td>pwcca</td>" not in html  # the invariance table lists the measures shown
