@@ -116,7 +116,7 @@ class CKA(Measure):
         if est == "minibatch":
             return np.full((len(sa), len(sb), len(perms)), np.nan)
         n = perms.shape[1]
-        inner = cross_permuted(np.stack([s.kt for s in sa]), np.stack([s.kt for s in sb]), perms)
+        inner = cross_permuted(np.stack([s.kt for s in sa]), np.stack([s.kt for s in sb]), perms, symmetric=True)
         if est == "full":
             ra = np.stack([s.kt.sum(1) for s in sa])  # (La, n)
             rb = np.stack([s.kt.sum(1) for s in sb])[:, perms]  # (Lb, P, n)

@@ -28,26 +28,33 @@ def bootstrap_draws(n: int, count: int, seed: int = 0) -> tuple[np.ndarray, np.n
     return draws, counts
 
 
-def cross_permuted(a: np.ndarray, b: np.ndarray, perms: np.ndarray) -> np.ndarray:
+def cross_permuted(a: np.ndarray, b: np.ndarray, perms: np.ndarray, symmetric: bool = False) -> np.ndarray:
     """``<a_i, b_j[p][:, p]>`` (the sum of the elementwise product) for every i, j and permutation p.
 
     Args:
         a: (La, n, n); b: (Lb, n, n); perms: (P, n).
+        symmetric: every matrix is symmetric with a zero diagonal (Gram matrices with their diagonal
+            taken out, RDM ranks): only the upper triangles are gathered and multiplied, half the work.
 
     Returns:
         (La, Lb, P). One gather of each b_j per permutation, shared by every layer of a (one matrix product).
     """
     la, n = a.shape[0], a.shape[1]
-    flat = a.reshape(la, n * n)
+    if symmetric:
+        rows, cols = np.triu_indices(n, 1)
+        flat = a[:, rows, cols]
+    else:
+        rows, cols = (g.ravel() for g in np.indices((n, n)))
+        flat = a.reshape(la, n * n)
     out = np.empty((la, b.shape[0], len(perms)))
-    step = max(1, CHUNK_BYTES // (8 * n * n))
+    step = max(1, CHUNK_BYTES // (8 * len(rows)))
     for s in range(0, len(perms), step):
         p = perms[s:s + step]
-        where = (p[:, :, None] * n + p[:, None, :]).reshape(len(p), n * n)  # flat indices, shared by every b_j
+        where = p[:, rows] * n + p[:, cols]  # flat indices into each b_j, shared by every b_j
         for j, m in enumerate(b):
-            # (P', n^2) @ (n^2, La): this orientation runs at BLAS speed; flat @ gathered.T did not
+            # (P', m) @ (m, La): this orientation runs at BLAS speed; flat @ gathered.T did not
             out[:, j, s:s + len(p)] = (m.ravel().take(where) @ flat.T).T
-    return out
+    return out * 2 if symmetric else out
 
 
 def quadratic(counts: np.ndarray, m: np.ndarray) -> np.ndarray:

@@ -55,7 +55,7 @@ class RSA(Measure):
         return _normalise(np.einsum("aij,bij->ab", a, b), sa, sb)
 
     def permuted(self, sa, sb, perms, opts):
-        inner = cross_permuted(np.stack([s.r for s in sa]), np.stack([s.r for s in sb]), perms)
+        inner = cross_permuted(np.stack([s.r for s in sa]), np.stack([s.r for s in sb]), perms, symmetric=True)
         return _normalise(inner, sa, sb)
 
     def boot(self, sa, sb, draws, counts, opts):
