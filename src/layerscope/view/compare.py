@@ -68,7 +68,8 @@ def _heatmaps(similarity: pd.DataFrame, where: str) -> str:
                 faint = finite(p) and float(p) >= ALPHA
                 style = f"background:{hex_colour(rgba)};color:{ink(rgba)}" + (";opacity:0.35" if faint else "")
                 mark = " class=null" if faint else ""
-                tds.append(f"<td{mark} style=\"{style}\" title=\"{esc(tip + (' (not above the null)' if faint else ''))}\">"
+                tip += " (not above the null)" if faint else ""
+                tds.append(f"<td{mark} style=\"{style}\" title=\"{esc(tip)}\">"
                            f"{float(v):.2f}</td>")
             rows.append(f"<tr><th>L{esc(la)}</th>{''.join(tds)}</tr>")
         title = f"within {a}" if a == b else f"{a} (rows) vs {b} (columns)"
@@ -104,9 +105,10 @@ def _measures(similarity: pd.DataFrame, monotonic: pd.DataFrame | None, where: s
         return ""
     rows = [_measure_row(measure, rows_of, a, b, monotonic)
             for measure, rows_of in similarity.groupby("measure", sort=False) for a, b in pairs(rows_of)]
-    invariance = "".join(
-        f"<tr><td>{esc(m.name)}</td>{''.join('<td>' + ('yes' if inv in m.invariances else 'no') + '</td>' for inv in INVARIANCES)}"
-        f"<td>{esc(m.paper)}</td></tr>" for m in MEASURES.values() if m.name in set(similarity["measure"]))
+    marks = {m.name: "".join(f"<td>{'yes' if inv in m.invariances else 'no'}</td>" for inv in INVARIANCES)
+             for m in MEASURES.values()}
+    invariance = "".join(f"<tr><td>{esc(m.name)}</td>{marks[m.name]}<td>{esc(m.paper)}</td></tr>"
+                         for m in MEASURES.values() if m.name in set(similarity["measure"]))
     heads = "".join(f"<th>{esc(inv.replace('_', ' '))}</th>" for inv in INVARIANCES)
     return (f"<h3>Similarity measures · <code>{esc(where)}</code></h3><p class=note>Median over pairs of layers "
             f"(a layer with itself left out); the share of them above the permutation null (p &lt; {ALPHA}); within a "

@@ -30,6 +30,7 @@ def resolve(names: list[str] | tuple[str, ...] | str) -> list[Measure]:
 
 def invariance_table() -> list[dict[str, str]]:
     """One row per measure: name, title, one column per invariance (yes/no), calibrated, paper."""
-    return [{"measure": m.name, "title": m.title, **{inv: "yes" if inv in m.invariances else "no" for inv in INVARIANCES},
+    return [{"measure": m.name, "title": m.title,
+             **{inv: "yes" if inv in m.invariances else "no" for inv in INVARIANCES},
              "calibrated": "yes" if m.bounded else "no", "symmetric": "yes" if m.symmetric else "no",
              "paper": m.paper} for m in MEASURES.values()]
