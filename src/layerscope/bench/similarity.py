@@ -33,15 +33,17 @@ def models(n: int = 500, widths: Sequence[Sequence[int]] = (VIT, CNN), seed: int
 
 def similarity_times(measures: Sequence[str], n: int = 500, n_perm: int = 200, n_boot: int = 1000,
                      widths: Sequence[Sequence[int]] = (VIT, CNN), seed: int = 0) -> list[dict]:
-    """One row per measure: seconds for every pair of layers of the models (both orders, each model with
-    itself) with the interval and the null, the number of rows, and the settings."""
+    """One row per measure: wall seconds and CPU seconds (all threads of this process: what the work costs
+    on a machine others share) for every pair of layers of the models (both orders, each model with itself)
+    with the interval and the null, the number of rows, and the settings."""
     from ..comparison import similarity_table
 
     rows = []
     group = models(n, widths, seed)
     for name in measures:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         table = similarity_table(group, measures=[name], n_perm=n_perm, n_boot=n_boot, seed=seed)
-        rows.append({"measure": name, "seconds": time.perf_counter() - started, "rows": len(table), "images": n,
+        rows.append({"measure": name, "seconds": time.perf_counter() - started,
+                     "cpu_seconds": time.process_time() - cpu, "rows": len(table), "images": n,
                      "layers": "+".join(str(len(w)) for w in widths), "permutations": n_perm, "boot": n_boot})
     return rows

@@ -150,9 +150,11 @@ def _compare(a) -> int:
     rows = []
     for name in names:  # one at a time, printed as it finishes
         row = similarity_times([name], n, perms, boot)[0]
-        print(f"{name:>11}: {row['seconds']:7.1f} s ({row['rows']} rows)", flush=True)
+        print(f"{name:>11}: {row['seconds']:7.1f} s wall, {row['cpu_seconds']:7.1f} s CPU ({row['rows']} rows)",
+              flush=True)
         rows.append(row)
-    print(f"{'total':>11}: {sum(r['seconds'] for r in rows):7.1f} s")
+    print(f"{'total':>11}: {sum(r['seconds'] for r in rows):7.1f} s wall, {sum(r['cpu_seconds'] for r in rows):7.1f} s "
+          f"CPU (load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     out = a.out or Path("outputs/bench_compare.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     text = io.StringIO(newline="")
