@@ -58,19 +58,61 @@ def _whiten(x: np.ndarray) -> np.ndarray:
     return evecs[:, keep] / np.sqrt(evals[keep])
 
 
+@dataclass
+class Basis:
+    """What a pair needs of one layer on one set of rows: q (n, k) (unit-norm features for Procrustes, an
+    orthonormal basis of the kept directions for SVCCA and PWCCA) and, for PWCCA, g (D, k) with
+    ``g u`` = the projections <h, x_j> of the canonical variates h = q u onto the neurons x_j."""
+
+    q: np.ndarray
+    g: np.ndarray | None = None
+
+
 class _Subspace(Measure):
     variance: bool = False  # SVCCA keeps leading directions
 
     def prepare(self, x: np.ndarray, opts: Options) -> Coords:
         return principal(x, opts.svcca_variance if self.variance else None)
 
-    def pair(self, a: Coords, b: Coords, rows_a, rows_b, opts: Options) -> float:
-        x = a.xr if rows_a is None else a.xr[rows_a]
-        y = b.xr if rows_b is None else b.xr[rows_b]
-        return self.centred(x - x.mean(0), y - y.mean(0), a)
-
-    def centred(self, x: np.ndarray, y: np.ndarray, a: Coords) -> float:
+    def basis(self, x: np.ndarray, a: Coords) -> Basis:
+        """The basis of centred rows x (n, r) of layer a."""
         raise NotImplementedError
+
+    def combine(self, a: Basis, cross: np.ndarray) -> np.ndarray:
+        """Values from a's basis and cross = q_a^T q_b, (..., ka, kb) -> (...)."""
+        raise NotImplementedError
+
+    def _rows(self, a: Coords, rows) -> Basis:
+        x = a.xr if rows is None else a.xr[rows]
+        return self.basis(x - x.mean(0), a)
+
+    def pair(self, a: Coords, b: Coords, rows_a, rows_b, opts: Options) -> float:
+        ba, bb = self._rows(a, rows_a), self._rows(b, rows_b)
+        return float(self.combine(ba, ba.q.T @ bb.q))
+
+    def permuted(self, sa, sb, perms, opts):
+        """The bases of all images, once per layer; a permutation re-indexes the second one's rows
+        (centring and whitening do not change when rows are permuted)."""
+        ba, bb = [self._rows(a, None) for a in sa], [self._rows(b, None) for b in sb]
+        out = np.empty((len(sa), len(sb), len(perms)))
+        for j, b in enumerate(bb):
+            step = max(1, (32 << 20) // (8 * b.q.size))
+            for s in range(0, len(perms), step):
+                moved = b.q[perms[s:s + step]]  # (P', n, kb)
+                for i, a in enumerate(ba):
+                    out[i, j, s:s + len(moved)] = self.combine(a, np.matmul(a.q.T, moved))
+        return out
+
+    def boot(self, sa, sb, draws, counts, opts):
+        """Each draw's bases once per layer (re-centred, re-whitened on the resampled rows), then every pair."""
+        out = np.empty((len(sa), len(sb), len(draws)))
+        for d, rows in enumerate(draws):
+            ba = [self._rows(a, rows) for a in sa]
+            bb = ba if sb is sa else [self._rows(b, rows) for b in sb]
+            for i, a in enumerate(ba):
+                for j, b in enumerate(bb):
+                    out[i, j, d] = self.combine(a, a.q.T @ b.q)
+        return out
 
 
 class Procrustes(_Subspace):
@@ -80,9 +122,12 @@ class Procrustes(_Subspace):
              "distance 2 - 2 value; angular shape metric arccos(value))")
     invariances = frozenset({ORTHOGONAL, ISOTROPIC_SCALING, TRANSLATION})
 
-    def centred(self, x, y, a):
-        norm = np.linalg.norm(x) * np.linalg.norm(y)
-        return float(np.linalg.svd(x.T @ y, compute_uv=False).sum() / norm) if norm > 0 else float("nan")
+    def basis(self, x, a):
+        norm = np.linalg.norm(x)
+        return Basis(x / norm if norm > 0 else np.full_like(x, np.nan))
+
+    def combine(self, a, cross):
+        return np.linalg.svd(cross, compute_uv=False).sum(-1)
 
 
 class SVCCA(_Subspace):
@@ -96,11 +141,13 @@ class SVCCA(_Subspace):
         return (f"Raghu et al. 2017: directions explaining {opts.svcca_variance:.0%} of each layer's variance "
                 "kept, then the mean canonical correlation")
 
-    def centred(self, x, y, a):
-        wx, wy = _whiten(x), _whiten(y)
-        if not wx.shape[1] or not wy.shape[1]:
-            return float("nan")
-        return float(np.linalg.svd(wx.T @ (x.T @ y) @ wy, compute_uv=False).mean())
+    def basis(self, x, a):
+        return Basis(x @ _whiten(x))
+
+    def combine(self, a, cross):
+        if not min(cross.shape[-2:]):
+            return np.full(cross.shape[:-2], np.nan)
+        return np.linalg.svd(cross, compute_uv=False).mean(-1)
 
 
 class PWCCA(_Subspace):
@@ -110,12 +157,16 @@ class PWCCA(_Subspace):
     invariances = frozenset({ISOTROPIC_SCALING, TRANSLATION})
     symmetric = False
 
-    def centred(self, x, y, a):
-        wx, wy = _whiten(x), _whiten(y)
-        if not wx.shape[1] or not wy.shape[1]:
-            return float("nan")
-        u, rho, _ = np.linalg.svd(wx.T @ (x.T @ y) @ wy)
-        m = len(rho)
-        # <h_i, x_j> for the canonical variates h_i = x wx u_i and the neurons x_j (columns of x v^T)
-        weights = np.abs(a.v @ ((x.T @ x) @ wx @ u[:, :m])).sum(0)
-        return float(weights @ rho / weights.sum()) if weights.sum() > 0 else float("nan")
+    def basis(self, x, a):
+        w = _whiten(x)
+        # <h_i, x_j> for h_i = x w u_i and the neurons x_j (the columns of x v^T): (v x^T x w) u_i
+        return Basis(x @ w, a.v @ ((x.T @ x) @ w))
+
+    def combine(self, a, cross):
+        if not min(cross.shape[-2:]):
+            return np.full(cross.shape[:-2], np.nan)
+        u, rho, _ = np.linalg.svd(cross, full_matrices=False)
+        weights = np.abs(a.g @ u).sum(-2)  # (..., m)
+        total = weights.sum(-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, (weights * rho).sum(-1) / np.where(total > 0, total, 1.0), np.nan)
