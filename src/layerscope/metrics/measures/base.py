@@ -72,11 +72,19 @@ class Measure:
     invariances: frozenset[str] = frozenset()
     bounded: bool = True
     symmetric: bool = True
-    resamples: bool = True  # False: this configuration gives point values only (minibatch CKA)
+    square: bool = False  # prepares an n x n matrix per layer (memory grows with n^2)
 
     def convention(self, opts: Options) -> str:
         """The conventions behind the value, one line (written in every row)."""
         return self.paper
+
+    def resamples(self, opts: Options) -> bool:
+        """Whether ``opts`` allow a null and an interval (minibatch CKA gives point values only)."""
+        return True
+
+    def holds_matrices(self, opts: Options) -> bool:
+        """Whether ``prepare`` holds an n x n matrix per layer under ``opts``."""
+        return self.square
 
     def check(self, n: int, opts: Options) -> None:
         """Raise ValueError when ``n`` images cannot be compared under ``opts``."""

@@ -76,6 +76,12 @@ class CKA(Measure):
             raise ValueError("estimator auto: resolve it with metrics.similarity.choose_estimator first")
         return opts.estimator
 
+    def resamples(self, opts: Options) -> bool:
+        return self._estimator(opts) != "minibatch"
+
+    def holds_matrices(self, opts: Options) -> bool:
+        return self._estimator(opts) != "minibatch"
+
     def convention(self, opts: Options) -> str:
         kernel = "linear kernel" if opts.kernel == "linear" else (
             f"RBF kernel, width {opts.rbf_sigma:g} x the median distance, {MEDIAN_RULES[opts.rbf_median]}")

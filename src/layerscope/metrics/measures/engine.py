@@ -26,8 +26,7 @@ def prepare(arrays: Mapping[int, np.ndarray], measure: Measure, opts: Options) -
 def check(n: int, layers: int, measure: Measure, opts: Options) -> None:
     """Raise ValueError when ``layers`` layers of n images cannot be compared under ``measure``."""
     measure.check(n, opts)
-    gram = measure.name in ("rsa", "mknn", "cknna") or (measure.name == "cka" and opts.estimator != "minibatch")
-    if gram and layers * n * n * 8 > MAX_MATRIX_BYTES:
+    if measure.holds_matrices(opts) and layers * n * n * 8 > MAX_MATRIX_BYTES:
         raise ValueError(f"--measure {measure.name}: {layers} layers x {n} images need "
                          f"{layers * n * n * 8 / 2 ** 30:.1f} GiB of n x n matrices; compare fewer images "
                          "(CKA alone: --estimator minibatch)")
@@ -39,7 +38,7 @@ def compare_states(sa: Sequence[Any], sb: Sequence[Any], n: int, measure: Measur
     """Values (La, Lb) and per-pair ``summarise`` columns from prepared states of n images each (pass the
     same list twice for a model against itself: symmetric work is done once)."""
     values = measure.points(sa, sb, opts)
-    resample = not (measure.name == "cka" and opts.estimator == "minibatch")
+    resample = measure.resamples(opts)
     null = measure.permuted(sa, sb, permutations(n, n_perm, seed), opts) if resample and n_perm else None
     boot = None
     if resample and n_boot:

@@ -50,6 +50,7 @@ def cosine_kernel(x: np.ndarray) -> np.ndarray:
 
 class _KNN(Measure):
     invariances = frozenset({ORTHOGONAL, ISOTROPIC_SCALING})
+    square = True
 
     def convention(self, opts: Options) -> str:
         return f"{self.paper}; k = {opts.knn_k}, cosine neighbours"

@@ -38,6 +38,7 @@ class RSA(Measure):
     title = "RSA"
     paper = "Kriegeskorte et al. 2008: Spearman correlation of Euclidean-distance RDMs (rsatoolbox's RDM)"
     invariances = frozenset({ORTHOGONAL, ISOTROPIC_SCALING, TRANSLATION})
+    square = True
 
     def prepare(self, x: np.ndarray, opts: Options) -> Ranks:
         x = as_2d(x)

@@ -100,6 +100,8 @@ class _Subspace(Measure):
             for s in range(0, len(perms), step):
                 moved = b.q[perms[s:s + step]]  # (P', n, kb)
                 for i, a in enumerate(ba):
+                    if sb is sa and self.symmetric and j < i:
+                        continue  # the engine mirrors a model's own symmetric null
                     out[i, j, s:s + len(moved)] = self.combine(a, np.matmul(a.q.T, moved))
         return out
 
@@ -111,7 +113,10 @@ class _Subspace(Measure):
             bb = ba if sb is sa else [self._rows(b, rows) for b in sb]
             for i, a in enumerate(ba):
                 for j, b in enumerate(bb):
-                    out[i, j, d] = self.combine(a, a.q.T @ b.q)
+                    if sb is sa and self.symmetric and j < i:
+                        out[i, j, d] = out[j, i, d]
+                    else:
+                        out[i, j, d] = self.combine(a, a.q.T @ b.q)
         return out
 
 
