@@ -75,7 +75,8 @@ class MutualKNN(_KNN):
 
     def permuted(self, sa, sb, perms, opts):
         n = perms.shape[1]
-        return cross_permuted(np.stack([s.a for s in sa]), np.stack([s.a for s in sb]), perms) / (n * opts.knn_k)
+        shared = cross_permuted(np.stack([s.a for s in sa]), np.stack([s.a for s in sb]), perms, dtype=np.float32)
+        return shared.astype(np.float64) / (n * opts.knn_k)
 
     def boot(self, sa, sb, draws, counts, opts):
         per = np.einsum("aij,bij->abi", np.stack([s.a for s in sa]), np.stack([s.a for s in sb])) / opts.knn_k

@@ -28,13 +28,16 @@ def bootstrap_draws(n: int, count: int, seed: int = 0) -> tuple[np.ndarray, np.n
     return draws, counts
 
 
-def cross_permuted(a: np.ndarray, b: np.ndarray, perms: np.ndarray, symmetric: bool = False) -> np.ndarray:
+def cross_permuted(a: np.ndarray, b: np.ndarray, perms: np.ndarray, symmetric: bool = False,
+                   dtype: type = np.float64) -> np.ndarray:
     """``<a_i, b_j[p][:, p]>`` (the sum of the elementwise product) for every i, j and permutation p.
 
     Args:
         a: (La, n, n); b: (Lb, n, n); perms: (P, n).
         symmetric: every matrix is symmetric with a zero diagonal (Gram matrices with their diagonal
             taken out, RDM ranks): only the upper triangles are gathered and multiplied, half the work.
+        dtype: the arithmetic; float32 halves the memory traffic and is exact for 0/1 matrices (k-NN graphs:
+            the sums are integers far below 2^24).
 
     Returns:
         (La, Lb, P). One gather of each b_j per permutation, shared by every layer of a (one matrix product).
@@ -42,12 +45,13 @@ def cross_permuted(a: np.ndarray, b: np.ndarray, perms: np.ndarray, symmetric: b
     la, n = a.shape[0], a.shape[1]
     if symmetric:
         rows, cols = np.triu_indices(n, 1)
-        flat = a[:, rows, cols]
+        flat = a[:, rows, cols].astype(dtype)
     else:
         rows, cols = (g.ravel() for g in np.indices((n, n)))
-        flat = a.reshape(la, n * n)
+        flat = a.reshape(la, n * n).astype(dtype)
+    b = b.astype(dtype, copy=False)
     out = np.empty((la, b.shape[0], len(perms)))
-    step = max(1, CHUNK_BYTES // (8 * len(rows)))
+    step = max(1, CHUNK_BYTES // (np.dtype(dtype).itemsize * len(rows)))
     for s in range(0, len(perms), step):
         p = perms[s:s + step]
         where = p[:, rows] * n + p[:, cols]  # flat indices into each b_j, shared by every b_j
