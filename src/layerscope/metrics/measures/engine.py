@@ -12,7 +12,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from .base import Measure, Options, as_2d
-from .resampling import bootstrap_draws, permutations, summarise
+from .resampling import bootstrap_draws, one_thread, permutations, summarise
 
 MAX_MATRIX_BYTES = 4 << 30  # the n x n matrices of every layer prepared at once
 
@@ -39,11 +39,13 @@ def compare_states(sa: Sequence[Any], sb: Sequence[Any], n: int, measure: Measur
     same list twice for a model against itself: symmetric work is done once)."""
     values = measure.points(sa, sb, opts)
     resample = measure.resamples(opts)
-    null = measure.permuted(sa, sb, permutations(n, n_perm, seed), opts) if resample and n_perm else None
-    boot = None
-    if resample and n_boot:
-        draws, counts = bootstrap_draws(n, n_boot, seed)
-        boot = measure.boot(sa, sb, draws, counts, opts)
+    null = boot = None
+    with one_thread():
+        if resample and n_perm:
+            null = measure.permuted(sa, sb, permutations(n, n_perm, seed), opts)
+        if resample and n_boot:
+            draws, counts = bootstrap_draws(n, n_boot, seed)
+            boot = measure.boot(sa, sb, draws, counts, opts)
     if sa is sb and measure.symmetric:  # layer j against i is layer i against j: one null, one interval
         low = np.tril_indices(len(sa), -1)
         for replicates in (null, boot):

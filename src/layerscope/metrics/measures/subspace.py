@@ -16,24 +16,14 @@ cross-covariance and an SVD, so these measures are the slow ones of ``--measure 
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from .base import ISOTROPIC_SCALING, ORTHOGONAL, TRANSLATION, Measure, Options, as_2d
+from .resampling import one_thread
 
 RANK_TOL = 1e-10  # singular values below this share of the largest are a null direction
-
-
-def one_thread():
-    """BLAS limited to one thread while replicates run thousands of small SVDs: on 2 busy cores a threaded
-    OpenBLAS made a 99 x 99 SVD 90 times slower (measured). A no-op where threadpoolctl is absent."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
 
 
 @dataclass
