@@ -110,6 +110,7 @@ def test_similarity_table_names_each_measure_and_convention_in_long_form(tmp_pat
     assert mono[mono["n_layers"] == 2]["spearman"].isna().all()  # two layers: one distance, no correlation
 
 
+@pytest.mark.slow  # draws figures
 def test_compare_command_writes_the_measures_and_refuses_bad_options(tmp_path, capsys):
     from layerscope.cli.compare import main
 
