@@ -61,7 +61,7 @@ def test_similarity_holds_every_ordered_layer_pair_and_equals_cka_of_the_saved_a
     assert len(sim) == (2 + 5) ** 2  # ViT: 2 blocks, CNN: 5 stages; both orders, each model with itself
     assert set(sim["estimator"]) == {"full"} and set(sim["n_images"]) == {12}
     assert set(sim["kind"]) == {"mean"} and set(sim["kernel"]) == {"linear"}
-    key = sim.set_index(["model_a", "layer_a", "model_b", "layer_b"])["cka"]
+    key = sim.set_index(["model_a", "layer_a", "model_b", "layer_b"])["value"]
     for (a, la, b, lb), value in key.items():
         assert key[(b, lb, a, la)] == pytest.approx(value, abs=1e-12)  # symmetric, both orders written
         if a == b and la == lb:
@@ -107,7 +107,7 @@ def test_images_are_matched_by_id_not_by_row(sweep, compared):
     keep = [vit.ids.index(i) for i in cnn.ids]
     for la, lb in ((0, 0), (1, 3), (1, 4)):
         want = cka(vit.arrays[la][keep], cnn.arrays[lb])
-        assert table.loc[("tiny_vit", la, "tiny_cnn", lb), "cka"] == pytest.approx(want, abs=1e-9)
+        assert table.loc[("tiny_vit", la, "tiny_cnn", lb), "value"] == pytest.approx(want, abs=1e-9)
 
 
 @pytest.mark.slow

@@ -5,8 +5,10 @@ model config merge: a sweep that split the images or the layers over jobs), matc
 content (the hash or thumbnail of the input each run saved with its rows, ``results.representations``:
 two runs can give one id to two images), and compared:
 
-- ``similarity_table``: CKA between every layer of every pair of models (a model with itself included),
-  on the images the pair shares (``similarity.csv``);
+- ``similarity_table``: similarity measures (CKA by default; ``metrics.measures``) between every layer of
+  every pair of models (a model with itself included), on the images the pair shares, each with a
+  bootstrap interval and a permutation null (``similarity.csv``); ``monotonicity_table``: within each
+  model, how similarity falls with layer distance (``monotonicity.csv``);
 - ``probe_table``: a leave-one-out (or leave-one-group-out) k-NN probe per (model, layer) of a label of
   the images, any column of ``results.csv`` that holds one value per image, with its binomial interval
   and its label-permutation null (``probe.csv``; ``probe_warnings``: accuracies below their null);
@@ -41,7 +43,10 @@ THUMB_TOLERANCE = 8
 # Two rows of one image from runs of one model config are the same when their relative L2 difference is
 # below this (float32 vs float16 precision differ by ~1e-3; other weights by far more).
 ROW_TOLERANCE = 1e-2
-SIMILARITY_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "kind", "kernel", "cka", "n_images", "estimator")
+SIMILARITY_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "kind", "measure", "value", "ci_low", "ci_high",
+                      "null_mean", "null_q95", "p_value", "calibrated", "n_images", "kernel", "estimator",
+                      "convention", "permutations", "boot")
+MONOTONICITY_COLUMNS = ("model", "kind", "measure", "spearman", "n_pairs", "n_layers")
 PROBE_COLUMNS = ("model", "layer", "kind", "label", "group", "k", "accuracy", "ci_low", "ci_high", "interval",
                  "chance", "null_q05", "null_q95", "p_value", "p_below", "permutations", "majority", "n_images",
                  "n_classes", "n_groups")
@@ -400,36 +405,99 @@ def shared_rows(a: Model, b: Model) -> tuple[np.ndarray, np.ndarray]:
     return ia, ib
 
 
+def _estimator(estimator: str, n: int, layers: int) -> str:
+    from .metrics.similarity import choose_estimator
+
+    return estimator if estimator == "biased" else choose_estimator(n, layers, estimator)
+
+
 def similarity_table(models: Sequence[Model], kind: str = "mean", kernel: str = "linear", estimator: str = "auto",
-                     batch_size: int = 256, seed: int = 0, min_shared: int = MIN_SHARED) -> pd.DataFrame:
-    """CKA between every layer of every pair of models (both orders, each model with itself, the diagonal).
+                     batch_size: int = 256, seed: int = 0, min_shared: int = MIN_SHARED,
+                     measures: Sequence[str] | str = ("cka",), n_perm: int = 200, n_boot: int = 1000,
+                     rbf_sigma: float = 1.0, rbf_median: str = "distinct", knn_k: int = 10) -> pd.DataFrame:
+    """Every measure between every layer of every pair of models (both orders, each model with itself, the
+    diagonal), in long form: one row per (pair of layers, measure) with its paired-bootstrap 95% interval
+    and its permutation null (``metrics.measures``).
+
+    Each layer is prepared once per set of shared images (a Gram matrix, ranks, a neighbour graph) and
+    reused by every pair; the draws and permutations are the same for every pair of layers.
+
+    Args:
+        measures: names of ``metrics.measures.MEASURES`` or ``all``.
+        n_perm, n_boot: permutations of the second model's images (null) and bootstrap draws (interval).
+        kernel, estimator, rbf_sigma, rbf_median, batch_size: CKA's conventions; knn_k: mutual k-NN's and CKNNA's.
 
     Raises:
-        ValueError: a pair of models sharing fewer than ``min_shared`` images.
+        ValueError: a pair of models sharing fewer than ``min_shared`` images; an unknown measure or option.
     """
-    from .metrics.similarity import cka_matrix
+    from .metrics.measures import Options, resolve
+    from .metrics.measures.engine import check, compare_states, prepare
 
+    chosen = resolve(measures)
     rows = []
+    cache: dict[tuple, tuple[list[int], list]] = {}
+
+    def states(model: Model, idx: np.ndarray, measure, opts) -> tuple[list[int], list]:
+        # a model's layers on the same images (the usual case: every model saw every image) are prepared once
+        key = (id(model), measure.name, opts, idx.tobytes())
+        if key not in cache:
+            cache[key] = prepare({layer: x[idx] for layer, x in model.arrays.items()}, measure, opts)
+        return cache[key]
+
     for i, a in enumerate(models):
         for b in models[i:]:
             ia, ib = shared_rows(a, b)
             if len(ia) < min_shared:
                 which = f"model {a.label} has" if a is b else f"models {a.label} and {b.label} share"
-                raise ValueError(f"{which} {len(ia)} images (matched by id); CKA needs at least {min_shared}")
-            matrix, used = cka_matrix({layer: x[ia] for layer, x in a.arrays.items()},
-                                      {layer: y[ib] for layer, y in b.arrays.items()}, kernel, estimator,
-                                      batch_size, seed)
-            for r, la in enumerate(sorted(a.arrays)):
-                for c, lb in enumerate(sorted(b.arrays)):
-                    value = float(matrix[r, c])
-                    rows.append((a.label, la, b.label, lb, kind, kernel, value, len(ia), used))
-                    if a is not b:
-                        rows.append((b.label, lb, a.label, la, kind, kernel, value, len(ia), used))
+                raise ValueError(f"{which} {len(ia)} images (matched by id); a similarity needs at least {min_shared}")
+            layers = len(a.arrays) + (0 if a is b else len(b.arrays))
+            for measure in chosen:
+                is_cka = measure.name == "cka"
+                used = _estimator(estimator, len(ia), layers) if is_cka else ""
+                opts = Options(kernel, used or "full", rbf_sigma, rbf_median, knn_k, batch_size=batch_size, seed=seed)
+                check(len(ia), layers, measure, opts)
+                la, sa = states(a, ia, measure, opts)
+                lb, sb = (la, sa) if a is b else states(b, ib, measure, opts)
+                values, columns = compare_states(sa, sb, len(ia), measure, opts, n_perm, n_boot, seed)
+                convention = measure.convention(opts)
+                tail = (len(ia), kernel if is_cka else "", used, convention, n_perm, n_boot)
+                for r, layer_a in enumerate(la):
+                    for c, layer_b in enumerate(lb):
+                        extra = columns[r][c]
+                        rows.append((a.label, layer_a, b.label, layer_b, kind, measure.name, float(values[r, c]),
+                                     *extra.values(), *tail))
+                if a is not b:  # the other order: a symmetric measure's numbers are the same
+                    if measure.symmetric:
+                        back_values, back = values.T, [list(col) for col in zip(*columns)]
+                    else:
+                        back_values, back = compare_states(sb, sa, len(ia), measure, opts, n_perm, n_boot, seed)
+                    for r, layer_b in enumerate(lb):
+                        for c, layer_a in enumerate(la):
+                            rows.append((b.label, layer_b, a.label, layer_a, kind, measure.name,
+                                         float(back_values[r, c]), *back[r][c].values(), *tail))
     table = pd.DataFrame(rows, columns=list(SIMILARITY_COLUMNS))
     order = {m.label: i for i, m in enumerate(models)}
-    table = table.sort_values(["model_a", "model_b", "layer_a", "layer_b"],
-                              key=lambda c: c.map(order) if c.name in ("model_a", "model_b") else c)
+    names = {m.name: i for i, m in enumerate(chosen)}
+    table = table.sort_values(["measure", "model_a", "model_b", "layer_a", "layer_b"],
+                              key=lambda c: c.map(order) if c.name in ("model_a", "model_b") else
+                              c.map(names) if c.name == "measure" else c, kind="stable")
     return table.reset_index(drop=True)
+
+
+def monotonicity_table(similarity: pd.DataFrame) -> pd.DataFrame:
+    """ReSi's layer monotonicity per (model, kind, measure): the Spearman correlation between the layer
+    distance |i - j| and the similarity of two layers of the same model (negative: similarity falls with
+    distance, as it should), from ``similarity_table``'s rows."""
+    from .metrics.measures import monotonicity
+
+    rows = []
+    within = similarity[similarity["model_a"] == similarity["model_b"]]
+    for (model, kind, measure), part in within.groupby(["model_a", "kind", "measure"], sort=False):
+        grid = part.pivot_table(index="layer_a", columns="layer_b", values="value", aggfunc="first")
+        layers = sorted(set(grid.index) & set(grid.columns))
+        rho, pairs = monotonicity(layers, grid.loc[layers, layers].to_numpy(float))
+        rows.append((model, kind, measure, rho, pairs, len(layers)))
+    return pd.DataFrame(rows, columns=list(MONOTONICITY_COLUMNS))
 
 
 def image_labels(runs: Sequence[Path], column: str, option: str = "--probe") -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 The measuring code: ``capture.py`` (capture against a plain forward), ``pipeline.py`` (a study by stage,
 marginal cost, before/after), ``estimate.py`` (durations announced before a benchmark starts); the command
-is ``layerscope.cli.bench`` (``layerscope-bench``).
+is ``layerscope.cli.bench`` (``layerscope-bench``); ``similarity.py`` times ``layerscope-compare`` per
+similarity measure (``--compare``).
 
     layerscope-bench [--quick | --full] [--device cpu|cuda] [--rounds 3] [--cases vit_s8:480] [--out bench.csv]
     layerscope-bench --pipeline [--quick] [--device cpu|cuda] [--models dinov2_vits14_bundled ...] [--rounds 3]

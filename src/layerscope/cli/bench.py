@@ -5,6 +5,7 @@
     layerscope-bench --pipeline --marginal [--models ...] [--rounds 2]
     layerscope-bench --pipeline [--marginal] --against OTHER/src   (before/after, interleaved)
     layerscope-bench --knn [--quick] [--device cpu|cuda] [--shots 16] [--rounds 3]   (few-shot k-NN maps)
+    layerscope-bench --compare [--quick] [--measures cka rsa ...] [--images 500]   (time per similarity measure)
 
 """
 from __future__ import annotations
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="the few-shot k-NN map per image and layer (method=anomalydino on DINOv2 at 448 px, "
                         "method=patchcore on EfficientNet-Lite0) against the backbone's forward pass")
     p.add_argument("--shots", type=int, default=16, help="--knn: reference images in the bank")
+    p.add_argument("--compare", action="store_true",
+                   help="time layerscope-compare per similarity measure (12 + 5 layers, intervals and nulls)")
+    p.add_argument("--measures", nargs="+", default=None, metavar="MEASURE",
+                   help="with --compare: the measures (default: every one)")
+    p.add_argument("--images", type=int, default=None, help="with --compare: images (default 500; --quick 100)")
     p.add_argument("--marginal", action="store_true",
                    help="with --pipeline: the marginal ms per image with a cold and a warm map cache instead")
     p.add_argument("--device", default=None, choices=("cpu", "cuda"),
@@ -60,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         model, size, batch, variant = a.serve
         serve(model, int(size), int(batch), variant, a.device or "cpu")
         return 0
+    if a.compare:
+        return _compare(a)
     if a.knn and (a.pipeline or a.marginal or a.against is not None):
         raise UsageError("--knn: goes alone (not with --pipeline, --marginal or --against)")
     if a.shots < 1:
@@ -135,6 +143,41 @@ def main(argv: list[str] | None = None) -> int:
         w.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()})
     write_atomic(out, text.getvalue())  # a cut leaves the earlier table or this one
     print(f"written: {out} (took {minutes(time.perf_counter() - t_start)})")
+    return 0
+
+
+def _compare(a) -> int:
+    """``--compare``: seconds per similarity measure, printed and written to ``--out``."""
+    from ..bench.similarity import similarity_times
+    from ..metrics.measures import MEASURES
+
+    if a.pipeline:
+        raise UsageError("--compare: goes without --pipeline")
+    names = a.measures or list(MEASURES)
+    if bad := [m for m in names if m not in MEASURES]:
+        raise UsageError(f"--measures {bad[0]}: expected some of {', '.join(MEASURES)}")
+    n = a.images if a.images is not None else (100 if a.quick else 500)
+    if n < 10:
+        raise UsageError(f"--images {n}: expected at least 10")
+    perms, boot = (50, 100) if a.quick else (200, 1000)
+    print(f"{os.cpu_count()} CPUs, {os.environ.get('OMP_NUM_THREADS', 'default')} BLAS threads; {n} images, 12 + 5 "
+          f"layers, {perms} permutations, {boot} bootstrap draws", flush=True)
+    rows = []
+    for name in names:  # one at a time, printed as it finishes
+        row = similarity_times([name], n, perms, boot)[0]
+        print(f"{name:>11}: {row['seconds']:7.1f} s wall, {row['cpu_seconds']:7.1f} s CPU ({row['rows']} rows)",
+              flush=True)
+        rows.append(row)
+    print(f"{'total':>11}: {sum(r['seconds'] for r in rows):7.1f} s wall, {sum(r['cpu_seconds'] for r in rows):7.1f} s "
+          f"CPU (load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+    out = a.out or Path("outputs/bench_compare.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_atomic(out, text.getvalue())
+    print(f"written: {out}")
     return 0
 
 

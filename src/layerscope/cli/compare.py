@@ -1,18 +1,23 @@
-"""Compare layers and models beyond masks: CKA across layers and models, a k-NN probe per layer.
+"""Compare layers and models beyond masks: similarity across layers and models, a k-NN probe per layer.
 
     layerscope-compare DIR [DIR ...] [--kind mean|cls|patches|defect|background] [--grid G] [--max-cells N]
-        [--kernel linear|rbf] [--probe LABEL] [--out DIR]
-        [--depth layer|relative] [--estimator auto|full|minibatch] [--k K] [--group COLUMN]
-        [--interval wilson|clopper-pearson] [--logger none|wandb]
+        [--measure cka|procrustes|...|all] [--kernel linear|rbf] [--estimator auto|full|biased|minibatch]
+        [--rbf-sigma S] [--rbf-median distinct|all] [--knn-k K] [--permutations P] [--boot B]
+        [--probe LABEL] [--k K] [--group COLUMN] [--interval wilson|clopper-pearson] [--out DIR]
+        [--depth layer|relative] [--logger none|wandb]
 
 Reads the representations runs saved (``save_representations=true``) below each DIR (a run, several
 runs, a sweep); runs of one model config are merged, images are matched by id and content (the hash or
 thumbnail of the input each run saved). Writes into ``--out`` (default ``DIR/compare`` for one DIR;
 required for several), replacing only its own previous outputs there, as a set (``results.compare_output``):
 
-- ``similarity.csv``: CKA of every pair of layers of every pair of models (both orders, each model with
-  itself, the diagonal), with the images shared and the estimator (``full`` or ``minibatch``);
-- ``cka_<a>__<b>_<kind>_<kernel>.png/pdf``: one heatmap per model pair (Raghu et al. 2021 layout);
+- ``similarity.csv``: one row per measure and pair of layers of every pair of models (both orders, each
+  model with itself, the diagonal): ``measure, value``, the paired bootstrap's 95% interval
+  (``ci_low, ci_high``), the permutation null (``null_mean, null_q95, p_value``, ``calibrated``), the
+  images shared and the conventions (``kernel, estimator, convention``);
+- ``monotonicity.csv``: within each model, the Spearman correlation between layer distance and similarity;
+- ``cka_<a>__<b>_<kind>_<kernel>.png/pdf``: one CKA heatmap per model pair (Raghu et al. 2021 layout),
+  cells not distinguishable from the null (p >= 0.05) hatched;
 - with ``--probe LABEL`` (``category``, ``group`` or any results column that labels images):
   ``probe.csv`` and ``probe_<label>_<kind>.png/pdf`` (leave-one-out, or with ``--group`` leave-one-group-out,
   k-NN accuracy per layer with its binomial 95% interval and its label-permutation null under the same
@@ -30,13 +35,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..comparison import check_label, load_models, probe_table, probe_warnings, representation_rows, similarity_table
+from ..comparison import (check_label, load_models, monotonicity_table, probe_table, probe_warnings,
+                          representation_rows, similarity_table)
 from ..figures.compare import cka_heatmaps, probe_curves
 from ..figures.paper import AXES, attention_distance
-from ..metrics.probe import INTERVALS, PERMUTATIONS
-from ..metrics.similarity import ESTIMATORS, KERNELS
+from ..metrics.measures import MEASURES
+from ..metrics.measures.cka import ESTIMATORS
+from ..metrics.probe import INTERVALS
+from ..metrics.similarity import KERNELS, RBF_MEDIANS
 from ..results.compare_output import check_out, writing
-from ..results.layout import ATTENTION_DISTANCE, COMPARE, PROBE, RESULTS, SIMILARITY
+from ..results.layout import ATTENTION_DISTANCE, COMPARE, MONOTONICITY, PROBE, RESULTS, SIMILARITY
 from ..results.saved import distance_table
 from ..results.representations import KINDS
 from .errors import Parser, UsageError, command
@@ -52,7 +60,7 @@ def _positive(value: str) -> int:
     return n
 
 
-def _seed(value: str) -> int:
+def _nonnegative(value: str) -> int:
     try:
         n = int(value)
     except ValueError:
@@ -60,6 +68,16 @@ def _seed(value: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError(f"{value!r}: expected an int >= 0")
     return n
+
+
+def _width(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number > 0") from None
+    if not x > 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number > 0")
+    return x
 
 
 def _distance_rows(labels: dict[Path, str]) -> pd.DataFrame:
@@ -98,7 +116,16 @@ def main(argv: list[str] | None = None) -> int:
                    "coarsest compared layer's)")
     p.add_argument("--max-cells", type=_positive, default=None, help="patches: compare a seeded subset of this "
                    "many image x cell rows")
+    p.add_argument("--measure", nargs="+", default=["cka"], choices=[*MEASURES, "all"],
+                   help="similarity measures (default cka; all: every one)")
     p.add_argument("--kernel", default="linear", choices=KERNELS, help="CKA kernel (rbf: median heuristic)")
+    p.add_argument("--rbf-sigma", type=_width, default=1.0,
+                   help="RBF width as a multiple of the median distance (Kornblith et al. 2019's threshold)")
+    p.add_argument("--rbf-median", default="distinct", choices=RBF_MEDIANS,
+                   help="RBF median over distinct pairs (default) or all n^2 entries (Kornblith et al. code, ckatorch)")
+    p.add_argument("--knn-k", type=_positive, default=10, help="neighbours of mknn and cknna (Huh et al. 2024)")
+    p.add_argument("--permutations", type=_nonnegative, default=200,
+                   help="permutations of the second representation's images for the null (0: no null)")
     p.add_argument("--probe", default=None, metavar="LABEL", help="k-NN probe of this image label per layer "
                    "(category, group, or any results.csv column with one value per image)")
     p.add_argument("--k", type=_positive, default=None, help="probe neighbours (default 20, fewer for small classes)")
@@ -108,12 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", default="wilson", choices=INTERVALS, help="the probe accuracy's 95%% interval: "
                    "Wilson (1927) or Clopper-Pearson (1934)")
     p.add_argument("--estimator", default="auto", choices=ESTIMATORS,
-                   help="HSIC: full batch, minibatch (Nguyen et al. 2021), or auto (full while the Gram matrices fit)")
+                   help="CKA's HSIC: full (unbiased HSIC_1), biased (Kornblith et al. 2019), minibatch (Nguyen et al. "
+                   "2021; no interval or null), or auto (full while the Gram matrices fit)")
     p.add_argument("--batch-size", type=_positive, default=256, help="images per minibatch")
     p.add_argument("--depth", default="layer", choices=AXES, help="figure axes: layer index or relative depth")
     p.add_argument("--formats", nargs="+", default=["png", "pdf"], help="figure formats")
-    p.add_argument("--boot", type=_positive, default=1000, help="bootstrap resamples of the probe's 95%% CI")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap and of the minibatches (>= 0)")
+    p.add_argument("--boot", type=_positive, default=1000,
+                   help="bootstrap resamples of the similarities' 95%% CIs (the same images for both layers)")
+    p.add_argument("--seed", type=_nonnegative, default=0, help="seed of the bootstrap, the permutations, the "
+                   "minibatches and --max-cells (>= 0)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: DIR/compare for one DIR)")
     p.add_argument("--logger", default="none", choices=("none", "wandb"), help="also log the tables to W&B")
     a = p.parse_args(argv)
@@ -132,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad := [f for f in a.formats if f not in supported]:
         raise UsageError(f"--formats {' '.join(bad)}: expected some of {', '.join(sorted(supported))}")
     out = a.out if a.out is not None else a.folders[0] / COMPARE
-    check_out(out, [SIMILARITY, PROBE, ATTENTION_DISTANCE] if a.probe else [SIMILARITY, ATTENTION_DISTANCE])  # before any work: a refused --out costs nothing
+    # before any work: a refused --out costs nothing
+    check_out(out, [SIMILARITY, MONOTONICITY, ATTENTION_DISTANCE, *([PROBE] if a.probe else [])])
     started = time.perf_counter()
     models, warnings = load_models(a.folders, a.kind)
     models, more = representation_rows(models, a.kind, a.grid, a.max_cells, a.seed)
@@ -141,10 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {w}", file=sys.stderr)
     if a.probe:
         check_label(models, a.probe)
-    similarity = similarity_table(models, a.kind, a.kernel, a.estimator, a.batch_size, a.seed)
-    # the probe's null takes the comparison's --permutations where that option exists
-    permutations = getattr(a, "permutations", PERMUTATIONS)
-    probe = (probe_table(models, a.probe, a.kind, a.k, a.group, permutations, a.interval, a.seed)
+    similarity = similarity_table(models, a.kind, a.kernel, a.estimator, a.batch_size, a.seed, measures=a.measure,
+                                  n_perm=a.permutations, n_boot=a.boot, rbf_sigma=a.rbf_sigma,
+                                  rbf_median=a.rbf_median, knn_k=a.knn_k)
+    monotonic = monotonicity_table(similarity)
+    probe = (probe_table(models, a.probe, a.kind, a.k, a.group, a.permutations, a.interval, a.seed)
              if a.probe else None)
     for w in probe_warnings(probe) if probe is not None else []:
         print(f"warning: {w}", file=sys.stderr)
@@ -152,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = {run: m.label for m in models for run in m.runs}
     distances = _distance_rows(labels)
     distance = distance_table(distances, seed=a.seed)
-    tables = {SIMILARITY: similarity}
+    tables = {SIMILARITY: similarity, MONOTONICITY: monotonic}
     if probe is not None:
         tables[PROBE] = probe
     if not distance.empty:
@@ -167,8 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         print(path)
     rows = "rows (image x cell)" if a.kind == "patches" else "images"
     summary = ", ".join(f"{m.label} ({len(m.ids)} {rows}, {len(m.arrays)} layers)" for m in models)
-    print(f"compared {summary} in {time.perf_counter() - started:.1f} s; estimator "
-          f"{', '.join(sorted(set(similarity['estimator'])))}", file=sys.stderr)
+    estimators = sorted(set(similarity.loc[similarity["measure"] == "cka", "estimator"]))
+    print(f"compared {summary} in {time.perf_counter() - started:.1f} s"
+          + (f"; CKA estimator {', '.join(estimators)}" if estimators else ""), file=sys.stderr)
+    for r in monotonic.itertuples():
+        print(f"layer monotonicity {r.model} {r.measure}: Spearman(|i - j|, similarity) = {r.spearman:.2f} "
+              f"({r.n_layers} layers)", file=sys.stderr)
     if a.logger == "wandb":
         _log_wandb(similarity, probe, out, a.folders)
     return 0

@@ -3,7 +3,8 @@
 - ``cka_heatmaps``: CKA between every layer of one model and every layer of another (or itself), one
   figure per model pair, in the layout of Raghu et al. 2021 (Fig. 1-2): layers on both axes, the
   first layer at the origin; on relative depth (0 = first layer, 1 = last) models of different depths
-  share the axes.
+  share the axes. Cells whose permutation p-value is >= ``ALPHA`` (not distinguishable from the
+  null) are hatched.
 - ``probe_curves``: the k-NN probe's accuracy against layer (or relative depth), one line per model with
   its 95% interval, each model's label-permutation null as a hatched 5-95% band with its mean dashed.
 - ``attention_distance`` (from ``results.csv``, so it lives in ``figures.paper``): mean attention distance
@@ -18,11 +19,14 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from ..results.saved import relative_depth
 from .style import AXES, HEAT_CMAP, PALETTE, depth_axis, save, slug, styled
 
 log = logging.getLogger(__name__)
+
+ALPHA = 0.05  # a cell with p_value >= ALPHA is not distinguishable from its permutation null
 
 
 def _check_depth(depth: str) -> None:
@@ -56,6 +60,14 @@ def _axis(ax, which: str, pos: np.ndarray, layers: Sequence[int], depth: str, la
     (ax.set_xlabel if which == "x" else ax.set_ylabel)(label)
 
 
+def cka_rows(similarity: pd.DataFrame) -> pd.DataFrame:
+    """The CKA rows of a ``similarity.csv`` table with the value in ``value`` (a table written before the
+    long form, with a ``cka`` column, is read as CKA rows)."""
+    if "measure" not in similarity.columns:
+        return similarity.rename(columns={"cka": "value"}).assign(measure="cka")
+    return similarity[similarity["measure"] == "cka"]
+
+
 def pairs(similarity: pd.DataFrame) -> list[tuple[str, str]]:
     """The model pairs of a ``similarity.csv`` table, each once (a model with itself included), in order."""
     order = list(dict.fromkeys([*similarity["model_a"], *similarity["model_b"]]))
@@ -63,11 +75,14 @@ def pairs(similarity: pd.DataFrame) -> list[tuple[str, str]]:
     return [(a, b) for i, a in enumerate(order) for b in order[i:] if (a, b) in present]
 
 
-def cka_grid(similarity: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
-    """The CKA of model ``a``'s layers (rows) against model ``b``'s (columns), sorted by layer."""
+def cka_grid(similarity: pd.DataFrame, a: str, b: str, values: str = "value") -> pd.DataFrame:
+    """One column (``value``, ``p_value``, ...) of model ``a``'s layers (rows) against model ``b``'s (columns),
+    sorted by layer, from rows of one measure (``cka_rows``)."""
     part = similarity[(similarity["model_a"] == a) & (similarity["model_b"] == b)]
-    return part.pivot_table(index="layer_a", columns="layer_b", values="cka", aggfunc="first").sort_index().sort_index(
-        axis=1)
+    if values not in part.columns:
+        part = part.assign(**{values: np.nan})
+    return part.pivot_table(index="layer_a", columns="layer_b", values=values, aggfunc="first",
+                            dropna=False).sort_index().sort_index(axis=1)
 
 
 @styled
@@ -76,16 +91,21 @@ def cka_heatmaps(similarity: pd.DataFrame, out: Path | str, formats: Sequence[st
     """One CKA heatmap per model pair (``similarity.csv`` rows), ``cka_<a>__<b>_<kind>_<kernel>``.
 
     Args:
-        similarity: rows with model_a, layer_a, model_b, layer_b, kind, kernel, cka, n_images, estimator.
+        similarity: ``similarity.csv`` rows (model_a, layer_a, model_b, layer_b, kind, measure, value, p_value,
+            n_images, kernel, estimator); only the CKA rows are drawn.
         depth: ``layer`` (axes: layer indices) or ``relative`` (0 = first layer, 1 = last).
         num_layers: model -> its layer count, for relative depth (default: deepest layer + 1).
     """
     _check_depth(depth)
     num_layers = dict(num_layers or {})
     paths: list[Path] = []
+    similarity = cka_rows(similarity)
+    if similarity.empty:
+        return paths
     kind, kernel = similarity["kind"].iloc[0], similarity["kernel"].iloc[0]
     for a, b in pairs(similarity):
         grid = cka_grid(similarity, a, b)
+        pvals = cka_grid(similarity, a, b, "p_value").reindex(index=grid.index, columns=grid.columns)
         rows, cols = list(grid.index), list(grid.columns)
         ypos, xpos = _positions(rows, num_layers.get(a), depth), _positions(cols, num_layers.get(b), depth)
         fig = Figure(figsize=(3.3, 2.9))
@@ -94,13 +114,19 @@ def cka_heatmaps(similarity: pd.DataFrame, out: Path | str, formats: Sequence[st
                              vmin=0, vmax=1, shading="flat")
         ax.set_aspect("equal" if depth == "relative" or len(rows) == len(cols) else "auto")
         ax.grid(False)
+        xe, ye = _edges(xpos, depth), _edges(ypos, depth)
+        faint = np.argwhere(pvals.to_numpy(float) >= ALPHA)
+        for r, c in faint:  # hatched: not distinguishable from the permutation null
+            ax.add_patch(Rectangle((xe[c], ye[r]), xe[c + 1] - xe[c], ye[r + 1] - ye[r], fill=False, hatch="////",
+                                   edgecolor="white", linewidth=0))
         where = "layer" if depth == "layer" else "relative depth"
         _axis(ax, "x", xpos, cols, depth, f"{b} {where}")
         _axis(ax, "y", ypos, rows, depth, f"{a} {where}")
         n = int(similarity.loc[(similarity["model_a"] == a) & (similarity["model_b"] == b), "n_images"].iloc[0])
         estimator = similarity.loc[(similarity["model_a"] == a) & (similarity["model_b"] == b), "estimator"].iloc[0]
+        hatch = "; hatched: p >= 0.05" if len(faint) else ""
         ax.set_title(f"{'within ' + a if a == b else a + ' vs ' + b}\n{kernel} CKA of {kind} representations, "
-                     f"{n} images ({estimator})", pad=4, fontsize=7)
+                     f"{n} images ({estimator}{hatch})", pad=4, fontsize=7)
         bar = fig.colorbar(mesh, ax=ax, fraction=0.05, pad=0.03)
         bar.set_label("CKA", fontsize=7)
         bar.outline.set_linewidth(0.4)

@@ -40,7 +40,8 @@ class Logger:
         return False
 
     def log_comparison(self, similarity, probe) -> None:
-        """Layer x layer CKA (``similarity.csv`` rows, a DataFrame) and the k-NN probe per layer
+        """Layer x layer similarity (``similarity.csv`` rows, a DataFrame: every measure with its interval and
+        null) and the k-NN probe per layer
         (``probe.csv`` rows, a DataFrame, or None), as ``layerscope.comparison`` computes them."""
 
     def finish(self, ok: bool) -> None:

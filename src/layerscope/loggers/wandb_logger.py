@@ -172,7 +172,10 @@ class WandbLogger(Logger):
         return self.run is not None
 
     def log_comparison(self, similarity: pd.DataFrame, probe: pd.DataFrame | None) -> None:
-        """The CKA table (``cka``) with one heatmap image per model pair (``cka/<a>__<b>``), and the k-NN probe:
+        """The similarity rows (``similarity``: every measure with its interval and null; ``cka``: the CKA
+        rows) with one CKA heatmap image per model pair (``cka/<a>__<b>``, cells within the null hatched),
+        each model's layer monotonicity per measure in the summary
+        (``similarity/<measure>/<model>/monotonicity``), and the k-NN probe:
         ``probe/<label>/<kind>/<model>`` per layer (x-axis ``layer``), the ``probe`` table and
         ``probe/<label>/<kind>/<model>/best`` (+ ``/layer``, ``/p_value``) in the summary; per layer the
         label-permutation null beside each curve (``.../chance``, ``.../null_q05``, ``.../null_q95``) and the
@@ -181,12 +184,16 @@ class WandbLogger(Logger):
 
         import wandb
 
-        from ..figures.compare import cka_heatmaps, probe_curves
+        from ..comparison import monotonicity_table
+        from ..figures.compare import cka_heatmaps, cka_rows, probe_curves
 
         if self.run is None:
             return
         if not similarity.empty:
-            self.run.log({"cka": wandb.Table(dataframe=similarity)})
+            self.run.log({"similarity": wandb.Table(dataframe=similarity),
+                          "cka": wandb.Table(dataframe=cka_rows(similarity))})
+            for r in monotonicity_table(similarity).itertuples():
+                self.run.summary[f"similarity/{r.measure}/{r.model}/monotonicity"] = float(r.spearman)
             with tempfile.TemporaryDirectory() as tmp:
                 for path in cka_heatmaps(similarity, Path(tmp), ("png",)):
                     pair = path.stem.removeprefix("cka_").rsplit("_", 2)[0]

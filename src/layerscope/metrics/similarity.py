@@ -23,6 +23,7 @@ from typing import Mapping
 import numpy as np
 
 KERNELS = ("linear", "rbf")
+RBF_MEDIANS = ("distinct", "all")
 ESTIMATORS = ("auto", "full", "minibatch")
 MIN_IMAGES = 4  # HSIC_1 divides by n (n - 3)
 BANDWIDTH_SAMPLE = 2048  # images used for the RBF median heuristic
@@ -41,17 +42,28 @@ def _squared_distances(x: np.ndarray) -> np.ndarray:
     return np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0)
 
 
-def rbf_bandwidth(x: np.ndarray, seed: int = 0) -> float:
-    """The median heuristic: median squared Euclidean distance between distinct images, (n, D) -> s.
+def rbf_bandwidth(x: np.ndarray, seed: int = 0, sigma: float = 1.0, median: str = "distinct") -> float:
+    """The median heuristic: ``sigma**2`` times the median squared Euclidean distance, (n, D) -> s.
+
+    Args:
+        sigma: the kernel width as a multiple of the median distance (Kornblith et al. 2019's ``threshold``).
+        median: ``distinct`` (the median over pairs of distinct images, Gretton et al. 2005's heuristic,
+            this project's default) or ``all`` (over all n^2 entries, the zero diagonal included, as
+            Kornblith et al. 2019's reference code and ckatorch compute it).
 
     At most ``BANDWIDTH_SAMPLE`` images (a seeded sample) are used.
     """
+    if median not in RBF_MEDIANS:
+        raise ValueError(f"median={median!r}: expected one of {', '.join(RBF_MEDIANS)}")
+    if not sigma > 0:
+        raise ValueError(f"sigma={sigma!r}: expected a number > 0 (a multiple of the median distance)")
     x = _as_2d(x)
     if x.shape[0] > BANDWIDTH_SAMPLE:
         x = x[np.random.default_rng(seed).choice(x.shape[0], BANDWIDTH_SAMPLE, replace=False)]
     d = _squared_distances(x)
-    s = float(np.median(d[~np.eye(len(d), dtype=bool)]))
-    return s if s > 0 else 1.0  # identical rows: any bandwidth gives the same constant kernel
+    s = float(np.median(d[~np.eye(len(d), dtype=bool)] if median == "distinct" else d))
+    s = s if s > 0 else 1.0  # identical rows: any bandwidth gives the same constant kernel
+    return s if sigma == 1.0 else float(sigma) ** 2 * s
 
 
 def gram(x: np.ndarray, kernel: str = "linear", bandwidth: float | None = None) -> np.ndarray:
@@ -133,7 +145,8 @@ def choose_estimator(n: int, layers: int, estimator: str = "auto", max_bytes: in
 
 def cka_matrix(xs: Mapping[int, np.ndarray], ys: Mapping[int, np.ndarray], kernel: str = "linear",
                estimator: str = "auto", batch_size: int = 256, seed: int = 0,
-               max_bytes: int = MAX_GRAM_BYTES) -> tuple[np.ndarray, str]:
+               max_bytes: int = MAX_GRAM_BYTES, rbf_sigma: float = 1.0,
+               rbf_median: str = "distinct") -> tuple[np.ndarray, str]:
     """CKA between every layer of one model and every layer of another, on the same n images.
 
     Args:
@@ -144,6 +157,7 @@ def cka_matrix(xs: Mapping[int, np.ndarray], ys: Mapping[int, np.ndarray], kerne
         batch_size: images per minibatch (the last ones may hold up to twice as many: no minibatch is
             smaller than ``batch_size``, none below 4 images).
         seed: minibatch shuffling and RBF bandwidth sampling.
+        rbf_sigma, rbf_median: the RBF width (see ``rbf_bandwidth``).
 
     Returns:
         (matrix (len(xs), len(ys)) in the layers' sorted order, the estimator used).
@@ -157,8 +171,8 @@ def cka_matrix(xs: Mapping[int, np.ndarray], ys: Mapping[int, np.ndarray], kerne
     if n < MIN_IMAGES:
         raise ValueError(f"CKA needs at least {MIN_IMAGES} images, got {n}")
     used = choose_estimator(n, len(xl) + len(yl), estimator, max_bytes)
-    bw_x = [rbf_bandwidth(a, seed) if kernel == "rbf" else None for a in xl]
-    bw_y = [rbf_bandwidth(a, seed) if kernel == "rbf" else None for a in yl]
+    bw_x = [rbf_bandwidth(a, seed, rbf_sigma, rbf_median) if kernel == "rbf" else None for a in xl]
+    bw_y = [rbf_bandwidth(a, seed, rbf_sigma, rbf_median) if kernel == "rbf" else None for a in yl]
     if used == "full":
         xy, xx, yy = _pair_hsic([_Stats(gram(a, kernel, s)) for a, s in zip(xl, bw_x)],
                                 [_Stats(gram(a, kernel, s)) for a, s in zip(yl, bw_y)])

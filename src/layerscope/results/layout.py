@@ -18,7 +18,7 @@
     <run>/representations/parts/part_<n>.npz   what the run appends batch by batch (resume)
     <run>/representations/checksums.json   each image's content hash, checksums of images.txt and the arrays
     <run>/representations/thumbnails.npy   each image's input at 16 x 16 (its content, whatever the input size)
-    <DIR>/compare/similarity.csv, probe.csv, *.png|pdf, .layerscope-compare (what it wrote)   ``layerscope-compare``
+    <DIR>/compare/similarity.csv, monotonicity.csv, probe.csv, attention_distance.csv, *.png|pdf, .layerscope-compare (what it wrote)   ``layerscope-compare``
     <run or sweep>/report.html, report_files/   the offline page (``layerscope-view``)
 """
 from __future__ import annotations
@@ -56,6 +56,7 @@ REPRESENTATION_CHECKSUMS = "checksums.json"  # inside REPRESENTATIONS: each inpu
 REPRESENTATION_THUMBS = "thumbnails.npy"  # inside REPRESENTATIONS: each row's input at 16 x 16 (matching across sizes)
 COMPARE = "compare"  # layerscope-compare's default output folder
 SIMILARITY = "similarity.csv"
+MONOTONICITY = "monotonicity.csv"  # in COMPARE: within-model layer monotonicity per similarity measure
 PROBE = "probe.csv"
 ATTENTION_DISTANCE = "attention_distance.csv"  # layerscope-compare: per head, the mean over images and its interval
 

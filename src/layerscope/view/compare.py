@@ -1,4 +1,6 @@
-"""The report page's section on the axes beyond masks: CKA heatmaps, k-NN probe curves, attention distance.
+"""The report page's section on the axes beyond masks: CKA heatmaps (cells within the null dimmed), every
+similarity measure's summary with its layer monotonicity and invariances, k-NN probe curves, attention
+distance.
 
 Reads what ``layerscope-compare`` wrote (every ``similarity.csv`` and ``probe.csv`` at or below the page's
 folder, ``compare/`` first) and the ``attention_distance`` column of the results; returns one ``<section id=compare>``
@@ -12,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..figures.compare import cka_grid, pairs
+from ..figures.compare import ALPHA, cka_grid, cka_rows, pairs
 from ..figures.style import PALETTE
-from ..results.layout import COMPARE, PROBE, SIMILARITY
+from ..metrics.measures import INVARIANCES, MEASURES
+from ..results.layout import COMPARE, MONOTONICITY, PROBE, SIMILARITY
 from ..results.saved import distance_table, head_order, relative_depth
 from .charts import line_chart
 from .html import colour_legend, esc, finite, hex_colour, ink
@@ -36,13 +39,17 @@ def _tables(folder: Path, name: str) -> list[tuple[Path, pd.DataFrame]]:
 def _heatmaps(similarity: pd.DataFrame, where: str) -> str:
     import matplotlib
 
-    need = {"model_a", "layer_a", "model_b", "layer_b", "cka", "kind", "kernel", "n_images", "estimator"}
+    similarity = cka_rows(similarity) if {"measure", "cka"} & set(similarity.columns) else similarity
+    need = {"model_a", "layer_a", "model_b", "layer_b", "value", "kind", "kernel", "n_images", "estimator"}
     if not need <= set(similarity.columns) or similarity.empty:
         return ""
     cmap = matplotlib.colormaps["viridis"]
     blocks = []
     for a, b in pairs(similarity):
         grid = cka_grid(similarity, a, b)
+        pvals = cka_grid(similarity, a, b, "p_value").reindex(index=grid.index, columns=grid.columns)
+        low = cka_grid(similarity, a, b, "ci_low").reindex(index=grid.index, columns=grid.columns)
+        high = cka_grid(similarity, a, b, "ci_high").reindex(index=grid.index, columns=grid.columns)
         first = similarity[(similarity["model_a"] == a) & (similarity["model_b"] == b)].iloc[0]
         rows = ["<tr><th></th>" + "".join(f"<th>{esc(c)}</th>" for c in grid.columns) + "</tr>"]
         for la in reversed(list(grid.index)):  # the first layer at the bottom, as Raghu et al. draw it
@@ -53,17 +60,64 @@ def _heatmaps(similarity: pd.DataFrame, where: str) -> str:
                     tds.append("<td title=\"undefined\">–</td>")
                     continue
                 rgba = cmap(min(max(float(v), 0.0), 1.0))
+                p, lo, hi = pvals.loc[la, lb], low.loc[la, lb], high.loc[la, lb]
                 tip = f"{a} layer {la} · {b} layer {lb}: CKA {float(v):.3f}"
-                tds.append(f"<td style=\"background:{hex_colour(rgba)};color:{ink(rgba)}\" title=\"{esc(tip)}\">"
+                if finite(lo) and finite(hi):
+                    tip += f" [{float(lo):.3f}, {float(hi):.3f}]"
+                if finite(p):
+                    tip += f", p = {float(p):.3g}"
+                faint = finite(p) and float(p) >= ALPHA
+                style = f"background:{hex_colour(rgba)};color:{ink(rgba)}" + (";opacity:0.35" if faint else "")
+                mark = " class=null" if faint else ""
+                tip += " (not above the null)" if faint else ""
+                tds.append(f"<td{mark} style=\"{style}\" title=\"{esc(tip)}\">"
                            f"{float(v):.2f}</td>")
             rows.append(f"<tr><th>L{esc(la)}</th>{''.join(tds)}</tr>")
         title = f"within {a}" if a == b else f"{a} (rows) vs {b} (columns)"
         blocks.append(f"<div class=hm><h3>{esc(title)}</h3><p class=note>{esc(first['kernel'])} CKA of "
                       f"{esc(first['kind'])} representations, {esc(first['n_images'])} images, "
                       f"{esc(first['estimator'])} HSIC</p><table class=heat>{''.join(rows)}</table></div>")
-    legend = colour_legend(cmap, "0", "1", "CKA; layer 0 at the bottom left")
+    legend = colour_legend(cmap, "0", "1", f"CKA; layer 0 at the bottom left; dimmed: p >= {ALPHA} against the "
+                           "permutation null")
     return (f"<h3>Representation similarity (CKA) · <code>{esc(where)}</code></h3>{legend}"
             f"<div class=row>{''.join(blocks)}</div>")
+
+
+def _measure_row(measure: str, rows_of: pd.DataFrame, a: str, b: str, monotonic: pd.DataFrame | None) -> str:
+    part = rows_of[(rows_of["model_a"] == a) & (rows_of["model_b"] == b)]
+    off = part[(part["layer_a"] != part["layer_b"]) | (a != b)]
+    p = pd.to_numeric(off["p_value"], errors="coerce")
+    share = f"{(p < ALPHA).mean():.0%}" if p.notna().any() else "–"
+    value = pd.to_numeric(off["value"], errors="coerce").median()
+    rho = "–"
+    if monotonic is not None and a == b and {"model", "measure", "spearman"} <= set(monotonic.columns):
+        hit = monotonic[(monotonic["model"] == a) & (monotonic["measure"] == measure)]
+        if len(hit) and finite(hit["spearman"].iloc[0]):
+            rho = f"{float(hit['spearman'].iloc[0]):+.2f}"
+    return (f"<tr><td>{esc(measure)}</td><td>{esc(a if a == b else a + ' vs ' + b)}</td>"
+            f"<td>{'' if pd.isna(value) else f'{value:.3f}'}</td><td>{share}</td><td>{rho}</td></tr>")
+
+
+def _measures(similarity: pd.DataFrame, monotonic: pd.DataFrame | None, where: str) -> str:
+    """Per measure and model pair: the median value and share of layer pairs above the null; the layer
+    monotonicity within each model; the measures' declared invariances."""
+    need = {"model_a", "model_b", "measure", "value", "p_value", "layer_a", "layer_b"}
+    if not need <= set(similarity.columns) or similarity.empty:
+        return ""
+    rows = [_measure_row(measure, rows_of, a, b, monotonic)
+            for measure, rows_of in similarity.groupby("measure", sort=False) for a, b in pairs(rows_of)]
+    marks = {m.name: "".join(f"<td>{'yes' if inv in m.invariances else 'no'}</td>" for inv in INVARIANCES)
+             for m in MEASURES.values()}
+    invariance = "".join(f"<tr><td>{esc(m.name)}</td>{marks[m.name]}<td>{esc(m.paper)}</td></tr>"
+                         for m in MEASURES.values() if m.name in set(similarity["measure"]))
+    heads = "".join(f"<th>{esc(inv.replace('_', ' '))}</th>" for inv in INVARIANCES)
+    return (f"<h3>Similarity measures · <code>{esc(where)}</code></h3><p class=note>Median over pairs of layers "
+            f"(a layer with itself left out); the share of them above the permutation null (p &lt; {ALPHA}); within a "
+            "model, the Spearman correlation between layer distance |i − j| and similarity (negative: similarity "
+            "falls with distance, as it should; ReSi's layer monotonicity).</p><table><tr><th>measure</th><th>models"
+            "</th><th>median</th><th>above null</th><th>monotonicity</th></tr>" + "".join(rows) + "</table>"
+            f"<p class=note>Invariances each measure declares (its value unchanged when one representation is "
+            f"transformed so):</p><table><tr><th>measure</th>{heads}<th>definition</th></tr>{invariance}</table>")
 
 
 def _probe_charts(probe: pd.DataFrame, depths: dict[str, int], where: str) -> str:
@@ -148,6 +202,13 @@ def compare_section(df: pd.DataFrame, folder: Path | str) -> str:
     parts = []
     for path, table in _tables(folder, SIMILARITY):
         parts.append(_heatmaps(table, str(path.relative_to(folder))))
+        monotonic = None
+        if (path.parent / MONOTONICITY).exists():
+            try:
+                monotonic = pd.read_csv(path.parent / MONOTONICITY)
+            except (OSError, ValueError, pd.errors.ParserError):
+                monotonic = None
+        parts.append(_measures(table, monotonic, str(path.relative_to(folder))))
     for path, table in _tables(folder, PROBE):
         parts.append(_probe_charts(table, depths, str(path.relative_to(folder))))
     parts.append(_distance_charts(df))
