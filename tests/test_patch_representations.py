@@ -92,9 +92,10 @@ def test_patches_of_identical_cells_reduce_to_the_pooled_result():
             np.testing.assert_allclose(a, p.arrays[layer].repeat(4, 0), rtol=1e-5, atol=1e-5)  # the pooled vector
     # one cell per image: the comparison is the pooled comparison, row for row
     one, _ = representation_rows(cells, "patches", grid=1)
-    a = similarity_table(one, "patches")
-    b = similarity_table(pooled, "patches")
-    np.testing.assert_allclose(a["cka"], b["cka"], atol=1e-6)
+    a = similarity_table(one, "patches", n_perm=50, n_boot=50)
+    b = similarity_table(pooled, "patches", n_perm=50, n_boot=50)
+    for column in ("value", "ci_low", "ci_high", "null_mean", "p_value"):  # the same rows: the same draws
+        np.testing.assert_allclose(a[column], b[column], atol=1e-6)
     # the probe on 4 identical cells per image (cells of an image left out together, 4 k neighbour cells = k
     # images, the null permuting whole images) is the pooled probe: accuracy and null
     labels = np.array(["crack", "spot", "stain"])[np.arange(24) % 3]

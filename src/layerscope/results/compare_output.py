@@ -33,7 +33,7 @@ from .layout import LOCK, SIMILARITY
 MARKER = ".layerscope-compare"  # in the output folder: {"files": [...]}, what the last compare wrote there
 COMPARE_LOCK = f"{MARKER}{LOCK}"
 _STAGING = re.compile(r"^\.layerscope-compare\.\d+-[0-9a-f]{8}\.tmp$")
-_OUTPUT = re.compile(r"^(similarity\.csv|probe\.csv|(cka|probe|attention_distance)[_.][^/]*)$")  # legacy folders
+_OUTPUT = re.compile(r"^(similarity\.csv|probe\.csv|monotonicity\.csv|(cka|probe|attention_distance)[_.][^/]*)$")  # legacy folders
 _HEADER = "model_a,layer_a,model_b,layer_b"  # the first columns of the command's similarity.csv
 
 
