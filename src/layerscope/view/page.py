@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from ..results import catalog, layout
 from ..results.saved import Study
 from .compare import compare_section
+from .fewshot import fewshot_section
 from .gallery import gallery_data, gallery_section
 from .html import esc, script_json
 from .sections import (choice_section, curves_section, glance_section, job_entries, ranking_section, runs_section,
@@ -58,8 +59,8 @@ def _page(title: str, where: str, sections: Iterable[str], data: dict[str, Any],
     payload = script_json(data)
     nav = "".join(f"<a href=\"#{a}\">{t}</a>" for a, t in (("glance", "at a glance"), ("gallery", "images"),
                                                            ("ranking", "ranking"), ("curves", "by layer"),
-                                                           ("choice", "choice"), ("compare", "compare"),
-                                                           ("runs", "runs")))
+                                                           ("choice", "choice"), ("fewshot", "few-shot"),
+                                                           ("compare", "compare"), ("runs", "runs")))
     return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><meta name=generator content={GENERATOR}>"
             "<meta name=viewport "
             f"content=\"width=device-width,initial-scale=1\"><title>{esc(title)}</title>"
@@ -234,7 +235,7 @@ def _write(study: Study, folder: Path, files: Path, staging: Path, metric: str, 
     jobs, never = job_entries(study)
     sections = [summary_section(study, jobs, never, metric), glance_section(study, scores, metric, series_index),
                 gallery_section(data), ranking_section(study, metric, ranked, top),
-                curves_section(study, metric, scores, n_boot, depth), choice_section(study),
+                curves_section(study, metric, scores, n_boot, depth), choice_section(study), fewshot_section(study, metric),
                 compare_section(study.df, folder), runs_section(study, jobs)]
     title = f"layerscope · {folder.resolve().name}"
     return _page(title, f"{folder.resolve()} · written {time.strftime('%Y-%m-%d %H:%M')}", sections, data, depth)
