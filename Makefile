@@ -43,6 +43,11 @@ experiments: install
 	$(BIN)/layerscope -m experiment=vit_vs_cnn_representations hydra.sweep.dir=$(EXP)/vit_vs_cnn_representations
 	$(BIN)/layerscope -m experiment=vit_vs_cnn_representations data=samples '~data.per_combination' hydra.sweep.dir=$(EXP)/vit_vs_cnn_representations/photos
 	$(BIN)/layerscope-compare $(EXP)/vit_vs_cnn_representations --probe category
+	$(BIN)/layerscope -m experiment=fewshot_layer_scan hydra.sweep.dir=$(EXP)/fewshot_layer_scan
+	$(BIN)/layerscope-report $(EXP)/fewshot_layer_scan --metric aupro --calibration 0.5
+	$(BIN)/layerscope-report $(EXP)/fewshot_layer_scan --metric auroc --calibration 0.5
+	$(BIN)/layerscope-figures $(EXP)/fewshot_layer_scan --kinds fewshot_vs_layer dataset_vs_layer
+	$(BIN)/layerscope-view $(EXP)/fewshot_layer_scan
 
 clean:
 	rm -rf $(VENV) outputs/runs outputs/multirun .pytest_cache
