@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from .protocol import CHOICE_METRICS, _Candidate, dataset_metric, split_images
-from .results.fewshot import CHOICE_STEM, SHOTS, t_interval
+from .results.fewshot import SHOTS, t_interval
+from .results.layout import fewshot_choice_stem
 from .results.pool import Pool
 from .results.ranking import md
 from .results.rundir import write_atomic
@@ -139,7 +140,7 @@ def summary_markdown(summary: pd.DataFrame) -> str:
 def write_choice_by_shots(folder: Path, rows: pd.DataFrame) -> tuple[Path, Path, Path]:
     """``fewshot_choice_<metric>.csv`` (one row per seed), ``_summary.csv`` and ``.md`` in ``folder`` (atomically)."""
     folder = Path(folder)
-    stem = f"{CHOICE_STEM}{rows.attrs.get('metric', '')}"
+    stem = fewshot_choice_stem(rows.attrs.get("metric", ""))
     summary = choice_summary(rows)
     paths = (folder / f"{stem}.csv", folder / f"{stem}_summary.csv", folder / f"{stem}.md")
     write_atomic(paths[0], rows.to_csv(index=False, float_format="%.9g"))

@@ -91,12 +91,13 @@ def _write(folder: Path, stem: str, table: pd.DataFrame, md: str) -> None:
 def _fewshot_per_image(a: argparse.Namespace) -> None:
     """A few-shot sweep's shots x layer table of the per-image ``a.metric`` (mean and t-interval across seeds)."""
     from ..results import fewshot
+    from ..results.layout import fewshot_stem
 
     settings = fewshot.job_settings(a.folder)
     if not fewshot.is_sweep(settings) or a.metric in IMAGE_METRICS:
         return
     table = fewshot.across_seeds(fewshot.per_image_values(load_results(a.folder, a.results), a.metric), settings)
-    _write(a.folder, fewshot.fewshot_stem(a.metric, "per_image"), table, fewshot.fewshot_markdown(
+    _write(a.folder, fewshot_stem(a.metric, "per_image"), table, fewshot.fewshot_markdown(
         table, f"Few-shot protocol: per-image `{a.metric}` by shots and layer", metric=a.metric))
 
 
@@ -104,12 +105,13 @@ def _fewshot_dataset(a: argparse.Namespace, pooled: pd.DataFrame, pool, metric: 
     """A few-shot sweep's shots x layer table of pooled ``metric`` and, with ``--calibration``, the held-out choice
     of layer per shot count against the best in hindsight."""
     from ..results import fewshot
+    from ..results.layout import fewshot_stem
 
     settings = fewshot.job_settings(a.folder)
     if not fewshot.is_sweep(settings):
         return
     table = fewshot.across_seeds(fewshot.dataset_values(pooled, metric), settings)
-    _write(a.folder, fewshot.fewshot_stem(metric, "dataset"), table, fewshot.fewshot_markdown(
+    _write(a.folder, fewshot_stem(metric, "dataset"), table, fewshot.fewshot_markdown(
         table, f"Few-shot protocol: pooled `{metric}` (dataset level) by shots and layer", metric=metric))
     if a.calibration is not None:
         from ..fewshot_choice import choose_by_shots, write_choice_by_shots

@@ -173,11 +173,3 @@ def fewshot_markdown(table: pd.DataFrame, title: str, category: str = "all", met
             lines.append(f"| {shots} | {int(row['n_seeds'].max())} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
-
-
-def fewshot_stem(metric: str, protocol: str) -> str:
-    """File stem of the few-shot table: ``fewshot_<metric>`` (per image) or ``fewshot_dataset_<metric>``."""
-    return f"fewshot_{metric}" if protocol == "per_image" else f"fewshot_{protocol}_{metric}"
-
-
-CHOICE_STEM = "fewshot_choice_"  # + the pooled metric: the held-out choice per shot count (.csv, .md)

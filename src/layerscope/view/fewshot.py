@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..results import catalog, fewshot
+from ..results import catalog, fewshot, layout
 from ..results.saved import Study
 from ..results.table import read_table
 from .html import esc, fmt
@@ -37,13 +37,13 @@ def _shots_table(metric: str, block: pd.DataFrame) -> str:
 
 def _choice_cards(study: Study) -> str:
     cards = []
-    for path in sorted(study.root.glob(f"{fewshot.CHOICE_STEM}*_summary.csv")):
+    for path in sorted(study.root.glob(f"{layout.FEWSHOT_CHOICE}*_summary.csv")):
         try:
             table = read_table(path)
         except (ValueError, OSError) as e:
             cards.append(f"<p class=note>{esc(path.name)}: unreadable ({esc(e)})</p>")
             continue
-        metric = path.name[len(fewshot.CHOICE_STEM):-len("_summary.csv")]
+        metric = path.name[len(layout.FEWSHOT_CHOICE):-len("_summary.csv")]
         for (model, method), part in table.groupby(["model", "method"], sort=False):
             def ci(r: dict, name: str) -> str:
                 low, high = r.get(f"{name}_ci_low"), r.get(f"{name}_ci_high")
