@@ -11,6 +11,7 @@ protocols. No torch here: the report, the page and the figures read it.
 """
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import pandas as pd
 
 from . import catalog, layout
 from .ranking import md
+
+log = logging.getLogger(__name__)
 
 SHOTS = "shots"  # the column: method.n_references of the job ("all" when null)
 KEYS = ["model", "method", SHOTS, "layer", "head"]
@@ -54,7 +57,8 @@ def job_settings(folder: Path | str) -> pd.DataFrame:
                 continue
             rows.append({"job": str(run.relative_to(folder)) if run != folder else ".",
                          SHOTS: _shots(method.get("n_references")), "seed": int(saved.get("seed", 0))})
-        except Exception:  # noqa: BLE001 - a damaged config is one job left out, not a failed report
+        except Exception as e:  # noqa: BLE001 - a damaged config is one job left out, not a failed report
+            log.warning("%s: unreadable (%s); its job is left out of the few-shot tables", config, e)
             continue
     return pd.DataFrame(rows, columns=["job", SHOTS, "seed"])
 
