@@ -326,3 +326,46 @@ def test_sweep_report_page_and_figure(sweep, tmp_path):
                                        "fewshot_vs_layer_dataset_pixel_auroc_tiny_vit_patch_knn_knn.png",
                                        "fewshot_vs_layer_dataset_aupro_tiny_vit_patch_knn_knn.png"}
     assert len(ids) == 6
+
+
+def test_fit_references_passes_the_seed_and_accepts_a_dataset_without_one(caplog):
+    """The study draws references with its seed; a dataset of one's own whose ``references(n)`` takes no seed
+    still works, with a warning that its references do not change with the seed."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from layerscope.data.base import Sample
+    from layerscope.study import fit_references
+
+    fed = []
+
+    class Method:
+        name, capture, needs_references, n_references = "patch_knn", "features", True, 2
+
+        def fit(self, batches, layers, extract):
+            fed.extend(x.shape[0] for x in batches)
+
+    image = np.zeros((8, 8, 3), np.uint8)
+
+    class Seeded:
+        def references(self, n, seed=0):
+            self.asked = (n, seed)
+            return [Sample(id=f"r{i}", image=image) for i in range(n)]
+
+    class Old:
+        def __len__(self):
+            return 5
+
+        def references(self, n):
+            self.asked = (n,)
+            return [Sample(id=f"r{i}", image=image) for i in range(n)]
+
+    plan = SimpleNamespace(method=Method(), layers=[0])
+    backbone = SimpleNamespace(img_size=8, extract=None)
+    seeded, old = Seeded(), Old()
+    fit_references(plan, backbone, seeded, 4, torch.device("cpu"), seed=7)
+    assert seeded.asked == (2, 7) and fed == [2]
+    with caplog.at_level("WARNING", logger="layerscope.study"):
+        fit_references(plan, backbone, old, 4, torch.device("cpu"), seed=7)
+    assert old.asked == (2,) and "Old.references takes no seed" in caplog.text
