@@ -80,6 +80,10 @@ def choose_by_shots(pool: Pool, settings: pd.DataFrame, metric: str = "aupro",
                      "best_held_out": on_out[best], "gap": on_out[best] - on_out[chosen],
                      "last_layer": int(last_layer), "last_held_out": on_out[last]})
     table = pd.DataFrame(rows)
+    if not table.empty:  # in shot order, then seed (jobs come in folder order: 0, 1, 10, 11, ...)
+        order = table[SHOTS].map(_order)
+        table = table.assign(_o=order).sort_values(["model", "method", "_o", "seed"], kind="stable")
+        table = table.drop(columns="_o").reset_index(drop=True)
     table.attrs.update(metric=metric, calibration_images=int(cal.sum()), held_out_images=int(out.sum()))
     return table
 
