@@ -321,6 +321,7 @@ def test_sweep_report_page_and_figure(sweep, tmp_path):
     assert "Held-out choice of layer per shot count" in (sweep / "fewshot_choice_pixel_auroc.md").read_text()
     page = build(sweep, n_boot=20).read_text()
     assert "<section id=fewshot>" in page and "layers chosen (per seed)" in page
+    assert "dataset level, pooled pixel_auroc: tiny_vit · patch_knn · knn" in page
     paths = fewshot_vs_layer(sweep, tmp_path / "figs", ("png",), ("auroc",))
     assert {p.name for p in paths} == {"fewshot_vs_layer_auroc_tiny_vit_patch_knn_knn.png",
                                        "fewshot_vs_layer_dataset_pixel_auroc_tiny_vit_patch_knn_knn.png",

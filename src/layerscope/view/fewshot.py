@@ -59,6 +59,23 @@ def _choice_cards(study: Study) -> str:
     return "".join(cards)
 
 
+def _pooled_cards(study: Study) -> list[str]:
+    """The dataset-level shots x layer tables ``layerscope-report`` wrote (``fewshot_dataset_<metric>.csv``)."""
+    cards = []
+    for path in sorted(study.root.glob(f"{layout.fewshot_stem('*', 'dataset')}.csv")):
+        metric = path.stem[len(layout.fewshot_stem("", "dataset")):]
+        try:
+            table = read_table(path)
+        except (ValueError, OSError) as e:
+            cards.append(f"<p class=note>{esc(path.name)}: unreadable ({esc(e)})</p>")
+            continue
+        table = table[table["category"] == "all"]
+        for (model, method, head), block in table.groupby(["model", "method", "head"], sort=False):
+            cards.append(f"<div class=card><h3>dataset level, pooled {esc(metric)}: {esc(model)} · {esc(method)} · "
+                         f"{esc(head)}</h3>{_shots_table(metric, block)}</div>")
+    return cards
+
+
 def fewshot_section(study: Study, metric: str) -> str:
     """The section, or "" when the folder's jobs do not vary the shot count or the seed."""
     settings = fewshot.job_settings(study.root)
@@ -68,8 +85,10 @@ def fewshot_section(study: Study, metric: str) -> str:
     table = table[table["category"] == "all"]
     cards = [f"<div class=card><h3>{esc(model)} · {esc(method)} · {esc(head)}</h3>{_shots_table(metric, block)}</div>"
              for (model, method, head), block in table.groupby(["model", "method", "head"], sort=False)]
+    cards += _pooled_cards(study)
     return (f"<section id=fewshot><h2>Few-shot: by shots and layer</h2><p class=note>Per image "
             f"{esc(catalog.title(metric))}, all images: mean over reference seeds and its 95% t-interval across seeds "
             "(the seeds draw the normal reference images); the best layer of each shot count in bold. "
-            "<code>layerscope-report DIR --calibration 0.5</code> adds the held-out choice of layer per shot count."
+            "<code>layerscope-report DIR --calibration 0.5</code> adds the pooled (dataset-level) tables and the held-out "
+            "choice of layer per shot count."
             f"</p><div class=cards>{''.join(cards)}{_choice_cards(study)}</div></section>")
