@@ -550,7 +550,8 @@ class SyntheticDefects(DatasetBase):
         out = []
         for texture in self.textures:
             for r in range(per):
-                rng = np.random.default_rng(np.random.SeedSequence([self.seed, 2, int(seed), TEXTURES.index(texture), r]))
+                entropy = [self.seed, 2, int(seed), TEXTURES.index(texture), r]
+                rng = np.random.default_rng(np.random.SeedSequence(entropy))
                 grey = np.round(_texture_patch(texture, self.size, rng) * 255.0).astype(np.uint8)
                 out.append(Sample(id=f"{texture}_train_{r}", image=np.repeat(grey[:, :, None], 3, axis=2),
                                   mask=np.zeros((self.size, self.size), bool), category="good", source=texture))

@@ -75,7 +75,7 @@ def report_stem(metric: str, protocol: str = "per_image") -> str:
 
 
 def fewshot_stem(metric: str, protocol: str = "per_image") -> str:
-    """The file stem (``.csv`` and ``.md``) of a few-shot sweep's shots x layer table of ``metric`` under ``protocol``."""
+    """The file stem (``.csv``, ``.md``) of a few-shot sweep's shots x layer table of ``metric`` under ``protocol``."""
     return f"{FEWSHOT}{metric}" if protocol == "per_image" else f"{FEWSHOT}{protocol}_{metric}"
 
 

@@ -89,6 +89,6 @@ def fewshot_section(study: Study, metric: str) -> str:
     return (f"<section id=fewshot><h2>Few-shot: by shots and layer</h2><p class=note>Per image "
             f"{esc(catalog.title(metric))}, all images: mean over reference seeds and its 95% t-interval across seeds "
             "(the seeds draw the normal reference images); the best layer of each shot count in bold. "
-            "<code>layerscope-report DIR --calibration 0.5</code> adds the pooled (dataset-level) tables and the held-out "
-            "choice of layer per shot count."
+            "<code>layerscope-report DIR --calibration 0.5</code> adds the pooled (dataset-level) tables and the "
+            "held-out choice of layer per shot count."
             f"</p><div class=cards>{''.join(cards)}{_choice_cards(study)}</div></section>")
