@@ -43,6 +43,14 @@ experiments: install
 	$(BIN)/layerscope -m experiment=vit_vs_cnn_representations hydra.sweep.dir=$(EXP)/vit_vs_cnn_representations
 	$(BIN)/layerscope -m experiment=vit_vs_cnn_representations data=samples '~data.per_combination' hydra.sweep.dir=$(EXP)/vit_vs_cnn_representations/photos
 	$(BIN)/layerscope-compare $(EXP)/vit_vs_cnn_representations --probe category
+	$(BIN)/layerscope -m experiment=fewshot_layer_scan hydra.sweep.dir=$(EXP)/fewshot_layer_scan
+	$(BIN)/layerscope-report $(EXP)/fewshot_layer_scan --metric aupro --calibration 0.5
+	$(BIN)/layerscope-report $(EXP)/fewshot_layer_scan --metric auroc --calibration 0.5
+	$(BIN)/layerscope-figures $(EXP)/fewshot_layer_scan --kinds fewshot_vs_layer dataset_vs_layer
+	$(BIN)/layerscope-view $(EXP)/fewshot_layer_scan
+	test -d $(EXP)/fewshot_mvtec_tree || $(BIN)/layerscope-export $(EXP)/fewshot_mvtec_tree --textures brick --train 20
+	$(BIN)/layerscope -m experiment=fewshot_layer_scan_mvtec data.root=$(EXP)/fewshot_mvtec_tree data.category=brick hydra.sweep.dir=$(EXP)/fewshot_layer_scan_mvtec
+	$(BIN)/layerscope-report $(EXP)/fewshot_layer_scan_mvtec --metric aupro --calibration 0.5
 
 clean:
 	rm -rf $(VENV) outputs/runs outputs/multirun .pytest_cache

@@ -45,8 +45,9 @@ def test_export_writes_the_mvtec_layout(mvtec_root):
 @pytest.mark.parametrize("method", ["cls_attention", "patch_knn"])
 def test_mvtec_run_and_report(mvtec_root, tmp_path, method, capsys):
     out = tmp_path / method
+    shots = ["method.n_references=3"] if method == "patch_knn" else []  # train/good holds 3: more is an error
     proc = run_main([*FAST, "data=mvtec", f"data.root={mvtec_root}", "data.category=brick", f"method={method}",
-                     f"hydra.run.dir={out}"], cwd=tmp_path)
+                     *shots, f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = pd.read_csv(out / "results.csv", dtype={"head": str})
     assert set(df["category"]) == {"good", "scratch", "spot"}

@@ -113,8 +113,10 @@ def test_builtin_datasets_are_datasets_and_say_what_they_offer(tmp_path):
     from layerscope.data.synthetic import SyntheticDefects
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "normal").mkdir()
+    Image.new("RGB", (8, 8), "white").save(tmp_path / "normal" / "n.png")  # a test image is never a reference
     synthetic, samples = SyntheticDefects(size=32), Samples()
-    plain, normal = Folder(str(tmp_path)), Folder(str(tmp_path), normal_dir=str(tmp_path))
+    plain, normal = Folder(str(tmp_path)), Folder(str(tmp_path), normal_dir=str(tmp_path / "normal"))
     assert all(isinstance(d, Dataset) for d in (synthetic, samples, plain, normal))
     assert (synthetic.has_references, samples.has_references, plain.has_references, normal.has_references) == \
         (True, False, False, True)

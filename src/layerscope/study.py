@@ -6,6 +6,7 @@ the run folder's resume bookkeeping (``results.rundir``) and the row builder (``
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import time
 from pathlib import Path
@@ -43,12 +44,24 @@ from .scoring_batch import batch_image_rows
 log = logging.getLogger(__name__)
 
 
-def fit_references(plan: Plan, backbone: Backbone, dataset: Dataset, batch_size: int, device: torch.device) -> None:
-    """Feed the dataset's normal reference images to a method that learns from them (patch_knn)."""
+def fit_references(plan: Plan, backbone: Backbone, dataset: Dataset, batch_size: int, device: torch.device,
+                   seed: int = 0) -> None:
+    """Feed the dataset's normal reference images to a method that learns from them (patch_knn).
+
+    The few-shot protocol: ``method.n_references`` images per category drawn by ``seed``
+    (``Dataset.references``); a dataset whose ``references`` takes no seed gives its own ``n``.
+    """
     if not plan.method.needs_references:
         return
-    n = plan.method.n_references or len(dataset)
-    refs = dataset.references(n)
+    n = plan.method.n_references
+    if "seed" in inspect.signature(dataset.references).parameters:
+        refs = dataset.references(n, seed=seed)
+    else:  # a dataset of one's own written before the seeded draw
+        log.warning("%s.references takes no seed: its references are the same for every seed",
+                    type(dataset).__name__)
+        refs = dataset.references(n or len(dataset))
+    log.info("%s references (seed %d): %s", plan.method.name, seed,
+             ", ".join(s.id for s in refs[:8]) + (f" and {len(refs) - 8} more" if len(refs) > 8 else ""))
     size = backbone.img_size
     chunks = [refs[i:i + batch_size] for i in range(0, len(refs), batch_size)]
     xs = (torch.stack([to_input(s, size)[0] for s in chunk]).to(device) for chunk in chunks)
@@ -246,7 +259,7 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
     """
     method = plan.method
     reuse_freed_memory()
-    fit_references(plan, backbone, dataset, int(cfg.batch_size), device)
+    fit_references(plan, backbone, dataset, int(cfg.batch_size), device, cfg.seed)
     all_names = method.map_names()
     names = [all_names[h] for h in plan.heads] + (["mean"] if method.head_mean else [])
     names = {layer: names + method.extra_map_names(layer) for layer in plan.layers}  # per layer: fused candidates

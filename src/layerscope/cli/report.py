@@ -88,6 +88,40 @@ def _write(folder: Path, stem: str, table: pd.DataFrame, md: str) -> None:
     print(f"written: {folder / (stem + '.csv')}, {folder / (stem + '.md')}")
 
 
+def _fewshot_per_image(a: argparse.Namespace) -> None:
+    """A few-shot sweep's shots x layer table of the per-image ``a.metric`` (mean and t-interval across seeds)."""
+    from ..results import fewshot
+    from ..results.layout import fewshot_stem
+
+    settings = fewshot.job_settings(a.folder)
+    if not fewshot.is_sweep(settings) or a.metric in IMAGE_METRICS:
+        return
+    table = fewshot.across_seeds(fewshot.per_image_values(load_results(a.folder, a.results), a.metric), settings)
+    _write(a.folder, fewshot_stem(a.metric, "per_image"), table, fewshot.fewshot_markdown(
+        table, f"Few-shot protocol: per-image `{a.metric}` by shots and layer", metric=a.metric))
+
+
+def _fewshot_dataset(a: argparse.Namespace, pooled: pd.DataFrame, pool, metric: str) -> None:
+    """A few-shot sweep's shots x layer table of pooled ``metric`` and, with ``--calibration``, the held-out choice
+    of layer per shot count against the best in hindsight."""
+    from ..results import fewshot
+    from ..results.layout import fewshot_stem
+
+    settings = fewshot.job_settings(a.folder)
+    if not fewshot.is_sweep(settings):
+        return
+    table = fewshot.across_seeds(fewshot.dataset_values(pooled, metric), settings)
+    _write(a.folder, fewshot_stem(metric, "dataset"), table, fewshot.fewshot_markdown(
+        table, f"Few-shot protocol: pooled `{metric}` (dataset level) by shots and layer", metric=metric))
+    if a.calibration is not None:
+        from ..fewshot_choice import choose_by_shots, write_choice_by_shots
+
+        rows = choose_by_shots(pool, settings, metric, _calibration(a.calibration, pool.images), a.seed)
+        paths = write_choice_by_shots(a.folder, rows)
+        print(paths[-1].read_text())
+        print(f"written: {', '.join(map(str, paths))}")
+
+
 @command(errors=(ValueError, FileNotFoundError), write="; the earlier report is kept")
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="layerscope-report", description=__doc__.split("\n\n")[0])
@@ -154,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _write(a.folder, report_stem(a.metric), table, to_markdown(table, a.top) +
                flags_markdown(weight_independent(results)))  # metrics.randomisation's survivors
+        _fewshot_per_image(a)
     if dataset:
         from ..plan import score_threads
         from ..protocol import choose, undefined_reasons, write_choice, write_dataset_metrics
@@ -176,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 js, md = write_choice(a.folder, result)
                 print(md.read_text())
                 print(f"written: {js}, {md}")
+            _fewshot_dataset(a, pooled, pool, metric)
         finally:
             pool.close()
     return 0

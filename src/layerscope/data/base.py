@@ -57,8 +57,9 @@ class Dataset(Protocol):
     def name_of(self, i: int) -> str:
         """What item ``i`` is, for a message about it when it cannot be read (a file path)."""
 
-    def references(self, n: int) -> list[Sample]:
-        """Up to ``n`` defect-free images, when ``has_references``."""
+    def references(self, n: int | None, seed: int = 0) -> list[Sample]:
+        """``n`` defect-free images per category drawn by ``seed`` (None: all there are), when
+        ``has_references``; never a test item (``data.references``)."""
 
 
 class DatasetBase:
@@ -69,7 +70,7 @@ class DatasetBase:
     def name_of(self, i: int) -> str:
         return f"item {i}"
 
-    def references(self, n: int) -> list[Sample]:
+    def references(self, n: int | None, seed: int = 0) -> list[Sample]:
         raise ValueError(f"{type(self).__name__} has no defect-free reference images")
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 from .base import DatasetBase, Sample
 from .ids import path_id, safe_name
 from .images import BadImage, read_image, read_mask
+from .references import draw, without_test_copies
 from .transforms import resize_mask
 
 log = logging.getLogger(__name__)
@@ -187,15 +188,19 @@ class Folder(DatasetBase):
         """Whether ``data.normal_dir`` was given."""
         return self.normal_dir is not None
 
-    def references(self, n: int) -> list[Sample]:
-        """The first ``n`` images of ``normal_dir``.
+    def references(self, n: int | None, seed: int = 0) -> list[Sample]:
+        """``n`` images of ``normal_dir`` drawn by ``seed`` (``data.references.draw``; None: all), none of them a
+        test image (an image under ``root``: same file or same bytes).
 
         Raises:
-            ValueError: no ``normal_dir`` was given, or it holds no images.
+            ValueError: no ``normal_dir`` was given, it holds no images (besides test images), or fewer than ``n``.
         """
         if self.normal_dir is None:
             raise ValueError("this method needs defect-free reference images: set data.normal_dir=/path/to/good")
         files = sorted(p for p in self.normal_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not files:
-            raise ValueError(f"data.normal_dir={self.normal_dir}: no images found")
-        return [Sample(id=f"normal_{p.stem}", image=read_image(p), category="good", source=str(p)) for p in files[:n]]
+        pool = without_test_copies(files, self.files)
+        if not pool:
+            raise ValueError(f"data.normal_dir={self.normal_dir}: no images found"
+                             + (" besides the test images under data.root" if files else ""))
+        chosen = [pool[i] for i in draw(len(pool), n, seed, f"data.normal_dir={self.normal_dir}")]
+        return [Sample(id=f"normal_{p.stem}", image=read_image(p), category="good", source=str(p)) for p in chosen]

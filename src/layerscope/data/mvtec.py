@@ -14,6 +14,7 @@ from PIL import Image, ImageOps
 from .base import DatasetBase, Sample
 from .folder import IMAGE_SUFFIXES, header_size
 from .images import read_image
+from .references import draw, without_test_copies
 
 
 def _images(folder: Path) -> list[Path]:
@@ -111,12 +112,16 @@ class MVTecAD(DatasetBase):
 
     has_references = True  # train/good; references() names the folder when it is empty
 
-    def references(self, n: int) -> list[Sample]:
-        """The first ``n`` images of ``train/good`` (normal, no masks).
+    def references(self, n: int | None, seed: int = 0) -> list[Sample]:
+        """``n`` images of ``train/good`` (normal, no masks) drawn by ``seed`` (``data.references.draw``; None:
+        all), none of them a test image (same file or same bytes).
 
         Raises:
-            ValueError: the category has no ``train/good`` images.
+            ValueError: the category has no ``train/good`` images, or fewer than ``n``.
         """
-        if not self.train:
-            raise ValueError(f"{self.dir / 'train' / 'good'}: no normal training images (needed by method=patch_knn)")
-        return [Sample(id=f"train_{p.stem}", image=read_image(p), category="good", source=str(p)) for p in self.train[:n]]
+        folder = self.dir / "train" / "good"
+        pool = without_test_copies(self.train, [path for _, path, _ in self.items])
+        if not pool:
+            raise ValueError(f"{folder}: no normal training images (needed by method=patch_knn)")
+        chosen = [pool[i] for i in draw(len(pool), n, seed, str(folder))]
+        return [Sample(id=f"train_{p.stem}", image=read_image(p), category="good", source=str(p)) for p in chosen]

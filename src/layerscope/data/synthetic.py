@@ -535,10 +535,27 @@ class SyntheticDefects(DatasetBase):
 
     has_references = True
 
-    def references(self, n: int) -> list[Sample]:
-        """``n`` defect-free crops (textures in turn), disjoint in seed from the test items: the normal
-        images a reference method such as ``patch_knn`` learns from."""
-        return [self._good(j, 2, "train", "good") for j in range(n)]
+    def references(self, n: int | None, seed: int = 0) -> list[Sample]:
+        """``n`` defect-free crops of every texture (the few-shot protocol's category), texture-major.
+
+        Crop ``r`` of a texture is drawn from ``(data.seed, 2, seed, texture, r)``: a stream apart from every
+        test item's, so no reference is a test image; for one ``seed`` the first ``n`` crops are those of any
+        larger ``n``, and a texture's crops do not depend on which other textures the dataset holds.
+
+        Args:
+            n: crops per texture; None: as many as the test set holds images per texture.
+            seed: the study's seed (which crops).
+        """
+        per = len(self) // len(self.textures) if n is None else int(n)
+        out = []
+        for texture in self.textures:
+            for r in range(per):
+                entropy = [self.seed, 2, int(seed), TEXTURES.index(texture), r]
+                rng = np.random.default_rng(np.random.SeedSequence(entropy))
+                grey = np.round(_texture_patch(texture, self.size, rng) * 255.0).astype(np.uint8)
+                out.append(Sample(id=f"{texture}_train_{r}", image=np.repeat(grey[:, :, None], 3, axis=2),
+                                  mask=np.zeros((self.size, self.size), bool), category="good", source=texture))
+        return out
 
     def __getitem__(self, i: int) -> Sample:
         """Generates sample ``i``.

@@ -16,6 +16,8 @@ kind; each returns the paths it wrote and logs why when it has nothing to draw:
 - ``threshold_curves``: IoU against the threshold (kept mass) at each model's best layer.
 - ``best_map_overlays``: per defect type, the best (model, method, layer, head) map over examples.
 - ``dataset_vs_layer``, ``choice_stability``: the dataset-level protocol and the held-out choice.
+- ``fewshot_vs_layer``: a few-shot sweep's metric against layer, one line per shot count, mean over reference
+  seeds with the 95% t-interval across seeds (``results.fewshot``); per-image metrics and pooled AUPRO.
 - ``attention_distance``: mean attention distance per head against layer, one dot per head, models side
   by side (Dosovitskiy et al. 2020, Fig. 7); ``layerscope-compare`` draws it too (``figures.compare``).
 
@@ -50,7 +52,7 @@ from .style import (AXES, BEST, CMAP, HEAT_CELL, HEAT_CMAP, OUTLINE, PALETTE, ba
 log = logging.getLogger(__name__)
 
 KINDS = ("layer_head_grids", "metric_vs_layer", "layer_head", "vit_vs_cnn", "threshold_curves",
-         "best_map_overlays", "dataset_vs_layer", "choice_stability", "attention_distance")
+         "best_map_overlays", "dataset_vs_layer", "choice_stability", "attention_distance", "fewshot_vs_layer")
 METRICS = catalog.DEFAULT_CURVES
 DEPTHS = (0.25, 0.5, 0.75, 1.0)
 
@@ -533,6 +535,63 @@ def choice_stability(source: Study | Path | str, out: Path | str | None = None,
     return paths
 
 
+@styled
+def fewshot_vs_layer(source: Study | Path | str, out: Path | str | None = None,
+                     formats: Sequence[str] = ("png", "pdf"), metrics: Iterable[str] = METRICS) -> list[Path]:
+    """A few-shot sweep: metric against layer, one line per shot count, one figure per (model, method, map).
+
+    Each point is the mean over reference seeds of the metric (per image: mean over images; dataset
+    level: pooled over images, from ``dataset_metrics.csv``), the band its 95% t-interval across seeds
+    (``results.fewshot.across_seeds``). Category ``all``. Skipped (logged) when the folder's jobs do not vary
+    ``method.n_references`` or ``seed``.
+    """
+    from ..results import fewshot
+
+    study = _as_study(source)
+    out = _out_dir(study, out)
+    settings = fewshot.job_settings(study.root)
+    if not fewshot.is_sweep(settings):
+        log.info("fewshot_vs_layer: no few-shot sweep below %s (jobs varying method.n_references or seed), skipped",
+                 study.root)
+        return []
+    tables = []
+    for metric in metrics:
+        if metric in study.df.columns and study.df[metric].notna().any():
+            tables.append((metric, "per image", fewshot.across_seeds(fewshot.per_image_values(study.df, metric),
+                                                                     settings)))
+    files = sorted(study.root.rglob(DATASET_METRICS))
+    if files:
+        pooled = pd.concat([read_table(f).assign(job=str(f.parent.relative_to(study.root)) if f.parent != study.root
+                                                 else ".") for f in files], ignore_index=True)
+        for metric in catalog.DATASET_CI:
+            if pooled[metric].notna().any():
+                tables.append((metric, "dataset level", fewshot.across_seeds(fewshot.dataset_values(pooled, metric),
+                                                                             settings)))
+    paths: list[Path] = []
+    for metric, protocol, table in tables:
+        table = table[table["category"] == "all"]
+        for (model, method, head), part in table.groupby(["model", "method", "head"], sort=False):
+            fig = Figure(figsize=(3.6, 2.5))
+            ax = fig.add_subplot()
+            for i, (shots, line) in enumerate(part.groupby(fewshot.SHOTS, sort=False)):
+                line = line.sort_values("layer")
+                colour = PALETTE[i % len(PALETTE)]
+                ax.plot(line["layer"], line["mean"], marker="o", color=colour,
+                        label=f"{shots} shot{'s' if shots != 1 else ''} ({int(line['n_seeds'].max())} seeds)")
+                ax.fill_between(line["layer"], line["ci_low"], line["ci_high"], color=colour, alpha=0.15, linewidth=0)
+            depth_axis(ax, "layer")
+            name = metric if protocol == "per image" else f"pooled {metric}"
+            ax.set_ylabel(catalog.label(metric) if protocol == "per image" else
+                          catalog.get(metric, "dataset").label)
+            ax.set_title(f"{model}{SEP}{method}{SEP}{map_label(method, head)}: {name} by layer\n(mean over "
+                         "reference seeds, 95% t-interval)", pad=4)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, ncol=3, title=None)
+            kind = "" if protocol == "per image" else "dataset_"
+            paths += save(fig, out, f"fewshot_vs_layer_{kind}{slug(metric)}_{slug(model)}_{slug(method)}_{slug(head)}",
+                          formats)
+    return paths
+
+
 def _depth_axis(layers: np.ndarray, num_layers: float, depth: str) -> np.ndarray:
     """Layer indices as they are, or as relative depth (the model's layer count, else the deepest layer + 1)."""
     if depth == "layer":
@@ -637,5 +696,6 @@ def make_all(folder: Path | str, out: Path | str | None = None, formats: Sequenc
         "dataset_vs_layer": lambda: dataset_vs_layer(study, out, formats),
         "choice_stability": lambda: choice_stability(study, out, formats),
         "attention_distance": lambda: attention_distance(study.df, out, formats, depth),
+        "fewshot_vs_layer": lambda: fewshot_vs_layer(study, out, formats, metrics),
     }
     return {kind: calls[kind]() for kind in kinds}

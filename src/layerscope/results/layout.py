@@ -14,6 +14,8 @@
     <run>/results_rescored.csv, results_rescored.config.yaml   ``layerscope-rescore`` (default ``--out``)
     <DIR>/report_<metric>.csv|md, report_dataset_<metric>.csv|md   ``layerscope-report``
     <DIR>/choice_<metric>.json|md   the held-out choice (``layerscope-report --calibration``)
+    <DIR>/fewshot_[dataset_]<metric>.csv|md   a few-shot sweep's shots x layer table across seeds
+    <DIR>/fewshot_choice_<metric>.csv, _summary.csv, .md   its held-out choice of layer per shot count
     <run>/representations/<kind>_layer_<i>.npy, images.txt   pooled representations (save_representations)
     <run>/representations/parts/part_<n>.npz   what the run appends batch by batch (resume)
     <run>/representations/checksums.json   each image's content hash, checksums of images.txt and the arrays
@@ -46,6 +48,8 @@ HYDRA_OVERRIDES = "overrides.yaml"
 MULTIRUN = "multirun.yaml"  # in a sweep folder: Hydra's record of the sweep (the planned jobs)
 CHOICE = "choice_"  # + the pooled metric: the held-out choice's .json and .md (``choice_stem``)
 CHOICE_GLOB = f"{CHOICE}*.json"  # every held-out choice of a folder
+FEWSHOT = "fewshot_"  # + [protocol_]metric: a few-shot sweep's shots x layer table (``fewshot_stem``)
+FEWSHOT_CHOICE = "fewshot_choice_"  # + metric: its held-out choice per shot count (``fewshot_choice_stem``)
 REPORT = "report.html"  # layerscope-view's page, with its pictures in REPORT_FILES/
 REPORT_FILES = "report_files"  # named after the page: ``page_files(REPORT)``
 REPRESENTATIONS = "representations"  # pooled representations per layer (save_representations=true)
@@ -74,6 +78,16 @@ def image_stem(image: str) -> str:
 def report_stem(metric: str, protocol: str = "per_image") -> str:
     """The file stem (``.csv`` and ``.md``) of ``layerscope-report``'s ranking by ``metric`` under ``protocol``."""
     return f"report_{metric}" if protocol == "per_image" else f"report_{protocol}_{metric}"
+
+
+def fewshot_stem(metric: str, protocol: str = "per_image") -> str:
+    """The file stem (``.csv``, ``.md``) of a few-shot sweep's shots x layer table of ``metric`` under ``protocol``."""
+    return f"{FEWSHOT}{metric}" if protocol == "per_image" else f"{FEWSHOT}{protocol}_{metric}"
+
+
+def fewshot_choice_stem(metric: str) -> str:
+    """The file stem of a few-shot sweep's held-out choice per shot count (``.csv``; ``_summary.csv``, ``.md``)."""
+    return f"{FEWSHOT_CHOICE}{metric}"
 
 
 def choice_stem(metric: str) -> str:

@@ -17,6 +17,7 @@ from ..results import catalog, layout
 from ..results.saved import Study
 from ..results.weights_check import flags_section
 from .compare import compare_section
+from .fewshot import fewshot_section
 from .gallery import gallery_data, gallery_section
 from .html import esc, script_json
 from .sections import (choice_section, curves_section, glance_section, job_entries, ranking_section, runs_section,
@@ -59,8 +60,8 @@ def _page(title: str, where: str, sections: Iterable[str], data: dict[str, Any],
     payload = script_json(data)
     nav = "".join(f"<a href=\"#{a}\">{t}</a>" for a, t in (("glance", "at a glance"), ("gallery", "images"),
                                                            ("ranking", "ranking"), ("curves", "by layer"),
-                                                           ("choice", "choice"), ("compare", "compare"),
-                                                           ("runs", "runs")))
+                                                           ("choice", "choice"), ("fewshot", "few-shot"),
+                                                           ("compare", "compare"), ("runs", "runs")))
     return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><meta name=generator content={GENERATOR}>"
             "<meta name=viewport "
             f"content=\"width=device-width,initial-scale=1\"><title>{esc(title)}</title>"
@@ -236,6 +237,7 @@ def _write(study: Study, folder: Path, files: Path, staging: Path, metric: str, 
     sections = [summary_section(study, jobs, never, metric), glance_section(study, scores, metric, series_index),
                 gallery_section(data), ranking_section(study, metric, ranked, top),
                 curves_section(study, metric, scores, n_boot, depth), choice_section(study),
-                compare_section(study.df, folder), flags_section(study.df), runs_section(study, jobs)]
+                fewshot_section(study, metric), compare_section(study.df, folder), flags_section(study.df),
+                runs_section(study, jobs)]
     title = f"layerscope · {folder.resolve().name}"
     return _page(title, f"{folder.resolve()} · written {time.strftime('%Y-%m-%d %H:%M')}", sections, data, depth)
