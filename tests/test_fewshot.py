@@ -344,6 +344,9 @@ def test_fit_references_passes_the_seed_and_accepts_a_dataset_without_one(caplog
     class Method:
         name, capture, needs_references, n_references = "patch_knn", "features", True, 2
 
+        def capture_layers(self, layers):  # no fused candidates: the layers themselves
+            return layers
+
         def fit(self, batches, layers, extract):
             fed.extend(x.shape[0] for x in batches)
 
