@@ -315,3 +315,31 @@ def test_the_readme_table_states_each_measures_invariances_as_the_registry_decla
         cells = [c.strip() for c in line.group(1).split("|")]
         marks = [c for c in cells if c in ("yes", "no")]
         assert marks[:len(INVARIANCES)] == [row[inv] for inv in INVARIANCES], row["measure"]
+
+
+def test_subspace_svd_survives_what_lapack_cannot_decompose(monkeypatch):
+    """A stack of cross products in which one matrix makes the fast SVD driver fail: that one is decomposed
+    again by the slower driver (same singular values as numpy's on it), one with NaN gives NaN, the others
+    are unchanged."""
+    from layerscope.metrics.measures import subspace
+
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(3, 5, 4))
+    m[2, 0, 0] = np.nan
+    calls = {"n": 0}
+    real = np.linalg.svd
+
+    def flaky(a, *args, **kwargs):  # the whole stack and the first matrix alone fail, as gesdd can
+        calls["n"] += 1
+        if a.ndim == 3 or calls["n"] == 2:
+            raise np.linalg.LinAlgError("SVD did not converge")
+        return real(a, *args, **kwargs)
+
+    monkeypatch.setattr(np.linalg, "svd", flaky)
+    s = subspace._svd(m)
+    monkeypatch.setattr(np.linalg, "svd", real)
+    np.testing.assert_allclose(s[0], real(m[0], compute_uv=False), rtol=1e-12)  # by gesvd
+    np.testing.assert_allclose(s[1], real(m[1], compute_uv=False), rtol=1e-12)
+    assert np.isnan(s[2]).all()
+    u, s2, _ = subspace._svd(m[:2], compute_uv=True)
+    np.testing.assert_allclose(np.abs(u), np.abs(real(m[:2], full_matrices=False)[0]), atol=1e-12)

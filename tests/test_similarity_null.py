@@ -180,3 +180,32 @@ def test_the_page_dims_cells_within_the_null_and_lists_each_measure_with_its_mon
     rho = monotonicity_table(table).set_index(["model", "measure"]).loc[("vit", "cka"), "spearman"]
     assert f"{rho:+.2f}" in html
     assert "<td>pwcca</td>" not in html  # the invariance table lists the measures shown
+
+
+def test_canonical_correlations_of_fewer_images_than_dimensions_are_flagged_not_calibrated():
+    """Two independent random layers, 20 images of 40 dimensions: PWCCA is 1 by construction (any 20 points
+    are matched exactly by some direction of each), so is its null, and ``calibrated`` is left undefined;
+    SVCCA, on the directions holding 99% of the variance, is near 1 all the same; the command's warning
+    says why. With 60 images of 5 dimensions neither happens."""
+    from layerscope.comparison import Model, cca_warnings, similarity_table
+
+    rng = np.random.default_rng(3)
+
+    def models(n, d):
+        ids = [f"i{j}" for j in range(n)]
+        return [Model(label, [], ids, {0: rng.normal(size=(n, d)).astype(np.float32)}) for label in ("a", "b")]
+
+    wide = models(20, 40)
+    table = similarity_table(wide, measures=["svcca", "pwcca"], n_perm=20, n_boot=10)
+    cross = table[table["model_a"] != table["model_b"]]
+    pwcca, svcca = cross[cross["measure"] == "pwcca"], cross[cross["measure"] == "svcca"]
+    np.testing.assert_allclose(pwcca["value"], 1.0, atol=1e-6)
+    np.testing.assert_allclose(pwcca["null_mean"], 1.0, atol=1e-6)
+    assert pwcca["calibrated"].isna().all() and (svcca["value"] > 0.9).all()
+    lines = cca_warnings(wide, table)
+    assert len(lines) == 2 and lines[0].startswith("svcca: 4 of 4 layer pairs have no more images than dimensions")
+    narrow = models(60, 5)
+    table = similarity_table(narrow, measures=["svcca"], n_perm=20, n_boot=10)
+    cross = table[table["model_a"] != table["model_b"]]
+    assert (cross["value"] < 0.9).all() and cross["calibrated"].notna().all()
+    assert cca_warnings(narrow, table) == []

@@ -632,6 +632,31 @@ def probe_warnings(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
     return out
 
 
+CCA_MEASURES = ("svcca", "pwcca")  # canonical correlations: 1 by construction with fewer images than dimensions
+
+
+def cca_warnings(models: Sequence[Model], table: pd.DataFrame) -> list[str]:
+    """One line per CCA measure whose rows compare layers wider than their images: with n images, two
+    layers of n or more (kept) dimensions have canonical directions that match exactly, so their canonical
+    correlations are 1 whatever the representations (and so is the null; SVCCA's kept directions come close
+    to it), and the row says little."""
+    if table.empty:
+        return []
+    width = {(m.label, layer): int(a.shape[-1]) for m in models for layer, a in m.arrays.items()}
+    out = []
+    for measure in CCA_MEASURES:
+        rows = table[table["measure"] == measure]
+        if rows.empty:
+            continue
+        wide = [min(width.get((r.model_a, r.layer_a), 0), width.get((r.model_b, r.layer_b), 0)) >= r.n_images
+                for r in rows.itertuples()]
+        if any(wide):
+            out.append(f"{measure}: {sum(wide)} of {len(rows)} layer pairs have no more images than dimensions "
+                       f"(at most {int(rows['n_images'].max())} images): their canonical correlations reach or approach 1 "
+                       "by construction (and so does the null); compare on more images than the layers' widths")
+    return out
+
+
 def self_comparison(run_dir: Path, kind: str = "mean", probe: str = "category", seed: int = 0
                     ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """One run's own layer x layer CKA and probe of ``probe`` (what a run logs to W&B); what cannot be

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..comparison import (check_label, load_models, monotonicity_table, probe_table, probe_warnings,
-                          representation_rows, similarity_table)
+from ..comparison import (cca_warnings, check_label, load_models, monotonicity_table, probe_table,
+                          probe_warnings, representation_rows, similarity_table)
 from ..figures.compare import cka_heatmaps, probe_curves
 from ..figures.paper import AXES, attention_distance
 from ..metrics.measures import MEASURES
@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                                   n_perm=a.permutations, n_boot=a.boot, rbf_sigma=a.rbf_sigma,
                                   rbf_median=a.rbf_median, knn_k=a.knn_k)
     monotonic = monotonicity_table(similarity)
+    for w in cca_warnings(models, similarity):
+        print(f"warning: {w}", file=sys.stderr)
     probe = (probe_table(models, a.probe, a.kind, a.k, a.group, a.permutations, a.interval, a.seed)
              if a.probe else None)
     for w in probe_warnings(probe) if probe is not None else []:

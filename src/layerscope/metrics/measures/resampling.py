@@ -79,13 +79,18 @@ def quadratic(counts: np.ndarray, m: np.ndarray) -> np.ndarray:
     return np.einsum("bi,bi->b", counts @ m, counts)
 
 
+NULL_AT_ONE = 1e-3  # a null mean this close to 1: calibrated is undefined
+
+
 def summarise(value: float, null: np.ndarray | None, boot: np.ndarray | None, bounded: bool) -> dict[str, float]:
     """The row's columns from its point value, null values (P,) and bootstrap values (B,).
 
     ``ci_low``/``ci_high``: the percentile bootstrap's 95% interval; ``null_mean``, ``null_q95``: the
     permutation null's mean and 95% quantile; ``p_value``: (1 + #null >= value) / (P + 1) (one-sided, a
     Monte Carlo permutation p-value that is never 0); ``calibrated``: (value - null_mean) / (1 - null_mean)
-    for measures bounded by 1, NaN otherwise. NaN where not computed.
+    for measures bounded by 1 whose null mean stays below 1 - ``NULL_AT_ONE`` (a null at 1, as canonical
+    correlations of fewer images than dimensions give, leaves nothing to calibrate against), NaN otherwise.
+    NaN where not computed.
     """
     nan = float("nan")
     row = {"ci_low": nan, "ci_high": nan, "null_mean": nan, "null_q95": nan, "p_value": nan, "calibrated": nan}
@@ -101,6 +106,6 @@ def summarise(value: float, null: np.ndarray | None, boot: np.ndarray | None, bo
             row["null_q95"] = float(np.quantile(finite, LEVEL))
             # a tolerance so that a null value equal to the point value up to rounding counts as reaching it
             row["p_value"] = float((1 + np.sum(finite >= value - 1e-12)) / (len(finite) + 1))
-            if bounded and row["null_mean"] < 1:
+            if bounded and row["null_mean"] < 1 - NULL_AT_ONE:
                 row["calibrated"] = (value - row["null_mean"]) / (1 - row["null_mean"])
     return row

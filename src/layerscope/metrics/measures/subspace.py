@@ -52,6 +52,39 @@ def principal(x: np.ndarray, variance: float | None = None) -> Coords:
     return Coords(u[:, :r] * s[:r], vt[:r].T)
 
 
+def _svd(m: np.ndarray, compute_uv: bool = False):
+    """``np.linalg.svd`` of a stack of matrices (..., a, b), reduced. Where LAPACK's divide-and-conquer
+    driver does not converge (seen on ill-conditioned cross products of real layers), that matrix is
+    decomposed again by QR iteration (``gesvd``); a matrix with a NaN (a layer whose centred features are
+    all zero: no direction to compare), or one neither driver decomposes, gives NaN instead of stopping
+    every other pair."""
+    k = min(m.shape[-2:])
+    finite = np.isfinite(m).all(axis=(-2, -1))
+    if finite.all():
+        try:
+            return np.linalg.svd(m, full_matrices=False, compute_uv=compute_uv)
+        except np.linalg.LinAlgError:
+            pass
+    s = np.full(m.shape[:-2] + (k,), np.nan)
+    u = np.full(m.shape[:-1] + (k,), np.nan)
+    for idx in np.ndindex(m.shape[:-2]):
+        if finite[idx]:
+            try:
+                out = np.linalg.svd(m[idx], full_matrices=False, compute_uv=compute_uv)
+            except np.linalg.LinAlgError:  # gesdd's divide and conquer gives up: the slower QR iteration
+                from scipy.linalg import LinAlgError, svd
+
+                try:
+                    out = svd(m[idx], full_matrices=False, compute_uv=compute_uv, lapack_driver="gesvd")
+                except LinAlgError:
+                    continue
+            if compute_uv:
+                u[idx], s[idx] = out[0], out[1]
+            else:
+                s[idx] = out
+    return (u, s, None) if compute_uv else s
+
+
 def _whiten(x: np.ndarray) -> np.ndarray:
     """(r, k) W with x W orthonormal columns (x centred, (n, r)), null directions dropped."""
     evals, evecs = np.linalg.eigh(x.T @ x)
@@ -141,7 +174,7 @@ class Procrustes(_Subspace):
         return Basis(x / norm if norm > 0 else np.full_like(x, np.nan))
 
     def combine(self, a, cross):
-        return np.linalg.svd(cross, compute_uv=False).sum(-1)
+        return _svd(cross).sum(-1)
 
 
 class SVCCA(_Subspace):
@@ -161,7 +194,7 @@ class SVCCA(_Subspace):
     def combine(self, a, cross):
         if not min(cross.shape[-2:]):
             return np.full(cross.shape[:-2], np.nan)
-        return np.linalg.svd(cross, compute_uv=False).mean(-1)
+        return _svd(cross).mean(-1)
 
 
 class PWCCA(_Subspace):
@@ -179,7 +212,7 @@ class PWCCA(_Subspace):
     def combine(self, a, cross):
         if not min(cross.shape[-2:]):
             return np.full(cross.shape[:-2], np.nan)
-        u, rho, _ = np.linalg.svd(cross, full_matrices=False)
+        u, rho, _ = _svd(cross, compute_uv=True)
         weights = np.abs(a.g @ u).sum(-2)  # (..., m)
         total = weights.sum(-1)
         with np.errstate(invalid="ignore", divide="ignore"):
