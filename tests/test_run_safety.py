@@ -15,7 +15,6 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from omegaconf import OmegaConf
 from PIL import Image
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .protocol import CHOICE_METRICS, _Candidate, dataset_metric, split_images
+from .protocol import _Candidate, choice_split
 from .results.fewshot import SHOTS, t_interval
 from .results.layout import fewshot_choice_stem
 from .results.pool import Pool
@@ -45,16 +45,7 @@ def choose_by_shots(pool: Pool, settings: pd.DataFrame, metric: str = "aupro",
         ValueError: an unknown metric, a split leaving a side without defective images, or no job of the
             pool in ``settings``.
     """
-    metric = dataset_metric(metric)
-    if metric not in CHOICE_METRICS:
-        raise ValueError(f"--metric {metric}: the choice ranks by one of {', '.join(CHOICE_METRICS)}")
-    images = pool.images
-    cal = split_images(images, calibration, seed) if np.ndim(calibration) == 0 else np.asarray(calibration, bool)
-    out = ~cal
-    defective = images["defective"].to_numpy()
-    for name, side in (("calibration", cal), ("held-out", out)):
-        if not (side & defective).any():
-            raise ValueError(f"the {name} images hold no defective image; use more images or another split")
+    metric, cal, out = choice_split(pool, metric, calibration, seed)
     cands = pool.candidates.reset_index(names="c").merge(settings, on="job")
     if cands.empty:
         raise ValueError("no job of the pooled maps has method.n_references: not a few-shot sweep")

@@ -340,6 +340,26 @@ def _economics(scores_cal: np.ndarray, bad_cal: np.ndarray, scores_out: np.ndarr
                           "costs).")}
 
 
+def choice_split(pool: Pool, metric: str, calibration: float | np.ndarray, seed: int) -> tuple[str, np.ndarray, np.ndarray]:
+    """The held-out choice's metric (its canonical name) and its calibration / held-out split of the pool's
+    images (a fraction split by ``seed``, or a boolean mask).
+
+    Raises:
+        ValueError: a metric the choice cannot rank by, or a split that leaves one side without defective images.
+    """
+    metric = dataset_metric(metric)
+    if metric not in CHOICE_METRICS:
+        raise ValueError(f"--metric {metric}: the choice ranks by one of {', '.join(CHOICE_METRICS)}")
+    images = pool.images
+    cal = split_images(images, calibration, seed) if np.ndim(calibration) == 0 else np.asarray(calibration, bool)
+    out = ~cal
+    defective = images["defective"].to_numpy()
+    for name, side in (("calibration", cal), ("held-out", out)):
+        if not (side & defective).any():
+            raise ValueError(f"the {name} images hold no defective image; use more images or another split")
+    return metric, cal, out
+
+
 def choose(pool: Pool, metric: str = "aupro", calibration: float | np.ndarray = 0.5, seed: int = 0,
            n_boot: int = 1000, n_stability: int = 200, target_fpr: float | None = None,
            costs: tuple[float, float] | None = None, defect_rate: float | None = None,
@@ -368,16 +388,9 @@ def choose(pool: Pool, metric: str = "aupro", calibration: float | np.ndarray = 
     Raises:
         ValueError: an unknown metric, or a split that leaves one side without defective images.
     """
-    metric = dataset_metric(metric)
-    if metric not in CHOICE_METRICS:
-        raise ValueError(f"--metric {metric}: the choice ranks by one of {', '.join(CHOICE_METRICS)}")
+    metric, cal, out = choice_split(pool, metric, calibration, seed)
     images = pool.images
-    cal = split_images(images, calibration, seed) if np.ndim(calibration) == 0 else np.asarray(calibration, bool)
-    out = ~cal
     defective = images["defective"].to_numpy()
-    for name, side in (("calibration", cal), ("held-out", out)):
-        if not (side & defective).any():
-            raise ValueError(f"the {name} images hold no defective image; use more images or another split")
     n_candidates = len(pool.candidates)
     scores = np.full(n_candidates, np.nan)
     for c in range(n_candidates):  # one at a time: memory does not grow with the number of candidates

@@ -181,7 +181,7 @@ class Backbone(nn.Module):
             except (TypeError, AttributeError, IndexError, KeyError) as e:
                 if isinstance(out, torch.Tensor):
                     raise
-                hint = (f"; its class logits are out.logits (target=lambda out: out.logits[:, k])"
+                hint = ("; its class logits are out.logits (target=lambda out: out.logits[:, k])"
                         if isinstance(getattr(out, "logits", None), torch.Tensor) else "")
                 raise ValueError(f"target: the callable failed on the model's output, an object of type "
                                  f"{type(out).__name__}, not a tensor ({type(e).__name__}: {e}){hint}") from None

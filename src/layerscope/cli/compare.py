@@ -50,24 +50,20 @@ from ..results.representations import KINDS
 from .errors import Parser, UsageError, command
 
 
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected an int >= 1") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected an int >= 1")
-    return n
+def _int_at_least(low: int):
+    """An argparse type: an int >= ``low``."""
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r}: expected an int >= {low}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"{value!r}: expected an int >= {low}")
+        return n
+    return parse
 
 
-def _nonnegative(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected an int >= 0") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected an int >= 0")
-    return n
+_positive, _nonnegative = _int_at_least(1), _int_at_least(0)
 
 
 def _width(value: str) -> float:
