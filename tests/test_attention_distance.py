@@ -15,11 +15,14 @@ from .conftest import eager_reference, tiny_hf_vit
 from .test_capture import eager_timm, timm_vit
 
 
-def brute_force(attn: np.ndarray, prefix: int, grid: int, patch: int) -> np.ndarray:
+def brute_force(attn: np.ndarray, prefix: int, grid: int, patch: int, renormalise: bool = True) -> np.ndarray:
     """(B, H, N, N) full attention -> (B, H): prefix rows and columns dropped, rows renormalised over the
-    patch keys, sum_j a_ij |c_i - c_j| averaged over query patches; centres c = ((r + .5) p, (c + .5) p)."""
+    patch keys (``renormalise=False``: the common implementation's ``A[..., prefix:, prefix:]`` as it is, the
+    prefix keys' mass dropped), sum_j a_ij |c_i - c_j| averaged over query patches; centres
+    c = ((r + .5) p, (c + .5) p)."""
     a = attn[:, :, prefix:, prefix:].astype(np.float64)
-    a = a / a.sum(-1, keepdims=True)
+    if renormalise:
+        a = a / a.sum(-1, keepdims=True)
     centres = np.array([((r + 0.5) * patch, (c + 0.5) * patch) for r in range(grid) for c in range(grid)])
     d = np.sqrt(((centres[:, None, :] - centres[None, :, :]) ** 2).sum(-1))
     return (a * d).sum(-1).mean(-1)
@@ -122,15 +125,6 @@ def test_results_rows_hold_each_heads_distance_and_the_mean_of_all_heads_and_res
     pd.testing.assert_frame_equal(same[full.columns], full, check_dtype=False)
 
 
-def brute_force_raw(attn: np.ndarray, prefix: int, grid: int, patch: int) -> np.ndarray:
-    """The common implementation's definition: ``A[..., prefix:, prefix:]`` of the full attention as it is (the
-    prefix keys' mass dropped, rows not renormalised), sum_j a_ij |c_i - c_j| averaged over query patches."""
-    a = attn[:, :, prefix:, prefix:].astype(np.float64)
-    centres = np.array([((r + 0.5) * patch, (c + 0.5) * patch) for r in range(grid) for c in range(grid)])
-    d = np.sqrt(((centres[:, None, :] - centres[None, :, :]) ** 2).sum(-1))
-    return (a * d).sum(-1).mean(-1)
-
-
 @pytest.mark.parametrize("kwargs", [{}, {"arch": "vit_small_patch14_reg4_dinov2", "patch_size": 14, "img_size": 56}])
 def test_raw_rule_equals_the_common_definition_over_eager_attention(kwargs):
     torch.manual_seed(0)
@@ -143,8 +137,8 @@ def test_raw_rule_equals_the_common_definition_over_eager_attention(kwargs):
     g = bb.img_size // bb.patch_size
     for layer in layers:
         raw = got["attention_distance_raw"][layer].numpy()
-        np.testing.assert_allclose(raw, brute_force_raw(full[layer], bb.num_prefix, g, bb.patch_size), atol=1e-4,
-                                   rtol=0)
+        expected = brute_force(full[layer], bb.num_prefix, g, bb.patch_size, renormalise=False)
+        np.testing.assert_allclose(raw, expected, atol=1e-4, rtol=0)
         # the prefix keys hold some attention: raw is below renormalised, never above
         assert (raw < got["attention_distance"][layer].numpy()).all()
 
@@ -158,7 +152,7 @@ def test_raw_rule_over_hf_output_attentions_and_in_chunks():
         out = eager_reference(bb, x)
     for layer, attn in enumerate(out.attentions):
         np.testing.assert_allclose(got["attention_distance_raw"][layer].numpy(),
-                                   brute_force_raw(attn.numpy(), 1, 8, 8), atol=1e-4, rtol=0)
+                                   brute_force(attn.numpy(), 1, 8, 8, renormalise=False), atol=1e-4, rtol=0)
     torch.manual_seed(1)
     q, k = torch.randn(2, 3, 2 + 36, 8), torch.randn(2, 3, 2 + 36, 8)
     whole = attention_distance(q, k, 0.5, 2, (6, 6), 16, rule="raw")

@@ -92,6 +92,20 @@ def cell_ranks(maps: torch.Tensor, order: int, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
+def check_perturbation(name: str, x: torch.Tensor, maps: torch.Tensor, target: torch.Tensor, tie_orders: int) -> None:
+    """The checks every perturbation metric (deletion/insertion, ROAD) makes of its inputs: x (B, 3, H, W),
+    maps (B, K, h, w), target (B,), and ``metrics.faithfulness_tie_orders`` an int >= 0.
+
+    Raises:
+        ValueError: naming ``name`` (or the option) and what it got.
+    """
+    if isinstance(tie_orders, bool) or not isinstance(tie_orders, int) or tie_orders < 0:
+        raise ValueError(f"metrics.faithfulness_tie_orders={tie_orders!r}: expected an int >= 1 (or 0: raster order)")
+    if x.ndim != 4 or maps.ndim != 4 or maps.shape[0] != x.shape[0] or target.shape != (x.shape[0],):
+        raise ValueError(f"{name}: expected x (B, 3, H, W), maps (B, K, h, w), target (B,); got "
+                         f"{tuple(x.shape)}, {tuple(maps.shape)}, {tuple(target.shape)}")
+
+
 def deletion_insertion(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, maps: torch.Tensor,
                        target: torch.Tensor, steps: int = 10, baseline: str = "blur", batch_size: int = 16,
                        softmax: bool = True, blur_sigma: float | None = None, tie_orders: int = 4,
@@ -134,11 +148,7 @@ def deletion_insertion(forward: Callable[[torch.Tensor], torch.Tensor], x: torch
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"metrics.faithfulness_steps={steps!r}: expected an int >= 1")
-    if isinstance(tie_orders, bool) or not isinstance(tie_orders, int) or tie_orders < 0:
-        raise ValueError(f"metrics.faithfulness_tie_orders={tie_orders!r}: expected an int >= 1 (or 0: raster order)")
-    if x.ndim != 4 or maps.ndim != 4 or maps.shape[0] != x.shape[0] or target.shape != (x.shape[0],):
-        raise ValueError(f"deletion_insertion: expected x (B, 3, H, W), maps (B, K, h, w), target (B,); got "
-                         f"{tuple(x.shape)}, {tuple(maps.shape)}, {tuple(target.shape)}")
+    check_perturbation("deletion_insertion", x, maps, target, tie_orders)
     b, k, h, w = maps.shape
     size = tuple(x.shape[-2:])
     base = baseline_image(x, baseline, blur_sigma)

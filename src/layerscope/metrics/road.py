@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .faithfulness import cell_ranks
+from .faithfulness import cell_ranks, check_perturbation
 from .threads import one_thread
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the paper's removal percentiles
@@ -199,11 +199,7 @@ def road(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, maps:
     fractions = [float(q) for q in fractions]
     if not fractions or not all(0 < q < 1 for q in fractions):
         raise ValueError(f"road: fractions={fractions}: expected fractions in (0, 1)")
-    if isinstance(tie_orders, bool) or not isinstance(tie_orders, int) or tie_orders < 0:
-        raise ValueError(f"metrics.faithfulness_tie_orders={tie_orders!r}: expected an int >= 1 (or 0: raster order)")
-    if x.ndim != 4 or maps.ndim != 4 or maps.shape[0] != x.shape[0] or target.shape != (x.shape[0],):
-        raise ValueError(f"road: expected x (B, 3, H, W), maps (B, K, h, w), target (B,); got "
-                         f"{tuple(x.shape)}, {tuple(maps.shape)}, {tuple(target.shape)}")
+    check_perturbation("road", x, maps, target, tie_orders)
     b, k, h, w = maps.shape
     size = tuple(x.shape[-2:])
     n = h * w
