@@ -147,3 +147,26 @@ def test_workers_without_room_for_the_ring_hand_batches_over_block_by_block(monk
     assert workers == 2 and "one shared block at a time (unable to resize file" in caplog.text
     assert [item["id"] for item in items] == [dataset[i].id for i in range(4)]
     assert all(item["x"].shape == (3, 32, 32) and item["mask"].shape == (32, 32) for item in items)
+
+
+def test_close_ends_the_thread_and_the_worker_processes_before_it_returns(monkeypatch):
+    """Leaving early (Ctrl-C): ``close()`` returns only once the thread has left the DataLoader and its
+    worker processes have exited, so no thread is inside torch's code while the interpreter finalises."""
+    import multiprocessing
+
+    from omegaconf import OmegaConf
+
+    from layerscope.data.synthetic import SyntheticDefects
+    from layerscope.study import image_batches
+
+    dataset = SyntheticDefects(textures=["brick", "moon"], defects=["spot", "crack"], per_combination=5, size=32)
+    monkeypatch.setattr("layerscope.plan.usable_cores", lambda: 4)
+    before = set(multiprocessing.active_children())
+    batches, workers = image_batches(OmegaConf.create({"batch_size": 2, "num_workers": 2}), dataset, 32,
+                                     torch.device("cpu"))
+    assert workers == 2 and len(set(multiprocessing.active_children()) - before) == 2
+    got = Prefetched(batches, ahead=1)
+    assert len(next(got)) == 2
+    got.close()  # no polling: the join is close()'s own
+    assert not got._thread.is_alive()
+    assert set(multiprocessing.active_children()) - before == set()

@@ -10,7 +10,7 @@ import inspect
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -198,6 +198,18 @@ def _quiet_hang_ups(worker_id: int) -> None:
     sys.excepthook = hook
 
 
+def _from_workers(batches: Iterator[Any], ring: SlotRing | None) -> Iterator[Any]:
+    """The workers' batches, unpacked; closing it (``Prefetched`` does, from its own thread) stops the worker
+    processes there and then, so that no thread is still inside the DataLoader when the interpreter exits."""
+    try:
+        for batch in batches:
+            yield unpack(batch, ring=ring)
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # torch's own clean-up, else run when collected
+        if shutdown is not None:
+            shutdown()
+
+
 def image_batches(cfg: StudyConfig, dataset: Dataset, size: int, device: torch.device) -> tuple[Any, int]:
     """An iterator over batches of prepared images, and the DataLoader workers preparing them.
 
@@ -237,7 +249,7 @@ def image_batches(cfg: StudyConfig, dataset: Dataset, size: int, device: torch.d
             ring = None
             with no_leftover_segments():  # where it cannot be sized either, no empty file is left in /dev/shm
                 torch.empty(batch_size * 3 * size * size).share_memory_()
-        return map(functools.partial(unpack, ring=ring), iter(loader(workers, ring))), workers
+        return _from_workers(iter(loader(workers, ring)), ring), workers
     except Exception as e:  # noqa: BLE001 - any failure to start workers or share memory has the same remedy
         reason = " ".join(str(e).split())[:200] or type(e).__name__
         if cfg.num_workers != "auto":

@@ -48,6 +48,10 @@ class Prefetched:
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread, raised there
             self._put((None, e))
             return
+        finally:  # a generator's clean-up (stopping DataLoader workers) runs in the thread that drove it
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
         self._put((_END, None))
 
     def __iter__(self) -> "Prefetched":
@@ -63,6 +67,13 @@ class Prefetched:
             raise StopIteration
         return batch
 
-    def close(self) -> None:
-        """Stop taking batches (the thread ends at its next step); safe to call twice."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop taking batches and wait (up to ``timeout`` seconds) for the thread to end: it finishes the batch
+        it is taking, if any, and closes ``batches``. Safe to call twice.
+
+        The wait matters at exit (Ctrl-C): a daemon thread still inside the DataLoader's C++ code when the
+        interpreter finalises can abort the whole process (SIGABRT instead of exit 130).
+        """
         self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)

@@ -91,7 +91,6 @@ def cell_ranks(maps: torch.Tensor, order: int, seed: int = 0) -> torch.Tensor:
     return torch.empty_like(idx).scatter_(-1, idx, torch.arange(n, device=maps.device).expand_as(idx))
 
 
-@torch.no_grad()
 def check_perturbation(name: str, x: torch.Tensor, maps: torch.Tensor, target: torch.Tensor, tie_orders: int) -> None:
     """The checks every perturbation metric (deletion/insertion, ROAD) makes of its inputs: x (B, 3, H, W),
     maps (B, K, h, w), target (B,), and ``metrics.faithfulness_tie_orders`` an int >= 0.
@@ -106,6 +105,7 @@ def check_perturbation(name: str, x: torch.Tensor, maps: torch.Tensor, target: t
                          f"{tuple(x.shape)}, {tuple(maps.shape)}, {tuple(target.shape)}")
 
 
+@torch.no_grad()
 def deletion_insertion(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, maps: torch.Tensor,
                        target: torch.Tensor, steps: int = 10, baseline: str = "blur", batch_size: int = 16,
                        softmax: bool = True, blur_sigma: float | None = None, tie_orders: int = 4,
