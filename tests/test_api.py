@@ -357,3 +357,16 @@ def test_docstring_examples_run():
     for module in (api, faithfulness):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.attempted >= 3 and result.failed == 0, module.__name__
+
+
+def test_ls_maps_is_the_api_function_not_a_module():
+    """``ls.maps`` and ``from layerscope import maps`` are the plain API function (its own signature and
+    docstring); the map methods live in ``layerscope.methods``."""
+    import inspect
+
+    import layerscope.api
+    from layerscope import maps
+
+    assert maps is layerscope.api.maps and inspect.isfunction(ls.maps)
+    assert list(inspect.signature(ls.maps).parameters)[:2] == ["backbone", "images"]
+    assert ls.maps.__doc__ == layerscope.api.maps.__doc__

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "layerscope"
 
 
 def _methods() -> list[type]:
-    from layerscope.maps import cam, methods
+    from layerscope.methods import cam, methods
 
     found = {}
     for module in (methods, cam):

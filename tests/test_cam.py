@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from layerscope.backbones import TimmCNN, TimmViT, forward_hooks
-from layerscope.maps.cam import AttnGrad, EigenCAM, GradCAM, GradCAMPlusPlus
+from layerscope.methods.cam import AttnGrad, EigenCAM, GradCAM, GradCAMPlusPlus
 from layerscope.metrics.faithfulness import deletion_insertion
 from layerscope.metrics.pointing import pointing_game_tolerance
 

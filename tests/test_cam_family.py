@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from layerscope.maps.cam import (EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM, eigencam,
+from layerscope.methods.cam import (EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM, eigencam,
                                  gradcam_pp)
 from layerscope.metrics.faithfulness import baseline_image, deletion_insertion
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layerscope.maps import threshold_maps, upsample
+from layerscope.methods import threshold_maps, upsample
 from layerscope.metrics import (aupro_counts, auroc_counts, cells_from_mask, iou_oracle_counts, mass_in_mask_counts,
                                 normalized_entropy, pointing_game_counts, top_score)
 from layerscope.scoring import ScoreOptions, Target, image_rows, score_layer

@@ -13,7 +13,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 import layerscope as ls
-from layerscope.data.export import export_mvtec
+from layerscope.data.mvtec_export import export_mvtec
 from layerscope.data.folder import Folder
 from layerscope.data.mvtec import MVTecAD
 from layerscope.data.references import draw, without_test_copies

@@ -9,7 +9,7 @@ import torch
 from skimage.measure import label
 from sklearn.metrics import jaccard_score, roc_auc_score
 
-from layerscope.maps import upsample
+from layerscope.methods import upsample
 from layerscope.metrics import (aupro, aupro_counts, auroc_counts, cells_from_mask, iou_counts, iou_oracle_counts,
                          mass_in_mask_counts, pointing_game_counts, top_score)
 

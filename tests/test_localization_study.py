@@ -11,10 +11,10 @@ from sklearn.metrics import roc_auc_score
 
 from layerscope.cli.report import main as report_main
 from layerscope.cli.rescore import main as rescore_main
-from layerscope.data.export import export_mvtec
+from layerscope.data.mvtec_export import export_mvtec
 from layerscope.data.mvtec import MVTecAD
 from layerscope.data.voc import VOCObjects
-from layerscope.results.ranking import bootstrap_auroc, bootstrap_mean, rank
+from layerscope.results.leaderboard import bootstrap_auroc, bootstrap_mean, rank
 
 from .conftest import run_main
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerscope.maps import keep_mass, reduce_features, threshold_maps, upsample
-from layerscope.maps.reduce import l2, mean_abs, pca
+from layerscope.methods import keep_mass, reduce_features, threshold_maps, upsample
+from layerscope.methods.reduce import l2, mean_abs, pca
 
 
 def keep_mass_reference(attn: torch.Tensor, mass: float) -> torch.Tensor:

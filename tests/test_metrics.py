@@ -63,7 +63,7 @@ def test_auroc_matches_sklearn_on_random_maps():
 
 @pytest.mark.parametrize("grid,size", [((4, 4), (16, 16)), ((5, 7), (23, 30)), ((8, 8), (8, 8))])
 def test_auroc_on_grid_with_cell_counts_equals_pixel_auroc_after_nearest_upsampling(grid, size):
-    from layerscope.maps import upsample
+    from layerscope.methods import upsample
     from layerscope.metrics import auroc_counts, cells_from_mask
 
     g = torch.Generator().manual_seed(3)

@@ -137,7 +137,7 @@ def test_a_dataset_of_ones_own_lacking_the_interface_is_one_line():
 
 def test_the_synthetic_defaults_hold_everywhere():
     """The dataset class, its config and the exporter paint with the same defaults (contrast 0.5)."""
-    from layerscope.data import export
+    from layerscope.data import mvtec_export as export
     from layerscope.data.synthetic import SyntheticDefects
 
     own = {k: p.default for k, p in inspect.signature(SyntheticDefects).parameters.items()}

@@ -81,7 +81,7 @@ def test_no_import_cycles_and_no_module_imports_a_command_line_module():
 
 
 # options.py (the config schema) is a leaf: it imports no layerscope module, so every layer may read it
-LOWER = ("layerscope.results", "layerscope.metrics", "layerscope.maps", "layerscope.data", "layerscope.backbones",
+LOWER = ("layerscope.results", "layerscope.metrics", "layerscope.methods", "layerscope.data", "layerscope.backbones",
          "layerscope.options")
 
 

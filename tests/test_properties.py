@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from layerscope.maps import keep_mass
+from layerscope.methods import keep_mass
 from layerscope.metrics import aupro, auroc, iou, normalized_entropy
 
 FAST = settings(max_examples=60, deadline=None)

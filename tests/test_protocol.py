@@ -12,7 +12,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from layerscope import study
-from layerscope.maps import upsample
+from layerscope.methods import upsample
 from layerscope.protocol import choose, dataset_metrics, split_images
 from layerscope.cli.report import main as report_main
 from layerscope.results import layout

@@ -27,7 +27,7 @@ from layerscope.data.ids import path_id, safe_name
 from layerscope.protocol import choose, dataset_metrics
 from layerscope.results import catalog, layout
 from layerscope.results.pool import build_pool
-from layerscope.results.ranking import dataset_markdown, md, rank_dataset, to_markdown
+from layerscope.results.leaderboard import dataset_markdown, md, rank_dataset, to_markdown
 from layerscope.scoring import NONFINITE_NOTE, ScoreOptions, Target, image_rows
 from layerscope.scoring_batch import batch_image_rows
 

@@ -10,7 +10,7 @@ from skimage.draw import polygon2mask
 from layerscope.data.base import Sample
 from layerscope.data.samples import load_photo
 from layerscope.data.transforms import to_input
-from layerscope.maps import upsample
+from layerscope.methods import upsample
 
 from .conftest import compose
 

@@ -165,7 +165,7 @@ def test_bench_compare_prints_the_time_per_measure(tmp_path, capsys):
 
 def test_the_page_dims_cells_within_the_null_and_lists_each_measure_with_its_monotonicity(tmp_path):
     from layerscope.comparison import load_models, monotonicity_table, similarity_table
-    from layerscope.view.compare import compare_section
+    from layerscope.view.comparison_section import compare_section
 
     models, _ = load_models(_fake_runs(tmp_path / "runs"))
     table = similarity_table(models, measures=["cka", "mknn"], n_perm=30, n_boot=20, knn_k=5)

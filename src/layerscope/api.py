@@ -329,7 +329,7 @@ class Maps:
         Returns:
             A new ``Maps`` whose arrays are (B, K, H, W).
         """
-        from .maps.upsample import upsample
+        from .methods.upsample import upsample
 
         side = _as_int(size) if size is not None else self.images.shape[1]
         hw = (side, side) if isinstance(side, int) else tuple(_as_int(v) for v in side) \
@@ -355,7 +355,7 @@ class Maps:
         from PIL import Image
 
         from .figures.grid import colormap
-        from .maps.upsample import upsample
+        from .methods.upsample import upsample
 
         i, k = _as_int(i), _as_int(k)
         if isinstance(i, bool) or not isinstance(i, int) or not -len(self) <= i < len(self):
@@ -379,7 +379,7 @@ def _method(backbone: Backbone, method: Any, target: Any, options: Mapping[str, 
     """The map method: a config name (``conf/method/<name>.yaml``) with ``options``, or a MapMethod as it is."""
     from omegaconf import OmegaConf
 
-    from .maps.methods import MapMethod
+    from .methods.methods import MapMethod
     from .plan import build
 
     if isinstance(method, MapMethod):
@@ -397,7 +397,7 @@ def _method(backbone: Backbone, method: Any, target: Any, options: Mapping[str, 
             target = target.tolist()  # a 0-d one gives its number
         target = [_as_int(t) for t in target] if isinstance(target, (list, tuple)) else _as_int(target)
         if isinstance(target, (list, tuple, int)):
-            from .maps.cam import check_target
+            from .methods.cam import check_target
 
             check_target(backbone, target, method.embedding_target)
         elif not callable(target):

@@ -19,7 +19,7 @@ from .protocol import _Candidate, choice_split
 from .results.fewshot import SHOTS, t_interval
 from .results.layout import fewshot_choice_stem
 from .results.pool import Pool
-from .results.ranking import md
+from .results.leaderboard import md
 from .results.rundir import write_atomic
 
 GROUP = ["model", "method", SHOTS, "seed"]

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .backbones import Backbone, select_indices
 from .configs import config_dir
 from .data.base import Dataset, check_dataset
-from .maps.methods import MapMethod
+from .methods.methods import MapMethod
 from .metrics.faithfulness import check_faithfulness
 from .options import StudyConfig, as_bool, bool_fields, typed
 from .scoring import ScoreOptions
@@ -188,7 +188,7 @@ def plan_extras(opts: StudyConfig, backbone: Backbone, method: MapMethod) -> tup
     Raises:
         ValueError: an unknown ``metrics.attention_distance_rule`` or ``metrics.attention_distance_unit``.
     """
-    from .maps.distance import EXTRAS, check_conventions
+    from .methods.distance import EXTRAS, check_conventions
 
     rule = str(opts.metrics.attention_distance_rule)
     check_conventions(rule, str(opts.metrics.attention_distance_unit))

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 
 from .backbones import Backbone
-from .maps.methods import MapMethod
+from .methods.methods import MapMethod
 
 
 def method_maps(backbone: Backbone, method: MapMethod, x: torch.Tensor, layers: Sequence[int]

@@ -10,13 +10,13 @@ from typing import Any, Mapping, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .maps import upsample
-from .maps.threshold import RULES
-from .maps.upsample import MODES
+from .methods import upsample
+from .methods.threshold import RULES
+from .methods.upsample import MODES
 from .metrics import (Cells, mass_in_mask_counts, normalized_entropy, pointing_game_counts,
                       top_score)
 from .metrics.localization import MaskCells, iou_from_kept_counts, rank_metrics
-from .metrics.ranking import Ranked, rank_rows
+from .metrics.rank_groups import Ranked, rank_rows
 from .metrics.threads import one_thread, serial  # noqa: F401 - one_thread: the study scores under it too
 from .options import MetricsOptions, StudyConfig, typed
 

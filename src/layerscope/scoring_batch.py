@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .metrics import normalized_entropy, top_score
 from .metrics.localization import aupro_from_groups, iou_from_kept_counts, iou_oracle_from_groups, pro_fpr_weights
 from .metrics.pointing import mask_sums, pointing_game_tolerance_batch
-from .metrics.ranking import Ranked, auroc_from_groups
+from .metrics.rank_groups import Ranked, auroc_from_groups
 from .metrics.threads import map_threads
 from .scoring import ScoreOptions, Target, _notes, assemble_rows, finite_maps, image_rows, sparseness_columns
 
@@ -307,7 +307,7 @@ def _in_sorted_order(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 
 def _group_sums(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
-    """``ranking.group_sums`` with each row's own weights: (B x R, n) ranked rows, weights (B, n, C) -> (B x R, n, C).
+    """``rank_groups.group_sums`` with each row's own weights: (B x R, n) ranked rows, weights (B, n, C) -> (B x R, n, C).
 
     A row without ties has one item per group: its sums are its weights in sorted order (0 + w is w), so
     only rows with ties are summed.

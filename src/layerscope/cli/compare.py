@@ -37,7 +37,7 @@ import pandas as pd
 
 from ..comparison import (cca_warnings, check_label, load_models, monotonicity_table, probe_table,
                           probe_warnings, representation_rows, similarity_table)
-from ..figures.compare import cka_heatmaps, probe_curves
+from ..figures.comparison_plots import cka_heatmaps, probe_curves
 from ..figures.paper import AXES, attention_distance
 from ..metrics.measures import MEASURES
 from ..metrics.measures.cka import ESTIMATORS

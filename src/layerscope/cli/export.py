@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..data.export import PAINT, export_mvtec
+from ..data.mvtec_export import PAINT, export_mvtec
 from ..data.synthetic import DEFECTS, TEXTURES
 from .errors import Parser, command
 

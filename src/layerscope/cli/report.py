@@ -28,7 +28,7 @@ import pandas as pd
 from ..results import catalog
 from ..results.jobs import job_problems
 from ..results.layout import RESULTS, report_stem
-from ..results.ranking import IMAGE_METRICS, dataset_markdown, md, rank, rank_dataset, to_markdown
+from ..results.leaderboard import IMAGE_METRICS, dataset_markdown, md, rank, rank_dataset, to_markdown
 from ..results.rundir import write_atomic
 from ..results.table import METRICS, load_results
 from .errors import Parser, UsageError, command

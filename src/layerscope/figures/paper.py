@@ -19,7 +19,7 @@ kind; each returns the paths it wrote and logs why when it has nothing to draw:
 - ``fewshot_vs_layer``: a few-shot sweep's metric against layer, one line per shot count, mean over reference
   seeds with the 95% t-interval across seeds (``results.fewshot``); per-image metrics and pooled AUPRO.
 - ``attention_distance``: mean attention distance per head against layer, one dot per head, models side
-  by side (Dosovitskiy et al. 2020, Fig. 7); ``layerscope-compare`` draws it too (``figures.compare``).
+  by side (Dosovitskiy et al. 2020, Fig. 7); ``layerscope-compare`` draws it too (``figures.comparison_plots``).
 
 Every figure is written as PNG (200 dpi) and PDF (TrueType text, editable), in one style
 (``figures.style``), with seaborn's colour-blind palette. The saved results are read by

@@ -1,6 +1,6 @@
 """The figures' one look: the style, palette and labels, the save helper and the drawing primitives.
 
-Shared by ``figures.paper`` and ``figures.compare``; seaborn's colour-blind palette, TrueType text in PDFs,
+Shared by ``figures.paper`` and ``figures.comparison_plots``; seaborn's colour-blind palette, TrueType text in PDFs,
 the same bytes for the same figure.
 """
 from __future__ import annotations

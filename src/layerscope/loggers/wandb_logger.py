@@ -185,7 +185,7 @@ class WandbLogger(Logger):
         import wandb
 
         from ..comparison import monotonicity_table
-        from ..figures.compare import cka_heatmaps, cka_rows, probe_curves
+        from ..figures.comparison_plots import cka_heatmaps, cka_rows, probe_curves
 
         if self.run is None:
             return

@@ -19,7 +19,7 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from .ranking import Ranked, auroc_from_groups, group_sums, rank_rows
+from .rank_groups import Ranked, auroc_from_groups, group_sums, rank_rows
 from .threads import serial
 
 

@@ -2,7 +2,7 @@
 
 One home for the fact that the page (``layerscope-view``), the figures and the W&B logger read from saved
 results, which name only the method: so it lives here, torch-free, rather than on the method classes of
-``maps/methods.py`` (importing those loads torch, and the figures never do). A method that adds maps
+``methods/methods.py`` (importing those loads torch, and the figures never do). A method that adds maps
 named after its heads (``0``, ``1``, ..., plus ``mean``) adds its name to ``HEAD_METHODS``; every other
 method's maps are ``maps`` (feature reductions, CAMs, rollout's one head-fused map, patch k-NN).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 HEADS = "heads"
 MAPS = "maps"
-HEAD_METHODS = frozenset({"cls_attention"})  # maps/methods.py: ClsAttention, one map per head + their mean
+HEAD_METHODS = frozenset({"cls_attention"})  # methods/methods.py: ClsAttention, one map per head + their mean
 
 
 def map_axis(method: object) -> str:

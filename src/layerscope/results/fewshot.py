@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import catalog, layout
-from .ranking import md
+from .leaderboard import md
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def per_image_values(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Per (job, category, candidate): the per-image protocol's mean over images of ``metric``.
 
     Rows of the smallest threshold, no ``best`` rows; objects of one image averaged first; a category
-    ``all`` over every image with a value, as ``ranking.rank``.
+    ``all`` over every image with a value, as ``leaderboard.rank``.
 
     Args:
         df: ``load_results`` rows (with ``job``).

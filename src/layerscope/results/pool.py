@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from ..maps.upsample import upsample as upsample_maps
+from ..methods.upsample import upsample as upsample_maps
 from ..metrics.localization import MaskCells, top_score
 from ..metrics.threads import one_thread
 from . import catalog, layout

@@ -3,7 +3,7 @@
 - ``Study``: every ``results.csv`` below a folder, grouped into series (model · method [· size] [· job]),
   with the saved maps beside each; jobs that repeat an earlier job's results are left out (``identical_jobs``).
 - The analysis both readers share: ``smallest_threshold``, ``per_image`` (objects of one image averaged
-  first), ``layer_head_scores`` (mean and 95% bootstrap CI per layer and head, ``ranking.bootstrap_mean``),
+  first), ``layer_head_scores`` (mean and 95% bootstrap CI per layer and head, ``leaderboard.bootstrap_mean``),
   ``line_head`` (the map a metric-vs-layer line follows), ``head_order``, ``relative_depth``, ``num_layers``
   and ``distance_table`` (mean attention distance per head over images, with its 95% interval).
 
@@ -26,7 +26,7 @@ from . import catalog
 from .axes import HEADS, map_axis
 from .layout import inside, map_file
 from .maps_io import load_maps
-from .ranking import bootstrap_mean
+from .leaderboard import bootstrap_mean
 from .table import load_results
 
 log = logging.getLogger(__name__)

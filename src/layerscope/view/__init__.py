@@ -13,7 +13,7 @@ in this order:
   method) side by side, one layer's maps large with a slider (and buttons, arrow keys) stepping
   through layers, the whole layer x map grid with the mask outline, each map's metrics on hover
   and in a table;
-- which layer finds it, per defect type: the per-image ranking (``results.ranking.rank``, mean
+- which layer finds it, per defect type: the per-image ranking (``results.leaderboard.rank``, mean
   over images, 95% bootstrap CI) beside the dataset-level one (``dataset_metrics.csv``) where present;
 - metric against layer per (model, method), with a switch to relative depth (0 = first layer, 1 = last);
 - the held-out choice (``choice_<metric>.json``) where present;

@@ -188,7 +188,7 @@ def _dataset_table(study: Study) -> pd.DataFrame | None:
 
 
 def ranking_section(study: Study, metric: str, ranked: pd.DataFrame, top: int) -> str:
-    from ..results.ranking import rank_dataset
+    from ..results.leaderboard import rank_dataset
 
     m = catalog.get(metric)
     dataset = _dataset_table(study)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..figures.compare import ALPHA, cka_grid, cka_rows, pairs
+from ..figures.comparison_plots import ALPHA, cka_grid, cka_rows, pairs
 from ..figures.style import PALETTE
 from ..metrics.measures import INVARIANCES, MEASURES
 from ..results.layout import COMPARE, MONOTONICITY, PROBE, SIMILARITY
