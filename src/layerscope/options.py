@@ -52,6 +52,9 @@ class MetricsOptions:
     # none | cascading (full re-initialisation) | independent (each layer's own block): mprt_spearman, mprt_ssim,
     # random_logit_ssim (Adebayo et al. 2018)
     randomisation: str = "none"
+    # random_logit_ssim: image (each map |m| / max |m|, 2-D SSIM; Sixt et al. 2020) | quantus (signed maps over
+    # the batch's max |m|, SSIM of the flattened maps; Quantus 0.6 RandomLogit)
+    random_logit_rule: str = "image"
     # renormalised (each query's attention over the patch keys, re-summed to 1) | raw (the patch rows and
     # columns as the model gives them, prefix attention dropped, not renormalised: the common implementation)
     attention_distance_rule: str = "renormalised"

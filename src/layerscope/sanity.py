@@ -35,13 +35,13 @@ def method_maps(backbone: Backbone, method: MapMethod, x: torch.Tensor, layers: 
 
 
 def check_sanity(metrics, backbone: Backbone, method: MapMethod) -> None:
-    """Check ``metrics.road``, ``metrics.road_noise`` and ``metrics.randomisation`` against the model and method
-    before any weights load.
+    """Check ``metrics.road``, ``metrics.road_noise``, ``metrics.randomisation`` and ``metrics.random_logit_rule``
+    against the model and method before any weights load.
 
     Raises:
         ValueError: one line naming the option.
     """
-    from .metrics.randomisation import MODES
+    from .metrics.randomisation import LOGIT_RULES, MODES
 
     if metrics.road and not backbone.num_classes:
         raise ValueError(f"metrics.road needs a model with a classifier; model {backbone.name} has none "
@@ -50,6 +50,9 @@ def check_sanity(metrics, backbone: Backbone, method: MapMethod) -> None:
         raise ValueError(f"metrics.road_noise={metrics.road_noise:g}: expected a standard deviation >= 0")
     if metrics.randomisation not in MODES:
         raise ValueError(f"metrics.randomisation={metrics.randomisation}: expected one of {', '.join(MODES)}")
+    rule = getattr(metrics, "random_logit_rule", "image")  # a saved config from before the option: its default
+    if rule not in LOGIT_RULES:
+        raise ValueError(f"metrics.random_logit_rule={rule}: expected one of {', '.join(LOGIT_RULES)}")
     if metrics.randomisation != "none" and method.needs_references:
         raise ValueError(f"metrics.randomisation={metrics.randomisation} does not apply to method={method.name}: "
                          "its maps come from a memory bank fitted with the trained weights")
@@ -91,7 +94,8 @@ def road_columns(backbone: Backbone, x: torch.Tensor, maps: dict[int, torch.Tens
 
 def randomisation_columns(backbone: Backbone, method: MapMethod, x: torch.Tensor, maps: dict[int, torch.Tensor],
                           choose: Callable[[dict[int, torch.Tensor]], dict[int, torch.Tensor]], mode: str,
-                          target: torch.Tensor | None = None, seed: int = 0) -> dict[int, dict[str, torch.Tensor]]:
+                          target: torch.Tensor | None = None, seed: int = 0, logit_rule: str = "image"
+                          ) -> dict[int, dict[str, torch.Tensor]]:
     """``mprt_spearman`` and ``mprt_ssim`` (full randomisation for ``cascading``; the layer's own block for
     ``independent``) and, for gradient methods of a classifier, ``random_logit_ssim``, of every chosen map.
 
@@ -104,11 +108,13 @@ def randomisation_columns(backbone: Backbone, method: MapMethod, x: torch.Tensor
         mode: ``cascading`` or ``independent``.
         target: (B,) the class each map explains (Random Logit draws another); None skips Random Logit.
         seed: randomisation seed (and the other classes' draw).
+        logit_rule: how ``random_logit_ssim`` compares the two maps (``metrics.random_logit_rule``: ``image`` or
+            ``quantus``; ``metrics.randomisation.logit_similarity``).
 
     Returns:
         layer -> column -> (B, K) float32 on the CPU.
     """
-    from .metrics.randomisation import normalise, other_classes, randomised_maps, similarities, ssim
+    from .metrics.randomisation import logit_similarity, other_classes, randomised_maps, similarities
 
     device = backbone.mean.device
     x = x.to(device)
@@ -129,8 +135,8 @@ def randomisation_columns(backbone: Backbone, method: MapMethod, x: torch.Tensor
         other.target_class = other_classes(target, backbone.num_classes, seed).to(device)
         flipped = choose(method_maps(backbone, other, x, layers))
         for layer in layers:
-            out[layer]["random_logit_ssim"] = ssim(normalise(maps[layer].to(device)),
-                                                   normalise(flipped[layer])).float().cpu()
+            out[layer]["random_logit_ssim"] = logit_similarity(maps[layer].to(device), flipped[layer],
+                                                               logit_rule).float().cpu()
     return out
 
 
@@ -170,7 +176,7 @@ def batch_columns(cfg, plan, backbone: Backbone, items: list[dict], per_image: l
     if metrics.randomisation != "none":
         # choose (study.chosen_maps) picks from (B, K_all, h, w) as from (K_all, h, w)
         for layer, cols in randomisation_columns(backbone, plan.method, x, maps, choose, metrics.randomisation,
-                                                 target, int(cfg.seed)).items():
+                                                 target, int(cfg.seed), str(metrics.random_logit_rule)).items():
             columns[layer].update(cols)
     out = []
     for i, f in enumerate(faith):
