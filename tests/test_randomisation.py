@@ -266,3 +266,29 @@ def test_random_logit_equals_quantus(rule):
                             rule)
     assert ours.shape == (5, 1)
     np.testing.assert_allclose(ours[:, 0].numpy(), np.asarray(theirs, dtype=np.float64), rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_vit_gradient_methods_under_both_modes():
+    """attn_grad and Grad-CAM of a ViT: finite similarities in both modes, weights restored; Grad-CAM of the last
+    block is all zero (its patch tokens do not reach the CLS output), so its rank correlation is undefined (NaN),
+    never a flag."""
+    import layerscope as ls
+    from layerscope.data.samples import load_photo
+
+    bb = ls.load("tiny_vit")
+    before = {k: v.clone() for k, v in bb.state_dict().items()}
+    last = bb.num_layers - 1
+    for method in ("attn_grad", "gradcam"):
+        m = ls.maps(bb, [load_photo("cat"), load_photo("coffee")], layers=[0, last], method=method)
+        trained = {layer: torch.from_numpy(m[layer]) for layer in m.layers}
+        for mode in ("cascading", "independent"):
+            cols = randomisation_columns(bb, m._method, m._rgb, trained, lambda maps: maps, mode, seed=0)
+            assert all(torch.equal(bb.state_dict()[k], before[k]) for k in before), (method, mode)
+            for layer in (0, last):
+                rho = cols[layer]["mprt_spearman"]
+                assert rho.shape == (2, 1)
+                if method == "gradcam" and layer == last:
+                    assert trained[layer].abs().max() == 0 and bool(rho.isnan().all())
+                else:
+                    assert bool(rho.isfinite().all()) and bool((rho.abs() <= 1).all()), (method, mode, layer)
