@@ -221,7 +221,14 @@ def test_surviving_maps_are_flagged_for_the_report_and_page():
     # layer 0: images a (0.9, once despite two thresholds) and b (0.3): mean 0.6 >= 0.5; layer 1: 0.15
     assert table[["layer", "head", "n_images"]].values.tolist() == [[0, "0", 2]]
     assert table["mprt_spearman"].iloc[0] == pytest.approx(0.6)
-    assert "layer 0 head 0: MPRT Spearman 0.60" in weights_check.flags_markdown(table)
+    from scipy.stats import t
+
+    half = t.ppf(0.975, 1) * np.std([0.9, 0.3], ddof=1) / np.sqrt(2)  # Student-t over the 2 images
+    assert table[["ci_low", "ci_high"]].values[0] == pytest.approx([0.6 - half, 0.6 + half])
+    line = f"layer 0 head 0: MPRT Spearman 0.60 [{0.6 - half:.2f}, {0.6 + half:.2f}]"
+    assert line in weights_check.flags_markdown(table) and line in weights_check.flags_section(rows)
+    one = weights_check.weight_independent(rows[rows["image"] == "a"])
+    assert one["ci_low"].isna().all() and "[no interval: 1 image]" in weights_check.flags_markdown(one)
     assert weights_check.NOTE in weights_check.flags_section(rows)
     assert "No map survives" in weights_check.flags_section(rows[rows["layer"] == 1])
     assert weights_check.flags_section(rows.drop(columns=["mprt_spearman"])) == ""
@@ -257,8 +264,8 @@ def test_random_logit_equals_quantus(rule):
         def ssim_2d(a, b, batched=True, **kwargs):
             return [quantus_ssim(aa.reshape(16, 16), bb.reshape(16, 16)) for aa, bb in zip(a, b)]
 
-        metric = quantus.RandomLogit(num_classes=4, seed=42, abs=True, normalise_func_kwargs={"normalise_axes": (1, 2, 3)},
-                                     similarity_func=ssim_2d, disable_warnings=True)
+        metric = quantus.RandomLogit(num_classes=4, seed=42, abs=True, similarity_func=ssim_2d, disable_warnings=True,
+                                     normalise_func_kwargs={"normalise_axes": (1, 2, 3)})
     theirs = metric(model=model, x_batch=x.numpy(), y_batch=y, a_batch=trained, explain_func=explain, device="cpu")
     other = other_classes(torch.from_numpy(y), 4, seed=42)
     assert len(drawn) == 1 and other.tolist() == drawn[0].tolist()  # the same classes drawn
