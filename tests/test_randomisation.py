@@ -1,6 +1,7 @@
 """Model-parameter randomisation (MPRT) and Random Logit.
 
-- weights restored bit for bit, the global random state untouched, only the chosen block reset;
+- weights restored bit for bit, the global random state untouched, only the chosen block reset; both seedings
+  (one seed per module as Quantus, one stream) against torch's own draws;
 - Spearman against ``scipy.stats.spearmanr``, SSIM against scikit-image's ``structural_similarity`` with
   Quantus' data range (independent implementations);
 - MPRT's Spearman at full cascading randomisation against Quantus 0.6's ``MPRT`` (``return_last_correlation``;
@@ -12,6 +13,8 @@
   EfficientNet-Lite0's last stage does not survive randomisation.
 """
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -65,6 +68,30 @@ def test_independent_resets_only_the_layers_block_and_is_seeded():
     assert torch.equal(again, seen[3]["3.0.weight"])  # the same seed, the same weights
     with pytest.raises(ValueError, match="metrics.randomisation=bogus"):
         randomised_maps(model, compute, [3], "bogus")
+
+
+def test_seeding_per_module_repeats_weights_once_draws_each_module_its_own():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with randomised(model, resettable(model), seed=2, seeding="per_module"):  # Quantus 0.6
+        assert torch.equal(model[0].weight, model[2].weight)
+        torch.manual_seed(3)  # the same seed before the module: the same draw
+        expect = nn.Linear(4, 4).weight
+        assert torch.equal(model[2].weight, expect)
+    with randomised(model, resettable(model), seed=2, seeding="once"):
+        first, last = model[0].weight.clone(), model[2].weight.clone()
+        assert not torch.equal(first, last)
+        torch.manual_seed(3)  # one stream: the output-side module draws first, then the next
+        a, b = nn.Linear(4, 4), nn.Linear(4, 4)
+        assert torch.equal(last, a.weight) and torch.equal(first, b.weight)
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
+    with pytest.raises(ValueError, match="metrics.randomisation_seeding=twice: expected one of per_module, once"):
+        with randomised(model, resettable(model), seeding="twice"):
+            pass
+    with pytest.raises(ValueError, match="metrics.randomisation_seeding=twice"):
+        check_sanity(SimpleNamespace(road=False, road_noise=0.0, randomisation="cascading",
+                                     randomisation_seeding="twice"), SimpleNamespace(num_classes=4, name="m"),
+                     SimpleNamespace(needs_references=False, name="gradcam"))
 
 
 def test_spearman_and_ssim_against_scipy_and_skimage():
@@ -131,8 +158,6 @@ def test_flat_ssim_and_batch_normalisation_against_skimage_and_numpy():
 
 
 def test_random_logit_rule_is_checked_with_one_line():
-    from types import SimpleNamespace
-
     from layerscope.options import MetricsOptions
 
     cls = SimpleNamespace(num_classes=10, name="m")

@@ -52,6 +52,9 @@ class MetricsOptions:
     # none | cascading (full re-initialisation) | independent (each layer's own block): mprt_spearman, mprt_ssim,
     # random_logit_ssim (Adebayo et al. 2018)
     randomisation: str = "none"
+    # per_module (torch.manual_seed(seed + 1) before each module: same-shaped blocks get the same weights; Quantus 0.6)
+    # | once (one seeded stream for all modules: each block its own draw; Adebayo et al. 2018)
+    randomisation_seeding: str = "per_module"
     # random_logit_ssim: image (each map |m| / max |m|, 2-D SSIM; Sixt et al. 2020) | quantus (signed maps over
     # the batch's max |m|, SSIM of the flattened maps; Quantus 0.6 RandomLogit)
     random_logit_rule: str = "image"

@@ -35,13 +35,13 @@ def method_maps(backbone: Backbone, method: MapMethod, x: torch.Tensor, layers: 
 
 
 def check_sanity(metrics, backbone: Backbone, method: MapMethod) -> None:
-    """Check ``metrics.road``, ``metrics.road_noise``, ``metrics.randomisation`` and ``metrics.random_logit_rule``
-    against the model and method before any weights load.
+    """Check ``metrics.road``, ``metrics.road_noise``, ``metrics.randomisation``, ``metrics.randomisation_seeding``
+    and ``metrics.random_logit_rule`` against the model and method before any weights load.
 
     Raises:
         ValueError: one line naming the option.
     """
-    from .metrics.randomisation import LOGIT_RULES, MODES
+    from .metrics.randomisation import LOGIT_RULES, MODES, SEEDINGS
 
     if metrics.road and not backbone.num_classes:
         raise ValueError(f"metrics.road needs a model with a classifier; model {backbone.name} has none "
@@ -50,6 +50,9 @@ def check_sanity(metrics, backbone: Backbone, method: MapMethod) -> None:
         raise ValueError(f"metrics.road_noise={metrics.road_noise:g}: expected a standard deviation >= 0")
     if metrics.randomisation not in MODES:
         raise ValueError(f"metrics.randomisation={metrics.randomisation}: expected one of {', '.join(MODES)}")
+    seeding = getattr(metrics, "randomisation_seeding", "per_module")  # a saved config from before the option
+    if seeding not in SEEDINGS:
+        raise ValueError(f"metrics.randomisation_seeding={seeding}: expected one of {', '.join(SEEDINGS)}")
     rule = getattr(metrics, "random_logit_rule", "image")  # a saved config from before the option: its default
     if rule not in LOGIT_RULES:
         raise ValueError(f"metrics.random_logit_rule={rule}: expected one of {', '.join(LOGIT_RULES)}")
@@ -94,8 +97,8 @@ def road_columns(backbone: Backbone, x: torch.Tensor, maps: dict[int, torch.Tens
 
 def randomisation_columns(backbone: Backbone, method: MapMethod, x: torch.Tensor, maps: dict[int, torch.Tensor],
                           choose: Callable[[dict[int, torch.Tensor]], dict[int, torch.Tensor]], mode: str,
-                          target: torch.Tensor | None = None, seed: int = 0, logit_rule: str = "image"
-                          ) -> dict[int, dict[str, torch.Tensor]]:
+                          target: torch.Tensor | None = None, seed: int = 0, logit_rule: str = "image",
+                          seeding: str = "per_module") -> dict[int, dict[str, torch.Tensor]]:
     """``mprt_spearman`` and ``mprt_ssim`` (full randomisation for ``cascading``; the layer's own block for
     ``independent``) and, for gradient methods of a classifier, ``random_logit_ssim``, of every chosen map.
 
@@ -110,6 +113,8 @@ def randomisation_columns(backbone: Backbone, method: MapMethod, x: torch.Tensor
         seed: randomisation seed (and the other classes' draw).
         logit_rule: how ``random_logit_ssim`` compares the two maps (``metrics.random_logit_rule``: ``image`` or
             ``quantus``; ``metrics.randomisation.logit_similarity``).
+        seeding: how the re-initialisation is seeded (``metrics.randomisation_seeding``: ``per_module`` or ``once``;
+            ``metrics.randomisation.randomised``).
 
     Returns:
         layer -> column -> (B, K) float32 on the CPU.
@@ -125,7 +130,8 @@ def randomisation_columns(backbone: Backbone, method: MapMethod, x: torch.Tensor
         return choose(method_maps(backbone, method, x, which))
 
     randomised = randomised_maps(backbone, compute, layers, mode,
-                                 blocks=lambda layer: backbone.model.get_submodule(names[layer]), seed=seed)
+                                 blocks=lambda layer: backbone.model.get_submodule(names[layer]), seed=seed,
+                                 seeding=seeding)
     out = {}
     for layer in layers:
         rho, s = similarities(maps[layer].to(device), randomised[layer])
@@ -176,7 +182,8 @@ def batch_columns(cfg, plan, backbone: Backbone, items: list[dict], per_image: l
     if metrics.randomisation != "none":
         # choose (study.chosen_maps) picks from (B, K_all, h, w) as from (K_all, h, w)
         for layer, cols in randomisation_columns(backbone, plan.method, x, maps, choose, metrics.randomisation,
-                                                 target, int(cfg.seed), str(metrics.random_logit_rule)).items():
+                                                 target, int(cfg.seed), str(metrics.random_logit_rule),
+                                                 str(metrics.randomisation_seeding)).items():
             columns[layer].update(cols)
     out = []
     for i, f in enumerate(faith):

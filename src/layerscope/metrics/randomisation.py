@@ -10,9 +10,16 @@ input (its edges), not the model. ``metrics.randomisation``:
 - ``independent``: for the map of layer l, only layer l's block (its modules with ``reset_parameters``)
   re-initialised, the rest trained: one extra pass per requested layer.
 
-Re-initialisation follows Quantus 0.6 (``PyTorchModel.get_random_layer_generator``): the modules in
-reverse ``named_modules`` order, each reset by its own ``reset_parameters`` right after
-``torch.manual_seed(seed + 1)``. Parameters no module resets (a ViT's class token and position
+Re-initialisation: the modules in reverse ``named_modules`` order, each reset by its own
+``reset_parameters``, seeded by ``metrics.randomisation_seeding``:
+
+- ``per_module`` (default; Quantus 0.6, ``PyTorchModel.get_random_layer_generator``):
+  ``torch.manual_seed(seed + 1)`` right before each module, so modules of the same shape (a ViT's
+  blocks) all get the same random weights;
+- ``once`` (Adebayo et al. 2018: each layer re-initialised with its own random draw):
+  ``torch.manual_seed(seed + 1)`` once, then every module draws from that one stream.
+
+Parameters no module resets (a ViT's class token and position
 embedding, DINOv2's layer scale) stay trained. The global random state is left as it was and the
 weights are restored exactly (the ``state_dict`` bit for bit) on leaving.
 
@@ -52,6 +59,7 @@ from torch import nn
 
 MODES = ("none", "cascading", "independent")
 LOGIT_RULES = ("image", "quantus")  # metrics.random_logit_rule
+SEEDINGS = ("per_module", "once")  # metrics.randomisation_seeding
 SSIM_WINDOW = 7  # scikit-image's default window side
 FLAG = 0.5  # a map whose mean mprt_spearman is at or above it is flagged (report, page)
 
@@ -63,24 +71,33 @@ def resettable(module: nn.Module) -> list[nn.Module]:
 
 
 @contextmanager
-def randomised(model: nn.Module, modules: Sequence[nn.Module], seed: int = 0) -> Iterator[nn.Module]:
+def randomised(model: nn.Module, modules: Sequence[nn.Module], seed: int = 0, seeding: str = "per_module"
+               ) -> Iterator[nn.Module]:
     """Within the block, ``modules`` (parts of ``model``) are re-initialised; on leaving, ``model``'s
     weights are restored bit for bit and the global random state is as before.
 
     Args:
         model: the whole model (its ``state_dict`` is saved and restored).
-        modules: the modules to reset, in order; each after ``torch.manual_seed(seed + 1)``.
+        modules: the modules to reset, in order.
         seed: the randomisation seed.
+        seeding: ``per_module`` (``torch.manual_seed(seed + 1)`` before each module; Quantus 0.6) or ``once``
+            (before the first; the modules draw in turn from one stream).
+
+    Raises:
+        ValueError: an unknown seeding, naming ``metrics.randomisation_seeding``.
 
     Yields:
         ``model``.
     """
+    if seeding not in SEEDINGS:
+        raise ValueError(f"metrics.randomisation_seeding={seeding}: expected one of {', '.join(SEEDINGS)}")
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     devices = sorted({p.device.index for p in model.parameters() if p.device.type == "cuda"})
     try:
         with torch.random.fork_rng(devices=devices):
-            for m in modules:
-                torch.manual_seed(int(seed) + 1)
+            for i, m in enumerate(modules):
+                if seeding == "per_module" or i == 0:
+                    torch.manual_seed(int(seed) + 1)
                 m.reset_parameters()
         yield model
     finally:
@@ -89,8 +106,8 @@ def randomised(model: nn.Module, modules: Sequence[nn.Module], seed: int = 0) ->
 
 
 def randomised_maps(model: nn.Module, compute: Callable[[list[int]], dict[int, torch.Tensor]], layers: Sequence[int],
-                    mode: str, blocks: Callable[[int], nn.Module] | None = None, seed: int = 0
-                    ) -> dict[int, torch.Tensor]:
+                    mode: str, blocks: Callable[[int], nn.Module] | None = None, seed: int = 0,
+                    seeding: str = "per_module") -> dict[int, torch.Tensor]:
     """The maps of ``layers`` recomputed under randomised weights.
 
     Args:
@@ -101,6 +118,7 @@ def randomised_maps(model: nn.Module, compute: Callable[[list[int]], dict[int, t
         mode: ``cascading`` (full randomisation) or ``independent`` (each layer's own block).
         blocks: layer -> its block module (``independent`` only).
         seed: randomisation seed.
+        seeding: ``per_module`` or ``once`` (``randomised``).
 
     Returns:
         layer -> maps as ``compute`` returns them.
@@ -109,14 +127,14 @@ def randomised_maps(model: nn.Module, compute: Callable[[list[int]], dict[int, t
         ValueError: an unknown mode, naming ``metrics.randomisation``.
     """
     if mode == "cascading":
-        with randomised(model, resettable(model), seed):
+        with randomised(model, resettable(model), seed, seeding):
             return compute(list(layers))
     if mode == "independent":
         if blocks is None:
             raise ValueError("metrics.randomisation=independent needs each layer's block")
         out = {}
         for layer in layers:
-            with randomised(model, resettable(blocks(layer)), seed):
+            with randomised(model, resettable(blocks(layer)), seed, seeding):
                 out[layer] = compute([layer])[layer]
         return out
     raise ValueError(f"metrics.randomisation={mode}: expected one of {', '.join(MODES)}")
