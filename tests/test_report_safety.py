@@ -371,7 +371,8 @@ def test_rescore_accepts_every_metrics_option_the_scorer_reads():
     scored = {f"metrics.{f.name}" for f in dataclasses.fields(MetricsOptions)}
     # deletion/insertion and attention distance need the model (rescoring carries the saved distances over)
     model_reruns = {k for k in scored if k.startswith(("metrics.faithfulness", "metrics.attention_distance"))}
-    model_reruns |= {"metrics.road", "metrics.road_noise", "metrics.randomisation"}  # ROAD, MPRT: the model again
+    model_reruns |= {"metrics.road", "metrics.road_noise", "metrics.randomisation",  # ROAD, MPRT: the model again
+                     "metrics.randomisation_seeding", "metrics.random_logit_rule"}
     assert scored - model_reruns == {o for o in OPTIONS if o.startswith("metrics.")}
     readme = (ROOT / "README.md").read_text()
     assert all(f"`{o}`" in readme for o in scored - model_reruns)
