@@ -331,6 +331,19 @@ def test_a_folder_of_unreadable_files_exits_2_listing_why(tmp_path):
     assert not (out / layout.SUMMARY).exists()
 
 
+def test_an_error_inside_a_run_is_one_line_on_the_console_and_recorded_in_the_log_file(tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()  # no image: the dataset refuses it once the run has its folder
+    out = tmp_path / "run"
+    proc = run_main([*TINY, "data=folder", f"data.root={root}", f"hydra.run.dir={out}"], cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"error: data.root={root}: no images"), lines[0]
+    assert "no images" not in proc.stdout, proc.stdout[-3000:]  # the console's log lines: not again there
+    logged = [line for line in (out / layout.LOG).read_text().splitlines() if "[ERROR]" in line]
+    assert len(logged) == 1 and logged[0].endswith(lines[0]), logged
+
+
 def test_summary_counts_scored_images_and_lists_odd_entries_as_skipped(tmp_path):
     root = tmp_path / "imgs"
     save_png(root / "a.png", 50)

@@ -281,14 +281,14 @@ def os_advice(e: OSError) -> str:
 
 
 def fail(message: str, code: int, record: Path | None = None) -> None:
-    """One line on stderr (and in the log), then exit with ``code``: never a traceback.
+    """One line on stderr (and in the log file, not again on the console), then exit with ``code``: never a traceback.
 
     In a sweep the job writes why into ``record`` and returns instead, so the sweep goes on past
     it and ends non-zero (``SweepReport``): its folder's ``failed.txt``, or, for a job refused
     because its folder belongs to another run, a file in the sweep's ``.refused/`` (that folder
     stays untouched).
     """
-    log.error("%s", message)
+    _to_log_file(message)
     print(message, file=sys.stderr)
     if record is None:
         sys.exit(code)
@@ -296,6 +296,16 @@ def fail(message: str, code: int, record: Path | None = None) -> None:
     from ..results.rundir import write_atomic
 
     write_atomic(record, message + "\n")
+
+
+def _to_log_file(message: str) -> None:
+    """``message`` as an ERROR record for the run's log file (or for the records ``HeldLog`` holds for it), not
+    for the console: there the failure is one line, the one ``fail`` prints."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,), None)
+    for handler in logging.getLogger().handlers:
+        console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+        if not console and record.levelno >= handler.level:
+            handler.handle(record)
 
 
 UNQUOTABLE = set("[]{}(),'\"\\")  # a value holding one of these is a list, a sweep or quoted already
