@@ -173,7 +173,7 @@ def test_score_units_cover_every_layer_and_image_once(threads):
 
 
 def test_map_threads_keeps_the_order_runs_one_intra_op_thread_and_raises_here():
-    from layerscope.metrics.threads import map_threads
+    from layerscope.runtime import map_threads
 
     before = torch.get_num_threads()
 

@@ -10,7 +10,7 @@ import torch
 
 from .backbones import Backbone
 from .methods.methods import MapMethod
-from .metrics.threads import one_thread
+from .runtime import one_thread
 from .options import CacheOptions
 from .plan import Plan
 from .results.cache import MapCache, image_key

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics.pooled import SortedCells, pooled_metrics, threshold_at_fpr
-from .metrics.threads import map_threads
+from .runtime import map_threads
 from .results import catalog, layout
 from .results.pool import SCORES, GridCells, Pool, build_pool
 
