@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from layerscope.methods.distance import attention_distance
+from layerscope.backbones.distance import attention_distance
 
 from .conftest import eager_reference, tiny_hf_vit
 from .test_capture import eager_timm, timm_vit

@@ -188,7 +188,7 @@ def plan_extras(opts: StudyConfig, backbone: Backbone, method: MapMethod) -> tup
     Raises:
         ValueError: an unknown ``metrics.attention_distance_rule`` or ``metrics.attention_distance_unit``.
     """
-    from .methods.distance import EXTRAS, check_conventions
+    from .backbones.distance import EXTRAS, check_conventions
 
     rule = str(opts.metrics.attention_distance_rule)
     check_conventions(rule, str(opts.metrics.attention_distance_unit))

@@ -25,7 +25,7 @@ from .data.transforms import to_input
 from .figures.grid import layer_head_grid
 from .loggers import Logger
 from .methods import threshold_maps, upsample
-from .methods.distance import EXTRAS as DISTANCE_EXTRAS
+from .backbones.distance import EXTRAS as DISTANCE_EXTRAS
 from .mapsource import MapSource, build_cache, to_uint8
 from .options import StudyConfig, typed
 from .plan import (Plan, build, build_dataset, check_config, loader_workers, plan_study, resolve_device,
