@@ -1,4 +1,4 @@
-"""The typed options: one schema holds every default and type (``layerscope.options``), each part reads
+"""The typed options: one schema holds every default and type (``layerscope.config.schema``), each part reads
 its own options from it, and a value of the wrong type is one line naming the option."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from layerscope.options import CacheOptions, FigureOptions, MetricsOptions, StudyConfig, typed
+from layerscope.config.schema import CacheOptions, FigureOptions, MetricsOptions, StudyConfig, typed
 
 from .conftest import CONF, compose, run_cli
 

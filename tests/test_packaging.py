@@ -80,9 +80,9 @@ def test_no_import_cycles_and_no_module_imports_a_command_line_module():
             visit(m, [])
 
 
-# options.py (the config schema) is a leaf: it imports no layerscope module, so every layer may read it
+# config/schema.py (the config schema) is a leaf: it imports no layerscope module, so every layer may read it
 LOWER = ("layerscope.results", "layerscope.metrics", "layerscope.methods", "layerscope.data", "layerscope.backbones",
-         "layerscope.options")
+         "layerscope.config.schema")
 
 
 def test_results_imports_nothing_above_it():
@@ -91,8 +91,8 @@ def test_results_imports_nothing_above_it():
     for path in (PACKAGE / "results").rglob("*.py"):
         above = sorted(t for t in _imports(path) if not t.startswith(LOWER))
         assert not above, f"{_module_name(path)} imports {above}, above results/"
-    leaf = sorted(t for t in _imports(PACKAGE / "options.py") if t.startswith("layerscope"))
-    assert not leaf, f"layerscope.options imports {leaf}: the schema must stay a leaf that any layer may import"
+    leaf = sorted(t for t in _imports(PACKAGE / "config" / "schema.py") if t.startswith("layerscope"))
+    assert not leaf, f"layerscope.config.schema imports {leaf}: the schema must stay a leaf that any layer may import"
 
 
 def test_every_console_script_is_the_main_of_a_command_module_that_also_runs_with_python_m():

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from layerscope import study
 from layerscope.figures.paper import dataset_vs_layer
 from layerscope.cli.report import main as report_main
-from layerscope.options import MetricsOptions
+from layerscope.config.schema import MetricsOptions
 from layerscope.rescoring import OPTIONS
 from layerscope.cli.rescore import main as rescore_main
 from layerscope.results import layout

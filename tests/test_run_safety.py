@@ -129,7 +129,7 @@ def test_unset_options_of_each_dataset_name_what_they_expect(args, message):
 def test_faithfulness_needs_two_steps_at_least():
     from layerscope.metrics.faithfulness import check_faithfulness
 
-    from layerscope.options import MetricsOptions
+    from layerscope.config.schema import MetricsOptions
 
     model = SimpleNamespace(num_classes=10, name="m")
     metrics = MetricsOptions(faithfulness=True, faithfulness_steps=1, faithfulness_baseline="blur")

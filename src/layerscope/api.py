@@ -36,7 +36,7 @@ def _compose(overrides: Sequence[str]):
     from omegaconf import open_dict
 
     from .plan import name_from_choices
-    from .configs import config_dir
+    from .config.paths import config_dir
 
     try:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
@@ -576,7 +576,7 @@ def score(maps: Maps, masks: Any = None, threshold: float | Sequence[float] = 0.
 
     import pandas as pd
 
-    from .options import MetricsOptions, StudyConfig, typed
+    from .config.schema import MetricsOptions, StudyConfig, typed
     from .results.table import COLUMNS
     from .scoring import ScoreOptions, Target, image_rows, one_thread
 

@@ -11,7 +11,7 @@ import torch
 from .backbones import Backbone
 from .methods.methods import MapMethod
 from .runtime import one_thread
-from .options import CacheOptions
+from .config.schema import CacheOptions
 from .plan import Plan
 from .results.cache import MapCache, image_key
 

@@ -30,7 +30,7 @@ def _setup(preset: str, model: str, layers: Sequence[int], device: torch.device,
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf, open_dict
 
-    from ..configs import config_dir
+    from ..config.paths import config_dir
     from ..data.transforms import to_input
     from ..plan import build, build_dataset, name_from_choices
 

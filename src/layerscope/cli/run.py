@@ -20,7 +20,7 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from ..configs import config_dir
+from ..config.paths import config_dir
 from ..results.layout import FAILED, HYDRA, HYDRA_CONFIG, HYDRA_OVERRIDES, HYDRA_SETTINGS, LOG, RESULTS
 
 LIST_KEYS = ("layer", "head", "threshold")
@@ -92,7 +92,7 @@ def precheck(args: list[str]) -> str | None:
         key = o.key_or_group
         if o.is_add() and not any(f"{key}.".startswith(prefix) for prefix in EXTENSIBLE):
             return f"error: {o.input_line}: {key} is not an option of layerscope (the options are those of " \
-                   "layerscope/options.py; +key adds only inside model.model_kwargs)"
+                   "layerscope/config/schema.py; +key adds only inside model.model_kwargs)"
     singles = [o.input_line if not o.is_sweep_override() else None for o in parsed]
     firsts = [f"{o.get_key_element()}={_first(o)}" if o.is_sweep_override() else o.input_line for o in parsed]
     combos = [firsts]
@@ -120,7 +120,7 @@ def precheck(args: list[str]) -> str | None:
                 first = lines[0]
                 if first.startswith("Could not override '"):
                     key = first.split("'")[1]
-                    return f"error: {key}: no such option (the options are those of layerscope/options.py and of " \
+                    return f"error: {key}: no such option (the options are those of layerscope/config/schema.py and of " \
                            f"the chosen model/data/method configs)"
                 return f"error: {' '.join(lines)[:300]}"
             except Exception as e:  # noqa: BLE001 - any other composition error, still one line
@@ -137,7 +137,7 @@ def precheck(args: list[str]) -> str | None:
 
 def _type_error(error, overrides: list[str]) -> str:
     """``key=value: expected ...`` for a value of the wrong type, the value as the user wrote it."""
-    from ..options import type_error
+    from ..config.schema import type_error
 
     key = str(error.full_key)
     given = next((o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == key), None)

@@ -86,7 +86,7 @@ class Pool:
 
 def _run_options(run_dir: Path) -> tuple[str, float, float]:
     """upsample mode, AUPRO limit and top-k share of a run, from its saved config."""
-    from ..options import StudyConfig, typed
+    from ..config.schema import StudyConfig, typed
 
     saved = OmegaConf.load(run_dir / layout.CONFIG) if (run_dir / layout.CONFIG).exists() else {}
     opts = typed(StudyConfig, {k: saved[k] for k in ("upsample", "metrics") if k in saved})  # the schema's defaults
