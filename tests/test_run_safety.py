@@ -23,7 +23,8 @@ from layerscope.data.folder import Folder
 from layerscope.data.ids import MAX_ID, safe_name
 from layerscope.data.mvtec import MVTecAD
 from layerscope.data.transforms import mask_rule_effect, resize_mask
-from layerscope.plan import as_bool, bool_options, check_config
+from layerscope.config.checks import bool_options, check_config
+from layerscope.config.schema import as_bool
 from layerscope.results import layout
 from layerscope.results.rundir import RunLock, comparable
 

@@ -35,7 +35,7 @@ def _compose(overrides: Sequence[str]):
     from hydra.errors import MissingConfigException
     from omegaconf import open_dict
 
-    from .plan import name_from_choices
+    from .config.compose import name_from_choices
     from .config.paths import config_dir
 
     try:

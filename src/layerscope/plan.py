@@ -1,22 +1,18 @@
 """A study's plan: every option checked against the model before any weights load."""
 from __future__ import annotations
 
-import functools
-import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from .backbones import Backbone, select_indices
-from .config.paths import config_dir
 from .data.base import Dataset, check_dataset
 from .methods.methods import MapMethod
 from .metrics.faithfulness import check_faithfulness
-from .config.schema import StudyConfig, as_bool, bool_fields, typed
+from .config.schema import StudyConfig, typed
 from .scoring import ScoreOptions
 
 
@@ -47,100 +43,6 @@ def build(cfg: Any, **kwargs: Any) -> Any:
         if isinstance(e.__cause__, (ValueError, FileNotFoundError, WeightsError)):  # a config read at build time
             raise e.__cause__ from None
         raise
-
-
-def name_from_choices(cfg: DictConfig, choices: Mapping[str, Any]) -> DictConfig:
-    """Name the model and the data after the config chosen (``model=dino_vits8`` -> ``model.name``).
-
-    The name is the config's file name, so no YAML repeats it; one set explicitly is kept.
-    """
-    with open_dict(cfg):
-        for group in ("model", "data"):
-            if cfg.get(group) is not None and not cfg[group].get("name") and choices.get(group):
-                cfg[group].name = str(choices[group])
-    return cfg
-
-
-GROUPS_WITHOUT_DEFAULTS = ("experiment",)  # groups that change other options (``@package _global_``)
-_ABSENT = object()
-
-
-def _conf_dir() -> Path:
-    return Path(config_dir())
-
-
-def _bool_leaves(node: Any, prefix: str) -> Iterable[tuple[str, bool]]:
-    """(dotted key, whether its default is a bool) for every leaf of a loaded YAML mapping."""
-    for key, value in (node.items() if isinstance(node, dict) else ()):
-        if key in ("defaults", "hydra") or not isinstance(key, str):
-            continue
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            yield from _bool_leaves(value, f"{path}.")
-        elif value is not None:
-            yield path, isinstance(value, bool)
-
-
-@functools.lru_cache(maxsize=4)
-def bool_options(conf_dir: Path | None = None) -> tuple[str, ...]:
-    """Every boolean option: the schema's booleans (``save_maps``, ``metrics.faithfulness``, see
-    ``options.StudyConfig``) and the keys whose default is true or false in ``config.yaml`` and in the
-    configs of each group (``model.pretrained``, ``data.recursive``, ...), read from the YAML files
-    themselves so that a new boolean option is checked without being listed anywhere.
-    """
-    conf = Path(conf_dir) if conf_dir is not None else _conf_dir()
-    kinds: dict[str, set[bool]] = {key: {True} for key in bool_fields()}
-    files = [(conf / "config.yaml", "")]
-    files += [(f, f"{group.name}.") for group in sorted(conf.iterdir())
-              if group.is_dir() and group.name not in GROUPS_WITHOUT_DEFAULTS for f in sorted(group.rglob("*.yaml"))]
-    for path, prefix in files:
-        for key, is_bool in _bool_leaves(OmegaConf.to_container(OmegaConf.load(path)), prefix):
-            kinds.setdefault(key, set()).add(is_bool)
-    return tuple(sorted(key for key, seen in kinds.items() if seen == {True}))
-
-
-def missing_hint(key: str, choice: str | None, conf_dirs: Iterable[Path] = ()) -> str:
-    """What a mandatory option expects, from the comment on its ``???`` line in the chosen group config."""
-    group, _, leaf = key.partition(".")
-    for folder in [*conf_dirs, _conf_dir()]:
-        path = Path(folder) / group / f"{choice}.yaml"
-        if choice and "." not in leaf and path.is_file():
-            found = re.search(rf"^{re.escape(leaf)}:\s*\?\?\?\s*#\s*(.+)$", path.read_text(), re.MULTILINE)
-            if found:
-                return found.group(1).strip()
-    return f"a value: {key}=..."
-
-
-def _keys(node: Any, prefix: str = "") -> Iterable[str]:
-    """Dotted keys of a nested mapping, in file order."""
-    for key, value in (node.items() if isinstance(node, dict) else ()):
-        yield f"{prefix}{key}"
-        yield from _keys(value, f"{prefix}{key}.")
-
-
-def check_config(cfg: DictConfig, conf_dirs: Iterable[Path] = ()) -> DictConfig:
-    """The checks a config allows before any model or folder is touched (the command line runs them
-    on every job of a sweep before Hydra starts; ``study.run`` again): no mandatory option left unset
-    (``data.root``), and every boolean option (see ``bool_options``) a bool, spellings normalised in place.
-
-    Args:
-        conf_dirs: extra config folders (``--config-dir``) where the hint for an unset option may be.
-
-    Raises:
-        ValueError: one line naming the option and what it expects.
-    """
-    unset = OmegaConf.missing_keys(cfg)
-    if unset:
-        key = next((k for k in _keys(OmegaConf.to_container(cfg, resolve=False)) if k in unset), min(unset))
-        group = key.split(".")[0]
-        choice = OmegaConf.select(cfg, f"{group}.name", default=None) if "." in key else None
-        where = f" ({group}={choice})" if choice else ""
-        raise ValueError(f"{key} is not set{where}; expected {missing_hint(key, choice, conf_dirs)}")
-    for key in bool_options():
-        value = OmegaConf.select(cfg, key, default=_ABSENT)
-        if value is not _ABSENT and not isinstance(value, bool):
-            OmegaConf.update(cfg, key, as_bool(key, value), merge=False)
-    return cfg
 
 
 def _at_least(key: str, value: int, low: int) -> int:

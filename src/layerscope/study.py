@@ -28,7 +28,8 @@ from .methods import threshold_maps, upsample
 from .backbones.distance import EXTRAS as DISTANCE_EXTRAS
 from .mapsource import MapSource, build_cache, to_uint8
 from .config.schema import StudyConfig, typed
-from .plan import (Plan, build, build_dataset, check_config, loader_workers, plan_study, resolve_device,
+from .config.checks import check_config
+from .plan import (Plan, build, build_dataset, loader_workers, plan_study, resolve_device,
                    score_threads, writer_threads)
 from .results import layout
 from .results.cache import config_key

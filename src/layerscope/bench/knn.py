@@ -32,7 +32,8 @@ def _setup(preset: str, model: str, layers: Sequence[int], device: torch.device,
 
     from ..config.paths import config_dir
     from ..data.transforms import to_input
-    from ..plan import build, build_dataset, name_from_choices
+    from ..config.compose import name_from_choices
+    from ..plan import build, build_dataset
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("config", overrides=[f"model={model}", f"method={preset}", f"method.n_references={shots}"],

@@ -102,7 +102,8 @@ def precheck(args: list[str]) -> str | None:
     search = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in dirs)}]"] if dirs else []
     from omegaconf import open_dict
 
-    from ..plan import check_config, name_from_choices
+    from ..config.checks import check_config
+    from ..config.compose import name_from_choices
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         for combo in combos:
@@ -225,7 +226,7 @@ def _main(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
     from ..backbones.weights import WeightsError
-    from ..plan import name_from_choices
+    from ..config.compose import name_from_choices
     from ..study import run
 
     hydra_cfg = HydraConfig.get()
