@@ -111,10 +111,10 @@ def test_worker_batches_through_the_ring_equal_the_study_process_own(monkeypatch
     from omegaconf import OmegaConf
 
     from layerscope.data.synthetic import SyntheticDefects
-    from layerscope.study import image_batches
+    from layerscope.data.loading import image_batches
 
     dataset = SyntheticDefects(textures=["brick", "moon"], defects=["spot", "crack"], per_combination=5, size=32)
-    monkeypatch.setattr("layerscope.plan.usable_cores", lambda: 4)
+    monkeypatch.setattr("layerscope.data.loading.usable_cores", lambda: 4)
     got = {}
     for workers in (0, 2):
         cfg = OmegaConf.create({"batch_size": 3, "num_workers": workers})
@@ -131,18 +131,18 @@ def test_workers_without_room_for_the_ring_hand_batches_over_block_by_block(monk
     batch crosses in shared blocks of its own."""
     from omegaconf import OmegaConf
 
-    from layerscope import study
+    from layerscope.data import loading
     from layerscope.data.synthetic import SyntheticDefects
 
     def no_room(*args, **kwargs):
         raise RuntimeError("unable to resize file </torch_9> to the right size: No space left on device (28)")
 
     dataset = SyntheticDefects(textures=["brick"], defects=["spot", "crack"], per_combination=2, size=32)
-    monkeypatch.setattr("layerscope.plan.usable_cores", lambda: 4)
-    monkeypatch.setattr(study, "SlotRing", no_room)
+    monkeypatch.setattr("layerscope.data.loading.usable_cores", lambda: 4)
+    monkeypatch.setattr(loading, "SlotRing", no_room)
     with caplog.at_level("INFO"):
-        batches, workers = study.image_batches(OmegaConf.create({"batch_size": 3, "num_workers": "auto"}), dataset,
-                                               32, torch.device("cpu"))
+        batches, workers = loading.image_batches(OmegaConf.create({"batch_size": 3, "num_workers": "auto"}), dataset,
+                                                 32, torch.device("cpu"))
         items = [item for batch in batches for item in batch]
     assert workers == 2 and "one shared block at a time (unable to resize file" in caplog.text
     assert [item["id"] for item in items] == [dataset[i].id for i in range(4)]
@@ -157,10 +157,10 @@ def test_close_ends_the_thread_and_the_worker_processes_before_it_returns(monkey
     from omegaconf import OmegaConf
 
     from layerscope.data.synthetic import SyntheticDefects
-    from layerscope.study import image_batches
+    from layerscope.data.loading import image_batches
 
     dataset = SyntheticDefects(textures=["brick", "moon"], defects=["spot", "crack"], per_combination=5, size=32)
-    monkeypatch.setattr("layerscope.plan.usable_cores", lambda: 4)
+    monkeypatch.setattr("layerscope.data.loading.usable_cores", lambda: 4)
     before = set(multiprocessing.active_children())
     batches, workers = image_batches(OmegaConf.create({"batch_size": 2, "num_workers": 2}), dataset, 32,
                                      torch.device("cpu"))

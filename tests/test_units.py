@@ -107,7 +107,8 @@ def test_resume_bookkeeping(tmp_path):
     ("device=tpu", "device=tpu: expected auto, cpu or cuda"),
 ])
 def test_plan_names_the_bad_option(override, message):
-    from layerscope.plan import build, plan_study, resolve_device
+    from layerscope.plan import build, plan_study
+    from layerscope.runtime import resolve_device
 
     cfg = compose("model=tiny_vit", override)
     with pytest.raises(ValueError, match=message):

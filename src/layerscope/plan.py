@@ -4,15 +4,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .backbones import Backbone, select_indices
 from .data.base import Dataset, check_dataset
+from .data.loading import loader_workers
 from .methods.methods import MapMethod
 from .metrics.faithfulness import check_faithfulness
 from .config.schema import StudyConfig, typed
+from .runtime import resolve_device
 from .scoring import ScoreOptions
 
 
@@ -100,58 +101,6 @@ def plan_extras(opts: StudyConfig, backbone: Backbone, method: MapMethod) -> tup
     if opts.metrics.attention_distance and method.name == "cls_attention":
         extras.append(EXTRAS[rule])
     return tuple(extras)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when visible), ``cpu`` or ``cuda``; ValueError naming the option otherwise."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda: no CUDA device is visible; use device=cpu or device=auto")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device={name}: expected auto, cpu or cuda")
-    return torch.device(name)
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity, else the machine's count)."""
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def loader_workers(value: Any, images: int, batch_size: int) -> int:
-    """``num_workers``: an int >= 0, or ``auto``: DataLoader worker processes preparing images (decoding,
-    resizing, painting synthetic defects) beside the model when there is more than one core: one per core
-    but one, at most 4, and no more than there are batches; 0 (in the study's process) on a single core.
-
-    Raises:
-        ValueError: naming the option and what it accepts.
-    """
-    if value == "auto":
-        import multiprocessing
-
-        if multiprocessing.current_process().name != "MainProcess":  # a launcher's worker (joblib's loky)
-            return 0  # cannot start DataLoader processes of its own
-        batches = -(-images // max(batch_size, 1))
-        return max(0, min(usable_cores() - 1, 4, batches))
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"num_workers={value}: expected an int >= 0 or auto")
-    return value
-
-
-def score_threads() -> int:
-    """Grids a study scores at once (``scoring_batch.batch_image_rows``): one per usable core, at most 8."""
-    return max(1, min(8, usable_cores()))
-
-
-def writer_threads() -> int:
-    """Images written at once by the study's background writer: one, or a few on a many-core machine (a GPU
-    study outruns one thread compressing saved maps)."""
-    return max(1, min(4, usable_cores() // 4))
 
 
 def build_dataset(cfg: DictConfig) -> Dataset:

@@ -10,7 +10,7 @@ import inspect
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .backbones import Backbone
 from .data.base import Dataset
-from .data.handover import Prepared, SlotRing, no_leftover_segments, pack, unpack
+from .data.loading import image_batches
 from .data.prefetch import Prefetched
 from .data.transforms import to_input
 from .figures.grid import layer_head_grid
@@ -29,8 +29,7 @@ from .backbones.distance import EXTRAS as DISTANCE_EXTRAS
 from .mapsource import MapSource, build_cache, to_uint8
 from .config.schema import StudyConfig, typed
 from .config.checks import check_config
-from .plan import (Plan, build, build_dataset, loader_workers, plan_study, resolve_device,
-                   score_threads, writer_threads)
+from .plan import Plan, build, build_dataset, plan_study
 from .results import layout
 from .results.cache import config_key
 from .results.maps_io import save_maps
@@ -38,8 +37,9 @@ from .results.representations import PartWriter, consolidate
 from .results.rundir import RunLock, done_line, previous_progress, write_atomic, write_summary
 from .results.table import ResultsWriter
 from .results.writer import BackgroundWriter
+from .runtime import one_thread, resolve_device, reuse_freed_memory, score_threads, writer_threads
 from .sanity import batch_columns
-from .scoring import NONFINITE_NOTE, Target, one_thread
+from .scoring import NONFINITE_NOTE, Target
 from .scoring_batch import batch_image_rows
 
 log = logging.getLogger(__name__)
@@ -184,83 +184,6 @@ def dataset_pass(cfg: StudyConfig, out_dir: Path) -> tuple[Any, float]:
     return table, round(seconds, 3)
 
 
-def _quiet_hang_ups(worker_id: int) -> None:
-    """In a DataLoader worker: a batch handed over while the study stops (Ctrl-C, an error) loses its reader
-    mid-transfer, and multiprocessing's handle-sharing thread would print that broken connection as a
-    traceback on the run's stderr. The study reports why it stopped; other errors still print."""
-    import sys
-
-    default = sys.excepthook
-
-    def hook(kind, value, tb) -> None:
-        if not issubclass(kind, (EOFError, ConnectionError)):
-            default(kind, value, tb)
-
-    sys.excepthook = hook
-
-
-def _from_workers(batches: Iterator[Any], ring: SlotRing | None) -> Iterator[Any]:
-    """The workers' batches, unpacked; closing it (``Prefetched`` does, from its own thread) stops the worker
-    processes there and then, so that no thread is still inside the DataLoader when the interpreter exits."""
-    try:
-        for batch in batches:
-            yield unpack(batch, ring=ring)
-    finally:
-        shutdown = getattr(batches, "_shutdown_workers", None)  # torch's own clean-up, else run when collected
-        if shutdown is not None:
-            shutdown()
-
-
-def image_batches(cfg: StudyConfig, dataset: Dataset, size: int, device: torch.device) -> tuple[Any, int]:
-    """An iterator over batches of prepared images, and the DataLoader workers preparing them.
-
-    Workers are forked (on Linux; no pickling, also inside a joblib sweep job) when the iterator is made,
-    before the study starts its writer thread. With ``num_workers=auto``, a machine where they cannot start
-    or cannot share memory with this process (a small or full ``/dev/shm``, a file-size limit) prepares
-    the images in this process instead, with a warning; an explicit ``num_workers`` stops with one line.
-
-    Raises:
-        ValueError: an explicit ``num_workers`` whose workers cannot start.
-    """
-    import multiprocessing
-    import sys
-
-    batch_size = int(cfg.batch_size)
-    workers = loader_workers(cfg.num_workers, len(dataset), batch_size)
-    prefetch = 2  # the DataLoader's prefetch_factor: batches in flight per worker
-
-    def loader(n: int, ring: SlotRing | None = None):
-        context = multiprocessing.get_context("fork") if n and sys.platform.startswith("linux") else None
-        return torch.utils.data.DataLoader(Prepared(dataset, size), batch_size=batch_size, num_workers=n,
-                                           collate_fn=functools.partial(pack, ring=ring),
-                                           pin_memory=device.type == "cuda", multiprocessing_context=context,
-                                           worker_init_fn=_quiet_hang_ups if n else None,
-                                           prefetch_factor=prefetch if n else None)
-
-    if not workers:
-        return map(unpack, loader(0)), 0
-    try:
-        # the workers write batches into shared memory allocated here, before they are forked; where it cannot
-        # hold them all (a small /dev/shm), each batch crosses in blocks of its own, as big as one batch
-        try:
-            ring = SlotRing(batch_size, size, slots=prefetch * workers + 2)
-        except Exception as e:  # noqa: BLE001 - the same failures as below, for a larger block
-            log.info("batches cross from the DataLoader workers one shared block at a time (%s)",
-                     " ".join(str(e).split())[:200] or type(e).__name__)
-            ring = None
-            with no_leftover_segments():  # where it cannot be sized either, no empty file is left in /dev/shm
-                torch.empty(batch_size * 3 * size * size).share_memory_()
-        return _from_workers(iter(loader(workers, ring)), ring), workers
-    except Exception as e:  # noqa: BLE001 - any failure to start workers or share memory has the same remedy
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
-        if cfg.num_workers != "auto":
-            raise ValueError(f"num_workers={cfg.num_workers}: cannot start DataLoader worker processes "
-                             f"({reason}); use num_workers=0") from None
-        log.warning("num_workers=auto: DataLoader workers cannot run here (%s); preparing images in this process",
-                    reason)
-        return map(unpack, loader(0)), 0
-
-
 def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, dataset: Dataset, device: torch.device,
                 logger: Logger, done: dict[str, int | None]) -> dict:
     """Every image not yet done: maps, rows (written here), then its files and ``done.txt`` line.
@@ -396,30 +319,6 @@ def _timed(batches: Any, clock: dict[str, float]) -> Any:
         yield items
 
 
-def reuse_freed_memory(threshold: int = 32 * 2 ** 20, trim: int = 256 * 2 ** 20) -> bool:
-    """Let glibc keep freed blocks below ``threshold`` bytes for reuse instead of unmapping them.
-
-    Scoring makes and frees many 1-10 MB tensors per batch; by default each is a fresh ``mmap`` whose pages
-    the kernel faults in and zeroes on first touch, a third of the time of an element-wise op of that size
-    (measured: scoring 25 % faster). The process keeps up to ``trim`` bytes of freed memory mapped. Linux
-    with glibc only; elsewhere nothing changes.
-
-    Returns:
-        Whether the setting was applied.
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h> constants
-    return bool(mallopt(m_mmap_threshold, threshold)) and bool(mallopt(m_trim_threshold, trim))
-
-
 def chosen_maps(plan: Plan, maps: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     """The maps that get rows: the requested heads (or reductions), plus their mean where the method has one.
 
@@ -522,7 +421,7 @@ def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: dict[i
     """
     t0 = time.perf_counter()
     size = backbone.img_size
-    with one_thread():  # small tensors: OpenMP splitting costs more than it saves (see scoring.one_thread)
+    with one_thread():  # small tensors: OpenMP splitting costs more than it saves (see runtime.one_thread)
         targets = [Target(item["mask"], item["valid"]) if item["mask"] is not None else None for item in items]
         metas = []
         for item, target, image_logits in zip(items, targets, logits):

@@ -79,7 +79,8 @@ class BackboneOnly:
         from omegaconf import OmegaConf
 
         from ..mapsource import MapSource
-        from ..plan import build, build_dataset, plan_study, resolve_device
+        from ..plan import build, build_dataset, plan_study
+        from ..runtime import resolve_device
         from ..data.handover import Prepared
 
         cfg = OmegaConf.load(config)

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                flags_markdown(weight_independent(results)))  # metrics.randomisation's survivors
         _fewshot_per_image(a)
     if dataset:
-        from ..plan import score_threads
+        from ..runtime import score_threads
         from ..protocol import choose, undefined_reasons, write_choice, write_dataset_metrics
         from ..results.pool import build_pool
 
