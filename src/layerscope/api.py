@@ -482,8 +482,7 @@ def _eval_mode(backbone: Backbone) -> Iterator[None]:
 def _compute(backbone: Backbone, method: Any, picked: list[int], xn: torch.Tensor, batch_size: int,
              references: Any) -> tuple[dict[int, np.ndarray], np.ndarray | None]:
     """Every picked layer's maps of the normalised batch ``xn`` (B, 3, S, S), and the logits (B, C) or None."""
-    from .plan import Plan
-    from .study import chosen_maps
+    from .plan import Plan, chosen_maps
 
     device = backbone.mean.device
     capture = method.capture_layers(picked)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -112,3 +113,20 @@ def build_dataset(cfg: DictConfig) -> Dataset:
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data.pop("name", None)
     return check_dataset(build(data))
+
+
+def chosen_maps(plan: Plan, maps: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """The maps that get rows: the requested heads (or reductions), plus their mean where the method has one.
+
+    Args:
+        maps: layer -> (K_all, h, w) (or (B, K_all, h, w)).
+    """
+    out = {}
+    k = plan.method.num_maps()
+    for layer, layer_maps in maps.items():
+        picked = layer_maps[..., plan.heads, :, :]
+        if plan.method.head_mean:
+            picked = torch.cat([picked, layer_maps[..., :k, :, :].mean(-3, keepdim=True)], -3)
+        extra = layer_maps[..., k:, :, :]  # maps added beyond the K (extra_map_names): always kept
+        out[layer] = torch.cat([picked, extra], -3) if extra.shape[-3] else picked
+    return out

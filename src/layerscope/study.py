@@ -25,11 +25,12 @@ from .data.transforms import to_input
 from .figures.grid import layer_head_grid
 from .loggers import Logger
 from .methods import threshold_maps, upsample
-from .backbones.distance import EXTRAS as DISTANCE_EXTRAS
+from .batch_extras import (distance_columns, distance_conventions, faithfulness_columns, merged_columns,
+                           representations)
 from .mapsource import MapSource, build_cache, to_uint8
 from .config.schema import StudyConfig, typed
 from .config.checks import check_config
-from .plan import Plan, build, build_dataset, plan_study
+from .plan import Plan, build, build_dataset, chosen_maps, plan_study
 from .results import layout
 from .results.cache import config_key
 from .results.maps_io import save_maps
@@ -242,16 +243,16 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
                 if not items:
                     continue
                 per_image, logits, captured = source.fetch(items)
-                faith = _faithfulness(cfg, plan, backbone, items, per_image, logits)
+                faith = faithfulness_columns(cfg, plan, backbone, items, per_image, logits)
                 faith = batch_columns(cfg, plan, backbone, items, per_image, logits, faith,
                                       functools.partial(chosen_maps, plan))  # metrics.road, metrics.randomisation
                 # per image: attention distance beside the maps (saved with them) and, with faithfulness, in its rows
-                columns = [_distance_columns(plan, c, unit_scale) for c in captured]
-                extras = [_merged(f, c) for f, c in zip(faith, columns)]
+                columns = [distance_columns(plan, c, unit_scale) for c in captured]
+                extras = [merged_columns(f, c) for f, c in zip(faith, columns)]
                 scored = _score_batch(cfg, plan, backbone, names, items, per_image, logits, extras, clock)
                 # the batch's representations go to disk with its first image, before any of its done.txt lines
                 before = ([parts.task([item["id"] for item in items],
-                                      _representations(captured, items, int(cfg.representation_grid)),
+                                      representations(captured, items, int(cfg.representation_grid)),
                                       [item["x"] for item in items])]
                           if parts else [])
                 for i, (item, (meta, chosen, rows)) in enumerate(zip(items, scored)):
@@ -319,98 +320,6 @@ def _timed(batches: Any, clock: dict[str, float]) -> Any:
         yield items
 
 
-def chosen_maps(plan: Plan, maps: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """The maps that get rows: the requested heads (or reductions), plus their mean where the method has one.
-
-    Args:
-        maps: layer -> (K_all, h, w) (or (B, K_all, h, w)).
-    """
-    out = {}
-    k = plan.method.num_maps()
-    for layer, layer_maps in maps.items():
-        picked = layer_maps[..., plan.heads, :, :]
-        if plan.method.head_mean:
-            picked = torch.cat([picked, layer_maps[..., :k, :, :].mean(-3, keepdim=True)], -3)
-        extra = layer_maps[..., k:, :, :]  # maps added beyond the K (extra_map_names): always kept
-        out[layer] = torch.cat([picked, extra], -3) if extra.shape[-3] else picked
-    return out
-
-
-def _faithfulness(cfg: StudyConfig, plan: Plan, backbone: Backbone, items: list[dict],
-                  per_image: list[dict[int, torch.Tensor]], logits: list[torch.Tensor | None]) -> list[dict | None]:
-    """Deletion and insertion AUC of every chosen map of a batch (``metrics.faithfulness``), per image:
-    layer -> {"deletion_auc": (K,), "insertion_auc": (K,)}; None per image when not asked for."""
-    if not cfg.metrics.faithfulness:
-        return [None] * len(items)
-    from .mapsource import faithfulness
-
-    x = torch.stack([item["x"] for item in items])
-    chosen = [chosen_maps(plan, m) for m in per_image]
-    maps = {layer: torch.stack([c[layer] for c in chosen]) for layer in chosen[0]}
-    target_class = getattr(plan.method, "target_class", None)
-    target = torch.full((len(items),), int(target_class)) if target_class is not None else \
-        torch.stack([lg.argmax(-1) for lg in logits])
-    values = faithfulness(backbone, x, maps, target, int(cfg.metrics.faithfulness_steps),
-                          str(cfg.metrics.faithfulness_baseline), int(cfg.batch_size) * 4,
-                          tie_orders=cfg.metrics.faithfulness_tie_orders, seed=cfg.seed)
-    return [{layer: {"deletion_auc": v[i, :, 0], "insertion_auc": v[i, :, 1]} for layer, v in values.items()}
-            for i in range(len(items))]
-
-
-def _distance_columns(plan: Plan, captured: dict[str, dict[int, torch.Tensor]], unit_scale: float = 1.0
-                      ) -> dict | None:
-    """``attention_distance`` of the chosen heads and, for the ``mean`` row, the mean over every head:
-    layer -> {"attention_distance": (K,)}; None when the run does not measure it.
-
-    Args:
-        unit_scale: multiplies the captured pixels (1 / the image side for ``attention_distance_unit=fraction``).
-    """
-    per_layer = next((captured[name] for name in DISTANCE_EXTRAS.values() if captured.get(name)), None)
-    if not per_layer:
-        return None
-    return {layer: {"attention_distance": torch.cat([d[plan.heads], d.mean().view(1)]) * unit_scale}
-            for layer, d in per_layer.items()}
-
-
-def _representations(captured: list[dict[str, dict[int, torch.Tensor]]], items: list[dict], grid: int
-                     ) -> list[dict[str, dict[int, object]]]:
-    """What a batch saves per image (``results.representations``): the pooled kinds as captured and, from
-    ``rep_patches`` (layer -> (h, w, D) cells), ``patches`` pooled to at most ``grid`` a side plus ``defect``
-    and ``background`` (the mask-weighted means of the layer's cells, ``results.cells``)."""
-    from .results.cells import adaptive_pool, mask_pooled
-
-    out = []
-    for extra, item in zip(captured, items):
-        reps: dict[str, dict[int, object]] = {k: v for k, v in extra.items() if k.startswith("rep_")}
-        if "rep_patches" in reps:
-            mask = item["mask"].numpy() if item["mask"] is not None else None
-            patches, defect, background = {}, {}, {}
-            for layer, cells in extra["rep_patches"].items():
-                cells = cells.numpy()
-                h, w = cells.shape[:2]
-                patches[layer] = adaptive_pool(cells, (min(h, grid), min(w, grid)))
-                defect[layer], background[layer] = mask_pooled(cells, mask)
-            reps.update(rep_patches=patches, rep_defect=defect, rep_background=background)
-        out.append(reps)
-    return out
-
-
-def _distance_conventions(cfg: StudyConfig, plan: Plan) -> dict:
-    """The ``attention_distance_rule`` / ``_unit`` columns of a run that measures attention distance."""
-    if not any(e in DISTANCE_EXTRAS.values() for e in plan.extras):
-        return {}
-    return {"attention_distance_rule": str(cfg.metrics.attention_distance_rule),
-            "attention_distance_unit": str(cfg.metrics.attention_distance_unit)}
-
-
-def _merged(faith: dict | None, columns: dict | None) -> dict | None:
-    """One image's per-map columns from the model (faithfulness) and from the pass (attention distance):
-    layer -> column -> (K,)."""
-    if not columns:
-        return faith
-    return {layer: {**(faith or {}).get(layer, {}), **cols} for layer, cols in columns.items()}
-
-
 def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: dict[int, list[str]], items: list[dict],
                  per_image: list[dict[int, torch.Tensor]], logits: list[torch.Tensor | None], faith: list[dict | None],
                  clock: dict[str, float]) -> list[tuple[dict, dict[int, torch.Tensor], list[dict]]]:
@@ -429,7 +338,7 @@ def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: dict[i
                     "dataset": cfg.data.get("name", ""), "source": item["source"], "model": backbone.name,
                     "kind": backbone.kind, "num_layers": backbone.num_layers, "img_size": size,
                     "method": plan.method.name, "mask_fraction": target.fraction if target is not None else None,
-                    **_distance_conventions(cfg, plan)}
+                    **distance_conventions(cfg, plan)}
             if image_logits is not None and backbone.labels:
                 p, c = image_logits.softmax(-1).max(-1)
                 meta.update(pred_label=backbone.labels[int(c)], pred_prob=float(p))
