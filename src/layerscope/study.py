@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -33,11 +32,10 @@ from .config.checks import check_config
 from .plan import Plan, build, build_dataset, chosen_maps, plan_study
 from .results import layout
 from .results.cache import config_key
-from .results.maps_io import save_maps
 from .results.representations import PartWriter, consolidate
 from .results.rundir import RunLock, done_line, previous_progress, write_atomic, write_summary
 from .results.table import ResultsWriter
-from .results.writer import BackgroundWriter
+from .results.writer import BackgroundWriter, grid_task, maps_task
 from .runtime import one_thread, resolve_device, reuse_freed_memory, score_threads, writer_threads
 from .sanity import batch_columns
 from .scoring import NONFINITE_NOTE, Target
@@ -386,8 +384,7 @@ def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, nam
         path, valid_np = layout.map_file(out_dir, item["id"]), valid.numpy() if valid is not None else None
         info = dict(meta, threshold_rule=plan.scoring.rule)
         saved_columns = {layer: {c: v.numpy() for c, v in cols.items()} for layer, cols in (columns or {}).items()}
-        tasks.append((path, lambda: save_maps(path, image_u8(), mask_np, saved, all_names, info, valid=valid_np,
-                                              columns=saved_columns)))
+        tasks.append(maps_task(path, image_u8, mask_np, saved, all_names, info, valid=valid_np, columns=saved_columns))
     if logger.wants_maps():
         first = plan.scoring.thresholds[0]
         kept = {layer: upsample(threshold_maps(m, first, plan.scoring.rule), (size, size)).numpy()
@@ -396,10 +393,7 @@ def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, nam
     drawn = int(bool(draw and cfg.figures.grid))
     if drawn:
         path_png, title = layout.grid_file(out_dir, item["id"]), f"{item['id']} | {backbone.name} | {method.name}"
-        # a NaN/inf map (its rows are empty) is drawn blank: it has no colour to give
-        shown = {layer: m if np.isfinite(m).all() else np.where(np.isfinite(m), m, 0).astype(m.dtype)
-                 for layer, m in saved.items()}
-        tasks.append((path_png, lambda: layer_head_grid(image_u8(), mask_np, shown, all_names, title, path_png)))
+        tasks.append(grid_task(path_png, image_u8, mask_np, saved, all_names, title, layer_head_grid))
     # the done.txt line, with the image's row count, is appended by the writer after these files
     files.submit(item["id"], tasks, line=done_line(item["id"], writer.rows - rows_before))
     return drawn
