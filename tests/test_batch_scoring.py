@@ -426,7 +426,7 @@ def test_workers_that_cannot_share_memory_fall_back_or_stop_with_one_line(monkey
     monkeypatch.setattr("layerscope.data.loading.usable_cores", lambda: 4)
     with caplog.at_level("WARNING"):
         batches, workers = image_batches(cfg, dataset, 32, torch.device("cpu"))
-    assert workers == 0 and [item["id"] for batch in batches for item in batch] == ["brick_spot_0"]
+    assert workers == 0 and [item.id for batch in batches for item in batch] == ["brick_spot_0"]
     assert "DataLoader workers cannot run here (unable to resize file" in caplog.text
     cfg.num_workers = 2
     with pytest.raises(ValueError, match=r"^num_workers=2: cannot start DataLoader worker processes \(unable to "

@@ -7,10 +7,11 @@ import torch
 from .backbones import Backbone
 from .backbones.distance import EXTRAS as DISTANCE_EXTRAS
 from .config.schema import StudyConfig
+from .data.handover import Item
 from .plan import Plan, chosen_maps
 
 
-def faithfulness_columns(cfg: StudyConfig, plan: Plan, backbone: Backbone, items: list[dict],
+def faithfulness_columns(cfg: StudyConfig, plan: Plan, backbone: Backbone, items: list[Item],
                   per_image: list[dict[int, torch.Tensor]], logits: list[torch.Tensor | None]) -> list[dict | None]:
     """Deletion and insertion AUC of every chosen map of a batch (``metrics.faithfulness``), per image:
     layer -> {"deletion_auc": (K,), "insertion_auc": (K,)}; None per image when not asked for."""
@@ -18,7 +19,7 @@ def faithfulness_columns(cfg: StudyConfig, plan: Plan, backbone: Backbone, items
         return [None] * len(items)
     from .mapsource import faithfulness
 
-    x = torch.stack([item["x"] for item in items])
+    x = torch.stack([item.x for item in items])
     chosen = [chosen_maps(plan, m) for m in per_image]
     maps = {layer: torch.stack([c[layer] for c in chosen]) for layer in chosen[0]}
     target_class = getattr(plan.method, "target_class", None)
@@ -46,7 +47,7 @@ def distance_columns(plan: Plan, captured: dict[str, dict[int, torch.Tensor]], u
             for layer, d in per_layer.items()}
 
 
-def representations(captured: list[dict[str, dict[int, torch.Tensor]]], items: list[dict], grid: int
+def representations(captured: list[dict[str, dict[int, torch.Tensor]]], items: list[Item], grid: int
                      ) -> list[dict[str, dict[int, object]]]:
     """What a batch saves per image (``results.representations``): the pooled kinds as captured and, from
     ``rep_patches`` (layer -> (h, w, D) cells), ``patches`` pooled to at most ``grid`` a side plus ``defect``
@@ -57,7 +58,7 @@ def representations(captured: list[dict[str, dict[int, torch.Tensor]]], items: l
     for extra, item in zip(captured, items):
         reps: dict[str, dict[int, object]] = {k: v for k, v in extra.items() if k.startswith("rep_")}
         if "rep_patches" in reps:
-            mask = item["mask"].numpy() if item["mask"] is not None else None
+            mask = item.mask.numpy() if item.mask is not None else None
             patches, defect, background = {}, {}, {}
             for layer, cells in extra["rep_patches"].items():
                 cells = cells.numpy()

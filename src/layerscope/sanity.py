@@ -153,7 +153,7 @@ def batch_columns(cfg, plan, backbone: Backbone, items: list[dict], per_image: l
     metrics = cfg.metrics
     if not metrics.road and metrics.randomisation == "none":
         return faith
-    x = torch.stack([item["x"] for item in items]).to(backbone.mean.device)
+    x = torch.stack([item.x for item in items]).to(backbone.mean.device)
     chosen = [choose(m) for m in per_image]
     maps = {layer: torch.stack([c[layer] for c in chosen]) for layer in chosen[0]}
     target_class = getattr(plan.method, "target_class", None)

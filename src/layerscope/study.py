@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .backbones import Backbone
 from .data.base import Dataset
+from .data.handover import Item
 from .data.loading import image_batches
 from .data.prefetch import Prefetched
 from .data.transforms import to_input
@@ -229,15 +230,15 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
         with tqdm(total=len(dataset), desc=backbone.name, unit="img", disable=not cfg.progress) as bar:
             bar.update(len(done))
             for items in _timed(batches, clock):
-                for bad in [item for item in items if "error" in item]:
+                for bad in [item for item in items if item.error is not None]:
                     if cfg.on_bad_image == "fail":
-                        raise ValueError(f"{bad['error']} (on_bad_image=fail)")
-                    log.warning("skipped: %s", bad["error"])
-                    skipped.append(bad["error"])
+                        raise ValueError(f"{bad.error} (on_bad_image=fail)")
+                    log.warning("skipped: %s", bad.error)
+                    skipped.append(bad.error)
                     bar.update(1)
-                items = [item for item in items if "error" not in item and item["id"] not in done]
-                no_mask += sum(item["mask"] is None for item in items)
-                gained += [item["mask_rule"] for item in items if item["mask_rule"][0]]
+                items = [item for item in items if item.error is None and item.id not in done]
+                no_mask += sum(item.mask is None for item in items)
+                gained += [item.mask_rule for item in items if item.mask_rule[0]]
                 if not items:
                     continue
                 per_image, logits, captured = source.fetch(items)
@@ -249,9 +250,9 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
                 extras = [merged_columns(f, c) for f, c in zip(faith, columns)]
                 scored = _score_batch(cfg, plan, backbone, names, items, per_image, logits, extras, clock)
                 # the batch's representations go to disk with its first image, before any of its done.txt lines
-                before = ([parts.task([item["id"] for item in items],
+                before = ([parts.task([item.id for item in items],
                                       representations(captured, items, int(cfg.representation_grid)),
-                                      [item["x"] for item in items])]
+                                      [item.x for item in items])]
                           if parts else [])
                 for i, (item, (meta, chosen, rows)) in enumerate(zip(items, scored)):
                     n_figures += _record(cfg, out_dir, plan, backbone, names, item, meta, chosen, rows, writer,
@@ -318,7 +319,7 @@ def _timed(batches: Any, clock: dict[str, float]) -> Any:
         yield items
 
 
-def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: dict[int, list[str]], items: list[dict],
+def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: dict[int, list[str]], items: list[Item],
                  per_image: list[dict[int, torch.Tensor]], logits: list[torch.Tensor | None], faith: list[dict | None],
                  clock: dict[str, float]) -> list[tuple[dict, dict[int, torch.Tensor], list[dict]]]:
     """The rows of every image of a batch, scored together where the maps are (``scoring_batch``).
@@ -329,11 +330,11 @@ def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: dict[i
     t0 = time.perf_counter()
     size = backbone.img_size
     with one_thread():  # small tensors: OpenMP splitting costs more than it saves (see runtime.one_thread)
-        targets = [Target(item["mask"], item["valid"]) if item["mask"] is not None else None for item in items]
+        targets = [Target(item.mask, item.valid) if item.mask is not None else None for item in items]
         metas = []
         for item, target, image_logits in zip(items, targets, logits):
-            meta = {"image": item["id"], "group": item["group"], "category": item["category"],
-                    "dataset": cfg.data.get("name", ""), "source": item["source"], "model": backbone.name,
+            meta = {"image": item.id, "group": item.group, "category": item.category,
+                    "dataset": cfg.data.get("name", ""), "source": item.source, "model": backbone.name,
                     "kind": backbone.kind, "num_layers": backbone.num_layers, "img_size": size,
                     "method": plan.method.name, "mask_fraction": target.fraction if target is not None else None,
                     **distance_conventions(cfg, plan)}
@@ -350,7 +351,7 @@ def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: dict[i
             for b, (meta, image_rows) in enumerate(zip(metas, rows))]
 
 
-def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, names: dict[int, list[str]], item: dict,
+def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, names: dict[int, list[str]], item: Item,
             meta: dict, chosen: dict[int, torch.Tensor], rows: list[dict], writer: ResultsWriter,
             files: BackgroundWriter, logger: Logger, clock: dict[str, float], draw: bool,
             columns: dict | None = None, before: Sequence = ()) -> int:
@@ -365,13 +366,13 @@ def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, nam
     """
     t0 = time.perf_counter()
     method, size = plan.method, backbone.img_size
-    mask, valid = item["mask"], item["valid"]
+    mask, valid = item.mask, item.valid
     rows_before = writer.rows
     writer.write(rows)
     all_names = {layer: names[layer] for layer in chosen}
     clock["score"] += time.perf_counter() - t0
     saved = {layer: m.numpy() for layer, m in chosen.items()}  # not modified after this: safe to share
-    x, converted = item["x"], {}
+    x, converted = item.x, {}
 
     def image_u8():  # converted once, by the first task that needs it: in the writer's thread, not here
         if "image" not in converted:
@@ -381,7 +382,7 @@ def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, nam
     mask_np = mask.numpy() if mask is not None else None
     tasks = list(before)
     if cfg.save_maps:
-        path, valid_np = layout.map_file(out_dir, item["id"]), valid.numpy() if valid is not None else None
+        path, valid_np = layout.map_file(out_dir, item.id), valid.numpy() if valid is not None else None
         info = dict(meta, threshold_rule=plan.scoring.rule)
         saved_columns = {layer: {c: v.numpy() for c, v in cols.items()} for layer, cols in (columns or {}).items()}
         tasks.append(maps_task(path, image_u8, mask_np, saved, all_names, info, valid=valid_np, columns=saved_columns))
@@ -389,11 +390,11 @@ def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, nam
         first = plan.scoring.thresholds[0]
         kept = {layer: upsample(threshold_maps(m, first, plan.scoring.rule), (size, size)).numpy()
                 for layer, m in chosen.items()}
-        logger.log_maps(item["id"], item["category"], image_u8(), mask_np, saved, all_names, kept)
+        logger.log_maps(item.id, item.category, image_u8(), mask_np, saved, all_names, kept)
     drawn = int(bool(draw and cfg.figures.grid))
     if drawn:
-        path_png, title = layout.grid_file(out_dir, item["id"]), f"{item['id']} | {backbone.name} | {method.name}"
+        path_png, title = layout.grid_file(out_dir, item.id), f"{item.id} | {backbone.name} | {method.name}"
         tasks.append(grid_task(path_png, image_u8, mask_np, saved, all_names, title, layer_head_grid))
     # the done.txt line, with the image's row count, is appended by the writer after these files
-    files.submit(item["id"], tasks, line=done_line(item["id"], writer.rows - rows_before))
+    files.submit(item.id, tasks, line=done_line(item.id, writer.rows - rows_before))
     return drawn

@@ -92,7 +92,7 @@ class BackboneOnly:
         backbone.to(self.device).eval()
         prepared = Prepared(dataset, backbone.img_size)
         items = [prepared[i] for i in range(len(prepared))]  # data preparation is not the backbone's
-        self.items = [item for item in items if "error" not in item]
+        self.items = [item for item in items if item.error is None]
         self.batch = int(cfg.batch_size)
         self.source = MapSource(backbone, plan, self.device, cfg.precision, None)
         self.layers, self.maps = len(plan.layers), len(plan.heads) + int(plan.method.head_mean)
