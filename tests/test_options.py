@@ -73,7 +73,7 @@ def test_typed_reads_a_part_with_defaults_types_and_booleans_checked():
     (["figures.max_images=2.5"], "error: figures.max_images=2.5: expected an int >= 0"),
     (["cache.max_gb=big"], "error: cache.max_gb=big: expected a size in GB > 0"),
     (["cache.dir=[a]"], "error: cache.dir=[a]: expected a string or null"),
-    (["device=[a]"], "error: device=[a]: expected a string"),
+    (["device=[a]"], "error: device=[a]: expected auto, cpu or cuda"),  # the schema's Literal names the values
     (["metrics.faithfulness_baseline=1"], None),  # an int is a fine string: the plan names the baselines
     (["seed=x"], "error: seed=x: expected an int >= 0"),
     (["-m", "metrics.faithfulness_steps=4,abc"], "error: metrics.faithfulness_steps=abc: expected an int >= 2"),
@@ -83,6 +83,33 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_option(args, line):
     from layerscope.cli.run import precheck
 
     assert precheck(args) == line
+
+
+def test_the_accepted_values_are_the_schemas_and_every_part_that_uses_one_accepts_the_same():
+    """A choice option's values are declared once, as its ``Literal`` type; the parts that act on it
+    (threshold rule, upsampling, baselines, randomisation, attention-distance conventions) list the same."""
+    import typing
+
+    from layerscope.backbones import distance
+    from layerscope.config.schema import check_choice, choices
+    from layerscope.methods.threshold import RULES as THRESHOLD_RULES
+    from layerscope.methods.upsample import MODES as UPSAMPLE_MODES
+    from layerscope.metrics import faithfulness, randomisation
+
+    hints = typing.get_type_hints(StudyConfig)
+    metrics = typing.get_type_hints(MetricsOptions)
+    implemented = {"threshold_rule": tuple(THRESHOLD_RULES), "upsample": UPSAMPLE_MODES,
+                   "metrics.faithfulness_baseline": faithfulness.BASELINES, "metrics.randomisation": randomisation.MODES,
+                   "metrics.attention_distance_rule": distance.RULES, "metrics.attention_distance_unit": distance.UNITS}
+    for key, values in implemented.items():
+        kind = metrics[key.split(".")[1]] if key.startswith("metrics.") else hints[key]
+        assert choices(kind) == tuple(values), key
+    assert choices(hints["precision"]) == ("fp32", "bf16", "fp16") and choices(hints["on_bad_image"]) == ("skip", "fail")
+    assert check_choice("precision", "bf16") == "bf16"
+    with pytest.raises(ValueError, match=r"^precision=fp64: expected fp32, bf16 or fp16$"):
+        check_choice("precision", "fp64")
+    with pytest.raises(ValueError, match=r"^metrics.randomisation=full: expected none, cascading or independent$"):
+        check_choice("metrics.randomisation", "full")
 
 
 def test_a_wrong_type_on_the_command_line_exits_2_with_one_line(tmp_path):

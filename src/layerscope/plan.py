@@ -13,7 +13,7 @@ from .data.base import Dataset, check_dataset
 from .data.loading import loader_workers
 from .methods.methods import MapMethod
 from .metrics.faithfulness import check_faithfulness
-from .config.schema import StudyConfig, typed
+from .config.schema import StudyConfig, check_choice, typed
 from .runtime import resolve_device
 from .scoring import ScoreOptions
 
@@ -70,10 +70,8 @@ def plan_study(cfg: DictConfig | StudyConfig, backbone: Backbone) -> Plan:
     _at_least("representation_grid", opts.representation_grid, 1)
     if not opts.cache.max_gb > 0:
         raise ValueError(f"cache.max_gb={opts.cache.max_gb:g}: expected a size in GB > 0 (or cache.enabled=false)")
-    if opts.on_bad_image not in ("skip", "fail"):
-        raise ValueError(f"on_bad_image={opts.on_bad_image}: expected skip or fail")
-    if opts.precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"precision={opts.precision}: expected fp32, bf16 or fp16")
+    check_choice("on_bad_image", opts.on_bad_image)
+    check_choice("precision", opts.precision)
     if opts.precision != "fp32" and resolve_device(opts.device).type != "cuda":
         raise ValueError(f"precision={opts.precision} needs a GPU (device=cuda or auto with CUDA); use precision=fp32")
     check_faithfulness(opts.metrics, backbone)

@@ -59,13 +59,15 @@ def map_threads(fn: Callable[[Any], Any], items: Sequence[Any], threads: int) ->
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when visible), ``cpu`` or ``cuda``; ValueError naming the option otherwise."""
+    """``auto`` (CUDA when visible), ``cpu`` or ``cuda`` (``config.schema.Device``); ValueError naming the option
+    otherwise."""
+    from .config.schema import check_choice  # here: the thread helpers below import nothing of the config
+
+    check_choice("device", name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda: no CUDA device is visible; use device=cpu or device=auto")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device={name}: expected auto, cpu or cuda")
     return torch.device(name)
 
 
