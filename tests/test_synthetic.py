@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from layerscope.data.synthetic import DEFECTS, TEXTURES, SyntheticDefects, make_defect
+from layerscope.data.defects import DEFECTS, make_defect
+from layerscope.data.synthetic import TEXTURES, SyntheticDefects
 
 
 @pytest.fixture(scope="module")
