@@ -276,7 +276,7 @@ def sweep(tmp_path_factory):
 @pytest.mark.slow
 def test_sweep_report_page_and_figure(sweep, tmp_path):
     from layerscope.cli.report import main as report_main
-    from layerscope.figures.paper import fewshot_vs_layer
+    from layerscope.figures.score_plots import fewshot_vs_layer
     from layerscope.results.table import load_results, read_table
     from layerscope.view import build
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from layerscope.figures.paper import KINDS, _depth_layers, threshold_curves
+from layerscope.figures.map_pictures import _depth_layers
+from layerscope.figures.paper import KINDS
+from layerscope.figures.score_plots import threshold_curves
 from layerscope.results.saved import Study
 from layerscope.results.maps_io import load_maps, save_maps
 

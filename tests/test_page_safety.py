@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from layerscope.figures.paper import layer_head_grids
+from layerscope.figures.map_pictures import layer_head_grids
 from layerscope.results.saved import Study
 from layerscope.results.layout import image_stem
 from layerscope.results.table import read_table

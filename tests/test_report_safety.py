@@ -18,7 +18,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from layerscope import study
-from layerscope.figures.paper import dataset_vs_layer
+from layerscope.figures.score_plots import dataset_vs_layer
 from layerscope.cli.report import main as report_main
 from layerscope.config.schema import MetricsOptions
 from layerscope.rescoring import OPTIONS

@@ -12,7 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
-from ..figures.paper import AXES, KINDS, METRICS, make_all
+from ..figures.inputs import METRICS
+from ..figures.paper import KINDS, make_all
+from ..figures.style import AXES
 from .errors import Parser, UsageError, command
 
 
