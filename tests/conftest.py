@@ -126,7 +126,7 @@ def pytest_addoption(parser):
 
 
 def package_modules() -> list[str]:
-    """Every module of the package, dotted (``layerscope.results.pool``), from the files under src/."""
+    """Every module of the package, dotted (``layerscope.analysis.pool``), from the files under src/."""
     src = ROOT / "src"
     names = []
     for path in sorted((src / "layerscope").rglob("*.py")):

@@ -185,7 +185,7 @@ def test_rows_name_the_rule_and_the_unit_and_fraction_is_pixels_over_the_image_s
 
 
 def test_the_summary_is_the_mean_over_images_with_an_interval_and_never_mixes_conventions():
-    from layerscope.results.saved import distance_table
+    from layerscope.analysis.saved import distance_table
 
     rng = np.random.default_rng(0)
     rows = []

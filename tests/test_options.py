@@ -121,7 +121,7 @@ def test_a_wrong_type_on_the_command_line_exits_2_with_one_line(tmp_path):
 
 def test_the_pool_reads_a_saved_config_through_the_schema(tmp_path):
     from layerscope.results import layout
-    from layerscope.results.pool import _run_options
+    from layerscope.analysis.pool import _run_options
 
     assert _run_options(tmp_path) == ("nearest", 0.3, 0.01)  # no config.yaml: the schema's defaults
     (tmp_path / layout.CONFIG).write_text("upsample: bilinear\nmetrics:\n  image_topk: 0.05\n")

@@ -101,7 +101,7 @@ LAYERS = (
     ("methods", ("methods",)),
     ("scoring", ("metrics", "scoring", "scoring_batch", "sanity")),
     ("results", ("results",)),
-    ("analysis", ("protocol", "comparison", "fewshot_choice", "rescoring")),
+    ("analysis", ("analysis", "protocol", "comparison", "fewshot_choice", "rescoring")),
     ("presentation", ("figures", "view", "loggers")),
     ("study", ("plan", "mapsource", "batch_extras", "study")),
     ("api", ("", "api")),
@@ -111,7 +111,7 @@ LAYERS = (
 
 
 def layer_of(module: str) -> int:
-    """The index in ``LAYERS`` of a module (``layerscope.results.pool`` -> results); commands are the cli's."""
+    """The index in ``LAYERS`` of a module (``layerscope.analysis.pool`` -> results); commands are the cli's."""
     if is_command(module):
         return len(LAYERS) - 1
     top = module.split(".")[1] if "." in module else ""
@@ -140,7 +140,7 @@ def test_the_layering_sees_what_it_checks():
     assert layer_of("layerscope.view.__main__") == names.index("cli")
     assert layer_of("layerscope.backbones.vit") < layer_of("layerscope.methods.cam")  # vit importing cam: caught
     graph = {_module_name(p): _imports(p) for p in PACKAGE.rglob("*.py")}
-    assert "layerscope.results.layout" in graph["layerscope.results.pool"] | graph["layerscope.results.saved"]
+    assert "layerscope.results.layout" in graph["layerscope.analysis.pool"] | graph["layerscope.analysis.saved"]
 
 
 def test_the_leaves_import_only_leaves():

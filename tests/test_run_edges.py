@@ -26,8 +26,8 @@ from layerscope.data.handover import SHM, no_leftover_segments
 from layerscope.data.ids import path_id, safe_name
 from layerscope.protocol import choose, dataset_metrics
 from layerscope.results import catalog, layout
-from layerscope.results.pool import build_pool
-from layerscope.results.leaderboard import dataset_markdown, md, rank_dataset, to_markdown
+from layerscope.analysis.pool import build_pool
+from layerscope.analysis.leaderboard import dataset_markdown, md, rank_dataset, to_markdown
 from layerscope.scoring import NONFINITE_NOTE, ScoreOptions, Target, image_rows
 from layerscope.scoring_batch import batch_image_rows
 

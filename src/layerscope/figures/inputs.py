@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..results import catalog
 from ..results.layout import PAPER_FIGURES
-from ..results.saved import Study
+from ..analysis.saved import Study
 from .style import PALETTE
 
 METRICS = catalog.DEFAULT_CURVES  # the metrics the curves draw unless told

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from ..results import catalog
 from ..results.axes import HEADS, map_axis, map_label
 from ..results.layout import image_stem
-from ..results.saved import SEP, Study, per_image, smallest_threshold
+from ..analysis.saved import SEP, Study, per_image, smallest_threshold
 from .grid import grid_figure
 from .inputs import as_study, figure_dir, pick_images
 from .style import CMAP, OUTLINE, bare, colorbar, minmax, save, show_input, show_map, slug, styled, upsample

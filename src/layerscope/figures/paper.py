@@ -18,13 +18,13 @@ kind (maps in ``figures.map_pictures``, scores in ``figures.score_plots``, what 
 - ``best_map_overlays``: per defect type, the best (model, method, layer, head) map over examples.
 - ``dataset_vs_layer``, ``choice_stability``: the dataset-level protocol and the held-out choice.
 - ``fewshot_vs_layer``: a few-shot sweep's metric against layer, one line per shot count, mean over reference
-  seeds with the 95% t-interval across seeds (``results.fewshot``); per-image metrics and pooled AUPRO.
+  seeds with the 95% t-interval across seeds (``analysis.fewshot``); per-image metrics and pooled AUPRO.
 - ``attention_distance``: mean attention distance per head against layer, one dot per head, models side
   by side (Dosovitskiy et al. 2020, Fig. 7); ``layerscope-compare`` draws it too (``figures.comparison_plots``).
 
 Every figure is written as PNG (200 dpi) and PDF (TrueType text, editable), in one style
 (``figures.style``), with seaborn's colour-blind palette. The saved results are read by
-``results.saved.Study`` (series, identical jobs, the shared analysis), the page's reader too.
+``analysis.saved.Study`` (series, identical jobs, the shared analysis), the page's reader too.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from typing import Iterable, Sequence
 from matplotlib.figure import Figure
 
 from ..results import catalog
-from ..results.saved import Study
+from ..analysis.saved import Study
 from .inputs import METRICS, figure_dir
 from .map_pictures import best_map_overlays, layer_head_grids, vit_vs_cnn
 from .score_plots import (attention_distance, choice_stability, dataset_vs_layer, fewshot_vs_layer, layer_head,

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from ..results import catalog
 from ..results.axes import HEADS, axis_word, map_axis, map_label
 from ..results.layout import CHOICE_GLOB, DATASET_METRICS
-from ..results.saved import (SEP, Study, distance_table, head_order, layer_head_scores, line_head, num_layers,
+from ..analysis.saved import (SEP, Study, distance_table, head_order, layer_head_scores, line_head, num_layers,
                              per_image, relative_depth, smallest_threshold)
 from ..results.table import read_table
 from .inputs import METRICS, as_study, figure_dir, series_colours
@@ -294,10 +294,10 @@ def fewshot_vs_layer(source: Study | Path | str, out: Path | str | None = None,
 
     Each point is the mean over reference seeds of the metric (per image: mean over images; dataset
     level: pooled over images, from ``dataset_metrics.csv``), the band its 95% t-interval across seeds
-    (``results.fewshot.across_seeds``). Category ``all``. Skipped (logged) when the folder's jobs do not vary
+    (``analysis.fewshot.across_seeds``). Category ``all``. Skipped (logged) when the folder's jobs do not vary
     ``method.n_references`` or ``seed``.
     """
-    from ..results import fewshot
+    from ..analysis import fewshot
 
     study = as_study(source)
     out = figure_dir(study, out)

@@ -23,8 +23,8 @@ from omegaconf import OmegaConf
 from ..methods.upsample import upsample as upsample_maps
 from ..metrics.localization import MaskCells, top_score
 from ..runtime import one_thread
-from . import catalog, layout
-from .maps_io import check_same_layout, load_maps
+from ..results import catalog, layout
+from ..results.maps_io import check_same_layout, load_maps
 
 log = logging.getLogger(__name__)
 
