@@ -344,6 +344,26 @@ def test_an_error_inside_a_run_is_one_line_on_the_console_and_recorded_in_the_lo
     assert len(logged) == 1 and logged[0].endswith(lines[0]), logged
 
 
+def test_a_crash_inside_a_sweep_job_is_one_line_on_the_console_its_traceback_in_the_jobs_log(tmp_path, monkeypatch):
+    from layerscope import study
+
+    def crash(cfg, out_dir, on_accept=None):
+        on_accept(True)  # the folder is the job's: its log file records from here on
+        raise RuntimeError("boom inside the run")
+
+    monkeypatch.setattr(study, "run", crash)
+    sweep = tmp_path / "sweep"
+    proc = run_main(["-m", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    job_log = sweep / "0" / layout.LOG
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == f"error: RuntimeError: boom inside the run (traceback in {job_log})", proc.stderr[-3000:]
+    console = proc.stdout + proc.stderr
+    assert "Traceback" not in console and console.count("boom inside the run") == 2  # and the sweep's closing list
+    logged = job_log.read_text()
+    assert "Traceback" in logged and logged.count("RuntimeError: boom inside the run") == 2  # traceback, error line
+
+
 def test_summary_counts_scored_images_and_lists_odd_entries_as_skipped(tmp_path):
     root = tmp_path / "imgs"
     save_png(root / "a.png", 50)

@@ -264,8 +264,9 @@ def _main(cfg: DictConfig) -> None:
     except Exception as e:  # in a sweep, one job's crash must not stop the others; alone, Hydra shows it
         if sweep is None:
             raise
-        log.exception("job failed")
-        stop(f"error: {type(e).__name__}: {e}", 1)
+        _to_log_file("job failed", exc_info=True)  # the traceback: in the job's log, not on the console
+        where = f" (traceback in {out_dir / LOG})" if accepted else ""
+        stop(f"error: {type(e).__name__}: {e}{where}", 1)
         return
     finally:
         held.drop()  # refused: the folder's own log is left as it was (a no-op once released)
@@ -299,10 +300,12 @@ def fail(message: str, code: int, record: Path | None = None) -> None:
     write_atomic(record, message + "\n")
 
 
-def _to_log_file(message: str) -> None:
-    """``message`` as an ERROR record for the run's log file (or for the records ``HeldLog`` holds for it), not
-    for the console: there the failure is one line, the one ``fail`` prints."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,), None)
+def _to_log_file(message: str, exc_info: bool = False) -> None:
+    """``message`` (with the exception being handled, when ``exc_info``) as an ERROR record for the run's log
+    file (or for the records ``HeldLog`` holds for it), not for the console: there a failure is one line, the
+    one ``fail`` prints."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,),
+                            sys.exc_info() if exc_info else None)
     for handler in logging.getLogger().handlers:
         console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
         if not console and record.levelno >= handler.level:
