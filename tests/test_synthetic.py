@@ -1,4 +1,4 @@
-"""Tests for the synthetic defect dataset (layerscope/data/synthetic.py)."""
+"""Tests for the synthetic defect dataset (layerscope/data/synthetic.py) and its defects (layerscope/data/defects.py)."""
 
 from __future__ import annotations
 
