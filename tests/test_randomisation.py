@@ -234,7 +234,7 @@ def test_surviving_maps_are_flagged_for_the_report_and_page():
     import pandas as pd
 
     from layerscope.metrics import randomisation
-    from layerscope.results import weights_check
+    from layerscope.analysis import weights_check
 
     assert weights_check.FLAG == randomisation.FLAG
     rows = pd.DataFrame({"model": "m", "method": "gradcam", "layer": [0, 0, 0, 0, 1, 1, 1],

@@ -107,7 +107,7 @@ def randomisation_columns(backbone: Backbone, method: MapMethod, x: torch.Tensor
         method: the run's map method.
         x: RGB in [0, 1], (B, 3, S, S).
         maps: layer -> (B, K, h, w) the trained model's chosen maps.
-        choose: all maps of a layer -> the chosen ones (``study.chosen_maps``), as the trained maps were chosen.
+        choose: all maps of a layer -> the chosen ones (``plan.chosen_maps``), as the trained maps were chosen.
         mode: ``cascading`` or ``independent``.
         target: (B,) the class each map explains (Random Logit draws another); None skips Random Logit.
         seed: randomisation seed (and the other classes' draw).
@@ -165,7 +165,7 @@ def batch_columns(cfg, plan, backbone: Backbone, items: list[dict], per_image: l
     metrics = cfg.metrics
     if not metrics.road and metrics.randomisation == "none":
         return faith
-    x = torch.stack([item["x"] for item in items]).to(backbone.mean.device)
+    x = torch.stack([item.x for item in items]).to(backbone.mean.device)
     chosen = [choose(m) for m in per_image]
     maps = {layer: torch.stack([c[layer] for c in chosen]) for layer in chosen[0]}
     target_class = getattr(plan.method, "target_class", None)
@@ -180,7 +180,7 @@ def batch_columns(cfg, plan, backbone: Backbone, items: list[dict], per_image: l
                                         int(metrics.faithfulness_tie_orders), int(cfg.seed)).items():
             columns[layer].update(cols)
     if metrics.randomisation != "none":
-        # choose (study.chosen_maps) picks from (B, K_all, h, w) as from (K_all, h, w)
+        # choose (plan.chosen_maps) picks from (B, K_all, h, w) as from (K_all, h, w)
         for layer, cols in randomisation_columns(backbone, plan.method, x, maps, choose, metrics.randomisation,
                                                  target, int(cfg.seed), str(metrics.random_logit_rule),
                                                  str(metrics.randomisation_seeding)).items():

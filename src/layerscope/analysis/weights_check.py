@@ -11,7 +11,7 @@ import html
 
 import pandas as pd
 
-from .catalog import CANDIDATE
+from ..results.catalog import CANDIDATE
 from .fewshot import t_interval
 
 FLAG = 0.5  # the same value as metrics.randomisation.FLAG (kept here so the report needs no torch)
