@@ -158,7 +158,7 @@ def test_flat_ssim_and_batch_normalisation_against_skimage_and_numpy():
 
 
 def test_random_logit_rule_is_checked_with_one_line():
-    from layerscope.options import MetricsOptions
+    from layerscope.config.schema import MetricsOptions
 
     cls = SimpleNamespace(num_classes=10, name="m")
     method = SimpleNamespace(needs_references=False, name="gradcam")
