@@ -356,8 +356,8 @@ def cca_warnings(models: Sequence[Model], table: pd.DataFrame) -> list[str]:
                 for r in rows.itertuples()]
         if any(wide):
             out.append(f"{measure}: {sum(wide)} of {len(rows)} layer pairs have no more images than dimensions "
-                       f"(at most {int(rows['n_images'].max())} images): their canonical correlations reach or approach 1 "
-                       "by construction (and so does the null); compare on more images than the layers' widths")
+                       f"(at most {int(rows['n_images'].max())} images): their canonical correlations reach or "
+                       "approach 1 by construction (and so does the null); compare on more images than the layers' widths")
     return out
 
 
