@@ -208,7 +208,15 @@ class Procrustes(_Subspace):
 
     def basis(self, x, a):
         norm = np.linalg.norm(x)
-        return Basis(x / norm if norm > 0 else np.full_like(x, np.nan))
+        if not norm > 0:
+            return Basis(np.full_like(x, np.nan))
+        x = x / norm
+        if x.shape[0] < x.shape[1]:
+            # fewer rows than columns (a bootstrap draw's distinct images): x = R^T Q^T with Q^T's rows
+            # orthonormal, so x_a^T x_b = Q_a (R_a R_b^T) Q_b^T has the singular values of R_a R_b^T: a smaller
+            # product and SVD, and the same value (the orthogonal invariance)
+            x = np.linalg.qr(x.T, mode="r").T
+        return Basis(x)
 
     def combine(self, a, cross):
         return _svd(cross).sum(-1)
