@@ -284,6 +284,27 @@ def test_replicates_do_not_depend_on_the_number_of_threads(name):
             np.testing.assert_allclose(list(a.values()), list(b.values()), rtol=0, atol=1e-12)
 
 
+def test_threads_each_on_one_blas_thread_and_the_limit_lifted_after_the_last():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from layerscope.metrics.measures.resampling import in_threads, one_thread
+
+    def blas() -> list[int]:
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas()
+    seen = []
+
+    def work(rows):
+        with one_thread():  # nested, as the subspace measures do inside the engine's threads
+            seen.append(blas())
+            return rows.T.astype(float)
+
+    out = in_threads(work, np.arange(12).reshape(6, 2), threads=3)
+    np.testing.assert_array_equal(out, np.arange(12).reshape(6, 2).T)
+    assert len(seen) == 3 and all(set(s) == {1} for s in seen if s)
+    assert blas() == before
+
+
 def test_rsa_and_neighbour_bootstraps_follow_their_stated_rules():
     x, y = pair(11, n=20)
     draws, counts = bootstrap_draws(20, 3, seed=3)
