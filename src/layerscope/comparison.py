@@ -1,7 +1,7 @@
 """Comparing layers and models beyond masks, from what runs saved (no model, no forward pass).
 
 Representations saved by runs (``save_representations=true``), grouped into models and matched by image
-id and content (``saved_models``: ``load_models``, re-exported here), are compared:
+id and content (``results.saved_models``: ``load_models``, re-exported here), are compared:
 
 - ``similarity_table``: similarity measures (CKA by default; ``metrics.measures``) between every layer of
   every pair of models (a model with itself included), on the images the pair shares, each with a
@@ -26,7 +26,7 @@ import pandas as pd
 
 from .metrics.probe import PERMUTATIONS
 from .results.layout import RESULTS
-from .saved_models import MIN_SHARED, Model, _model_config, load_model, load_models, same_image
+from .results.saved_models import MIN_SHARED, Model, _model_config, load_model, load_models, same_image
 
 log = logging.getLogger(__name__)
 

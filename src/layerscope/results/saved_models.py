@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .results.layout import CONFIG, REPRESENTATIONS, RESULTS, run_dirs
-from .results.representations import KINDS, available, has_representations, image_contents, load_representations
+from .layout import CONFIG, REPRESENTATIONS, RESULTS, run_dirs
+from .representations import KINDS, available, has_representations, image_contents, load_representations
 
 log = logging.getLogger(__name__)
 
