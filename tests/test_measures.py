@@ -255,6 +255,56 @@ def test_bootstrap_values_equal_the_measure_on_the_resampled_images(name, estima
     np.testing.assert_allclose(got, want, atol=1e-9)
 
 
+@pytest.mark.parametrize("name", ["procrustes", "svcca", "pwcca"])
+def test_bootstrap_of_layers_wider_than_a_draws_distinct_images_equals_the_measure_on_them(name):
+    """A draw of 12 images holds about 8 distinct ones: a layer of 10 dimensions is then based on its
+    distinct rows' Gram matrix (the smaller side), and still gives the measure on the resampled rows."""
+    measure, opts = MEASURES[name], Options(svcca_variance=1.0)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(12, 10))
+    y = np.tanh(x[:, :3]) + 0.5 * rng.normal(size=(12, 3))
+    draws, counts = bootstrap_draws(12, 5, seed=4)
+    assert max((c > 0).sum() for c in counts) < 10
+    got = measure.boot([measure.prepare(x, opts)], [measure.prepare(y, opts)], draws, counts, opts)[0, 0]
+    np.testing.assert_allclose(got, [measure.value(x[d], y[d], opts) for d in draws], atol=1e-9)
+
+
+@pytest.mark.parametrize("name", list(MEASURES))
+def test_replicates_do_not_depend_on_the_number_of_threads(name):
+    from layerscope.metrics.measures.engine import compare_states
+
+    measure, opts = MEASURES[name], Options(knn_k=4)
+    x, y = pair(13, n=20)
+    states = [measure.prepare(z, opts) for z in (x, y, x[:, ::-1] * 2)]
+    one = compare_states(states, states[:2], 20, measure, opts, n_perm=7, n_boot=9, threads=1)
+    three = compare_states(states, states[:2], 20, measure, opts, n_perm=7, n_boot=9, threads=3)
+    np.testing.assert_array_equal(one[0], three[0])
+    for row_one, row_three in zip(one[1], three[1]):
+        for a, b in zip(row_one, row_three):
+            np.testing.assert_allclose(list(a.values()), list(b.values()), rtol=0, atol=1e-12)
+
+
+def test_threads_each_on_one_blas_thread_and_the_limit_lifted_after_the_last():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from layerscope.metrics.measures.resampling import in_threads, one_thread
+
+    def blas() -> list[int]:
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas()
+    seen = []
+
+    def work(rows):
+        with one_thread():  # nested, as the subspace measures do inside the engine's threads
+            seen.append(blas())
+            return rows.T.astype(float)
+
+    out = in_threads(work, np.arange(12).reshape(6, 2), threads=3)
+    np.testing.assert_array_equal(out, np.arange(12).reshape(6, 2).T)
+    assert len(seen) == 3 and all(set(s) == {1} for s in seen if s)
+    assert blas() == before
+
+
 def test_rsa_and_neighbour_bootstraps_follow_their_stated_rules():
     x, y = pair(11, n=20)
     draws, counts = bootstrap_draws(20, 3, seed=3)
@@ -296,6 +346,9 @@ def test_monotonicity_is_the_spearman_of_layer_distance_and_similarity():
     i, j = np.where(~np.eye(4, dtype=bool))
     assert pairs == 12 and rho == pytest.approx(spearmanr(np.abs(i - j), values[i, j])[0]) and rho < -0.8
     assert np.isnan(monotonicity([0, 1], np.eye(2))[0])
+    # the two orders of a pair apart in the last bits are still a tie: rho as on the exactly symmetric matrix
+    noisy = values + np.triu(np.full((4, 4), 1e-15), 1)
+    assert monotonicity([0, 1, 2, 3], noisy)[0] == rho
 
 
 def test_resolve_names_measures_and_all_and_refuses_an_unknown_one():

@@ -150,6 +150,7 @@ def test_the_benchmark_times_each_measure_on_two_synthetic_models():
     rows = similarity_times(["cka", "mknn"], n=20, n_perm=10, n_boot=10, widths=((6, 6, 6), (4, 5)))
     assert [r["measure"] for r in rows] == ["cka", "mknn"]
     assert all(r["rows"] == 25 and r["seconds"] > 0 and r["layers"] == "3+2" for r in rows)
+    assert all(r["threads"] >= 1 and r["load"] >= 0 for r in rows)
 
 
 @pytest.mark.slow
@@ -159,7 +160,7 @@ def test_bench_compare_prints_the_time_per_measure(tmp_path, capsys):
     out = tmp_path / "b.csv"
     assert main(["--compare", "--quick", "--images", "20", "--measures", "cka", "rsa", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "cka:" in printed and "rsa:" in printed and "total:" in printed
+    assert "cka:" in printed and "rsa:" in printed and "total:" in printed and "threads, load average" in printed
     assert pd.read_csv(out)["measure"].tolist() == ["cka", "rsa"]
 
 

@@ -35,8 +35,12 @@ def similarity_times(measures: Sequence[str], n: int = 500, n_perm: int = 200, n
                      widths: Sequence[Sequence[int]] = (VIT, CNN), seed: int = 0) -> list[dict]:
     """One row per measure: wall seconds and CPU seconds (all threads of this process: what the work costs
     on a machine others share) for every pair of layers of the models (both orders, each model with itself)
-    with the interval and the null, the number of rows, and the settings."""
+    with the interval and the null, the number of rows, the settings, the replicate threads and the
+    1-minute load average when the measure finished (wall times mean little above the core count)."""
+    import os
+
     from ..comparison import similarity_table
+    from ..metrics.measures.resampling import workers
 
     rows = []
     group = models(n, widths, seed)
@@ -45,5 +49,6 @@ def similarity_times(measures: Sequence[str], n: int = 500, n_perm: int = 200, n
         table = similarity_table(group, measures=[name], n_perm=n_perm, n_boot=n_boot, seed=seed)
         rows.append({"measure": name, "seconds": time.perf_counter() - started,
                      "cpu_seconds": time.process_time() - cpu, "rows": len(table), "images": n,
-                     "layers": "+".join(str(len(w)) for w in widths), "permutations": n_perm, "boot": n_boot})
+                     "layers": "+".join(str(len(w)) for w in widths), "permutations": n_perm, "boot": n_boot,
+                     "threads": workers(), "load": os.getloadavg()[0]})
     return rows

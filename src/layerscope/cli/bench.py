@@ -165,8 +165,8 @@ def _compare(a) -> int:
     rows = []
     for name in names:  # one at a time, printed as it finishes
         row = similarity_times([name], n, perms, boot)[0]
-        print(f"{name:>11}: {row['seconds']:7.1f} s wall, {row['cpu_seconds']:7.1f} s CPU ({row['rows']} rows)",
-              flush=True)
+        print(f"{name:>11}: {row['seconds']:7.1f} s wall, {row['cpu_seconds']:7.1f} s CPU ({row['rows']} rows; "
+              f"{row['threads']} threads, load average {row['load']:.1f})", flush=True)
         rows.append(row)
     print(f"{'total':>11}: {sum(r['seconds'] for r in rows):7.1f} s wall, {sum(r['cpu_seconds'] for r in rows):7.1f} s "
           f"CPU (load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")

@@ -12,7 +12,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from .base import Measure, Options, as_2d
-from .resampling import bootstrap_draws, one_thread, permutations, summarise
+from .resampling import bootstrap_draws, in_threads, one_thread, permutations, summarise
 
 MAX_MATRIX_BYTES = 4 << 30  # the n x n matrices of every layer prepared at once
 
@@ -33,19 +33,20 @@ def check(n: int, layers: int, measure: Measure, opts: Options) -> None:
 
 
 def compare_states(sa: Sequence[Any], sb: Sequence[Any], n: int, measure: Measure, opts: Options,
-                   n_perm: int = 200, n_boot: int = 1000, seed: int = 0
+                   n_perm: int = 200, n_boot: int = 1000, seed: int = 0, threads: int | None = None
                    ) -> tuple[np.ndarray, list[list[dict[str, float]]]]:
     """Values (La, Lb) and per-pair ``summarise`` columns from prepared states of n images each (pass the
-    same list twice for a model against itself: symmetric work is done once)."""
-    values = measure.points(sa, sb, opts)
+    same list twice for a model against itself: symmetric work is done once); the replicates run on
+    ``threads`` Python threads (default: one per core, ``resampling.in_threads``)."""
+    with one_thread():
+        values = measure.points(sa, sb, opts)
     resample = measure.resamples(opts)
     null = boot = None
-    with one_thread():
-        if resample and n_perm:
-            null = measure.permuted(sa, sb, permutations(n, n_perm, seed), opts)
-        if resample and n_boot:
-            draws, counts = bootstrap_draws(n, n_boot, seed)
-            boot = measure.boot(sa, sb, draws, counts, opts)
+    if resample and n_perm:
+        null = in_threads(lambda p: measure.permuted(sa, sb, p, opts), permutations(n, n_perm, seed), threads=threads)
+    if resample and n_boot:
+        draws, counts = bootstrap_draws(n, n_boot, seed)
+        boot = in_threads(lambda d, c: measure.boot(sa, sb, d, c, opts), draws, counts, threads=threads)
     if sa is sb and measure.symmetric:  # layer j against i is layer i against j: one null, one interval
         low = np.tril_indices(len(sa), -1)
         for replicates in (null, boot):
@@ -95,7 +96,9 @@ def monotonicity(layers: list[int], values: np.ndarray) -> tuple[float, int]:
     keep = np.isfinite(v)
     if len(idx) < 3 or keep.sum() < 3:
         return float("nan"), int(keep.sum())
-    gap, v = np.abs(idx[i] - idx[j])[keep], v[keep]
+    # values equal to 12 decimals are ties: the two orders of a symmetric measure's pair, computed apart, can
+    # differ in the last bits, and which of them ranks first must not move rho (up to 0.1 on 5 layers)
+    gap, v = np.abs(idx[i] - idx[j])[keep], np.round(v[keep], 12)
     if np.ptp(v) == 0 or np.ptp(gap) == 0:
         return float("nan"), int(keep.sum())
     return float(spearmanr(gap, v)[0]), int(keep.sum())
