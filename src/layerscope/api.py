@@ -379,7 +379,7 @@ def _method(backbone: Backbone, method: Any, target: Any, options: Mapping[str, 
     """The map method: a config name (``conf/method/<name>.yaml``) with ``options``, or a MapMethod as it is."""
     from omegaconf import OmegaConf
 
-    from .methods.methods import MapMethod
+    from .methods.base import MapMethod
     from .plan import build
 
     if isinstance(method, MapMethod):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .backbones import Backbone
-from .methods.methods import MapMethod
+from .methods.base import MapMethod
 from .metrics.threads import one_thread
 from .options import CacheOptions
 from .plan import Plan

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .backbones import Backbone, select_indices
 from .configs import config_dir
 from .data.base import Dataset, check_dataset
-from .methods.methods import MapMethod
+from .methods.base import MapMethod
 from .metrics.faithfulness import check_faithfulness
 from .options import StudyConfig, as_bool, bool_fields, typed
 from .scoring import ScoreOptions

@@ -1,7 +1,9 @@
 """Map methods: maps on the patch or feature grid, (B, K, h, w), and masks made from them.
 
 The Python API's map function is ``layerscope.maps`` (``layerscope.api.maps``); this package holds the
-methods it and the study run.
+methods it and the study run: ``base.MapMethod``, one module per method (``cam.py`` for the gradient and
+CAM family) and the map helpers below. What each method is (map axis, gradients, ViT-only, defaults)
+is read torch-free from its YAML by ``layerscope.method_registry``.
 """
 from .attention import cls_attention
 from .reduce import reduce_features

@@ -1,0 +1,239 @@
+"""Every map method, torch-free, read from the configs (``conf/method/*.yaml``): its name, map axis, whether
+it needs gradients or a ViT, and its options' defaults, for the readers that must not import torch (the
+page, the figures, the W&B logger) and for the API's messages, the README's table and the tests.
+
+A method is a class (in ``methods/``) and a YAML, ``conf/method/<name>.yaml``, whose defaults list names
+the method's *family* here and whose ``_target_`` names the class::
+
+    defaults:
+      - /method_options/gradient@_here_
+      - _self_
+    _target_: layerscope.methods.cam.GradCAM
+
+The family holds what the methods of one kind share: the options with their one default each (a
+dataclass; Hydra reads it as ``method_options/<family>``, so no YAML restates a default) and the facts.
+A preset (``patchcore``, ``anomalydino``) is a YAML whose defaults list names another method's YAML and
+that sets only the options it changes. A new method of an existing family (a CAM) is its class and its
+YAML; a new family adds its options and facts here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+HEADS = "heads"  # the K maps of a layer are its attention heads (named 0, 1, ..., plus their mean)
+MAPS = "maps"  # any other maps (feature reductions, CAMs, rollout's one head-fused map, patch k-NN)
+BY_MODEL = "heads (ViT) or maps (CNN)"  # auto: cls_attention's heads on a ViT with a CLS token, else features'
+OPTIONS_GROUP = "method_options"  # the ConfigStore group of the families' options
+
+
+@dataclass
+class NoOptions:
+    """A method without options."""
+
+
+@dataclass
+class FeaturesOptions:
+    """``features`` (and ``auto`` on a CNN): channel reductions of each layer's features."""
+
+    reductions: list = field(default_factory=lambda: ["l2", "mean_abs", "pca"])  # any of l2, mean_abs, pca
+
+
+@dataclass
+class RolloutOptions:
+    """``rollout`` (Abnar & Zuidema 2020)."""
+
+    head_fusion: str = "mean"  # mean | max | min
+    discard_ratio: float = 0.0  # fraction of the smallest fused attention entries zeroed per layer, in [0, 1)
+    chunk: int = 1024  # query rows per block (memory bound)
+
+
+@dataclass
+class GradientOptions:
+    """Every gradient method: the score explained (see ``methods/cam.py``)."""
+
+    target_class: Optional[int] = None  # class index explained; null = each image's predicted class
+    embedding_target: str = "norm"  # no classifier (DINO, DINOv2): norm | cosine (ViTs: CLS vs mean patch)
+
+
+@dataclass
+class AttnGradOptions(GradientOptions):
+    """``attn_grad`` (Chefer et al. 2021)."""
+
+    chunk: int = 1024  # query rows per block (memory bound)
+
+
+@dataclass
+class EigenCAMOptions:
+    """``eigencam`` (Muhammad & Yeasin 2020)."""
+
+    centred: bool = False  # centre the activations per channel before the SVD (pytorch-grad-cam's EigenCAM)
+
+
+@dataclass
+class PatchKNNOptions:
+    """``patch_knn`` (PatchCore, AnomalyDINO without training); each option one published convention
+    (``methods/knn.py`` holds them, with their sources)."""
+
+    k: int = 1  # nearest bank entries averaged
+    metric: str = "euclidean"  # euclidean (PatchCore) | cosine (AnomalyDINO: 1 - cosine similarity)
+    aggregate: int = 1  # 1 (off) | 3 | 5: PatchCore's local p x p feature average (zero padding, divisor p*p)
+    coreset: str = "random"  # random | greedy (PatchCore's approximate greedy k-center, seeded projection)
+    coreset_ratio: Optional[float] = None  # fraction of the bank the coreset keeps (PatchCore: 0.1); None = all
+    bank_size: Optional[int] = 16384  # most entries kept per layer after coreset_ratio (None = no cap)
+    smooth_sigma: float = 0  # Gaussian smoothing at image size, sigma in px (PatchCore/anomalib: 4); 0 = off
+    mask_background: bool = False  # AnomalyDINO's PCA foreground masking (object categories, not textures)
+    mask_threshold: float = 10.0  # first principal component's threshold of that mask (AnomalyDINO)
+    augment_references: str = "none"  # none | rotations (AnomalyDINO: each reference at 0, 45, ..., 315 degrees)
+    fuse: list = field(default_factory=list)  # fused candidates, e.g. [[2, 3]] (PatchCore's layer2 + layer3)
+    n_references: Optional[int] = 16  # normal images in the bank (None = all the dataset offers)
+    chunk: int = 2048  # query patches per distance block (memory bound)
+    seed: int = 0  # coreset seed (a run passes its own ``seed``)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the methods of one kind share.
+
+    Attributes:
+        options: the options' dataclass (each option's one default).
+        map_axis: ``heads`` or ``maps`` (``results/axes.py``).
+        needs_grad: its maps need the gradient of a target score (one backward pass per batch).
+        vit_only: it reads attention, so it applies to ViTs only.
+        needs_references: it learns from normal images first (``references=`` in the API).
+    """
+
+    options: type
+    map_axis: str = MAPS
+    needs_grad: bool = False
+    vit_only: bool = False
+    needs_references: bool = False
+
+
+FAMILIES: dict[str, Family] = {
+    "cls_attention": Family(NoOptions, map_axis=HEADS, vit_only=True),
+    "features": Family(FeaturesOptions),
+    "auto": Family(FeaturesOptions, map_axis=BY_MODEL),
+    "rollout": Family(RolloutOptions, vit_only=True),
+    "gradient": Family(GradientOptions, needs_grad=True),
+    "attn_grad": Family(AttnGradOptions, needs_grad=True, vit_only=True),
+    "eigencam": Family(EigenCAMOptions),
+    "patch_knn": Family(PatchKNNOptions, needs_references=True),
+}
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One ``method=`` choice, read from its YAML.
+
+    Attributes:
+        name: the YAML's file name (``method=<name>``).
+        target: the class (or function) the YAML's ``_target_`` names, dotted.
+        family: its family's name (``FAMILIES``).
+        summary: the YAML's first comment line.
+        defaults: every option's default, the family's with the YAML's own values over them.
+        preset_of: the method a preset sets options of (``patchcore`` -> ``patch_knn``), else None.
+    """
+
+    name: str
+    target: str
+    family: str
+    summary: str
+    defaults: dict[str, Any]
+    preset_of: Optional[str] = None
+
+    @property
+    def facts(self) -> Family:
+        return FAMILIES[self.family]
+
+    @property
+    def map_axis(self) -> str:
+        return self.facts.map_axis
+
+    @property
+    def needs_grad(self) -> bool:
+        return self.facts.needs_grad
+
+    @property
+    def vit_only(self) -> bool:
+        return self.facts.vit_only
+
+    @property
+    def needs_references(self) -> bool:
+        return self.facts.needs_references
+
+
+def option_defaults(family: str) -> dict[str, Any]:
+    """The family's options with their defaults, as a plain dict (the ConfigStore node)."""
+    return dataclasses.asdict(FAMILIES[family].options())
+
+
+def register() -> None:
+    """Store each family's options as ``method_options/<family>`` in Hydra's ``ConfigStore`` (idempotent), the
+    node the method YAMLs' defaults lists name."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for family in FAMILIES:
+        store.store(group=OPTIONS_GROUP, name=family, node=option_defaults(family))
+
+
+def _method_dir() -> Path:
+    from .configs import config_dir
+
+    return Path(config_dir()) / "method"
+
+
+def _read(path: Path, seen: tuple[str, ...] = ()) -> MethodInfo:
+    """One method YAML as a ``MethodInfo`` (a preset's family, target and defaults through the YAML it names).
+
+    Raises:
+        ValueError: a defaults list that names neither a family nor another method's YAML (one line).
+    """
+    import yaml
+
+    text = path.read_text()
+    node = yaml.safe_load(text) or {}
+    name, family, preset_of = path.stem, None, None
+    values = {k: v for k, v in node.items() if k not in ("defaults", "_target_")}
+    target = node.get("_target_")
+    base: MethodInfo | None = None
+    for entry in node.get("defaults") or []:
+        if entry == "_self_":
+            continue
+        entry = str(entry)
+        prefix = f"/{OPTIONS_GROUP}/"
+        if entry.startswith(prefix) and entry.endswith("@_here_") and entry[len(prefix):-7] in FAMILIES:
+            family = entry[len(prefix):-7]
+        elif (path.parent / f"{entry}.yaml").is_file() and entry not in seen:
+            base = _read(path.parent / f"{entry}.yaml", (*seen, name))
+            family, preset_of = base.family, base.preset_of or base.name
+        else:
+            raise ValueError(f"{path}: defaults entry {entry!r}: expected /{OPTIONS_GROUP}/<family>@_here_ (families: "
+                             f"{', '.join(FAMILIES)}) or another method's name")
+    if family is None:
+        raise ValueError(f"{path}: its defaults list names no family: expected /{OPTIONS_GROUP}/<family>@_here_ "
+                         f"(families: {', '.join(FAMILIES)})")
+    defaults = dict(base.defaults) if base else option_defaults(family)
+    defaults.update(values)
+    summary = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), "")
+    return MethodInfo(name, str(target or (base.target if base else "")), family, summary, defaults, preset_of)
+
+
+@functools.lru_cache(maxsize=None)
+def methods() -> dict[str, MethodInfo]:
+    """Every ``method=`` choice of the configs, by name (sorted)."""
+    return {p.stem: _read(p) for p in sorted(_method_dir().glob("*.yaml"))}
+
+
+def names(*, needs_grad: bool | None = None) -> list[str]:
+    """The methods' names (sorted), presets included; ``needs_grad=True``: the gradient methods only."""
+    return [n for n, m in methods().items() if needs_grad is None or m.needs_grad == needs_grad]
+
+
+def info(name: object) -> MethodInfo | None:
+    """The method ``name`` (a ``method=`` choice or a saved result's method), or None for one not in the configs."""
+    return methods().get(str(name))
