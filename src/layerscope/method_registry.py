@@ -237,3 +237,6 @@ def names(*, needs_grad: bool | None = None) -> list[str]:
 def info(name: object) -> MethodInfo | None:
     """The method ``name`` (a ``method=`` choice or a saved result's method), or None for one not in the configs."""
     return methods().get(str(name))
+
+
+register()
