@@ -229,9 +229,11 @@ def methods() -> dict[str, MethodInfo]:
     return {p.stem: _read(p) for p in sorted(_method_dir().glob("*.yaml"))}
 
 
-def names(*, needs_grad: bool | None = None) -> list[str]:
-    """The methods' names (sorted), presets included; ``needs_grad=True``: the gradient methods only."""
-    return [n for n, m in methods().items() if needs_grad is None or m.needs_grad == needs_grad]
+def names(*, needs_grad: bool | None = None, vit_only: bool | None = None) -> list[str]:
+    """The methods' names (sorted), presets included; ``needs_grad=True``: the gradient methods only;
+    ``vit_only=True``: those that read attention (ViTs only)."""
+    return [n for n, m in methods().items()
+            if (needs_grad is None or m.needs_grad == needs_grad) and (vit_only is None or m.vit_only == vit_only)]
 
 
 def info(name: object) -> MethodInfo | None:
