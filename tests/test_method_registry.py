@@ -129,15 +129,33 @@ def readme_methods_table() -> dict[str, list[str]]:
     return rows
 
 
+def shown(value: object) -> str:
+    """An option's value as the README writes it (YAML's spelling)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(shown(v) for v in value) + "]"
+    return str(value)
+
+
 def describe(method: MethodInfo) -> list[str]:
-    """The cells the README's table gives a method, from the registry."""
+    """The cells the README's table gives a method, from the registry: map axis, models, gradients, normal
+    references, options with their defaults (a preset: what it changes)."""
     yes = {True: "yes", False: "no"}
     models = "ViT" if method.vit_only else "CNN, ViT"
-    return [method.map_axis, models, yes[method.needs_grad], yes[method.needs_references]]
+    if method.preset_of:
+        base = methods()[method.preset_of].defaults
+        changed = [f"`{k}={shown(v)}`" for k, v in method.defaults.items() if base[k] != v]
+        options = f"`{method.preset_of}`'s, with " + ", ".join(changed)
+    else:
+        options = ", ".join(f"`{k}={shown(v)}`" for k, v in method.defaults.items()) or "none"
+    return [method.map_axis, models, yes[method.needs_grad], yes[method.needs_references], options]
 
 
 def test_the_readme_methods_table_is_the_registry():
     table = readme_methods_table()
     assert sorted(table) == names()
     for name, method in methods().items():
-        assert table[name][:4] == describe(method), name
+        assert table[name][:5] == describe(method), name

@@ -133,7 +133,6 @@ class MethodInfo:
         name: the YAML's file name (``method=<name>``).
         target: the class (or function) the YAML's ``_target_`` names, dotted.
         family: its family's name (``FAMILIES``).
-        summary: the YAML's first comment line.
         defaults: every option's default, the family's with the YAML's own values over them.
         preset_of: the method a preset sets options of (``patchcore`` -> ``patch_knn``), else None.
     """
@@ -141,7 +140,6 @@ class MethodInfo:
     name: str
     target: str
     family: str
-    summary: str
     defaults: dict[str, Any]
     preset_of: Optional[str] = None
 
@@ -195,8 +193,7 @@ def _read(path: Path, seen: tuple[str, ...] = ()) -> MethodInfo:
     """
     import yaml
 
-    text = path.read_text()
-    node = yaml.safe_load(text) or {}
+    node = yaml.safe_load(path.read_text()) or {}
     name, family, preset_of = path.stem, None, None
     values = {k: v for k, v in node.items() if k not in ("defaults", "_target_")}
     target = node.get("_target_")
@@ -219,8 +216,7 @@ def _read(path: Path, seen: tuple[str, ...] = ()) -> MethodInfo:
                          f"(families: {', '.join(FAMILIES)})")
     defaults = dict(base.defaults) if base else option_defaults(family)
     defaults.update(values)
-    summary = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), "")
-    return MethodInfo(name, str(target or (base.target if base else "")), family, summary, defaults, preset_of)
+    return MethodInfo(name, str(target or (base.target if base else "")), family, defaults, preset_of)
 
 
 @functools.lru_cache(maxsize=None)
