@@ -125,9 +125,9 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-@dataclass(frozen=True)
-class MethodInfo:
-    """One ``method=`` choice, read from its YAML.
+@dataclass(frozen=True, kw_only=True)
+class MethodInfo(Family):
+    """One ``method=`` choice, read from its YAML, with its family's facts (``Family``'s attributes).
 
     Attributes:
         name: the YAML's file name (``method=<name>``).
@@ -142,26 +142,6 @@ class MethodInfo:
     family: str
     defaults: dict[str, Any]
     preset_of: Optional[str] = None
-
-    @property
-    def facts(self) -> Family:
-        return FAMILIES[self.family]
-
-    @property
-    def map_axis(self) -> str:
-        return self.facts.map_axis
-
-    @property
-    def needs_grad(self) -> bool:
-        return self.facts.needs_grad
-
-    @property
-    def vit_only(self) -> bool:
-        return self.facts.vit_only
-
-    @property
-    def needs_references(self) -> bool:
-        return self.facts.needs_references
 
 
 def option_defaults(family: str) -> dict[str, Any]:
@@ -216,7 +196,9 @@ def _read(path: Path, seen: tuple[str, ...] = ()) -> MethodInfo:
                          f"(families: {', '.join(FAMILIES)})")
     defaults = dict(base.defaults) if base else option_defaults(family)
     defaults.update(values)
-    return MethodInfo(name, str(target or (base.target if base else "")), family, defaults, preset_of)
+    facts = {f.name: getattr(FAMILIES[family], f.name) for f in dataclasses.fields(Family)}
+    return MethodInfo(**facts, name=name, target=str(target or (base.target if base else "")), family=family,
+                      defaults=defaults, preset_of=preset_of)
 
 
 @functools.lru_cache(maxsize=None)

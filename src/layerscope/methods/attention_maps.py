@@ -2,7 +2,7 @@
 ``rollout``, attention propagated through the residual stream."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -71,24 +71,45 @@ class Rollout(MapMethod):
             rows.append(a.mean(1) if self.head_fusion == "mean" else a.amax(1) if self.head_fusion == "max" else a.amin(1))
         return torch.cat(rows, dim=1)
 
+    def _layer(self, qk: tuple[torch.Tensor, torch.Tensor], scale: float) -> torch.Tensor:
+        """One layer's (B, N, N) rollout factor: attention fused over heads, the smallest ``discard_ratio`` of the
+        entries zeroed, the identity added for the residual connection, rows renormalised."""
+        a = self._fused(*qk, scale)
+        b, n, _ = a.shape
+        if self.discard_ratio > 0:
+            flat = a.reshape(b, -1)
+            drop = int(flat.shape[1] * self.discard_ratio)
+            if drop:
+                idx = flat.topk(drop, dim=-1, largest=False).indices
+                flat = flat.scatter(-1, idx, 0.0)
+                flat[:, 0] = a.reshape(b, -1)[:, 0]  # CLS->CLS is never discarded
+            a = flat.view(b, n, n)
+        a = 0.5 * a + 0.5 * torch.eye(n, device=a.device)
+        return a / a.sum(-1, keepdim=True)
+
     def maps(self, captured: dict[int, Any]) -> dict[int, torch.Tensor]:
-        bb = self.backbone
-        prefix, grid = bb.num_prefix, bb.grid
-        rollout, out = None, {}
-        for layer in sorted(captured):
-            q, k = captured[layer]
-            a = self._fused(q, k, bb.attn_scale(layer))
-            b, n, _ = a.shape
-            if self.discard_ratio > 0:
-                flat = a.reshape(b, -1)
-                drop = int(flat.shape[1] * self.discard_ratio)
-                if drop:
-                    idx = flat.topk(drop, dim=-1, largest=False).indices
-                    flat = flat.scatter(-1, idx, 0.0)
-                    flat[:, 0] = a.reshape(b, -1)[:, 0]  # CLS->CLS is never discarded
-                a = flat.view(b, n, n)
-            a = 0.5 * a + 0.5 * torch.eye(n, device=a.device)
-            a = a / a.sum(-1, keepdim=True)
-            rollout = a if rollout is None else a @ rollout
-            out[layer] = rollout[:, 0, prefix:].reshape(b, 1, *grid)
-        return out
+        """captured[layer] = (q, k), each (B, H, N, D), for layers 0..l -> maps (B, 1, h, w)."""
+        return propagated(captured, self.backbone, self._layer, lambda rollout, a: a if rollout is None else a @ rollout)
+
+
+def propagated(captured: dict[int, Any], backbone: Any, layer_matrix: Callable[[Any, float], torch.Tensor],
+               step: Callable[[torch.Tensor | None, torch.Tensor], torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Maps of a matrix propagated through the layers (rollout, attention relevance).
+
+    Args:
+        captured: per layer, what ``layer_matrix`` reads; every layer from 0 up.
+        backbone: the ViT (its attention scale per layer, prefix count and patch grid).
+        layer_matrix: (captured[layer], the layer's attention scale) -> its (B, N, N) matrix.
+        step: (the running (B, N, N) matrix, or None before the first layer; this layer's) -> the new running one.
+
+    Returns:
+        maps[layer] (B, 1, h, w): the running matrix's CLS row after ``layer`` over the patch tokens (prefix
+        tokens dropped by the model's count).
+    """
+    running: torch.Tensor | None = None
+    out = {}
+    for layer in sorted(captured):
+        matrix = layer_matrix(captured[layer], backbone.attn_scale(layer))
+        running = step(running, matrix)
+        out[layer] = running[:, 0, backbone.num_prefix:].reshape(matrix.shape[0], 1, *backbone.grid)
+    return out

@@ -25,6 +25,7 @@ import torch
 
 from ..method_registry import AttnGradOptions, EigenCAMOptions, GradientOptions
 from .attention import attention_blocks
+from .attention_maps import propagated
 from .base import MapMethod
 
 
@@ -259,15 +260,12 @@ class AttnGrad(GradientMethod):
 
     def maps(self, captured: dict[int, Any]) -> dict[int, torch.Tensor]:
         """captured[layer] = (q, k, v stacked (3, B, H, N, D), grad of o (B, H, N, D)) -> maps (B, 1, h, w)."""
-        bb = self.backbone
-        prefix, grid = bb.num_prefix, bb.grid
-        relevance, out = None, {}
-        for layer in sorted(captured):
-            qkv, grad_o = captured[layer]
-            abar = self._relevance(qkv, grad_o, bb.attn_scale(layer))
-            b, n, _ = abar.shape
-            if relevance is None:
-                relevance = torch.eye(n, device=abar.device).expand(b, n, n)
-            relevance = relevance + abar @ relevance
-            out[layer] = relevance[:, 0, prefix:].reshape(b, 1, *grid)
-        return out
+        return propagated(captured, self.backbone, lambda c, scale: self._relevance(c[0], c[1], scale), _accumulate)
+
+
+def _accumulate(relevance: torch.Tensor | None, abar: torch.Tensor) -> torch.Tensor:
+    """``R <- R + Abar R``, from ``R = I``: (B, N, N)."""
+    if relevance is None:
+        b, n, _ = abar.shape
+        relevance = torch.eye(n, device=abar.device).expand(b, n, n)
+    return relevance + abar @ relevance
