@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from layerscope.method_registry import methods
+from layerscope.methods.registry import methods
 from layerscope.results.axes import HEADS, MAPS, axis_word, map_axis, map_label
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "layerscope"

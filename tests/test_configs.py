@@ -61,7 +61,7 @@ def test_every_logger_instantiates_without_contacting_anything():
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "method").glob("*.yaml")))
 def test_every_method_instantiates_on_a_vit_and_says_if_it_fits_a_cnn(name):
-    from layerscope.method_registry import info
+    from layerscope.methods.registry import info
     from layerscope.methods.base import MapMethod
 
     for model in ("tiny_vit", "tiny_cnn"):

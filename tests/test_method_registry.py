@@ -1,4 +1,4 @@
-"""The method registry (``layerscope.method_registry``): every method class has its YAML and every YAML its class,
+"""The method registry (``layerscope.methods.registry``): every method class has its YAML and every YAML its class,
 named alike; each class agrees with its family's facts; the YAMLs restate no default; the registry loads
 without torch; the README's methods table is the registry's."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ import yaml
 from hydra.utils import get_object
 
 import layerscope.methods
-from layerscope.method_registry import FAMILIES, HEADS, OPTIONS_GROUP, MethodInfo, methods, names, option_defaults
+from layerscope.methods.registry import FAMILIES, HEADS, OPTIONS_GROUP, MethodInfo, methods, names, option_defaults
 from layerscope.methods.base import MapMethod
 
 from .conftest import CONF
@@ -89,12 +89,12 @@ def test_the_yamls_restate_no_default():
 
 
 def test_a_yaml_that_names_no_family_is_one_clear_error(tmp_path):
-    from layerscope import method_registry
+    from layerscope.methods import registry
 
     bad = tmp_path / "mine.yaml"
     bad.write_text("defaults:\n  - nothing_here\n  - _self_\n_target_: x.Y\n")
     with pytest.raises(ValueError, match=rf"mine.yaml: defaults entry 'nothing_here': expected /{OPTIONS_GROUP}/"):
-        method_registry._read(bad)
+        registry._read(bad)
 
 
 def test_presets_read_through_their_method():
@@ -109,7 +109,7 @@ def test_presets_read_through_their_method():
 
 
 def test_the_registry_and_the_axes_load_without_torch():
-    code = ("import sys, layerscope.method_registry as r, layerscope.results.axes as a; "
+    code = ("import sys, layerscope.methods.registry as r, layerscope.results.axes as a, layerscope.methods as m; "
             "assert a.map_axis('cls_attention') == 'heads' and r.names(needs_grad=True); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -159,3 +159,10 @@ def test_the_readme_methods_table_is_the_registry():
     assert sorted(table) == names()
     for name, method in methods().items():
         assert table[name][:5] == describe(method), name
+
+
+def test_the_registry_reads_the_folder_the_configs_are_in():
+    from layerscope.configs import config_dir
+    from layerscope.methods import registry
+
+    assert registry._method_dir() == Path(config_dir()) / "method"

@@ -10,9 +10,9 @@ def config_dir() -> str:
     Users add their own configs without editing either: ``--config-dir DIR`` (Hydra adds DIR to
     the search path, so ``DIR/model/my_model.yaml`` is ``model=my_model``) or
     ``hydra.searchpath=[file:///abs/dir]``. The schema of ``config.yaml`` (``layerscope.options``) and the
-    method families' options (``layerscope.method_registry``) are stored in Hydra's ``ConfigStore`` on the way.
+    method families' options (``layerscope.methods.registry``) are stored in Hydra's ``ConfigStore`` on the way.
     """
-    from .method_registry import register as register_methods
+    from .methods.registry import register as register_methods
     from .options import register
 
     register()  # config.yaml's defaults list names the schema (base_config): stored before Hydra reads the folder

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone
-from ..method_registry import names as method_names
+from ..methods.registry import names as method_names
 from ..methods.base import MapMethod
 from ..options import StudyConfig
 from .inputs import Images, Layers, as_int, read_images, resolve_layers
@@ -68,7 +68,7 @@ def maps(backbone: Backbone | nn.Module, images: Images, layers: Layers = "all",
             65535, as a 16-bit file or PIL image is) or floats in [0, 1] (resized to the model's side as a
             run does), or a float tensor (B, 3, S, S) taken as the model's already preprocessed input.
         layers: ``"all"``, an int (negative from the end), a module name, or a list of them.
-        method: a method config name (``conf/method/<name>.yaml``; ``layerscope.method_registry.names()`` lists
+        method: a method config name (``conf/method/<name>.yaml``; ``layerscope.methods.registry.names()`` lists
             them; ``patch_knn`` and its presets with ``references=``), or a built ``MapMethod``. Default: a run's,
             ``auto`` (``cls_attention`` on a ViT with a CLS token, ``features`` otherwise).
         target: gradient methods: a class index (NumPy and torch integers too), one per image, or a

@@ -39,12 +39,9 @@ class _ViT(Backbone):
         (they would read patch 0's attention row as the CLS token's)."""
         super().check_capture(capture, method)
         if capture in ("cls_attention", "qk") and not self.has_cls:
-            from ..method_registry import methods
-
-            others = [name for name, m in methods().items() if not m.vit_only and not m.preset_of]
             raise ValueError(f"method={method or capture} reads the CLS token's attention; model {self.name} has no "
-                             f"CLS token (timm class_token=False); use a method that reads no attention: "
-                             f"{', '.join(others)}")
+                             "CLS token (timm class_token=False); use a method that reads no attention: features, a "
+                             "CAM, eigencam, patch_knn (models 'CNN, ViT' in the README's Map methods)")
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..method_registry import RolloutOptions
+from .registry import RolloutOptions
 from .attention import attention_blocks
 from .base import MapMethod
 

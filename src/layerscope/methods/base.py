@@ -2,7 +2,7 @@
 
 Each method says what it needs captured (``cls_attention``, ``qk`` or ``features``) and turns one
 batch's captures into maps; its options (their one default each) are its family's dataclass in
-``layerscope.method_registry``, which the method's YAML names too.
+``layerscope.methods.registry``, which the method's YAML names too.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
 
 import torch
 
-from ..method_registry import NoOptions
+from .registry import NoOptions
 
 if TYPE_CHECKING:
     from ..backbones import Backbone
@@ -20,7 +20,7 @@ class MapMethod:
     """Base class: ``name``, what to ``capture``, and ``maps`` from one batch's captures.
 
     Its facts for readers without torch (map axis, gradients, ViT-only) are its family's, in
-    ``layerscope.method_registry`` (its YAML names the family); ``tests/test_method_registry.py`` checks that
+    ``layerscope.methods.registry`` (its YAML names the family); ``tests/test_method_registry.py`` checks that
     the class agrees.
 
     Args:

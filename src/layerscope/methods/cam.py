@@ -2,7 +2,7 @@
 
 A CAM is one small class: a ``CAM`` subclass with its ``name`` and ``cam(activations, gradients)``, plus
 its YAML (``conf/method/<name>.yaml``, family ``gradient``); ``CAM`` owns the target, the options and
-the maps of every layer. ``layerscope.method_registry`` lists every method; here:
+the maps of every layer. ``layerscope.methods.registry`` lists every method; here:
 
 ``CAM`` subclasses (activations weighted by the gradient of the target score, all from the same single
 backward pass), ``EigenCAM`` (gradient-free: the activations' first principal direction) and ``AttnGrad``
@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..method_registry import AttnGradOptions, EigenCAMOptions, GradientOptions
+from .registry import AttnGradOptions, EigenCAMOptions, GradientOptions
 from .attention import attention_blocks
 from .attention_maps import propagated
 from .base import MapMethod

@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from ..method_registry import FeaturesOptions
+from .registry import FeaturesOptions
 from .attention_maps import ClsAttention
 from .base import MapMethod
 from .reduce import reduce_features

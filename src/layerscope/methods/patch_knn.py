@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..method_registry import PatchKNNOptions
+from .registry import PatchKNNOptions
 from . import knn
 from .base import MapMethod
 

@@ -1,14 +1,14 @@
 """The map axis of each map method: are the K maps of a layer its attention heads, or other maps?
 
 The page (``layerscope-view``), the figures and the W&B logger read it from saved results, which name
-only the method, without importing torch: so they ask ``layerscope.method_registry``, which reads each
+only the method, without importing torch: so they ask ``layerscope.methods.registry``, which reads each
 method's family from its YAML. A method whose maps are named after its heads (``0``, ``1``, ..., plus
 ``mean``) is of a family with ``map_axis=heads``; every other method's maps are ``maps`` (feature
 reductions, CAMs, rollout's one head-fused map, patch k-NN), as are a method the configs do not know.
 """
 from __future__ import annotations
 
-from ..method_registry import HEADS, MAPS, info
+from ..methods.registry import HEADS, MAPS, info
 
 __all__ = ["HEADS", "MAPS", "axis_word", "map_axis", "map_label"]
 

@@ -2,7 +2,7 @@
 it needs gradients or a ViT, and its options' defaults, for the readers that must not import torch (the
 page, the figures, the W&B logger) and for the API's messages, the README's table and the tests.
 
-A method is a class (in ``methods/``) and a YAML, ``conf/method/<name>.yaml``, whose defaults list names
+A method is a class (in ``layerscope/methods/``) and a YAML, ``conf/method/<name>.yaml``, whose defaults list names
 the method's *family* here and whose ``_target_`` names the class::
 
     defaults:
@@ -160,9 +160,12 @@ def register() -> None:
 
 
 def _method_dir() -> Path:
-    from .configs import config_dir
-
-    return Path(config_dir()) / "method"
+    """``conf/method``: inside an installed wheel (``layerscope/conf``), else the checkout's top-level ``conf/``;
+    the folder ``layerscope.configs.config_dir`` names (a test checks they agree; that module stores this one's
+    options in the ConfigStore, so this one cannot ask it)."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "conf" / "method"
+    return installed if installed.is_dir() else package.parents[1] / "conf" / "method"
 
 
 def _read(path: Path, seen: tuple[str, ...] = ()) -> MethodInfo:
