@@ -1,5 +1,6 @@
-"""The map axis (heads or maps) of each map method: declared once (its family in the method registry),
-true to what the methods name their maps, and read by the page, the figures and the W&B logger instead of method names."""
+"""The map axis (heads or maps) of each map method: declared once (its family in the method registry), true
+to what the methods name their maps, and read by the page, the figures and the W&B logger instead of method
+names."""
 from __future__ import annotations
 
 import inspect

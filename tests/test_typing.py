@@ -107,7 +107,8 @@ def test_every_public_function_is_fully_annotated():
             f for n, f in inspect.getmembers(obj, inspect.isfunction) if not n.startswith("_") or n == "__init__"]
         for fn in functions:
             sig = inspect.signature(fn)
-            missing = [p for p in sig.parameters if p != "self" and sig.parameters[p].annotation is inspect.Parameter.empty]
+            missing = [p for p, param in sig.parameters.items()
+                       if p != "self" and param.annotation is inspect.Parameter.empty]
             assert not missing and sig.return_annotation is not inspect.Parameter.empty, (name, fn.__name__, missing)
 
 

@@ -142,7 +142,8 @@ def _compute(backbone: Backbone, method: MapMethod, picked: list[int], xn: torch
         ref = read_images(backbone, references)[1]
         batches = (ref[i:i + batch_size].to(device) for i in range(0, len(ref), batch_size))
         method.fit(batches, picked, lambda x: backbone.extract(x, picked, method.capture, normalized=True))
-    plan = Plan(method, picked, list(range(method.num_maps())), None)  # type: ignore[arg-type]  # chosen_maps: no scoring
+    # chosen_maps reads the method and the maps kept, never the scoring options
+    plan = Plan(method, picked, list(range(method.num_maps())), None)  # type: ignore[arg-type]
     parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in picked}
     logits_parts = []
     for start in range(0, len(xn), batch_size):

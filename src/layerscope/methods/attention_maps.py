@@ -68,7 +68,8 @@ class Rollout(MapMethod):
         """(B, H, N, D) q, k -> (B, N, N) attention fused over heads."""
         rows = []
         for _, a in attention_blocks(q, k, scale, self.chunk):  # (B, H, c, N)
-            rows.append(a.mean(1) if self.head_fusion == "mean" else a.amax(1) if self.head_fusion == "max" else a.amin(1))
+            fuse = a.mean if self.head_fusion == "mean" else a.amax if self.head_fusion == "max" else a.amin
+            rows.append(fuse(1))
         return torch.cat(rows, dim=1)
 
     def _layer(self, qk: tuple[torch.Tensor, torch.Tensor], scale: float) -> torch.Tensor:
@@ -89,7 +90,7 @@ class Rollout(MapMethod):
 
     def maps(self, captured: dict[int, Any]) -> dict[int, torch.Tensor]:
         """captured[layer] = (q, k), each (B, H, N, D), for layers 0..l -> maps (B, 1, h, w)."""
-        return propagated(captured, self.backbone, self._layer, lambda rollout, a: a if rollout is None else a @ rollout)
+        return propagated(captured, self.backbone, self._layer, lambda so_far, a: a if so_far is None else a @ so_far)
 
 
 def propagated(captured: dict[int, Any], backbone: Any, layer_matrix: Callable[[Any, float], torch.Tensor],

@@ -185,9 +185,9 @@ def _read(path: Path, seen: tuple[str, ...] = ()) -> MethodInfo:
         if entry == "_self_":
             continue
         entry = str(entry)
-        prefix = f"/{OPTIONS_GROUP}/"
-        if entry.startswith(prefix) and entry.endswith("@_here_") and entry[len(prefix):-7] in FAMILIES:
-            family = entry[len(prefix):-7]
+        named = entry.removeprefix(f"/{OPTIONS_GROUP}/").removesuffix("@_here_")
+        if entry == f"/{OPTIONS_GROUP}/{named}@_here_" and named in FAMILIES:
+            family = named
         elif (path.parent / f"{entry}.yaml").is_file() and entry not in seen:
             base = _read(path.parent / f"{entry}.yaml", (*seen, name))
             family, preset_of = base.family, base.preset_of or base.name
