@@ -64,7 +64,7 @@ def test_the_default_method_is_the_runs_auto():
 
 
 def test_score_without_a_threshold_uses_the_runs(cnn_maps):
-    from layerscope.options import StudyConfig
+    from layerscope.config.schema import StudyConfig
 
     m = cnn_maps.image(0)
     mask = np.zeros(m.sizes[0], bool)

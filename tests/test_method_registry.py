@@ -17,7 +17,8 @@ import yaml
 from hydra.utils import get_object
 
 import layerscope.methods
-from layerscope.methods.registry import FAMILIES, HEADS, OPTIONS_GROUP, MethodInfo, methods, names, option_defaults
+from layerscope.config.method_options import OPTIONS, OPTIONS_GROUP, option_defaults
+from layerscope.methods.registry import FAMILIES, HEADS, MethodInfo, methods, names
 from layerscope.methods.base import MapMethod
 
 from .conftest import CONF
@@ -37,6 +38,7 @@ def method_classes() -> dict[str, type]:
 
 
 def test_every_method_class_has_its_yaml_and_every_yaml_its_class():
+    assert list(FAMILIES) == list(OPTIONS) and all(FAMILIES[f].options is OPTIONS[f] for f in OPTIONS)
     registered = methods()
     yamls = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
     assert sorted(registered) == yamls
@@ -162,7 +164,16 @@ def test_the_readme_methods_table_is_the_registry():
 
 
 def test_the_registry_reads_the_folder_the_configs_are_in():
-    from layerscope.configs import config_dir
+    from layerscope.config.paths import config_dir
     from layerscope.methods import registry
 
     assert registry._method_dir() == Path(config_dir()) / "method"
+
+
+def test_the_method_options_booleans_take_the_yaml_spellings():
+    """``method.centred=yes`` reads as true, as every boolean option does, though no YAML holds the key."""
+    from layerscope.config.checks import bool_options
+    from layerscope.config.schema import bool_fields
+
+    wanted = {f"method.{key}" for options in OPTIONS.values() for key in bool_fields(options)}
+    assert {"method.centred", "method.mask_background"} <= wanted <= set(bool_options())

@@ -117,7 +117,7 @@ def test_api_defaults_are_the_runs():
     import yaml
 
     import layerscope as ls
-    from layerscope.options import StudyConfig
+    from layerscope.config.schema import StudyConfig
 
     maps = inspect.signature(ls.maps).parameters
     assert maps["batch_size"].default == StudyConfig.batch_size

@@ -17,8 +17,8 @@ from .metrics import (Cells, mass_in_mask_counts, normalized_entropy, pointing_g
                       top_score)
 from .metrics.localization import MaskCells, iou_from_kept_counts, rank_metrics
 from .metrics.rank_groups import Ranked, rank_rows
-from .metrics.threads import one_thread, serial  # noqa: F401 - one_thread: the study scores under it too
-from .options import MetricsOptions, StudyConfig, typed
+from .runtime import one_thread, serial  # noqa: F401 - one_thread: the study scores under it too
+from .config.schema import MetricsOptions, StudyConfig, typed
 
 
 @dataclass

@@ -18,7 +18,7 @@ from .metrics import normalized_entropy, top_score
 from .metrics.localization import aupro_from_groups, iou_from_kept_counts, iou_oracle_from_groups, pro_fpr_weights
 from .metrics.pointing import mask_sums, pointing_game_tolerance_batch
 from .metrics.rank_groups import Ranked, auroc_from_groups
-from .metrics.threads import map_threads
+from .runtime import map_threads
 from .scoring import ScoreOptions, Target, _notes, assemble_rows, finite_maps, image_rows, sparseness_columns
 
 

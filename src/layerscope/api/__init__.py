@@ -2,7 +2,7 @@
 
 The same internals as a run (configs, backbones, map methods, the row builder ``scoring.image_rows``),
 so the API and ``layerscope ...`` give identical maps and rows for the same model, images and options;
-every default not given is a run's (``options.StudyConfig``). ``models`` holds ``load`` and ``wrap``,
+every default not given is a run's (``config.schema.StudyConfig``). ``models`` holds ``load`` and ``wrap``,
 ``compute`` ``maps``, ``layer_maps`` ``Maps``, ``scores`` ``score``, ``inputs`` what they accept.
 
 Example:

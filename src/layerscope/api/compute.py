@@ -11,7 +11,7 @@ from torch import nn
 from ..backbones import Backbone
 from ..methods.registry import names as method_names
 from ..methods.base import MapMethod
-from ..options import StudyConfig
+from ..config.schema import StudyConfig
 from .inputs import Images, Layers, as_int, read_images, resolve_layers
 from .layer_maps import Maps
 from .models import _compose, _merged, wrap
@@ -128,8 +128,7 @@ def eval_mode(backbone: Backbone) -> Iterator[None]:
 def _compute(backbone: Backbone, method: MapMethod, picked: list[int], xn: torch.Tensor, batch_size: int,
              references: Images | None) -> tuple[dict[int, np.ndarray], np.ndarray | None]:
     """Every picked layer's maps of the normalised batch ``xn`` (B, 3, S, S), and the logits (B, C) or None."""
-    from ..plan import Plan
-    from ..study import chosen_maps
+    from ..plan import Plan, chosen_maps
 
     device = backbone.mean.device
     capture = method.capture_layers(picked)

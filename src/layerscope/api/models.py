@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone
-from ..options import StudyConfig
+from ..config.schema import StudyConfig
 
 def _compose(overrides: Sequence[str]) -> Any:
     """The run's config with ``overrides`` (``model=...``, ``method=...``), names set from the choices."""
@@ -16,8 +16,8 @@ def _compose(overrides: Sequence[str]) -> Any:
     from hydra.errors import MissingConfigException
     from omegaconf import open_dict
 
-    from ..plan import name_from_choices
-    from ..configs import config_dir
+    from ..config.compose import name_from_choices
+    from ..config.paths import config_dir
 
     try:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):

@@ -12,7 +12,7 @@ from .layer_maps import Maps
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..options import MetricsOptions
+    from ..config.schema import MetricsOptions
 
 SCORE_KEYS = ("threshold_rule", "upsample", "seed")
 
@@ -53,7 +53,7 @@ def score(maps: Maps, masks: Masks = None, threshold: float | Sequence[float] | 
         threshold: keep-mass fraction(s) (or min-max levels with ``threshold_rule="minmax"``); default: a
             run's (``StudyConfig.threshold``), as for every option not given.
         **metric_options: ``threshold_rule``, ``upsample``, and any ``metrics.*`` option of
-            the schema (``options.MetricsOptions``: ``aupro_fpr_limit``, ``pointing_tolerance``, ``faithfulness=True``,
+            the schema (``config.schema.MetricsOptions``: ``aupro_fpr_limit``, ``pointing_tolerance``, ``faithfulness=True``,
             ``faithfulness_steps``, ``faithfulness_baseline``, ``faithfulness_tie_orders``), ``seed``.
 
     Returns:
@@ -76,7 +76,7 @@ def score(maps: Maps, masks: Masks = None, threshold: float | Sequence[float] | 
 
     import pandas as pd
 
-    from ..options import MetricsOptions, StudyConfig, typed
+    from ..config.schema import MetricsOptions, StudyConfig, typed
     from ..results.table import COLUMNS
     from ..scoring import ScoreOptions, Target, image_rows, one_thread
 
@@ -123,7 +123,7 @@ def score(maps: Maps, masks: Masks = None, threshold: float | Sequence[float] | 
 
 def _faithfulness(maps: Maps, metrics: MetricsOptions, seed: int) -> list[Any]:
     """Deletion and insertion AUC of every map, per image (``metrics.faithfulness=True``; ``metrics``: the
-    ``options.MetricsOptions``)."""
+    ``config.schema.MetricsOptions``)."""
     from ..mapsource import faithfulness
 
     bb = maps.backbone

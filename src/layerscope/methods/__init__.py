@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 from .upsample import upsample
 
 if TYPE_CHECKING:
-    from .attention import cls_attention
+    from ..backbones.attention import cls_attention
     from .reduce import reduce_features
     from .threshold import keep_mass, threshold_maps
 
 __all__ = ["cls_attention", "keep_mass", "reduce_features", "threshold_maps", "upsample"]
-_LAZY = {"cls_attention": "attention", "reduce_features": "reduce", "keep_mass": "threshold",
-         "threshold_maps": "threshold"}
+_LAZY = {"cls_attention": "..backbones.attention", "reduce_features": ".reduce", "keep_mass": ".threshold",
+         "threshold_maps": ".threshold"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,8 +6,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .registry import RolloutOptions
-from .attention import attention_blocks
+from ..config.method_options import RolloutOptions
+from ..backbones.attention import attention_blocks
 from .base import MapMethod
 
 

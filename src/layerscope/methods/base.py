@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
 
 import torch
 
-from .registry import NoOptions
+from ..config.method_options import NoOptions
 
 if TYPE_CHECKING:
     from ..backbones import Backbone

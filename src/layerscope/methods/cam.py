@@ -23,8 +23,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .registry import AttnGradOptions, EigenCAMOptions, GradientOptions
-from .attention import attention_blocks
+from ..config.method_options import AttnGradOptions, EigenCAMOptions, GradientOptions
+from ..backbones.attention import attention_blocks
 from .attention_maps import propagated
 from .base import MapMethod
 

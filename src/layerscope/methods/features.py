@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from .registry import FeaturesOptions
+from ..config.method_options import FeaturesOptions
 from .attention_maps import ClsAttention
 from .base import MapMethod
 from .reduce import reduce_features

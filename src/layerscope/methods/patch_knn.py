@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .registry import PatchKNNOptions
+from ..config.method_options import PatchKNNOptions
 from . import knn
 from .base import MapMethod
 

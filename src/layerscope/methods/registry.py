@@ -10,88 +10,26 @@ the method's *family* here and whose ``_target_`` names the class::
       - _self_
     _target_: layerscope.methods.cam.GradCAM
 
-The family holds what the methods of one kind share: the options with their one default each (a
-dataclass; Hydra reads it as ``method_options/<family>``, so no YAML restates a default) and the facts.
+The family holds what the methods of one kind share: the options with their one default each (a dataclass
+of ``layerscope.config.method_options``; Hydra reads it as ``method_options/<family>``, so no YAML restates a
+default) and the facts here.
 A preset (``patchcore``, ``anomalydino``) is a YAML whose defaults list names another method's YAML and
 that sets only the options it changes. A new method of an existing family (a CAM) is its class and its
-YAML; a new family adds its options and facts here.
+YAML; a new family adds its options there and its facts here.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+
+from ..config.method_options import OPTIONS, OPTIONS_GROUP, option_defaults
 
 HEADS = "heads"  # the K maps of a layer are its attention heads (named 0, 1, ..., plus their mean)
 MAPS = "maps"  # any other maps (feature reductions, CAMs, rollout's one head-fused map, patch k-NN)
 BY_MODEL = "heads (ViT) or maps (CNN)"  # auto: cls_attention's heads on a ViT with a CLS token, else features'
-OPTIONS_GROUP = "method_options"  # the ConfigStore group of the families' options
-
-
-@dataclass
-class NoOptions:
-    """A method without options."""
-
-
-@dataclass
-class FeaturesOptions:
-    """``features`` (and ``auto`` on a CNN): channel reductions of each layer's features."""
-
-    reductions: list = field(default_factory=lambda: ["l2", "mean_abs", "pca"])  # any of l2, mean_abs, pca
-
-
-@dataclass
-class RolloutOptions:
-    """``rollout`` (Abnar & Zuidema 2020)."""
-
-    head_fusion: str = "mean"  # mean | max | min
-    discard_ratio: float = 0.0  # fraction of the smallest fused attention entries zeroed per layer, in [0, 1)
-    chunk: int = 1024  # query rows per block (memory bound)
-
-
-@dataclass
-class GradientOptions:
-    """Every gradient method: the score explained (see ``methods/cam.py``)."""
-
-    target_class: Optional[int] = None  # class index explained; null = each image's predicted class
-    embedding_target: str = "norm"  # no classifier (DINO, DINOv2): norm | cosine (ViTs: CLS vs mean patch)
-
-
-@dataclass
-class AttnGradOptions(GradientOptions):
-    """``attn_grad`` (Chefer et al. 2021)."""
-
-    chunk: int = 1024  # query rows per block (memory bound)
-
-
-@dataclass
-class EigenCAMOptions:
-    """``eigencam`` (Muhammad & Yeasin 2020)."""
-
-    centred: bool = False  # centre the activations per channel before the SVD (pytorch-grad-cam's EigenCAM)
-
-
-@dataclass
-class PatchKNNOptions:
-    """``patch_knn`` (PatchCore, AnomalyDINO without training); each option one published convention
-    (``methods/knn.py`` holds them, with their sources)."""
-
-    k: int = 1  # nearest bank entries averaged
-    metric: str = "euclidean"  # euclidean (PatchCore) | cosine (AnomalyDINO: 1 - cosine similarity)
-    aggregate: int = 1  # 1 (off) | 3 | 5: PatchCore's local p x p feature average (zero padding, divisor p*p)
-    coreset: str = "random"  # random | greedy (PatchCore's approximate greedy k-center, seeded projection)
-    coreset_ratio: Optional[float] = None  # fraction of the bank the coreset keeps (PatchCore: 0.1); None = all
-    bank_size: Optional[int] = 16384  # most entries kept per layer after coreset_ratio (None = no cap)
-    smooth_sigma: float = 0  # Gaussian smoothing at image size, sigma in px (PatchCore/anomalib: 4); 0 = off
-    mask_background: bool = False  # AnomalyDINO's PCA foreground masking (object categories, not textures)
-    mask_threshold: float = 10.0  # first principal component's threshold of that mask (AnomalyDINO)
-    augment_references: str = "none"  # none | rotations (AnomalyDINO: each reference at 0, 45, ..., 315 degrees)
-    fuse: list = field(default_factory=list)  # fused candidates, e.g. [[2, 3]] (PatchCore's layer2 + layer3)
-    n_references: Optional[int] = 16  # normal images in the bank (None = all the dataset offers)
-    chunk: int = 2048  # query patches per distance block (memory bound)
-    seed: int = 0  # coreset seed (a run passes its own ``seed``)
 
 
 @dataclass(frozen=True)
@@ -113,16 +51,16 @@ class Family:
     needs_references: bool = False
 
 
-FAMILIES: dict[str, Family] = {
-    "cls_attention": Family(NoOptions, map_axis=HEADS, vit_only=True),
-    "features": Family(FeaturesOptions),
-    "auto": Family(FeaturesOptions, map_axis=BY_MODEL),
-    "rollout": Family(RolloutOptions, vit_only=True),
-    "gradient": Family(GradientOptions, needs_grad=True),
-    "attn_grad": Family(AttnGradOptions, needs_grad=True, vit_only=True),
-    "eigencam": Family(EigenCAMOptions),
-    "patch_knn": Family(PatchKNNOptions, needs_references=True),
-}
+FAMILIES: dict[str, Family] = {name: Family(OPTIONS[name], **facts) for name, facts in {
+    "cls_attention": dict(map_axis=HEADS, vit_only=True),
+    "features": {},
+    "auto": dict(map_axis=BY_MODEL),
+    "rollout": dict(vit_only=True),
+    "gradient": dict(needs_grad=True),
+    "attn_grad": dict(needs_grad=True, vit_only=True),
+    "eigencam": {},
+    "patch_knn": dict(needs_references=True),
+}.items()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,25 +82,10 @@ class MethodInfo(Family):
     preset_of: Optional[str] = None
 
 
-def option_defaults(family: str) -> dict[str, Any]:
-    """The family's options with their defaults, as a plain dict (the ConfigStore node)."""
-    return dataclasses.asdict(FAMILIES[family].options())
-
-
-def register() -> None:
-    """Store each family's options as ``method_options/<family>`` in Hydra's ``ConfigStore`` (idempotent), the
-    node the method YAMLs' defaults lists name."""
-    from hydra.core.config_store import ConfigStore
-
-    store = ConfigStore.instance()
-    for family in FAMILIES:
-        store.store(group=OPTIONS_GROUP, name=family, node=option_defaults(family))
-
-
 def _method_dir() -> Path:
     """``conf/method``: inside an installed wheel (``layerscope/conf``), else the checkout's top-level ``conf/``;
-    the folder ``layerscope.configs.config_dir`` names (a test checks they agree; that module stores this one's
-    options in the ConfigStore, so this one cannot ask it)."""
+    the folder ``layerscope.config.paths.config_dir`` names (a test checks they agree; the configs sit below
+    the methods in the pipeline, so this one does not import that one's callers)."""
     package = Path(__file__).resolve().parents[1]
     installed = package / "conf" / "method"
     return installed if installed.is_dir() else package.parents[1] / "conf" / "method"
@@ -221,5 +144,3 @@ def info(name: object) -> MethodInfo | None:
     """The method ``name`` (a ``method=`` choice or a saved result's method), or None for one not in the configs."""
     return methods().get(str(name))
 
-
-register()

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .rank_groups import Ranked, auroc_from_groups, group_sums, rank_rows
-from .threads import serial
+from ..runtime import serial
 
 
 @dataclass
