@@ -352,11 +352,12 @@ def test_docstring_examples_run():
     import doctest
 
     from layerscope import api
+    from layerscope.api import compute, models, scores
     from layerscope.metrics import faithfulness
 
-    for module in (api, faithfulness):
+    for module in (api, models, compute, scores, faithfulness):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-        assert result.attempted >= 3 and result.failed == 0, module.__name__
+        assert result.attempted >= 2 and result.failed == 0, module.__name__
 
 
 def test_ls_maps_is_the_api_function_not_a_module():

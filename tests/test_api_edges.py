@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import layerscope as ls
+from layerscope.methods.registry import names
 
 from .conftest import run_main
 
@@ -35,9 +36,10 @@ def test_vit_without_cls_token_refuses_cls_methods_and_keeps_the_others():
     bb = ls.wrap(model)
     assert bb.num_prefix == 0 and not bb.has_cls and bb.representation_kinds == ("mean",)
     x = torch.randn(1, 3, 64, 64)
-    for method in ("cls_attention", "rollout", "attn_grad"):
+    for method in names(vit_only=True):
         with pytest.raises(ValueError, match=rf"^method={method} reads the CLS token's attention; model .* has no CLS "
-                                             r"token \(timm class_token=False\); use method=features or a gradient"):
+                                             r"token \(timm class_token=False\); use a method that reads no attention: "
+                                             r"features, a CAM, eigencam, patch_knn"):
             ls.maps(bb, x, method=method)
     with pytest.raises(ValueError, match=r"^method.embedding_target=cosine: expected norm"):
         ls.maps(bb, x, method="gradcam", embedding_target="cosine")  # cosine to a CLS token that is not there

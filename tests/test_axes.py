@@ -1,5 +1,6 @@
-"""The map axis (heads or maps) of each map method: declared once (results/axes.py), true to what the
-methods name their maps, and read by the page, the figures and the W&B logger instead of method names."""
+"""The map axis (heads or maps) of each map method: declared once (its family in the method registry), true
+to what the methods name their maps, and read by the page, the figures and the W&B logger instead of method
+names."""
 from __future__ import annotations
 
 import inspect
@@ -8,19 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from layerscope.methods.registry import methods
 from layerscope.results.axes import HEADS, MAPS, axis_word, map_axis, map_label
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "layerscope"
 
 
 def _methods() -> list[type]:
-    from layerscope.methods import cam, methods
+    from hydra.utils import get_object
 
     found = {}
-    for module in (methods, cam):
-        for _, cls in inspect.getmembers(module, inspect.isclass):
-            if issubclass(cls, methods.MapMethod) and cls.name:
-                found[cls.name] = cls
+    for method in methods().values():
+        target = get_object(method.target)
+        if inspect.isclass(target):
+            found[target.name] = target
     return list(found.values())
 
 

@@ -61,12 +61,13 @@ def test_every_logger_instantiates_without_contacting_anything():
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "method").glob("*.yaml")))
 def test_every_method_instantiates_on_a_vit_and_says_if_it_fits_a_cnn(name):
-    from layerscope.methods.methods import MapMethod
+    from layerscope.methods.registry import info
+    from layerscope.methods.base import MapMethod
 
     for model in ("tiny_vit", "tiny_cnn"):
         cfg = compose(f"model={model}", f"method={name}")
         bb = instantiate(cfg.model, _convert_="all")
-        if name in ("cls_attention", "rollout", "attn_grad") and model == "tiny_cnn":
+        if info(name).vit_only and model == "tiny_cnn":
             with pytest.raises(ValueError, match="does not apply to model tiny_cnn"):
                 plan_study(cfg, bb)
             continue

@@ -12,7 +12,7 @@ from sklearn.decomposition import PCA
 from layerscope.bench.knn import KNN_CASES, KNN_QUICK, knn_table
 from layerscope.cli import bench
 from layerscope.methods import knn
-from layerscope.methods.methods import PatchKNN
+from layerscope.methods.patch_knn import PatchKNN
 
 from .conftest import CONF, compose
 
@@ -259,7 +259,7 @@ def test_bad_options_are_one_line_naming_the_option(option, message):
 ])
 def test_presets_compose_over_patch_knn(preset, expected):
     cfg = compose(f"method={preset}", "model=tiny_cnn")
-    assert cfg.method._target_ == "layerscope.methods.methods.PatchKNN"
+    assert cfg.method._target_ == "layerscope.methods.patch_knn.PatchKNN"
     assert {key: cfg.method[key] for key in expected} == expected
 
 

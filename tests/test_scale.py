@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from layerscope.backbones import TimmViT
-from layerscope.methods.methods import Rollout
+from layerscope.methods.attention_maps import Rollout
 
 from .conftest import run_cli, run_main
 

@@ -2,12 +2,16 @@
 
 From Python (``import layerscope as ls``): ``ls.load`` (a model by config name), ``ls.wrap`` (any timm,
 transformers or torch model), ``ls.maps`` (every layer's maps, a ``Maps``), ``ls.score`` (the rows of
-``results.csv``). They are imported on first use, so ``import layerscope`` itself stays cheap (no torch).
+``results.csv``). They are imported on first use, so ``import layerscope`` itself stays cheap (no torch);
+a type checker and an editor see their real signatures (the ``TYPE_CHECKING`` import below).
 The map methods themselves live in the subpackage ``layerscope.methods``.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import Maps, load, maps, score, wrap
 
 __all__ = ["Maps", "load", "maps", "score", "wrap"]
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .backbones import Backbone
-from .methods.methods import MapMethod
+from .methods.base import MapMethod
 from .runtime import one_thread
 from .config.schema import CacheOptions
 from .data.handover import Item

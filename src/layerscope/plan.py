@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from .backbones import Backbone, select_indices
 from .data.base import Dataset, check_dataset
 from .data.loading import loader_workers
-from .methods.methods import MapMethod
+from .methods.base import MapMethod
 from .metrics.faithfulness import check_faithfulness
 from .config.schema import StudyConfig, check_choice, typed
 from .runtime import resolve_device

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 
 from .backbones import Backbone
-from .methods.methods import MapMethod
+from .methods.base import MapMethod
 
 
 def method_maps(backbone: Backbone, method: MapMethod, x: torch.Tensor, layers: Sequence[int]

@@ -40,8 +40,8 @@ class _ViT(Backbone):
         super().check_capture(capture, method)
         if capture in ("cls_attention", "qk") and not self.has_cls:
             raise ValueError(f"method={method or capture} reads the CLS token's attention; model {self.name} has no "
-                             "CLS token (timm class_token=False); use method=features or a gradient method "
-                             "(gradcam, gradcam_pp, hirescam, xgradcam, layercam, eigencam)")
+                             "CLS token (timm class_token=False); use a method that reads no attention: features, a "
+                             "CAM, eigencam, patch_knn (models 'CNN, ViT' in the README's Map methods)")
 
     @property
     def grid(self) -> tuple[int, int]:

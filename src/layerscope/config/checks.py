@@ -9,6 +9,7 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
+from .method_options import OPTIONS
 from .paths import config_dir
 from .schema import as_bool, bool_fields
 
@@ -44,6 +45,8 @@ def bool_options(conf_dir: Path | None = None) -> tuple[str, ...]:
     """
     conf = Path(conf_dir) if conf_dir is not None else _conf_dir()
     kinds: dict[str, set[bool]] = {key: {True} for key in bool_fields()}
+    for options in OPTIONS.values():  # the method options' defaults live in their dataclasses, not the YAMLs
+        kinds.update({f"method.{key}": {True} for key in bool_fields(options)})
     files = [(conf / "config.yaml", "")]
     files += [(f, f"{group.name}.") for group in sorted(conf.iterdir())
               if group.is_dir() and group.name not in GROUPS_WITHOUT_DEFAULTS for f in sorted(group.rglob("*.yaml"))]

@@ -1,16 +1,13 @@
-"""Gradient and CAM map methods: Grad-CAM, Grad-CAM++, HiResCAM, XGrad-CAM, LayerCAM, Eigen-CAM and
-gradient-weighted attention relevance.
+"""Gradient and CAM map methods, one map per layer, (B, 1, h, w), on the same axes as the other methods.
 
-They give maps on the same axes as the other methods, one map per layer, (B, 1, h, w):
+A CAM is one small class: a ``CAM`` subclass with its ``name`` and ``cam(activations, gradients)``, plus
+its YAML (``conf/method/<name>.yaml``, family ``gradient``); ``CAM`` owns the target, the options and
+the maps of every layer. ``layerscope.methods.registry`` lists every method; here:
 
-- ``gradcam`` / ``gradcam_pp`` / ``hirescam`` / ``xgradcam`` / ``layercam`` (CNN stages and ViT
-  block outputs on the patch grid): the layer's activations weighted by the gradient of the target
-  score (Selvaraju et al. 2017; Chattopadhay et al. 2018; Draelos & Carin 2020; Fu et al. 2020;
-  Jiang et al. 2021), all from the same single backward pass.
-- ``eigencam`` (CNN and ViT, gradient-free): the projection of the activations on their first
-  principal direction (Muhammad & Yeasin 2020), centred or not (``centred``).
-- ``attn_grad`` (ViTs): gradient-weighted attention relevance (Chefer, Gur & Wolf 2021,
-  "Generic attention-model explainability"), propagated through the layers like a rollout.
+``CAM`` subclasses (activations weighted by the gradient of the target score, all from the same single
+backward pass), ``EigenCAM`` (gradient-free: the activations' first principal direction) and ``AttnGrad``
+(ViTs: gradient-weighted attention relevance, propagated through the layers like a rollout); each
+class's docstring names its paper.
 
 The target score is the logit of ``target_class`` (or of each image's predicted class) for a model
 with a classifier; without one (DINO, DINOv2) it is ``embedding_target``: ``norm``, the L2 norm of
@@ -21,90 +18,15 @@ All gradient maps of a batch come from one forward and one backward pass
 """
 from __future__ import annotations
 
-from typing import Sequence
+from abc import ABCMeta, abstractmethod
+from typing import Any, Sequence
 
 import torch
 
+from ..config.method_options import AttnGradOptions, EigenCAMOptions, GradientOptions
 from ..backbones.attention import attention_blocks
-from .methods import MapMethod
-
-
-def gradcam(act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM: ReLU of the activations weighted by their space-averaged gradients.
-
-    Args:
-        act: activations (B, C, h, w).
-        grad: gradients of the target score with respect to ``act``, (B, C, h, w).
-
-    Returns:
-        (B, 1, h, w) float32, non-negative.
-    """
-    act, grad = act.float(), grad.float()
-    weights = grad.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1): alpha_c in the paper
-    return (weights * act).sum(1, keepdim=True).clamp(min=0)
-
-
-def gradcam_pp(act: torch.Tensor, grad: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Grad-CAM++ with the exponential-score closed form (Chattopadhay et al. 2018, eq. 19).
-
-    ``alpha = g^2 / (2 g^2 + sum_ab(A) g^3)`` (0 where g = 0), channel weights
-    ``sum_ab(alpha relu(g))``, map ``relu(sum_c w_c A_c)`` (the form pytorch-grad-cam uses).
-    Computed in float64: the denominator reaches 1e-11 on real layers, where float32 loses the weights.
-
-    Args:
-        act: activations (B, C, h, w).
-        grad: gradients of the target score with respect to ``act``, (B, C, h, w).
-        eps: added to the denominator.
-
-    Returns:
-        (B, 1, h, w) float32, non-negative.
-    """
-    act, grad = act.double(), grad.double()
-    g2 = grad ** 2
-    g3 = g2 * grad
-    total = act.sum(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
-    alpha = torch.where(grad != 0, g2 / (2 * g2 + total * g3 + eps), torch.zeros_like(grad))
-    weights = (alpha * grad.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
-    return (weights * act).sum(1, keepdim=True).clamp(min=0).float()
-
-
-def hirescam(act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """HiResCAM (Draelos & Carin 2020): ``relu(sum_c g_c * A_c)``, the gradient kept per position.
-
-    Args:
-        act, grad: activations and their gradients, (B, C, h, w).
-
-    Returns:
-        (B, 1, h, w) float32, non-negative.
-    """
-    return (grad.float() * act.float()).sum(1, keepdim=True).clamp(min=0)
-
-
-def xgradcam(act: torch.Tensor, grad: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """XGrad-CAM (Fu et al. 2020): weights ``sum_ab(g A) / (sum_ab(A) + eps)``, map ``relu(sum_c w_c A_c)``.
-
-    Args:
-        act, grad: activations and their gradients, (B, C, h, w).
-        eps: added to the denominator (pytorch-grad-cam's 1e-7).
-
-    Returns:
-        (B, 1, h, w) float32, non-negative.
-    """
-    act, grad = act.float(), grad.float()
-    weights = (grad * act).sum(dim=(2, 3), keepdim=True) / (act.sum(dim=(2, 3), keepdim=True) + eps)
-    return (weights * act).sum(1, keepdim=True).clamp(min=0)
-
-
-def layercam(act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """LayerCAM (Jiang et al. 2021): ``relu(sum_c relu(g_c) * A_c)``, positive gradients per position.
-
-    Args:
-        act, grad: activations and their gradients, (B, C, h, w).
-
-    Returns:
-        (B, 1, h, w) float32, non-negative.
-    """
-    return (grad.float().clamp(min=0) * act.float()).sum(1, keepdim=True).clamp(min=0)
+from .attention_maps import propagated
+from .base import MapMethod
 
 
 def eigencam(act: torch.Tensor, centred: bool = False) -> torch.Tensor:
@@ -159,11 +81,10 @@ def check_target(backbone, target_class: object, embedding_target: str = "norm")
                          f"{' or '.join(backbone.embedding_targets)} for model {backbone.name} ({backbone.kind})")
 
 
-class _GradMethod(MapMethod):
-    """A map method that needs the gradient of a target score; one map per layer.
+class GradientMethod(MapMethod):
+    """A map method that needs the gradient of a target score; one map per layer, named like the method.
 
-    Args:
-        backbone: the model.
+    Options (``GradientOptions``):
         target_class: class index explained, or None for each image's predicted class.
             Only for models with a classifier. From Python also one index per image, or a
             callable on the model's output returning a (B,) score (see ``Backbone.target_score``).
@@ -172,100 +93,129 @@ class _GradMethod(MapMethod):
     """
 
     needs_grad = True
+    Options = GradientOptions
 
-    def __init__(self, backbone, target_class: object = None, embedding_target: str = "norm"):
-        super().__init__(backbone)
-        check_target(backbone, target_class, embedding_target)
-        self.target_class, self.embedding_target = target_class, embedding_target
-
-    def num_maps(self) -> int:
-        return 1
+    def __init__(self, backbone: Any, **options: Any) -> None:
+        super().__init__(backbone, **options)
+        check_target(backbone, self.options.target_class, self.options.embedding_target)
+        self.target_class: Any = self.options.target_class
+        self.embedding_target: str = self.options.embedding_target
 
     def map_names(self) -> list[str]:
         return [self.name]
 
 
-class GradCAM(_GradMethod):
-    """Grad-CAM at every requested layer: CNN stage outputs, or ViT block outputs on the patch grid.
+class CAM(GradientMethod, metaclass=ABCMeta):
+    """The CAM template: a layer's activations and the gradient of the target score with respect to them,
+    both (B, C, h, w) (a ViT block's patch tokens on the patch grid, prefix tokens dropped by the model's
+    own count), give its map (B, 1, h, w) float32, non-negative. A subclass writes ``cam`` alone.
 
-    For a ViT, the block output's patch tokens (prefix tokens, CLS and registers, dropped by the
-    model's own count) are the activations. Note: with a CLS-token classifier the last block's
-    patch tokens reach the score only through the CLS token of later layers, so the last
-    layer's map is zero there (a known property of Grad-CAM on ViTs).
+    Note: with a CLS-token classifier the last block's patch tokens reach the score only through the
+    CLS token of later layers, so the last layer's map is zero there (a known property of CAMs on ViTs).
     """
 
-    name = "gradcam"
     capture = "features"
 
-    def maps(self, captured: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> dict[int, torch.Tensor]:
+    @abstractmethod
+    def cam(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) activations and their gradients -> (B, 1, h, w) float32 map."""
+
+    def maps(self, captured: dict[int, Any]) -> dict[int, torch.Tensor]:
         """captured[layer] = (activation, gradient), each (B, C, h, w) -> maps[layer] (B, 1, h, w)."""
-        return {layer: gradcam(act, grad) for layer, (act, grad) in captured.items()}
+        return {layer: self.cam(act, grad) for layer, (act, grad) in captured.items()}
 
 
-class GradCAMPlusPlus(GradCAM):
-    """Grad-CAM++ at every requested layer (see ``gradcam_pp``)."""
+class GradCAM(CAM):
+    """Grad-CAM (Selvaraju et al. 2017): ReLU of the activations weighted by their space-averaged gradients."""
+
+    name = "gradcam"
+
+    @staticmethod
+    def cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        act, grad = activations.float(), gradients.float()
+        weights = grad.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1): alpha_c in the paper
+        return (weights * act).sum(1, keepdim=True).clamp(min=0)
+
+
+class GradCAMPlusPlus(CAM):
+    """Grad-CAM++ with the exponential-score closed form (Chattopadhay et al. 2018, eq. 19).
+
+    ``alpha = g^2 / (2 g^2 + sum_ab(A) g^3)`` (0 where g = 0; 1e-6 added to the denominator), channel
+    weights ``sum_ab(alpha relu(g))``, map ``relu(sum_c w_c A_c)`` (the form pytorch-grad-cam uses).
+    Computed in float64: the denominator reaches 1e-11 on real layers, where float32 loses the weights.
+    """
 
     name = "gradcam_pp"
 
-    def maps(self, captured):
-        return {layer: gradcam_pp(act, grad) for layer, (act, grad) in captured.items()}
+    @staticmethod
+    def cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        act, grad = activations.double(), gradients.double()
+        g2 = grad ** 2
+        g3 = g2 * grad
+        total = act.sum(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+        alpha = torch.where(grad != 0, g2 / (2 * g2 + total * g3 + 1e-6), torch.zeros_like(grad))
+        weights = (alpha * grad.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
+        return (weights * act).sum(1, keepdim=True).clamp(min=0).float()
 
 
-class HiResCAM(GradCAM):
-    """HiResCAM at every requested layer (see ``hirescam``)."""
+class HiResCAM(CAM):
+    """HiResCAM (Draelos & Carin 2020): ``relu(sum_c g_c * A_c)``, the gradient kept per position."""
 
     name = "hirescam"
 
-    def maps(self, captured):
-        return {layer: hirescam(act, grad) for layer, (act, grad) in captured.items()}
+    @staticmethod
+    def cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return (gradients.float() * activations.float()).sum(1, keepdim=True).clamp(min=0)
 
 
-class XGradCAM(GradCAM):
-    """XGrad-CAM at every requested layer (see ``xgradcam``)."""
+class XGradCAM(CAM):
+    """XGrad-CAM (Fu et al. 2020): weights ``sum_ab(g A) / (sum_ab(A) + 1e-7)`` (pytorch-grad-cam's eps), map
+    ``relu(sum_c w_c A_c)``."""
 
     name = "xgradcam"
 
-    def maps(self, captured):
-        return {layer: xgradcam(act, grad) for layer, (act, grad) in captured.items()}
+    @staticmethod
+    def cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        act, grad = activations.float(), gradients.float()
+        weights = (grad * act).sum(dim=(2, 3), keepdim=True) / (act.sum(dim=(2, 3), keepdim=True) + 1e-7)
+        return (weights * act).sum(1, keepdim=True).clamp(min=0)
 
 
-class LayerCAM(GradCAM):
-    """LayerCAM at every requested layer (see ``layercam``)."""
+class LayerCAM(CAM):
+    """LayerCAM (Jiang et al. 2021): ``relu(sum_c relu(g_c) * A_c)``, positive gradients per position."""
 
     name = "layercam"
 
-    def maps(self, captured):
-        return {layer: layercam(act, grad) for layer, (act, grad) in captured.items()}
+    @staticmethod
+    def cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return (gradients.float().clamp(min=0) * activations.float()).sum(1, keepdim=True).clamp(min=0)
 
 
 class EigenCAM(MapMethod):
     """Eigen-CAM at every requested layer (gradient-free; see ``eigencam``); CNNs and ViTs.
 
-    Args:
-        backbone: the model.
+    Options (``EigenCAMOptions``):
         centred: centre the activations before the SVD (pytorch-grad-cam's definition).
     """
 
     name = "eigencam"
     capture = "features"
+    Options = EigenCAMOptions
 
-    def __init__(self, backbone, centred: bool = False):
-        super().__init__(backbone)
-        if not isinstance(centred, bool):
-            raise ValueError(f"method.centred={centred!r}: expected true or false")
-        self.centred = centred
-
-    def num_maps(self) -> int:
-        return 1
+    def __init__(self, backbone: Any, **options: Any) -> None:
+        super().__init__(backbone, **options)
+        if not isinstance(self.options.centred, bool):
+            raise ValueError(f"method.centred={self.options.centred!r}: expected true or false")
+        self.centred = self.options.centred
 
     def map_names(self) -> list[str]:
         return ["eigencam"]
 
-    def maps(self, captured):
+    def maps(self, captured: dict[int, Any]) -> dict[int, torch.Tensor]:
         return {layer: eigencam(t, self.centred) for layer, t in captured.items()}
 
 
-class AttnGrad(_GradMethod):
+class AttnGrad(GradientMethod):
     """Gradient-weighted attention relevance (Chefer et al. 2021), ViTs only.
 
     Per layer ``l``, ``Abar_l = mean_heads((grad(A_l) * A_l)^+)`` with ``A_l`` the attention
@@ -278,16 +228,18 @@ class AttnGrad(_GradMethod):
     attention, and only one N x N matrix per image exists at a time besides ``R`` (queries in
     chunks), the same bound as the rollout's.
 
-    Args:
-        backbone, target_class, embedding_target: as for ``GradCAM``.
+    Options (``AttnGradOptions``):
+        target_class, embedding_target: as for every ``GradientMethod``.
         chunk: query rows per block when building a layer's relevance.
     """
 
     name = "attn_grad"
     capture = "qk"
+    Options = AttnGradOptions
 
-    def __init__(self, backbone, target_class: int | None = None, embedding_target: str = "norm", chunk: int = 1024):
-        super().__init__(backbone, target_class, embedding_target)
+    def __init__(self, backbone: Any, **options: Any) -> None:
+        super().__init__(backbone, **options)
+        chunk = self.options.chunk
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"method.chunk={chunk!r}: expected an int >= 1 (query rows per block)")
         self.chunk = chunk
@@ -306,17 +258,14 @@ class AttnGrad(_GradMethod):
             rows.append((ga * a).clamp(min=0).mean(1))
         return torch.cat(rows, dim=1)
 
-    def maps(self, captured):
+    def maps(self, captured: dict[int, Any]) -> dict[int, torch.Tensor]:
         """captured[layer] = (q, k, v stacked (3, B, H, N, D), grad of o (B, H, N, D)) -> maps (B, 1, h, w)."""
-        bb = self.backbone
-        prefix, grid = bb.num_prefix, bb.grid
-        relevance, out = None, {}
-        for layer in sorted(captured):
-            qkv, grad_o = captured[layer]
-            abar = self._relevance(qkv, grad_o, bb.attn_scale(layer))
-            b, n, _ = abar.shape
-            if relevance is None:
-                relevance = torch.eye(n, device=abar.device).expand(b, n, n)
-            relevance = relevance + abar @ relevance
-            out[layer] = relevance[:, 0, prefix:].reshape(b, 1, *grid)
-        return out
+        return propagated(captured, self.backbone, lambda c, scale: self._relevance(c[0], c[1], scale), _accumulate)
+
+
+def _accumulate(relevance: torch.Tensor | None, abar: torch.Tensor) -> torch.Tensor:
+    """``R <- R + Abar R``, from ``R = I``: (B, N, N)."""
+    if relevance is None:
+        b, n, _ = abar.shape
+        relevance = torch.eye(n, device=abar.device).expand(b, n, n)
+    return relevance + abar @ relevance

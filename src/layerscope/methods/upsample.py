@@ -1,8 +1,10 @@
 """Bringing grid maps to image resolution."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 MODES = ("nearest", "bilinear")
 
@@ -13,6 +15,9 @@ def upsample(maps: torch.Tensor, size: tuple[int, int], mode: str = "nearest") -
     ``nearest`` repeats each patch (the DINO pictures); ``bilinear`` smooths between patch
     centres. Bool masks are always resized nearest.
     """
+    import torch  # here: ``layerscope.methods`` re-exports this function and imports without torch
+    import torch.nn.functional as F
+
     if mode not in MODES:
         raise ValueError(f"upsample={mode!r}: expected one of {', '.join(MODES)}")
     lead, (h, w) = maps.shape[:-2], maps.shape[-2:]

@@ -1,21 +1,22 @@
 """The map axis of each map method: are the K maps of a layer its attention heads, or other maps?
 
-One home for the fact that the page (``layerscope-view``), the figures and the W&B logger read from saved
-results, which name only the method: so it lives here, torch-free, rather than on the method classes of
-``methods/methods.py`` (importing those loads torch, and the figures never do). A method that adds maps
-named after its heads (``0``, ``1``, ..., plus ``mean``) adds its name to ``HEAD_METHODS``; every other
-method's maps are ``maps`` (feature reductions, CAMs, rollout's one head-fused map, patch k-NN).
+The page (``layerscope-view``), the figures and the W&B logger read it from saved results, which name
+only the method, without importing torch: so they ask ``layerscope.methods.registry``, which reads each
+method's family from its YAML. A method whose maps are named after its heads (``0``, ``1``, ..., plus
+``mean``) is of a family with ``map_axis=heads``; every other method's maps are ``maps`` (feature
+reductions, CAMs, rollout's one head-fused map, patch k-NN), as are a method the configs do not know.
 """
 from __future__ import annotations
 
-HEADS = "heads"
-MAPS = "maps"
-HEAD_METHODS = frozenset({"cls_attention"})  # methods/methods.py: ClsAttention, one map per head + their mean
+from ..methods.registry import HEADS, MAPS, info
+
+__all__ = ["HEADS", "MAPS", "axis_word", "map_axis", "map_label"]
 
 
 def map_axis(method: object) -> str:
-    """``heads`` when ``method``'s maps are its attention heads (``HEAD_METHODS``), else ``maps``."""
-    return HEADS if str(method) in HEAD_METHODS else MAPS
+    """``heads`` when ``method``'s maps are its attention heads (its registry entry says so), else ``maps``."""
+    found = info(method)
+    return HEADS if found is not None and found.map_axis == HEADS else MAPS
 
 
 def axis_word(method: object) -> str:

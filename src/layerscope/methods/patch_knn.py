@@ -1,108 +1,17 @@
-"""Map methods: from what a backbone captured to maps (B, K, h, w) with K names per layer.
-
-Each method says what it needs captured (``cls_attention`` or ``features``) and turns one
-batch's captures into maps. ``PatchKNN`` first builds a memory bank from normal images.
-"""
+"""``patch_knn``: the distance of each patch feature to its nearest normal patch features (PatchCore,
+AnomalyDINO; no training). The presets ``patchcore`` and ``anomalydino`` are YAMLs over its options."""
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 
+from ..config.method_options import PatchKNNOptions
 from . import knn
-from ..backbones.attention import attention_blocks
-from .reduce import reduce_features
+from .base import MapMethod
 
 log = logging.getLogger(__name__)
-
-LayerMaps = dict[int, tuple[torch.Tensor, list[str]]]
-
-
-class MapMethod:
-    """Base class: ``name``, what to ``capture``, and ``maps`` from one batch's captures.
-
-    A method whose maps are its attention heads (named ``0``, ``1``, ..., plus ``mean``) names itself in
-    ``results/axes.py`` (``HEAD_METHODS``): the page, the figures and the W&B logger read the map axis there,
-    from saved results and without importing torch; every other method's maps are ``maps``.
-
-    Args:
-        backbone: the model the method will run on; a method that does not apply to it
-            raises ValueError naming both.
-    """
-
-    name = ""
-    capture = ""
-    head_mean = False  # add the mean over all K maps as a map named "mean"
-    needs_references = False
-    needs_grad = False  # maps need gradients: the map source calls Backbone.extract_grad (one backward)
-
-    def __init__(self, backbone):
-        backbone.check_capture(self.capture, self.name)
-        self.backbone = backbone
-
-    def num_maps(self) -> int:
-        raise NotImplementedError
-
-    def map_names(self) -> list[str]:
-        raise NotImplementedError
-
-    def maps(self, captured: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """captured[layer] (B, C, h, w) -> maps[layer] (B, K, h, w) float32."""
-        raise NotImplementedError
-
-    def fit(self, batches: Iterable[torch.Tensor], layers: Sequence[int], extract: Callable) -> None:
-        """Learn from normal images (only methods with ``needs_references``)."""
-
-    def capture_layers(self, layers: Sequence[int]) -> list[int]:
-        """Which layers the backbone must capture to produce maps for ``layers``."""
-        return list(layers)
-
-    def extra_map_names(self, layer: int) -> list[str]:
-        """Maps the method adds at ``layer`` after its K maps (and their mean): ``patch_knn``'s fused candidates."""
-        return []
-
-
-class ClsAttention(MapMethod):
-    """CLS-token attention of every head to the patch tokens (ViTs), plus the head mean."""
-
-    name = "cls_attention"
-    capture = "cls_attention"
-    head_mean = True
-
-    def num_maps(self) -> int:
-        return self.backbone.num_heads
-
-    def map_names(self) -> list[str]:
-        return [str(h) for h in range(self.num_maps())]
-
-    def maps(self, captured):
-        return captured
-
-
-class Features(MapMethod):
-    """Channel reductions of each layer's features: ViT patch tokens or CNN stage outputs.
-
-    Args:
-        reductions: any of ``l2``, ``mean_abs``, ``pca``.
-    """
-
-    name = "features"
-    capture = "features"
-
-    def __init__(self, backbone, reductions: Sequence[str] = ("l2", "mean_abs", "pca")):
-        super().__init__(backbone)
-        self.reductions = list(reductions)
-        reduce_features(torch.zeros(1, 2, 2, 2), self.reductions)  # validates the names
-
-    def num_maps(self) -> int:
-        return len(self.reductions)
-
-    def map_names(self) -> list[str]:
-        return list(self.reductions)
-
-    def maps(self, captured):
-        return {layer: reduce_features(t, self.reductions) for layer, t in captured.items()}
 
 
 def _number(key: str, value, expected: str) -> float | None:
@@ -119,9 +28,9 @@ class PatchKNN(MapMethod):
 
     Per layer, a memory bank holds the patch features of normal images (``train/good``, ``data.normal_dir``
     or defect-free synthetic images); a patch's map value is the mean distance to its ``k`` nearest bank
-    entries. Each option is one published convention (``maps.knn`` holds them, with their sources):
+    entries. Each option is one published convention (``methods/knn.py`` holds them, with their sources):
 
-    Args:
+    Options (``PatchKNNOptions``):
         k: neighbours averaged, >= 1.
         metric: ``euclidean`` (PatchCore) or ``cosine`` (AnomalyDINO: 1 - cosine similarity).
         aggregate: 1 (off), 3 or 5: PatchCore's local p x p average of the features before the search
@@ -146,13 +55,13 @@ class PatchKNN(MapMethod):
     name = "patch_knn"
     capture = "features"
     needs_references = True
+    Options = PatchKNNOptions
 
-    def __init__(self, backbone, k: int = 1, metric: str = "euclidean", aggregate: int = 1, coreset: str = "random",
-                 coreset_ratio: float | None = None, bank_size: int | None = 16384, smooth_sigma: float = 0.0,
-                 mask_background: bool = False, mask_threshold: float = 10.0, augment_references: str = "none",
-                 fuse: Sequence[Sequence[int]] | None = None, n_references: int | None = 16, chunk: int = 2048,
-                 seed: int = 0):
-        super().__init__(backbone)
+    def __init__(self, backbone: Any, **options: Any) -> None:
+        super().__init__(backbone, **options)
+        o = self.options
+        k, metric, aggregate, coreset, chunk = o.k, o.metric, o.aggregate, o.coreset, o.chunk
+        bank_size, n_references, augment_references = o.bank_size, o.n_references, o.augment_references
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"method.k={k}: expected an int >= 1")
         if metric not in knn.METRICS:
@@ -161,9 +70,9 @@ class PatchKNN(MapMethod):
             raise ValueError(f"method.aggregate={aggregate}: expected 1 (off), 3 or 5")
         if coreset not in knn.CORESETS:
             raise ValueError(f"method.coreset={coreset}: expected random or greedy")
-        coreset_ratio = _number("coreset_ratio", coreset_ratio, "a fraction in (0, 1] or null (all)")
-        smooth_sigma = _number("smooth_sigma", smooth_sigma, "sigma in pixels >= 0 (0 = off)")
-        mask_threshold = _number("mask_threshold", mask_threshold, "a number")
+        coreset_ratio = _number("coreset_ratio", o.coreset_ratio, "a fraction in (0, 1] or null (all)")
+        smooth_sigma = _number("smooth_sigma", o.smooth_sigma, "sigma in pixels >= 0 (0 = off)")
+        mask_threshold = _number("mask_threshold", o.mask_threshold, "a number")
         if coreset_ratio is not None and not 0 < coreset_ratio <= 1:
             raise ValueError(f"method.coreset_ratio={coreset_ratio:g}: expected a fraction in (0, 1] or null (all)")
         if bank_size is not None and int(bank_size) < int(k):
@@ -179,10 +88,10 @@ class PatchKNN(MapMethod):
         self.k, self.metric, self.aggregate, self.coreset = int(k), metric, int(aggregate), coreset
         self.coreset_ratio = None if coreset_ratio is None else float(coreset_ratio)
         self.bank_size, self.n_references = bank_size, n_references
-        self.smooth_sigma, self.mask_background = float(smooth_sigma), bool(mask_background)
+        self.smooth_sigma, self.mask_background = float(smooth_sigma), bool(o.mask_background)
         self.mask_threshold, self.augment_references = float(mask_threshold), augment_references
-        self.chunk, self.seed = int(chunk), int(seed)
-        self.fused = self._fused(fuse, getattr(backbone, "num_layers", None))
+        self.chunk, self.seed = int(chunk), int(o.seed)
+        self.fused = self._fused(o.fuse, getattr(backbone, "num_layers", None))
         self.banks: dict[int | tuple[int, ...], knn.Bank] = {}
 
     @staticmethod
@@ -298,77 +207,3 @@ class PatchKNN(MapMethod):
                     maps.append(fused)
             out[layer] = torch.cat(maps, 1)
         return out
-
-
-class Rollout(MapMethod):
-    """Attention rollout (Abnar & Zuidema 2020): attention propagated through the residual stream.
-
-    Per layer, the attention matrix is fused over heads (``mean``/``max``/``min``), the lowest
-    ``discard_ratio`` of its entries are zeroed (the CLS-to-CLS entry kept), the identity is
-    added for the residual connection (``0.5 A + 0.5 I``), rows are renormalised, and the
-    product with the previous layers' rollout is taken. The map of layer ``l`` is the CLS row
-    of the rollout up to ``l`` over the patch tokens. Only one N x N matrix per image exists
-    at a time besides the running product; per-head attention is built in query chunks.
-
-    Args:
-        head_fusion: ``mean``, ``max`` or ``min``.
-        discard_ratio: fraction of the smallest fused attention entries zeroed, in [0, 1).
-        chunk: query rows per block when building the attention matrix.
-    """
-
-    name = "rollout"
-    capture = "qk"
-
-    def __init__(self, backbone, head_fusion: str = "mean", discard_ratio: float = 0.0, chunk: int = 1024):
-        super().__init__(backbone)
-        if head_fusion not in ("mean", "max", "min"):
-            raise ValueError(f"method.head_fusion={head_fusion}: expected mean, max or min")
-        if not 0 <= float(discard_ratio) < 1:
-            raise ValueError(f"method.discard_ratio={discard_ratio}: expected a value in [0, 1)")
-        self.head_fusion, self.discard_ratio, self.chunk = head_fusion, float(discard_ratio), int(chunk)
-
-    def num_maps(self) -> int:
-        return 1
-
-    def map_names(self) -> list[str]:
-        return ["rollout"]
-
-    def capture_layers(self, layers: Sequence[int]) -> list[int]:
-        """Rollout at layer l needs every layer up to l."""
-        return list(range(max(layers) + 1))
-
-    def _fused(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-        """(B, H, N, D) q, k -> (B, N, N) attention fused over heads."""
-        rows = []
-        for _, a in attention_blocks(q, k, scale, self.chunk):  # (B, H, c, N)
-            rows.append(a.mean(1) if self.head_fusion == "mean" else a.amax(1) if self.head_fusion == "max" else a.amin(1))
-        return torch.cat(rows, dim=1)
-
-    def maps(self, captured):
-        bb = self.backbone
-        prefix, grid = bb.num_prefix, bb.grid
-        rollout, out = None, {}
-        for layer in sorted(captured):
-            q, k = captured[layer]
-            a = self._fused(q, k, bb.attn_scale(layer))
-            b, n, _ = a.shape
-            if self.discard_ratio > 0:
-                flat = a.reshape(b, -1)
-                drop = int(flat.shape[1] * self.discard_ratio)
-                if drop:
-                    idx = flat.topk(drop, dim=-1, largest=False).indices
-                    flat = flat.scatter(-1, idx, 0.0)
-                    flat[:, 0] = a.reshape(b, -1)[:, 0]  # CLS->CLS is never discarded
-                a = flat.view(b, n, n)
-            a = 0.5 * a + 0.5 * torch.eye(n, device=a.device)
-            a = a / a.sum(-1, keepdim=True)
-            rollout = a if rollout is None else a @ rollout
-            out[layer] = rollout[:, 0, prefix:].reshape(b, 1, *grid)
-        return out
-
-
-def auto(backbone, reductions: Sequence[str] = ("l2", "mean_abs", "pca")) -> MapMethod:
-    """``cls_attention`` for ViTs with a CLS token, ``features`` for CNNs (and ViTs without one): one sweep can
-    span both kinds."""
-    with_cls = backbone.kind == "vit" and getattr(backbone, "has_cls", True)
-    return ClsAttention(backbone) if with_cls else Features(backbone, reductions)
