@@ -1,0 +1,134 @@
+"""Streamed pooled metrics: each candidate's cells as exact counts at its distinct scores, merged batch by batch.
+
+The pooled curves (``metrics.pooled``) read only, per distinct score, how many defect pixels, normal pixels
+and how much PRO weight score exactly that value. Those counts add: the counts of two sets of cells are the
+union of their distinct scores with the counts of equal scores summed. So a run sorts each batch's cells
+once (``group_cells``), keeps the result as a ``Runs`` (distinct scores, descending, with their counts) and
+merges runs as they come (``CandidateRuns``); at the end, ``aligned`` puts every category's counts on the
+candidate's one list of distinct scores, and a row of any set of categories is a sum of those counts
+(``metrics.pooled.group_metrics``). Pixel counts are integers in float64, so their sums are exact in any
+order; the PRO weights are float64 sums, equal to a pass over all cells up to their rounding.
+
+Tensors stay on the device the maps are on (the GPU where the study scores there).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["CandidateRuns", "Runs", "group_cells", "merge_runs"]
+
+
+@dataclass
+class Runs:
+    """Cells grouped by score.
+
+    Attributes:
+        values: float32, (G,) distinct scores, descending.
+        counts: float64, (G, 3) per score: defect pixels, normal pixels, PRO weight
+            (``sum_r |r ∩ cell| / |r|``).
+    """
+
+    values: torch.Tensor
+    counts: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+
+def _grouped(values: torch.Tensor, counts: torch.Tensor, rows: int) -> list[Runs]:
+    """``rows`` runs from scores ``values`` (rows, M) and their ``counts`` (rows, M, 3), each row apart."""
+    if values.shape[1] == 0:
+        return [Runs(values[r], counts[r]) for r in range(rows)]
+    ranked, order = torch.sort(values, dim=1, descending=True, stable=True)
+    picked = torch.gather(counts, 1, order.unsqueeze(-1).expand(-1, -1, 3))
+    start = torch.ones_like(ranked, dtype=torch.bool)
+    torch.ne(ranked[:, 1:], ranked[:, :-1], out=start[:, 1:])  # a tie group starts where the score changes
+    flat = start.flatten()
+    group = torch.cumsum(flat, 0) - 1  # every cell's group, numbered across the rows
+    sums = torch.zeros(int(group[-1]) + 1, 3, dtype=torch.float64, device=values.device)
+    sums.index_add_(0, group, picked.reshape(-1, 3))
+    sizes = start.sum(1).tolist()
+    return [Runs(v, c) for v, c in zip(torch.split(ranked.flatten()[flat], sizes), torch.split(sums, sizes))]
+
+
+def group_cells(scores: torch.Tensor, counts: torch.Tensor) -> list[Runs]:
+    """Each map's cells grouped by score: one ``Runs`` per row of ``scores``.
+
+    Args:
+        scores: float, (K, M) K maps' scores over the same M cells (no NaN).
+        counts: float64, (M, 3) per cell: defect pixels, normal pixels, PRO weight.
+
+    Returns:
+        K ``Runs``.
+    """
+    if scores.ndim != 2 or counts.shape != (scores.shape[1], 3):
+        raise ValueError(f"group_cells: expected scores (K, M) and counts (M, 3), got {tuple(scores.shape)} and "
+                         f"{tuple(counts.shape)}")
+    k = scores.shape[0]
+    return _grouped(scores.float(), counts.double().unsqueeze(0).expand(k, -1, -1), k)
+
+
+def merge_runs(runs: list[Runs]) -> Runs:
+    """One ``Runs`` holding every cell of ``runs``: their distinct scores, equal scores' counts summed."""
+    if len(runs) == 1:
+        return runs[0]
+    values = torch.cat([r.values for r in runs])[None]
+    return _grouped(values, torch.cat([r.counts for r in runs])[None], 1)[0]
+
+
+class CandidateRuns:
+    """One candidate map's counts per category of image, merged as batches come.
+
+    Each category keeps a few runs of falling size (a new run merges into the last while the last is
+    less than twice as long), so the merges cost O(n log n) over a run and the end merges a handful.
+    """
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[Runs]] = {}
+
+    def add(self, category: str, runs: Runs) -> None:
+        """Add cells of images of ``category``."""
+        parts = self.parts.setdefault(category, [])
+        parts.append(runs)
+        while len(parts) > 1 and len(parts[-2]) < 2 * len(parts[-1]):
+            parts[-2:] = [merge_runs(parts[-2:])]
+
+    def merged(self, category: str) -> Runs | None:
+        """Every cell of ``category`` in one ``Runs``, or None when it has none."""
+        parts = self.parts.get(category)
+        if not parts:
+            return None
+        self.parts[category] = [merge_runs(parts)]
+        return self.parts[category][0]
+
+    def aligned(self, categories: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Every category's counts on the candidate's distinct scores.
+
+        Args:
+            categories: C category names (those without cells get zero counts).
+
+        Returns:
+            values: float64, (G,) the distinct scores of all categories together, descending.
+            counts: float64, (3, C, G) defect pixels, normal pixels and PRO weight per category and score
+                (zero where a category has no cell of a score).
+        """
+        runs = [self.merged(c) for c in categories]
+        present = [(i, r) for i, r in enumerate(runs) if r is not None and len(r)]
+        if not present:
+            return np.zeros(0), np.zeros((3, len(categories), 0))
+        values = torch.cat([r.values for _, r in present])
+        ranked, order = torch.sort(values, descending=True, stable=True)
+        start = torch.ones_like(ranked, dtype=torch.bool)
+        torch.ne(ranked[1:], ranked[:-1], out=start[1:])
+        place = torch.empty_like(order)
+        place[order] = torch.cumsum(start, 0) - 1  # each value's place among the distinct ones
+        union = ranked[start]
+        counts = torch.zeros(3, len(categories), len(union), dtype=torch.float64, device=union.device)
+        offset = 0
+        for i, r in present:
+            counts[:, i, place[offset:offset + len(r)]] = r.counts.T
+            offset += len(r)
+        return union.double().cpu().numpy(), counts.cpu().numpy()
