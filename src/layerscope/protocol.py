@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics.pooled import SortedCells, group_metrics, pooled_metrics
-from .metrics.threads import map_threads
+from .metrics.threads import map_threads, one_thread
 from .results import catalog, layout
 from .results.pool import SCORES, GridCells, Pool, build_pool
 from .results.pool_stream import PooledStream, streams_from_pool
@@ -203,8 +203,12 @@ def stream_rows(stream: PooledStream, categories: list[tuple[str, np.ndarray]] |
             sel = chosen & covered
             picked = [j for j, key in enumerate(keys) if (sel & (raw == key)).any()]
             gp, gn, gpro = (_summed(counts[k], picked) for k in range(3))
+            at = values
+            if len(picked) < len(keys):  # only the scores the row's images have: the others add no count
+                held = np.flatnonzero((gp + gn) > 0)
+                at, gp, gn, gpro = values[held], gp[held], gn[held], gpro[held]
             w = sel.astype(float) * covered  # the images' weights of the pass over every cell
-            m = asdict(group_metrics(values, gp, gn, gpro, float((w * regions).sum()), stream.fpr_limit))
+            m = asdict(group_metrics(at, gp, gn, gpro, float((w * regions).sum()), stream.fpr_limit))
             scores = {name: _image_auroc(image_scores[sel, SCORES.index(score)], defective[sel])
                       for name, score in catalog.IMAGE_SCORES.items()}
             notes = _notes(columns, sel)
@@ -290,7 +294,8 @@ def write_dataset_metrics(folder: Path, n_boot: int = 200, seed: int = 0, progre
     if stream is not None and not stream.dropped:
         if not stream.image_rows:
             raise FileNotFoundError(f"{folder}: no image has a mask; the dataset-level protocol needs masks")
-        table = pd.DataFrame(stream_rows(stream)).reindex(columns=COLUMNS)
+        with one_thread():  # a sort and sums per candidate: several intra-op threads only wait on each other
+            table = pd.DataFrame(stream_rows(stream)).reindex(columns=COLUMNS)
     else:
         own = pool is None
         pool = build_pool(folder, progress) if own else pool

@@ -287,12 +287,16 @@ def _aupro(fp: np.ndarray, gpro: np.ndarray, n_neg: float, n_regions: float, fpr
         The trapezoid area of the curve (0, 0), (FPR_k, PRO_k)..., cut at ``fpr_limit`` with
         the crossing segment linearly interpolated, divided by ``fpr_limit``.
     """
-    fpr = fp / n_neg
-    # curve points with FPR <= limit; FPR is non-decreasing, so they are a prefix
-    k = int(np.searchsorted(fpr, fpr_limit, side="right"))
-    # only the first k + 1 points matter: cumulate no further
+    # curve points with FPR <= limit; FPR is non-decreasing, so they are a prefix: found on the counts, then
+    # checked on fp / n_neg itself, so that the prefix is the one the divided values give
+    k = int(np.searchsorted(fp, fpr_limit * n_neg, side="right"))
+    while k < fp.shape[0] and fp[k] / n_neg <= fpr_limit:
+        k += 1
+    while k > 0 and fp[k - 1] / n_neg > fpr_limit:
+        k -= 1
+    # only the first k + 1 points matter: divide and cumulate no further
     y = np.cumsum(gpro[: k + 1]) / n_regions
-    x = fpr[: k + 1]
+    x = fp[: k + 1] / n_neg
     area = 0.0
     if k:
         dx = np.diff(x[:k], prepend=0.0)
