@@ -136,9 +136,9 @@ def test_a_stream_over_its_memory_bound_leaves_the_pass_to_the_saved_maps(tmp_pa
     assert (tmp_path / layout.DATASET_METRICS).read_text() == want
 
 
-def _from_saved_maps(run) -> str:
-    """The run's dataset_metrics.csv computed again from its saved maps (the pass over every cell)."""
-    copy = run.parent / f"{run.name}_again"
+def _from_saved_maps(run, tmp) -> str:
+    """The run's dataset_metrics.csv computed again from its saved maps (the pass over every cell), in ``tmp``."""
+    copy = tmp / f"{run.name}_again"
     shutil.copytree(run, copy)
     (copy / layout.DATASET_METRICS).unlink()
     write_dataset_metrics(copy, n_boot=0)
@@ -154,7 +154,7 @@ def test_a_study_writes_the_same_table_for_any_batch_size_and_thread_count(tmp_p
         study.run(compose(*SMALL_RUN, f"batch_size={batch}", "cache.enabled=false"), out)
         tables[(batch, threads)] = (out / layout.DATASET_METRICS).read_text()
     assert len(set(tables.values())) == 1
-    assert tables[(1, 1)] == _from_saved_maps(tmp_path / "b1t1")
+    assert tables[(1, 1)] == _from_saved_maps(tmp_path / "b1t1", tmp_path)
     assert pd.read_json(tmp_path / "b4t2" / layout.SUMMARY, typ="series")["dataset_stream_seconds"] > 0
 
 
@@ -185,4 +185,4 @@ def test_a_run_cut_after_any_image_resumes_to_the_same_table(clean, tmp_path, mo
     assert len((out / layout.DONE).read_text().splitlines()) == cut
     study.run(compose(*SMALL_RUN, "batch_size=4", "cache.enabled=false"), out)
     assert (out / layout.DATASET_METRICS).read_text() == (clean / layout.DATASET_METRICS).read_text()
-    assert (clean / layout.DATASET_METRICS).read_text() == _from_saved_maps(clean)
+    assert (clean / layout.DATASET_METRICS).read_text() == _from_saved_maps(clean, tmp_path)
