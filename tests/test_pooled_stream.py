@@ -44,8 +44,9 @@ def test_group_cells_and_merges_equal_the_counts_of_all_cells_at_once():
     for start in range(0, n, 170):  # batches of cells, each category apart as a study feeds them
         for c in np.unique(category[start:start + 170]):
             at = start + np.flatnonzero(category[start:start + 170] == c)
-            for runs, got in zip(per, group_cells(torch.from_numpy(scores[:, at]), torch.from_numpy(counts[at]))):
-                runs.add(str(c), got)
+            got = group_cells(torch.from_numpy(scores[:, at]), torch.from_numpy(counts[at].T.copy()))
+            for runs, one in zip(per, got):
+                runs.add(str(c), one)
     keys = ["crack", "good", "spot"]
     for row in range(k):
         assert sum(len(p) for p in per[row].parts.values()) < n  # merged as it went: ties counted once
@@ -59,10 +60,10 @@ def test_group_cells_and_merges_equal_the_counts_of_all_cells_at_once():
             np.testing.assert_array_equal(aligned[:2, i, at].T, want[:, :2])  # pixel counts: exact
             np.testing.assert_allclose(aligned[2, i, at], want[:, 2], rtol=1e-12, atol=0)
             assert aligned[:, i].sum() == pytest.approx(counts[sel].sum(), rel=1e-12)  # nothing elsewhere
-    one = merge_runs(group_cells(torch.from_numpy(scores[:1]), torch.from_numpy(counts)))
+    one = merge_runs(group_cells(torch.from_numpy(scores[:1]), torch.from_numpy(counts.T.copy())))
     np.testing.assert_array_equal(one.values.numpy(), _brute(scores[0], counts)[0])
-    with pytest.raises(ValueError, match=r"expected scores \(K, M\) and counts \(M, 3\)"):
-        group_cells(torch.zeros(2, 5), torch.zeros(4, 3))
+    with pytest.raises(ValueError, match=r"expected scores \(K, M\) and counts \(3, M\)"):
+        group_cells(torch.zeros(2, 5), torch.zeros(3, 4))
 
 
 def _saved_folder(folder, n: int = 14, seed: int = 0) -> None:

@@ -27,7 +27,7 @@ class Runs:
 
     Attributes:
         values: float32, (G,) distinct scores, descending.
-        counts: float64, (G, 3) per score: defect pixels, normal pixels, PRO weight
+        counts: float64, (3, G) per score: defect pixels, normal pixels, PRO weight
             (``sum_r |r ∩ cell| / |r|``).
     """
 
@@ -38,20 +38,22 @@ class Runs:
         return int(self.values.shape[0])
 
 
-def _grouped(values: torch.Tensor, counts: torch.Tensor, rows: int) -> list[Runs]:
-    """``rows`` runs from scores ``values`` (rows, M) and their ``counts`` (rows, M, 3), each row apart."""
+def _grouped(values: torch.Tensor, counts: torch.Tensor) -> list[Runs]:
+    """One run per row of scores ``values`` (rows, M) whose cells have ``counts`` (3, M) (every row's cells) or
+    (3, rows, M) (each row its own)."""
+    rows = values.shape[0]
     if values.shape[1] == 0:
-        return [Runs(values[r], counts[r]) for r in range(rows)]
+        return [Runs(values[r], counts.new_zeros(3, 0)) for r in range(rows)]
     ranked, order = torch.sort(values, dim=1, descending=True, stable=True)
-    picked = torch.gather(counts, 1, order.unsqueeze(-1).expand(-1, -1, 3))
+    picked = counts[:, order] if counts.ndim == 2 else torch.gather(counts, 2, order.expand(3, -1, -1))
     start = torch.ones_like(ranked, dtype=torch.bool)
     torch.ne(ranked[:, 1:], ranked[:, :-1], out=start[:, 1:])  # a tie group starts where the score changes
     flat = start.flatten()
     group = torch.cumsum(flat, 0) - 1  # every cell's group, numbered across the rows
-    sums = torch.zeros(int(group[-1]) + 1, 3, dtype=torch.float64, device=values.device)
-    sums.index_add_(0, group, picked.reshape(-1, 3))
+    sums = torch.zeros(3, int(group[-1]) + 1, dtype=torch.float64, device=values.device)
+    sums.index_add_(1, group, picked.reshape(3, -1))
     sizes = start.sum(1).tolist()
-    return [Runs(v, c) for v, c in zip(torch.split(ranked.flatten()[flat], sizes), torch.split(sums, sizes))]
+    return [Runs(v, c) for v, c in zip(torch.split(ranked.flatten()[flat], sizes), torch.split(sums, sizes, 1))]
 
 
 def group_cells(scores: torch.Tensor, counts: torch.Tensor) -> list[Runs]:
@@ -59,16 +61,15 @@ def group_cells(scores: torch.Tensor, counts: torch.Tensor) -> list[Runs]:
 
     Args:
         scores: float, (K, M) K maps' scores over the same M cells (no NaN).
-        counts: float64, (M, 3) per cell: defect pixels, normal pixels, PRO weight.
+        counts: float64, (3, M) per cell: defect pixels, normal pixels, PRO weight.
 
     Returns:
         K ``Runs``.
     """
-    if scores.ndim != 2 or counts.shape != (scores.shape[1], 3):
-        raise ValueError(f"group_cells: expected scores (K, M) and counts (M, 3), got {tuple(scores.shape)} and "
+    if scores.ndim != 2 or counts.shape != (3, scores.shape[1]):
+        raise ValueError(f"group_cells: expected scores (K, M) and counts (3, M), got {tuple(scores.shape)} and "
                          f"{tuple(counts.shape)}")
-    k = scores.shape[0]
-    return _grouped(scores.float(), counts.double().unsqueeze(0).expand(k, -1, -1), k)
+    return _grouped(scores.float(), counts.double())
 
 
 def merge_runs(runs: list[Runs]) -> Runs:
@@ -76,7 +77,7 @@ def merge_runs(runs: list[Runs]) -> Runs:
     if len(runs) == 1:
         return runs[0]
     values = torch.cat([r.values for r in runs])[None]
-    return _grouped(values, torch.cat([r.counts for r in runs])[None], 1)[0]
+    return _grouped(values, torch.cat([r.counts for r in runs], 1))[0]
 
 
 class CandidateRuns:
@@ -129,6 +130,6 @@ class CandidateRuns:
         counts = torch.zeros(3, len(categories), len(union), dtype=torch.float64, device=union.device)
         offset = 0
         for i, r in present:
-            counts[:, i, place[offset:offset + len(r)]] = r.counts.T
+            counts[:, i, place[offset:offset + len(r)]] = r.counts
             offset += len(r)
         return union.double().cpu().numpy(), counts.cpu().numpy()

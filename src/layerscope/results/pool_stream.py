@@ -43,7 +43,7 @@ def mask_counts(mask: torch.Tensor, valid: torch.Tensor | None, grids: Iterable[
 
     Returns:
         (``defective``, ``regions``, ``defect_pixels``, ``normal_pixels``) as a dict, and grid ->
-        float64 (h w, 3) counts per cell: defect pixels, normal pixels, PRO weight.
+        float64 (3, h w) counts per cell: defect pixels, normal pixels, PRO weight.
     """
     counted = mask if valid is None else mask & valid
     n_valid = counted.numel() if valid is None else int(valid.sum())
@@ -55,7 +55,7 @@ def mask_counts(mask: torch.Tensor, valid: torch.Tensor | None, grids: Iterable[
         regions = cells.regions.shape[1]
         pro = (cells.regions / cells.regions.sum(0, keepdim=True)).sum(1) if regions else \
             torch.zeros(grid[0] * grid[1], dtype=torch.float64)
-        out[grid] = torch.stack([cells.pos.double(), cells.neg.double(), pro], 1)
+        out[grid] = torch.stack([cells.pos.double(), cells.neg.double(), pro])
     row = {"defective": bool(mask.any()), "regions": regions, "defect_pixels": defect,
            "normal_pixels": n_valid - defect}
     return row, out
@@ -164,7 +164,7 @@ class PooledStream:
                         self.scores[self.slots[(layer, kk)]][i] = per_image[j, kk]
                 for category, js in by_category.items():
                     scores = flat[js].transpose(0, 1).reshape(k, -1)  # (K, images x cells)
-                    cells = torch.cat([counts[j][grids[layer]] for j in js])
+                    cells = torch.cat([counts[j][grids[layer]] for j in js], 1)
                     for kk, runs in enumerate(group_cells(scores, cells)):
                         self.runs[self.slots[(layer, kk)]].add(category, runs)
                         self.held += 28 * len(runs)
@@ -237,11 +237,11 @@ def streams_from_pool(pool) -> Iterator[tuple[PooledStream, list[int]]]:
             stream.nonfinite[0] = pool.nonfinite[c]
         scores = torch.from_numpy(np.asarray(pool.scores(c), np.float32))
         counts = torch.from_numpy(np.stack([np.asarray(cells.pos, np.float64), np.asarray(cells.neg, np.float64),
-                                            np.asarray(cells.pro, np.float64)], 1))
+                                            np.asarray(cells.pro, np.float64)]))
         cell_category = categories[np.asarray(cells.image)]
         for category in np.unique(cell_category):
             at = torch.from_numpy(np.flatnonzero(cell_category == category))
-            stream.runs[0].add(str(category), group_cells(scores[at][None], counts[at])[0])
+            stream.runs[0].add(str(category), group_cells(scores[at][None], counts[:, at])[0])
         yield stream, [int(c)]
 
 
