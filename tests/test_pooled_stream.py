@@ -184,3 +184,41 @@ def test_a_run_cut_after_any_image_resumes_to_the_same_table(clean, tmp_path, mo
     study.run(compose(*SMALL_RUN, "batch_size=4", "cache.enabled=false"), out)
     assert (out / layout.DATASET_METRICS).read_text() == (clean / layout.DATASET_METRICS).read_text()
     assert (clean / layout.DATASET_METRICS).read_text() == _from_saved_maps(clean, tmp_path)
+
+
+def test_the_packed_cpu_sort_orders_as_torch_sort():
+    """The CPU's packed-key sort and ``torch.sort`` (what a GPU runs): the same scores in the same order."""
+    from layerscope.metrics.pooled_runs import sort_descending
+
+    rng = np.random.default_rng(1)
+    values = np.round(rng.normal(size=(3, 2000)), 1).astype(np.float32)  # ties, negatives
+    values[0, :6] = [np.inf, -np.inf, 0.0, 3.5, 3.5, -0.0]  # -0.0 and 0.0 tie, as in a sort
+    t = torch.from_numpy(values)
+    (got, order), (want, want_order) = sort_descending(t), sort_descending(t, packed=False)
+    assert torch.equal(got, want) and torch.equal(order, want_order)  # ties keep their order in both
+    assert torch.equal(got, torch.gather(t, 1, order)) and (got[:, :-1] >= got[:, 1:]).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_check.sh runs it)")
+def test_cuda_accumulators_equal_the_cpu_ones(tmp_path):
+    """The accumulators on the GPU (as a study with device=cuda keeps them) give the CPU's rows to 1e-6."""
+    _saved_folder(tmp_path, n=24)
+    rows = {}
+    for device in ("cpu", "cuda"):
+        stream = PooledStream.for_run(tmp_path, device=device)
+        stream.add_saved(tmp_path)
+        assert all(r.values.device.type == device for runs in stream.runs for p in runs.parts.values() for r in p)
+        rows[device] = pd.DataFrame(stream_rows(stream))
+    numeric = [c for c in rows["cpu"].columns if rows["cpu"][c].dtype.kind == "f"]
+    np.testing.assert_allclose(rows["cuda"][numeric].to_numpy(float), rows["cpu"][numeric].to_numpy(float),
+                               rtol=0, atol=1e-6)
+    pd.testing.assert_frame_equal(rows["cuda"].drop(columns=numeric), rows["cpu"].drop(columns=numeric))
+
+
+def test_the_accumulator_timing_runs_on_the_cpu(capsys):
+    from layerscope.bench import stream as bench_stream
+
+    assert bench_stream.main(["--images", "6", "--batch", "4", "--layers", "2", "--maps", "2", "--grid", "6",
+                              "--size", "24", "--devices", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "dataset-level accumulators on cpu:" in out and "for the 8 rows at the end" in out
