@@ -87,9 +87,12 @@ def _formatted(rows: list[dict]) -> pd.DataFrame:
     return table.apply(lambda col: col.map(lambda v: f"{v:.9g}" if isinstance(v, float) else str(v)))
 
 
-def test_streamed_rows_equal_the_weighted_pass_over_every_cell(tmp_path):
+@pytest.mark.parametrize("mode", ["nearest", pytest.param("bilinear", marks=pytest.mark.slow)])
+def test_streamed_rows_equal_the_weighted_pass_over_every_cell(tmp_path, mode):
     _saved_folder(tmp_path)
+    (tmp_path / layout.CONFIG).write_text(f"upsample: {mode}\n")  # bilinear: a cell per pixel
     pool = build_pool(tmp_path)
+    assert set(pool.candidates["upsample"]) == {mode}
     images = pool.images
     defective = images["defective"].to_numpy()
     reference = []
