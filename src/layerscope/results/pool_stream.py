@@ -10,6 +10,7 @@ from their saved maps (``add_saved``); ``from_pool`` fills one from a ``Pool`` (
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -118,8 +119,6 @@ class PooledStream:
             names: layer -> K map names.
             meta: ``model`` and ``method`` of the run.
         """
-        import time
-
         t0 = time.perf_counter()
         keep = [b for b, image in enumerate(images) if image["mask"] is not None]
         if not keep or self.dropped:
