@@ -50,6 +50,7 @@ def test_group_cells_and_merges_equal_the_counts_of_all_cells_at_once():
     keys = ["crack", "good", "spot"]
     for row in range(k):
         assert sum(len(p) for p in per[row].parts.values()) < n  # merged as it went: ties counted once
+        assert all(len(p) < 2 * CandidateRuns.FAN_IN for p in per[row].parts.values())  # a few runs per level
         for chosen in (["crack"], ["good", "spot"], keys):
             sel = np.isin(category, chosen)
             values, got = per[row].row(chosen)

@@ -110,19 +110,26 @@ def merge_runs(runs: list[Runs]) -> Runs:
 class CandidateRuns:
     """One candidate map's counts per category of image, merged as batches come.
 
-    Each category keeps a few runs of falling size (a new run merges into the last while the last is
-    less than twice as long), so the merges cost O(n log n) over a run and the end merges a handful.
+    Each category keeps its runs in levels: ``FAN_IN`` runs of one level merge into one of the next, so each
+    cell is sorted again about log_8(batches) times over a run (never for a run of up to 7 batches), a category
+    holds at most 7 runs per level, and the end merges those.
     """
+
+    FAN_IN = 8
 
     def __init__(self) -> None:
         self.parts: dict[str, list[Runs]] = {}
+        self._levels: dict[str, list[int]] = {}
 
     def add(self, category: str, runs: Runs) -> None:
         """Add cells of images of ``category``."""
-        parts = self.parts.setdefault(category, [])
+        parts, levels = self.parts.setdefault(category, []), self._levels.setdefault(category, [])
         parts.append(runs)
-        while len(parts) > 1 and len(parts[-2]) < 2 * len(parts[-1]):
-            parts[-2:] = [merge_runs(parts[-2:])]
+        levels.append(0)
+        f = self.FAN_IN
+        while len(levels) >= f and len(set(levels[-f:])) == 1:
+            parts[-f:] = [merge_runs(parts[-f:])]
+            levels[-f:] = [levels[-1] + 1]
 
     def merged(self, category: str) -> Runs | None:
         """Every cell of ``category`` in one ``Runs``, or None when it has none."""
@@ -130,6 +137,7 @@ class CandidateRuns:
         if not parts:
             return None
         self.parts[category] = [merge_runs(parts)]
+        self._levels[category] = [max(self._levels[category])]
         return self.parts[category][0]
 
     def row(self, categories: list[str]) -> tuple[np.ndarray, np.ndarray]:
