@@ -22,16 +22,18 @@ __all__ = ["CandidateRuns", "Runs", "group_cells", "merge_runs"]
 
 @dataclass
 class Runs:
-    """Cells grouped by score.
+    """Cells grouped by score (or, not yet grouped, the cells themselves).
 
     Attributes:
-        values: float32, (G,) distinct scores, descending.
+        values: float32, (G,) distinct scores, descending (not ``grouped``: one per cell, in any order).
         counts: float64, (3, G) per score: defect pixels, normal pixels, PRO weight
             (``sum_r |r ∩ cell| / |r|``).
+        grouped: whether ``values`` are distinct and sorted.
     """
 
     values: torch.Tensor
     counts: torch.Tensor
+    grouped: bool = True
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -101,7 +103,7 @@ def group_cells(scores: torch.Tensor, counts: torch.Tensor) -> list[Runs]:
 
 def merge_runs(runs: list[Runs]) -> Runs:
     """One ``Runs`` holding every cell of ``runs``: their distinct scores, equal scores' counts summed."""
-    if len(runs) == 1:
+    if len(runs) == 1 and runs[0].grouped:
         return runs[0]
     values = torch.cat([r.values for r in runs])[None]
     return _grouped(values, torch.cat([r.counts for r in runs], 1))[0]
@@ -110,9 +112,9 @@ def merge_runs(runs: list[Runs]) -> Runs:
 class CandidateRuns:
     """One candidate map's counts per category of image, merged as batches come.
 
-    Each category keeps its runs in levels: ``FAN_IN`` runs of one level merge into one of the next, so each
-    cell is sorted again about log_8(batches) times over a run (never for a run of up to 7 batches), a category
-    holds at most 7 runs per level, and the end merges those.
+    Each category keeps its runs in levels: a batch's cells come as they are (level 0, not yet sorted), and
+    ``FAN_IN`` runs of one level merge into one of the next (one sort of their cells), so each cell is sorted
+    about log_8(batches) times over a run, a category holds at most 7 runs per level, and the end merges those.
     """
 
     FAN_IN = 8

@@ -19,14 +19,14 @@ import torch
 
 from ..methods.upsample import upsample as upsample_maps
 from ..metrics.localization import MaskCells, top_score
-from ..metrics.pooled_runs import CandidateRuns, group_cells
+from ..metrics.pooled_runs import CandidateRuns, Runs, group_cells
 from ..metrics.threads import one_thread
 from . import catalog, layout
 from .maps_io import load_maps
 
 log = logging.getLogger(__name__)
 
-# the counts a run holds in memory at most (28 bytes per distinct score of each candidate): beyond, it drops
+# the counts a run holds in memory at most (about 28 bytes per distinct score of each candidate): beyond, it drops
 # them and the pass at the end reads the saved maps from disk instead, as ``results.pool`` does (same numbers)
 STREAM_BYTES = 2 * 2 ** 30
 SCORES = tuple(catalog.IMAGE_SCORES.values())  # the image score columns: score_max, score_topk
@@ -164,9 +164,9 @@ class PooledStream:
                 for category, js in by_category.items():
                     scores = flat[js].transpose(0, 1).reshape(k, -1)  # (K, images x cells)
                     cells = torch.cat([counts[j][grids[layer]] for j in js], 1)
-                    for kk, runs in enumerate(group_cells(scores, cells)):
-                        self.runs[self.slots[(layer, kk)]].add(category, runs)
-                        self.held += 28 * len(runs)
+                    for kk in range(k):  # sorted when 8 batches' cells merge (``CandidateRuns``)
+                        self.runs[self.slots[(layer, kk)]].add(category, Runs(scores[kk], cells, grouped=False))
+                    self.held += (4 * k + 24) * cells.shape[1]
         if self.held > STREAM_BYTES:
             log.info("dataset level: the pooled counts passed %.1f GiB; the pass at the end reads the saved maps "
                      "instead", STREAM_BYTES / 2 ** 30)
