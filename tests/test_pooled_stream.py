@@ -83,9 +83,8 @@ def _saved_folder(folder, n: int = 14, seed: int = 0) -> None:
                   {"image": f"im{i:02d}", "category": category, "model": "m", "method": "x"}, valid=valid)
 
 
-def _formatted(rows: list[dict]) -> pd.DataFrame:
-    table = pd.DataFrame(rows).drop(columns=["_c"], errors="ignore")
-    return table.apply(lambda col: col.map(lambda v: f"{v:.9g}" if isinstance(v, float) else str(v)))
+def _table(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows).drop(columns=["_c"], errors="ignore")
 
 
 @pytest.mark.parametrize("mode", ["nearest", pytest.param("bilinear", marks=pytest.mark.slow)])
@@ -105,22 +104,26 @@ def test_streamed_rows_equal_the_weighted_pass_over_every_cell(tmp_path, mode):
                 m = {k: float("nan") for k in m}
             reference.append({"category": category, "n_images": int(chosen.sum()),
                               "n_defect_images": int((chosen & defective).sum()), **m})
-    want = _formatted(reference)
+    want = _table(reference)
     fed = {}
     for name, batch, order in (("one", 1, 1), ("four", 4, 1), ("reversed", 4, -1)):
         stream = PooledStream.for_run(tmp_path)
         files = layout.map_files(tmp_path)[::order]
         for start in range(0, len(files), batch):
             stream.add_saved(tmp_path, [p.stem for p in files[start:start + batch]])
-        fed[name] = _formatted(stream_rows(stream))
-    from_pool = _formatted([row for s, numbers in streams_from_pool(pool) for row in stream_rows(s, None, numbers)])
+        fed[name] = _table(stream_rows(stream))
+    from_pool = _table([row for s, numbers in streams_from_pool(pool) for row in stream_rows(s, None, numbers)])
     pool.close()
+    exact = [c for c in want.columns if c != "aupro"]
     for got in (*fed.values(), from_pool):
-        pd.testing.assert_frame_equal(got[want.columns].reset_index(drop=True), want)
-    pd.testing.assert_frame_equal(fed["one"], fed["four"])
+        got = got[want.columns].reset_index(drop=True)
+        pd.testing.assert_frame_equal(got[exact], want[exact], check_exact=True)  # pixel counts: to the last bit
+        # PRO weights of tied cells are float sums in another order (these maps tie a lot): to rounding
+        np.testing.assert_allclose(got["aupro"], want["aupro"], rtol=1e-13, atol=0)
+    pd.testing.assert_frame_equal(fed["one"][exact], fed["four"][exact], check_exact=True)
     assert (fed["one"]["notes"].str.contains("NaN/inf") == (fed["one"]["head"] == "1")).all()  # the NaN map
-    image = fed["one"][(fed["one"]["layer"] == "3") & (fed["one"]["category"] == catalog.AGGREGATE)]
-    assert float(image["image_auroc"].iloc[0]) > 0 and float(image["pixel_auroc"].iloc[0]) > 0
+    image = fed["one"][(fed["one"]["layer"] == 3) & (fed["one"]["category"] == catalog.AGGREGATE)]
+    assert image["image_auroc"].iloc[0] > 0 and image["pixel_auroc"].iloc[0] > 0
 
 
 def test_a_stream_over_its_memory_bound_leaves_the_pass_to_the_saved_maps(tmp_path, monkeypatch):

@@ -10,9 +10,11 @@ over every normal pixel; F1-max is the best pixel F1 over one shared threshold.
 A per-defect-type row pools that type's images with the defect-free (``good``) ones; the
 ``all`` row pools every image.
 
-The point values come from the streamed accumulators (``results.pool_stream``): a study feeds
-them batch by batch, ``layerscope-report`` from the pooled saved maps; the bootstrap CIs resample
-the pooled cells (``_Candidate``). The held-out choice is ``heldout``.
+A study writes the table from its streamed accumulators (``results.pool_stream``, fed batch by
+batch: ``stream_rows``); ``layerscope-report`` from the saved maps, pooled (``dataset_metrics``: a
+weighted pass over every cell, which its bootstrap CIs repeat). The two agree to the last bit
+except where several cells with region weight tie (their PRO weights are float sums in another
+order, about 1e-16 apart; the csv's 9 digits are the same). The held-out choice is ``heldout``.
 """
 from __future__ import annotations
 
@@ -23,13 +25,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
 
-from .metrics.pooled import SortedCells, group_metrics, pooled_metrics
+from .metrics.pooled import PooledMetrics, SortedCells, group_metrics, pooled_metrics
 from .metrics.threads import map_threads, one_thread
 from .results import catalog, layout
 from .results.pool import SCORES, GridCells, Pool, build_pool
-from .results.pool_stream import PooledStream, streams_from_pool
+from .results.pool_stream import PooledStream
 
 log = logging.getLogger(__name__)
 
@@ -180,39 +181,60 @@ def stream_rows(stream: PooledStream, categories: list[tuple[str, np.ndarray]] |
     images = stream.images()
     covered = np.ones(len(images), bool) if stream.covered is None else stream.covered
     categories = _categories(images) if categories is None else categories
-    # one thread for NumPy's BLAS products and torch's ops: two threads handing O(G) products back and forth
-    # only wait on each other (measured on 2 busy cores: the pass 3x faster), and the run and the report read
-    # the same products, hence the same digits
-    with one_thread(), threadpool_limits(1):
+    with one_thread():  # torch's merges on one intra-op thread; NumPy's BLAS as it is (see ``_stream_rows``)
         return _stream_rows(stream, images, covered, categories, numbers)
 
 
 def _stream_rows(stream: PooledStream, images: pd.DataFrame, covered: np.ndarray,
                  categories: list[tuple[str, np.ndarray]], numbers: Sequence[int] | None) -> list[dict]:
-    defective = images["defective"].to_numpy()
     regions = images["regions"].to_numpy(float)
     raw = images["category"].to_numpy()
     columns = {key: images[key].to_numpy() for key in ("defect_pixels", "normal_pixels", "defective")}
+    everything = sorted({str(k) for k in raw[covered]})
     rows = []
     for c, cand in enumerate(stream.candidates):
         image_scores = stream.image_scores(c)
         bad = stream.nonfinite.get(c, 0)
+        # every row reads the curves over all the candidate's distinct scores, those of its unselected images
+        # with zero counts, as the pass over every cell with image weights does: the same products, summed in
+        # the same order (and NumPy's BLAS threads left as they are), give its numbers to the last bit
+        values, every = stream.runs[c].row(everything)
         for category, chosen in categories:
             sel = chosen & covered
-            values, (gp, gn, gpro) = stream.runs[c].row(sorted({str(k) for k in raw[sel]}))
+            picked = sorted({str(k) for k in raw[sel]})
+            counts = every
+            if picked != everything:
+                own, own_counts = stream.runs[c].row(picked)
+                counts = np.zeros_like(every)
+                counts[:, np.searchsorted(-values, -own)] = own_counts  # values descending: -values ascending
             w = sel.astype(float) * covered  # the images' weights of the pass over every cell
-            m = asdict(group_metrics(values, gp, gn, gpro, float((w * regions).sum()), stream.fpr_limit))
-            scores = {name: _image_auroc(image_scores[sel, SCORES.index(score)], defective[sel])
-                      for name, score in catalog.IMAGE_SCORES.items()}
-            notes = _notes(columns, sel)
-            if bad:  # its cells were read as zeros: no number of it would mean anything
-                m, scores = {k: float("nan") for k in m}, {k: float("nan") for k in scores}
-                notes = nonfinite_note(bad)
-            rows.append({"job": cand["job"], **{k: cand[k] for k in CANDIDATE}, "category": category,
-                         "n_images": int(sel.sum()), "n_defect_images": int((sel & defective).sum()), **m, **scores,
-                         "upsample": cand["upsample"], "notes": notes,
-                         "_c": numbers[c] if numbers is not None else c})
+            m = group_metrics(values, counts[0], counts[1], counts[2], float((w * regions).sum()), stream.fpr_limit)
+            rows.append(_row(cand, category, sel, m, image_scores, columns, bad,
+                             numbers[c] if numbers is not None else c))
     return rows
+
+
+def _row(cand: dict, category: str, sel: np.ndarray, m: PooledMetrics, image_scores: np.ndarray,
+         columns: dict[str, np.ndarray], bad: int, number: int) -> dict:
+    """One row of ``dataset_metrics``: a candidate's pooled metrics ``m`` over the images ``sel`` of a category.
+
+    Args:
+        image_scores: (n_images, len(SCORES)) the candidate's image scores.
+        columns: ``defect_pixels``, ``normal_pixels``, ``defective`` of every image.
+        bad: images in which its map held NaN/inf values (then every metric is NaN, with the note).
+        number: its candidate number (``_c``).
+    """
+    defective = columns["defective"]
+    metrics = asdict(m)
+    scores = {name: _image_auroc(image_scores[sel, SCORES.index(score)], defective[sel])
+              for name, score in catalog.IMAGE_SCORES.items()}
+    notes = _notes(columns, sel)
+    if bad:  # its cells were read as zeros: no number of it would mean anything
+        metrics, scores = {k: float("nan") for k in metrics}, {k: float("nan") for k in scores}
+        notes = nonfinite_note(bad)
+    return {"job": cand["job"], **{k: cand[k] for k in CANDIDATE}, "category": category, "n_images": int(sel.sum()),
+            "n_defect_images": int((sel & defective).sum()), **metrics, **scores, "upsample": cand["upsample"],
+            "notes": notes, "_c": number}
 
 
 def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | None = 5,
@@ -227,16 +249,29 @@ def dataset_metrics(pool: Pool, n_boot: int = 200, seed: int = 0, ci_top: int | 
         ci_top: which ``all`` rows get CIs: the ``ci_top`` best candidates by each of the two
             metrics plus, per (model, method), every layer of its best map (the line the figures
             draw); None for every candidate. Each CI costs ``n_boot`` pooled passes.
-        threads: the CIs of large candidates (``THREADED_CELLS``) resampled at once (NumPy's sorts and sums
-            release the GIL); memory holds one candidate's sorted cells per thread. The rows do not depend on it.
+        threads: large candidates (``THREADED_CELLS``) evaluated at once (NumPy's sorts and sums release the
+            GIL); memory holds one candidate's sorted cells per thread. The rows do not depend on it.
     """
     images = pool.images
     defective = images["defective"].to_numpy()
     regions = images["regions"].to_numpy(float)
+    columns = {key: images[key].to_numpy() for key in ("defect_pixels", "normal_pixels", "defective")}
     categories = _categories(images)
-    table = pd.DataFrame([row for stream, numbers in streams_from_pool(pool)
-                          for row in stream_rows(stream, categories, numbers)])
-    grid_cells = {c: pool.cells(c) for c in range(len(pool.candidates))}
+
+    def candidate_rows(c: int) -> list[dict]:
+        data = _Candidate(pool, c, regions, grid_cells[c])  # one candidate's sorted cells per thread at a time
+        rows = []
+        for category, chosen in categories:
+            sel = chosen & data.covered
+            rows.append(_row(candidates[c], category, sel, data.metrics(sel.astype(float)), data.image_scores,
+                             columns, pool.nonfinite.get(c, 0), c))
+        return rows
+
+    candidates = {c: dict(cand) for c, cand in pool.candidates.iterrows()}  # pandas here, NumPy in the threads
+    grid_cells = {c: pool.cells(c) for c in candidates}
+    order = list(candidates)
+    parts = _spread(candidate_rows, order, [len(grid_cells[c].image) for c in order], threads)
+    table = pd.DataFrame([row for part in parts for row in part])
     if n_boot:
         pooled = table[table["category"] == catalog.AGGREGATE]
         chosen_c = set(pooled["_c"])

@@ -23,8 +23,8 @@ TARGET_OUTSIDE = 0.25  # the goal: time outside the backbone at most this share 
 MARGINAL_SIZES = (1, 3)  # data.per_combination: 16 and 48 synthetic images
 
 
-STAGES = ("backbone", "scoring", "writing", "write_wait", "data_wait", "dataset_stream", "other", "loop", "dataset_pass",
-          "after_loop_other")
+STAGES = ("backbone", "scoring", "writing", "write_wait", "data_wait", "dataset_stream", "other", "loop",
+          "dataset_pass", "after_loop_other")
 STAGE_TEXT = {
     "backbone": "forward + maps in the study",
     "scoring": "rows and results.csv",
@@ -37,7 +37,8 @@ STAGE_TEXT = {
     "dataset_pass": "the dataset-level protocol at the end (a merge of the streamed counts; older code: a pass "
                     "over the saved maps)",
     "after_loop_other": "the rest of the work after the loop (representations, the summary)",
-    "outside_backbone_whole_run": "outside the backbone, whole run: the loop less the backbone, plus all the work after it",
+    "outside_backbone_whole_run": "outside the backbone, whole run: the loop less the backbone, plus all the work "
+                                  "after it",
     "backbone_only": "forward + maps alone, timed here in the same round",
 }
 

@@ -2,11 +2,12 @@
 
 The pooled curves (``metrics.pooled``) read only, per distinct score, how many defect pixels, normal pixels
 and how much PRO weight score exactly that value. Those counts add: the counts of two sets of cells are the
-union of their distinct scores with the counts of equal scores summed. So a run sorts each batch's cells
-once (``group_cells``), keeps the result as a ``Runs`` (distinct scores, descending, with their counts) and
-merges runs as they come (``CandidateRuns``); at the end, a row of any set of categories merges theirs
-(``CandidateRuns.row``) and reads its curves from the merged counts (``metrics.pooled.group_metrics``). Pixel counts are integers in float64, so their sums are exact in any
-order; the PRO weights are float64 sums, equal to a pass over all cells up to their rounding.
+union of their distinct scores with the counts of equal scores summed. So a run keeps each batch's cells,
+merges them as they come (``CandidateRuns``: sorted once per merge, kept as a ``Runs`` of distinct scores,
+descending, with their counts), and at the end a row of any set of categories merges theirs
+(``CandidateRuns.row``) and reads its curves from the merged counts (``metrics.pooled.group_metrics``). Pixel
+counts are integers in float64, so their sums are exact in any order; the PRO weights are float64 sums, equal
+to a pass over all cells up to their rounding where several cells with region weight tie.
 
 Tensors stay on the device the maps are on (the GPU where the study scores there).
 """
