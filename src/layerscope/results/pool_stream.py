@@ -5,21 +5,21 @@ per image its row of the image table (category, defect and normal pixels, region
 (layer, map) its image scores and its cells' counts at each distinct score per category of image
 (``metrics.pooled_runs``). ``protocol.stream_rows`` turns them into the rows of ``dataset_metrics.csv``,
 the same numbers as the pass over the saved maps. A resumed run feeds the images an earlier run finished
-from their saved maps (``add_saved``); ``from_pool`` fills one from a ``Pool`` (``layerscope-report``).
+from their saved maps (``add_saved``).
 """
 from __future__ import annotations
 
 import logging
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..methods.upsample import upsample as upsample_maps
 from ..metrics.localization import MaskCells, top_score
-from ..metrics.pooled_runs import CandidateRuns, Runs, group_cells
+from ..metrics.pooled_runs import CandidateRuns, Runs
 from ..metrics.threads import one_thread
 from . import catalog, layout
 from .maps_io import load_maps
@@ -212,36 +212,6 @@ class PooledStream:
         for i, v in self.scores[c].items():
             out[i] = v
         return out
-
-
-def streams_from_pool(pool) -> Iterator[tuple[PooledStream, list[int]]]:
-    """The accumulators of a ``Pool`` (the saved maps of a folder, read once), one candidate at a time (memory
-    holds one candidate's counts): per candidate a stream over the pool's images and ``[its number]``."""
-    images = pool.images
-    rows = images.to_dict("records")
-    index = {str(i): n for n, i in enumerate(images["id"])}
-    categories = images["category"].to_numpy()
-    for c, cand in pool.candidates.iterrows():
-        stream = PooledStream(cand["job"], cand["upsample"], pool.fpr_limit)
-        stream.image_rows, stream.index = rows, index
-        cells = pool.cells(c)
-        stream.covered = np.zeros(len(images), bool)  # a sweep's jobs may hold different images
-        stream.covered[np.unique(np.asarray(cells.image))] = True
-        stream.candidates.append({"job": cand["job"], **{k: cand[k] for k in ("model", "method", "layer", "head",
-                                                                              "upsample")}})
-        stream.runs.append(CandidateRuns())
-        table = pool.image_scores[c]
-        stream.scores.append({i: table[i] for i in range(len(table)) if not np.isnan(table[i]).all()})
-        if pool.nonfinite.get(c):
-            stream.nonfinite[0] = pool.nonfinite[c]
-        scores = torch.from_numpy(np.asarray(pool.scores(c), np.float32))
-        counts = torch.from_numpy(np.stack([np.asarray(cells.pos, np.float64), np.asarray(cells.neg, np.float64),
-                                            np.asarray(cells.pro, np.float64)]))
-        cell_category = categories[np.asarray(cells.image)]
-        for category in np.unique(cell_category):
-            at = torch.from_numpy(np.flatnonzero(cell_category == category))
-            stream.runs[0].add(str(category), group_cells(scores[at][None], counts[:, at])[0])
-        yield stream, [int(c)]
 
 
 def add_scored(stream: "PooledStream | None", items: Sequence[Mapping], scored: Sequence[tuple],
