@@ -3,7 +3,8 @@
 # models (per-stage ms per image, images/s, the MVTec-size projection on that device), then the agreement of the
 # scorer running on the GPU with the CPU one (tests/test_batch_scoring.py, device route on cuda, to 1e-6), and the
 # few-shot k-NN maps per image and layer on CUDA against the backbone (method=anomalydino on DINOv2 at 448 px,
-# method=patchcore on EfficientNet-Lite0, 16 shots).
+# method=patchcore on EfficientNet-Lite0, 16 shots), and the dataset-level accumulators on the GPU against the CPU
+# (tests/test_pooled_stream.py, to 1e-6) with their milliseconds per image on each device.
 # Everything it prints is also written under $OUT (default outputs/gpu_check). Without CUDA it stops at once.
 #
 #   scripts/gpu_check.sh                    # from the repository root or anywhere
@@ -31,6 +32,11 @@ timeout 210 "$PY" -m layerscope.cli.bench --pipeline --device cuda --rounds 2 \
 timeout 60 "$PY" -m pytest tests/test_batch_scoring.py -q -p no:cacheprovider -k "device_route" 2>&1 \
   | tee "$OUT/agreement.txt"
 grep -q "passed" "$OUT/agreement.txt" && ! grep -q "failed\|skipped" "$OUT/agreement.txt"
+# the dataset-level accumulators on the GPU: the CPU's rows to 1e-6, then their time per image on both devices
+timeout 60 "$PY" -m pytest tests/test_pooled_stream.py -q -p no:cacheprovider -k "cuda_accumulators or packed" 2>&1 \
+  | tee "$OUT/stream_agreement.txt"
+grep -q "2 passed" "$OUT/stream_agreement.txt" && ! grep -q "failed\|skipped" "$OUT/stream_agreement.txt"
+timeout 60 "$PY" -m layerscope.bench.stream --images 64 --batch 16 --devices cpu cuda 2>&1 | tee "$OUT/stream_time.txt"
 timeout 120 "$PY" -m layerscope.cli.bench --knn --device cuda --rounds 3 --shots 16 --out "$OUT/bench_knn_cuda.csv" 2>&1 \
   | tee "$OUT/bench_knn_cuda.txt"
 echo "gpu check done in $(( $(date +%s) - start )) s; outputs in $OUT"

@@ -51,6 +51,15 @@ def test_pipeline_rows_take_ratios_within_a_round():
     assert rows["scoring"]["seconds_min"] == pytest.approx(0.1) and rows["scoring"]["seconds_max"] == pytest.approx(0.2)
     assert rows["outside_backbone"]["vs_backbone"] == pytest.approx(0.15)
     assert rows["e2e_rate_vs_backbone_only"]["vs_backbone"] == pytest.approx(1 / 1.15)
+    assert math.isnan(rows["outside_backbone_whole_run"]["vs_backbone"])  # a round without it (older code)
+    summary = {"images": 16, "loop_seconds": 2.0, "backbone_seconds": 1.6, "score_seconds": 0.2,
+               "write_seconds": 0.1, "write_wait_seconds": 0.0, "data_wait_seconds": 0.0,
+               "dataset_stream_seconds": 0.032, "dataset_seconds": 0.16, "after_loop_seconds": 0.32}
+    stages = pipeline._round_stages(summary, 10.0, 1.5)
+    # whole run outside the backbone: (2.0 - 1.6) / 16 in the loop + 0.32 / 16 after it
+    assert stages["whole_run_outside"] == pytest.approx(0.045)
+    assert stages["dataset_pass"] == pytest.approx(0.01) and stages["after_loop_other"] == pytest.approx(0.01)
+    assert stages["dataset_stream"] == pytest.approx(0.002) and stages["startup"] == pytest.approx(7.68)
     text = pipeline.projection(result, images=1700)
     # startup (median 7.5 s) + 1700 x (median loop 1.725 + median dataset pass 0.45) = 3705 s
     assert "1:01:45" in text and "1,700-image" in text
@@ -79,16 +88,20 @@ def test_marginal_is_the_slope_between_two_sizes(monkeypatch):
     def fake_study(model, device, out, extra, cache=None):
         n = 16 * int(next(e for e in extra if e.startswith("data.per_combination=")).split("=")[1])
         warm = (out.name.startswith("warm"))
-        return {"images": n, "loop_seconds": 3.0 + n * (0.015 if warm else 0.021),
-                "backbone_calls": 0 if warm else n // 4}, 1.0
+        loop = 3.0 + n * (0.015 if warm else 0.021)
+        after = 0.5 + n * 0.002  # the dataset pass and the rest after the loop
+        assert "dataset_metrics=false" not in extra  # whole runs
+        return {"images": n, "loop_seconds": loop, "after_loop_seconds": after,
+                "backbone_calls": 0 if warm else n // 4}, 4.0 + loop + after
 
     monkeypatch.setattr(pipeline, "_study", fake_study)
     runs = pipeline.marginal("m", "cpu", 2)
     assert [r["images"] for r in runs] == [[16, 48], [16, 48]]
     assert all(r["warm"] == pytest.approx(0.015) and r["cold"] == pytest.approx(0.021) for r in runs)
+    assert all(r["warm_after"] == pytest.approx(0.002) and r["warm_whole"] == pytest.approx(0.017) for r in runs)
     rows = pipeline.marginal_table(["m"], ["cpu"], 1)
-    assert [(r["cache"], round(r["seconds_per_image"], 6)) for r in rows] == [("cold", 0.021), ("warm", 0.015),
-                                                                              ("cold-warm", 0.006)]
+    assert [(r["cache"], round(r["seconds_per_image"], 6)) for r in rows] == [
+        ("cold", 0.021), ("warm", 0.015), ("cold-warm", 0.006), ("warm-after-loop", 0.002), ("warm-whole-run", 0.017)]
 
 
 def test_against_runs_the_other_code_in_the_same_rounds_in_alternating_order(monkeypatch, tmp_path, capsys):
@@ -107,6 +120,8 @@ def test_against_runs_the_other_code_in_the_same_rounds_in_alternating_order(mon
     found = pipeline.marginal("m", "cpu", 2, against=other)
     assert [r["warm"] for r in found["before"]] == pytest.approx([0.030, 0.030])
     assert [r["warm"] for r in found["after"]] == pytest.approx([0.010, 0.010])
+    assert pipeline.marginal_compared("m", "cpu", found).startswith(
+        "m on cpu, marginal ms per image outside the backbone (warm cache) over 2 interleaved rounds: whole run")
     firsts = [src for name, src in calls if name.startswith("cold") and "_1" in name]  # the 16-image cold runs
     assert firsts == [other, None, None, other]  # round 0: before, after; round 1: after, before
     assert bench.main(["--against", str(tmp_path)]) == 2  # only with --pipeline
@@ -135,7 +150,8 @@ def test_pipeline_quick_prints_every_stage_and_a_projection(tmp_path):
     proc = _bench(["--pipeline", "--quick", "--device", "cpu", "--out", str(tmp_path / "pipe.csv")], tmp_path)
     rows = _table(proc.stdout, pipeline.PIPELINE_COLUMNS)
     stages = [r[2] for r in rows]
-    assert stages == [*pipeline.STAGES, "backbone_only", "outside_backbone", "e2e_rate_vs_backbone_only"]
+    assert stages == [*pipeline.STAGES, "backbone_only", "outside_backbone", "outside_backbone_whole_run",
+                      "e2e_rate_vs_backbone_only"]
     for r in rows:
         ratio, low, high = (float(v) for v in r[-3:])
         assert all(math.isfinite(v) and v >= 0 for v in (ratio, low, high)) and low <= ratio <= high, r

@@ -37,7 +37,7 @@ def study_dir(tmp_path_factory) -> Path:
     for name, model in (("vit", "tiny_vit"), ("cnn", "tiny_cnn")):
         proc = run_main([f"model={model}", *SMALL, f"hydra.run.dir={parent / name}"], cwd=ROOT)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    from layerscope.protocol import choose, write_choice
+    from layerscope.heldout import choose, write_choice
     from layerscope.analysis.pool import build_pool
 
     pool = build_pool(parent / "vit")  # a held-out choice (first image to choose on), for choice_stability

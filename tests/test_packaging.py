@@ -101,7 +101,7 @@ LAYERS = (
     ("methods", ("methods",)),
     ("scoring", ("metrics", "scoring", "scoring_batch", "sanity")),
     ("results", ("results",)),
-    ("analysis", ("analysis", "protocol", "comparison", "fewshot_choice", "rescoring")),
+    ("analysis", ("analysis", "heldout", "protocol", "comparison", "fewshot_choice", "rescoring")),
     ("presentation", ("figures", "view", "loggers")),
     ("study", ("plan", "mapsource", "batch_extras", "study")),
     ("api", ("", "api")),

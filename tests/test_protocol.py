@@ -13,7 +13,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from layerscope import study
 from layerscope.methods import upsample
-from layerscope.protocol import choose, dataset_metrics, split_images
+from layerscope.heldout import choose, split_images
+from layerscope.protocol import dataset_metrics
 from layerscope.cli.report import main as report_main
 from layerscope.results import layout
 from layerscope.results.maps_io import load_maps, save_maps

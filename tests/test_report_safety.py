@@ -313,7 +313,7 @@ def test_without_defect_free_images_the_false_alarm_rate_is_undefined_and_the_js
 
 
 def test_a_threshold_that_flags_no_part_has_no_break_even_rate():
-    from layerscope.protocol import _economics
+    from layerscope.heldout import _economics
 
     bad = np.array([True, False, True, False])
     scores = np.array([0.1, 0.9, 0.5, 0.4])  # the highest score is a good part: any flag costs a false alarm
@@ -337,7 +337,7 @@ def test_a_target_fpr_without_normal_pixels_is_refused_in_one_line(run_dir, tmp_
 
 
 def test_the_choice_json_writes_undefined_and_infinite_numbers_as_null(run_dir, tmp_path):
-    from layerscope.protocol import choose, write_choice
+    from layerscope.heldout import choose, write_choice
 
     pool = build_pool(run_dir)
     try:

@@ -24,7 +24,8 @@ from layerscope.cli.rescore import main as rescore_main
 from layerscope.data.folder import Folder
 from layerscope.data.handover import SHM, no_leftover_segments
 from layerscope.data.ids import path_id, safe_name
-from layerscope.protocol import choose, dataset_metrics
+from layerscope.heldout import choose
+from layerscope.protocol import dataset_metrics
 from layerscope.results import catalog, layout
 from layerscope.analysis.pool import build_pool
 from layerscope.analysis.leaderboard import dataset_markdown, md, rank_dataset, to_markdown

@@ -4,7 +4,7 @@ For each (model, method, shot count, reference seed) job of a sweep (``analysis.
 the candidate maps (layer, map) are ranked by a pooled metric on the calibration images only; the
 chosen one is reported on the held-out images, beside the candidate that is best on the held-out
 images themselves (the best in hindsight, which no one choosing beforehand could pick) and the last
-layer (the layer AnomalyDINO fixes by hand). One calibration split (``protocol.split_images``, seeded
+layer (the layer AnomalyDINO fixes by hand). One calibration split (``heldout.split_images``, seeded
 by ``--seed``) serves every job, so across seeds only the reference images change. Per shot count,
 ``choice_summary`` gives the mean over seeds with its 95% t-interval (``analysis.fewshot.t_interval``).
 """
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .protocol import _Candidate, choice_split
+from .heldout import choice_split
+from .protocol import _Candidate
 from .analysis.fewshot import SHOTS, t_interval
 from .results.layout import fewshot_choice_stem
 from .analysis.pool import Pool

@@ -33,6 +33,7 @@ from .config.checks import check_config
 from .plan import Plan, build, build_dataset, chosen_maps, plan_study
 from .results import layout
 from .results.cache import config_key
+from .analysis.pool_stream import PooledStream, add_scored, run_stream
 from .results.representations import PartWriter, consolidate
 from .results.rundir import RunLock, done_line, previous_progress, write_atomic, write_summary
 from .results.table import ResultsWriter
@@ -121,11 +122,15 @@ def _run_locked(cfg: DictConfig, out_dir: Path, on_accept: Callable[[bool], None
                  dataset=str(opts.data.get("name", "")))
     ok, pooled = False, None
     try:
-        stats = _study_loop(opts, out_dir, plan, backbone, dataset, device, logger, done)
+        stream = run_stream(opts, out_dir, done, device)  # the dataset-level pass, accumulated in the loop
+        stats = _study_loop(opts, out_dir, plan, backbone, dataset, device, logger, done, stream)
+        t_after = time.perf_counter()
         stats["rows"] += sum(done.values())  # the rows of images an earlier, interrupted run finished
         if any(e.startswith("rep_") for e in plan.extras):
             stats["representations"] = consolidate(out_dir)  # done.txt order: a resumed run's equals a clean one's
-        pooled, stats["dataset_seconds"] = dataset_pass(opts, out_dir)
+        pooled, stats["dataset_seconds"] = dataset_pass(opts, out_dir, stream)
+        stats["dataset_stream_seconds"] = round(stream.seconds, 3) if stream is not None else 0.0
+        stats["after_loop_seconds"] = round(time.perf_counter() - t_after, 3)  # the dataset pass and the rest
         write_summary(out_dir, {"complete": True, "model": backbone.name, "method": method.name,
                                 "layers": plan.layers, "seconds": round(time.perf_counter() - t0, 3), **stats})
         ok = True
@@ -149,8 +154,9 @@ def _log_comparison(logger: Logger, out_dir: Path) -> None:
     logger.log_comparison(*self_comparison(out_dir))
 
 
-def dataset_pass(cfg: StudyConfig, out_dir: Path) -> tuple[Any, float]:
-    """The dataset-level protocol over the saved maps (``dataset_metrics.csv``), when asked and possible.
+def dataset_pass(cfg: StudyConfig, out_dir: Path, stream: PooledStream | None = None) -> tuple[Any, float]:
+    """The dataset-level protocol (``dataset_metrics.csv``), when asked and possible: from the run's accumulators
+    (``stream``, fed in the loop), else over the saved maps.
 
     Returns:
         (the table or None, seconds spent).
@@ -165,7 +171,7 @@ def dataset_pass(cfg: StudyConfig, out_dir: Path) -> tuple[Any, float]:
     t0 = time.perf_counter()
     try:
         # CIs: layerscope-report (costly)
-        table = write_dataset_metrics(out_dir, n_boot=0, seed=int(cfg.seed), threads=score_threads())
+        table = write_dataset_metrics(out_dir, n_boot=0, seed=int(cfg.seed), threads=score_threads(), stream=stream)
     except FileNotFoundError as e:  # no masks: nothing to pool
         log.info("dataset_metrics skipped: %s", e)
         return None, 0.0
@@ -185,7 +191,7 @@ def dataset_pass(cfg: StudyConfig, out_dir: Path) -> tuple[Any, float]:
 
 
 def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, dataset: Dataset, device: torch.device,
-                logger: Logger, done: dict[str, int | None]) -> dict:
+                logger: Logger, done: dict[str, int | None], stream: PooledStream | None = None) -> dict:
     """Every image not yet done: maps, rows (written here), then its files and ``done.txt`` line.
 
     The files (saved maps, grid pictures) are written by ``results.writer.BackgroundWriter``'s
@@ -249,6 +255,7 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
                 columns = [distance_columns(plan, c, unit_scale) for c in captured]
                 extras = [merged_columns(f, c) for f, c in zip(faith, columns)]
                 scored = _score_batch(cfg, plan, backbone, names, items, per_image, logits, extras, clock)
+                add_scored(stream, items, scored, names, backbone.name, method.name)  # the dataset-level counts
                 # the batch's representations go to disk with its first image, before any of its done.txt lines
                 before = ([parts.task([item.id for item in items],
                                       representations(captured, items, int(cfg.representation_grid)),

@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         _fewshot_per_image(a)
     if dataset:
         from ..runtime import score_threads
-        from ..protocol import choose, undefined_reasons, write_choice, write_dataset_metrics
+        from ..heldout import choose, write_choice
+        from ..protocol import undefined_reasons, write_dataset_metrics
         from ..analysis.pool import build_pool
 
         pool = build_pool(a.folder, progress=True)  # the saved maps are read once for the table and the choice

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PooledMetrics", "SortedCells", "pooled_metrics", "threshold_at_fpr"]
+__all__ = ["PooledMetrics", "SortedCells", "group_metrics", "pooled_metrics", "threshold_at_fpr"]
 
 _NAN = float("nan")
 
@@ -155,41 +155,8 @@ class SortedCells:
         w_sorted = self._sorted_weights(weights)
         buf = np.empty(n, dtype=np.float64)
         gn = self._group_sums(neg, w_sorted, buf)
-        fp = np.cumsum(gn)  # (G,) negatives scoring >= each group's value
-        n_neg = float(fp[-1])
-        aupro = _NAN
-        if n_regions > 0 and n_neg > 0:
-            gpro = self._group_sums(pro, w_sorted, buf)
-            aupro = _aupro(fp, gpro, n_neg, n_regions, fpr_limit)
-            del gpro
         gp = self._group_sums(pos, w_sorted, buf)
-        del w_sorted
-        tp = np.cumsum(gp)  # (G,) positives scoring >= each group's value
-        n_pos = float(tp[-1])
-        if n_pos == 0:
-            return PooledMetrics(_NAN, aupro, _NAN, _NAN, _NAN)
-        g = gp.shape[0]
-        scratch = buf[:g]  # reuse the O(n) buffer for every O(G) temporary
-        auroc = _NAN
-        if n_neg > 0:
-            # each negative beats the positives strictly above it and ties half of its own group
-            np.multiply(gp, -0.5, out=scratch)
-            scratch += tp
-            auroc = float(np.dot(gn, scratch)) / (n_pos * n_neg)
-        del gn
-        # AP: recall steps gp/P times precision; groups without pixels have gp = 0 and must not give 0/0
-        np.add(tp, fp, out=scratch)
-        scratch[scratch == 0] = 1.0
-        np.divide(tp, scratch, out=scratch)
-        ap = float(np.dot(gp, scratch)) / n_pos
-        del gp
-        # F1 = 2TP / (2TP + FP + FN) = 2TP / (TP + FP + P): equal to 2PR/(P+R), and 0 where TP = 0
-        np.add(tp, fp, out=scratch)
-        scratch += n_pos
-        np.divide(tp, scratch, out=scratch)
-        best = int(np.argmax(scratch))
-        f1 = 2.0 * float(scratch[best])
-        return PooledMetrics(auroc, aupro, ap, f1, float(self.values[best]))
+        return group_metrics(self.values, gp, gn, lambda: self._group_sums(pro, w_sorted, buf), n_regions, fpr_limit)
 
     def at_threshold(self, t: float, pos: np.ndarray, neg: np.ndarray,
                      weights: np.ndarray | None = None) -> dict[str, float]:
@@ -255,6 +222,57 @@ class SortedCells:
         return float(self.values[present[-1]]) if present.size else math.inf
 
 
+def group_metrics(values: np.ndarray, gp: np.ndarray, gn: np.ndarray, gpro, n_regions: float,
+                  fpr_limit: float = 0.3) -> PooledMetrics:
+    """Pooled AUROC, AUPRO, AP and best F1 from the counts of each tie group (distinct score).
+
+    The one place the curves are read: ``SortedCells.metrics`` sums its cells into groups and
+    calls it; the streamed accumulators (``metrics.pooled_stream``) merge their counts and do too.
+
+    Args:
+        values: float64, (G,) distinct scores, descending.
+        gp: float64, (G,) defect pixels scoring each value.
+        gn: float64, (G,) normal pixels scoring each value.
+        gpro: float64, (G,) PRO weight per group (``SortedCells.metrics``' ``pro`` summed), or a
+            callable returning it (computed only where AUPRO is defined).
+        n_regions: total number of regions.
+        fpr_limit: upper end of the AUPRO integral, in (0, 1].
+
+    Returns:
+        ``PooledMetrics``; a field is NaN where it is undefined.
+    """
+    if values.shape[0] == 0:
+        return PooledMetrics(_NAN, _NAN, _NAN, _NAN, _NAN)
+    fp = np.cumsum(gn)  # (G,) negatives scoring >= each group's value
+    n_neg = float(fp[-1])
+    aupro = _NAN
+    if n_regions > 0 and n_neg > 0:
+        aupro = _aupro(fp, gpro() if callable(gpro) else gpro, n_neg, n_regions, fpr_limit)
+    tp = np.cumsum(gp)  # (G,) positives scoring >= each group's value
+    n_pos = float(tp[-1])
+    if n_pos == 0:
+        return PooledMetrics(_NAN, aupro, _NAN, _NAN, _NAN)
+    scratch = np.empty(gp.shape[0], dtype=np.float64)  # every O(G) temporary
+    auroc = _NAN
+    if n_neg > 0:
+        # each negative beats the positives strictly above it and ties half of its own group
+        np.multiply(gp, -0.5, out=scratch)
+        scratch += tp
+        auroc = float(np.dot(gn, scratch)) / (n_pos * n_neg)
+    # AP: recall steps gp/P times precision; groups without pixels have gp = 0 and must not give 0/0
+    np.add(tp, fp, out=scratch)
+    scratch[scratch == 0] = 1.0
+    np.divide(tp, scratch, out=scratch)
+    ap = float(np.dot(gp, scratch)) / n_pos
+    # F1 = 2TP / (2TP + FP + FN) = 2TP / (TP + FP + P): equal to 2PR/(P+R), and 0 where TP = 0
+    np.add(tp, fp, out=scratch)
+    scratch += n_pos
+    np.divide(tp, scratch, out=scratch)
+    best = int(np.argmax(scratch))
+    f1 = 2.0 * float(scratch[best])
+    return PooledMetrics(auroc, aupro, ap, f1, float(values[best]))
+
+
 def _aupro(fp: np.ndarray, gpro: np.ndarray, n_neg: float, n_regions: float, fpr_limit: float) -> float:
     """Normalised area under PRO(FPR) from FPR 0 to ``fpr_limit`` (MVTec AD, Bergmann et al.).
 
@@ -269,12 +287,16 @@ def _aupro(fp: np.ndarray, gpro: np.ndarray, n_neg: float, n_regions: float, fpr
         The trapezoid area of the curve (0, 0), (FPR_k, PRO_k)..., cut at ``fpr_limit`` with
         the crossing segment linearly interpolated, divided by ``fpr_limit``.
     """
-    fpr = fp / n_neg
-    # curve points with FPR <= limit; FPR is non-decreasing, so they are a prefix
-    k = int(np.searchsorted(fpr, fpr_limit, side="right"))
-    # only the first k + 1 points matter: cumulate no further
+    # curve points with FPR <= limit; FPR is non-decreasing, so they are a prefix: found on the counts, then
+    # checked on fp / n_neg itself, so that the prefix is the one the divided values give
+    k = int(np.searchsorted(fp, fpr_limit * n_neg, side="right"))
+    while k < fp.shape[0] and fp[k] / n_neg <= fpr_limit:
+        k += 1
+    while k > 0 and fp[k - 1] / n_neg > fpr_limit:
+        k -= 1
+    # only the first k + 1 points matter: divide and cumulate no further
     y = np.cumsum(gpro[: k + 1]) / n_regions
-    x = fpr[: k + 1]
+    x = fp[: k + 1] / n_neg
     area = 0.0
     if k:
         dx = np.diff(x[:k], prepend=0.0)

@@ -1,0 +1,244 @@
+"""A run's dataset-level accumulators, fed batch by batch in the study's loop (or from saved maps).
+
+What ``analysis.pool`` reads back from every saved map at the end, gathered while the maps are in hand:
+per image its row of the image table (category, defect and normal pixels, regions); per candidate map
+(layer, map) its image scores and its cells' counts at each distinct score per category of image
+(``metrics.pooled_runs``). ``protocol.stream_rows`` turns them into the rows of ``dataset_metrics.csv``,
+the same numbers as the pass over the saved maps. A resumed run feeds the images an earlier run finished
+from their saved maps (``add_saved``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..methods.upsample import upsample as upsample_maps
+from ..metrics.localization import MaskCells, top_score
+from ..metrics.pooled_runs import CandidateRuns, Runs
+from ..runtime import one_thread
+from ..results import catalog, layout
+from ..results.maps_io import load_maps
+
+log = logging.getLogger(__name__)
+
+# the counts a run holds in memory at most (about 28 bytes per distinct score of each candidate): beyond, it drops
+# them and the pass at the end reads the saved maps from disk instead, as ``analysis.pool`` does (same numbers)
+STREAM_BYTES = 2 * 2 ** 30
+SCORES = tuple(catalog.IMAGE_SCORES.values())  # the image score columns: score_max, score_topk
+IMAGE_COLUMNS = ["id", "category", "defective", "regions", "defect_pixels", "normal_pixels"]
+
+
+def mask_counts(mask: torch.Tensor, valid: torch.Tensor | None, grids: Iterable[tuple[int, int]]
+                ) -> tuple[dict, dict[tuple[int, int], torch.Tensor]]:
+    """One image's row of the image table and its cells' counts at each grid.
+
+    Args:
+        mask: bool (S, S).
+        valid: bool (S, S) or None.
+        grids: the (h, w) grids of its maps.
+
+    Returns:
+        (``defective``, ``regions``, ``defect_pixels``, ``normal_pixels``) as a dict, and grid ->
+        float64 (3, h w) counts per cell: defect pixels, normal pixels, PRO weight.
+    """
+    counted = mask if valid is None else mask & valid
+    n_valid = counted.numel() if valid is None else int(valid.sum())
+    defect = int(counted.sum())
+    per_mask = MaskCells(mask, valid)
+    out, regions = {}, 0
+    for grid in grids:
+        cells = per_mask.at(grid)
+        regions = cells.regions.shape[1]
+        pro = (cells.regions / cells.regions.sum(0, keepdim=True)).sum(1) if regions else \
+            torch.zeros(grid[0] * grid[1], dtype=torch.float64)
+        out[grid] = torch.stack([cells.pos.double(), cells.neg.double(), pro])
+    row = {"defective": bool(mask.any()), "regions": regions, "defect_pixels": defect,
+           "normal_pixels": n_valid - defect}
+    return row, out
+
+
+class PooledStream:
+    """One run's pooled counts, image table and image scores, as images come.
+
+    Args:
+        job: the run's folder below the pooled folder (``.`` for the run itself).
+        upsample: the run's ``upsample`` (``nearest``: a cell per grid position; ``bilinear``: per pixel).
+        fpr_limit: the run's ``metrics.aupro_fpr_limit``.
+        topk: the run's ``metrics.image_topk``.
+        device: where the counts live (the maps' device); None: where the first maps are.
+    """
+
+    def __init__(self, job: str = ".", upsample: str = "nearest", fpr_limit: float = 0.3, topk: float = 0.01,
+                 device: torch.device | str | None = None):
+        self.job, self.mode, self.fpr_limit, self.topk = job, upsample, float(fpr_limit), float(topk)
+        self.device = torch.device(device) if device is not None else None
+        self.image_rows: list[dict] = []
+        self.index: dict[str, int] = {}
+        self.candidates: list[dict] = []
+        self.slots: dict[tuple[int, int], int] = {}  # (layer, map index) -> candidate
+        self.runs: list[CandidateRuns] = []
+        self.scores: list[dict[int, np.ndarray]] = []  # per candidate: image -> (len(SCORES),)
+        self.nonfinite: dict[int, int] = {}
+        self.covered: np.ndarray | None = None  # bool (n_images,) the images of this job; None: every image
+        self.seconds = 0.0  # time spent adding
+        self.held = 0  # bytes of counts added (an upper bound: merging equal scores frees some)
+        self.dropped = False  # over ``STREAM_BYTES``: the pass reads the saved maps at the end
+
+    @classmethod
+    def for_run(cls, run_dir: Path, device: torch.device | str | None = None, job: str = ".") -> "PooledStream":
+        """An empty stream with a run folder's options (its ``config.yaml``)."""
+        from .pool import _run_options
+
+        mode, limit, topk = _run_options(Path(run_dir))
+        return cls(job, mode, limit, topk, device)
+
+    def _candidates(self, maps: Mapping[int, torch.Tensor], names: Mapping[int, Sequence[str]], meta: Mapping) -> None:
+        for layer, m in maps.items():
+            for k in range(m.shape[-3]):
+                if (layer, k) not in self.slots:
+                    self.slots[(layer, k)] = len(self.candidates)
+                    self.candidates.append({"job": self.job, "model": meta.get("model", ""),
+                                            "method": meta.get("method", ""), "layer": int(layer),
+                                            "head": str(names[layer][k]), "upsample": self.mode})
+                    self.runs.append(CandidateRuns())
+                    self.scores.append({})
+
+    def add_batch(self, images: Sequence[Mapping], maps: Mapping[int, torch.Tensor],
+                  names: Mapping[int, Sequence[str]], meta: Mapping) -> None:
+        """Add a batch of images with their chosen maps.
+
+        Args:
+            images: per image ``id``, ``category``, ``mask`` (bool (S, S) tensor or None: left out, as the
+                dataset-level protocol needs masks) and ``valid`` (bool (S, S) or None).
+            maps: layer -> (B, K, h, w) the maps of the batch (any device).
+            names: layer -> K map names.
+            meta: ``model`` and ``method`` of the run.
+        """
+        t0 = time.perf_counter()
+        keep = [b for b, image in enumerate(images) if image["mask"] is not None]
+        if not keep or self.dropped:
+            return
+        first = next(iter(maps.values()))
+        device = self.device or first.device
+        size = tuple(images[keep[0]]["mask"].shape)
+        with one_thread():  # small tensors per image (see runtime)
+            self._candidates(maps, names, meta)
+            grids = {layer: (tuple(m.shape[-2:]) if self.mode == "nearest" else size) for layer, m in maps.items()}
+            counts = []
+            for b in keep:
+                image = images[b]
+                mask = torch.as_tensor(image["mask"]).bool()
+                valid = torch.as_tensor(image["valid"]).bool() if image.get("valid") is not None else None
+                row, at = mask_counts(mask, valid, set(grids.values()))
+                image_id = str(image["id"])
+                if image_id not in self.index:
+                    self.index[image_id] = len(self.image_rows)
+                    self.image_rows.append({"id": image_id, "category": str(image.get("category") or ""), **row})
+                counts.append({g: c.to(device) for g, c in at.items()})
+            idx = [self.index[str(images[b]["id"])] for b in keep]
+            by_category: dict[str, list[int]] = {}
+            for j, i in enumerate(idx):
+                by_category.setdefault(self.image_rows[i]["category"], []).append(j)
+            for layer, m in maps.items():
+                m = m[keep].to(device)
+                k = m.shape[1]
+                per_image = self._image_scores(m)  # (B', K, len(SCORES))
+                flat = m.flatten(-2).float() if self.mode == "nearest" else \
+                    upsample_maps(m, size, "bilinear").flatten(-2).float()
+                bad = ~torch.isfinite(flat).all(-1)  # (B', K): a NaN weight's maps, out of every pooled metric
+                if bad.any():
+                    flat = torch.where(bad[..., None], torch.zeros((), device=flat.device), flat)
+                    per_image[bad] = float("nan")
+                    for kk in torch.nonzero(bad.any(0)).flatten().tolist():
+                        c = self.slots[(layer, kk)]
+                        self.nonfinite[c] = self.nonfinite.get(c, 0) + int(bad[:, kk].sum())
+                per_image = per_image.cpu().numpy()
+                for j, i in enumerate(idx):
+                    for kk in range(k):
+                        self.scores[self.slots[(layer, kk)]][i] = per_image[j, kk]
+                for category, js in by_category.items():
+                    scores = flat[js].transpose(0, 1).reshape(k, -1)  # (K, images x cells)
+                    cells = torch.cat([counts[j][grids[layer]] for j in js], 1)
+                    for kk in range(k):  # sorted when 8 batches' cells merge (``CandidateRuns``)
+                        self.runs[self.slots[(layer, kk)]].add(category, Runs(scores[kk], cells, grouped=False))
+                    self.held += (4 * k + 24) * cells.shape[1]
+        if self.held > STREAM_BYTES:
+            log.info("dataset level: the pooled counts passed %.1f GiB; the pass at the end reads the saved maps "
+                     "instead", STREAM_BYTES / 2 ** 30)
+            self.dropped = True
+            self.runs = [CandidateRuns() for _ in self.runs]
+        self.seconds += time.perf_counter() - t0
+
+    def _image_scores(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, K, len(SCORES)) float64: the image scores of ``results.csv``, as the scorer computes them."""
+        flat = maps.flatten(-2).float()
+        columns = {"score_max": flat.amax(-1), "score_topk": top_score(flat, self.topk)}
+        return torch.stack([columns[name] for name in SCORES], -1).double()
+
+    def add_saved(self, run_dir: Path, ids: Iterable[str] | None = None) -> int:
+        """Add images from the run's saved maps (a resumed run's finished images); None: every saved file.
+
+        Returns:
+            How many files were read.
+        """
+        files = layout.map_files(run_dir)
+        if ids is not None:
+            wanted = {layout.map_file(run_dir, i).name for i in ids}
+            files = [f for f in files if f.name in wanted]
+        for path in files:
+            d = load_maps(path)
+            meta = d["meta"]
+            image = {"id": str(meta.get("image", path.stem)), "category": meta.get("category"),
+                     "mask": torch.from_numpy(d["mask"]) if d["mask"] is not None else None,
+                     "valid": torch.from_numpy(d["valid"]) if d["valid"] is not None else None}
+            maps = {layer: torch.from_numpy(m)[None] for layer, m in d["maps"].items()}
+            self.add_batch([image], maps, d["names"], meta)
+        return len(files)
+
+    def images(self):
+        """The image table (``Pool.images``' columns)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.image_rows, columns=IMAGE_COLUMNS)
+
+    def image_scores(self, c: int) -> np.ndarray:
+        """(n_images, len(SCORES)) float64 image scores of candidate ``c`` (NaN for images it has none of)."""
+        out = np.full((len(self.image_rows), len(SCORES)), np.nan)
+        for i, v in self.scores[c].items():
+            out[i] = v
+        return out
+
+
+def add_scored(stream: "PooledStream | None", items: Sequence[Mapping], scored: Sequence[tuple],
+               names: Mapping[int, Sequence[str]], model: str, method: str) -> None:
+    """Feed a study's scored batch (``study._score_batch``'s (meta, layer -> (K, h, w) maps, rows) per image)
+    to ``stream``; nothing when there is none (no dataset-level pass)."""
+    if stream is None or not scored:
+        return
+    maps = {layer: torch.stack([chosen[layer] for _, chosen, _ in scored]) for layer in scored[0][1]}
+    images = [item if isinstance(item, Mapping) else  # the study's data.handover.Item
+              {"id": item.id, "mask": item.mask, "valid": item.valid, "category": item.category} for item in items]
+    stream.add_batch(images, maps, {layer: names[layer] for layer in maps}, {"model": model, "method": method})
+
+
+def run_stream(cfg, out_dir: Path, done: Iterable[str], device: torch.device | None = None) -> "PooledStream | None":
+    """The accumulators of a study's dataset-level pass, or None when it has none (``dataset_metrics=false``, or
+    ``save_maps=false``: the pass reads the saved maps elsewhere, e.g. ``layerscope-report``).
+
+    Args:
+        cfg: the study's ``StudyConfig``.
+        done: images an interrupted run finished: fed from their saved maps, so a resumed run pools every image.
+    """
+    if not cfg.dataset_metrics or not cfg.save_maps:
+        return None
+    stream = PooledStream(".", str(cfg.upsample), float(cfg.metrics.aupro_fpr_limit), float(cfg.metrics.image_topk),
+                          device)
+    done = list(done)
+    if done:
+        stream.add_saved(out_dir, done)
+    return stream
