@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from layerscope.metrics.localization import MaskCells, cells_from_mask
-from layerscope.metrics.pointing import pointing_game_tolerance, pointing_game_tolerance_fast
+from layerscope.metrics.tolerant_pointing import pointing_game_tolerance, pointing_game_tolerance_fast
 from layerscope.scoring import ScoreOptions, Target, image_rows
 from layerscope.scoring_batch import batch_image_rows, sort_rows
 
@@ -239,7 +239,7 @@ def test_fast_pointing_game_equals_the_full_upsample(tolerance):
 @pytest.mark.slow
 @pytest.mark.parametrize("fast", [True, False, None])
 def test_batched_pointing_game_equals_one_image_at_a_time(fast):
-    from layerscope.metrics.pointing import pointing_game_tolerance_batch
+    from layerscope.metrics.tolerant_pointing import pointing_game_tolerance_batch
 
     cases = list(_pointing_cases())[:5]  # one grid, five kinds of maps, five masks (one image each)
     scores = torch.stack([v for v, _, _ in cases])
@@ -253,7 +253,7 @@ def test_batched_pointing_game_equals_one_image_at_a_time(fast):
 
 def test_fast_pointing_game_on_real_attention_maps_uses_no_full_upsample(monkeypatch):
     """Peaked maps (softmax attention) need no fallback: that is where the time goes."""
-    import layerscope.metrics.pointing as pointing
+    import layerscope.metrics.tolerant_pointing as pointing
 
     g = torch.Generator().manual_seed(5)
     v = torch.softmax(torch.randn(84, 1024, generator=g) * 3, -1)

@@ -38,8 +38,7 @@ from .results.rundir import RunLock, done_line, previous_progress, write_atomic,
 from .results.table import ResultsWriter
 from .results.writer import BackgroundWriter
 from .sanity import batch_columns
-from .scoring import NONFINITE_NOTE, Target, one_thread
-from .scoring_batch import batch_image_rows
+from .scoring import NONFINITE_NOTE, Target, batch_image_rows, one_thread
 
 log = logging.getLogger(__name__)
 
