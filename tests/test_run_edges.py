@@ -29,7 +29,7 @@ from layerscope.results import catalog, layout
 from layerscope.results.pool import build_pool
 from layerscope.results.leaderboard import dataset_markdown, md, rank_dataset, to_markdown
 from layerscope.scoring import NONFINITE_NOTE, ScoreOptions, Target, image_rows
-from layerscope.scoring_batch import batch_image_rows
+from layerscope.scoring import batch_image_rows
 
 from .conftest import ROOT, SMALL_RUN, call_main, run_main
 

@@ -242,7 +242,7 @@ def loader_workers(value: Any, images: int, batch_size: int) -> int:
 
 
 def score_threads() -> int:
-    """Grids a study scores at once (``scoring_batch.batch_image_rows``): one per usable core, at most 8."""
+    """Grids a study scores at once (``scoring.batch_image_rows``): one per usable core, at most 8."""
     return max(1, min(8, usable_cores()))
 
 

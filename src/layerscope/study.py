@@ -513,7 +513,7 @@ def _merged(faith: dict | None, columns: dict | None) -> dict | None:
 def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: dict[int, list[str]], items: list[dict],
                  per_image: list[dict[int, torch.Tensor]], logits: list[torch.Tensor | None], faith: list[dict | None],
                  clock: dict[str, float]) -> list[tuple[dict, dict[int, torch.Tensor], list[dict]]]:
-    """The rows of every image of a batch, scored together where the maps are (``scoring_batch``).
+    """The rows of every image of a batch, scored together where the maps are (``scoring``).
 
     Returns:
         Per image: (its non-metric columns, layer -> (K, h, w) chosen maps on the CPU, its rows).

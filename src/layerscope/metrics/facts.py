@@ -44,6 +44,7 @@ class Metric:
             number above the others and so comes last).
         undefined_when: the ``CONDITIONS`` under which its value is undefined, as ``notes`` names them.
         undefined: the value a row holds where it is undefined.
+        shown: a column of the HTML page's per-map table (``view.gallery``).
     """
 
     name: str
@@ -63,6 +64,7 @@ class Metric:
     order: int = 0
     undefined_when: tuple[str, ...] = ()
     undefined: float = UNDEFINED
+    shown: bool = False
 
     def format(self, value: float) -> str:
         return "" if value != value else format(value, self.fmt)

@@ -34,7 +34,7 @@ def kept_pixels(flat: torch.Tensor, thresholds: Sequence[float], rule: str, pos:
     Returns:
         (inter, kept_neg, ranked): (B, R, T) float64 pixel counts; the (B x R, n) rows ranked as the
         rank metrics of each image need them (the threshold's sort where every map of that image is
-        non-negative, else a sort of the maps themselves in float64, as the rank metrics of an image with a signed map need).
+        non-negative, else a sort of the maps themselves in float64: a shift may merge ties).
     """
     b, r, n = flat.shape
     rows = flat.reshape(b * r, n)
@@ -141,7 +141,8 @@ def in_sorted_order(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 
 def group_sums_per_row(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
-    """``rank_groups.group_sums`` with each row's own image's weights: (B x R, n) ranked rows, weights (B, n, C) -> (B x R, n, C).
+    """``rank_groups.group_sums`` with each row's own image's weights: (B x R, n) ranked rows, weights (B, n, C)
+    -> (B x R, n, C).
 
     A row without ties has one item per group: its sums are its weights in sorted order (0 + w is w), so
     only rows with ties are summed.

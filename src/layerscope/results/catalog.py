@@ -28,7 +28,7 @@ _WITH_MODEL = (
            needs_mask=False, needs_model=True, order=100),
     Metric("insertion_auc", "insertion AUC", "insertion AUC (0–1)", needs_mask=False, needs_model=True, order=110),
     Metric("attention_distance", "attention distance", "mean attention distance (input pixels)", needs_mask=False,
-           fmt=".1f", needs_model=True, order=120),  # cls_attention, from each head's q and k; descriptive (wider, not better)
+           fmt=".1f", needs_model=True, order=120),  # cls_attention, each head's q and k; wider is not better
     # metrics.road: ROAD (Rong et al. 2022) with noisy linear imputation, and AOPC over its MoRF curve
     Metric("road_morf", "ROAD MoRF", "ROAD MoRF probability (0–1, lower = more faithful)", higher_is_better=False,
            needs_mask=False, needs_model=True, option="metrics.road", order=170),

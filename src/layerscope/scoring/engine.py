@@ -87,7 +87,7 @@ def batch_image_rows(metas: Sequence[Mapping[str, Any]], maps: Mapping[int, torc
         maps = {layer: m.cpu() for layer, m in maps.items()}
     maps, nonfinite = finite_maps(maps)
     shortcuts = cpu_shortcuts if cpu_shortcuts is not None else all(m.device.type == "cpu" for m in maps.values())
-    units = _units(maps, len(metas), threads) if nearest else \
+    units = _units(_grid_blocks(maps), len(metas), threads) if nearest else \
         [([layer], [b]) for b in range(len(metas)) for layer in maps]
     # the tolerant pointing game's images (those with mask pixels) and their masks' sums, shared by every grid
     pointed = [b for b, t in enumerate(targets) if t is not None and bool(t.mask.any())]
@@ -155,17 +155,21 @@ def image_rows(meta: Mapping[str, Any], maps: Mapping[int, torch.Tensor], names:
                             [extra])[0]
 
 
-def _units(maps: Mapping[int, torch.Tensor], images: int, threads: int) -> list[Unit]:
-    """The work ``batch_image_rows`` spreads over ``threads``: the layers of one grid and dtype as one block,
-    the largest blocks first (so the threads finish together), each block whole or, with fewer blocks than
-    threads, split into runs of images (one grid: a ViT's layers)."""
+def _grid_blocks(maps: Mapping[int, torch.Tensor]) -> list[list[int]]:
+    """The layers of each grid and dtype (scored as one block), the largest blocks first: the threads then
+    finish together (the longest work is never started last)."""
     blocks: dict[tuple, list[int]] = {}
     for layer, layer_maps in maps.items():
         blocks.setdefault((tuple(layer_maps.shape[-2:]), layer_maps.dtype), []).append(layer)
-    order = sorted(blocks.values(), key=lambda layers: -sum(maps[layer][0].numel() for layer in layers))
-    parts = max(1, min(images, -(-threads // len(order)))) if threads > 1 else 1
+    return sorted(blocks.values(), key=lambda layers: -sum(maps[layer][0].numel() for layer in layers))
+
+
+def _units(blocks: list[list[int]], images: int, threads: int) -> list[Unit]:
+    """The work ``batch_image_rows`` spreads over ``threads``: (layers, images) pairs, each grid's block whole,
+    or, with fewer grids than threads, the blocks split into runs of images (one grid: a ViT's layers)."""
+    parts = max(1, min(images, -(-threads // len(blocks)))) if threads > 1 else 1
     bounds = [images * i // parts for i in range(parts + 1)]
-    return [(layers, list(range(lo, hi))) for layers in order for lo, hi in zip(bounds, bounds[1:])]
+    return [(layers, list(range(lo, hi))) for layers in blocks for lo, hi in zip(bounds, bounds[1:])]
 
 
 def _score(maps: torch.Tensor, targets: Sequence[Target | None], opts: ScoreOptions, shortcuts: bool,
@@ -197,8 +201,9 @@ def _score(maps: torch.Tensor, targets: Sequence[Target | None], opts: ScoreOpti
                                  torch.stack([mine[j].mask for j in pointed]) if pointed else None, sums_table,
                                  shortcuts)
     has_mass = (scored_maps.flat.abs().sum(-1) > 0).tolist()
-    values = {p.metric.name: (p, scored_maps.value(p.metric.name).cpu().tolist() if with_target or not p.metric.needs_mask
-                              else None) for p in SCORED if p.enabled(opts)}
+    # a mask metric of a batch without ground truths is not computed: its rows hold the undefined value
+    values = {p.metric.name: (p, scored_maps.value(p.metric.name).cpu().tolist()
+                              if with_target or not p.metric.needs_mask else None) for p in SCORED if p.enabled(opts)}
     rows = maps.shape[1]
     at = {i: j for j, i in enumerate(with_target)}
     out = []

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
     from ..scored_maps import ScoredMaps
 
-METRIC = Metric("aupro", "AUPRO", "AUPRO (0–1)", order=40, undefined_when=(NO_MASK, NO_DEFECT, FULL_MASK))
+METRIC = Metric("aupro", "AUPRO", "AUPRO (0–1)", order=40, undefined_when=(NO_MASK, NO_DEFECT, FULL_MASK), shown=True)
 
 
 def compute(maps: ScoredMaps) -> torch.Tensor:

@@ -11,7 +11,8 @@ if TYPE_CHECKING:
 
     from ..scored_maps import ScoredMaps
 
-METRIC = Metric("auroc", "AUROC", "pixel AUROC (0–1)", order=30, undefined_when=(NO_MASK, NO_DEFECT, FULL_MASK))
+METRIC = Metric("auroc", "AUROC", "pixel AUROC (0–1)", order=30, undefined_when=(NO_MASK, NO_DEFECT, FULL_MASK),
+                shown=True)
 
 
 def compute(maps: ScoredMaps) -> torch.Tensor:

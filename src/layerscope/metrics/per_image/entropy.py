@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from ..scored_maps import ScoredMaps
 
 METRIC = Metric("entropy", "entropy", "normalised entropy (0–1, 1 = uniform)", higher_is_better=False,
-                needs_mask=False, order=90, undefined_when=(NO_MASS,))
+                needs_mask=False, order=90, undefined_when=(NO_MASS,), shown=True)
 
 
 def compute(maps: ScoredMaps) -> torch.Tensor:

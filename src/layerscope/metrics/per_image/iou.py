@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from ..scored_maps import ScoredMaps
 
-METRIC = Metric("iou", "IoU", "IoU (0–1)", threshold_dependent=True, order=10, undefined_when=(NO_MASK,))
+METRIC = Metric("iou", "IoU", "IoU (0–1)", threshold_dependent=True, order=10, undefined_when=(NO_MASK,), shown=True)
 
 
 def compute(maps: ScoredMaps) -> torch.Tensor:

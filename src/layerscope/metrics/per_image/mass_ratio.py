@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 # also NaN where mass_in_mask is (an all-zero map), which the notes leave to mass_in_mask
 METRIC = Metric("mass_ratio", "mass ratio", "mass in mask / mask area (1 = chance)", fmt=".2f", order=60,
-                undefined_when=(NO_MASK, NO_DEFECT))
+                undefined_when=(NO_MASK, NO_DEFECT), shown=True)
 
 
 def compute(maps: ScoredMaps) -> torch.Tensor:

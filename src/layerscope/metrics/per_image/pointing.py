@@ -10,7 +10,8 @@ if TYPE_CHECKING:
 
     from ..scored_maps import ScoredMaps
 
-METRIC = Metric("pointing", "pointing", "pointing accuracy (0–1)", order=70, undefined_when=(NO_MASK, NO_DEFECT))
+METRIC = Metric("pointing", "pointing", "pointing accuracy (0–1)", order=70, undefined_when=(NO_MASK, NO_DEFECT),
+                shown=True)
 
 
 def compute(maps: ScoredMaps) -> torch.Tensor:

@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 
 # NaN without a mask or without mask pixels as well, which notes do not name: the notes' lists predate this
 # column, and naming it would change the notes of every such row of results.csv
-METRIC = Metric("pointing_tol", "pointing (tolerance)", "pointing accuracy within metrics.pointing_tolerance px (0–1)",
-                order=80)
+METRIC = Metric("pointing_tol", "pointing (tolerance)",
+                "pointing accuracy within metrics.pointing_tolerance px (0–1)", order=80)
 
 
 def compute(maps: ScoredMaps) -> torch.Tensor:

@@ -10,7 +10,8 @@ if TYPE_CHECKING:
 
     from ..scored_maps import ScoredMaps
 
-METRIC = Metric("score_max", "max score", "map maximum", needs_mask=False, kind="image_score", fmt=".4g", order=130)
+METRIC = Metric("score_max", "max score", "map maximum", needs_mask=False, kind="image_score", fmt=".4g", order=130,
+                shown=True)
 
 
 def compute(maps: ScoredMaps) -> torch.Tensor:
