@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -51,12 +51,11 @@ class ScoredMaps:
     shortcuts: bool = True
     computed: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def value(self, name: str) -> torch.Tensor:
-        """The per-image metric ``name``'s values, computed once (a metric may build on another's)."""
+    def value(self, name: str, compute: Callable[[ScoredMaps], torch.Tensor]) -> torch.Tensor:
+        """The values of the per-image metric ``name`` (``compute``), computed once: a metric may build on
+        another's."""
         if name not in self.computed:
-            from .per_image import BY_NAME
-
-            self.computed[name] = BY_NAME[name].compute(self)
+            self.computed[name] = compute(self)
         return self.computed[name]
 
     @property

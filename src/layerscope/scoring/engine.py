@@ -202,7 +202,7 @@ def _score(maps: torch.Tensor, targets: Sequence[Target | None], opts: ScoreOpti
                                  shortcuts)
     has_mass = (scored_maps.flat.abs().sum(-1) > 0).tolist()
     # a mask metric of a batch without ground truths is not computed: its rows hold the undefined value
-    values = {p.metric.name: (p, scored_maps.value(p.metric.name).cpu().tolist()
+    values = {p.metric.name: (p, scored_maps.value(p.metric.name, p.compute).cpu().tolist()
                               if with_target or not p.metric.needs_mask else None) for p in SCORED if p.enabled(opts)}
     rows = maps.shape[1]
     at = {i: j for j, i in enumerate(with_target)}

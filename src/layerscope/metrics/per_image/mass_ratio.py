@@ -19,7 +19,9 @@ def compute(maps: ScoredMaps) -> torch.Tensor:
     """(B', R) float32; NaN where the mask has no area."""
     import torch
 
-    mass = maps.value("mass_in_mask").cpu()
+    from . import mass_in_mask
+
+    mass = maps.value(mass_in_mask.METRIC.name, mass_in_mask.compute).cpu()
     # each image's division by a Python float (float32 arithmetic), one image at a time
     return torch.stack([mass[j] / f if f > 0 else torch.full_like(mass[j], float("nan"))
                         for j, f in enumerate(maps.fractions)])
