@@ -43,7 +43,8 @@ class Metric:
         order: its place among the metric columns of ``results.csv`` (ascending; a new metric takes a
             number above the others and so comes last).
         undefined_when: the ``CONDITIONS`` under which its value is undefined, as ``notes`` names them.
-        undefined: the value a row holds where it is undefined.
+        undefined: the value a row holds where it is undefined (NaN: an empty cell in ``results.csv``; a
+            per-image metric's ``compute`` marks it with NaN).
         shown: a column of the HTML page's per-map table (``view.gallery``).
     """
 

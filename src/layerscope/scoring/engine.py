@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..methods import upsample
-from ..metrics.facts import FULL_MASK, NO_DEFECT, NO_MASK, NO_MASS, UNDEFINED
+from ..metrics.facts import FULL_MASK, NO_DEFECT, NO_MASK, NO_MASS
 from ..metrics.per_image import SCORED, notes
 from ..metrics.scored_maps import ScoredMaps
 from ..metrics.threads import map_threads
@@ -215,7 +215,8 @@ def _score(maps: torch.Tensor, targets: Sequence[Target | None], opts: ScoreOpti
             elif v is not None and i in at:
                 columns[name] = v[at[i]]
             else:
-                empty = [UNDEFINED] * len(opts.thresholds) if p.metric.threshold_dependent else UNDEFINED
+                undefined = p.metric.undefined
+                empty = [undefined] * len(opts.thresholds) if p.metric.threshold_dependent else undefined
                 columns[name] = [empty] * rows
         if target is None:
             condition: tuple[str, ...] = (NO_MASK,)

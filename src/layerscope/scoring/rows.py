@@ -29,7 +29,8 @@ def _emptied(scores: LayerScores, bad: Sequence[bool], thresholds: int) -> Layer
     """``scores`` with the columns of the non-finite maps (``bad``) undefined and ``NONFINITE_NOTE``."""
     columns = {}
     for c, values in scores.columns.items():
-        empty = [UNDEFINED] * thresholds if BY_NAME[c].metric.threshold_dependent else UNDEFINED
+        metric = BY_NAME[c].metric
+        empty = [metric.undefined] * thresholds if metric.threshold_dependent else metric.undefined
         columns[c] = [empty if b else v for v, b in zip(values, bad)]
     return LayerScores(columns, [NONFINITE_NOTE if b else n for n, b in zip(scores.notes, bad)], scores.target)
 
