@@ -161,7 +161,7 @@ def test_device_route_agrees_with_the_cpu_scorer(device, threads):
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 8])
 def test_score_units_cover_every_layer_and_image_once(threads):
-    from layerscope.scoring.engine import _units
+    from layerscope.scoring.scorer import _units
 
     for blocks in ([[0, 2], [1]], [[0, 1, 2]]):
         units = _units(blocks, 5, threads)

@@ -19,7 +19,7 @@ from ..metrics.per_image import SCORED, notes
 from ..metrics.scored_maps import ScoredMaps
 from ..metrics.threads import map_threads
 from ..metrics.tolerant_pointing import mask_sums
-from .options import ScoreOptions
+from .score_options import ScoreOptions
 from .rows import LayerScores, layer_rows
 from .target import Target
 
