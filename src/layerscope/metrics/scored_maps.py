@@ -37,6 +37,8 @@ class ScoredMaps:
         masks: their (P, H, W) bool masks.
         mask_sums: ``pointing.mask_sums`` of ``masks`` (shared by every grid of a batch), or None.
         shortcuts: the CPU's exact shortcuts (NumPy's sort, the pointing game without a full upsample).
+        numpy_sort: NumPy's sort with ``shortcuts``: faster for grid maps, slower for maps smoothed to the image
+            (their many equal values send most rows to ``torch.sort`` again).
     """
 
     maps: torch.Tensor
@@ -49,6 +51,7 @@ class ScoredMaps:
     masks: torch.Tensor | None = None
     mask_sums: tuple | None = None
     shortcuts: bool = True
+    numpy_sort: bool = True
     computed: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def value(self, name: str, compute: Callable[[ScoredMaps], torch.Tensor]) -> torch.Tensor:
@@ -102,7 +105,7 @@ class ScoredMaps:
         """(inter, kept_neg, ranked): (B', R, T) float64 mask and background pixels each threshold keeps, and the
         (B' x R, n) maps ranked as the rank metrics need them (``kept_pixels.kept_pixels``)."""
         o = self.opts
-        return kept_pixels(self.scored, o.thresholds, o.rule, self.pos, self.neg, self.shortcuts)
+        return kept_pixels(self.scored, o.thresholds, o.rule, self.pos, self.neg, self.shortcuts and self.numpy_sort)
 
     @cached_property
     def group_sums(self) -> torch.Tensor:
