@@ -45,7 +45,7 @@ def compose(*overrides: str):
 
     from omegaconf import open_dict
 
-    from layerscope.plan import name_from_choices
+    from layerscope.config.compose import name_from_choices
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
@@ -126,7 +126,7 @@ def pytest_addoption(parser):
 
 
 def package_modules() -> list[str]:
-    """Every module of the package, dotted (``layerscope.results.pool``), from the files under src/."""
+    """Every module of the package, dotted (``layerscope.analysis.pool``), from the files under src/."""
     src = ROOT / "src"
     names = []
     for path in sorted((src / "layerscope").rglob("*.py")):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from layerscope.methods.distance import attention_distance
+from layerscope.backbones.distance import attention_distance
 
 from .conftest import eager_reference, tiny_hf_vit
 from .test_capture import eager_timm, timm_vit
@@ -185,7 +185,7 @@ def test_rows_name_the_rule_and_the_unit_and_fraction_is_pixels_over_the_image_s
 
 
 def test_the_summary_is_the_mean_over_images_with_an_interval_and_never_mixes_conventions():
-    from layerscope.results.saved import distance_table
+    from layerscope.analysis.saved import distance_table
 
     rng = np.random.default_rng(0)
     rows = []

@@ -48,7 +48,7 @@ def test_words_and_labels_follow_the_axis():
         assert (map_axis(method), axis_word(method), map_label(method, "l2")) == (MAPS, "map", "l2")
 
 
-@pytest.mark.parametrize("folder", ["view", "figures", "loggers", "results/saved.py"])
+@pytest.mark.parametrize("folder", ["view", "figures", "loggers", "analysis/saved.py"])
 def test_readers_ask_the_axis_not_the_method_name(folder):
     path = PACKAGE / folder
     files = [path] if path.suffix == ".py" else sorted(path.rglob("*.py"))

@@ -173,7 +173,7 @@ def test_score_units_cover_every_layer_and_image_once(threads):
 
 
 def test_map_threads_keeps_the_order_runs_one_intra_op_thread_and_raises_here():
-    from layerscope.metrics.threads import map_threads
+    from layerscope.runtime import map_threads
 
     before = torch.get_num_threads()
 
@@ -362,18 +362,18 @@ def test_threaded_writer_error_names_the_file_and_marks_nothing_after_it(tmp_pat
 # A study: workers and the batched scorer change nothing
 # ---------------------------------------------------------------------------------------------------------------
 def test_loader_workers_auto_uses_the_cores_but_one(monkeypatch):
-    import layerscope.plan as plan
+    import layerscope.data.loading as loading
 
-    monkeypatch.setattr(plan, "usable_cores", lambda: 1)
-    assert plan.loader_workers("auto", 100, 4) == 0
-    monkeypatch.setattr(plan, "usable_cores", lambda: 2)
-    assert plan.loader_workers("auto", 100, 4) == 1
-    monkeypatch.setattr(plan, "usable_cores", lambda: 16)
-    assert plan.loader_workers("auto", 100, 4) == 4 and plan.loader_workers("auto", 5, 4) == 2
-    assert plan.loader_workers(3, 100, 4) == 3
+    monkeypatch.setattr(loading, "usable_cores", lambda: 1)
+    assert loading.loader_workers("auto", 100, 4) == 0
+    monkeypatch.setattr(loading, "usable_cores", lambda: 2)
+    assert loading.loader_workers("auto", 100, 4) == 1
+    monkeypatch.setattr(loading, "usable_cores", lambda: 16)
+    assert loading.loader_workers("auto", 100, 4) == 4 and loading.loader_workers("auto", 5, 4) == 2
+    assert loading.loader_workers(3, 100, 4) == 3
     for bad in (-1, "some", True):
         with pytest.raises(ValueError, match="expected an int >= 0 or auto"):
-            plan.loader_workers(bad, 10, 4)
+            loading.loader_workers(bad, 10, 4)
 
 
 @pytest.mark.slow
@@ -415,7 +415,7 @@ def test_workers_that_cannot_share_memory_fall_back_or_stop_with_one_line(monkey
     from omegaconf import OmegaConf
 
     from layerscope.data.synthetic import SyntheticDefects
-    from layerscope.study import image_batches
+    from layerscope.data.loading import image_batches
 
     def no_shared_memory(self):
         raise RuntimeError("unable to resize file </torch_1> to the right size: No space left on device (28)")
@@ -423,10 +423,10 @@ def test_workers_that_cannot_share_memory_fall_back_or_stop_with_one_line(monkey
     monkeypatch.setattr(torch.Tensor, "share_memory_", no_shared_memory)
     dataset = SyntheticDefects(textures=["brick"], defects=["spot"], size=32)
     cfg = OmegaConf.create({"batch_size": 1, "num_workers": "auto"})
-    monkeypatch.setattr("layerscope.plan.usable_cores", lambda: 4)
+    monkeypatch.setattr("layerscope.data.loading.usable_cores", lambda: 4)
     with caplog.at_level("WARNING"):
         batches, workers = image_batches(cfg, dataset, 32, torch.device("cpu"))
-    assert workers == 0 and [item["id"] for batch in batches for item in batch] == ["brick_spot_0"]
+    assert workers == 0 and [item.id for batch in batches for item in batch] == ["brick_spot_0"]
     assert "DataLoader workers cannot run here (unable to resize file" in caplog.text
     cfg.num_workers = 2
     with pytest.raises(ValueError, match=r"^num_workers=2: cannot start DataLoader worker processes \(unable to "

@@ -322,7 +322,7 @@ def test_faithfulness_options_and_helper():
 
     from layerscope.mapsource import faithfulness
     from layerscope.metrics.faithfulness import check_faithfulness
-    from layerscope.options import MetricsOptions
+    from layerscope.config.schema import MetricsOptions
 
     metrics = MetricsOptions(faithfulness=True, faithfulness_steps=4, faithfulness_baseline="blur")
     with pytest.raises(ValueError, match=r"^metrics.faithfulness needs a model with a classifier"):

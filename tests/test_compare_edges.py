@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from layerscope.cli.compare import main
-from layerscope.results.compare_output import COMPARE_LOCK, MARKER
+from layerscope.analysis.compare_output import COMPARE_LOCK, MARKER
 from layerscope.results.representations import PartWriter, consolidate
 
 from .conftest import ROOT, call_main, compose

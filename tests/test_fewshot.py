@@ -19,8 +19,8 @@ from layerscope.data.mvtec import MVTecAD
 from layerscope.data.references import draw, without_test_copies
 from layerscope.data.synthetic import SyntheticDefects
 from layerscope.fewshot_choice import choice_summary, choose_by_shots, summary_markdown, write_choice_by_shots
-from layerscope.results import fewshot
-from layerscope.results.pool import GridCells, Pool
+from layerscope.analysis import fewshot
+from layerscope.analysis.pool import GridCells, Pool
 
 # t(0.975, df) from a printed table (df 1, 2, 3, 4): the intervals are checked against these, not scipy
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
@@ -276,7 +276,7 @@ def sweep(tmp_path_factory):
 @pytest.mark.slow
 def test_sweep_report_page_and_figure(sweep, tmp_path):
     from layerscope.cli.report import main as report_main
-    from layerscope.figures.paper import fewshot_vs_layer
+    from layerscope.figures.score_plots import fewshot_vs_layer
     from layerscope.results.table import load_results, read_table
     from layerscope.view import build
 

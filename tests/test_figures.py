@@ -11,8 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from layerscope.figures.paper import KINDS, _depth_layers, threshold_curves
-from layerscope.results.saved import Study
+from layerscope.figures.map_pictures import _depth_layers
+from layerscope.figures.paper import KINDS
+from layerscope.figures.score_plots import threshold_curves
+from layerscope.analysis.saved import Study
 from layerscope.results.maps_io import load_maps, save_maps
 
 from .conftest import ROOT, run_main
@@ -36,7 +38,7 @@ def study_dir(tmp_path_factory) -> Path:
         proc = run_main([f"model={model}", *SMALL, f"hydra.run.dir={parent / name}"], cwd=ROOT)
         assert proc.returncode == 0, proc.stderr[-3000:]
     from layerscope.protocol import choose, write_choice
-    from layerscope.results.pool import build_pool
+    from layerscope.analysis.pool import build_pool
 
     pool = build_pool(parent / "vit")  # a held-out choice (first image to choose on), for choice_stability
     try:

@@ -14,7 +14,7 @@ from layerscope.cli.rescore import main as rescore_main
 from layerscope.data.mvtec_export import export_mvtec
 from layerscope.data.mvtec import MVTecAD
 from layerscope.data.voc import VOCObjects
-from layerscope.results.leaderboard import bootstrap_auroc, bootstrap_mean, rank
+from layerscope.analysis.leaderboard import bootstrap_auroc, bootstrap_mean, rank
 
 from .conftest import run_main
 

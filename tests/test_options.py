@@ -1,4 +1,4 @@
-"""The typed options: one schema holds every default and type (``layerscope.options``), each part reads
+"""The typed options: one schema holds every default and type (``layerscope.config.schema``), each part reads
 its own options from it, and a value of the wrong type is one line naming the option."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from layerscope.options import CacheOptions, FigureOptions, MetricsOptions, StudyConfig, typed
+from layerscope.config.schema import CacheOptions, FigureOptions, MetricsOptions, StudyConfig, typed
 
 from .conftest import CONF, compose, run_cli
 
@@ -73,7 +73,7 @@ def test_typed_reads_a_part_with_defaults_types_and_booleans_checked():
     (["figures.max_images=2.5"], "error: figures.max_images=2.5: expected an int >= 0"),
     (["cache.max_gb=big"], "error: cache.max_gb=big: expected a size in GB > 0"),
     (["cache.dir=[a]"], "error: cache.dir=[a]: expected a string or null"),
-    (["device=[a]"], "error: device=[a]: expected a string"),
+    (["device=[a]"], "error: device=[a]: expected auto, cpu or cuda"),  # the schema's Literal names the values
     (["metrics.faithfulness_baseline=1"], None),  # an int is a fine string: the plan names the baselines
     (["seed=x"], "error: seed=x: expected an int >= 0"),
     (["-m", "metrics.faithfulness_steps=4,abc"], "error: metrics.faithfulness_steps=abc: expected an int >= 2"),
@@ -85,6 +85,35 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_option(args, line):
     assert precheck(args) == line
 
 
+def test_the_accepted_values_are_the_schemas_and_every_part_that_uses_one_accepts_the_same():
+    """A choice option's values are declared once, as its ``Literal`` type; the parts that act on it
+    (threshold rule, upsampling, baselines, randomisation, attention-distance conventions) list the same."""
+    import typing
+
+    from layerscope.backbones import distance
+    from layerscope.config.schema import check_choice, choices
+    from layerscope.methods.threshold import RULES as THRESHOLD_RULES
+    from layerscope.methods.upsample import MODES as UPSAMPLE_MODES
+    from layerscope.metrics import faithfulness, randomisation
+
+    hints = typing.get_type_hints(StudyConfig)
+    metrics = typing.get_type_hints(MetricsOptions)
+    implemented = {"threshold_rule": tuple(THRESHOLD_RULES), "upsample": UPSAMPLE_MODES,
+                   "metrics.faithfulness_baseline": faithfulness.BASELINES, "metrics.randomisation": randomisation.MODES,
+                   "metrics.randomisation_seeding": randomisation.SEEDINGS,
+                   "metrics.random_logit_rule": randomisation.LOGIT_RULES,
+                   "metrics.attention_distance_rule": distance.RULES, "metrics.attention_distance_unit": distance.UNITS}
+    for key, values in implemented.items():
+        kind = metrics[key.split(".")[1]] if key.startswith("metrics.") else hints[key]
+        assert choices(kind) == tuple(values), key
+    assert choices(hints["precision"]) == ("fp32", "bf16", "fp16") and choices(hints["on_bad_image"]) == ("skip", "fail")
+    assert check_choice("precision", "bf16") == "bf16"
+    with pytest.raises(ValueError, match=r"^precision=fp64: expected fp32, bf16 or fp16$"):
+        check_choice("precision", "fp64")
+    with pytest.raises(ValueError, match=r"^metrics.randomisation=full: expected none, cascading or independent$"):
+        check_choice("metrics.randomisation", "full")
+
+
 def test_a_wrong_type_on_the_command_line_exits_2_with_one_line(tmp_path):
     proc = run_cli(["metrics.image_topk=abc", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode == 2
@@ -94,7 +123,7 @@ def test_a_wrong_type_on_the_command_line_exits_2_with_one_line(tmp_path):
 
 def test_the_pool_reads_a_saved_config_through_the_schema(tmp_path):
     from layerscope.results import layout
-    from layerscope.results.pool import _run_options
+    from layerscope.analysis.pool import _run_options
 
     assert _run_options(tmp_path) == ("nearest", 0.3, 0.01)  # no config.yaml: the schema's defaults
     (tmp_path / layout.CONFIG).write_text("upsample: bilinear\nmetrics:\n  image_topk: 0.05\n")

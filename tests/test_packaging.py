@@ -80,19 +80,74 @@ def test_no_import_cycles_and_no_module_imports_a_command_line_module():
             visit(m, [])
 
 
-# options.py (the config schema) is a leaf: it imports no layerscope module, so every layer may read it
-LOWER = ("layerscope.results", "layerscope.metrics", "layerscope.methods", "layerscope.data", "layerscope.backbones",
-         "layerscope.options")
+# The pipeline's layers, lowest first, by the top-level name under layerscope/ (a package or a module, so
+# ``layerscope.scoring`` counts the same as a module or a package). A module imports modules of its own
+# layer and of the layers below it, never above. Where each sits, and why:
+# - config, runtime: the schema and the run's settings (device, cores, threads); leaves any layer may import.
+# - data -> backbones -> methods -> scoring: a run's stages in the order a batch meets them. ``metrics`` and
+#   ``sanity`` are scoring (they measure maps); ``backbones`` compute attention from their own q and k.
+# - results: the run folder and reading it back; it imports the stages below for their facts, never the study.
+# - analysis (protocol, comparison, fewshot_choice, rescoring): built on saved results; the study calls the
+#   dataset-level pass and the self-comparison at its end, so they sit below it.
+# - presentation (figures, view, loggers): draw or send a run's results; the study hands its per-image grid
+#   pictures and its rows to them, so they sit below the study and never call it.
+# - study (plan, mapsource, batch_extras, study): the run itself, composing every layer below.
+# - api (the package's own __init__ too): the Python entry points; bench: timing tools over the api's parts;
+#   cli (and every ``__main__``): the commands.
+LAYERS = (
+    ("leaves", ("config", "runtime")),
+    ("data", ("data",)),
+    ("backbones", ("backbones",)),
+    ("methods", ("methods",)),
+    ("scoring", ("metrics", "scoring", "sanity")),
+    ("results", ("results",)),
+    ("analysis", ("analysis", "protocol", "comparison", "fewshot_choice", "rescoring")),
+    ("presentation", ("figures", "view", "loggers")),
+    ("study", ("plan", "mapsource", "batch_extras", "study")),
+    ("api", ("", "api")),
+    ("bench", ("bench",)),
+    ("cli", ("cli",)),
+)
 
 
-def test_results_imports_nothing_above_it():
-    """``results/`` (tables, file names, the metric catalog) sits below the protocol, the scorer and the
-    commands: it imports its own modules and the subpackages under it, never a module that builds on it."""
-    for path in (PACKAGE / "results").rglob("*.py"):
-        above = sorted(t for t in _imports(path) if not t.startswith(LOWER))
-        assert not above, f"{_module_name(path)} imports {above}, above results/"
-    leaf = sorted(t for t in _imports(PACKAGE / "options.py") if t.startswith("layerscope"))
-    assert not leaf, f"layerscope.options imports {leaf}: the schema must stay a leaf that any layer may import"
+def layer_of(module: str) -> int:
+    """The index in ``LAYERS`` of a module (``layerscope.analysis.pool`` -> results); commands are the cli's."""
+    if is_command(module):
+        return len(LAYERS) - 1
+    top = module.split(".")[1] if "." in module else ""
+    found = [i for i, (_, names) in enumerate(LAYERS) if top in names]
+    assert found, f"{module}: no layer in LAYERS for layerscope.{top}; place it in the pipeline"
+    return found[0]
+
+
+def test_no_import_runs_backwards_through_the_pipeline():
+    graph = {_module_name(p): _imports(p) for p in PACKAGE.rglob("*.py")}
+    backwards = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            if layer_of(target) > layer_of(module):
+                backwards.append(f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} "
+                                 f"({LAYERS[layer_of(target)][0]})")
+    assert not backwards, "imports against the pipeline:\n" + "\n".join(backwards)
+
+
+def test_the_layering_sees_what_it_checks():
+    """The rule is not empty: the layers are ordered as the pipeline, and a backward import is caught."""
+    names = [name for name, _ in LAYERS]
+    assert names.index("data") < names.index("backbones") < names.index("methods") < names.index("scoring") \
+        < names.index("results") < names.index("study") < names.index("api") < names.index("cli")
+    assert layer_of("layerscope.scoring") == layer_of("layerscope.scoring.batch") == names.index("scoring")
+    assert layer_of("layerscope.view.__main__") == names.index("cli")
+    assert layer_of("layerscope.backbones.vit") < layer_of("layerscope.methods.cam")  # vit importing cam: caught
+    graph = {_module_name(p): _imports(p) for p in PACKAGE.rglob("*.py")}
+    assert "layerscope.results.layout" in graph["layerscope.analysis.pool"] | graph["layerscope.analysis.saved"]
+
+
+def test_the_leaves_import_only_leaves():
+    """The schema and the run's settings import no other layer, so any layer may import them."""
+    for path in [*(PACKAGE / "config").rglob("*.py"), PACKAGE / "runtime.py"]:
+        other = sorted(t for t in _imports(path) if layer_of(t) != 0)
+        assert not other, f"{_module_name(path)} imports {other}: a leaf must import only config and runtime"
 
 
 def test_every_console_script_is_the_main_of_a_command_module_that_also_runs_with_python_m():

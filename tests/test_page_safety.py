@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from layerscope.figures.paper import layer_head_grids
-from layerscope.results.saved import Study
+from layerscope.figures.map_pictures import layer_head_grids
+from layerscope.analysis.saved import Study
 from layerscope.results.layout import image_stem
 from layerscope.results.table import read_table
 from layerscope.view import MARKER, REPORT, ViewError, build
@@ -244,7 +244,7 @@ def test_names_that_are_html_stay_text_in_the_page_and_the_report(html_names, ca
 
 
 def test_an_id_that_is_a_path_never_reads_outside_the_run(run_copy, monkeypatch):
-    import layerscope.results.saved as saved
+    import layerscope.analysis.saved as saved
 
     secret = run_copy.parent / "secret.npz"  # where maps/../../secret.npz pointed
     shutil.copy(run_copy / "maps" / "x=1.npz", secret)

@@ -17,7 +17,7 @@ from layerscope.protocol import choose, dataset_metrics, split_images
 from layerscope.cli.report import main as report_main
 from layerscope.results import layout
 from layerscope.results.maps_io import load_maps, save_maps
-from layerscope.results.pool import build_pool
+from layerscope.analysis.pool import build_pool
 
 from .conftest import compose
 from .test_pooled import brute_f1, reference_aupro
@@ -71,7 +71,7 @@ def test_pooled_metrics_equal_references_on_concatenated_pixels(run_dir, layer, 
 def test_pooled_image_scores_are_the_scores_results_csv_holds(run_dir):
     """The pool's score_max / score_topk are the scorer's own values (the metric function, not a copy of it):
     equal to what results.csv wrote, digit for digit, and to a brute-force top-k mean."""
-    from layerscope.results.pool import SCORES
+    from layerscope.analysis.pool import SCORES
 
     results = pd.read_csv(run_dir / layout.RESULTS, dtype=str, keep_default_na=False)  # the cells as written
     results = results[results["threshold"] == results["threshold"].iloc[0]].set_index(["image", "layer", "head"])

@@ -18,14 +18,14 @@ import pytest
 from omegaconf import OmegaConf
 
 from layerscope import study
-from layerscope.figures.paper import dataset_vs_layer
+from layerscope.figures.score_plots import dataset_vs_layer
 from layerscope.cli.report import main as report_main
-from layerscope.options import MetricsOptions
+from layerscope.config.schema import MetricsOptions
 from layerscope.rescoring import OPTIONS
 from layerscope.cli.rescore import main as rescore_main
 from layerscope.results import layout
 from layerscope.results.maps_io import load_maps
-from layerscope.results.pool import build_pool
+from layerscope.analysis.pool import build_pool
 
 from .conftest import ROOT
 
@@ -160,7 +160,7 @@ def test_the_untouched_files_still_load_and_pool(run_dir):
 def test_pooling_fewer_images_than_the_run_scored_warns_naming_them(run_dir, tmp_path, caplog):
     run = copy_run(run_dir, tmp_path / "run")
     layout.map_file(run, EDITED).unlink()
-    with caplog.at_level(logging.WARNING, logger="layerscope.results.pool"):
+    with caplog.at_level(logging.WARNING, logger="layerscope.analysis.pool"):
         pool = build_pool(run)
     pool.close()
     assert len(pool.images) == 5
@@ -168,7 +168,7 @@ def test_pooling_fewer_images_than_the_run_scored_warns_naming_them(run_dir, tmp
     assert len(warnings) == 1 and "1 of the 6 images the run scored have no saved maps" in warnings[0]
     assert warnings[0].endswith(f"left out: {EDITED}; rerun the run to rebuild them")
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="layerscope.results.pool"):
+    with caplog.at_level(logging.WARNING, logger="layerscope.analysis.pool"):
         build_pool(run_dir).close()  # nothing missing: no warning
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
@@ -371,7 +371,8 @@ def test_rescore_accepts_every_metrics_option_the_scorer_reads():
     scored = {f"metrics.{f.name}" for f in dataclasses.fields(MetricsOptions)}
     # deletion/insertion and attention distance need the model (rescoring carries the saved distances over)
     model_reruns = {k for k in scored if k.startswith(("metrics.faithfulness", "metrics.attention_distance"))}
-    model_reruns |= {"metrics.road", "metrics.road_noise", "metrics.randomisation"}  # ROAD, MPRT: the model again
+    model_reruns |= {"metrics.road", "metrics.road_noise", "metrics.randomisation",  # ROAD, MPRT: the model again
+                     "metrics.randomisation_seeding", "metrics.random_logit_rule"}
     assert scored - model_reruns == {o for o in OPTIONS if o.startswith("metrics.")}
     readme = (ROOT / "README.md").read_text()
     assert all(f"`{o}`" in readme for o in scored - model_reruns)

@@ -135,7 +135,7 @@ def test_gini_and_complexity_against_their_formulas():
 
 
 def test_sparseness_columns_in_both_scorers_only_when_asked():
-    from layerscope.options import MetricsOptions
+    from layerscope.config.schema import MetricsOptions
     from layerscope.scoring import ScoreOptions, Target, image_rows
     from layerscope.scoring import batch_image_rows
 
@@ -169,7 +169,7 @@ def test_sparseness_columns_in_both_scorers_only_when_asked():
 def test_sanity_options_are_checked_with_one_line():
     from types import SimpleNamespace
 
-    from layerscope.options import MetricsOptions
+    from layerscope.config.schema import MetricsOptions
     from layerscope.sanity import check_sanity
 
     cls = SimpleNamespace(num_classes=10, name="m")

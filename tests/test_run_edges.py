@@ -26,8 +26,8 @@ from layerscope.data.handover import SHM, no_leftover_segments
 from layerscope.data.ids import path_id, safe_name
 from layerscope.protocol import choose, dataset_metrics
 from layerscope.results import catalog, layout
-from layerscope.results.pool import build_pool
-from layerscope.results.leaderboard import dataset_markdown, md, rank_dataset, to_markdown
+from layerscope.analysis.pool import build_pool
+from layerscope.analysis.leaderboard import dataset_markdown, md, rank_dataset, to_markdown
 from layerscope.scoring import NONFINITE_NOTE, ScoreOptions, Target, image_rows
 from layerscope.scoring import batch_image_rows
 
@@ -329,6 +329,39 @@ def test_a_folder_of_unreadable_files_exits_2_listing_why(tmp_path):
                       ("gone.png", "dangling symbolic link")):
         assert name in line and why in line, line
     assert not (out / layout.SUMMARY).exists()
+
+
+def test_an_error_inside_a_run_is_one_line_on_the_console_and_recorded_in_the_log_file(tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()  # no image: the dataset refuses it once the run has its folder
+    out = tmp_path / "run"
+    proc = run_main([*TINY, "data=folder", f"data.root={root}", f"hydra.run.dir={out}"], cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"error: data.root={root}: no images"), lines[0]
+    assert "no images" not in proc.stdout, proc.stdout[-3000:]  # the console's log lines: not again there
+    logged = [line for line in (out / layout.LOG).read_text().splitlines() if "[ERROR]" in line]
+    assert len(logged) == 1 and logged[0].endswith(lines[0]), logged
+
+
+def test_a_crash_inside_a_sweep_job_is_one_line_on_the_console_its_traceback_in_the_jobs_log(tmp_path, monkeypatch):
+    from layerscope import study
+
+    def crash(cfg, out_dir, on_accept=None):
+        on_accept(True)  # the folder is the job's: its log file records from here on
+        raise RuntimeError("boom inside the run")
+
+    monkeypatch.setattr(study, "run", crash)
+    sweep = tmp_path / "sweep"
+    proc = run_main(["-m", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    job_log = sweep / "0" / layout.LOG
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == f"error: RuntimeError: boom inside the run (traceback in {job_log})", proc.stderr[-3000:]
+    console = proc.stdout + proc.stderr
+    assert "Traceback" not in console and console.count("boom inside the run") == 2  # and the sweep's closing list
+    logged = job_log.read_text()
+    assert "Traceback" in logged and logged.count("RuntimeError: boom inside the run") == 2  # traceback, error line
 
 
 def test_summary_counts_scored_images_and_lists_odd_entries_as_skipped(tmp_path):

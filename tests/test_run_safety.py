@@ -23,7 +23,8 @@ from layerscope.data.folder import Folder
 from layerscope.data.ids import MAX_ID, safe_name
 from layerscope.data.mvtec import MVTecAD
 from layerscope.data.transforms import mask_rule_effect, resize_mask
-from layerscope.plan import as_bool, bool_options, check_config
+from layerscope.config.checks import bool_options, check_config
+from layerscope.config.schema import as_bool
 from layerscope.results import layout
 from layerscope.results.rundir import RunLock, comparable
 
@@ -129,7 +130,7 @@ def test_unset_options_of_each_dataset_name_what_they_expect(args, message):
 def test_faithfulness_needs_two_steps_at_least():
     from layerscope.metrics.faithfulness import check_faithfulness
 
-    from layerscope.options import MetricsOptions
+    from layerscope.config.schema import MetricsOptions
 
     model = SimpleNamespace(num_classes=10, name="m")
     metrics = MetricsOptions(faithfulness=True, faithfulness_steps=1, faithfulness_baseline="blur")

@@ -1,11 +1,12 @@
-"""Tests for the synthetic defect dataset (layerscope/data/synthetic.py)."""
+"""Tests for the synthetic defect dataset (layerscope/data/synthetic.py) and its defects (layerscope/data/defects.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from layerscope.data.synthetic import DEFECTS, TEXTURES, SyntheticDefects, make_defect
+from layerscope.data.defects import DEFECTS, make_defect
+from layerscope.data.synthetic import TEXTURES, SyntheticDefects
 
 
 @pytest.fixture(scope="module")

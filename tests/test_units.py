@@ -108,7 +108,8 @@ def test_resume_bookkeeping(tmp_path):
     ("device=tpu", "device=tpu: expected auto, cpu or cuda"),
 ])
 def test_plan_names_the_bad_option(override, message):
-    from layerscope.plan import build, plan_study, resolve_device
+    from layerscope.plan import build, plan_study
+    from layerscope.runtime import resolve_device
 
     cfg = compose("model=tiny_vit", override)
     with pytest.raises(ValueError, match=message):
@@ -162,7 +163,7 @@ def test_dataset_metric_facts_come_from_the_catalog():
 
 
 def test_the_dataset_markdown_names_its_columns_from_the_catalog():
-    from layerscope.results.leaderboard import dataset_markdown, rank_dataset
+    from layerscope.analysis.leaderboard import dataset_markdown, rank_dataset
 
     row = {"job": ".", "model": "m", "method": "cls_attention", "layer": 3, "head": "mean", "category": "all",
            "n_images": 8, "n_defect_images": 5, "pixel_auroc": 0.91, "aupro": 0.55, "pixel_ap": 0.4,

@@ -26,9 +26,9 @@ import pytest
 from PIL import Image
 
 from layerscope.cli.view import main
-from layerscope.figures.paper import layer_head, metric_vs_layer
-from layerscope.results.saved import Study, relative_depth
-from layerscope.results.leaderboard import rank
+from layerscope.figures.score_plots import layer_head, metric_vs_layer
+from layerscope.analysis.saved import Study, relative_depth
+from layerscope.analysis.leaderboard import rank
 from layerscope.view import REPORT, build
 
 from .conftest import call_main, run_main

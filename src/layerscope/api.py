@@ -35,8 +35,8 @@ def _compose(overrides: Sequence[str]):
     from hydra.errors import MissingConfigException
     from omegaconf import open_dict
 
-    from .plan import name_from_choices
-    from .configs import config_dir
+    from .config.compose import name_from_choices
+    from .config.paths import config_dir
 
     try:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
@@ -482,8 +482,7 @@ def _eval_mode(backbone: Backbone) -> Iterator[None]:
 def _compute(backbone: Backbone, method: Any, picked: list[int], xn: torch.Tensor, batch_size: int,
              references: Any) -> tuple[dict[int, np.ndarray], np.ndarray | None]:
     """Every picked layer's maps of the normalised batch ``xn`` (B, 3, S, S), and the logits (B, C) or None."""
-    from .plan import Plan
-    from .study import chosen_maps
+    from .plan import Plan, chosen_maps
 
     device = backbone.mean.device
     capture = method.capture_layers(picked)
@@ -576,7 +575,7 @@ def score(maps: Maps, masks: Any = None, threshold: float | Sequence[float] = 0.
 
     import pandas as pd
 
-    from .options import MetricsOptions, StudyConfig, typed
+    from .config.schema import MetricsOptions, StudyConfig, typed
     from .results.table import COLUMNS
     from .scoring import ScoreOptions, Target, image_rows, one_thread
 

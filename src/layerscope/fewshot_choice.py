@@ -1,12 +1,12 @@
 """The held-out choice of layer per shot count of a few-shot sweep, against the best in hindsight.
 
-For each (model, method, shot count, reference seed) job of a sweep (``results.fewshot.job_settings``),
+For each (model, method, shot count, reference seed) job of a sweep (``analysis.fewshot.job_settings``),
 the candidate maps (layer, map) are ranked by a pooled metric on the calibration images only; the
 chosen one is reported on the held-out images, beside the candidate that is best on the held-out
 images themselves (the best in hindsight, which no one choosing beforehand could pick) and the last
 layer (the layer AnomalyDINO fixes by hand). One calibration split (``protocol.split_images``, seeded
 by ``--seed``) serves every job, so across seeds only the reference images change. Per shot count,
-``choice_summary`` gives the mean over seeds with its 95% t-interval (``results.fewshot.t_interval``).
+``choice_summary`` gives the mean over seeds with its 95% t-interval (``analysis.fewshot.t_interval``).
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 
 from .protocol import _Candidate, choice_split
-from .results.fewshot import SHOTS, t_interval
+from .analysis.fewshot import SHOTS, t_interval
 from .results.layout import fewshot_choice_stem
-from .results.pool import Pool
-from .results.leaderboard import md
+from .analysis.pool import Pool
+from .analysis.leaderboard import md
 from .results.rundir import write_atomic
 
 GROUP = ["model", "method", SHOTS, "seed"]
@@ -31,7 +31,7 @@ def choose_by_shots(pool: Pool, settings: pd.DataFrame, metric: str = "aupro",
 
     Args:
         pool: the sweep's pooled saved maps (``build_pool``).
-        settings: ``results.fewshot.job_settings`` of the same folder.
+        settings: ``analysis.fewshot.job_settings`` of the same folder.
         metric: the pooled metric that chooses (``protocol.CHOICE_METRICS``).
         calibration: a share of images (split per category, seeded) or a bool (n_images,) selection.
         seed: the split's seed.

@@ -10,8 +10,9 @@ import torch
 
 from .backbones import Backbone
 from .methods.methods import MapMethod
-from .metrics.threads import one_thread
-from .options import CacheOptions
+from .runtime import one_thread
+from .config.schema import CacheOptions
+from .data.handover import Item
 from .plan import Plan
 from .results.cache import MapCache, image_key
 
@@ -60,23 +61,23 @@ class MapSource:
         self.keep_on_device = keep_on_device and device.type != "cpu"
         self.calls, self.seconds = 0, 0.0
 
-    def __call__(self, items: list[dict]) -> tuple[list[dict[int, torch.Tensor]], list[torch.Tensor | None]]:
+    def __call__(self, items: list[Item]) -> tuple[list[dict[int, torch.Tensor]], list[torch.Tensor | None]]:
         """Per image: layer -> (K, h, w) float32 maps (on the CPU, or on the device with ``keep_on_device``),
         and its logits (C,) on the CPU, or None."""
         maps, logits, _ = self.fetch(items)
         return maps, logits
 
-    def fetch(self, items: list[dict]) -> tuple[list[dict[int, torch.Tensor]], list[torch.Tensor | None],
+    def fetch(self, items: list[Item]) -> tuple[list[dict[int, torch.Tensor]], list[torch.Tensor | None],
                                                 list[dict[str, dict[int, torch.Tensor]]]]:
         """As ``__call__``, plus per image the plan's extras on the CPU (name -> layer -> tensor: ``rep_<kind>``
         (D,), ``attention_distance`` (H,)), captured in the same pass."""
         layers, extras = self.plan.layers, tuple(getattr(self.plan, "extras", ()))
-        keys = [image_key(to_uint8(item["x"])) for item in items] if self.cache else [None] * len(items)
+        keys = [image_key(to_uint8(item.x)) for item in items] if self.cache else [None] * len(items)
         found = [self.cache.get_all(k, layers, extras) if self.cache else None for k in keys]
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
             with one_thread():  # a copy of a few MB: a second OpenMP thread on a busy core stalls it for ms
-                x = torch.stack([items[i]["x"] for i in missing]).to(self.device, non_blocking=True)
+                x = torch.stack([items[i].x for i in missing]).to(self.device, non_blocking=True)
             t0 = time.perf_counter()
             with autocast(self.device, self.precision), self.backbone.capturing(layers, extras) as got:
                 method = self.plan.method

@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from .metrics.pooled import SortedCells, pooled_metrics, threshold_at_fpr
-from .metrics.threads import map_threads
+from .runtime import map_threads
 from .results import catalog, layout
-from .results.pool import SCORES, GridCells, Pool, build_pool
+from .analysis.pool import SCORES, GridCells, Pool, build_pool
 
 log = logging.getLogger(__name__)
 

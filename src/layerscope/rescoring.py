@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .results.layout import CONFIG, MAPS, RESULTS, map_files
 from .results.maps_io import check_same_layout, load_maps
-from .results.pool import warn_missing_maps
+from .analysis.pool import warn_missing_maps
 from .results.table import ResultsWriter
 from .scoring import ScoreOptions, Target, image_rows
 

@@ -35,13 +35,13 @@ def method_maps(backbone: Backbone, method: MapMethod, x: torch.Tensor, layers: 
 
 
 def check_sanity(metrics, backbone: Backbone, method: MapMethod) -> None:
-    """Check ``metrics.road``, ``metrics.road_noise`` and ``metrics.randomisation`` against the model and method
-    before any weights load.
+    """Check ``metrics.road``, ``metrics.road_noise``, ``metrics.randomisation``, ``metrics.randomisation_seeding``
+    and ``metrics.random_logit_rule`` against the model and method before any weights load.
 
     Raises:
         ValueError: one line naming the option.
     """
-    from .metrics.randomisation import MODES
+    from .metrics.randomisation import LOGIT_RULES, MODES, SEEDINGS
 
     if metrics.road and not backbone.num_classes:
         raise ValueError(f"metrics.road needs a model with a classifier; model {backbone.name} has none "
@@ -50,6 +50,12 @@ def check_sanity(metrics, backbone: Backbone, method: MapMethod) -> None:
         raise ValueError(f"metrics.road_noise={metrics.road_noise:g}: expected a standard deviation >= 0")
     if metrics.randomisation not in MODES:
         raise ValueError(f"metrics.randomisation={metrics.randomisation}: expected one of {', '.join(MODES)}")
+    seeding = getattr(metrics, "randomisation_seeding", "per_module")  # a saved config from before the option
+    if seeding not in SEEDINGS:
+        raise ValueError(f"metrics.randomisation_seeding={seeding}: expected one of {', '.join(SEEDINGS)}")
+    rule = getattr(metrics, "random_logit_rule", "image")  # a saved config from before the option: its default
+    if rule not in LOGIT_RULES:
+        raise ValueError(f"metrics.random_logit_rule={rule}: expected one of {', '.join(LOGIT_RULES)}")
     if metrics.randomisation != "none" and method.needs_references:
         raise ValueError(f"metrics.randomisation={metrics.randomisation} does not apply to method={method.name}: "
                          "its maps come from a memory bank fitted with the trained weights")
@@ -91,7 +97,8 @@ def road_columns(backbone: Backbone, x: torch.Tensor, maps: dict[int, torch.Tens
 
 def randomisation_columns(backbone: Backbone, method: MapMethod, x: torch.Tensor, maps: dict[int, torch.Tensor],
                           choose: Callable[[dict[int, torch.Tensor]], dict[int, torch.Tensor]], mode: str,
-                          target: torch.Tensor | None = None, seed: int = 0) -> dict[int, dict[str, torch.Tensor]]:
+                          target: torch.Tensor | None = None, seed: int = 0, logit_rule: str = "image",
+                          seeding: str = "per_module") -> dict[int, dict[str, torch.Tensor]]:
     """``mprt_spearman`` and ``mprt_ssim`` (full randomisation for ``cascading``; the layer's own block for
     ``independent``) and, for gradient methods of a classifier, ``random_logit_ssim``, of every chosen map.
 
@@ -100,15 +107,19 @@ def randomisation_columns(backbone: Backbone, method: MapMethod, x: torch.Tensor
         method: the run's map method.
         x: RGB in [0, 1], (B, 3, S, S).
         maps: layer -> (B, K, h, w) the trained model's chosen maps.
-        choose: all maps of a layer -> the chosen ones (``study.chosen_maps``), as the trained maps were chosen.
+        choose: all maps of a layer -> the chosen ones (``plan.chosen_maps``), as the trained maps were chosen.
         mode: ``cascading`` or ``independent``.
         target: (B,) the class each map explains (Random Logit draws another); None skips Random Logit.
         seed: randomisation seed (and the other classes' draw).
+        logit_rule: how ``random_logit_ssim`` compares the two maps (``metrics.random_logit_rule``: ``image`` or
+            ``quantus``; ``metrics.randomisation.logit_similarity``).
+        seeding: how the re-initialisation is seeded (``metrics.randomisation_seeding``: ``per_module`` or ``once``;
+            ``metrics.randomisation.randomised``).
 
     Returns:
         layer -> column -> (B, K) float32 on the CPU.
     """
-    from .metrics.randomisation import normalise, other_classes, randomised_maps, similarities, ssim
+    from .metrics.randomisation import logit_similarity, other_classes, randomised_maps, similarities
 
     device = backbone.mean.device
     x = x.to(device)
@@ -119,7 +130,8 @@ def randomisation_columns(backbone: Backbone, method: MapMethod, x: torch.Tensor
         return choose(method_maps(backbone, method, x, which))
 
     randomised = randomised_maps(backbone, compute, layers, mode,
-                                 blocks=lambda layer: backbone.model.get_submodule(names[layer]), seed=seed)
+                                 blocks=lambda layer: backbone.model.get_submodule(names[layer]), seed=seed,
+                                 seeding=seeding)
     out = {}
     for layer in layers:
         rho, s = similarities(maps[layer].to(device), randomised[layer])
@@ -129,8 +141,8 @@ def randomisation_columns(backbone: Backbone, method: MapMethod, x: torch.Tensor
         other.target_class = other_classes(target, backbone.num_classes, seed).to(device)
         flipped = choose(method_maps(backbone, other, x, layers))
         for layer in layers:
-            out[layer]["random_logit_ssim"] = ssim(normalise(maps[layer].to(device)),
-                                                   normalise(flipped[layer])).float().cpu()
+            out[layer]["random_logit_ssim"] = logit_similarity(maps[layer].to(device), flipped[layer],
+                                                               logit_rule).float().cpu()
     return out
 
 
@@ -153,7 +165,7 @@ def batch_columns(cfg, plan, backbone: Backbone, items: list[dict], per_image: l
     metrics = cfg.metrics
     if not metrics.road and metrics.randomisation == "none":
         return faith
-    x = torch.stack([item["x"] for item in items]).to(backbone.mean.device)
+    x = torch.stack([item.x for item in items]).to(backbone.mean.device)
     chosen = [choose(m) for m in per_image]
     maps = {layer: torch.stack([c[layer] for c in chosen]) for layer in chosen[0]}
     target_class = getattr(plan.method, "target_class", None)
@@ -168,9 +180,10 @@ def batch_columns(cfg, plan, backbone: Backbone, items: list[dict], per_image: l
                                         int(metrics.faithfulness_tie_orders), int(cfg.seed)).items():
             columns[layer].update(cols)
     if metrics.randomisation != "none":
-        # choose (study.chosen_maps) picks from (B, K_all, h, w) as from (K_all, h, w)
+        # choose (plan.chosen_maps) picks from (B, K_all, h, w) as from (K_all, h, w)
         for layer, cols in randomisation_columns(backbone, plan.method, x, maps, choose, metrics.randomisation,
-                                                 target, int(cfg.seed)).items():
+                                                 target, int(cfg.seed), str(metrics.random_logit_rule),
+                                                 str(metrics.randomisation_seeding)).items():
             columns[layer].update(cols)
     out = []
     for i, f in enumerate(faith):

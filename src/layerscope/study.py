@@ -10,35 +10,36 @@ import inspect
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .backbones import Backbone
 from .data.base import Dataset
-from .data.handover import Prepared, SlotRing, no_leftover_segments, pack, unpack
+from .data.handover import Item
+from .data.loading import image_batches
 from .data.prefetch import Prefetched
 from .data.transforms import to_input
 from .figures.grid import layer_head_grid
 from .loggers import Logger
 from .methods import threshold_maps, upsample
-from .methods.distance import EXTRAS as DISTANCE_EXTRAS
+from .batch_extras import (distance_columns, distance_conventions, faithfulness_columns, merged_columns,
+                           representations)
 from .mapsource import MapSource, build_cache, to_uint8
-from .options import StudyConfig, typed
-from .plan import (Plan, build, build_dataset, check_config, loader_workers, plan_study, resolve_device,
-                   score_threads, writer_threads)
+from .config.schema import StudyConfig, typed
+from .config.checks import check_config
+from .plan import Plan, build, build_dataset, chosen_maps, plan_study
 from .results import layout
 from .results.cache import config_key
-from .results.maps_io import save_maps
 from .results.representations import PartWriter, consolidate
 from .results.rundir import RunLock, done_line, previous_progress, write_atomic, write_summary
 from .results.table import ResultsWriter
-from .results.writer import BackgroundWriter
+from .results.writer import BackgroundWriter, grid_task, maps_task
+from .runtime import one_thread, resolve_device, reuse_freed_memory, score_threads, writer_threads
 from .sanity import batch_columns
-from .scoring import NONFINITE_NOTE, Target, batch_image_rows, one_thread
+from .scoring import NONFINITE_NOTE, Target, batch_image_rows
 
 log = logging.getLogger(__name__)
 
@@ -182,83 +183,6 @@ def dataset_pass(cfg: StudyConfig, out_dir: Path) -> tuple[Any, float]:
     return table, round(seconds, 3)
 
 
-def _quiet_hang_ups(worker_id: int) -> None:
-    """In a DataLoader worker: a batch handed over while the study stops (Ctrl-C, an error) loses its reader
-    mid-transfer, and multiprocessing's handle-sharing thread would print that broken connection as a
-    traceback on the run's stderr. The study reports why it stopped; other errors still print."""
-    import sys
-
-    default = sys.excepthook
-
-    def hook(kind, value, tb) -> None:
-        if not issubclass(kind, (EOFError, ConnectionError)):
-            default(kind, value, tb)
-
-    sys.excepthook = hook
-
-
-def _from_workers(batches: Iterator[Any], ring: SlotRing | None) -> Iterator[Any]:
-    """The workers' batches, unpacked; closing it (``Prefetched`` does, from its own thread) stops the worker
-    processes there and then, so that no thread is still inside the DataLoader when the interpreter exits."""
-    try:
-        for batch in batches:
-            yield unpack(batch, ring=ring)
-    finally:
-        shutdown = getattr(batches, "_shutdown_workers", None)  # torch's own clean-up, else run when collected
-        if shutdown is not None:
-            shutdown()
-
-
-def image_batches(cfg: StudyConfig, dataset: Dataset, size: int, device: torch.device) -> tuple[Any, int]:
-    """An iterator over batches of prepared images, and the DataLoader workers preparing them.
-
-    Workers are forked (on Linux; no pickling, also inside a joblib sweep job) when the iterator is made,
-    before the study starts its writer thread. With ``num_workers=auto``, a machine where they cannot start
-    or cannot share memory with this process (a small or full ``/dev/shm``, a file-size limit) prepares
-    the images in this process instead, with a warning; an explicit ``num_workers`` stops with one line.
-
-    Raises:
-        ValueError: an explicit ``num_workers`` whose workers cannot start.
-    """
-    import multiprocessing
-    import sys
-
-    batch_size = int(cfg.batch_size)
-    workers = loader_workers(cfg.num_workers, len(dataset), batch_size)
-    prefetch = 2  # the DataLoader's prefetch_factor: batches in flight per worker
-
-    def loader(n: int, ring: SlotRing | None = None):
-        context = multiprocessing.get_context("fork") if n and sys.platform.startswith("linux") else None
-        return torch.utils.data.DataLoader(Prepared(dataset, size), batch_size=batch_size, num_workers=n,
-                                           collate_fn=functools.partial(pack, ring=ring),
-                                           pin_memory=device.type == "cuda", multiprocessing_context=context,
-                                           worker_init_fn=_quiet_hang_ups if n else None,
-                                           prefetch_factor=prefetch if n else None)
-
-    if not workers:
-        return map(unpack, loader(0)), 0
-    try:
-        # the workers write batches into shared memory allocated here, before they are forked; where it cannot
-        # hold them all (a small /dev/shm), each batch crosses in blocks of its own, as big as one batch
-        try:
-            ring = SlotRing(batch_size, size, slots=prefetch * workers + 2)
-        except Exception as e:  # noqa: BLE001 - the same failures as below, for a larger block
-            log.info("batches cross from the DataLoader workers one shared block at a time (%s)",
-                     " ".join(str(e).split())[:200] or type(e).__name__)
-            ring = None
-            with no_leftover_segments():  # where it cannot be sized either, no empty file is left in /dev/shm
-                torch.empty(batch_size * 3 * size * size).share_memory_()
-        return _from_workers(iter(loader(workers, ring)), ring), workers
-    except Exception as e:  # noqa: BLE001 - any failure to start workers or share memory has the same remedy
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
-        if cfg.num_workers != "auto":
-            raise ValueError(f"num_workers={cfg.num_workers}: cannot start DataLoader worker processes "
-                             f"({reason}); use num_workers=0") from None
-        log.warning("num_workers=auto: DataLoader workers cannot run here (%s); preparing images in this process",
-                    reason)
-        return map(unpack, loader(0)), 0
-
-
 def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, dataset: Dataset, device: torch.device,
                 logger: Logger, done: dict[str, int | None]) -> dict:
     """Every image not yet done: maps, rows (written here), then its files and ``done.txt`` line.
@@ -305,29 +229,29 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
         with tqdm(total=len(dataset), desc=backbone.name, unit="img", disable=not cfg.progress) as bar:
             bar.update(len(done))
             for items in _timed(batches, clock):
-                for bad in [item for item in items if "error" in item]:
+                for bad in [item for item in items if item.error is not None]:
                     if cfg.on_bad_image == "fail":
-                        raise ValueError(f"{bad['error']} (on_bad_image=fail)")
-                    log.warning("skipped: %s", bad["error"])
-                    skipped.append(bad["error"])
+                        raise ValueError(f"{bad.error} (on_bad_image=fail)")
+                    log.warning("skipped: %s", bad.error)
+                    skipped.append(bad.error)
                     bar.update(1)
-                items = [item for item in items if "error" not in item and item["id"] not in done]
-                no_mask += sum(item["mask"] is None for item in items)
-                gained += [item["mask_rule"] for item in items if item["mask_rule"][0]]
+                items = [item for item in items if item.error is None and item.id not in done]
+                no_mask += sum(item.mask is None for item in items)
+                gained += [item.mask_rule for item in items if item.mask_rule[0]]
                 if not items:
                     continue
                 per_image, logits, captured = source.fetch(items)
-                faith = _faithfulness(cfg, plan, backbone, items, per_image, logits)
+                faith = faithfulness_columns(cfg, plan, backbone, items, per_image, logits)
                 faith = batch_columns(cfg, plan, backbone, items, per_image, logits, faith,
                                       functools.partial(chosen_maps, plan))  # metrics.road, metrics.randomisation
                 # per image: attention distance beside the maps (saved with them) and, with faithfulness, in its rows
-                columns = [_distance_columns(plan, c, unit_scale) for c in captured]
-                extras = [_merged(f, c) for f, c in zip(faith, columns)]
+                columns = [distance_columns(plan, c, unit_scale) for c in captured]
+                extras = [merged_columns(f, c) for f, c in zip(faith, columns)]
                 scored = _score_batch(cfg, plan, backbone, names, items, per_image, logits, extras, clock)
                 # the batch's representations go to disk with its first image, before any of its done.txt lines
-                before = ([parts.task([item["id"] for item in items],
-                                      _representations(captured, items, int(cfg.representation_grid)),
-                                      [item["x"] for item in items])]
+                before = ([parts.task([item.id for item in items],
+                                      representations(captured, items, int(cfg.representation_grid)),
+                                      [item.x for item in items])]
                           if parts else [])
                 for i, (item, (meta, chosen, rows)) in enumerate(zip(items, scored)):
                     n_figures += _record(cfg, out_dir, plan, backbone, names, item, meta, chosen, rows, writer,
@@ -394,123 +318,7 @@ def _timed(batches: Any, clock: dict[str, float]) -> Any:
         yield items
 
 
-def reuse_freed_memory(threshold: int = 32 * 2 ** 20, trim: int = 256 * 2 ** 20) -> bool:
-    """Let glibc keep freed blocks below ``threshold`` bytes for reuse instead of unmapping them.
-
-    Scoring makes and frees many 1-10 MB tensors per batch; by default each is a fresh ``mmap`` whose pages
-    the kernel faults in and zeroes on first touch, a third of the time of an element-wise op of that size
-    (measured: scoring 25 % faster). The process keeps up to ``trim`` bytes of freed memory mapped. Linux
-    with glibc only; elsewhere nothing changes.
-
-    Returns:
-        Whether the setting was applied.
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h> constants
-    return bool(mallopt(m_mmap_threshold, threshold)) and bool(mallopt(m_trim_threshold, trim))
-
-
-def chosen_maps(plan: Plan, maps: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """The maps that get rows: the requested heads (or reductions), plus their mean where the method has one.
-
-    Args:
-        maps: layer -> (K_all, h, w) (or (B, K_all, h, w)).
-    """
-    out = {}
-    k = plan.method.num_maps()
-    for layer, layer_maps in maps.items():
-        picked = layer_maps[..., plan.heads, :, :]
-        if plan.method.head_mean:
-            picked = torch.cat([picked, layer_maps[..., :k, :, :].mean(-3, keepdim=True)], -3)
-        extra = layer_maps[..., k:, :, :]  # maps added beyond the K (extra_map_names): always kept
-        out[layer] = torch.cat([picked, extra], -3) if extra.shape[-3] else picked
-    return out
-
-
-def _faithfulness(cfg: StudyConfig, plan: Plan, backbone: Backbone, items: list[dict],
-                  per_image: list[dict[int, torch.Tensor]], logits: list[torch.Tensor | None]) -> list[dict | None]:
-    """Deletion and insertion AUC of every chosen map of a batch (``metrics.faithfulness``), per image:
-    layer -> {"deletion_auc": (K,), "insertion_auc": (K,)}; None per image when not asked for."""
-    if not cfg.metrics.faithfulness:
-        return [None] * len(items)
-    from .mapsource import faithfulness
-
-    x = torch.stack([item["x"] for item in items])
-    chosen = [chosen_maps(plan, m) for m in per_image]
-    maps = {layer: torch.stack([c[layer] for c in chosen]) for layer in chosen[0]}
-    target_class = getattr(plan.method, "target_class", None)
-    target = torch.full((len(items),), int(target_class)) if target_class is not None else \
-        torch.stack([lg.argmax(-1) for lg in logits])
-    values = faithfulness(backbone, x, maps, target, int(cfg.metrics.faithfulness_steps),
-                          str(cfg.metrics.faithfulness_baseline), int(cfg.batch_size) * 4,
-                          tie_orders=cfg.metrics.faithfulness_tie_orders, seed=cfg.seed)
-    return [{layer: {"deletion_auc": v[i, :, 0], "insertion_auc": v[i, :, 1]} for layer, v in values.items()}
-            for i in range(len(items))]
-
-
-def _distance_columns(plan: Plan, captured: dict[str, dict[int, torch.Tensor]], unit_scale: float = 1.0
-                      ) -> dict | None:
-    """``attention_distance`` of the chosen heads and, for the ``mean`` row, the mean over every head:
-    layer -> {"attention_distance": (K,)}; None when the run does not measure it.
-
-    Args:
-        unit_scale: multiplies the captured pixels (1 / the image side for ``attention_distance_unit=fraction``).
-    """
-    per_layer = next((captured[name] for name in DISTANCE_EXTRAS.values() if captured.get(name)), None)
-    if not per_layer:
-        return None
-    return {layer: {"attention_distance": torch.cat([d[plan.heads], d.mean().view(1)]) * unit_scale}
-            for layer, d in per_layer.items()}
-
-
-def _representations(captured: list[dict[str, dict[int, torch.Tensor]]], items: list[dict], grid: int
-                     ) -> list[dict[str, dict[int, object]]]:
-    """What a batch saves per image (``results.representations``): the pooled kinds as captured and, from
-    ``rep_patches`` (layer -> (h, w, D) cells), ``patches`` pooled to at most ``grid`` a side plus ``defect``
-    and ``background`` (the mask-weighted means of the layer's cells, ``results.cells``)."""
-    from .results.cells import adaptive_pool, mask_pooled
-
-    out = []
-    for extra, item in zip(captured, items):
-        reps: dict[str, dict[int, object]] = {k: v for k, v in extra.items() if k.startswith("rep_")}
-        if "rep_patches" in reps:
-            mask = item["mask"].numpy() if item["mask"] is not None else None
-            patches, defect, background = {}, {}, {}
-            for layer, cells in extra["rep_patches"].items():
-                cells = cells.numpy()
-                h, w = cells.shape[:2]
-                patches[layer] = adaptive_pool(cells, (min(h, grid), min(w, grid)))
-                defect[layer], background[layer] = mask_pooled(cells, mask)
-            reps.update(rep_patches=patches, rep_defect=defect, rep_background=background)
-        out.append(reps)
-    return out
-
-
-def _distance_conventions(cfg: StudyConfig, plan: Plan) -> dict:
-    """The ``attention_distance_rule`` / ``_unit`` columns of a run that measures attention distance."""
-    if not any(e in DISTANCE_EXTRAS.values() for e in plan.extras):
-        return {}
-    return {"attention_distance_rule": str(cfg.metrics.attention_distance_rule),
-            "attention_distance_unit": str(cfg.metrics.attention_distance_unit)}
-
-
-def _merged(faith: dict | None, columns: dict | None) -> dict | None:
-    """One image's per-map columns from the model (faithfulness) and from the pass (attention distance):
-    layer -> column -> (K,)."""
-    if not columns:
-        return faith
-    return {layer: {**(faith or {}).get(layer, {}), **cols} for layer, cols in columns.items()}
-
-
-def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: dict[int, list[str]], items: list[dict],
+def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: dict[int, list[str]], items: list[Item],
                  per_image: list[dict[int, torch.Tensor]], logits: list[torch.Tensor | None], faith: list[dict | None],
                  clock: dict[str, float]) -> list[tuple[dict, dict[int, torch.Tensor], list[dict]]]:
     """The rows of every image of a batch, scored together where the maps are (``scoring``).
@@ -520,15 +328,15 @@ def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: dict[i
     """
     t0 = time.perf_counter()
     size = backbone.img_size
-    with one_thread():  # small tensors: OpenMP splitting costs more than it saves (see scoring.one_thread)
-        targets = [Target(item["mask"], item["valid"]) if item["mask"] is not None else None for item in items]
+    with one_thread():  # small tensors: OpenMP splitting costs more than it saves (see runtime.one_thread)
+        targets = [Target(item.mask, item.valid) if item.mask is not None else None for item in items]
         metas = []
         for item, target, image_logits in zip(items, targets, logits):
-            meta = {"image": item["id"], "group": item["group"], "category": item["category"],
-                    "dataset": cfg.data.get("name", ""), "source": item["source"], "model": backbone.name,
+            meta = {"image": item.id, "group": item.group, "category": item.category,
+                    "dataset": cfg.data.get("name", ""), "source": item.source, "model": backbone.name,
                     "kind": backbone.kind, "num_layers": backbone.num_layers, "img_size": size,
                     "method": plan.method.name, "mask_fraction": target.fraction if target is not None else None,
-                    **_distance_conventions(cfg, plan)}
+                    **distance_conventions(cfg, plan)}
             if image_logits is not None and backbone.labels:
                 p, c = image_logits.softmax(-1).max(-1)
                 meta.update(pred_label=backbone.labels[int(c)], pred_prob=float(p))
@@ -542,7 +350,7 @@ def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: dict[i
             for b, (meta, image_rows) in enumerate(zip(metas, rows))]
 
 
-def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, names: dict[int, list[str]], item: dict,
+def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, names: dict[int, list[str]], item: Item,
             meta: dict, chosen: dict[int, torch.Tensor], rows: list[dict], writer: ResultsWriter,
             files: BackgroundWriter, logger: Logger, clock: dict[str, float], draw: bool,
             columns: dict | None = None, before: Sequence = ()) -> int:
@@ -557,13 +365,13 @@ def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, nam
     """
     t0 = time.perf_counter()
     method, size = plan.method, backbone.img_size
-    mask, valid = item["mask"], item["valid"]
+    mask, valid = item.mask, item.valid
     rows_before = writer.rows
     writer.write(rows)
     all_names = {layer: names[layer] for layer in chosen}
     clock["score"] += time.perf_counter() - t0
     saved = {layer: m.numpy() for layer, m in chosen.items()}  # not modified after this: safe to share
-    x, converted = item["x"], {}
+    x, converted = item.x, {}
 
     def image_u8():  # converted once, by the first task that needs it: in the writer's thread, not here
         if "image" not in converted:
@@ -573,23 +381,19 @@ def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, nam
     mask_np = mask.numpy() if mask is not None else None
     tasks = list(before)
     if cfg.save_maps:
-        path, valid_np = layout.map_file(out_dir, item["id"]), valid.numpy() if valid is not None else None
+        path, valid_np = layout.map_file(out_dir, item.id), valid.numpy() if valid is not None else None
         info = dict(meta, threshold_rule=plan.scoring.rule)
         saved_columns = {layer: {c: v.numpy() for c, v in cols.items()} for layer, cols in (columns or {}).items()}
-        tasks.append((path, lambda: save_maps(path, image_u8(), mask_np, saved, all_names, info, valid=valid_np,
-                                              columns=saved_columns)))
+        tasks.append(maps_task(path, image_u8, mask_np, saved, all_names, info, valid=valid_np, columns=saved_columns))
     if logger.wants_maps():
         first = plan.scoring.thresholds[0]
         kept = {layer: upsample(threshold_maps(m, first, plan.scoring.rule), (size, size)).numpy()
                 for layer, m in chosen.items()}
-        logger.log_maps(item["id"], item["category"], image_u8(), mask_np, saved, all_names, kept)
+        logger.log_maps(item.id, item.category, image_u8(), mask_np, saved, all_names, kept)
     drawn = int(bool(draw and cfg.figures.grid))
     if drawn:
-        path_png, title = layout.grid_file(out_dir, item["id"]), f"{item['id']} | {backbone.name} | {method.name}"
-        # a NaN/inf map (its rows are empty) is drawn blank: it has no colour to give
-        shown = {layer: m if np.isfinite(m).all() else np.where(np.isfinite(m), m, 0).astype(m.dtype)
-                 for layer, m in saved.items()}
-        tasks.append((path_png, lambda: layer_head_grid(image_u8(), mask_np, shown, all_names, title, path_png)))
+        path_png, title = layout.grid_file(out_dir, item.id), f"{item.id} | {backbone.name} | {method.name}"
+        tasks.append(grid_task(path_png, image_u8, mask_np, saved, all_names, title, layer_head_grid))
     # the done.txt line, with the image's row count, is appended by the writer after these files
-    files.submit(item["id"], tasks, line=done_line(item["id"], writer.rows - rows_before))
+    files.submit(item.id, tasks, line=done_line(item.id, writer.rows - rows_before))
     return drawn

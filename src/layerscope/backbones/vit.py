@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..methods.attention import cls_attention
-from ..methods.distance import EXTRAS as DISTANCE_EXTRAS
+from .attention import cls_attention
+from .distance import EXTRAS as DISTANCE_EXTRAS
 from .base import capped_cells
-from ..methods.distance import attention_distance
+from .distance import attention_distance
 from .base import Backbone, Hook
 from .weights import WeightsError, check_source, hub_folder, timm_state_dict
 

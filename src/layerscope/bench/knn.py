@@ -30,9 +30,10 @@ def _setup(preset: str, model: str, layers: Sequence[int], device: torch.device,
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf, open_dict
 
-    from ..configs import config_dir
+    from ..config.paths import config_dir
     from ..data.transforms import to_input
-    from ..plan import build, build_dataset, name_from_choices
+    from ..config.compose import name_from_choices
+    from ..plan import build, build_dataset
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("config", overrides=[f"model={model}", f"method={preset}", f"method.n_references={shots}"],

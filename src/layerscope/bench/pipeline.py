@@ -79,7 +79,8 @@ class BackboneOnly:
         from omegaconf import OmegaConf
 
         from ..mapsource import MapSource
-        from ..plan import build, build_dataset, plan_study, resolve_device
+        from ..plan import build, build_dataset, plan_study
+        from ..runtime import resolve_device
         from ..data.handover import Prepared
 
         cfg = OmegaConf.load(config)
@@ -91,7 +92,7 @@ class BackboneOnly:
         backbone.to(self.device).eval()
         prepared = Prepared(dataset, backbone.img_size)
         items = [prepared[i] for i in range(len(prepared))]  # data preparation is not the backbone's
-        self.items = [item for item in items if "error" not in item]
+        self.items = [item for item in items if item.error is None]
         self.batch = int(cfg.batch_size)
         self.source = MapSource(backbone, plan, self.device, cfg.precision, None)
         self.layers, self.maps = len(plan.layers), len(plan.heads) + int(plan.method.head_mean)

@@ -9,7 +9,7 @@
 Reads the representations runs saved (``save_representations=true``) below each DIR (a run, several
 runs, a sweep); runs of one model config are merged, images are matched by id and content (the hash or
 thumbnail of the input each run saved). Writes into ``--out`` (default ``DIR/compare`` for one DIR;
-required for several), replacing only its own previous outputs there, as a set (``results.compare_output``):
+required for several), replacing only its own previous outputs there, as a set (``analysis.compare_output``):
 
 - ``similarity.csv``: one row per measure and pair of layers of every pair of models (both orders, each
   model with itself, the diagonal): ``measure, value``, the paired bootstrap's 95% interval
@@ -43,9 +43,9 @@ from ..metrics.measures import MEASURES
 from ..metrics.measures.cka import ESTIMATORS
 from ..metrics.probe import INTERVALS
 from ..metrics.similarity import KERNELS, RBF_MEDIANS
-from ..results.compare_output import check_out, writing
+from ..analysis.compare_output import check_out, writing
 from ..results.layout import ATTENTION_DISTANCE, COMPARE, MONOTONICITY, PROBE, RESULTS, SIMILARITY
-from ..results.saved import distance_table
+from ..analysis.saved import distance_table
 from ..results.representations import KINDS
 from .errors import Parser, UsageError, command
 

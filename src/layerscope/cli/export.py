@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from ..data.mvtec_export import PAINT, export_mvtec
-from ..data.synthetic import DEFECTS, TEXTURES
+from ..data.defects import DEFECTS
+from ..data.synthetic import TEXTURES
 from .errors import Parser, command
 
 

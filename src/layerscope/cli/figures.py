@@ -12,7 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
-from ..figures.paper import AXES, KINDS, METRICS, make_all
+from ..figures.inputs import METRICS
+from ..figures.paper import KINDS, make_all
+from ..figures.style import AXES
 from .errors import Parser, UsageError, command
 
 
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="x-axis of metric_vs_layer: layer index, or relative depth (0 = first layer, 1 = last: "
                         "models of different depths on one axis; written as metric_vs_depth_<metric>)")
     a = p.parse_args(argv)
-    for name in ("layerscope.figures", "layerscope.results.saved"):  # the figures' reasons, not fontTools' chatter
+    for name in ("layerscope.figures", "layerscope.analysis.saved"):  # the figures' reasons, not fontTools' chatter
         log = logging.getLogger(name)
         if not log.handlers:
             handler = logging.StreamHandler(sys.stderr)

@@ -28,7 +28,7 @@ import pandas as pd
 from ..results import catalog
 from ..results.jobs import job_problems
 from ..results.layout import RESULTS, report_stem
-from ..results.leaderboard import IMAGE_METRICS, dataset_markdown, md, rank, rank_dataset, to_markdown
+from ..analysis.leaderboard import IMAGE_METRICS, dataset_markdown, md, rank, rank_dataset, to_markdown
 from ..results.rundir import write_atomic
 from ..results.table import METRICS, load_results
 from .errors import Parser, UsageError, command
@@ -90,7 +90,7 @@ def _write(folder: Path, stem: str, table: pd.DataFrame, md: str) -> None:
 
 def _fewshot_per_image(a: argparse.Namespace) -> None:
     """A few-shot sweep's shots x layer table of the per-image ``a.metric`` (mean and t-interval across seeds)."""
-    from ..results import fewshot
+    from ..analysis import fewshot
     from ..results.layout import fewshot_stem
 
     settings = fewshot.job_settings(a.folder)
@@ -104,7 +104,7 @@ def _fewshot_per_image(a: argparse.Namespace) -> None:
 def _fewshot_dataset(a: argparse.Namespace, pooled: pd.DataFrame, pool, metric: str) -> None:
     """A few-shot sweep's shots x layer table of pooled ``metric`` and, with ``--calibration``, the held-out choice
     of layer per shot count against the best in hindsight."""
-    from ..results import fewshot
+    from ..analysis import fewshot
     from ..results.layout import fewshot_stem
 
     settings = fewshot.job_settings(a.folder)
@@ -184,15 +184,15 @@ def main(argv: list[str] | None = None) -> int:
         results = load_results(a.folder, a.results)
         warn()
         table = rank(results, a.metric, a.threshold, a.boot, a.seed, a.include_best)
-        from ..results.weights_check import flags_markdown, weight_independent
+        from ..analysis.weights_check import flags_markdown, weight_independent
 
         _write(a.folder, report_stem(a.metric), table, to_markdown(table, a.top) +
                flags_markdown(weight_independent(results)))  # metrics.randomisation's survivors
         _fewshot_per_image(a)
     if dataset:
-        from ..plan import score_threads
+        from ..runtime import score_threads
         from ..protocol import choose, undefined_reasons, write_choice, write_dataset_metrics
-        from ..results.pool import build_pool
+        from ..analysis.pool import build_pool
 
         pool = build_pool(a.folder, progress=True)  # the saved maps are read once for the table and the choice
         warn()

@@ -20,7 +20,7 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from ..configs import config_dir
+from ..config.paths import config_dir
 from ..results.layout import FAILED, HYDRA, HYDRA_CONFIG, HYDRA_OVERRIDES, HYDRA_SETTINGS, LOG, RESULTS
 
 LIST_KEYS = ("layer", "head", "threshold")
@@ -92,7 +92,7 @@ def precheck(args: list[str]) -> str | None:
         key = o.key_or_group
         if o.is_add() and not any(f"{key}.".startswith(prefix) for prefix in EXTENSIBLE):
             return f"error: {o.input_line}: {key} is not an option of layerscope (the options are those of " \
-                   "layerscope/options.py; +key adds only inside model.model_kwargs)"
+                   "layerscope/config/schema.py; +key adds only inside model.model_kwargs)"
     singles = [o.input_line if not o.is_sweep_override() else None for o in parsed]
     firsts = [f"{o.get_key_element()}={_first(o)}" if o.is_sweep_override() else o.input_line for o in parsed]
     combos = [firsts]
@@ -102,7 +102,8 @@ def precheck(args: list[str]) -> str | None:
     search = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in dirs)}]"] if dirs else []
     from omegaconf import open_dict
 
-    from ..plan import check_config, name_from_choices
+    from ..config.checks import check_config
+    from ..config.compose import name_from_choices
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         for combo in combos:
@@ -120,7 +121,7 @@ def precheck(args: list[str]) -> str | None:
                 first = lines[0]
                 if first.startswith("Could not override '"):
                     key = first.split("'")[1]
-                    return f"error: {key}: no such option (the options are those of layerscope/options.py and of " \
+                    return f"error: {key}: no such option (the options are those of layerscope/config/schema.py and of " \
                            f"the chosen model/data/method configs)"
                 return f"error: {' '.join(lines)[:300]}"
             except Exception as e:  # noqa: BLE001 - any other composition error, still one line
@@ -137,7 +138,7 @@ def precheck(args: list[str]) -> str | None:
 
 def _type_error(error, overrides: list[str]) -> str:
     """``key=value: expected ...`` for a value of the wrong type, the value as the user wrote it."""
-    from ..options import type_error
+    from ..config.schema import type_error
 
     key = str(error.full_key)
     given = next((o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == key), None)
@@ -225,7 +226,7 @@ def _main(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
     from ..backbones.weights import WeightsError
-    from ..plan import name_from_choices
+    from ..config.compose import name_from_choices
     from ..study import run
 
     hydra_cfg = HydraConfig.get()
@@ -263,8 +264,9 @@ def _main(cfg: DictConfig) -> None:
     except Exception as e:  # in a sweep, one job's crash must not stop the others; alone, Hydra shows it
         if sweep is None:
             raise
-        log.exception("job failed")
-        stop(f"error: {type(e).__name__}: {e}", 1)
+        _to_log_file("job failed", exc_info=True)  # the traceback: in the job's log, not on the console
+        where = f" (traceback in {out_dir / LOG})" if accepted else ""
+        stop(f"error: {type(e).__name__}: {e}{where}", 1)
         return
     finally:
         held.drop()  # refused: the folder's own log is left as it was (a no-op once released)
@@ -281,14 +283,14 @@ def os_advice(e: OSError) -> str:
 
 
 def fail(message: str, code: int, record: Path | None = None) -> None:
-    """One line on stderr (and in the log), then exit with ``code``: never a traceback.
+    """One line on stderr (and in the log file, not again on the console), then exit with ``code``: never a traceback.
 
     In a sweep the job writes why into ``record`` and returns instead, so the sweep goes on past
     it and ends non-zero (``SweepReport``): its folder's ``failed.txt``, or, for a job refused
     because its folder belongs to another run, a file in the sweep's ``.refused/`` (that folder
     stays untouched).
     """
-    log.error("%s", message)
+    _to_log_file(message)
     print(message, file=sys.stderr)
     if record is None:
         sys.exit(code)
@@ -296,6 +298,18 @@ def fail(message: str, code: int, record: Path | None = None) -> None:
     from ..results.rundir import write_atomic
 
     write_atomic(record, message + "\n")
+
+
+def _to_log_file(message: str, exc_info: bool = False) -> None:
+    """``message`` (with the exception being handled, when ``exc_info``) as an ERROR record for the run's log
+    file (or for the records ``HeldLog`` holds for it), not for the console: there a failure is one line, the
+    one ``fail`` prints."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,),
+                            sys.exc_info() if exc_info else None)
+    for handler in logging.getLogger().handlers:
+        console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+        if not console and record.levelno >= handler.level:
+            handler.handle(record)
 
 
 UNQUOTABLE = set("[]{}(),'\"\\")  # a value holding one of these is a list, a sweep or quoted already

@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..results.saved import relative_depth
+from ..analysis.saved import relative_depth
 from .style import AXES, HEAT_CMAP, PALETTE, depth_axis, save, slug, styled
 
 log = logging.getLogger(__name__)

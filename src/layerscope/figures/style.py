@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from ..results.saved import SEP
+from ..analysis.saved import SEP
 
 AXES = ("layer", "relative")  # x-axis of metric_vs_layer: layer index, or relative depth (0 = first, 1 = last)
 DPI = 200

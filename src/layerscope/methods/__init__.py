@@ -3,7 +3,7 @@
 The Python API's map function is ``layerscope.maps`` (``layerscope.api.maps``); this package holds the
 methods it and the study run.
 """
-from .attention import cls_attention
+from ..backbones.attention import cls_attention
 from .reduce import reduce_features
 from .threshold import keep_mass, threshold_maps
 from .upsample import upsample

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from .attention import attention_blocks
+from ..backbones.attention import attention_blocks
 from .methods import MapMethod
 
 

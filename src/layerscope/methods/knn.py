@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..metrics.threads import one_thread
+from ..runtime import one_thread
 
 METRICS = ("euclidean", "cosine")
 AGGREGATES = (1, 3, 5)

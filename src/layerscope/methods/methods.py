@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from . import knn
-from .attention import attention_blocks
+from ..backbones.attention import attention_blocks
 from .reduce import reduce_features
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..metrics.threads import serial
+from ..runtime import serial
 
 
 def mean_abs(feat: torch.Tensor) -> torch.Tensor:

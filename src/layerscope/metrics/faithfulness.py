@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from ..options import MetricsOptions
+    from ..config.schema import MetricsOptions
 
 BASELINES = ("blur", "mean")
 

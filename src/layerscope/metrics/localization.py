@@ -19,8 +19,8 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
+from ..runtime import serial
 from .rank_groups import group_sums, rank_rows
-from .threads import serial
 
 
 @dataclass

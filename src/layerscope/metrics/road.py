@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .faithfulness import cell_ranks, check_perturbation
-from .threads import one_thread
+from ..runtime import one_thread
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the paper's removal percentiles
 NOISE = 0.01  # the paper's imputation noise (standard deviation, in the units of the image given)

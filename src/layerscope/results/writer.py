@@ -32,7 +32,11 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .maps_io import save_maps
 
 log = logging.getLogger(__name__)
 
@@ -185,3 +189,30 @@ class BackgroundWriter:
                           else f"{type(error).__name__}: {error}")
                 self._error = WriteError(errno, reason, str(path if path is not None else self.done_path))
                 self._error.__cause__ = error
+
+
+def maps_task(path: Path, image: Callable[[], np.ndarray], mask: np.ndarray | None, maps: Mapping[int, np.ndarray],
+              names: Mapping[int, list[str]], info: dict, valid: np.ndarray | None = None,
+              columns: Mapping[int, Mapping[str, np.ndarray]] | None = None) -> Task:
+    """The task that saves an image's maps (``maps_io.save_maps``).
+
+    Args:
+        image: gives the image, (H, W, 3) uint8: called in the writer's thread, so a conversion is done there.
+        maps: layer -> (K, h, w), not modified after this call.
+    """
+    return path, lambda: save_maps(path, image(), mask, maps, names, info, valid=valid, columns=columns)
+
+
+def grid_task(path: Path, image: Callable[[], np.ndarray], mask: np.ndarray | None, maps: Mapping[int, np.ndarray],
+              names: Mapping[int, list[str]], title: str, draw: Callable[..., Any]) -> Task:
+    """The task that draws an image's layer x map grid picture with ``draw`` (``figures.grid.layer_head_grid``,
+    handed in: the run folder's writer does not import the figures).
+
+    Args:
+        image: as for ``maps_task``.
+        maps: layer -> (K, h, w).
+    """
+    # a NaN/inf map (its rows are empty) is drawn blank: it has no colour to give
+    shown = {layer: m if np.isfinite(m).all() else np.where(np.isfinite(m), m, 0).astype(m.dtype)
+             for layer, m in maps.items()}
+    return path, lambda: draw(image(), mask, shown, names, title, path)

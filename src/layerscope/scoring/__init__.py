@@ -4,7 +4,7 @@ A run (a batch at a time), ``layerscope-rescore`` and ``ls.score`` (an image at 
 score through ``scorer.batch_image_rows``, so saved maps rescore to the same numbers. Each column is a
 per-image metric in its own module under ``metrics/per_image/``.
 """
-from ..metrics.threads import one_thread
+from ..runtime import one_thread
 from .scorer import batch_image_rows, finite_maps, image_rows
 from .score_options import ScoreOptions
 from .rows import NONFINITE_NOTE

@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..methods.threshold import RULES
 from ..methods.upsample import MODES
-from ..options import MetricsOptions, StudyConfig, typed
+from ..config.schema import MetricsOptions, StudyConfig, typed
 
 
 @dataclass

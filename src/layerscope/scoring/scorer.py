@@ -17,7 +17,7 @@ from ..methods import upsample
 from ..metrics.facts import FULL_MASK, NO_DEFECT, NO_MASK, NO_MASS
 from ..metrics.per_image import SCORED, notes
 from ..metrics.scored_maps import ScoredMaps
-from ..metrics.threads import map_threads
+from ..runtime import map_threads
 from ..metrics.tolerant_pointing import mask_sums
 from .score_options import ScoreOptions
 from .rows import LayerScores, layer_rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..metrics.localization import Cells, MaskCells
-from ..metrics.threads import serial
+from ..runtime import serial
 
 
 class Target:

@@ -13,7 +13,7 @@ in this order:
   method) side by side, one layer's maps large with a slider (and buttons, arrow keys) stepping
   through layers, the whole layer x map grid with the mask outline, each map's metrics on hover
   and in a table;
-- which layer finds it, per defect type: the per-image ranking (``results.leaderboard.rank``, mean
+- which layer finds it, per defect type: the per-image ranking (``analysis.leaderboard.rank``, mean
   over images, 95% bootstrap CI) beside the dataset-level one (``dataset_metrics.csv``) where present;
 - metric against layer per (model, method), with a switch to relative depth (0 = first layer, 1 = last);
 - the held-out choice (``choice_<metric>.json``) where present;
@@ -27,7 +27,7 @@ inferno), loaded only when the image is shown; the per-map metrics are embedded 
 Modules: ``page`` (the page and how it is written), ``sections`` (summary, glance, ranking, curves, choice,
 runs), ``gallery`` and ``pictures`` (the images), ``compare`` (beyond masks), ``charts`` (the one SVG chart),
 ``html`` (escaping and formats); ``assets/report.css`` and ``assets/report.js`` are inlined into every
-page. The saved results are read by ``results.saved.Study``, as the figures read them. The command (its
+page. The saved results are read by ``analysis.saved.Study``, as the figures read them. The command (its
 options and errors) is ``layerscope.cli.view``.
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ from ..figures.comparison_plots import ALPHA, cka_grid, cka_rows, pairs
 from ..figures.style import PALETTE
 from ..metrics.measures import INVARIANCES, MEASURES
 from ..results.layout import COMPARE, MONOTONICITY, PROBE, SIMILARITY
-from ..results.saved import distance_table, head_order, relative_depth
+from ..analysis.saved import distance_table, head_order, relative_depth
 from .charts import line_chart
 from .html import colour_legend, esc, finite, hex_colour, ink
 
@@ -191,7 +191,7 @@ def compare_section(df: pd.DataFrame, folder: Path | str) -> str:
     """The page's ``compare`` section, or ``""`` when there is neither a comparison nor an attention distance.
 
     Args:
-        df: the page's results rows with a ``series`` column (``results.saved.Study.df``).
+        df: the page's results rows with a ``series`` column (``analysis.saved.Study.df``).
         folder: the page's folder; every ``similarity.csv`` and ``probe.csv`` at or below it is shown.
     """
     folder = Path(folder)

@@ -1,13 +1,14 @@
 """The page's few-shot section: for a sweep over ``method.n_references`` and ``seed``, a shots x layer table of
-the page's metric (mean over reference seeds and its 95% t-interval across seeds, ``results.fewshot``) per
+the page's metric (mean over reference seeds and its 95% t-interval across seeds, ``analysis.fewshot``) per
 (model, method, map), and the held-out choice of layer per shot count when ``layerscope-report --calibration``
 wrote it (``fewshot_choice_<metric>_summary.csv``)."""
 from __future__ import annotations
 
 import pandas as pd
 
-from ..results import catalog, fewshot, layout
-from ..results.saved import Study
+from ..analysis import fewshot
+from ..results import catalog, layout
+from ..analysis.saved import Study
 from ..results.table import read_table
 from .html import esc, fmt
 

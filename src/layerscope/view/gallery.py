@@ -11,7 +11,7 @@ import pandas as pd
 from PIL import Image
 
 from ..results import catalog, layout
-from ..results.saved import Study, relative_depth, smallest_threshold
+from ..analysis.saved import Study, relative_depth, smallest_threshold
 from .html import esc, num, slug, url
 from .pictures import inferno_palette, map_sprite, outline_path, thumbnail
 

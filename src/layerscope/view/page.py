@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..results import catalog, layout
-from ..results.saved import Study
-from ..results.weights_check import flags_section
+from ..analysis.saved import Study
+from ..analysis.weights_check import flags_section
 from .comparison_section import compare_section
 from .fewshot import fewshot_section
 from .gallery import gallery_data, gallery_section
@@ -227,7 +227,7 @@ def build(folder: Path | str, out: Path | str | None = None, metric: str | None 
 def _write(study: Study, folder: Path, files: Path, staging: Path, metric: str, depth: str, top: int,
            n_boot: int) -> str:
     """The pictures into ``staging`` (served as ``files``); returns the page."""
-    from ..results.leaderboard import rank
+    from ..analysis.leaderboard import rank
 
     ranked = rank(study.df, metric, n_boot=n_boot)
     scores = series_scores(study, metric, ranked, n_boot)

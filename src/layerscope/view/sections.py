@@ -11,7 +11,7 @@ import pandas as pd
 from ..figures.style import PALETTE
 from ..results import catalog, layout
 from ..results.axes import axis_word, map_label
-from ..results.saved import (SEP, Study, head_order, layer_head_scores, line_head, num_layers, relative_depth,
+from ..analysis.saved import (SEP, Study, head_order, layer_head_scores, line_head, num_layers, relative_depth,
                              smallest_threshold)
 from ..results.table import read_table
 from .charts import line_chart
@@ -188,7 +188,7 @@ def _dataset_table(study: Study) -> pd.DataFrame | None:
 
 
 def ranking_section(study: Study, metric: str, ranked: pd.DataFrame, top: int) -> str:
-    from ..results.leaderboard import rank_dataset
+    from ..analysis.leaderboard import rank_dataset
 
     m = catalog.get(metric)
     dataset = _dataset_table(study)

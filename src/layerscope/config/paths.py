@@ -9,13 +9,13 @@ def config_dir() -> str:
 
     Users add their own configs without editing either: ``--config-dir DIR`` (Hydra adds DIR to
     the search path, so ``DIR/model/my_model.yaml`` is ``model=my_model``) or
-    ``hydra.searchpath=[file:///abs/dir]``. The schema of ``config.yaml`` (``layerscope.options``) is
+    ``hydra.searchpath=[file:///abs/dir]``. The schema of ``config.yaml`` (``layerscope.config.schema``) is
     stored in Hydra's ``ConfigStore`` on the way.
     """
-    from .options import register
+    from .schema import register
 
     register()  # config.yaml's defaults list names the schema (base_config): stored before Hydra reads the folder
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the package folder
     for candidate in (here / "conf", here.parents[1] / "conf"):
         if (candidate / "config.yaml").is_file():
             return str(candidate)

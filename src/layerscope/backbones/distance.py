@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from ..config.schema import DistanceRule, DistanceUnit, choices
 from .attention import attention_blocks
 
 CHUNK_FLOATS = 1 << 21  # floats of one (B, H, chunk, P) block: 8 MB in float32 (cache-sized blocks run faster)
@@ -40,8 +41,8 @@ def patch_distances(grid: tuple[int, int], patch_size: float, device: torch.devi
     return torch.cdist(centres, centres).float().to(device)
 
 
-RULES = ("renormalised", "raw")
-UNITS = ("pixels", "fraction")
+RULES = choices(DistanceRule)  # renormalised, raw
+UNITS = choices(DistanceUnit)  # pixels, fraction
 # the pass's capture of each rule, in pixels (a name each: a cached entry of one rule never serves the other)
 EXTRAS = {"renormalised": "attention_distance", "raw": "attention_distance_raw"}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import catalog, layout
+from ..results import catalog, layout
 from .leaderboard import md
 
 log = logging.getLogger(__name__)

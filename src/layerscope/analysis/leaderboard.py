@@ -9,8 +9,8 @@ import html
 import numpy as np
 import pandas as pd
 
-from . import catalog, layout
-from .table import METRICS
+from ..results import catalog, layout
+from ..results.table import METRICS
 
 KEYS = list(catalog.CANDIDATE)
 IMAGE_METRICS = catalog.IMAGE_SCORES

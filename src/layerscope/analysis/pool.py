@@ -22,9 +22,9 @@ from omegaconf import OmegaConf
 
 from ..methods.upsample import upsample as upsample_maps
 from ..metrics.localization import MaskCells, top_score
-from ..metrics.threads import one_thread
-from . import catalog, layout
-from .maps_io import check_same_layout, load_maps
+from ..runtime import one_thread
+from ..results import catalog, layout
+from ..results.maps_io import check_same_layout, load_maps
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class Pool:
 
 def _run_options(run_dir: Path) -> tuple[str, float, float]:
     """upsample mode, AUPRO limit and top-k share of a run, from its saved config."""
-    from ..options import StudyConfig, typed
+    from ..config.schema import StudyConfig, typed
 
     saved = OmegaConf.load(run_dir / layout.CONFIG) if (run_dir / layout.CONFIG).exists() else {}
     opts = typed(StudyConfig, {k: saved[k] for k in ("upsample", "metrics") if k in saved})  # the schema's defaults
@@ -207,7 +207,7 @@ def build_pool(folder: Path, progress: bool = False) -> Pool:
             i = image_index[image_id]
             mask = torch.from_numpy(d["mask"])
             valid = torch.from_numpy(d["valid"]) if d["valid"] is not None else None
-            with one_thread():  # small tensors (see metrics.threads); the image-sized work once for every grid
+            with one_thread():  # small tensors (see runtime); the image-sized work once for every grid
                 per_mask = MaskCells(mask, valid)
                 cells_at = {grid: per_mask.at(grid) for grid in per_grid}
             for grid, store in per_grid.items():

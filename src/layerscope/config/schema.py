@@ -8,6 +8,10 @@ Hydra structured configs (``ConfigStore``): ``config.yaml``'s defaults list star
 
 Each part of a run gets its own typed options (``MetricsOptions`` for scoring and faithfulness,
 ``CacheOptions`` for the map cache, ``FigureOptions`` for the grids), read with ``typed``.
+
+An option that takes one of a few words is typed ``Literal[...]`` here: those words are its accepted
+values, for the checks (``choices``, ``check_choice``) and the messages (``expected``). Hydra's copy of
+the schema types them ``str`` (OmegaConf has no ``Literal``); the run checks them against the plan.
 """
 from __future__ import annotations
 
@@ -15,13 +19,57 @@ import dataclasses
 import functools
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 SCHEMA = "base_config"  # the name config.yaml's defaults list gives the schema
 TRUE, FALSE = ("true", "yes", "on"), ("false", "no", "off")  # YAML 1.1 spellings, any case
+
+
+Device = Literal["auto", "cpu", "cuda"]  # auto: CUDA when visible
+Precision = Literal["fp32", "bf16", "fp16"]  # autocast on GPU; maps accumulate in fp32
+OnBadImage = Literal["skip", "fail"]
+ThresholdRule = Literal["keep_mass", "minmax"]
+Upsample = Literal["nearest", "bilinear"]
+FaithfulnessBaseline = Literal["blur", "mean"]
+Randomisation = Literal["none", "cascading", "independent"]
+RandomisationSeeding = Literal["per_module", "once"]
+RandomLogitRule = Literal["image", "quantus"]
+DistanceRule = Literal["renormalised", "raw"]
+DistanceUnit = Literal["pixels", "fraction"]
+
+
+def choices(kind: Any) -> tuple[str, ...]:
+    """The values a ``Literal`` option type accepts, in their declared order (``Precision`` -> fp32, bf16, fp16)."""
+    return typing.get_args(kind)
+
+
+def _is_choice(kind: Any) -> bool:
+    return typing.get_origin(kind) is Literal
+
+
+def _one_of(values: tuple[str, ...]) -> str:
+    return f"{', '.join(values[:-1])} or {values[-1]}" if len(values) > 1 else values[0]
+
+
+def check_choice(key: str, value: Any, cls: type | None = None) -> Any:
+    """``value`` when the schema's type of the dotted option ``key`` lists it, else ValueError naming them.
+
+    Raises:
+        ValueError: ``precision=fp64: expected fp32, bf16 or fp16``.
+    """
+    kind = _field_type(key, cls if cls is not None else StudyConfig)
+    if value not in choices(kind):
+        raise ValueError(f"{key}={value}: expected {_one_of(choices(kind))}")
+    return value
+
+
+def _field_type(key: str, cls: type) -> Any:
+    head, _, rest = key.partition(".")
+    kind = _hints(cls)[head]
+    return _field_type(rest, kind) if rest else kind
 
 
 def _option(default: Any, expected: str) -> Any:
@@ -39,7 +87,7 @@ class MetricsOptions:
     faithfulness: bool = False
     faithfulness_steps: int = _option(10, "an int >= 2")  # cells removed / revealed in this many equal steps
     # what removed cells show: blur (Gaussian, sigma = side / 32) | mean (the image's mean colour)
-    faithfulness_baseline: str = "blur"
+    faithfulness_baseline: FaithfulnessBaseline = "blur"
     # equal-valued cells across a step's cut: AUCs averaged over this many seeded random orders (0: raster order)
     faithfulness_tie_orders: int = _option(4, "an int >= 0")
     pointing_tolerance: float = _option(15.0, "pixels >= 0")  # pixels: the pointing game's hit radius around the mask (TorchRay benchmark)
@@ -51,12 +99,18 @@ class MetricsOptions:
     road_noise: float = _option(0.01, "a standard deviation >= 0")  # ROAD's imputation noise, in RGB units
     # none | cascading (full re-initialisation) | independent (each layer's own block): mprt_spearman, mprt_ssim,
     # random_logit_ssim (Adebayo et al. 2018)
-    randomisation: str = "none"
+    randomisation: Randomisation = "none"
+    # per_module (torch.manual_seed(seed + 1) before each module: same-shaped blocks get the same weights; Quantus 0.6)
+    # | once (one seeded stream for all modules: each block its own draw; Adebayo et al. 2018)
+    randomisation_seeding: RandomisationSeeding = "per_module"
+    # random_logit_ssim: image (each map |m| / max |m|, 2-D SSIM; Sixt et al. 2020) | quantus (signed maps over
+    # the batch's max |m|, SSIM of the flattened maps; Quantus 0.6 RandomLogit)
+    random_logit_rule: RandomLogitRule = "image"
     # renormalised (each query's attention over the patch keys, re-summed to 1) | raw (the patch rows and
     # columns as the model gives them, prefix attention dropped, not renormalised: the common implementation)
-    attention_distance_rule: str = "renormalised"
+    attention_distance_rule: DistanceRule = "renormalised"
     # pixels (input pixels) | fraction (of the image side: the [0, 1] grid of Walmer et al. 2023)
-    attention_distance_unit: str = "pixels"
+    attention_distance_unit: DistanceUnit = "pixels"
 
 
 @dataclass
@@ -88,14 +142,14 @@ class StudyConfig:
     layer: Any = "all"  # int, list, negative from the end, or all; range(0,12) = all of them in one pass
     head: Any = "all"  # which heads (attention) or reductions (features) get their own rows
     threshold: Any = field(default_factory=lambda: [0.6])  # keep-mass fractions (DINO used 0.6), or min-max levels
-    threshold_rule: str = "keep_mass"  # keep_mass | minmax
-    upsample: str = "nearest"  # nearest: score on the grid (exact, as DINO's pictures) | bilinear: per pixel
+    threshold_rule: ThresholdRule = "keep_mass"
+    upsample: Upsample = "nearest"  # nearest: score on the grid (exact, as DINO's pictures) | bilinear: per pixel
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
     batch_size: int = _option(4, "an int >= 1")
     num_workers: Any = "auto"  # DataLoader worker processes preparing images (auto: one per core but one, <= 4)
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on GPU; maps accumulate in fp32)
-    on_bad_image: str = "skip"  # skip: log and count unreadable images | fail: stop at the first one
+    device: Device = "auto"
+    precision: Precision = "fp32"
+    on_bad_image: OnBadImage = "skip"  # skip: log and count unreadable images | fail: stop at the first one
     resume: bool = True  # skip a run folder that already holds a finished run of the same config
     cache: CacheOptions = field(default_factory=CacheOptions)
     seed: int = _option(0, "an int >= 0")
@@ -118,16 +172,19 @@ def _is_options(kind: Any) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _loose(cls: type) -> type:
-    """``cls`` (a subclass, so values read back are a ``cls``) with its booleans typed ``Any``.
+    """``cls`` (a subclass, so values read back are a ``cls``) with its booleans typed ``Any``, its choices ``str``.
 
     OmegaConf's bool takes 1, 0, y and n too; the project accepts true/false, yes/no and on/off only
-    and names the option otherwise (``plan.check_config``), so the schema leaves booleans to it.
+    and names the option otherwise (``config.checks.check_config``), so the schema leaves booleans to it.
+    OmegaConf has no ``Literal``: a choice is read as a string and checked where the run uses it.
     """
     hints, changed = _hints(cls), []
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
         if kind is bool:
             changed.append((f.name, Any, field(default=f.default)))
+        elif _is_choice(kind):
+            changed.append((f.name, str, field(default=f.default, metadata=f.metadata)))
         elif _is_options(kind):
             changed.append((f.name, _loose(kind), field(default_factory=_loose(kind))))
     loose = dataclasses.make_dataclass(cls.__name__, changed, bases=(cls,))
@@ -175,6 +232,8 @@ def expected(key: str, cls: type = StudyConfig) -> str:
     told = next((f.metadata.get("expected") for f in dataclasses.fields(cls) if f.name == head), None)
     if told:
         return told
+    if _is_choice(kind):
+        return _one_of(choices(kind))
     words = {float: "a number", int: "an int", str: "a string", bool: "true or false (yes/no and on/off work too)",
              Optional[str]: "a string or null"}
     return words.get(kind, "a value")

@@ -28,7 +28,7 @@ from typing import Iterator, Mapping, Sequence
 
 import pandas as pd
 
-from .layout import LOCK, SIMILARITY
+from ..results.layout import LOCK, SIMILARITY
 
 MARKER = ".layerscope-compare"  # in the output folder: {"files": [...]}, what the last compare wrote there
 COMPARE_LOCK = f"{MARKER}{LOCK}"

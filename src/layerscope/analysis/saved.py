@@ -22,12 +22,12 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from . import catalog
-from .axes import HEADS, map_axis
-from .layout import inside, map_file
-from .maps_io import load_maps
+from ..results import catalog
+from ..results.axes import HEADS, map_axis
+from ..results.layout import inside, map_file
+from ..results.maps_io import load_maps
 from .leaderboard import bootstrap_mean
-from .table import load_results
+from ..results.table import load_results
 
 log = logging.getLogger(__name__)
 
