@@ -106,7 +106,8 @@ def batch_image_rows(metas: Sequence[Mapping[str, Any]], maps: Mapping[int, torc
         stacked = torch.cat([maps[layer][run] for layer in layers], 1)  # (B, R, h, w)
         mine = [b for b in images if b in at]
         table = sums if len(images) == len(metas) or sums is None else (sums[0][[at[b] for b in mine]], *sums[1:])
-        return _score(stacked, [targets[b] for b in images], opts, shortcuts, table, nearest)
+        return _score(stacked, [targets[b] for b in images], [b in at for b in images], opts, shortcuts, table,
+                      nearest)
 
     scored: list[dict[int, LayerScores]] = [{} for _ in metas]
     for (layers, images), block in zip(units, map_threads(score, units, threads)):
@@ -172,13 +173,14 @@ def _units(blocks: list[list[int]], images: int, threads: int) -> list[Unit]:
     return [(layers, list(range(lo, hi))) for layers in blocks for lo, hi in zip(bounds, bounds[1:])]
 
 
-def _score(maps: torch.Tensor, targets: Sequence[Target | None], opts: ScoreOptions, shortcuts: bool,
-           sums_table: tuple | None, nearest: bool) -> list[LayerScores]:
+def _score(maps: torch.Tensor, targets: Sequence[Target | None], with_pixels: Sequence[bool], opts: ScoreOptions,
+           shortcuts: bool, sums_table: tuple | None, nearest: bool) -> list[LayerScores]:
     """Every enabled per-image metric of B images' R maps on one grid.
 
     Args:
         maps: (B, R, h, w).
         targets: B ground truths or None.
+        with_pixels: B bools, True where the ground truth has mask pixels (the tolerant pointing game's images).
         shortcuts: the CPU's exact shortcuts (``batch_image_rows``' ``cpu_shortcuts``).
         sums_table: ``mask_sums`` of the masks of the images with mask pixels, in order.
         nearest: score on the grid's cells (``upsample=nearest``), else upsampled to the image.
@@ -196,7 +198,7 @@ def _score(maps: torch.Tensor, targets: Sequence[Target | None], opts: ScoreOpti
             cells, scored = [t.cells(tuple(maps.shape[-2:])) for t in mine], sub.flatten(-2)
         else:  # one image: its maps smoothed to its size, one cell a pixel
             cells, scored = [t.cells(t.size) for t in mine], upsample(sub, mine[0].size, opts.upsample).flatten(-2)
-        pointed = [j for j, t in enumerate(mine) if bool(t.mask.any())]
+        pointed = [j for j, i in enumerate(with_target) if with_pixels[i]]
         scored_maps = ScoredMaps(maps, opts, with_target, cells, [t.fraction for t in mine], scored, pointed,
                                  torch.stack([mine[j].mask for j in pointed]) if pointed else None, sums_table,
                                  shortcuts, numpy_sort=nearest)
