@@ -97,6 +97,8 @@ class ScoredMaps:
 
     def per_image(self, defined: Sequence[bool], values: torch.Tensor) -> torch.Tensor:
         """(B', R) ``values`` with the rows of images where ``defined`` is False made NaN."""
+        if all(defined):
+            return values
         keep = torch.tensor(list(defined), dtype=torch.bool, device=values.device).unsqueeze(-1)
         return torch.where(keep, values, torch.full((), float("nan"), dtype=values.dtype, device=values.device))
 
