@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from layerscope.data.images import BadImage, read_image, read_mask
-from layerscope.scoring import ScoreOptions, Target, score_layer
+from layerscope.scoring import ScoreOptions, Target, image_rows
 from layerscope.data.ids import safe_name
 
 from .conftest import ROOT, run_cli, run_main
@@ -292,7 +292,7 @@ def test_degenerate_maps_have_defined_or_explained_metrics():
     mask = torch.zeros(16, 16, dtype=torch.bool)
     mask[4:8, 4:8] = True
     maps = torch.stack([torch.full((4, 4), 0.3), torch.zeros(4, 4)])
-    rows = score_layer(maps, ["constant", "zero"], Target(mask), ScoreOptions([0.6]))
+    rows = image_rows({}, {0: maps}, {0: ["constant", "zero"]}, Target(mask), ScoreOptions([0.6]))
     constant, zero = rows
     assert constant["entropy"] == pytest.approx(1.0) and constant["auroc"] == pytest.approx(0.5)
     assert 0 <= constant["iou"] <= 1 and constant["notes"] == ""

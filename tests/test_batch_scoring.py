@@ -1,7 +1,7 @@
-"""The study's fast paths against the per-image scorer they stand in for.
+"""The study's fast paths: rows that do not depend on how images are batched, and exact shortcuts.
 
-- ``scoring_batch.batch_image_rows`` (a batch at once, NumPy sorts where they are exact) must give
-  ``scoring.image_rows``'s rows exactly on the CPU; its device route (``torch.sort`` and the full
+- ``scoring.batch_image_rows`` (a batch at once, NumPy sorts where they are exact) must give each image's
+  rows scored alone (``scoring.image_rows``, a batch of one) exactly on the CPU; its device route (``torch.sort`` and the full
   upsample, what a GPU runs) is checked on CPU tensors, and on CUDA when present, to 1e-6.
 - ``pointing_game_tolerance_fast`` must give ``pointing_game_tolerance``'s values exactly.
 - ``MaskCells`` must give ``cells_from_mask``'s counts exactly; ``sort_rows`` ``torch.sort``'s values.
@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from layerscope.metrics.localization import MaskCells, cells_from_mask
-from layerscope.metrics.pointing import pointing_game_tolerance, pointing_game_tolerance_fast
-from layerscope.scoring import ScoreOptions, Target, image_rows
-from layerscope.scoring_batch import batch_image_rows, sort_rows
+from layerscope.metrics.tolerant_pointing import pointing_game_tolerance, pointing_game_tolerance_fast
+from layerscope.metrics.kept_pixels import sort_rows
+from layerscope.scoring import ScoreOptions, Target, batch_image_rows, image_rows
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -161,7 +161,7 @@ def test_device_route_agrees_with_the_cpu_scorer(device, threads):
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 8])
 def test_score_units_cover_every_layer_and_image_once(threads):
-    from layerscope.scoring_batch import _units
+    from layerscope.scoring.scorer import _units
 
     for blocks in ([[0, 2], [1]], [[0, 1, 2]]):
         units = _units(blocks, 5, threads)
@@ -239,7 +239,7 @@ def test_fast_pointing_game_equals_the_full_upsample(tolerance):
 @pytest.mark.slow
 @pytest.mark.parametrize("fast", [True, False, None])
 def test_batched_pointing_game_equals_one_image_at_a_time(fast):
-    from layerscope.metrics.pointing import pointing_game_tolerance_batch
+    from layerscope.metrics.tolerant_pointing import pointing_game_tolerance_batch
 
     cases = list(_pointing_cases())[:5]  # one grid, five kinds of maps, five masks (one image each)
     scores = torch.stack([v for v, _, _ in cases])
@@ -253,7 +253,7 @@ def test_batched_pointing_game_equals_one_image_at_a_time(fast):
 
 def test_fast_pointing_game_on_real_attention_maps_uses_no_full_upsample(monkeypatch):
     """Peaked maps (softmax attention) need no fallback: that is where the time goes."""
-    import layerscope.metrics.pointing as pointing
+    import layerscope.metrics.tolerant_pointing as pointing
 
     g = torch.Generator().manual_seed(5)
     v = torch.softmax(torch.randn(84, 1024, generator=g) * 3, -1)

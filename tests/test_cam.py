@@ -12,7 +12,7 @@ import torch
 from layerscope.backbones import TimmCNN, TimmViT, forward_hooks
 from layerscope.methods.cam import AttnGrad, EigenCAM, GradCAM, GradCAMPlusPlus
 from layerscope.metrics.faithfulness import deletion_insertion
-from layerscope.metrics.pointing import pointing_game_tolerance
+from layerscope.metrics.tolerant_pointing import pointing_game_tolerance
 
 from .conftest import eager_reference, run_main, tiny_hf_vit
 

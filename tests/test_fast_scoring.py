@@ -1,8 +1,9 @@
-"""The vectorised scorer against a frozen copy of the per-map scorer it replaced, and the per-run writers.
+"""The scorer's columns, metric by metric, against references written from each metric's formula, and the
+per-run writers.
 
-``Ref*`` / ``ref_*`` below are the metric functions and ``score_layer`` as they were before the
-vectorised rewrite (one Python loop per map, per tie group and per AUPRO segment, one sort per
-threshold), kept verbatim as the reference: every row of the new scorer must equal theirs to 1e-6.
+``Ref*`` / ``ref_*`` below are the rank metrics as they were before the vectorised rewrite (one Python loop
+per map, per tie group and per AUPRO segment), kept verbatim, and brute-force references of the other
+columns: every column of every row the scorer writes must equal its reference to 1e-6 (relative).
 """
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layerscope.methods import threshold_maps, upsample
-from layerscope.metrics import (aupro_counts, auroc_counts, cells_from_mask, iou_oracle_counts, mass_in_mask_counts,
-                                normalized_entropy, pointing_game_counts, top_score)
-from layerscope.scoring import ScoreOptions, Target, image_rows, score_layer
+from layerscope.methods import threshold_maps
+from layerscope.metrics.kept_pixels import kept_pixels
+from layerscope.metrics.localization import aupro_counts, cells_from_mask, iou_oracle_counts
+from layerscope.metrics.rank_groups import auroc_counts
+from layerscope.results import catalog
+from layerscope.scoring import ScoreOptions, Target, batch_image_rows, image_rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Frozen reference: the scorer before the vectorised rewrite (verbatim but for names).
+# Frozen reference: the rank metrics before the vectorised rewrite (verbatim but for names).
 # ---------------------------------------------------------------------------------------------------------------
 class RefCells:
     def __init__(self, pos, neg, regions):
@@ -159,55 +162,6 @@ class RefTarget:
         return float((self.mask & valid).sum() / valid.sum().clamp_min(1))
 
 
-def _ref_notes(target, cells, has_mass):
-    notes = []
-    if target is None:
-        notes.append("no mask: iou, iou_oracle, auroc, aupro, mass_in_mask, mass_ratio, pointing undefined")
-    elif cells.n_pos == 0:
-        notes.append("no defect pixels: iou_oracle, auroc, aupro, mass_ratio, pointing undefined")
-    elif cells.n_neg == 0:
-        notes.append("mask covers the whole image: auroc, aupro undefined")
-    if not has_mass:
-        notes.append("map is all zero: entropy, mass_in_mask undefined")
-    return "; ".join(notes)
-
-
-def _ref_f(t, k):
-    return None if t is None else float(t[k])
-
-
-def ref_score_layer(maps, names, target, opts):
-    grid = tuple(maps.shape[-2:])
-    flat = maps.flatten(-2).float()
-    common = {"entropy": normalized_entropy(maps), "score_max": flat.amax(-1), "score_topk": top_score(flat, opts.topk)}
-    scored = maps
-    if target is not None:
-        if opts.upsample == "nearest":
-            cells = target.cells(grid)
-        else:
-            scored = upsample(maps, target.size, opts.upsample)
-            cells = target.cells(target.size)
-        s = scored.flatten(-2).double()
-        mass = mass_in_mask_counts(s, cells)
-        frac = target.fraction
-        common.update(auroc=ref_auroc_counts(s, cells.pos, cells.neg), aupro=ref_aupro_counts(s, cells, opts.fpr_limit),
-                      iou_oracle=ref_iou_oracle_counts(s, cells), mass_in_mask=mass,
-                      mass_ratio=mass / frac if frac > 0 else None, pointing=pointing_game_counts(s, cells))
-    notes = [_ref_notes(target, cells if target is not None else None, bool(flat[k].abs().sum() > 0))
-             for k in range(len(names))]
-    rows = []
-    heads = [k for k, n in enumerate(names) if n != "mean"] if "mean" in names else []
-    for t in opts.thresholds:
-        ious = ref_iou_counts(threshold_maps(scored, t, opts.rule).flatten(-2), cells) if target is not None else None
-        block = [{"head": name, "threshold": t, "iou": _ref_f(ious, k), **{c: _ref_f(v, k) for c, v in common.items()},
-                  "notes": notes[k]} for k, name in enumerate(names)]
-        rows += block
-        if ious is not None and heads:
-            best = max(heads, key=lambda j: float("-inf") if ious[j] != ious[j] else float(ious[j]))
-            rows.append(dict(block[best], head="best", best_head=names[best]))
-    return rows
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Cases: maps with ties, all-zero, constant and signed maps; masks with several regions, empty, full, ignored pixels.
 # ---------------------------------------------------------------------------------------------------------------
@@ -242,22 +196,119 @@ def _mask(kind: str, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor |
     return mask, valid
 
 
-def _same(a, b) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, float) or isinstance(b, float):
-        a, b = float(a), float(b)
-        return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-6
-    return a == b
+# ---------------------------------------------------------------------------------------------------------------
+# Per-metric references: each column of the scorer's rows against its formula, written here, map by map.
+# ---------------------------------------------------------------------------------------------------------------
+def _scored(maps, target, opts):
+    """(K, H, W) maps as scored against the mask, and the cells: the grid itself (nearest: exact on cells), or the
+    maps smoothed to the image (bilinear, align_corners=False) with one cell a pixel."""
+    if opts.upsample == "nearest":
+        return maps, target.cells(tuple(maps.shape[-2:]))
+    up = F.interpolate(maps[:, None].float(), size=target.size, mode="bilinear", align_corners=False)[:, 0]
+    return up, target.cells(target.size)
 
 
-def _assert_rows_equal(ours: list[dict], ref: list[dict]) -> None:
-    assert len(ours) == len(ref)
-    for r_ours, r_ref in zip(ours, ref):
-        r_ours = {k: v for k, v in r_ours.items() if k != "pointing_tol"}  # a column the reference predates
-        assert set(r_ours) == set(r_ref), (set(r_ours) ^ set(r_ref))
-        bad = {c: (r_ours[c], r_ref[c]) for c in r_ref if not _same(r_ours[c], r_ref[c])}
-        assert not bad, f"row {r_ref['head']} @ {r_ref['threshold']}: {bad}"
+def _shifted(s):
+    low = s.amin(-1, keepdim=True)
+    return torch.where(low < 0, s - low, s)  # a signed map starts at 0
+
+
+def ref_mass_in_mask(s, cells):
+    s = _shifted(s.double())
+    inside, total = (s * cells.pos).sum(-1), (s * (cells.pos + cells.neg)).sum(-1)
+    return torch.where(total > 0, inside / total, torch.full_like(total, float("nan")))
+
+
+def ref_pointing(s, cells):
+    if cells.n_pos == 0:
+        return torch.full(s.shape[:1], float("nan"))
+    return torch.tensor([float(cells.pos[int(torch.argmax(row))] > 0) for row in s])
+
+
+def ref_pointing_tolerance(maps, mask, tolerance):
+    """TorchRay's pointing game: the bilinear-upsampled map's first maximum within ``tolerance`` px of the mask."""
+    if not mask.any():
+        return torch.full(maps.shape[:1], float("nan"))
+    up = F.interpolate(maps[:, None].float(), size=tuple(mask.shape), mode="bilinear", align_corners=False)[:, 0]
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    hits = []
+    for m in up:
+        y, x = divmod(int(torch.argmax(m.flatten())), mask.shape[1])
+        hits.append(float(((ys - y) ** 2 + (xs - x) ** 2 < tolerance ** 2).any()))
+    return torch.tensor(hits)
+
+
+def ref_entropy(maps):
+    p = _shifted(maps.flatten(-2).double())
+    total = p.sum(-1, keepdim=True)
+    p = p / total
+    h = -torch.where(p > 0, p * torch.log(p), torch.zeros_like(p)).sum(-1) / math.log(p.shape[-1])
+    return torch.where(total[:, 0] > 0, h, torch.full_like(h, float("nan")))
+
+
+def ref_top_mean(maps, fraction):
+    flat = maps.flatten(-2).double()
+    k = max(1, int(round(fraction * flat.shape[-1])))
+    return torch.sort(flat, descending=True).values[:, :k].mean(-1)
+
+
+def ref_gini(maps):
+    """Gini index of |map| (Chalasani et al. 2020): sum_i (2i - n - 1) a_(i) / (n sum a), a sorted ascending."""
+    out = []
+    for a in maps.flatten(-2).double().abs():
+        a, n = torch.sort(a).values, a.numel()
+        total = float(a.sum())
+        out.append(sum((2 * i - n - 1) * float(a[i - 1]) for i in range(1, n + 1)) / (n * total) if total else math.nan)
+    return torch.tensor(out)
+
+
+def ref_complexity(maps):
+    out = []
+    for a in maps.flatten(-2).double().abs():
+        total = float(a.sum())
+        out.append(-sum(float(v / total) * math.log(float(v / total)) for v in a if v > 0) if total else math.nan)
+    return torch.tensor(out)
+
+
+def references(maps, target, opts):
+    """Column -> (K,) reference values of K maps (IoU: (K, T)), from the formulas above."""
+    out = {"entropy": ref_entropy(maps), "score_max": maps.flatten(-2).amax(-1).double(),
+           "score_topk": ref_top_mean(maps, opts.topk), "gini": ref_gini(maps), "complexity": ref_complexity(maps)}
+    if target is None:
+        return out
+    scored, cells = _scored(maps, target, opts)
+    s = scored.flatten(-2).double()
+    iou = [ref_iou_counts(threshold_maps(scored, t, opts.rule).flatten(-2), cells) for t in opts.thresholds]
+    mass = ref_mass_in_mask(s, cells)
+    out.update(iou=torch.stack(iou, -1), iou_oracle=ref_iou_oracle_counts(s, cells),
+               auroc=ref_auroc_counts(s, cells.pos, cells.neg), aupro=ref_aupro_counts(s, cells, opts.fpr_limit),
+               mass_in_mask=mass, mass_ratio=mass / target.fraction if target.fraction else torch.full_like(mass, math.nan),
+               pointing=ref_pointing(s, cells),
+               pointing_tol=ref_pointing_tolerance(maps, target.mask, opts.pointing_tolerance))
+    return out
+
+
+def _close(ours, ref) -> bool:
+    ours, ref = float(ours), float(ref)
+    return (math.isnan(ours) and math.isnan(ref)) or abs(ours - ref) <= 1e-6 * max(1.0, abs(ref))
+
+
+def _check_columns(rows, maps, names, target, opts) -> None:
+    """The metric columns of ``rows`` (``image_rows`` of layer -> maps) against ``references``, and, without a
+    mask, every column that needs one undefined (a metric added later is checked by its own test)."""
+    for layer, m in maps.items():
+        ref = references(m, target, opts)
+        if not opts.sparseness:
+            ref = {c: v for c, v in ref.items() if catalog.PER_IMAGE[c].option != "metrics.sparseness"}
+        for row in (r for r in rows if r["layer"] == layer and r["head"] != "best"):
+            k, j = list(names[layer]).index(row["head"]), opts.thresholds.index(row["threshold"])
+            for column, values in ref.items():
+                want = values[k, j] if column == "iou" else values[k]
+                assert _close(row[column], want), (column, layer, row["head"], row["threshold"], row[column], want)
+            if target is None:
+                masked = [c for c, f in catalog.PER_IMAGE.items() if f.needs_mask and not f.needs_model]
+                assert all(math.isnan(row[c]) for c in masked), row
+            assert opts.sparseness == ("gini" in row)  # an option's columns only when it is on
 
 
 NAMES = {4: ["0", "1", "2", "3"], 6: ["0", "1", "2", "3", "4", "mean"]}
@@ -269,36 +320,110 @@ NAMES = {4: ["0", "1", "2", "3"], 6: ["0", "1", "2", "3", "4", "mean"]}
 @pytest.mark.parametrize("rule,thresholds", [("keep_mass", [0.6]), ("keep_mass", [0.0, 0.3, 0.6, 0.9, 1.0]),
                                              ("minmax", [0.0, 0.5, 0.99, 1.0])])
 @pytest.mark.parametrize("ties", [True, False])
-def test_score_layer_equals_the_per_map_reference(mask_kind, upsample_mode, size, grid, rule, thresholds, ties):
+def test_every_metric_column_equals_its_formula(mask_kind, upsample_mode, size, grid, rule, thresholds, ties):
     mask, valid = _mask(mask_kind, size, seed=3)
-    opts = ScoreOptions(thresholds, rule, upsample_mode, fpr_limit=0.3, topk=0.05)
+    opts = ScoreOptions(thresholds, rule, upsample_mode, fpr_limit=0.3, topk=0.05, pointing_tolerance=4.0,
+                        sparseness=ties)
     for k, seed in ((6, 0), (4, 1)):
-        maps = _maps(seed, k, grid, ties)
-        ours = score_layer(maps, NAMES[k], Target(mask, valid), opts)
-        ref = ref_score_layer(maps, NAMES[k], RefTarget(mask, valid), opts)
-        _assert_rows_equal(ours, ref)
+        maps = {0: _maps(seed, k, grid, ties)}
+        rows = image_rows({}, maps, {0: NAMES[k]}, Target(mask, valid), opts)
+        _check_columns(rows, maps, {0: NAMES[k]}, RefTarget(mask, valid), opts)
 
 
-def test_score_layer_without_mask_and_with_other_limits_equals_the_reference():
-    maps = _maps(5, 6, (6, 6), ties=True)
+def test_metric_columns_without_mask_and_with_other_limits_equal_their_formulas():
+    maps = {0: _maps(5, 6, (6, 6), ties=True)}
     for opts in (ScoreOptions([0.5, 0.7]), ScoreOptions([0.5], fpr_limit=1.0), ScoreOptions([0.2], fpr_limit=0.01)):
-        _assert_rows_equal(score_layer(maps, NAMES[6], None, opts), ref_score_layer(maps, NAMES[6], None, opts))
+        _check_columns(image_rows({}, maps, {0: NAMES[6]}, None, opts), maps, {0: NAMES[6]}, None, opts)
         mask, valid = _mask("ignored", 24, seed=7)
-        _assert_rows_equal(score_layer(maps, NAMES[6], Target(mask, valid), opts),
-                           ref_score_layer(maps, NAMES[6], RefTarget(mask, valid), opts))
+        rows = image_rows({}, maps, {0: NAMES[6]}, Target(mask, valid), opts)
+        _check_columns(rows, maps, {0: NAMES[6]}, RefTarget(mask, valid), opts)
 
 
-def test_image_rows_equal_the_reference_on_many_layers_and_double_maps():
-    mask, valid = _mask("regions", 28, seed=11)
+def test_many_layers_and_double_maps_equal_their_formulas_in_a_batch():
+    """Layers of one grid are scored as one block, a float64 layer in its own, images of a batch together: each
+    column still equals its formula map by map."""
     opts = ScoreOptions([0.3, 0.6], "keep_mass", "nearest")
-    maps = {layer: _maps(layer, 6, (7, 7), ties=layer % 2 == 0) for layer in range(4)}
+    maps = {layer: torch.stack([_maps(layer * 2 + b, 6, (7, 7), ties=layer % 2 == 0) for b in range(2)])
+            for layer in range(4)}
     maps[3] = maps[3].double()  # a rescore may hand float64 maps in: thresholds follow the map's dtype
     names = {layer: NAMES[6] for layer in maps}
-    ours = image_rows({"image": "x"}, maps, names, Target(mask, valid), opts)
-    target = RefTarget(mask, valid)
-    ref = [{"image": "x", "threshold_rule": "keep_mass", "layer": layer, "grid_h": 7, "grid_w": 7, **row}
-           for layer, m in maps.items() for row in ref_score_layer(m, names[layer], target, opts)]
-    _assert_rows_equal(ours, ref)
+    specs = [_mask("regions", 28, seed=11), _mask("tiny", 28, seed=2)]
+    rows = batch_image_rows([{"image": "a"}, {"image": "b"}], maps, names, [Target(*s) for s in specs], opts)
+    for b, spec in enumerate(specs):
+        _check_columns(rows[b], {layer: m[b] for layer, m in maps.items()}, names, RefTarget(*spec), opts)
+
+
+def test_rows_per_threshold_every_map_then_the_best_head_by_iou():
+    mask, valid = _mask("regions", 28, seed=3)
+    opts = ScoreOptions([0.3, 0.6, 0.9])
+    maps = {2: _maps(0, 6, (7, 7), ties=False), 5: _maps(1, 4, (7, 7), ties=False)}
+    names = {2: NAMES[6], 5: NAMES[4]}
+    rows = image_rows({"image": "x"}, maps, names, Target(mask, valid), opts)
+    expected = [(2, t, h) for t in opts.thresholds for h in [*NAMES[6], "best"]] + \
+               [(5, t, h) for t in opts.thresholds for h in NAMES[4]]  # no mean: no best row
+    assert [(r["layer"], r["threshold"], r["head"]) for r in rows] == expected
+    assert all(r["image"] == "x" and r["threshold_rule"] == "keep_mass" and (r["grid_h"], r["grid_w"]) == (7, 7)
+               for r in rows)
+    for t in opts.thresholds:
+        block = [r for r in rows if r["layer"] == 2 and r["threshold"] == t]
+        heads = [r for r in block if r["head"] not in ("mean", "best")]
+        best = block[-1]
+        top = max(heads, key=lambda r: -math.inf if math.isnan(r["iou"]) else r["iou"])
+        assert best["best_head"] == top["head"]
+        assert set(best) == set(top) | {"best_head"}
+        assert all(_close(best[c], top[c]) if isinstance(top[c], float) else best[c] == top[c]
+                   for c in top if c != "head")
+    no_mask = image_rows({"image": "x"}, maps, names, None, opts)
+    assert len(no_mask) == len(expected) - len(opts.thresholds)  # nothing to choose a best head by
+    assert all(math.isnan(r["iou"]) and math.isnan(r["auroc"]) for r in no_mask)
+
+
+NOTED = {m.name for m in catalog.PER_IMAGE.values() if m.undefined_when}
+
+
+@pytest.mark.parametrize("mask_kind", ["regions", "empty", "full", None])
+def test_notes_name_only_undefined_columns_and_each_condition_that_holds(mask_kind):
+    maps = {0: _maps(0, 6, (7, 7), ties=True)}  # map 5 is all zero
+    target = Target(*_mask(mask_kind, 28, seed=1)) if mask_kind else None
+    rows = image_rows({}, maps, {0: NAMES[6]}, target, ScoreOptions([0.5]))
+    condition = {"regions": "", "empty": "no defect pixels", "full": "mask covers the whole image", None: "no mask"}
+    for row in (r for r in rows if r["head"] != "best"):
+        named = set()
+        for part in filter(None, row["notes"].split("; ")):
+            reason, columns = part.split(": ")
+            assert columns.endswith(" undefined"), part
+            named |= set(columns.removesuffix(" undefined").split(", "))
+            assert reason in (condition[mask_kind], "map is all zero"), part
+        assert named <= NOTED and all(math.isnan(row[c]) for c in named), (row["notes"], named)
+        assert row["notes"].startswith(condition[mask_kind])
+        assert ("map is all zero" in row["notes"]) == (row["head"] == "mean")  # the all-zero map
+
+
+def test_notes_are_the_ones_results_csv_holds():
+    """The notes are generated from the metrics' facts; these are the strings results.csv has always held (a
+    metric that adds itself to a condition changes every such row of results.csv: update them here then)."""
+    from layerscope.metrics.per_image import notes
+
+    assert notes(("no mask",)) == \
+        "no mask: iou, iou_oracle, auroc, aupro, mass_in_mask, mass_ratio, pointing undefined"
+    assert notes(("no defect pixels", "map is all zero")) == \
+        "no defect pixels: iou_oracle, auroc, aupro, mass_ratio, pointing undefined; " \
+        "map is all zero: entropy, mass_in_mask undefined"
+    assert notes(("mask covers the whole image",)) == "mask covers the whole image: auroc, aupro undefined"
+    assert notes(()) == ""
+
+
+def test_registry_finds_every_metric_module_once_in_column_order():
+    import pkgutil
+
+    from layerscope.metrics import per_image
+
+    modules = {info.name for info in pkgutil.iter_modules(per_image.__path__)}
+    assert {p.metric.name for p in per_image.SCORED} == modules  # each module's column is its file's name
+    orders = [p.metric.order for p in per_image.SCORED]
+    assert orders == sorted(orders) and len(set(orders)) == len(orders)
+    assert [c for c in catalog.PER_IMAGE if c in modules] == [p.metric.name for p in per_image.SCORED]
+    assert all(per_image.BY_NAME[c].metric is catalog.PER_IMAGE[c] for c in modules)
 
 
 @pytest.mark.parametrize("lead", [(), (5,), (2, 3)])
@@ -354,16 +479,14 @@ def test_aupro_limit_inside_a_segment_and_on_a_point():
 @pytest.mark.parametrize("broken", [False, True])
 def test_kept_pixels_equal_the_threshold_cell_by_cell(rule, thresholds, broken):
     """Pixels each threshold keeps, against ``threshold_maps`` itself; NaN / inf maps take the cell-by-cell path."""
-    from layerscope.scoring import _kept_pixels
-
     mask, valid = _mask("ignored", 28, seed=9)
     cells = cells_from_mask(mask, (7, 7), valid)
     maps = _maps(3, 6, (7, 7), ties=True)
     if broken:
         maps[2, 0, 0] = float("nan")
         maps[3, 1, 1] = float("inf")
-    flat = maps.flatten(-2)
-    inter, kept_neg, _ = _kept_pixels(flat, thresholds, rule, cells)
+    inter, kept_neg, _ = kept_pixels(maps.flatten(-2)[None], thresholds, rule, cells.pos[None], cells.neg[None])
+    inter, kept_neg = inter[0], kept_neg[0]
     for j, t in enumerate(thresholds):
         kept = threshold_maps(maps, t, rule).flatten(-2).double()
         assert torch.equal(inter[:, j], kept @ cells.pos), (t, inter[:, j], kept @ cells.pos)
@@ -384,7 +507,7 @@ def test_many_thresholds_reuse_one_sort(monkeypatch):
     for thresholds in ([0.6], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]):
         calls.clear()
         monkeypatch.setattr(torch, "sort", counting)
-        score_layer(maps, NAMES[6], Target(mask), ScoreOptions(thresholds))
+        image_rows({}, {0: maps}, {0: NAMES[6]}, Target(mask), ScoreOptions(thresholds))
         monkeypatch.setattr(torch, "sort", real)
         assert len(calls) <= 2, len(calls)
 

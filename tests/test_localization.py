@@ -10,8 +10,9 @@ from skimage.measure import label
 from sklearn.metrics import jaccard_score, roc_auc_score
 
 from layerscope.methods import upsample
-from layerscope.metrics import (aupro, aupro_counts, auroc_counts, cells_from_mask, iou_counts, iou_oracle_counts,
-                         mass_in_mask_counts, pointing_game_counts, top_score)
+from layerscope.metrics.localization import (aupro, aupro_counts, cells_from_mask, iou_counts, iou_oracle_counts,
+                                             mass_in_mask_counts, pointing_game_counts, top_score)
+from layerscope.metrics.rank_groups import auroc_counts
 
 
 def aupro_reference(score: np.ndarray, mask: np.ndarray, limit: float) -> float:

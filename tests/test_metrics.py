@@ -8,7 +8,9 @@ import pytest
 import torch
 from sklearn.metrics import jaccard_score, roc_auc_score
 
-from layerscope.metrics import auroc, iou, normalized_entropy
+from layerscope.metrics.distribution import normalized_entropy
+from layerscope.metrics.rank_groups import auroc
+from layerscope.metrics.segmentation import iou
 
 
 def test_iou_hand_case():
@@ -64,7 +66,8 @@ def test_auroc_matches_sklearn_on_random_maps():
 @pytest.mark.parametrize("grid,size", [((4, 4), (16, 16)), ((5, 7), (23, 30)), ((8, 8), (8, 8))])
 def test_auroc_on_grid_with_cell_counts_equals_pixel_auroc_after_nearest_upsampling(grid, size):
     from layerscope.methods import upsample
-    from layerscope.metrics import auroc_counts, cells_from_mask
+    from layerscope.metrics.localization import cells_from_mask
+    from layerscope.metrics.rank_groups import auroc_counts
 
     g = torch.Generator().manual_seed(3)
     maps = torch.round(torch.rand(3, *grid, generator=g) * 10) / 10  # with ties

@@ -99,7 +99,7 @@ LAYERS = (
     ("data", ("data",)),
     ("backbones", ("backbones",)),
     ("methods", ("methods",)),
-    ("scoring", ("metrics", "scoring", "scoring_batch", "sanity")),
+    ("scoring", ("metrics", "scoring", "sanity")),
     ("results", ("results",)),
     ("analysis", ("analysis", "heldout", "protocol", "comparison", "fewshot_choice", "rescoring")),
     ("presentation", ("figures", "view", "loggers")),

@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from layerscope.methods import keep_mass
-from layerscope.metrics import aupro, auroc, iou, normalized_entropy
+from layerscope.metrics.distribution import normalized_entropy
+from layerscope.metrics.localization import aupro
+from layerscope.metrics.rank_groups import auroc
+from layerscope.metrics.segmentation import iou
 
 FAST = settings(max_examples=60, deadline=None)
 scores = arrays(np.float64, st.tuples(st.integers(2, 8), st.integers(2, 8)),

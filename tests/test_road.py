@@ -137,7 +137,7 @@ def test_gini_and_complexity_against_their_formulas():
 def test_sparseness_columns_in_both_scorers_only_when_asked():
     from layerscope.config.schema import MetricsOptions
     from layerscope.scoring import ScoreOptions, Target, image_rows
-    from layerscope.scoring_batch import batch_image_rows
+    from layerscope.scoring import batch_image_rows
 
     g = torch.Generator().manual_seed(6)
     maps = {0: torch.rand(2, 3, 4, 4, generator=g), 1: torch.rand(2, 3, 2, 2, generator=g)}

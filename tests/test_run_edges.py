@@ -30,7 +30,7 @@ from layerscope.results import catalog, layout
 from layerscope.analysis.pool import build_pool
 from layerscope.analysis.leaderboard import dataset_markdown, md, rank_dataset, to_markdown
 from layerscope.scoring import NONFINITE_NOTE, ScoreOptions, Target, image_rows
-from layerscope.scoring_batch import batch_image_rows
+from layerscope.scoring import batch_image_rows
 
 from .conftest import ROOT, SMALL_RUN, call_main, run_main
 
@@ -152,7 +152,7 @@ def test_a_non_finite_map_gets_empty_columns_and_a_note_in_both_scorers():
             head = row["best_head"] if row["head"] == "best" else row["head"]
             if (b, row["layer"], head) in flagged:
                 assert row["notes"] == NONFINITE_NOTE and row["head"] != "best"
-                assert all(row.get(c) is None for c in metric_columns), row
+                assert all(math.isnan(row.get(c, math.nan)) for c in metric_columns), row  # undefined: NaN
             elif row["head"] == "best":  # the best among the finite heads
                 same = [r for r in batch[b] if r["layer"] == row["layer"] and r["threshold"] == row["threshold"]]
                 finite = [r for r in same if r["head"] not in ("best", "mean") and r["notes"] != NONFINITE_NOTE]
@@ -163,7 +163,7 @@ def test_a_non_finite_map_gets_empty_columns_and_a_note_in_both_scorers():
                 assert _rows_equal([row], [ref]), (b, row["layer"], row["head"])
     # an all-NaN map scored alone (ls.score's path) is no number either
     alone = image_rows({}, {0: torch.full((1, 5, 5), float("nan"))}, {0: ["x"]}, targets[0], opts)
-    assert all(r["auroc"] is None and r["aupro"] is None and r["iou_oracle"] is None for r in alone)
+    assert all(math.isnan(r["auroc"]) and math.isnan(r["aupro"]) and math.isnan(r["iou_oracle"]) for r in alone)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 the plan's option checks, the metric table and the one row builder."""
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -137,8 +138,8 @@ def test_metric_table_is_what_the_results_hold():
     assert set(scorable) <= set(rows[0])  # the scorer fills every other metric column of the table
     undefined = [m for m in scorable if catalog.PER_IMAGE[m].needs_mask]
     no_mask = image_rows({}, maps, names, None, ScoreOptions([0.5]))
-    assert all(no_mask[0].get(m) is None for m in undefined)
-    assert all(no_mask[0].get(m) is not None for m in scorable if m not in undefined)
+    assert all(math.isnan(no_mask[0][m]) for m in undefined)  # one undefined value in every column: NaN
+    assert all(not math.isnan(no_mask[0][m]) for m in scorable if m not in undefined)
 
 
 def test_dataset_metric_facts_come_from_the_catalog():

@@ -40,8 +40,7 @@ from .results.table import ResultsWriter
 from .results.writer import BackgroundWriter, grid_task, maps_task
 from .runtime import one_thread, resolve_device, reuse_freed_memory, score_threads, writer_threads
 from .sanity import batch_columns
-from .scoring import NONFINITE_NOTE, Target
-from .scoring_batch import batch_image_rows
+from .scoring import NONFINITE_NOTE, Target, batch_image_rows
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +328,7 @@ def _timed(batches: Any, clock: dict[str, float]) -> Any:
 def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: dict[int, list[str]], items: list[Item],
                  per_image: list[dict[int, torch.Tensor]], logits: list[torch.Tensor | None], faith: list[dict | None],
                  clock: dict[str, float]) -> list[tuple[dict, dict[int, torch.Tensor], list[dict]]]:
-    """The rows of every image of a batch, scored together where the maps are (``scoring_batch``).
+    """The rows of every image of a batch, scored together where the maps are (``scoring``).
 
     Returns:
         Per image: (its non-metric columns, layer -> (K, h, w) chosen maps on the CPU, its rows).

@@ -19,8 +19,8 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from .rank_groups import Ranked, auroc_from_groups, group_sums, rank_rows
 from ..runtime import serial
+from .rank_groups import group_sums, rank_rows
 
 
 @dataclass
@@ -257,32 +257,6 @@ def aupro_counts(scores: torch.Tensor, cells: Cells, fpr_limit: float = 0.3) -> 
         return _nan(lead)
     g = group_sums(rank_rows(scores.reshape(-1, n).double()), torch.stack(pro_fpr_weights(cells), 1))
     return aupro_from_groups(g[..., 0], g[..., 1], fpr_limit).float().reshape(lead)
-
-
-def rank_metrics(ranked: Ranked, cells: Cells, fpr_limit: float) -> dict[str, torch.Tensor | None]:
-    """AUROC, AUPRO and oracle IoU of R maps from one sort of them, with one segment sum of the weights.
-
-    Args:
-        ranked: the maps' scores (R, n) sorted ascending with their tie groups (``rank_rows``).
-        cells: the ground truth's pixel counts for those n cells.
-        fpr_limit: AUPRO integration limit, in (0, 1].
-
-    Returns:
-        ``auroc``, ``aupro``, ``iou_oracle``: (R,) float32 each (NaN rows where undefined).
-    """
-    rows = ranked.order.shape[0]
-    n_pos, n_neg, n_regions = cells.n_pos, cells.n_neg, cells.regions.shape[1]
-    nan = torch.full((rows,), float("nan"))
-    if n_pos == 0:  # no defect pixels: nothing to rank, every rank metric is undefined
-        return {"auroc": nan, "aupro": nan.clone(), "iou_oracle": nan.clone()}
-    weights = [cells.pos, cells.neg]
-    if n_regions and n_neg:
-        weights += pro_fpr_weights(cells)
-    g = group_sums(ranked, torch.stack(weights, 1))  # (R, n, 2 or 4): one index_add for every metric
-    out = {"iou_oracle": iou_oracle_from_groups(g[..., 0], g[..., 1], n_pos).float()}
-    out["auroc"] = auroc_from_groups(g[..., 0], g[..., 1], n_pos, n_neg).float() if n_neg else nan
-    out["aupro"] = aupro_from_groups(g[..., 2], g[..., 3], fpr_limit).float() if n_regions and n_neg else nan.clone()
-    return out
 
 
 def mass_in_mask_counts(scores: torch.Tensor, cells: Cells) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 The scorer (``layerscope.scoring``), the report, the W&B logger, the dashboard, the figures and
 the HTML view read these facts here, so a metric's direction, label or needs are written once.
-This module imports nothing heavy (no torch): the figures and the report run without a model.
+This module imports nothing heavy (no torch): the figures and the report run without a model. A per-image
+metric the scorer computes states its facts in its own module (``metrics/per_image/``), read here.
 
 Two protocols (see the README):
 
@@ -15,89 +16,35 @@ A candidate map is named by ``CANDIDATE`` (model, method, layer, head) in every 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from ..metrics import per_image
+from ..metrics.facts import Metric
 
 
-@dataclass(frozen=True)
-class Metric:
-    """Facts about one metric.
-
-    Attributes:
-        name: column name.
-        title: short display name (``AUROC``).
-        label: axis label with its range.
-        higher_is_better: ranking direction.
-        needs_mask: undefined without a ground-truth mask.
-        threshold_dependent: differs between threshold rows (only IoU per image).
-        protocol: ``per_image`` (results.csv) or ``dataset`` (dataset_metrics.csv).
-        kind: ``map`` (how a map relates to the mask, or its shape) or ``image_score``
-            (a per-image anomaly score, ranked through image AUROC).
-        fmt: format spec for tables.
-        needs_model: computed with the model (extra forward passes), so only by a run that asked
-            for it (``metrics.faithfulness=true``) and never by ``layerscope-rescore``.
-        aliases: other names users may type for it (dataset protocol: ``auroc`` is ``pixel_auroc``).
-        ci: ``dataset_metrics.csv`` holds its bootstrap 95% CI (``<name>_ci_low``, ``<name>_ci_high``).
-        score: for an image-level metric (``kind="image_score"``, dataset protocol), the per-image
-            score column of ``results.csv`` it ranks images by (``score_max``).
-        option: the ``metrics.*`` option that fills the column (empty: always filled where defined).
-    """
-
-    name: str
-    title: str
-    label: str
-    higher_is_better: bool = True
-    needs_mask: bool = True
-    threshold_dependent: bool = False
-    protocol: str = "per_image"
-    kind: str = "map"
-    fmt: str = ".3f"
-    needs_model: bool = False  # computed with the model's classifier (faithfulness): not by rescoring
-    aliases: tuple[str, ...] = ()
-    ci: bool = False
-    score: str = ""
-    option: str = ""  # the option that adds the column (metrics.sparseness); empty rows otherwise
-
-    def format(self, value: float) -> str:
-        return "" if value != value else format(value, self.fmt)
-
-
-_PER_IMAGE = (
-    Metric("iou", "IoU", "IoU (0–1)", threshold_dependent=True),
-    Metric("iou_oracle", "oracle IoU", "oracle IoU (0–1)"),
-    Metric("auroc", "AUROC", "pixel AUROC (0–1)"),
-    Metric("aupro", "AUPRO", "AUPRO (0–1)"),
-    Metric("mass_in_mask", "mass in mask", "map mass in mask (0–1)"),
-    Metric("mass_ratio", "mass ratio", "mass in mask / mask area (1 = chance)", fmt=".2f"),
-    Metric("pointing", "pointing", "pointing accuracy (0–1)"),
-    Metric("pointing_tol", "pointing (tolerance)", "pointing accuracy within metrics.pointing_tolerance px (0–1)"),
-    Metric("entropy", "entropy", "normalised entropy (0–1, 1 = uniform)", higher_is_better=False, needs_mask=False),
+# the per-image metrics the scorer computes have their facts beside their code (metrics/per_image/, one module
+# each); these per-image columns are computed with the model
+_WITH_MODEL = (
     Metric("deletion_auc", "deletion AUC", "deletion AUC (0–1, lower = more faithful)", higher_is_better=False,
-           needs_mask=False, needs_model=True),
-    Metric("insertion_auc", "insertion AUC", "insertion AUC (0–1)", needs_mask=False, needs_model=True),
+           needs_mask=False, needs_model=True, order=100),
+    Metric("insertion_auc", "insertion AUC", "insertion AUC (0–1)", needs_mask=False, needs_model=True, order=110),
     Metric("attention_distance", "attention distance", "mean attention distance (input pixels)", needs_mask=False,
-           fmt=".1f", needs_model=True),  # cls_attention, from each head's q and k; descriptive (wider, not better)
-    Metric("score_max", "max score", "map maximum", needs_mask=False, kind="image_score", fmt=".4g"),
-    Metric("score_topk", "top-k score", "mean of the top cells", needs_mask=False, kind="image_score", fmt=".4g"),
-    # metrics.sparseness: shape of the map alone (rescore computes them)
-    Metric("gini", "Gini", "Gini sparseness of |map| (0–1, higher = sparser)", needs_mask=False,
-           option="metrics.sparseness"),
-    Metric("complexity", "complexity", "entropy of |map| over cells (nats, lower = simpler)", higher_is_better=False,
-           needs_mask=False, option="metrics.sparseness"),
+           fmt=".1f", needs_model=True, order=120),  # cls_attention, each head's q and k; wider is not better
     # metrics.road: ROAD (Rong et al. 2022) with noisy linear imputation, and AOPC over its MoRF curve
     Metric("road_morf", "ROAD MoRF", "ROAD MoRF probability (0–1, lower = more faithful)", higher_is_better=False,
-           needs_mask=False, needs_model=True, option="metrics.road"),
+           needs_mask=False, needs_model=True, option="metrics.road", order=170),
     Metric("road_lerf", "ROAD LeRF", "ROAD LeRF probability (0–1)", needs_mask=False, needs_model=True,
-           option="metrics.road"),
+           option="metrics.road", order=180),
     Metric("aopc", "AOPC", "AOPC, ROAD MoRF (higher = more faithful)", needs_mask=False, needs_model=True,
-           option="metrics.road"),
+           option="metrics.road", order=190),
     # metrics.randomisation: similarity to the map under re-initialised weights (lower = depends on the weights)
     Metric("mprt_spearman", "MPRT Spearman", "Spearman, trained vs randomised map (lower = depends on weights)",
-           higher_is_better=False, needs_mask=False, needs_model=True, option="metrics.randomisation"),
+           higher_is_better=False, needs_mask=False, needs_model=True, option="metrics.randomisation", order=200),
     Metric("mprt_ssim", "MPRT SSIM", "SSIM, trained vs randomised map (lower = depends on weights)",
-           higher_is_better=False, needs_mask=False, needs_model=True, option="metrics.randomisation"),
+           higher_is_better=False, needs_mask=False, needs_model=True, option="metrics.randomisation", order=210),
     Metric("random_logit_ssim", "Random Logit SSIM", "SSIM, map vs another class's map (lower = class-specific)",
-           higher_is_better=False, needs_mask=False, needs_model=True, option="metrics.randomisation"),
+           higher_is_better=False, needs_mask=False, needs_model=True, option="metrics.randomisation", order=220),
 )
+_PER_IMAGE = tuple(sorted((*per_image.FACTS, *_WITH_MODEL), key=lambda m: m.order))  # results.csv's column order
 _DATASET = (
     Metric("pixel_auroc", "pixel AUROC", "pooled pixel AUROC (0–1)", protocol="dataset", aliases=("auroc",), ci=True),
     Metric("aupro", "AUPRO", "pooled AUPRO (0–1)", protocol="dataset", ci=True),

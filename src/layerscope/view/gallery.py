@@ -15,7 +15,7 @@ from ..analysis.saved import Study, relative_depth, smallest_threshold
 from .html import esc, num, slug, url
 from .pictures import inferno_palette, map_sprite, outline_path, thumbnail
 
-TABLE_METRICS = ("iou", "auroc", "aupro", "mass_ratio", "pointing", "entropy", "score_max")  # per-map table
+TABLE_METRICS = tuple(m.name for m in catalog.PER_IMAGE.values() if m.shown)  # the per-map table's columns
 THUMB = 112  # thumbnail side (px)
 INPUT = 224  # input picture side in the detail view (px; shown at 150)
 MAX_TILE = 64  # a map larger than this is area-averaged down to it in the grid picture

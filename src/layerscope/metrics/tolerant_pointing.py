@@ -302,12 +302,3 @@ def _hits(mask: torch.Tensor, y: torch.Tensor, x: torch.Tensor, tolerance_px: fl
     """Whether a mask pixel lies strictly within ``tolerance_px`` of each point (y, x), as the pointing game asks."""
     sums = mask_sums(mask[None], tolerance_px)
     return _hits_at(sums, torch.zeros_like(y), y, x)
-
-
-def tolerant_pointing(scores: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int],
-                      tolerance_px: float = 15) -> torch.Tensor:
-    """``pointing_game_tolerance`` by the cheaper of two exact routes for these shapes and this device
-    (``pointing_game_tolerance_batch`` with ``fast=None``)."""
-    _check(scores, mask[None] if mask.ndim == 2 else mask, grid, tolerance_px)
-    out = pointing_game_tolerance_batch(scores.reshape(1, -1, scores.shape[-1]), mask[None], grid, tolerance_px)
-    return out.reshape(scores.shape[:-1])

@@ -1,0 +1,160 @@
+"""The pixels each threshold keeps and the tie groups the rank metrics sum over, for a batch of maps.
+
+A batch of B images' R maps on one grid is one ``(B x R, n)`` block: one sort per map serves every threshold
+(a binary search in the sorted levels, then prefix sums of the pixel counts) and every rank metric (AUROC,
+AUPRO, oracle IoU: sums of pixel counts over tie groups), each row with its own image's pixel counts.
+On a CPU, NumPy's sort is used where it is exact (``sort_rows``).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .rank_groups import Ranked
+
+
+def kept_pixels(flat: torch.Tensor, thresholds: Sequence[float], rule: str, pos: torch.Tensor,
+                       neg: torch.Tensor, shortcuts: bool = True) -> tuple[torch.Tensor, torch.Tensor, Ranked]:
+    """Mask and background pixels each threshold keeps, for B images' maps at once, each image with its own
+    pixel counts, from one sort of each map.
+
+    The kept set is exactly ``methods.threshold_maps(maps, t, rule)``'s: the same shift, the same order of
+    tied values (``torch.sort``'s where a cut falls between equal values), the same float arithmetic in the
+    maps' dtype. Both rules keep the top of the sorted order, so each threshold is a count of kept cells and a
+    lookup in prefix sums of the pixel counts.
+
+    Args:
+        flat: (B, R, n) maps in their own dtype.
+        pos, neg: (B, n) mask and background pixels per cell.
+        shortcuts: NumPy's sort where it is exact (``sort_rows``).
+
+    Returns:
+        (inter, kept_neg, ranked): (B, R, T) float64 pixel counts; the (B x R, n) rows ranked as the
+        rank metrics of each image need them (the threshold's sort where every map of that image is
+        non-negative, else a sort of the maps themselves in float64: a shift may merge ties).
+    """
+    b, r, n = flat.shape
+    rows = flat.reshape(b * r, n)
+    if rule == "keep_mass":
+        low = rows.amin(dim=-1, keepdim=True)
+        sorted_rows = torch.where(low < 0, rows - low, rows)  # as keep_mass_maps: signed maps start at 0
+        signed = (low < 0).view(b, r).any(1)  # per image: its rank metrics then sort the unshifted maps
+    else:
+        sorted_rows = rows
+        signed = torch.zeros(b, dtype=torch.bool, device=flat.device)
+    values, order, ties, own = sort_rows(sorted_rows, shortcuts)
+    if rule == "keep_mass":
+        level = torch.cumsum(values / values.sum(dim=-1, keepdim=True), dim=-1)
+        cut = torch.tensor([1 - t for t in thresholds], dtype=level.dtype, device=flat.device)
+        empty = level.isnan().all(-1)
+        gate = ~empty
+    else:
+        low, high = rows.amin(-1, keepdim=True), rows.amax(-1, keepdim=True)
+        level = (values - low) / (high - low).clamp_min(torch.finfo(rows.dtype).tiny)
+        cut = torch.tensor(list(thresholds), dtype=level.dtype, device=flat.device)
+        empty = torch.zeros(b * r, dtype=torch.bool, device=flat.device)
+        gate = (high > low).squeeze(-1)
+    level = torch.where(empty.unsqueeze(-1), torch.zeros_like(level), level)
+    # pixel counts are small integers: int32 sums are exact (and the same numbers as float64's)
+    counts = torch.stack([pos, neg], -1).to(torch.int32)  # (B, n, 2)
+    monotone = not bool(level.isnan().any()) and bool((level[:, 1:] >= level[:, :-1]).all())
+    if monotone:
+        above = n - torch.searchsorted(level, cut.expand(b * r, -1).contiguous(), right=True)
+        start = torch.where(gate.unsqueeze(-1), n - above, n)  # (B x R, T) first kept position
+        inside = (start > 0) & (start < n)
+        before = values.gather(1, (start - 1).clamp(0, n - 1))
+        at = values.gather(1, start.clamp(0, n - 1))
+        redo = ~own & (inside & (before == at)).any(-1)  # a cut between two equal cells: torch.sort's order decides
+    else:
+        start, redo = None, ~own
+    if bool(redo.any()):
+        index = torch.nonzero(redo).flatten()
+        values[index], order[index] = torch.sort(sorted_rows[index], dim=-1)
+    sorted_counts = in_sorted_order(counts, order)  # (B x R, n, 2) each row's pixels in its sorted order
+    if monotone:
+        # every threshold keeps a top block of the sorted order, whose size one binary search found
+        prefix = F.pad(torch.cumsum(sorted_counts, 1, dtype=torch.int32), (0, 0, 1, 0))  # (B x R, n + 1, 2)
+        kept = (prefix[:, -1:] - prefix.gather(1, start.unsqueeze(-1).expand(-1, -1, 2))).double()
+    else:  # NaN or infinite values somewhere in the batch: cell by cell, as the threshold does
+        keep = (level.unsqueeze(1) > cut.view(1, -1, 1)) & gate.view(-1, 1, 1) & ~empty.view(-1, 1, 1)
+        kept = torch.einsum("rtn,rnc->rtc", keep.double(), sorted_counts.double())
+    ranked = Ranked.from_sorted(values, order)
+    # those images' rank metrics sort the unshifted maps in float64 (a shift may merge ties). A row the shift
+    # left without ties had none before it either: its one ascending order is the one found already; so is a
+    # row that was not shifted (float64 holds float32 exactly) whose only ties are pairs (sums over a pair commute)
+    shifted = (low < 0).squeeze(-1) if rule == "keep_mass" else torch.zeros_like(ties)
+    again = signed.repeat_interleave(r) & ties & (shifted | own)
+    if bool(again.any()):
+        values64, order64, _, _ = sort_rows(rows[again].double(), shortcuts)
+        redone = Ranked.from_sorted(values64, order64)
+        order_all, group_all = ranked.order.clone(), ranked.group.clone()
+        order_all[again], group_all[again] = redone.order, redone.group
+        ranked = Ranked(order_all, group_all, group_all[:, -1] + 1)
+    t = len(thresholds)
+    return kept[..., 0].view(b, r, t), kept[..., 1].view(b, r, t), ranked
+
+
+def sort_rows(x: torch.Tensor, shortcuts: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch.sort(x, dim=-1)``'s values, and a permutation that sorts them, faster on a CPU.
+
+    A row without ties has one ascending permutation, which NumPy's vectorised sort finds in less than
+    half ``torch.sort``'s time. Large maps often hold a few pairs of equal values (float32 collisions):
+    such rows keep NumPy's order too, which may list a pair the other way round from ``torch.sort``. That
+    changes nothing a sum over the pair computes (addition commutes), so only a threshold cutting between
+    the two needs ``torch.sort``'s order (``kept_pixels`` redoes those rows). Rows with three or
+    more equal values, or a NaN, are sorted by ``torch.sort`` itself.
+
+    Args:
+        x: (R, n) float.
+        shortcuts: use NumPy (on a CPU); False: ``torch.sort`` alone.
+
+    Returns:
+        (values, order, ties, own): (R, n) each; (R,) bool rows holding equal values (or a NaN); (R,)
+        bool rows whose order is ``torch.sort``'s own.
+    """
+    if not shortcuts or x.device.type != "cpu" or x.ndim != 2 or x.shape[-1] < 3:
+        values, order = torch.sort(x, dim=-1)
+        equal = values[:, 1:] == values[:, :-1]
+        return values, order, equal.any(-1) | values[:, -1].isnan(), torch.ones(x.shape[0], dtype=torch.bool,
+                                                                                 device=x.device)
+    order = torch.from_numpy(np.argsort(x.numpy(), axis=-1))
+    values = x.gather(-1, order)
+    equal = values[:, 1:] == values[:, :-1]
+    nan = values[:, -1].isnan()  # NaN sorts last in both
+    own = (equal[:, 1:] & equal[:, :-1]).any(-1) | nan
+    if bool(own.any()):
+        rows = torch.nonzero(own).flatten()
+        values[rows], order[rows] = torch.sort(x[rows], dim=-1)
+    return values, order, equal.any(-1) | nan, own
+
+
+def in_sorted_order(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Each row's per-cell values in its sorted order: values (B, n, C) of the rows' images, order (B x R, n)
+    -> (B x R, n, C). One gather of whole C-vectors (row r belongs to image r // R)."""
+    b, n, c = values.shape
+    r = order.shape[0] // b
+    base = (torch.arange(b, device=order.device) * n).repeat_interleave(r).unsqueeze(1)
+    return values.reshape(b * n, c).index_select(0, (order + base).flatten()).view(b * r, n, c)
+
+
+def group_sums_per_row(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
+    """``rank_groups.group_sums`` with each row's own image's weights: (B x R, n) ranked rows, weights (B, n, C)
+    -> (B x R, n, C).
+
+    A row without ties has one item per group: its sums are its weights in sorted order (0 + w is w), so
+    only rows with ties are summed.
+    """
+    rows, n = ranked.order.shape
+    b, _, c = weights.shape
+    w = in_sorted_order(weights.double(), ranked.order)
+    tied = torch.nonzero(ranked.n_groups < n).flatten()
+    if tied.numel() == 0:
+        return w
+    offsets = torch.arange(tied.numel(), device=w.device).unsqueeze(1) * n
+    sums = torch.zeros(tied.numel() * n, c, dtype=torch.float64, device=w.device)
+    sums.index_add_(0, (ranked.group[tied] + offsets).flatten(), w[tied].reshape(-1, c))
+    w[tied] = sums.view(-1, n, c)
+    return w

@@ -1,0 +1,23 @@
+"""The pointing game (Zhang et al. 2016): 1 where the map's maximum falls on a mask pixel, else 0."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..facts import NO_DEFECT, NO_MASK, Metric
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..scored_maps import ScoredMaps
+
+METRIC = Metric("pointing", "pointing", "pointing accuracy (0–1)", order=70, undefined_when=(NO_MASK, NO_DEFECT),
+                shown=True)
+
+
+def compute(maps: ScoredMaps) -> torch.Tensor:
+    """(B', R) float32: the maximum cell holds mask pixels; NaN without mask pixels."""
+    import torch
+
+    top = maps.scores64.argmax(-1)  # (B', R)
+    hit = (maps.pos.gather(1, top) > 0).float()
+    return torch.where((maps.n_pos > 0).unsqueeze(-1), hit, torch.tensor(float("nan"), device=hit.device))

@@ -1,0 +1,42 @@
+"""One image's ground truth at scoring resolution, with its pixel counts per grid computed once."""
+from __future__ import annotations
+
+import torch
+
+from ..metrics.localization import Cells, MaskCells
+from ..runtime import serial
+
+
+class Target:
+    """One image's ground truth at scoring resolution, with cell counts cached per grid."""
+
+    def __init__(self, mask: torch.Tensor, valid: torch.Tensor | None = None):
+        self.mask, self.valid = mask.bool(), valid
+        self._cells: dict[tuple[int, int], Cells] = {}
+        self._mask_cells: MaskCells | None = None
+        self._fraction: float | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.mask.shape)
+
+    @serial
+    def mask_cells(self) -> MaskCells:
+        """The image-sized work shared by every grid (an integral image, the connected regions), once."""
+        if self._mask_cells is None:
+            self._mask_cells = MaskCells(self.mask, self.valid)
+        return self._mask_cells
+
+    @serial
+    def cells(self, grid: tuple[int, int]) -> Cells:
+        if grid not in self._cells:  # cells_from_mask's counts
+            self._cells[grid] = self.mask_cells().at(grid)
+        return self._cells[grid]
+
+    @property
+    @serial
+    def fraction(self) -> float:
+        if self._fraction is None:  # every layer asks: two passes over an image-sized mask, once
+            valid = self.valid if self.valid is not None else torch.ones_like(self.mask)
+            self._fraction = float((self.mask & valid).sum() / valid.sum().clamp_min(1))
+        return self._fraction
