@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -29,6 +28,7 @@ from typing import Iterator, Mapping, Sequence
 import pandas as pd
 
 from ..results.layout import LOCK, SIMILARITY
+from ..results.rundir import wait_for_lock
 
 MARKER = ".layerscope-compare"  # in the output folder: {"files": [...]}, what the last compare wrote there
 COMPARE_LOCK = f"{MARKER}{LOCK}"
@@ -155,11 +155,7 @@ def writing(out: Path) -> Iterator[Output]:
         raise OutError(f"--out {out}: cannot write there ({e.strerror or e}); choose a writable folder with --out "
                        "(nothing was written)") from None
     with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another layerscope-compare writing into {out} ...", file=sys.stderr)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        wait_for_lock(handle, f"waiting for another layerscope-compare writing into {out} ...")
         try:
             for old in out.iterdir():  # staging folders of compares killed before they removed them
                 if _STAGING.match(old.name) and old.is_dir() and not old.is_symlink():

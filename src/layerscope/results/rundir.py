@@ -5,8 +5,9 @@ import json
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import IO, Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -114,6 +115,18 @@ def without_maps(out_dir: Path, images: Iterable[str]) -> list[str]:
     folder = Path(out_dir) / MAPS
     present = {e.name for e in os.scandir(folder)} if folder.is_dir() else set()
     return [image for image in images if map_file(out_dir, image).name not in present]
+
+
+def wait_for_lock(handle: IO, waiting: str) -> None:
+    """Take an exclusive advisory ``flock`` on the open file ``handle``; when another process holds it, print
+    ``waiting`` on stderr once and wait (the kernel releases a lock however its holder ends)."""
+    import fcntl
+
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(waiting, file=sys.stderr)
+        fcntl.flock(handle, fcntl.LOCK_EX)
 
 
 class RunLock:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from importlib import resources
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..results import catalog, layout
+from ..results.rundir import wait_for_lock
 from ..analysis.saved import Study
 from ..analysis.weights_check import flags_section
 from .comparison_section import compare_section
@@ -133,11 +133,7 @@ def _page_lock(out: Path):
     import fcntl
 
     with open(layout.page_lock(out), "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another layerscope-view writing {out} ...", file=sys.stderr)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        wait_for_lock(handle, f"waiting for another layerscope-view writing {out} ...")
         try:
             yield
         finally:
