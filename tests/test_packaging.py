@@ -263,3 +263,13 @@ def test_design_card_command_works_from_the_repository_root(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = (tmp_path / "run" / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 12 * 8 and ",dino_vits8," in rows[1]  # 12 layers x (6 heads, mean, best)
+
+
+def test_every_subpackage_is_listed_for_the_wheel():
+    """Each folder of the package with an ``__init__.py`` is in pyproject's ``packages`` (the slow wheel test
+    finds a missing one too, minutes later)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found - listed == set(), f"add to [tool.setuptools] packages: {sorted(found - listed)}"
