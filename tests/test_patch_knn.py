@@ -9,9 +9,9 @@ import torch
 from scipy import ndimage
 from sklearn.decomposition import PCA
 
-from layerscope.bench.knn import KNN_CASES, KNN_QUICK, knn_table
+from layerscope.bench.fewshot_cost import KNN_CASES, KNN_QUICK, knn_table
 from layerscope.cli import bench
-from layerscope.methods import knn
+from layerscope.methods import knn_conventions
 from layerscope.methods.patch_knn import PatchKNN
 
 from .conftest import CONF, compose

@@ -143,7 +143,7 @@ def _exit_code(main, argv) -> int:
 
 
 def test_the_benchmark_times_each_measure_on_two_synthetic_models():
-    from layerscope.bench.similarity import models, similarity_times
+    from layerscope.bench.compare_cost import models, similarity_times
 
     group = models(n=20, widths=((6, 6, 6), (4, 5)))
     assert [len(m.arrays) for m in group] == [3, 2] and group[0].ids == group[1].ids

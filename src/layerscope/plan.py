@@ -37,7 +37,7 @@ def build(cfg: Any, **kwargs: Any) -> Any:
     """
     from hydra.errors import InstantiationException
 
-    from .backbones.errors import WeightsError
+    from .backbones.weight_errors import WeightsError
 
     try:
         return instantiate(cfg, _convert_="all", **kwargs)

@@ -325,7 +325,7 @@ class Backbone(nn.Module):
 
     def _load_checked(self, module: nn.Module, sd: dict[str, torch.Tensor]) -> None:
         """Load ``sd`` into ``module``; a checkpoint for another architecture is a WeightsError naming keys."""
-        from .errors import WeightsError
+        from .weight_errors import WeightsError
 
         own = module.state_dict()
         wrong = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in sd.items()

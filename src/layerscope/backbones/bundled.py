@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from .errors import WeightsError
+from .weight_errors import WeightsError
 
 
 def cache_dir() -> Path:

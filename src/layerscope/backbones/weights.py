@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from .errors import WeightsError
+from .weight_errors import WeightsError
 
 SOURCES = ("hub", "file", "bundled")
 __all__ = ["SOURCES", "WeightsError", "check_source", "hub_file", "hub_folder", "load_state_dict", "timm_state_dict"]

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
           "(median and min-max over rounds)", flush=True)
     t_start = time.perf_counter()
     if a.knn:
-        from ..bench.knn import KNN_CASES, KNN_QUICK, knn_table
+        from ..bench.fewshot_cost import KNN_CASES, KNN_QUICK, knn_table
 
         rows = knn_table(KNN_QUICK if a.quick else KNN_CASES, a.device or "cpu", rounds, a.shots)
         fields = list(rows[0]) if rows else []
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _compare(a) -> int:
     """``--compare``: seconds per similarity measure, printed and written to ``--out``."""
-    from ..bench.similarity import similarity_times
+    from ..bench.compare_cost import similarity_times
     from ..metrics.measures import MEASURES
 
     if a.pipeline:

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..figures.inputs import METRICS
+from ..figures.figure_inputs import METRICS
 from ..figures.paper import KINDS, make_all
 from ..figures.style import AXES
 from .errors import Parser, UsageError, command

@@ -58,7 +58,7 @@ class EigenCAMOptions:
 @dataclass
 class PatchKNNOptions:
     """``patch_knn`` (PatchCore, AnomalyDINO without training); each option one published convention
-    (``methods/knn.py`` holds them, with their sources)."""
+    (``methods/knn_conventions.py`` holds them, with their sources)."""
 
     k: int = 1  # nearest bank entries averaged
     metric: str = "euclidean"  # euclidean (PatchCore) | cosine (AnomalyDINO: 1 - cosine similarity)

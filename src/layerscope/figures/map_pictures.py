@@ -15,7 +15,7 @@ from ..results.axes import HEADS, map_axis, map_label
 from ..results.layout import image_stem
 from ..analysis.saved import SEP, Study, per_image, smallest_threshold
 from .grid import grid_figure
-from .inputs import as_study, figure_dir, pick_images
+from .figure_inputs import as_study, figure_dir, pick_images
 from .style import CMAP, OUTLINE, bare, colorbar, minmax, save, show_input, show_map, slug, styled, upsample
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@
 Reads every ``results.csv`` below the folder and the ``maps/<image>.npz`` beside each; never builds
 or runs a model (nothing here imports ``layerscope.backbones`` or torch). One function per figure
 kind (maps in ``figures.map_pictures``, scores in ``figures.score_plots``, what they read in
-``figures.inputs``); each returns the paths it wrote and logs why when it has nothing to draw:
+``figures.figure_inputs``); each returns the paths it wrote and logs why when it has nothing to draw:
 
 - ``layer_head_grids``: per (model, method), a few images: layers (rows) x maps (columns), the
   input and its mask outline in the first column.
@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 
 from ..results import catalog
 from ..analysis.saved import Study
-from .inputs import METRICS, figure_dir
+from .figure_inputs import METRICS, figure_dir
 from .map_pictures import best_map_overlays, layer_head_grids, vit_vs_cnn
 from .score_plots import (attention_distance, choice_stability, dataset_vs_layer, fewshot_vs_layer, layer_head,
                           metric_vs_layer, threshold_curves)

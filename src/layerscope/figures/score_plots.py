@@ -19,7 +19,7 @@ from ..results.layout import CHOICE_GLOB, DATASET_METRICS
 from ..analysis.saved import (SEP, Study, distance_table, head_order, layer_head_scores, line_head, num_layers,
                              per_image, relative_depth, smallest_threshold)
 from ..results.table import read_table
-from .inputs import METRICS, as_study, figure_dir, series_colours
+from .figure_inputs import METRICS, as_study, figure_dir, series_colours
 from .style import AXES, BEST, HEAT_CELL, HEAT_CMAP, PALETTE, depth_axis, save, slug, styled
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import torch
 
 from ..config.method_options import PatchKNNOptions
-from . import knn
+from . import knn_conventions
 from .base import MapMethod
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class PatchKNN(MapMethod):
 
     Per layer, a memory bank holds the patch features of normal images (``train/good``, ``data.normal_dir``
     or defect-free synthetic images); a patch's map value is the mean distance to its ``k`` nearest bank
-    entries. Each option is one published convention (``methods/knn.py`` holds them, with their sources):
+    entries. Each option is one published convention (``methods/knn_conventions.py`` holds them, with their sources):
 
     Options (``PatchKNNOptions``):
         k: neighbours averaged, >= 1.

@@ -17,7 +17,7 @@ from ..results.rundir import wait_for_lock
 from ..analysis.saved import Study
 from ..analysis.weights_check import flags_section
 from .comparison_section import compare_section
-from .fewshot import fewshot_section
+from .fewshot_section import fewshot_section
 from .gallery import gallery_data, gallery_section
 from .html import esc, script_json
 from .sections import (choice_section, curves_section, glance_section, job_entries, ranking_section, runs_section,

@@ -3,7 +3,7 @@ the resampling (paired bootstrap, permutation null) every measure shares, and th
 every layer of one model with every layer of another."""
 from .base import INVARIANCES, Measure, Options
 from .engine import compare, monotonicity
-from .registry import DEFAULT, MEASURES, invariance_table, resolve
+from .measure_registry import DEFAULT, MEASURES, invariance_table, resolve
 
 __all__ = ["INVARIANCES", "MEASURES", "DEFAULT", "Measure", "Options", "compare", "monotonicity", "invariance_table",
            "resolve"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import INVARIANCES, Measure
 from .cka import CKA
-from .knn import CKNNA, MutualKNN
+from .neighbours import CKNNA, MutualKNN
 from .rsa import RSA
 from .subspace import PWCCA, SVCCA, Procrustes
 
