@@ -11,7 +11,7 @@ from sklearn.decomposition import PCA
 
 from layerscope.bench.fewshot_cost import KNN_CASES, KNN_QUICK, knn_table
 from layerscope.cli import bench
-from layerscope.methods import knn_conventions
+from layerscope.methods import knn_conventions as knn
 from layerscope.methods.patch_knn import PatchKNN
 
 from .conftest import CONF, compose

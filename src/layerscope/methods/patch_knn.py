@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import torch
 
 from ..config.method_options import PatchKNNOptions
-from . import knn_conventions
+from . import knn_conventions as knn
 from .base import MapMethod
 
 log = logging.getLogger(__name__)
