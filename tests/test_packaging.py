@@ -136,7 +136,7 @@ def test_the_layering_sees_what_it_checks():
     names = [name for name, _ in LAYERS]
     assert names.index("data") < names.index("backbones") < names.index("methods") < names.index("scoring") \
         < names.index("results") < names.index("study") < names.index("api") < names.index("cli")
-    assert layer_of("layerscope.scoring") == layer_of("layerscope.scoring.batch") == names.index("scoring")
+    assert layer_of("layerscope.scoring") == layer_of("layerscope.scoring.scorer") == names.index("scoring")
     assert layer_of("layerscope.view.__main__") == names.index("cli")
     assert layer_of("layerscope.backbones.vit") < layer_of("layerscope.methods.cam")  # vit importing cam: caught
     graph = {_module_name(p): _imports(p) for p in PACKAGE.rglob("*.py")}

@@ -82,7 +82,7 @@ def usable_cores() -> int:
 
 
 def score_threads() -> int:
-    """Grids a study scores at once (``scoring_batch.batch_image_rows``): one per usable core, at most 8."""
+    """Grids a study scores at once (``scoring.batch_image_rows``): one per usable core, at most 8."""
     return max(1, min(8, usable_cores()))
 
 
