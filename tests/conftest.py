@@ -175,3 +175,22 @@ def eager_reference(bb, x):
     eager.eval()
     return eager(pixel_values=bb.normalize(x), output_attentions=True, interpolate_pos_encoding=True)
 
+
+
+def run_cut_after(monkeypatch, cut: int, start) -> None:
+    """Run ``start()`` (a study into some folder) and stop it with Ctrl-C once ``cut`` images are recorded
+    (``study._record`` is the one place an image becomes finished); the recorder is put back after."""
+    from layerscope import study
+
+    record, calls = study._record, {"n": 0}
+
+    def stop_after(*args, **kwargs):
+        if calls["n"] == cut:
+            raise KeyboardInterrupt("stopped by the test")
+        calls["n"] += 1
+        return record(*args, **kwargs)
+
+    monkeypatch.setattr(study, "_record", stop_after)
+    with pytest.raises(KeyboardInterrupt, match="stopped by the test"):
+        start()
+    monkeypatch.setattr(study, "_record", record)

@@ -23,7 +23,7 @@ from layerscope.results.maps_io import save_maps
 from layerscope.analysis.pool import build_pool
 from layerscope.analysis.pool_stream import PooledStream
 
-from .conftest import SMALL_RUN, compose
+from .conftest import SMALL_RUN, compose, run_cut_after
 
 
 def _brute(scores: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -173,18 +173,7 @@ def clean(tmp_path_factory):
 def test_a_run_cut_after_any_image_resumes_to_the_same_table(clean, tmp_path, monkeypatch, cut):
     """Stopped after ``cut`` images of 6 (batches of 4): the resumed run feeds the finished ones from their maps."""
     out = tmp_path / "run"
-    record, calls = study._record, {"n": 0}
-
-    def stop_after(*args, **kwargs):
-        if calls["n"] == cut:
-            raise KeyboardInterrupt("stopped by the test")
-        calls["n"] += 1
-        return record(*args, **kwargs)
-
-    monkeypatch.setattr(study, "_record", stop_after)
-    with pytest.raises(KeyboardInterrupt, match="stopped by the test"):
-        study.run(compose(*SMALL_RUN, "batch_size=4", "cache.enabled=false"), out)
-    monkeypatch.setattr(study, "_record", record)
+    run_cut_after(monkeypatch, cut, lambda: study.run(compose(*SMALL_RUN, "batch_size=4", "cache.enabled=false"), out))
     assert len((out / layout.DONE).read_text().splitlines()) == cut
     study.run(compose(*SMALL_RUN, "batch_size=4", "cache.enabled=false"), out)
     assert (out / layout.DATASET_METRICS).read_text() == (clean / layout.DATASET_METRICS).read_text()

@@ -13,7 +13,7 @@ from layerscope import study
 from layerscope.results import load_representations
 from layerscope.results.layout import DONE, SUMMARY
 
-from .conftest import compose
+from .conftest import compose, run_cut_after
 
 SMALL = ["model=tiny_vit", "data.textures=[brick]", "data.defects=[scratch,spot]", "data.per_combination=2",
          "data.good_per_texture=2", "data.size=64", "progress=false", "figures.grid=false", "dataset_metrics=false",
@@ -109,18 +109,7 @@ def test_the_map_cache_keeps_representations_and_attention_distance(tmp_path, cl
 def test_a_run_cut_after_any_image_resumes_to_the_clean_arrays(clean, tmp_path, monkeypatch, cut):
     """Stopped after ``cut`` images (batches of 4: some cuts fall inside a batch whose chunk is already on disk)."""
     out = tmp_path / "run"
-    record, calls = study._record, {"n": 0}
-
-    def stop_after(*args, **kwargs):
-        if calls["n"] == cut:
-            raise KeyboardInterrupt("stopped by the test")
-        calls["n"] += 1
-        return record(*args, **kwargs)
-
-    monkeypatch.setattr(study, "_record", stop_after)
-    with pytest.raises(KeyboardInterrupt, match="stopped by the test"):
-        run(out)
-    monkeypatch.setattr(study, "_record", record)
+    run_cut_after(monkeypatch, cut, lambda: run(out))
     assert len((out / DONE).read_text().splitlines()) == cut and not (out / SUMMARY).exists()
     if cut:  # the unfinished run's representations: its done images, from the chunks
         ids, partial = arrays(out)
