@@ -8,7 +8,7 @@ batch sizes 1 and 4, one and two scoring threads, and a run resumed after a cut 
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, astuple
 
 import numpy as np
 import pandas as pd
@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from layerscope import study
-from layerscope.metrics.pooled_runs import CandidateRuns, group_cells, merge_runs
+from layerscope.metrics.pooled import group_metrics
+from layerscope.metrics.pooled_cells import LayerCells, descending_keys, row_metrics, sort_cells
 from layerscope.protocol import _Candidate, _categories, stream_rows, write_dataset_metrics
 from layerscope.results import catalog, layout
 from layerscope.results.maps_io import save_maps
@@ -34,34 +35,55 @@ def _brute(scores: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return values[::-1], sums[::-1]
 
 
-def test_group_cells_and_merges_equal_the_counts_of_all_cells_at_once():
-    rng = np.random.default_rng(0)
-    n, k = 3000, 3
-    scores = np.round(rng.random((k, n)), 2).astype(np.float32)  # many ties, also across batches
-    counts = np.stack([rng.integers(0, 5, n), rng.integers(0, 5, n), rng.random(n) * (rng.random(n) < 0.3)], 1)
-    category = rng.choice(["good", "spot", "crack"], n)
-    per = [CandidateRuns() for _ in range(k)]
-    for start in range(0, n, 170):  # batches of cells, each category apart as a study feeds them
-        for c in np.unique(category[start:start + 170]):
-            at = start + np.flatnonzero(category[start:start + 170] == c)
-            got = group_cells(torch.from_numpy(scores[:, at]), torch.from_numpy(counts[at].T.copy()))
-            for runs, one in zip(per, got):
-                runs.add(str(c), one)
-    keys = ["crack", "good", "spot"]
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_layer_cells_rows_equal_the_curves_over_the_distinct_scores_of_all_cells(seed):
+    """Each row's metrics against ``group_metrics`` over the row's distinct scores counted by ``np.unique``."""
+    rng = np.random.default_rng(seed)
+    n_images, cells, k = 40, 75, 3
+    scores = np.round(rng.random((n_images, k, cells)), 2).astype(np.float32)  # many ties, also across images
+    scores[3, 0, :5] = -0.0  # -0.0 and 0.0 are one score
+    scores[4, 0, :5] = 0.0
+    scores[5, 1, :7] = -np.round(rng.random(7), 1)  # negative scores sort below the positive ones
+    defect = rng.random((n_images, cells)) < 0.15
+    pos = np.where(defect, rng.integers(1, 5, (n_images, cells)), 0)
+    neg = np.where(rng.random((n_images, cells)) < 0.1, 0, rng.integers(0, 5, (n_images, cells)))  # empty cells
+    pixels = np.stack([pos, neg], -1)
+    pro = rng.random((n_images, cells)) * (pos > 0)
+    category = rng.choice(["good", "spot", "crack"], n_images)
+    pos[category == "good"], pro[category == "good"] = 0, 0.0
+    pixels[..., 0] = pos
+    store = LayerCells(cells)
+    order = rng.permutation(n_images)  # images stored in any order, in batches of any size
+    for start, size in ((0, 1), (1, 7), (8, 13), (21, 19)):
+        at = order[start:start + size]
+        store.add(torch.from_numpy(scores[at]), at, torch.from_numpy(pixels[at]).float(), torch.from_numpy(pro[at]))
+    assert len(store) == n_images
+    stored = store.stored_images()
     for row in range(k):
-        assert sum(len(p) for p in per[row].parts.values()) < n  # merged as it went: ties counted once
-        assert all(len(p) < 2 * CandidateRuns.FAN_IN for p in per[row].parts.values())  # a few runs per level
-        for chosen in (["crack"], ["good", "spot"], keys):
+        sorted_cells = store.sorted(row)
+        for chosen in (["crack"], ["good", "spot"], ["good", "spot", "crack"], ["good"]):
             sel = np.isin(category, chosen)
-            values, got = per[row].row(chosen)
-            want_values, want = _brute(scores[row, sel], counts[sel])
-            np.testing.assert_array_equal(values, want_values.astype(np.float64))
-            np.testing.assert_array_equal(got[:2].T, want[:, :2])  # pixel counts: exact
-            np.testing.assert_allclose(got[2], want[:, 2], rtol=1e-12, atol=0)
-    one = merge_runs(group_cells(torch.from_numpy(scores[:1]), torch.from_numpy(counts.T.copy())))
-    np.testing.assert_array_equal(one.values.numpy(), _brute(scores[0], counts)[0])
-    with pytest.raises(ValueError, match=r"expected scores \(K, M\) and counts \(3, M\)"):
-        group_cells(torch.zeros(2, 5), torch.zeros(3, 4))
+            flat = scores[sel, row].ravel() + np.float32(0.0)
+            values, sums = _brute(flat, np.concatenate([pixels[sel].reshape(-1, 2), pro[sel].reshape(-1, 1)], 1))
+            for limit in (0.3, 0.05, 1.0):
+                want = group_metrics(values.astype(np.float64), sums[:, 0], sums[:, 1], sums[:, 2], 7.0, limit)
+                got = row_metrics(sorted_cells, sel[stored], 7.0, limit)
+                np.testing.assert_allclose(np.array(astuple(got)), np.array(astuple(want)), rtol=1e-12, atol=0)
+    nothing = row_metrics(store.sorted(0), np.zeros(n_images, bool), 0.0)
+    assert np.isnan(astuple(nothing)).all()
+    with pytest.raises(ValueError, match=r"expected 75 cells per image"):
+        store.add(torch.zeros(1, k, 74), np.zeros(1), torch.zeros(1, 74, 2), torch.zeros(1, 74))
+
+
+def test_sort_cells_orders_every_float_like_a_stable_descending_sort():
+    rng = np.random.default_rng(1)
+    values = np.concatenate([rng.normal(size=500), [0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.0, 3.0]])
+    values = rng.permutation(values).astype(np.float32)
+    keys, order = sort_cells(values)
+    want = np.argsort(-(values + np.float32(0.0)), kind="stable")  # ties: in their order
+    np.testing.assert_array_equal(order, want)
+    np.testing.assert_array_equal(keys, descending_keys(values[want]))
+    assert (np.diff(keys.astype(np.int64)) >= 0).all()
 
 
 def _saved_folder(folder, n: int = 14, seed: int = 0) -> None:
@@ -133,7 +155,7 @@ def test_a_stream_over_its_memory_bound_leaves_the_pass_to_the_saved_maps(tmp_pa
     monkeypatch.setattr(pool_stream, "STREAM_BYTES", 1000)
     stream = PooledStream.for_run(tmp_path)
     stream.add_saved(tmp_path)
-    assert stream.dropped and not any(r.parts for r in stream.runs)
+    assert stream.dropped and not stream.layers
     (tmp_path / layout.DATASET_METRICS).unlink()
     write_dataset_metrics(tmp_path, n_boot=0, stream=stream)
     assert (tmp_path / layout.DATASET_METRICS).read_text() == want
@@ -182,15 +204,13 @@ def test_a_run_cut_after_any_image_resumes_to_the_same_table(clean, tmp_path, mo
 
 def test_the_packed_cpu_sort_orders_as_torch_sort():
     """The CPU's packed-key sort and ``torch.sort`` (what a GPU runs): the same scores in the same order."""
-    from layerscope.metrics.pooled_runs import sort_descending
-
     rng = np.random.default_rng(1)
-    values = np.round(rng.normal(size=(3, 2000)), 1).astype(np.float32)  # ties, negatives
-    values[0, :6] = [np.inf, -np.inf, 0.0, 3.5, 3.5, -0.0]  # -0.0 and 0.0 tie, as in a sort
-    t = torch.from_numpy(values)
-    (got, order), (want, want_order) = sort_descending(t), sort_descending(t, packed=False)
-    assert torch.equal(got, want) and torch.equal(order, want_order)  # ties keep their order in both
-    assert torch.equal(got, torch.gather(t, 1, order)) and (got[:, :-1] >= got[:, 1:]).all()
+    values = np.round(rng.normal(size=6000), 1).astype(np.float32)  # ties, negatives
+    values[:6] = [np.inf, -np.inf, 0.0, 3.5, 3.5, -0.0]  # -0.0 and 0.0 tie, as in a sort
+    keys, order = sort_cells(torch.from_numpy(values))
+    want, want_order = torch.sort(torch.from_numpy(values), descending=True, stable=True)
+    np.testing.assert_array_equal(order, want_order.numpy())  # ties keep their order in both
+    np.testing.assert_array_equal(keys, descending_keys(want.numpy()))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_check.sh runs it)")
@@ -201,7 +221,8 @@ def test_cuda_accumulators_equal_the_cpu_ones(tmp_path):
     for device in ("cpu", "cuda"):
         stream = PooledStream.for_run(tmp_path, device=device)
         stream.add_saved(tmp_path)
-        assert all(r.values.device.type == device for runs in stream.runs for p in runs.parts.values() for r in p)
+        held = [s for store in stream.layers.values() for s in store.scores]  # the maps stay where they are
+        assert held and all((s.device.type if isinstance(s, torch.Tensor) else "cpu") == device for s in held)
         rows[device] = pd.DataFrame(stream_rows(stream))
     numeric = [c for c in rows["cpu"].columns if rows["cpu"][c].dtype.kind == "f"]
     np.testing.assert_allclose(rows["cuda"][numeric].to_numpy(float), rows["cpu"][numeric].to_numpy(float),

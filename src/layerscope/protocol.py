@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from .metrics.pooled import PooledMetrics, SortedCells, group_metrics, pooled_metrics
-from .runtime import map_threads, one_thread
+from .metrics.pooled import PooledMetrics, SortedCells, pooled_metrics
+from .metrics.pooled_cells import row_metrics
+from .runtime import map_threads
 from .results import catalog, layout
 from .analysis.pool import SCORES, GridCells, Pool, build_pool
 from .analysis.pool_stream import PooledStream
@@ -169,13 +170,15 @@ def nonfinite_note(images: int) -> str:
 
 
 def stream_rows(stream: PooledStream, categories: list[tuple[str, np.ndarray]] | None = None,
-                numbers: Sequence[int] | None = None) -> list[dict]:
+                numbers: Sequence[int] | None = None, threads: int = 1) -> list[dict]:
     """The rows of ``dataset_metrics`` (without CIs) from one job's accumulators.
 
     Args:
         stream: the job's ``PooledStream``.
         categories: ``_categories`` of the pooled images (a sweep's jobs share them); None: the stream's own.
         numbers: each candidate's number in the pool (the ``_c`` column); None: the stream's order.
+        threads: candidates sorted at once (NumPy's sorts, gathers and sums release the GIL); memory holds one
+            candidate's sorted cells per thread. The rows do not depend on it.
 
     Returns:
         Per candidate, per category: a dict of ``COLUMNS`` (less the CIs) and ``_c``.
@@ -183,31 +186,30 @@ def stream_rows(stream: PooledStream, categories: list[tuple[str, np.ndarray]] |
     images = stream.images()
     covered = np.ones(len(images), bool) if stream.covered is None else stream.covered
     categories = _categories(images) if categories is None else categories
-    # one thread for torch's merges and NumPy's BLAS products: two threads handing O(G) products back and forth
-    # only wait on each other (measured on 2 busy cores: the pass 3-5x faster in CPU time)
-    with one_thread(), threadpool_limits(1):
-        return _stream_rows(stream, images, covered, categories, numbers)
-
-
-def _stream_rows(stream: PooledStream, images: pd.DataFrame, covered: np.ndarray,
-                 categories: list[tuple[str, np.ndarray]], numbers: Sequence[int] | None) -> list[dict]:
     regions = images["regions"].to_numpy(float)
-    raw = images["category"].to_numpy()
     columns = {key: images[key].to_numpy() for key in ("defect_pixels", "normal_pixels", "defective")}
-    rows = []
-    for c, cand in enumerate(stream.candidates):
-        image_scores = stream.image_scores(c)
-        bad = stream.nonfinite.get(c, 0)
+
+    def candidate_rows(c: int) -> list[dict]:
+        cand = stream.candidates[c]
+        image_scores, bad = stream.image_scores(c), stream.nonfinite.get(c, 0)
+        layer, k = stream.where[c]
+        store = stream.layers[layer]
+        cells, stored = store.sorted(k), store.stored_images()  # sorted once; every row selects from it
+        rows = []
         for category, chosen in categories:
             sel = chosen & covered
-            # the row's own distinct scores: the pass over every cell also reads those of the unselected images,
-            # with zero counts, which change no sum but how the products are grouped (last-bit differences)
-            values, counts = stream.runs[c].row(sorted({str(k) for k in raw[sel]}))
             w = sel.astype(float) * covered  # the images' weights of the pass over every cell
-            m = group_metrics(values, counts[0], counts[1], counts[2], float((w * regions).sum()), stream.fpr_limit)
+            m = row_metrics(cells, sel[stored], float((w * regions).sum()), stream.fpr_limit)
             rows.append(_row(cand, category, sel, m, image_scores, columns, bad,
                              numbers[c] if numbers is not None else c))
-    return rows
+        return rows
+
+    for store in stream.layers.values():
+        store.join()  # here, before the threads read the layers
+    # NumPy's BLAS products on one thread: its threads and these would only wait on each other
+    with threadpool_limits(1):
+        per_candidate = map_threads(candidate_rows, range(len(stream.candidates)), threads)
+    return [row for rows in per_candidate for row in rows]
 
 
 def _row(cand: dict, category: str, sel: np.ndarray, m: PooledMetrics, image_scores: np.ndarray,
@@ -318,7 +320,7 @@ def write_dataset_metrics(folder: Path, n_boot: int = 200, seed: int = 0, progre
     if stream is not None and not stream.dropped:
         if not stream.image_rows:
             raise FileNotFoundError(f"{folder}: no image has a mask; the dataset-level protocol needs masks")
-        table = pd.DataFrame(stream_rows(stream)).reindex(columns=COLUMNS)
+        table = pd.DataFrame(stream_rows(stream, threads=threads)).reindex(columns=COLUMNS)
     else:
         own = pool is None
         pool = build_pool(folder, progress) if own else pool

@@ -253,8 +253,9 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
                 # per image: attention distance beside the maps (saved with them) and, with faithfulness, in its rows
                 columns = [distance_columns(plan, c, unit_scale) for c in captured]
                 extras = [merged_columns(f, c) for f, c in zip(faith, columns)]
-                scored = _score_batch(cfg, plan, backbone, names, items, per_image, logits, extras, clock)
-                add_scored(stream, items, scored, names, backbone.name, method.name)  # the dataset-level counts
+                scored, chosen, targets = _score_batch(cfg, plan, backbone, names, items, per_image, logits, extras,
+                                                       clock)
+                add_scored(stream, items, chosen, targets, names, backbone.name, method.name)  # dataset-level counts
                 # the batch's representations go to disk with its first image, before any of its done.txt lines
                 before = ([parts.task([item.id for item in items],
                                       representations(captured, items, int(cfg.representation_grid)),
@@ -327,11 +328,13 @@ def _timed(batches: Any, clock: dict[str, float]) -> Any:
 
 def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: dict[int, list[str]], items: list[Item],
                  per_image: list[dict[int, torch.Tensor]], logits: list[torch.Tensor | None], faith: list[dict | None],
-                 clock: dict[str, float]) -> list[tuple[dict, dict[int, torch.Tensor], list[dict]]]:
+                 clock: dict[str, float]) -> tuple[list[tuple[dict, dict[int, torch.Tensor], list[dict]]],
+                                                   dict[int, torch.Tensor], list[Target | None]]:
     """The rows of every image of a batch, scored together where the maps are (``scoring``).
 
     Returns:
-        Per image: (its non-metric columns, layer -> (K, h, w) chosen maps on the CPU, its rows).
+        Per image: (its non-metric columns, layer -> (K, h, w) chosen maps on the CPU, its rows); the batch's
+        chosen maps, layer -> (B, K, h, w) on the CPU; and its ground truths (their cells counted per grid).
     """
     t0 = time.perf_counter()
     size = backbone.img_size
@@ -353,8 +356,8 @@ def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: dict[i
                                 threads=score_threads())
         chosen = {layer: m.cpu() for layer, m in chosen.items()}  # to save: from the device once per batch
     clock["score"] += time.perf_counter() - t0
-    return [(meta, {layer: m[b] for layer, m in chosen.items()}, image_rows)
-            for b, (meta, image_rows) in enumerate(zip(metas, rows))]
+    return ([(meta, {layer: m[b] for layer, m in chosen.items()}, image_rows)
+             for b, (meta, image_rows) in enumerate(zip(metas, rows))], chosen, targets)
 
 
 def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, names: dict[int, list[str]], item: Item,

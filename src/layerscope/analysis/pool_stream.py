@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..methods.upsample import upsample as upsample_maps
-from ..metrics.localization import MaskCells, top_score
-from ..metrics.pooled_runs import CandidateRuns, Runs
+from ..metrics.localization import Cells, MaskCells, top_score
+from ..metrics.pooled_cells import LayerCells
 from ..runtime import one_thread
 from ..results import catalog, layout
 from ..results.maps_io import load_maps
@@ -33,32 +33,33 @@ SCORES = tuple(catalog.IMAGE_SCORES.values())  # the image score columns: score_
 IMAGE_COLUMNS = ["id", "category", "defective", "regions", "defect_pixels", "normal_pixels"]
 
 
-def mask_counts(mask: torch.Tensor, valid: torch.Tensor | None, grids: Iterable[tuple[int, int]]
-                ) -> tuple[dict, dict[tuple[int, int], torch.Tensor]]:
+def mask_counts(mask: torch.Tensor, valid: torch.Tensor | None, grids: Iterable[tuple[int, int]],
+                cells_at: Callable[[tuple[int, int]], Cells] | None = None
+                ) -> tuple[dict, dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]]:
     """One image's row of the image table and its cells' counts at each grid.
 
     Args:
         mask: bool (S, S).
         valid: bool (S, S) or None.
         grids: the (h, w) grids of its maps.
+        cells_at: grid -> the mask's ``Cells`` there, where they are counted already (the scorer's); None:
+            counted here.
 
     Returns:
-        (``defective``, ``regions``, ``defect_pixels``, ``normal_pixels``) as a dict, and grid ->
-        float64 (3, h w) counts per cell: defect pixels, normal pixels, PRO weight.
+        (``defective``, ``regions``, ``defect_pixels``, ``normal_pixels``) as a dict, and grid -> (float32
+        (h w, 2) defect and normal pixels per cell, float64 (h w,) PRO weight per cell).
     """
-    counted = mask if valid is None else mask & valid
-    n_valid = counted.numel() if valid is None else int(valid.sum())
-    defect = int(counted.sum())
-    per_mask = MaskCells(mask, valid)
-    out, regions = {}, 0
+    cells_at = cells_at if cells_at is not None else MaskCells(mask, valid).at
+    out, regions, defect, normal = {}, 0, 0, 0
     for grid in grids:
-        cells = per_mask.at(grid)
-        regions = cells.regions.shape[1]
-        pro = (cells.regions / cells.regions.sum(0, keepdim=True)).sum(1) if regions else \
-            torch.zeros(grid[0] * grid[1], dtype=torch.float64)
-        out[grid] = torch.stack([cells.pos.double(), cells.neg.double(), pro])
-    row = {"defective": bool(mask.any()), "regions": regions, "defect_pixels": defect,
-           "normal_pixels": n_valid - defect}
+        cells = cells_at(grid)
+        pos, neg, regions_at = cells.pos.cpu(), cells.neg.cpu(), cells.regions.cpu()
+        regions = regions_at.shape[1]
+        pro = (regions_at / regions_at.sum(0, keepdim=True)).sum(1) if regions else \
+            torch.zeros(pos.shape[0], dtype=torch.float64)
+        out[grid] = (torch.stack([pos, neg], 1).float(), pro)
+        defect, normal = int(cells.n_pos), int(cells.n_neg)  # every pixel counted in one cell: any grid's sums
+    row = {"defective": bool(mask.any()), "regions": regions, "defect_pixels": defect, "normal_pixels": normal}
     return row, out
 
 
@@ -81,7 +82,8 @@ class PooledStream:
         self.index: dict[str, int] = {}
         self.candidates: list[dict] = []
         self.slots: dict[tuple[int, int], int] = {}  # (layer, map index) -> candidate
-        self.runs: list[CandidateRuns] = []
+        self.where: list[tuple[int, int]] = []  # candidate -> (layer, map index)
+        self.layers: dict[int, LayerCells] = {}  # layer -> its cells over the images added
         self.scores: list[dict[int, np.ndarray]] = []  # per candidate: image -> (len(SCORES),)
         self.nonfinite: dict[int, int] = {}
         self.covered: np.ndarray | None = None  # bool (n_images,) the images of this job; None: every image
@@ -105,7 +107,7 @@ class PooledStream:
                     self.candidates.append({"job": self.job, "model": meta.get("model", ""),
                                             "method": meta.get("method", ""), "layer": int(layer),
                                             "head": str(names[layer][k]), "upsample": self.mode})
-                    self.runs.append(CandidateRuns())
+                    self.where.append((int(layer), k))
                     self.scores.append({})
 
     def add_batch(self, images: Sequence[Mapping], maps: Mapping[int, torch.Tensor],
@@ -114,7 +116,8 @@ class PooledStream:
 
         Args:
             images: per image ``id``, ``category``, ``mask`` (bool (S, S) tensor or None: left out, as the
-                dataset-level protocol needs masks) and ``valid`` (bool (S, S) or None).
+                dataset-level protocol needs masks), ``valid`` (bool (S, S) or None) and optionally ``cells``
+                (grid -> the mask's ``Cells``, counted already; ``mask_counts``).
             maps: layer -> (B, K, h, w) the maps of the batch (any device).
             names: layer -> K map names.
             meta: ``model`` and ``method`` of the run.
@@ -134,16 +137,13 @@ class PooledStream:
                 image = images[b]
                 mask = torch.as_tensor(image["mask"]).bool()
                 valid = torch.as_tensor(image["valid"]).bool() if image.get("valid") is not None else None
-                row, at = mask_counts(mask, valid, set(grids.values()))
+                row, at = mask_counts(mask, valid, set(grids.values()), image.get("cells"))
                 image_id = str(image["id"])
                 if image_id not in self.index:
                     self.index[image_id] = len(self.image_rows)
                     self.image_rows.append({"id": image_id, "category": str(image.get("category") or ""), **row})
-                counts.append({g: c.to(device) for g, c in at.items()})
+                counts.append(at)
             idx = [self.index[str(images[b]["id"])] for b in keep]
-            by_category: dict[str, list[int]] = {}
-            for j, i in enumerate(idx):
-                by_category.setdefault(self.image_rows[i]["category"], []).append(j)
             for layer, m in maps.items():
                 m = m[keep].to(device)
                 k = m.shape[1]
@@ -161,17 +161,17 @@ class PooledStream:
                 for j, i in enumerate(idx):
                     for kk in range(k):
                         self.scores[self.slots[(layer, kk)]][i] = per_image[j, kk]
-                for category, js in by_category.items():
-                    scores = flat[js].transpose(0, 1).reshape(k, -1)  # (K, images x cells)
-                    cells = torch.cat([counts[j][grids[layer]] for j in js], 1)
-                    for kk in range(k):  # sorted when 8 batches' cells merge (``CandidateRuns``)
-                        self.runs[self.slots[(layer, kk)]].add(category, Runs(scores[kk], cells, grouped=False))
-                    self.held += (4 * k + 24) * cells.shape[1]
+                store = self.layers.get(layer)
+                if store is None:
+                    store = self.layers[layer] = LayerCells(flat.shape[-1])
+                grid = grids[layer]
+                self.held += store.add(flat, np.asarray(idx), torch.stack([c[grid][0] for c in counts]),
+                                       torch.stack([c[grid][1] for c in counts]))
         if self.held > STREAM_BYTES:
             log.info("dataset level: the pooled counts passed %.1f GiB; the pass at the end reads the saved maps "
                      "instead", STREAM_BYTES / 2 ** 30)
             self.dropped = True
-            self.runs = [CandidateRuns() for _ in self.runs]
+            self.layers = {}
         self.seconds += time.perf_counter() - t0
 
     def _image_scores(self, maps: torch.Tensor) -> torch.Tensor:
@@ -214,15 +214,26 @@ class PooledStream:
         return out
 
 
-def add_scored(stream: "PooledStream | None", items: Sequence[Mapping], scored: Sequence[tuple],
-               names: Mapping[int, Sequence[str]], model: str, method: str) -> None:
-    """Feed a study's scored batch (``study._score_batch``'s (meta, layer -> (K, h, w) maps, rows) per image)
-    to ``stream``; nothing when there is none (no dataset-level pass)."""
-    if stream is None or not scored:
+def add_scored(stream: "PooledStream | None", items: Sequence, maps: Mapping[int, torch.Tensor],
+               targets: Sequence, names: Mapping[int, Sequence[str]], model: str, method: str) -> None:
+    """Feed a study's scored batch to ``stream``; nothing when there is none (no dataset-level pass).
+
+    Args:
+        items: the batch's ``data.handover.Item`` s (or dicts with their ``id``, ``mask``, ``valid``,
+            ``category``).
+        maps: layer -> (B, K, h, w) the chosen maps.
+        targets: B ``scoring.target.Target`` or None: the scorer's ground truths, whose cell counts per grid
+            the stream reads instead of counting them again.
+    """
+    if stream is None or not items:
         return
-    maps = {layer: torch.stack([chosen[layer] for _, chosen, _ in scored]) for layer in scored[0][1]}
-    images = [item if isinstance(item, Mapping) else  # the study's data.handover.Item
-              {"id": item.id, "mask": item.mask, "valid": item.valid, "category": item.category} for item in items]
+    images = []
+    for item, target in zip(items, targets):
+        image = dict(item) if isinstance(item, Mapping) else \
+            {"id": item.id, "mask": item.mask, "valid": item.valid, "category": item.category}
+        if target is not None:
+            image["cells"] = target.cells
+        images.append(image)
     stream.add_batch(images, maps, {layer: names[layer] for layer in maps}, {"model": model, "method": method})
 
 

@@ -17,8 +17,9 @@ import torch
 
 
 def time_stream(device: str, images: int, batch: int, layers: int, maps: int, grid: int, size: int,
-                seed: int = 0) -> dict[str, float]:
-    """Seconds per image to add a study's batches to a ``PooledStream`` on ``device``, and to make its rows.
+                seed: int = 0, threads: int = 1) -> dict[str, float]:
+    """Seconds per image to add a study's batches to a ``PooledStream`` on ``device``, and to make its rows
+    (on ``threads`` threads, as a study does on ``runtime.score_threads()``).
 
     Returns:
         ``add`` and ``rows`` in seconds per image, and ``rows_count``.
@@ -49,7 +50,7 @@ def time_stream(device: str, images: int, batch: int, layers: int, maps: int, gr
             torch.cuda.synchronize()
         add += time.perf_counter() - t0
     t0 = time.perf_counter()
-    rows = stream_rows(stream)
+    rows = stream_rows(stream, threads=threads)
     return {"add": add / images, "rows": (time.perf_counter() - t0) / images, "rows_count": len(rows)}
 
 
@@ -62,15 +63,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--grid", type=int, default=37)
     p.add_argument("--size", type=int, default=518)
     p.add_argument("--devices", nargs="+", default=["cpu"])
+    p.add_argument("--threads", type=int, default=None, help="threads for the rows (default: a study's)")
     a = p.parse_args(argv)
+    from ..runtime import score_threads
+
+    threads = a.threads if a.threads is not None else score_threads()
     for device in a.devices:
         if device.startswith("cuda") and not torch.cuda.is_available():
             print(f"{device}: no CUDA device; skipped")
             continue
-        time_stream(device, min(a.images, a.batch), a.batch, a.layers, a.maps, a.grid, a.size)  # warm-up
-        t = time_stream(device, a.images, a.batch, a.layers, a.maps, a.grid, a.size)
+        time_stream(device, min(a.images, a.batch), a.batch, a.layers, a.maps, a.grid, a.size, threads=threads)
+        t = time_stream(device, a.images, a.batch, a.layers, a.maps, a.grid, a.size, threads=threads)
         print(f"dataset-level accumulators on {device}: {1000 * t['add']:.2f} ms per image added in batches of "
-              f"{a.batch}, {1000 * t['rows']:.2f} ms per image for the {t['rows_count']} rows at the end "
+              f"{a.batch}, {1000 * t['rows']:.2f} ms per image for the {t['rows_count']} rows at the end on {threads} "
+              f"thread{'s' if threads != 1 else ''} "
               f"({a.images} images, {a.layers} layers x {a.maps} maps on {a.grid}x{a.grid}, {a.size} px masks)",
               flush=True)
     return 0

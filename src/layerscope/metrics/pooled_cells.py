@@ -1,0 +1,276 @@
+"""Streamed pooled metrics: each layer's cells kept as batches come, each candidate sorted once at the end.
+
+The pooled curves (``metrics.pooled.group_metrics``) read, per distinct score of a row's cells, how many
+defect pixels, normal pixels and how much PRO weight score exactly that value. A run keeps, per layer, its
+images' cells as they come (``LayerCells.add``: the maps' scores and the masks' counts per cell, no sorting
+in the loop); at the end each candidate's scores are sorted once (``sort_cells``), and every row (a set of
+images: a defect type with the good images, or all of them) reads its cells off that one order
+(``LayerCells.row``): selecting cells keeps them sorted, so a row costs a pass over them, not a sort.
+
+Exact: pixel counts are integers (held in float32, exact up to 2^24 pixels per cell, summed in float64), so
+their sums are exact in any order; the PRO weights are float64 sums, equal to a pass over all cells up to
+their rounding where several cells with region weight tie.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .pooled import PooledMetrics
+
+__all__ = ["LayerCells", "SortedCells", "descending_keys", "row_metrics", "sort_cells"]
+
+_SIGN = np.uint32(0x80000000)
+_LOW = np.uint32(0x7FFFFFFF)
+
+
+def descending_keys(values: np.ndarray) -> np.ndarray:
+    """uint32 keys that sort ascending as the float32 ``values`` sort descending (-0.0 as 0.0).
+
+    A float's bits sort like the float for non-negative values and in reverse for negative ones; the
+    non-negative ones are inverted (highest first) below the negative ones, kept as they are (lowest last).
+    ``_flip(keys).view(np.float32)`` gives the values back.
+    """
+    bits = (np.asarray(values, dtype=np.float32) + np.float32(0.0)).view(np.uint32)  # + 0.0: -0.0 becomes 0.0
+    return _flip(bits)
+
+
+def _flip(bits: np.ndarray) -> np.ndarray:
+    """uint32 -> uint32: the non-negative floats' bits inverted, the negative ones' kept (its own inverse)."""
+    return np.where(bits >= _SIGN, bits, ~bits & _LOW)
+
+
+def sort_cells(values: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cells sorted from the highest score down, ties in their order.
+
+    On the CPU each score's key and its position are packed into one 64-bit integer and sorted by value:
+    NumPy's sort of plain integers is several times faster than an argsort (18 ms for 3 million cells on one
+    core, against 340 ms for a stable argsort of the keys). On a GPU, ``torch.sort`` (stable) there: the same
+    order.
+
+    Args:
+        values: float32, (N,), no NaN, N < 2^32.
+
+    Returns:
+        keys: uint32, (N,) the sorted scores' ``descending_keys`` (equal keys: equal scores).
+        order: int64, (N,) each sorted cell's position.
+    """
+    if isinstance(values, torch.Tensor):
+        if values.device.type != "cpu":
+            ranked, order = torch.sort(values.float(), descending=True, stable=True)
+            return descending_keys(ranked.cpu().numpy()), order.cpu().numpy()
+        values = values.numpy()
+    n = values.shape[0]
+    if n >= 2 ** 32:
+        raise ValueError(f"sort_cells: {n} cells, at most 2^32 - 1 can be sorted at once")
+    packed = descending_keys(values).astype(np.uint64)
+    packed <<= np.uint64(32)
+    packed |= np.arange(n, dtype=np.uint64)
+    packed.sort()
+    order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    packed >>= np.uint64(32)
+    return packed.astype(np.uint32), order
+
+
+@dataclass
+class SortedCells:
+    """One candidate's cells in score order (``LayerCells.sorted``): what its rows read.
+
+    Attributes:
+        keys: uint32, (N,) ``descending_keys`` of the scores, ascending (equal keys: one score).
+        order: int64, (N,) each sorted cell's position in storage order.
+        defect: float32, (N,) each sorted cell's defect pixels.
+        normal: float64, (N,) each sorted cell's normal pixels.
+        pro: float64, (N,) each cell's PRO weight, in storage order.
+        cells_per_image: cells per stored image.
+    """
+
+    keys: np.ndarray
+    order: np.ndarray
+    defect: np.ndarray
+    normal: np.ndarray
+    pro: np.ndarray
+    cells_per_image: int
+
+    @functools.cached_property
+    def image(self) -> np.ndarray:
+        """int64, (N,) each sorted cell's stored image (row of ``LayerCells``)."""
+        return self.order // self.cells_per_image
+
+    @functools.cached_property
+    def positive(self) -> np.ndarray:
+        """int64, (P,) the sorted positions of the cells holding defect pixels, ascending (the only cells with
+        PRO weight too: a region's pixels are defect pixels)."""
+        return np.flatnonzero(self.defect > 0)
+
+    @functools.cached_property
+    def negatives(self) -> np.ndarray:
+        """float64, (N,) normal pixels of the sorted cells, cumulated (exact: integers)."""
+        return np.cumsum(self.normal)
+
+
+@dataclass
+class LayerCells:
+    """One layer's cells over a run's images: every candidate map's scores and the masks' counts per cell.
+
+    Attributes:
+        cells: cells per image (the layer's grid, or the mask's pixels for bilinear maps).
+        scores: per batch, float32 (B, K, cells): the K maps of each image.
+        images: per batch, int64 (B,) each image's index in the stream's image table.
+        pixels: per batch, float32 (B, cells, 2) defect and normal pixels per cell.
+        pro: per batch, float64 (B, cells) PRO weight per cell (``sum_r |r ∩ cell| / |r|``).
+    """
+
+    cells: int
+    scores: list[np.ndarray] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)
+    pixels: list[np.ndarray] = field(default_factory=list)
+    pro: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, scores: torch.Tensor, images: np.ndarray, pixels: torch.Tensor, pro: torch.Tensor) -> int:
+        """Keep a batch's cells; returns the bytes now held for them.
+
+        Args:
+            scores: (B, K, cells) the maps (any device; a GPU's stay there until ``sorted``).
+            images: (B,) the images' indices in the stream's image table.
+            pixels: (B, cells, 2) defect and normal pixels per cell.
+            pro: (B, cells) PRO weight per cell.
+        """
+        if scores.shape[-1] != self.cells or pixels.shape[1:] != (self.cells, 2):
+            raise ValueError(f"LayerCells.add: expected {self.cells} cells per image, got scores "
+                             f"{tuple(scores.shape)} and pixels {tuple(pixels.shape)}")
+        held = scores.float()
+        self.scores.append(held.numpy().copy() if held.device.type == "cpu" else held.clone())
+        self.images.append(np.asarray(images, dtype=np.int64))
+        self.pixels.append(pixels.float().cpu().numpy())
+        self.pro.append(pro.double().cpu().numpy())
+        return int(scores.shape[0]) * self.cells * (4 * int(scores.shape[1]) + 16)
+
+    def __len__(self) -> int:
+        return sum(len(i) for i in self.images)
+
+    def join(self) -> None:
+        """Each list's batches as one array (once the batches are in: what ``sorted`` reads; call it before
+        sorting from several threads)."""
+        for name in ("scores", "images", "pixels", "pro"):
+            parts = getattr(self, name)
+            if len(parts) > 1:
+                joined = torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
+                setattr(self, name, [joined])
+
+    def sorted(self, k: int) -> SortedCells:
+        """Map ``k``'s cells over every stored image, sorted from its highest score down."""
+        self.join()
+        if not self.images:
+            empty = np.zeros(0)
+            return SortedCells(np.zeros(0, np.uint32), np.zeros(0, np.int64), empty, empty, empty, self.cells)
+        scores, pixels, pro = self.scores[0], self.pixels[0], self.pro[0]
+        keys, order = sort_cells(scores[:, k].reshape(-1))
+        # the two float32 counts of a cell moved as one 64-bit word: one gather instead of two
+        moved = np.take(pixels.reshape(-1).view(np.uint64), order).view(np.float32).reshape(-1, 2)
+        return SortedCells(keys, order, moved[:, 0], moved[:, 1].astype(np.float64), pro.reshape(-1), self.cells)
+
+    def stored_images(self) -> np.ndarray:
+        """(R,) the stream's image index of each stored image, in storage order."""
+        self.join()
+        return self.images[0] if self.images else np.zeros(0, np.int64)
+
+
+def row_metrics(cells: SortedCells, rows: np.ndarray | None, n_regions: float,
+                fpr_limit: float = 0.3) -> PooledMetrics:
+    """Pooled AUROC, AUPRO, AP and best F1 of the cells of some stored images (a row of ``dataset_metrics``).
+
+    The values of ``metrics.pooled.group_metrics`` over the row's distinct scores, read from the cells that
+    hold defect pixels: every curve changes only where one of them is (the true positives, the PRO weight),
+    and between two of them only the normal pixels add up, whose running sum is one cumulative sum over the
+    row's cells. So a row costs that sum and a lookup per defect cell, not a pass per distinct score. The
+    terms are the same; sums of them group otherwise (last-bit differences).
+
+    Args:
+        cells: a candidate's sorted cells (``LayerCells.sorted``).
+        rows: bool, (R,) which stored images the row holds; None: all of them.
+        n_regions: the row's regions.
+        fpr_limit: upper end of the AUPRO integral, in (0, 1].
+
+    Returns:
+        ``PooledMetrics``; a field is NaN where it is undefined (as ``group_metrics``).
+    """
+    nan = float("nan")
+    if rows is None or rows.all():
+        keys, defect, negatives, positive = cells.keys, cells.defect, cells.negatives, cells.positive
+        at = positive
+    else:  # the row's cells, still sorted
+        chosen = np.flatnonzero(rows[cells.image])
+        keys, defect, negatives = cells.keys[chosen], cells.defect[chosen], np.cumsum(cells.normal[chosen])
+        positive = np.flatnonzero(defect > 0)
+        at = chosen[positive]
+    n_neg = float(negatives[-1]) if negatives.shape[0] else 0.0
+    # the row's distinct scores that hold defect pixels, with their counts
+    start = np.ones(positive.shape[0], dtype=bool)
+    group_keys = keys[positive]
+    np.not_equal(group_keys[1:], group_keys[:-1], out=start[1:])
+    starts = np.flatnonzero(start)
+    group_keys = group_keys[starts]
+    gp = np.add.reduceat(defect[positive], starts, dtype=np.float64) if starts.size else np.zeros(0)
+    first = np.searchsorted(keys, group_keys, "left")  # each such score's cells in the row
+    last = np.searchsorted(keys, group_keys, "right") - 1
+    fp = negatives[last] if last.size else np.zeros(0)  # normal pixels scoring >= each such score
+    above = np.where(first > 0, negatives[np.maximum(first - 1, 0)], 0.0) if first.size else np.zeros(0)
+    aupro = nan
+    if n_regions > 0 and n_neg > 0:
+        gpro = np.add.reduceat(cells.pro[cells.order[at]], starts) if starts.size else np.zeros(0)
+        aupro = _aupro(keys, negatives, n_neg, fp, above, np.cumsum(gpro) / n_regions, first, fpr_limit)
+    tp = np.cumsum(gp)
+    n_pos = float(tp[-1]) if tp.shape[0] else 0.0
+    if n_pos == 0:
+        return PooledMetrics(nan, aupro, nan, nan, nan)
+    auroc = nan
+    if n_neg > 0:
+        # each defect pixel beats the normal pixels below its score and ties half of those at it
+        auroc = float(np.dot(gp, (n_neg - fp) + 0.5 * (fp - above))) / (n_pos * n_neg)
+    ap = float(np.dot(gp, tp / (tp + fp))) / n_pos  # tp > 0 at every such score
+    f1 = tp / ((tp + fp) + n_pos)  # 2TP / (2TP + FP + FN) over 2; elsewhere TP stays and FP grows: no higher
+    best = int(np.argmax(f1))
+    threshold = float(_flip(group_keys[best:best + 1]).view(np.float32)[0])
+    return PooledMetrics(auroc, aupro, ap, 2.0 * float(f1[best]), threshold)
+
+
+def _aupro(keys: np.ndarray, negatives: np.ndarray, n_neg: float, fp: np.ndarray, above: np.ndarray,
+           y: np.ndarray, first: np.ndarray, fpr_limit: float) -> float:
+    """Normalised area under PRO(FPR) up to ``fpr_limit``, as ``metrics.pooled._aupro``.
+
+    The curve's points are the row's distinct scores; PRO changes only at the scores holding defect pixels
+    (``fp``, ``above``: the normal pixels at or above and strictly above each; ``y`` its PRO there;
+    ``first``: its first cell in the row's ``keys``). Between two of them the curve is flat, so the trapezoids
+    between them add up to one rectangle.
+    """
+    # the first cell past the limit: its score is the first point with FPR > limit (checked on the division)
+    c = int(np.searchsorted(negatives, fpr_limit * n_neg, side="right"))
+    while c < negatives.shape[0] and negatives[c] / n_neg <= fpr_limit:
+        c += 1
+    while c > 0 and negatives[c - 1] / n_neg > fpr_limit:
+        c -= 1
+    if c < negatives.shape[0]:
+        cross_first = int(np.searchsorted(keys, keys[c], "left"))
+        x_a = float(negatives[cross_first - 1]) / n_neg if cross_first else 0.0  # the last point inside
+        inside = int(np.searchsorted(first, cross_first, "left"))  # defect scores before the crossing one
+    else:
+        cross_first, inside = -1, fp.shape[0]
+        x_a = float(negatives[-1]) / n_neg
+    x, x_before = fp[:inside] / n_neg, above[:inside] / n_neg
+    area = 0.0
+    if inside:
+        y_in = y[:inside]
+        y_prev = np.concatenate([[0.0], y_in[:-1]])
+        x_next = np.concatenate([x_before[1:], [x_a]])
+        area = 0.5 * float(np.dot(x - x_before, y_prev + y_in) + np.dot(2.0 * y_in, x_next - x))
+    if cross_first >= 0:
+        y_a = float(y[inside - 1]) if inside else 0.0
+        y_b = float(y[inside]) if inside < first.shape[0] and first[inside] == cross_first else y_a
+        x_b = float(negatives[int(np.searchsorted(keys, keys[c], "right")) - 1]) / n_neg
+        y_lim = y_a + (y_b - y_a) * (fpr_limit - x_a) / (x_b - x_a)
+        area += 0.5 * (y_a + y_lim) * (fpr_limit - x_a)
+    return area / fpr_limit
