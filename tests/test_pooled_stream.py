@@ -58,16 +58,18 @@ def test_layer_cells_rows_equal_the_curves_over_the_distinct_scores_of_all_cells
         at = order[start:start + size]
         store.add(torch.from_numpy(scores[at]), at, torch.from_numpy(pixels[at]).float(), torch.from_numpy(pro[at]))
     assert len(store) == n_images
-    stored = store.stored_images()
+    draw = rng.integers(0, 4, n_images)  # a bootstrap draw's multiplicities
     for row in range(k):
         sorted_cells = store.sorted(row)
-        for chosen in (["crack"], ["good", "spot"], ["good", "spot", "crack"], ["good"]):
-            sel = np.isin(category, chosen)
+        for chosen in (["crack"], ["good", "spot"], ["good", "spot", "crack"], ["good"], "draw"):
+            weights = draw if chosen == "draw" else np.isin(category, chosen)
+            sel = weights > 0
             flat = scores[sel, row].ravel() + np.float32(0.0)
-            values, sums = _brute(flat, np.concatenate([pixels[sel].reshape(-1, 2), pro[sel].reshape(-1, 1)], 1))
+            counts = np.concatenate([pixels[sel].reshape(-1, 2), pro[sel].reshape(-1, 1)], 1)
+            values, sums = _brute(flat, counts * np.repeat(weights[sel], cells)[:, None])
             for limit in (0.3, 0.05, 1.0):
                 want = group_metrics(values.astype(np.float64), sums[:, 0], sums[:, 1], sums[:, 2], 7.0, limit)
-                got = row_metrics(sorted_cells, sel[stored], 7.0, limit)
+                got = row_metrics(sorted_cells, weights, 7.0, limit)
                 np.testing.assert_allclose(np.array(astuple(got)), np.array(astuple(want)), rtol=1e-12, atol=0)
     nothing = row_metrics(store.sorted(0), np.zeros(n_images, bool), 0.0)
     assert np.isnan(astuple(nothing)).all()

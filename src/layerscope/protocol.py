@@ -19,6 +19,7 @@ choice is ``heldout``.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -29,7 +30,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from .metrics.pooled import PooledMetrics, SortedCells, pooled_metrics
-from .metrics.pooled_cells import row_metrics
+from .metrics.pooled_cells import row_metrics, sort_candidate
 from .runtime import map_threads
 from .results import catalog, layout
 from .analysis.pool import SCORES, GridCells, Pool, build_pool
@@ -111,25 +112,30 @@ def _covered(cells: GridCells, images: int) -> np.ndarray:
 
 
 class _Candidate:
-    """One candidate's cells, sorted once; every metric is a weighted pass over them."""
+    """One candidate's cells, sorted once; every metric is a weighted pass over them (``metrics.pooled_cells``,
+    as the streamed rows)."""
 
     def __init__(self, pool: Pool, c: int, regions: np.ndarray | None = None, cells: GridCells | None = None):
         self.cells = pool.cells(c) if cells is None else cells
         self.scores = pool.scores(c)
-        self.sorted = SortedCells(self.scores)
         self.regions = pool.images["regions"].to_numpy(float) if regions is None else regions
         self.limit = pool.fpr_limit
         self.covered = _covered(self.cells, len(pool.images))
         self.image_scores = pool.image_scores[c]
+        self.sorted = sort_candidate(self.scores, np.stack([self.cells.pos, self.cells.neg], 1), self.cells.pro,
+                                     self.cells.image, np.flatnonzero(self.covered))
 
-    def metrics(self, image_weights: np.ndarray):
+    def metrics(self, image_weights: np.ndarray) -> PooledMetrics:
         w = image_weights * self.covered
-        return self.sorted.metrics(self.cells.pos, self.cells.neg, self.cells.pro, float((w * self.regions).sum()),
-                                   self.limit, weights=w[self.cells.image])
+        return row_metrics(self.sorted, w, float((w * self.regions).sum()), self.limit)
+
+    @functools.cached_property
+    def _by_threshold(self) -> SortedCells:
+        return SortedCells(self.scores)
 
     def at_threshold(self, t: float, image_weights: np.ndarray) -> dict:
         w = image_weights * self.covered
-        return self.sorted.at_threshold(t, self.cells.pos, self.cells.neg, weights=w[self.cells.image])
+        return self._by_threshold.at_threshold(t, self.cells.pos, self.cells.neg, weights=w[self.cells.image])
 
 
 def _bootstrap_weights(groups: Sequence[np.ndarray], n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -194,12 +200,12 @@ def stream_rows(stream: PooledStream, categories: list[tuple[str, np.ndarray]] |
         image_scores, bad = stream.image_scores(c), stream.nonfinite.get(c, 0)
         layer, k = stream.where[c]
         store = stream.layers[layer]
-        cells, stored = store.sorted(k), store.stored_images()  # sorted once; every row selects from it
+        cells = store.sorted(k)  # sorted once; every row selects from it
         rows = []
         for category, chosen in categories:
             sel = chosen & covered
             w = sel.astype(float) * covered  # the images' weights of the pass over every cell
-            m = row_metrics(cells, sel[stored], float((w * regions).sum()), stream.fpr_limit)
+            m = row_metrics(cells, sel, float((w * regions).sum()), stream.fpr_limit)
             rows.append(_row(cand, category, sel, m, image_scores, columns, bad,
                              numbers[c] if numbers is not None else c))
         return rows

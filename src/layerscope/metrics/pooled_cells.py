@@ -21,7 +21,7 @@ import torch
 
 from .pooled import PooledMetrics
 
-__all__ = ["LayerCells", "SortedCells", "descending_keys", "row_metrics", "sort_cells"]
+__all__ = ["LayerCells", "SortedCells", "descending_keys", "row_metrics", "sort_candidate", "sort_cells"]
 
 _SIGN = np.uint32(0x80000000)
 _LOW = np.uint32(0x7FFFFFFF)
@@ -77,7 +77,7 @@ def sort_cells(values: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 @dataclass
 class SortedCells:
-    """One candidate's cells in score order (``LayerCells.sorted``): what its rows read.
+    """One candidate's cells in score order (``sort_candidate``): what its rows read.
 
     Attributes:
         keys: uint32, (N,) ``descending_keys`` of the scores, ascending (equal keys: one score).
@@ -85,7 +85,8 @@ class SortedCells:
         defect: float32, (N,) each sorted cell's defect pixels.
         normal: float64, (N,) each sorted cell's normal pixels.
         pro: float64, (N,) each cell's PRO weight, in storage order.
-        cells_per_image: cells per stored image.
+        images: int, (N,) each cell's image (index into the image table), in storage order.
+        present: the images that have cells.
     """
 
     keys: np.ndarray
@@ -93,12 +94,13 @@ class SortedCells:
     defect: np.ndarray
     normal: np.ndarray
     pro: np.ndarray
-    cells_per_image: int
+    images: np.ndarray
+    present: np.ndarray
 
     @functools.cached_property
     def image(self) -> np.ndarray:
-        """int64, (N,) each sorted cell's stored image (row of ``LayerCells``)."""
-        return self.order // self.cells_per_image
+        """(N,) each sorted cell's image."""
+        return np.take(self.images, self.order)
 
     @functools.cached_property
     def positive(self) -> np.ndarray:
@@ -110,6 +112,24 @@ class SortedCells:
     def negatives(self) -> np.ndarray:
         """float64, (N,) normal pixels of the sorted cells, cumulated (exact: integers)."""
         return np.cumsum(self.normal)
+
+
+def sort_candidate(scores: torch.Tensor | np.ndarray, pixels: np.ndarray, pro: np.ndarray, images: np.ndarray,
+                   present: np.ndarray) -> SortedCells:
+    """A candidate's cells sorted from its highest score down, with their counts in that order.
+
+    Args:
+        scores: float32, (N,) the map's score per cell (no NaN; on any device).
+        pixels: float32, (N, 2) defect and normal pixels per cell.
+        pro: float64, (N,) PRO weight per cell.
+        images: int, (N,) each cell's image.
+        present: the images that have cells.
+    """
+    keys, order = sort_cells(scores)
+    # the two float32 counts of a cell moved as one 64-bit word: one gather instead of two
+    packed = np.ascontiguousarray(pixels, dtype=np.float32).reshape(-1).view(np.uint64)
+    moved = np.take(packed, order).view(np.float32).reshape(-1, 2)
+    return SortedCells(keys, order, moved[:, 0], moved[:, 1].astype(np.float64), pro, images, present)
 
 
 @dataclass
@@ -129,6 +149,7 @@ class LayerCells:
     images: list[np.ndarray] = field(default_factory=list)
     pixels: list[np.ndarray] = field(default_factory=list)
     pro: list[np.ndarray] = field(default_factory=list)
+    _cell_images: np.ndarray | None = field(default=None, init=False, repr=False)  # (R cells,) each cell's image
 
     def add(self, scores: torch.Tensor, images: np.ndarray, pixels: torch.Tensor, pro: torch.Tensor) -> int:
         """Keep a batch's cells; returns the bytes now held for them.
@@ -147,6 +168,7 @@ class LayerCells:
         self.images.append(np.asarray(images, dtype=np.int64))
         self.pixels.append(pixels.float().cpu().numpy())
         self.pro.append(pro.double().cpu().numpy())
+        self._cell_images = None
         return int(scores.shape[0]) * self.cells * (4 * int(scores.shape[1]) + 16)
 
     def __len__(self) -> int:
@@ -160,53 +182,60 @@ class LayerCells:
             if len(parts) > 1:
                 joined = torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
                 setattr(self, name, [joined])
+        if self._cell_images is None:
+            stored = self.images[0] if self.images else np.zeros(0, np.int64)
+            self._cell_images = np.repeat(stored.astype(np.int32), self.cells)
 
     def sorted(self, k: int) -> SortedCells:
         """Map ``k``'s cells over every stored image, sorted from its highest score down."""
         self.join()
+        images = self._cell_images
         if not self.images:
-            empty = np.zeros(0)
-            return SortedCells(np.zeros(0, np.uint32), np.zeros(0, np.int64), empty, empty, empty, self.cells)
-        scores, pixels, pro = self.scores[0], self.pixels[0], self.pro[0]
-        keys, order = sort_cells(scores[:, k].reshape(-1))
-        # the two float32 counts of a cell moved as one 64-bit word: one gather instead of two
-        moved = np.take(pixels.reshape(-1).view(np.uint64), order).view(np.float32).reshape(-1, 2)
-        return SortedCells(keys, order, moved[:, 0], moved[:, 1].astype(np.float64), pro.reshape(-1), self.cells)
-
-    def stored_images(self) -> np.ndarray:
-        """(R,) the stream's image index of each stored image, in storage order."""
-        self.join()
-        return self.images[0] if self.images else np.zeros(0, np.int64)
+            empty = np.zeros(0, np.float32)
+            return sort_candidate(empty, np.zeros((0, 2), np.float32), np.zeros(0), images, np.zeros(0, np.int64))
+        return sort_candidate(self.scores[0][:, k].reshape(-1), self.pixels[0].reshape(-1, 2),
+                              self.pro[0].reshape(-1), images, self.images[0])
 
 
-def row_metrics(cells: SortedCells, rows: np.ndarray | None, n_regions: float,
+def row_metrics(cells: SortedCells, weights: np.ndarray | None, n_regions: float,
                 fpr_limit: float = 0.3) -> PooledMetrics:
-    """Pooled AUROC, AUPRO, AP and best F1 of the cells of some stored images (a row of ``dataset_metrics``).
+    """Pooled AUROC, AUPRO, AP and best F1 of a candidate's cells over some images, each image weighted (a row of
+    ``dataset_metrics``, a bootstrap draw of one).
 
-    The values of ``metrics.pooled.group_metrics`` over the row's distinct scores, read from the cells that
-    hold defect pixels: every curve changes only where one of them is (the true positives, the PRO weight),
-    and between two of them only the normal pixels add up, whose running sum is one cumulative sum over the
-    row's cells. So a row costs that sum and a lookup per defect cell, not a pass per distinct score. The
+    The values of ``metrics.pooled.group_metrics`` over the distinct scores of the weighted cells, read from the
+    cells that hold defect pixels: every curve changes only where one of them is (the true positives, the PRO
+    weight), and between two of them only the normal pixels add up, whose running sum is one cumulative sum
+    over the cells. So a row costs that sum and a lookup per defect cell, not a pass per distinct score. The
     terms are the same; sums of them group otherwise (last-bit differences).
 
     Args:
-        cells: a candidate's sorted cells (``LayerCells.sorted``).
-        rows: bool, (R,) which stored images the row holds; None: all of them.
-        n_regions: the row's regions.
+        cells: a candidate's sorted cells (``sort_candidate``).
+        weights: (n_images,) each image's weight: bool (in the row or not) or a multiplicity (a bootstrap
+            draw's count); None: every image once.
+        n_regions: the weighted regions.
         fpr_limit: upper end of the AUPRO integral, in (0, 1].
 
     Returns:
         ``PooledMetrics``; a field is NaN where it is undefined (as ``group_metrics``).
     """
     nan = float("nan")
-    if rows is None or rows.all():
+    scale = None  # each defect cell's weight, where the weights are not 0 or 1
+    if weights is None or bool((weights[cells.present] == 1).all()):
         keys, defect, negatives, positive = cells.keys, cells.defect, cells.negatives, cells.positive
         at = positive
-    else:  # the row's cells, still sorted
-        chosen = np.flatnonzero(rows[cells.image])
-        keys, defect, negatives = cells.keys[chosen], cells.defect[chosen], np.cumsum(cells.normal[chosen])
+    else:  # the weighted cells, still sorted
+        w = weights[cells.image]
+        chosen = np.flatnonzero(w)
+        keys, defect, normal = cells.keys[chosen], cells.defect[chosen], cells.normal[chosen]
+        if weights.dtype != bool and not bool((w[chosen] == 1).all()):
+            w = w[chosen].astype(np.float64)
+            defect, normal = defect * w, normal * w
+        else:
+            w = None
+        negatives = np.cumsum(normal)
         positive = np.flatnonzero(defect > 0)
         at = chosen[positive]
+        scale = w[positive] if w is not None else None
     n_neg = float(negatives[-1]) if negatives.shape[0] else 0.0
     # the row's distinct scores that hold defect pixels, with their counts
     start = np.ones(positive.shape[0], dtype=bool)
@@ -221,7 +250,8 @@ def row_metrics(cells: SortedCells, rows: np.ndarray | None, n_regions: float,
     above = np.where(first > 0, negatives[np.maximum(first - 1, 0)], 0.0) if first.size else np.zeros(0)
     aupro = nan
     if n_regions > 0 and n_neg > 0:
-        gpro = np.add.reduceat(cells.pro[cells.order[at]], starts) if starts.size else np.zeros(0)
+        pro = cells.pro[cells.order[at]]
+        gpro = np.add.reduceat(pro * scale if scale is not None else pro, starts) if starts.size else np.zeros(0)
         aupro = _aupro(keys, negatives, n_neg, fp, above, np.cumsum(gpro) / n_regions, first, fpr_limit)
     tp = np.cumsum(gp)
     n_pos = float(tp[-1]) if tp.shape[0] else 0.0
