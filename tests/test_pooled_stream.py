@@ -58,11 +58,12 @@ def test_layer_cells_rows_equal_the_curves_over_the_distinct_scores_of_all_cells
         at = order[start:start + size]
         store.add(torch.from_numpy(scores[at]), at, torch.from_numpy(pixels[at]).float(), torch.from_numpy(pro[at]))
     assert len(store) == n_images
-    draw = rng.integers(0, 4, n_images)  # a bootstrap draw's multiplicities
+    draws = {"draw": rng.integers(0, 4, n_images),  # a bootstrap draw's multiplicities: most images weigh
+             "sparse draw": rng.integers(0, 4, n_images) * (rng.random(n_images) < 0.3)}  # few do
     for row in range(k):
         sorted_cells = store.sorted(row)
-        for chosen in (["crack"], ["good", "spot"], ["good", "spot", "crack"], ["good"], "draw"):
-            weights = draw if chosen == "draw" else np.isin(category, chosen)
+        for chosen in (["crack"], ["good", "spot"], ["good", "spot", "crack"], ["good"], *draws):
+            weights = draws[chosen] if isinstance(chosen, str) else np.isin(category, chosen)
             sel = weights > 0
             flat = scores[sel, row].ravel() + np.float32(0.0)
             counts = np.concatenate([pixels[sel].reshape(-1, 2), pro[sel].reshape(-1, 1)], 1)

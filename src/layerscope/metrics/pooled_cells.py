@@ -219,23 +219,32 @@ def row_metrics(cells: SortedCells, weights: np.ndarray | None, n_regions: float
         ``PooledMetrics``; a field is NaN where it is undefined (as ``group_metrics``).
     """
     nan = float("nan")
-    scale = None  # each defect cell's weight, where the weights are not 0 or 1
+    # keys and cumulated normal pixels of the row's cells (sorted); its defect cells' positions there, their
+    # sorted positions among all cells (``at``), their weights (None: 1) and weighted defect pixels
     if weights is None or bool((weights[cells.present] == 1).all()):
-        keys, defect, negatives, positive = cells.keys, cells.defect, cells.negatives, cells.positive
-        at = positive
-    else:  # the weighted cells, still sorted
+        keys, negatives, positive = cells.keys, cells.negatives, cells.positive
+        at, scale = positive, None
+    else:
         w = weights[cells.image]
-        chosen = np.flatnonzero(w)
-        keys, defect, normal = cells.keys[chosen], cells.defect[chosen], cells.normal[chosen]
-        if weights.dtype != bool and not bool((w[chosen] == 1).all()):
-            w = w[chosen].astype(np.float64)
-            defect, normal = defect * w, normal * w
-        else:
-            w = None
-        negatives = np.cumsum(normal)
-        positive = np.flatnonzero(defect > 0)
-        at = chosen[positive]
-        scale = w[positive] if w is not None else None
+        binary = weights.dtype == bool or bool(np.isin(weights[cells.present], (0, 1)).all())
+        if 2 * np.count_nonzero(weights[cells.present]) > cells.present.shape[0]:
+            # most images weigh (a bootstrap draw): every cell, a weightless one adding nothing
+            keys = cells.keys
+            positive = cells.positive[w[cells.positive] != 0]
+            negatives = np.multiply(cells.normal, w, dtype=np.float64)
+            np.cumsum(negatives, out=negatives)
+            at = positive
+        else:  # few images (a defect type's row): their cells alone, still sorted
+            chosen = np.flatnonzero(w)
+            keys = cells.keys[chosen]
+            normal = cells.normal[chosen]
+            negatives = np.cumsum(normal if binary else normal * w[chosen])
+            positive = np.flatnonzero(cells.defect[chosen] > 0)
+            at = chosen[positive]
+        scale = None if binary else w[at].astype(np.float64)
+    defect = cells.defect[at].astype(np.float64)
+    if scale is not None:
+        defect *= scale
     n_neg = float(negatives[-1]) if negatives.shape[0] else 0.0
     # the row's distinct scores that hold defect pixels, with their counts
     start = np.ones(positive.shape[0], dtype=bool)
@@ -243,7 +252,7 @@ def row_metrics(cells: SortedCells, weights: np.ndarray | None, n_regions: float
     np.not_equal(group_keys[1:], group_keys[:-1], out=start[1:])
     starts = np.flatnonzero(start)
     group_keys = group_keys[starts]
-    gp = np.add.reduceat(defect[positive], starts, dtype=np.float64) if starts.size else np.zeros(0)
+    gp = np.add.reduceat(defect, starts) if starts.size else np.zeros(0)
     first = np.searchsorted(keys, group_keys, "left")  # each such score's cells in the row
     last = np.searchsorted(keys, group_keys, "right") - 1
     fp = negatives[last] if last.size else np.zeros(0)  # normal pixels scoring >= each such score
