@@ -2,8 +2,8 @@
 
 What ``analysis.pool`` reads back from every saved map at the end, gathered while the maps are in hand:
 per image its row of the image table (category, defect and normal pixels, regions); per candidate map
-(layer, map) its image scores and its cells' counts at each distinct score per category of image
-(``metrics.pooled_runs``). ``protocol.stream_rows`` turns them into the rows of ``dataset_metrics.csv``,
+(layer, map) its image scores; per layer its cells (every map's scores and the mask's counts per cell,
+``metrics.pooled_cells.LayerCells``). ``protocol.stream_rows`` turns them into the rows of ``dataset_metrics.csv``,
 the same numbers as the pass over the saved maps. A resumed run feeds the images an earlier run finished
 from their saved maps (``add_saved``).
 """
@@ -26,8 +26,8 @@ from ..results.maps_io import load_maps
 
 log = logging.getLogger(__name__)
 
-# the counts a run holds in memory at most (about 28 bytes per distinct score of each candidate): beyond, it drops
-# them and the pass at the end reads the saved maps from disk instead, as ``analysis.pool`` does (same numbers)
+# the cells a run holds in memory at most (4 bytes per cell of each map, 16 per cell of each layer): beyond, it
+# drops them and the pass at the end reads the saved maps from disk instead, as ``analysis.pool`` does (same numbers)
 STREAM_BYTES = 2 * 2 ** 30
 SCORES = tuple(catalog.IMAGE_SCORES.values())  # the image score columns: score_max, score_topk
 IMAGE_COLUMNS = ["id", "category", "defective", "regions", "defect_pixels", "normal_pixels"]
