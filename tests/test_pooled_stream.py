@@ -240,3 +240,27 @@ def test_the_accumulator_timing_runs_on_the_cpu(capsys):
                               "--size", "24", "--devices", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "dataset-level accumulators on cpu:" in out and "for the 8 rows at the end" in out
+
+
+def test_rescore_writes_the_dataset_table_under_its_options(small_run, tmp_path):
+    """Rescoring with the run's options gives its ``dataset_metrics.csv`` byte for byte; with another AUPRO limit,
+    upsampling or top-k share, the table the pass over the saved maps gives a run configured that way."""
+    from omegaconf import OmegaConf
+
+    from layerscope.rescoring import dataset_table, rescore_dir
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    same = rescore_dir(run, [], "same.csv", progress=False)
+    assert dataset_table(same).read_text() == (run / layout.DATASET_METRICS).read_text()
+    changed = ["metrics.aupro_fpr_limit=0.05", "metrics.image_topk=0.2", "upsample=bilinear"]
+    other = rescore_dir(run, changed, "other.csv", progress=False)
+    reference = tmp_path / "reference"
+    shutil.copytree(small_run, reference)
+    config = OmegaConf.merge(OmegaConf.load(reference / layout.CONFIG), OmegaConf.from_dotlist(changed))
+    OmegaConf.save(config, reference / layout.CONFIG)
+    write_dataset_metrics(reference, n_boot=0)
+    got, want = pd.read_csv(dataset_table(other)), pd.read_csv(reference / layout.DATASET_METRICS)
+    pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-12)
+    assert (got["upsample"] == "bilinear").all()
+    assert not got["aupro"].equals(pd.read_csv(run / layout.DATASET_METRICS)["aupro"])  # the options did change it

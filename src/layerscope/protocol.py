@@ -337,8 +337,12 @@ def write_dataset_metrics(folder: Path, n_boot: int = 200, seed: int = 0, progre
                 pool.close()
     folder = Path(folder)
     for job, part in table.groupby("job", sort=False):
-        out = (folder / job if job != "." else folder) / layout.DATASET_METRICS
-        tmp = out.with_suffix(".csv.tmp")
-        part.to_csv(tmp, index=False, float_format="%.9g")  # float32 thresholds round-trip
-        tmp.replace(out)
+        write_table(part, (folder / job if job != "." else folder) / layout.DATASET_METRICS)
     return table
+
+
+def write_table(table: pd.DataFrame, out: Path) -> None:
+    """``dataset_metrics`` rows into ``out`` (CSV), atomically: the old file or the new one, never a part."""
+    tmp = out.with_suffix(".csv.tmp")
+    table.reindex(columns=COLUMNS).to_csv(tmp, index=False, float_format="%.9g")  # float32 thresholds round-trip
+    tmp.replace(out)

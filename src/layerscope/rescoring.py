@@ -1,13 +1,17 @@
 """Score a finished run again from its saved maps, with new thresholds or metric options; no model runs.
 
 The library behind ``layerscope-rescore`` (``cli/rescore.py``): a run folder's maps are rescored into a
-table beside its ``results.csv``, with the same columns, so ``layerscope-report --results NAME`` ranks it.
-``metrics.faithfulness*`` need the model and are not rescored (their columns stay empty).
+table beside its ``results.csv``, with the same columns, so ``layerscope-report --results NAME`` ranks it,
+and, where the maps have masks, into the dataset-level table under the new options (``upsample``,
+``metrics.aupro_fpr_limit``, ``metrics.image_topk``), from the same accumulators a run feeds in its loop
+(``analysis.pool_stream``). ``metrics.faithfulness*`` need the model and are not rescored (their columns
+stay empty).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
@@ -15,6 +19,9 @@ from tqdm import tqdm
 from .results.layout import CONFIG, MAPS, RESULTS, map_files
 from .results.maps_io import check_same_layout, load_maps
 from .analysis.pool import warn_missing_maps
+from .analysis.pool_stream import PooledStream, add_scored
+from .protocol import stream_rows, write_table
+from .runtime import score_threads
 from .results.table import ResultsWriter
 from .scoring import ScoreOptions, Target, image_rows
 
@@ -49,6 +56,7 @@ def rescore_dir(run_dir: Path, overrides: list[str], out_name: str, progress: bo
     partial = out.with_suffix(".partial.csv")
     partial.unlink(missing_ok=True)  # a rescoring cut short earlier
     writer = ResultsWriter(partial)
+    stream = PooledStream(".", opts.upsample, opts.fpr_limit, opts.topk)
     ok = False
     try:
         files = map_files(run_dir)
@@ -67,6 +75,13 @@ def rescore_dir(run_dir: Path, overrides: list[str], out_name: str, progress: bo
             except ValueError as e:  # checked maps should score; name the file if one does not
                 raise ValueError(f"{path}: {e}") from None
             writer.write(rows)
+            meta = saved["meta"]
+            add_scored(stream, [{"id": str(meta.get("image", path.stem)), "category": meta.get("category"),
+                                 "mask": target.mask if target is not None else None, "valid": target.valid
+                                 if target is not None else None}], {layer: m[None] for layer, m in maps.items()},
+                       [target], saved["names"], str(meta.get("model", "")), str(meta.get("method", "")))
+        if stream.image_rows and not stream.dropped:
+            write_table(pd.DataFrame(stream_rows(stream, threads=score_threads())), dataset_table(out))
         ok = True
     finally:
         writer.close()
@@ -76,4 +91,9 @@ def rescore_dir(run_dir: Path, overrides: list[str], out_name: str, progress: bo
             partial.unlink(missing_ok=True)
     OmegaConf.save(cfg, run_dir / f"{Path(out_name).stem}.config.yaml")
     return out
+
+
+def dataset_table(out: Path) -> Path:
+    """The dataset-level table written beside a rescored table ``out``: ``<stem>.dataset_metrics.csv``."""
+    return out.with_name(f"{out.stem}.dataset_metrics.csv")
 
