@@ -140,21 +140,94 @@ def in_sorted_order(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return values.reshape(b * n, c).index_select(0, (order + base).flatten()).view(b * r, n, c)
 
 
-def group_sums_per_row(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
-    """``rank_groups.group_sums`` with each row's own image's weights: (B x R, n) ranked rows, weights (B, n, C)
-    -> (B x R, n, C).
+def in_sorted_order_channels(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``in_sorted_order`` with the channels first: values (B, n, C), order (B x R, n) -> (C, B x R, n).
 
-    A row without ties has one item per group: its sums are its weights in sorted order (0 + w is w), so
-    only rows with ties are summed.
+    One gather along the cells of the (C, B n) channels (NumPy's ``take`` on a CPU: about twice as fast).
     """
-    rows, n = ranked.order.shape
-    b, _, c = weights.shape
-    w = in_sorted_order(weights.double(), ranked.order)
+    b, n, c = values.shape
+    r = order.shape[0] // b
+    base = (torch.arange(b, device=order.device) * n).repeat_interleave(r).unsqueeze(1)
+    index = (order + base).flatten()
+    channels = values.permute(2, 0, 1).reshape(c, b * n).contiguous()
+    if values.device.type == "cpu":
+        return torch.from_numpy(np.take(channels.numpy(), index.numpy(), axis=1)).view(c, b * r, n)
+    return channels.index_select(1, index).view(c, b * r, n)
+
+
+def group_sums_per_row(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
+    """Sums of each row's own image's weights over its tie groups, each at its group's last sorted position:
+    (B x R, n) ranked rows, weights (B, n, C) -> (C, B x R, n) float64, channels first (each contiguous, as
+    the rank metrics read it).
+
+    This is ``rank_groups.group_sums`` before it closes the sums up to the row's front (``close_up``), which
+    leaves every sum where it was computed: a row without ties (one item per group) is its weights in sorted
+    order (0 + w is w: the weights are counts and shares, never -0.0), and a row with ties (float32 collisions:
+    few) changes only at its tied items. A group's items are added in sorted order, first to last, as
+    ``index_add_`` adds them (the same bits); its other items then hold 0.
+    """
+    w = in_sorted_order_channels(weights.double(), ranked.order)  # (C, B x R, n)
+    n = ranked.order.shape[1]
     tied = torch.nonzero(ranked.n_groups < n).flatten()
     if tied.numel() == 0:
         return w
-    offsets = torch.arange(tied.numel(), device=w.device).unsqueeze(1) * n
-    sums = torch.zeros(tied.numel() * n, c, dtype=torch.float64, device=w.device)
-    sums.index_add_(0, (ranked.group[tied] + offsets).flatten(), w[tied].reshape(-1, c))
-    w[tied] = sums.view(-1, n, c)
+    group = ranked.group[tied]
+    row, pos = torch.nonzero(group[:, 1:] == group[:, :-1], as_tuple=True)  # items followed by one of their group
+    row = tied[row]
+    # each such item's depth in its run of joined items (row-major: ascending positions within a row)
+    index = torch.arange(row.numel(), device=w.device)
+    chained = torch.zeros(row.numel(), dtype=torch.bool, device=w.device)
+    chained[1:] = (row[1:] == row[:-1]) & (pos[1:] == pos[:-1] + 1)
+    depth = index - torch.cummax(torch.where(chained, 0, index), 0).values
+    longest = int(depth.max()) + 1
+    if longest > _LONGEST_CHAIN:  # a long tie group (a flat region): one index_add_ for the tied rows
+        c, t = w.shape[0], tied.numel()
+        offsets = torch.arange(t, device=w.device).unsqueeze(1) * n
+        sums = torch.zeros(t * n, c, dtype=torch.float64, device=w.device)
+        sums.index_add_(0, (group + offsets).flatten(), w[:, tied].permute(1, 2, 0).reshape(-1, c))
+        ends = torch.ones_like(group, dtype=torch.bool)
+        ends[:, :-1] = group[:, 1:] != group[:, :-1]
+        spread = torch.zeros(c, t, n, dtype=torch.float64, device=w.device)
+        spread[:, ends] = sums.view(t, n, c).permute(2, 0, 1)[:, torch.arange(n, device=w.device) <
+                                                                ranked.n_groups[tied].unsqueeze(1)]
+        w[:, tied] = spread
+        return w
+    for d in range(longest):  # the sum so far moves on to the next item of its group
+        at = depth == d
+        w[:, row[at], pos[at] + 1] += w[:, row[at], pos[at]]
+    w[:, row, pos] = 0.0
     return w
+
+
+# the longest run of tied items summed item by item (one vectorised step per item) before ``index_add_`` is used
+_LONGEST_CHAIN = 16
+
+
+def close_up(values: torch.Tensor, ranked: Ranked, descending: bool = False) -> torch.Tensor:
+    """Per-group values at their groups' last sorted positions (``group_sums_per_row``'s layout) moved to the
+    front of each row, group ``g`` to position ``g``, zeros after the row's last group (``group_sums``' layout).
+
+    Args:
+        values: (B x R, n), each group's value at its last item, anything at its other items.
+        ranked: the rows' ranking.
+        descending: ``values`` lists the items from the highest (``values[:, s]`` is item ``n - 1 - s``), and
+            so does the result (its zeros first).
+
+    Returns:
+        (B x R, n), a new tensor where a row has ties, else ``values``' rows as they are.
+    """
+    n = values.shape[1]
+    tied = torch.nonzero(ranked.n_groups < n).flatten()
+    if tied.numel() == 0:
+        return values
+    group = ranked.group[tied]
+    joined = torch.zeros_like(group)  # items per group joined to a later one: how far its last item lies ahead
+    row, pos = torch.nonzero(group[:, 1:] == group[:, :-1], as_tuple=True)
+    joined.index_put_((row, group[row, pos]), torch.ones_like(row), accumulate=True)
+    source = torch.arange(n, device=values.device) + torch.cumsum(joined, 1)  # group g's last item
+    inside = source < n
+    if descending:
+        source, inside = torch.flip(n - 1 - source, [1]), torch.flip(inside, [1])
+    out = values.clone()
+    out[tied] = torch.where(inside, values[tied].gather(1, source.clamp(0, n - 1)), torch.zeros_like(out[tied]))
+    return out

@@ -207,17 +207,37 @@ def aupro_from_groups(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float
     Returns:
         (R,) float64.
     """
-    zero = torch.zeros_like(g_pro[:, :1])
+    return aupro_segments(g_pro, g_fpr, fpr_limit).sum(-1) / fpr_limit
+
+
+def aupro_segments(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float) -> torch.Tensor:
+    """The area each segment of the PRO(FPR) curve adds below ``fpr_limit`` (``aupro_from_groups`` sums them).
+
+    Args:
+        g_pro, g_fpr: (R, G) each group's share of PRO and of FPR, ascending score order (zero groups allowed
+            anywhere: they add zero-width segments).
+        fpr_limit: in (0, 1].
+
+    Returns:
+        (R, G) float64: entry ``[r, s]`` is the segment that adds group ``G - 1 - s`` (from the highest).
+    """
+    rows, n = g_fpr.shape
+    zero = torch.zeros_like(g_fpr[:, :1])
     # from the highest group down; the trailing zero groups come first and add zero-width segments at (0, 0)
-    pro = torch.cat([zero, torch.cumsum(torch.flip(g_pro, [-1]), -1)], -1)
     fpr = torch.cat([zero, torch.cumsum(torch.flip(g_fpr, [-1]), -1)], -1)
-    x0, x1, y0, y1 = fpr[:, :-1], fpr[:, 1:], pro[:, :-1], pro[:, 1:]
+    # a segment that starts at or past the limit adds nothing: only those before the last one that starts below
+    # it in some row are computed (FPR rises fast: about the limit's share of the groups)
+    below = (fpr[:, :-1] < fpr_limit).any(0)
+    m = int(torch.nonzero(below).max()) + 1 if bool(below.any()) else 0
+    pro = torch.cat([zero, torch.cumsum(torch.flip(g_pro[:, n - m:], [-1]), -1)], -1)  # the first m + 1 points
+    x0, x1, y0, y1 = fpr[:, :m], fpr[:, 1:m + 1], pro[:, :-1], pro[:, 1:]
     cut = x1 > fpr_limit  # the segment that crosses the limit ends there, interpolated
     step = torch.where(cut, x1 - x0, torch.ones_like(x1))  # x1 > limit > x0 where it is used: never 0 there
     y1 = torch.where(cut, y0 + (y1 - y0) * (fpr_limit - x0) / step, y1)
     x1 = torch.where(cut, torch.full_like(x1, fpr_limit), x1)
-    area = torch.where(x0 < fpr_limit, (x1 - x0) * (y0 + y1) / 2, torch.zeros_like(x0))
-    return area.sum(-1) / fpr_limit
+    area = torch.zeros_like(g_fpr)
+    area[:, :m] = torch.where(x0 < fpr_limit, (x1 - x0) * (y0 + y1) / 2, torch.zeros_like(x0))
+    return area
 
 
 def pro_fpr_weights(cells: Cells) -> tuple[torch.Tensor, torch.Tensor]:

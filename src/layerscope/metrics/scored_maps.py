@@ -111,7 +111,7 @@ class ScoredMaps:
 
     @cached_property
     def group_sums(self) -> torch.Tensor:
-        """(B' x R, n, 4) float64 sums over each ranked map's tie groups (ascending) of the mask pixels, background
+        """(4, B' x R, n) float64 sums over each ranked map's tie groups (ascending) of the mask pixels, background
         pixels, share of PRO and share of FPR of its image's cells (zero where an image has no regions)."""
         b, n = self.pos.shape
         device = self.maps.device

@@ -19,6 +19,6 @@ def compute(maps: ScoredMaps) -> torch.Tensor:
     from ..localization import iou_oracle_from_groups
 
     g = maps.group_sums
-    rows = g.shape[0] // len(maps.cells)
-    oracle = iou_oracle_from_groups(g[..., 0], g[..., 1], maps.n_pos.repeat_interleave(rows).unsqueeze(-1)).float()
+    rows = g.shape[1] // len(maps.cells)
+    oracle = iou_oracle_from_groups(g[0], g[1], maps.n_pos.repeat_interleave(rows).unsqueeze(-1)).float()
     return maps.per_image([c.n_pos > 0 for c in maps.cells], maps.rows_per_image(oracle))
