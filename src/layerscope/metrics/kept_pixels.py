@@ -33,19 +33,30 @@ def kept_pixels(flat: torch.Tensor, thresholds: Sequence[float], rule: str, pos:
 
     Returns:
         (inter, kept_neg, ranked): (B, R, T) float64 pixel counts; the (B x R, n) rows ranked as the
-        rank metrics of each image need them (the threshold's sort where every map of that image is
-        non-negative, else a sort of the maps themselves in float64: a shift may merge ties).
+        rank metrics of each image need them (the maps themselves, a shift may merge ties; where an image has a
+        signed map, a row with three or more equal values in ``torch.sort``'s order of its float64 values).
     """
     b, r, n = flat.shape
     rows = flat.reshape(b * r, n)
+    # one sort of the maps themselves serves both: shifting is monotone, so the maps' ascending order also sorts
+    # the shifted maps, whose sorted values are then the sorted maps shifted (any ascending order of a row gives
+    # the same sequence of values: the level sums and the cuts are the threshold's own)
+    ranked_values, order, ties, own_rank = sort_rows(rows, shortcuts)
+    ranked_order, own = order, own_rank
     if rule == "keep_mass":
         low = rows.amin(dim=-1, keepdim=True)
-        sorted_rows = torch.where(low < 0, rows - low, rows)  # as keep_mass_maps: signed maps start at 0
-        signed = (low < 0).view(b, r).any(1)  # per image: its rank metrics then sort the unshifted maps
+        shift = (low < 0).squeeze(-1)  # as keep_mass_maps: signed maps start at 0
+        signed = shift.view(b, r).any(1)  # per image: its rank metrics then sort a row's ties in float64
+        values = torch.where(shift.unsqueeze(-1), ranked_values - low, ranked_values)
+        own = own_rank & ~shift  # a shifted row's order is not torch.sort's of its shifted values
+        broken = torch.nonzero(low.squeeze(-1) == float("-inf")).flatten()  # -inf - -inf is NaN, which sorts last
+        if broken.numel():
+            order = order.clone()
+            values[broken], order[broken] = torch.sort(rows[broken] - low[broken], dim=-1)
+            own[broken] = True
     else:
-        sorted_rows = rows
+        values = ranked_values
         signed = torch.zeros(b, dtype=torch.bool, device=flat.device)
-    values, order, ties, own = sort_rows(sorted_rows, shortcuts)
     if rule == "keep_mass":
         level = torch.cumsum(values / values.sum(dim=-1, keepdim=True), dim=-1)
         cut = torch.tensor([1 - t for t in thresholds], dtype=level.dtype, device=flat.device)
@@ -72,7 +83,11 @@ def kept_pixels(flat: torch.Tensor, thresholds: Sequence[float], rule: str, pos:
         start, redo = None, ~own
     if bool(redo.any()):
         index = torch.nonzero(redo).flatten()
-        values[index], order[index] = torch.sort(sorted_rows[index], dim=-1)
+        order = order.clone() if order is ranked_order else order  # the rank metrics keep theirs
+        sorted_rows = rows[index]
+        if rule == "keep_mass":
+            sorted_rows = torch.where(shift[index].unsqueeze(-1), sorted_rows - low[index], sorted_rows)
+        order[index] = torch.sort(sorted_rows, dim=-1).indices  # the same values: only the order of ties changes
     sorted_counts = in_sorted_order(counts, order)  # (B x R, n, 2) each row's pixels in its sorted order
     if monotone:
         # every threshold keeps a top block of the sorted order, whose size one binary search found
@@ -81,14 +96,12 @@ def kept_pixels(flat: torch.Tensor, thresholds: Sequence[float], rule: str, pos:
     else:  # NaN or infinite values somewhere in the batch: cell by cell, as the threshold does
         keep = (level.unsqueeze(1) > cut.view(1, -1, 1)) & gate.view(-1, 1, 1) & ~empty.view(-1, 1, 1)
         kept = torch.einsum("rtn,rnc->rtc", keep.double(), sorted_counts.double())
-    ranked = Ranked.from_sorted(values, order)
-    # those images' rank metrics sort the unshifted maps in float64 (a shift may merge ties). A row the shift
-    # left without ties had none before it either: its one ascending order is the one found already; so is a
-    # row that was not shifted (float64 holds float32 exactly) whose only ties are pairs (sums over a pair commute)
-    shifted = (low < 0).squeeze(-1) if rule == "keep_mass" else torch.zeros_like(ties)
-    again = signed.repeat_interleave(r) & ties & (shifted | own)
+    # the rank metrics' order: a redone row changed only the order of pairs (sums over a pair commute). An image
+    # with a signed map ranks a row holding three or more equal values (or a NaN) by its float64 values
+    again = signed.repeat_interleave(r) & ties & own_rank
+    ranked = Ranked.from_sorted(ranked_values, ranked_order)
     if bool(again.any()):
-        values64, order64, _, _ = sort_rows(rows[again].double(), shortcuts)
+        values64, order64 = torch.sort(rows[again].double(), dim=-1)
         redone = Ranked.from_sorted(values64, order64)
         order_all, group_all = ranked.order.clone(), ranked.group.clone()
         order_all[again], group_all[again] = redone.order, redone.group
