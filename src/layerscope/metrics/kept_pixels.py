@@ -216,31 +216,34 @@ def group_sums_per_row(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
 _LONGEST_CHAIN = 16
 
 
-def close_up(values: torch.Tensor, ranked: Ranked, descending: bool = False) -> torch.Tensor:
-    """Per-group values at their groups' last sorted positions (``group_sums_per_row``'s layout) moved to the
-    front of each row, group ``g`` to position ``g``, zeros after the row's last group (``group_sums``' layout).
+def close_up(values: torch.Tensor, width: int, ranked: Ranked) -> torch.Tensor:
+    """Per-group values at their groups' last sorted positions (``group_sums_per_row``'s layout), listed from the
+    highest item, moved into ``group_sums``' layout listed from the highest: each row's zero groups first, then
+    its groups from the highest down (AUPRO's segments, whose sum must see them where ``group_sums`` puts them).
 
     Args:
-        values: (B x R, n), each group's value at its last item, anything at its other items.
+        values: (B x R, n), ``values[:, s]`` for item ``n - 1 - s``: each group's value at its last item, zero
+            at its other items, and zero from column ``width`` on.
+        width: as above.
         ranked: the rows' ranking.
-        descending: ``values`` lists the items from the highest (``values[:, s]`` is item ``n - 1 - s``), and
-            so does the result (its zeros first).
 
     Returns:
-        (B x R, n), a new tensor where a row has ties, else ``values``' rows as they are.
+        ``values``, its rows with ties rewritten.
     """
     n = values.shape[1]
     tied = torch.nonzero(ranked.n_groups < n).flatten()
-    if tied.numel() == 0:
+    if tied.numel() == 0 or width == 0:
         return values
     group = ranked.group[tied]
-    joined = torch.zeros_like(group)  # items per group joined to a later one: how far its last item lies ahead
-    row, pos = torch.nonzero(group[:, 1:] == group[:, :-1], as_tuple=True)
-    joined.index_put_((row, group[row, pos]), torch.ones_like(row), accumulate=True)
-    source = torch.arange(n, device=values.device) + torch.cumsum(joined, 1)  # group g's last item
-    inside = source < n
-    if descending:
-        source, inside = torch.flip(n - 1 - source, [1]), torch.flip(inside, [1])
-    out = values.clone()
-    out[tied] = torch.where(inside, values[tied].gather(1, source.clamp(0, n - 1)), torch.zeros_like(out[tied]))
-    return out
+    row, pos = torch.nonzero(group[:, 1:] == group[:, :-1], as_tuple=True)  # the items a group's sum left (zero)
+    left = n - 1 - pos  # their columns
+    # a column moves right by the items left at columns after it (they close up behind the groups)
+    joined = torch.zeros(tied.numel(), width + 1, dtype=torch.long, device=values.device)
+    joined.index_put_((row, left.clamp_max(width)), torch.ones_like(row), accumulate=True)
+    after = (ranked.n_groups[tied] - n).neg().unsqueeze(1) - torch.cumsum(joined[:, :width], 1)
+    moved = torch.zeros(tied.numel(), n + 1, dtype=values.dtype, device=values.device)
+    target = torch.arange(width, device=values.device) + after
+    target[row[left < width], left[left < width]] = n  # the items left hold zeros: dropped at column n
+    moved.scatter_(1, target, values[tied, :width])
+    values[tied] = moved[:, :n]
+    return values

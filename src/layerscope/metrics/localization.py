@@ -194,6 +194,24 @@ def iou_oracle_from_groups(gp: torch.Tensor, gn: torch.Tensor, n_pos: float) -> 
     return (inter / (n_pos + kept_neg)).amax(-1)
 
 
+def iou_oracle_from_cumsums(gp: torch.Tensor, gn: torch.Tensor, cumsums: torch.Tensor,
+                            n_pos: torch.Tensor) -> torch.Tensor:
+    """``iou_oracle_from_groups`` from the groups' running sums: what a threshold keeps from a group up is the
+    total less what lies below the group, the same integers as the suffix sums (pixel counts: exact).
+
+    Args:
+        gp, gn: (R, G) mask and background pixels per tie group (zero groups allowed anywhere).
+        cumsums: (2, R, G) ``torch.cumsum`` of ``gp`` and ``gn`` along the groups.
+        n_pos: (R, 1) mask pixels, > 0.
+
+    Returns:
+        (R,) float64.
+    """
+    inter = cumsums[0, :, -1:] - cumsums[0] + gp
+    kept_neg = cumsums[1, :, -1:] - cumsums[1] + gn
+    return (inter / (n_pos + kept_neg)).amax(-1)
+
+
 def aupro_from_groups(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float) -> torch.Tensor:
     """Normalised area under PRO(FPR) up to ``fpr_limit`` from tie-group weights in ascending score order.
 
@@ -207,10 +225,10 @@ def aupro_from_groups(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float
     Returns:
         (R,) float64.
     """
-    return aupro_segments(g_pro, g_fpr, fpr_limit).sum(-1) / fpr_limit
+    return aupro_segments(g_pro, g_fpr, fpr_limit)[0].sum(-1) / fpr_limit
 
 
-def aupro_segments(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float) -> torch.Tensor:
+def aupro_segments(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float) -> tuple[torch.Tensor, int]:
     """The area each segment of the PRO(FPR) curve adds below ``fpr_limit`` (``aupro_from_groups`` sums them).
 
     Args:
@@ -219,7 +237,8 @@ def aupro_segments(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float) -
         fpr_limit: in (0, 1].
 
     Returns:
-        (R, G) float64: entry ``[r, s]`` is the segment that adds group ``G - 1 - s`` (from the highest).
+        (area, m): (R, G) float64, entry ``[r, s]`` the segment that adds group ``G - 1 - s`` (from the
+        highest); every segment from ``m`` on adds nothing.
     """
     rows, n = g_fpr.shape
     zero = torch.zeros_like(g_fpr[:, :1])
@@ -237,7 +256,7 @@ def aupro_segments(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float) -
     x1 = torch.where(cut, torch.full_like(x1, fpr_limit), x1)
     area = torch.zeros_like(g_fpr)
     area[:, :m] = torch.where(x0 < fpr_limit, (x1 - x0) * (y0 + y1) / 2, torch.zeros_like(x0))
-    return area
+    return area, m
 
 
 def pro_fpr_weights(cells: Cells) -> tuple[torch.Tensor, torch.Tensor]:

@@ -123,6 +123,12 @@ class ScoredMaps:
                 pro[j], fpr[j] = p.to(device), f.to(device)
         return group_sums_per_row(self.kept[2], torch.stack([self.pos, self.neg, pro, fpr], -1))
 
+    @cached_property
+    def count_cumsums(self) -> torch.Tensor:
+        """(2, B' x R, n) float64 running sums of ``group_sums``' mask and background pixels along each ranked
+        map (integer counts: exact), which AUROC and the oracle IoU share."""
+        return torch.cumsum(self.group_sums[:2], -1)
+
     def rows_per_image(self, values: torch.Tensor) -> torch.Tensor:
         """(B' x R, ...) values of the ranked rows -> (B', R, ...)."""
         return values.view(len(self.cells), -1, *values.shape[1:])
