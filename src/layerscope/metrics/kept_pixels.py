@@ -33,7 +33,7 @@ def kept_pixels(flat: torch.Tensor, thresholds: Sequence[float], rule: str, pos:
 
     Returns:
         (inter, kept_neg, ranked): (B, R, T) float64 pixel counts; the (B x R, n) rows ranked as the
-        rank metrics of each image need them (the maps themselves, a shift may merge ties; where an image has a
+        rank metrics of each image need them, with the maps' sorted values (the maps themselves, a shift may merge ties; where an image has a
         signed map, a row with three or more equal values in ``torch.sort``'s order of its float64 values).
     """
     b, r, n = flat.shape
@@ -106,6 +106,7 @@ def kept_pixels(flat: torch.Tensor, thresholds: Sequence[float], rule: str, pos:
         order_all, group_all = ranked.order.clone(), ranked.group.clone()
         order_all[again], group_all[again] = redone.order, redone.group
         ranked = Ranked(order_all, group_all, group_all[:, -1] + 1)
+    ranked.values = ranked_values  # the same ascending sequence of values whichever order sorted a row
     t = len(thresholds)
     return kept[..., 0].view(b, r, t), kept[..., 1].view(b, r, t), ranked
 

@@ -322,10 +322,14 @@ def pointing_game_counts(scores: torch.Tensor, cells: Cells) -> torch.Tensor:
 
 def top_score(scores: torch.Tensor, fraction: float) -> torch.Tensor:
     """Mean of the top ``fraction`` of a map's cells (at least one): an image-level anomaly score. (...,)"""
+    return scores.float().topk(top_count(scores.shape[-1], fraction), dim=-1).values.mean(-1)
+
+
+def top_count(cells: int, fraction: float) -> int:
+    """The cells ``top_score`` averages: the top ``fraction`` of ``cells``, at least one."""
     if not 0 < fraction <= 1:
         raise ValueError(f"image_topk={fraction}: expected a fraction in (0, 1]")
-    k = max(1, int(round(fraction * scores.shape[-1])))
-    return scores.float().topk(k, dim=-1).values.mean(-1)
+    return max(1, int(round(fraction * cells)))
 
 
 def aupro(scores: torch.Tensor, target: torch.Tensor, fpr_limit: float = 0.3) -> torch.Tensor:

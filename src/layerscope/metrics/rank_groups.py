@@ -20,11 +20,13 @@ class Ranked:
         order: (R, n) long, ``order[r, j]`` = the item at sorted position ``j`` of row ``r``.
         group: (R, n) long, tie group of sorted position ``j``, 0-based per row, ascending scores.
         n_groups: (R,) long, tie groups per row (positions ``n_groups[r]..n-1`` of group sums are 0).
+        values: (R, n) the scores sorted ascending, where the sort kept them (else None).
     """
 
     order: torch.Tensor
     group: torch.Tensor
     n_groups: torch.Tensor
+    values: torch.Tensor | None = None
 
     @classmethod
     def from_sorted(cls, values: torch.Tensor, order: torch.Tensor) -> "Ranked":

@@ -39,6 +39,7 @@ class ScoredMaps:
         shortcuts: the CPU's exact shortcuts (NumPy's sort, the pointing game without a full upsample).
         numpy_sort: NumPy's sort with ``shortcuts``: faster for grid maps, slower for maps smoothed to the image
             (their many equal values send most rows to ``torch.sort`` again).
+        on_grid: ``scored`` is the grid maps flattened (``upsample=nearest``).
     """
 
     maps: torch.Tensor
@@ -52,6 +53,7 @@ class ScoredMaps:
     mask_sums: tuple | None = None
     shortcuts: bool = True
     numpy_sort: bool = True
+    on_grid: bool = True
     computed: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def value(self, name: str, compute: Callable[[ScoredMaps], torch.Tensor]) -> torch.Tensor:
@@ -69,6 +71,14 @@ class ScoredMaps:
     def flat(self) -> torch.Tensor:
         """(B, R, h w) float32 grid maps."""
         return self.maps.flatten(-2).float()
+
+    @property
+    def sorted_flat(self) -> torch.Tensor | None:
+        """(B, R, h w) float32 grid maps sorted ascending, from the threshold's sort, where it sorted every image's
+        float32 grid maps (each image has a ground truth, ``on_grid``); else None."""
+        if not self.on_grid or len(self.with_target) != self.maps.shape[0] or self.maps.dtype != torch.float32:
+            return None
+        return self.kept[2].values.view(self.flat.shape)
 
     @cached_property
     def scores64(self) -> torch.Tensor:
