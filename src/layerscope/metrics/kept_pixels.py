@@ -33,8 +33,9 @@ def kept_pixels(flat: torch.Tensor, thresholds: Sequence[float], rule: str, pos:
 
     Returns:
         (inter, kept_neg, ranked): (B, R, T) float64 pixel counts; the (B x R, n) rows ranked as the
-        rank metrics of each image need them, with the maps' sorted values (the maps themselves, a shift may merge ties; where an image has a
-        signed map, a row with three or more equal values in ``torch.sort``'s order of its float64 values).
+        rank metrics of each image need them, with the maps' sorted values (the maps themselves: a shift may
+        merge ties; where an image has a signed map, a row with three or more equal values in ``torch.sort``'s
+        order of its float64 values).
     """
     b, r, n = flat.shape
     rows = flat.reshape(b * r, n)

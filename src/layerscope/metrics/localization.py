@@ -240,7 +240,7 @@ def aupro_segments(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float) -
         (area, m): (R, G) float64, entry ``[r, s]`` the segment that adds group ``G - 1 - s`` (from the
         highest); every segment from ``m`` on adds nothing.
     """
-    rows, n = g_fpr.shape
+    n = g_fpr.shape[1]
     zero = torch.zeros_like(g_fpr[:, :1])
     # from the highest group down; the trailing zero groups come first and add zero-width segments at (0, 0)
     fpr = torch.cat([zero, torch.cumsum(torch.flip(g_fpr, [-1]), -1)], -1)
