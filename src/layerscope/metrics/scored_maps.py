@@ -81,9 +81,22 @@ class ScoredMaps:
         return self.kept[2].values.view(self.flat.shape)
 
     @cached_property
-    def scores64(self) -> torch.Tensor:
-        """(B', R, n) float64 ``scored``."""
-        return self.scored.double()
+    def masses(self) -> torch.Tensor:
+        """(B, R, h w) float64 grid maps, each shifted to start at 0 where it has a negative value (entropy and,
+        on the grid, mass in mask read the same)."""
+        from .distribution import shifted_masses
+
+        return shifted_masses(self.maps.flatten(-2))
+
+    @cached_property
+    def scored_masses(self) -> torch.Tensor:
+        """(B', R, n) float64 ``scored``, shifted as ``masses``: ``masses`` itself where ``scored`` is every
+        image's grid maps."""
+        from .distribution import shifted_masses
+
+        if self.on_grid and len(self.with_target) == self.maps.shape[0]:
+            return self.masses
+        return shifted_masses(self.scored)
 
     @cached_property
     def pos(self) -> torch.Tensor:
