@@ -89,6 +89,15 @@ def _axis(n: int, size: int, device: torch.device) -> tuple[torch.Tensor, ...] |
     return lo, hi, w_lo, w_hi, start, length
 
 
+@functools.lru_cache(maxsize=64)
+def _heaviest_pixel(n: int, size: int, device: torch.device) -> torch.Tensor:
+    """(n,) per cell of an axis of ``n`` cells resized to ``size`` pixels, the first pixel that weighs it the most
+    (``_axis``' weights; computed once per axis, not per map)."""
+    lo, hi, w_lo, w_hi = _axis(n, size, device)[:4]
+    cell = torch.arange(n, device=device)[:, None]
+    return torch.where(lo == cell, w_lo, torch.where(hi == cell, w_hi, -1.0)).argmax(1)
+
+
 def pointing_game_tolerance_fast(scores: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int],
                                  tolerance_px: float = 15) -> torch.Tensor:
     """``pointing_game_tolerance`` without upsampling every map to the mask's size: the same values, exactly.
@@ -232,8 +241,7 @@ def _fast_argmax_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: t
     else:
         cell = v.nan_to_num(float("-inf")).argmax(1)
     ci, cj = cell // w, cell % w
-    y0 = torch.where(ylo == ci[:, None], wy_lo, torch.where(yhi == ci[:, None], wy_hi, -1.0)).argmax(1)
-    x0 = torch.where(xlo == cj[:, None], wx_lo, torch.where(xhi == cj[:, None], wx_hi, -1.0)).argmax(1)
+    y0, x0 = _heaviest_pixel(h, big_h, device)[ci], _heaviest_pixel(w, big_w, device)[cj]
     floor = value(torch.arange(maps, device=device), y0, x0) - 3 * delta  # no pixel whose cells are all below it
     # 1. blocks of pixels reading the same 2 x 2 cells whose largest cell reaches that bound
     grid_maps = v.view(-1, h, w)  # rows (P, A, w) then columns (P, A, C), each gathered along a middle dim (faster)
