@@ -493,6 +493,34 @@ def test_kept_pixels_equal_the_threshold_cell_by_cell(rule, thresholds, broken):
         assert torch.equal(kept_neg[:, j], kept @ cells.neg)
 
 
+@pytest.mark.parametrize("levels", [3, 40, 2 ** 10])  # long tie groups (index_add_), short runs, mostly pairs
+def test_tie_group_sums_in_place_equal_index_add_group_sums(levels):
+    """``group_sums_per_row`` leaves each tie group's sum at the group's last item (zeros at its other items)
+    and ``close_up`` moves them to ``group_sums``' layout: the same bits as one ``index_add_`` in sorted order."""
+    from layerscope.metrics.kept_pixels import close_up, group_sums_per_row
+    from layerscope.metrics.rank_groups import Ranked, group_sums
+
+    g = torch.Generator().manual_seed(levels)
+    b, r, n = 2, 3, 300
+    flat = (torch.rand(b, r, n, generator=g) * levels).floor() / levels - 0.2  # signed: keep_mass shifts them
+    flat[1, 2] = torch.rand(n, generator=g)  # a row without ties
+    pos, neg = torch.randint(0, 4, (2, b, n), generator=g).double()
+    _, _, ranked = kept_pixels(flat, [0.5], "keep_mass", pos, neg)
+    weights = torch.rand(b, n, 3, generator=g, dtype=torch.float64)
+    spread = group_sums_per_row(ranked, weights)  # (3, B x R, n)
+    closed = [close_up(spread[c].flip(-1).clone(), n, ranked).flip(-1) for c in range(3)]
+    for row in range(b * r):
+        one = Ranked(ranked.order[row:row + 1], ranked.group[row:row + 1], ranked.n_groups[row:row + 1])
+        ref = group_sums(one, weights[row // r])[0]  # (n, 3): group g's sum at g, zeros after the last group
+        group = ranked.group[row]
+        last = torch.ones(n, dtype=torch.bool)
+        last[:-1] = group[1:] != group[:-1]
+        assert torch.equal(spread[:, row, last], ref[:int(ranked.n_groups[row])].t())
+        assert not spread[:, row, ~last].any()
+        for c in range(3):
+            assert torch.equal(closed[c][row], ref[:, c])
+
+
 def test_many_thresholds_reuse_one_sort(monkeypatch):
     """Thresholded IoU for T thresholds sorts each layer's maps a bounded number of times, not T times."""
     calls = []

@@ -11,7 +11,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .rank_groups import Ranked
 
@@ -33,34 +32,53 @@ def kept_pixels(flat: torch.Tensor, thresholds: Sequence[float], rule: str, pos:
 
     Returns:
         (inter, kept_neg, ranked): (B, R, T) float64 pixel counts; the (B x R, n) rows ranked as the
-        rank metrics of each image need them (the threshold's sort where every map of that image is
-        non-negative, else a sort of the maps themselves in float64: a shift may merge ties).
+        rank metrics of each image need them, with the maps' sorted values (the maps themselves: a shift may
+        merge ties; where an image has a signed map, a row with three or more equal values in ``torch.sort``'s
+        order of its float64 values).
     """
     b, r, n = flat.shape
     rows = flat.reshape(b * r, n)
+    # one sort of the maps themselves serves both: shifting is monotone, so the maps' ascending order also sorts
+    # the shifted maps, whose sorted values are then the sorted maps shifted (any ascending order of a row gives
+    # the same sequence of values: the level sums and the cuts are the threshold's own)
+    ranked_values, order, ties, own_rank = sort_rows(rows, shortcuts)
+    ranked_order, own = order, own_rank
     if rule == "keep_mass":
         low = rows.amin(dim=-1, keepdim=True)
-        sorted_rows = torch.where(low < 0, rows - low, rows)  # as keep_mass_maps: signed maps start at 0
-        signed = (low < 0).view(b, r).any(1)  # per image: its rank metrics then sort the unshifted maps
+        shift = (low < 0).squeeze(-1)  # as keep_mass_maps: signed maps start at 0
+        signed = shift.view(b, r).any(1)  # per image: its rank metrics then sort a row's ties in float64
+        values = torch.where(shift.unsqueeze(-1), ranked_values - low, ranked_values)
+        own = own_rank & ~shift  # a shifted row's order is not torch.sort's of its shifted values
+        broken = torch.nonzero(low.squeeze(-1) == float("-inf")).flatten()  # -inf - -inf is NaN, which sorts last
+        if broken.numel():
+            order = order.clone()
+            values[broken], order[broken] = torch.sort(rows[broken] - low[broken], dim=-1)
+            own[broken] = True
     else:
-        sorted_rows = rows
+        values = ranked_values
         signed = torch.zeros(b, dtype=torch.bool, device=flat.device)
-    values, order, ties, own = sort_rows(sorted_rows, shortcuts)
+    # where every (shifted) value is finite, the levels are too and rise along the sorted order: a cumulative sum
+    # of non-negative shares, or a non-negative affine map of sorted values; only a map without mass (0 / 0) has
+    # NaN levels. Elsewhere both are checked
     if rule == "keep_mass":
-        level = torch.cumsum(values / values.sum(dim=-1, keepdim=True), dim=-1)
+        total = values.sum(dim=-1, keepdim=True)
+        level = torch.cumsum(values / total, dim=-1)
         cut = torch.tensor([1 - t for t in thresholds], dtype=level.dtype, device=flat.device)
-        empty = level.isnan().all(-1)
+        finite = bool(torch.isfinite(low).all()) and bool(torch.isfinite(values[:, -1]).all())  # NaN sorts last
+        empty = (total == 0).squeeze(-1) if finite else level.isnan().all(-1)
         gate = ~empty
     else:
         low, high = rows.amin(-1, keepdim=True), rows.amax(-1, keepdim=True)
         level = (values - low) / (high - low).clamp_min(torch.finfo(rows.dtype).tiny)
         cut = torch.tensor(list(thresholds), dtype=level.dtype, device=flat.device)
+        finite = bool(torch.isfinite(high - low).all())
         empty = torch.zeros(b * r, dtype=torch.bool, device=flat.device)
         gate = (high > low).squeeze(-1)
-    level = torch.where(empty.unsqueeze(-1), torch.zeros_like(level), level)
+    if bool(empty.any()):
+        level = torch.where(empty.unsqueeze(-1), torch.zeros_like(level), level)
     # pixel counts are small integers: int32 sums are exact (and the same numbers as float64's)
     counts = torch.stack([pos, neg], -1).to(torch.int32)  # (B, n, 2)
-    monotone = not bool(level.isnan().any()) and bool((level[:, 1:] >= level[:, :-1]).all())
+    monotone = finite or (not bool(level.isnan().any()) and bool((level[:, 1:] >= level[:, :-1]).all()))
     if monotone:
         above = n - torch.searchsorted(level, cut.expand(b * r, -1).contiguous(), right=True)
         start = torch.where(gate.unsqueeze(-1), n - above, n)  # (B x R, T) first kept position
@@ -72,27 +90,31 @@ def kept_pixels(flat: torch.Tensor, thresholds: Sequence[float], rule: str, pos:
         start, redo = None, ~own
     if bool(redo.any()):
         index = torch.nonzero(redo).flatten()
-        values[index], order[index] = torch.sort(sorted_rows[index], dim=-1)
+        order = order.clone() if order is ranked_order else order  # the rank metrics keep theirs
+        sorted_rows = rows[index]
+        if rule == "keep_mass":
+            sorted_rows = torch.where(shift[index].unsqueeze(-1), sorted_rows - low[index], sorted_rows)
+        order[index] = torch.sort(sorted_rows, dim=-1).indices  # the same values: only the order of ties changes
     sorted_counts = in_sorted_order(counts, order)  # (B x R, n, 2) each row's pixels in its sorted order
     if monotone:
         # every threshold keeps a top block of the sorted order, whose size one binary search found
-        prefix = F.pad(torch.cumsum(sorted_counts, 1, dtype=torch.int32), (0, 0, 1, 0))  # (B x R, n + 1, 2)
-        kept = (prefix[:, -1:] - prefix.gather(1, start.unsqueeze(-1).expand(-1, -1, 2))).double()
+        prefix = torch.cumsum(sorted_counts, 1, dtype=torch.int32)  # (B x R, n, 2)
+        below = prefix.gather(1, (start - 1).clamp_min(0).unsqueeze(-1).expand(-1, -1, 2))  # the cells before start
+        kept = (prefix[:, -1:] - torch.where((start > 0).unsqueeze(-1), below, 0)).double()
     else:  # NaN or infinite values somewhere in the batch: cell by cell, as the threshold does
         keep = (level.unsqueeze(1) > cut.view(1, -1, 1)) & gate.view(-1, 1, 1) & ~empty.view(-1, 1, 1)
         kept = torch.einsum("rtn,rnc->rtc", keep.double(), sorted_counts.double())
-    ranked = Ranked.from_sorted(values, order)
-    # those images' rank metrics sort the unshifted maps in float64 (a shift may merge ties). A row the shift
-    # left without ties had none before it either: its one ascending order is the one found already; so is a
-    # row that was not shifted (float64 holds float32 exactly) whose only ties are pairs (sums over a pair commute)
-    shifted = (low < 0).squeeze(-1) if rule == "keep_mass" else torch.zeros_like(ties)
-    again = signed.repeat_interleave(r) & ties & (shifted | own)
+    # the rank metrics' order: a redone row changed only the order of pairs (sums over a pair commute). An image
+    # with a signed map ranks a row holding three or more equal values (or a NaN) by its float64 values
+    again = signed.repeat_interleave(r) & ties & own_rank
+    ranked = _ranked(ranked_values, ranked_order, ties)
     if bool(again.any()):
-        values64, order64, _, _ = sort_rows(rows[again].double(), shortcuts)
+        values64, order64 = torch.sort(rows[again].double(), dim=-1)
         redone = Ranked.from_sorted(values64, order64)
         order_all, group_all = ranked.order.clone(), ranked.group.clone()
         order_all[again], group_all[again] = redone.order, redone.group
         ranked = Ranked(order_all, group_all, group_all[:, -1] + 1)
+    ranked.values = ranked_values  # the same ascending sequence of values whichever order sorted a row
     t = len(thresholds)
     return kept[..., 0].view(b, r, t), kept[..., 1].view(b, r, t), ranked
 
@@ -133,28 +155,125 @@ def sort_rows(x: torch.Tensor, shortcuts: bool = True) -> tuple[torch.Tensor, to
 
 def in_sorted_order(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """Each row's per-cell values in its sorted order: values (B, n, C) of the rows' images, order (B x R, n)
-    -> (B x R, n, C). One gather of whole C-vectors (row r belongs to image r // R)."""
+    -> (B x R, n, C). One gather of whole C-vectors (row r belongs to image r // R); C-vectors of 8 bytes (two
+    int32 counts) are gathered as one int64 each, several times faster."""
     b, n, c = values.shape
     r = order.shape[0] // b
     base = (torch.arange(b, device=order.device) * n).repeat_interleave(r).unsqueeze(1)
-    return values.reshape(b * n, c).index_select(0, (order + base).flatten()).view(b * r, n, c)
+    index = (order + base).flatten()
+    if c * values.element_size() == 8 and values.dtype != torch.int64:
+        packed = values.reshape(b * n, c).contiguous().view(torch.int64).flatten()
+        return packed.index_select(0, index).view(values.dtype).view(b * r, n, c)
+    return values.reshape(b * n, c).index_select(0, index).view(b * r, n, c)
+
+
+def _ranked(values: torch.Tensor, order: torch.Tensor, ties: torch.Tensor) -> Ranked:
+    """``Ranked.from_sorted`` where only the rows with ties (``ties``, (R,) bool) need their groups counted: a
+    row without ties has one item per group (its groups are its positions)."""
+    rows, n = values.shape
+    tied = torch.nonzero(ties).flatten()
+    positions = torch.arange(n, device=values.device)
+    if tied.numel() == 0:
+        return Ranked(order, positions.expand(rows, n), torch.full((rows,), n, device=values.device))
+    counted = Ranked.from_sorted(values[tied], order[tied])
+    group = positions.repeat(rows, 1)
+    group[tied] = counted.group
+    n_groups = torch.full((rows,), n, device=values.device)
+    n_groups[tied] = counted.n_groups
+    return Ranked(order, group, n_groups)
+
+
+def in_sorted_order_channels(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``in_sorted_order`` with the channels first: values (B, n, C), order (B x R, n) -> (C, B x R, n).
+
+    One gather along the cells of the (C, B n) channels (NumPy's ``take`` on a CPU: about twice as fast).
+    """
+    b, n, c = values.shape
+    r = order.shape[0] // b
+    base = (torch.arange(b, device=order.device) * n).repeat_interleave(r).unsqueeze(1)
+    index = (order + base).flatten()
+    channels = values.permute(2, 0, 1).reshape(c, b * n).contiguous()
+    if values.device.type == "cpu":
+        return torch.from_numpy(np.take(channels.numpy(), index.numpy(), axis=1)).view(c, b * r, n)
+    return channels.index_select(1, index).view(c, b * r, n)
 
 
 def group_sums_per_row(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
-    """``rank_groups.group_sums`` with each row's own image's weights: (B x R, n) ranked rows, weights (B, n, C)
-    -> (B x R, n, C).
+    """Sums of each row's own image's weights over its tie groups, each at its group's last sorted position:
+    (B x R, n) ranked rows, weights (B, n, C) -> (C, B x R, n) float64, channels first (each contiguous, as
+    the rank metrics read it).
 
-    A row without ties has one item per group: its sums are its weights in sorted order (0 + w is w), so
-    only rows with ties are summed.
+    This is ``rank_groups.group_sums`` before it closes the sums up to the row's front (``close_up``), which
+    leaves every sum where it was computed: a row without ties (one item per group) is its weights in sorted
+    order (0 + w is w: the weights are counts and shares, never -0.0), and a row with ties (float32 collisions:
+    few) changes only at its tied items. A group's items are added in sorted order, first to last, as
+    ``index_add_`` adds them (the same bits); its other items then hold 0.
     """
-    rows, n = ranked.order.shape
-    b, _, c = weights.shape
-    w = in_sorted_order(weights.double(), ranked.order)
+    w = in_sorted_order_channels(weights.double(), ranked.order)  # (C, B x R, n)
+    n = ranked.order.shape[1]
     tied = torch.nonzero(ranked.n_groups < n).flatten()
     if tied.numel() == 0:
         return w
-    offsets = torch.arange(tied.numel(), device=w.device).unsqueeze(1) * n
-    sums = torch.zeros(tied.numel() * n, c, dtype=torch.float64, device=w.device)
-    sums.index_add_(0, (ranked.group[tied] + offsets).flatten(), w[tied].reshape(-1, c))
-    w[tied] = sums.view(-1, n, c)
+    group = ranked.group[tied]
+    row, pos = torch.nonzero(group[:, 1:] == group[:, :-1], as_tuple=True)  # items followed by one of their group
+    row = tied[row]
+    # each such item's depth in its run of joined items (row-major: ascending positions within a row)
+    index = torch.arange(row.numel(), device=w.device)
+    chained = torch.zeros(row.numel(), dtype=torch.bool, device=w.device)
+    chained[1:] = (row[1:] == row[:-1]) & (pos[1:] == pos[:-1] + 1)
+    depth = index - torch.cummax(torch.where(chained, 0, index), 0).values
+    longest = int(depth.max()) + 1
+    if longest > _LONGEST_CHAIN:  # a long tie group (a flat region): one index_add_ for the tied rows
+        c, t = w.shape[0], tied.numel()
+        offsets = torch.arange(t, device=w.device).unsqueeze(1) * n
+        sums = torch.zeros(t * n, c, dtype=torch.float64, device=w.device)
+        sums.index_add_(0, (group + offsets).flatten(), w[:, tied].permute(1, 2, 0).reshape(-1, c))
+        ends = torch.ones_like(group, dtype=torch.bool)
+        ends[:, :-1] = group[:, 1:] != group[:, :-1]
+        spread = torch.zeros(c, t, n, dtype=torch.float64, device=w.device)
+        spread[:, ends] = sums.view(t, n, c).permute(2, 0, 1)[:, torch.arange(n, device=w.device) <
+                                                                ranked.n_groups[tied].unsqueeze(1)]
+        w[:, tied] = spread
+        return w
+    for d in range(longest):  # the sum so far moves on to the next item of its group
+        at = depth == d
+        w[:, row[at], pos[at] + 1] += w[:, row[at], pos[at]]
+    w[:, row, pos] = 0.0
     return w
+
+
+# the longest run of tied items summed item by item (one vectorised step per item) before ``index_add_`` is used
+_LONGEST_CHAIN = 16
+
+
+def close_up(values: torch.Tensor, width: int, ranked: Ranked) -> torch.Tensor:
+    """Per-group values at their groups' last sorted positions (``group_sums_per_row``'s layout), listed from the
+    highest item, moved into ``group_sums``' layout listed from the highest: each row's zero groups first, then
+    its groups from the highest down (AUPRO's segments, whose sum must see them where ``group_sums`` puts them).
+
+    Args:
+        values: (B x R, n), ``values[:, s]`` for item ``n - 1 - s``: each group's value at its last item, zero
+            at its other items, and zero from column ``width`` on.
+        width: as above.
+        ranked: the rows' ranking.
+
+    Returns:
+        ``values``, its rows with ties rewritten.
+    """
+    n = values.shape[1]
+    tied = torch.nonzero(ranked.n_groups < n).flatten()
+    if tied.numel() == 0 or width == 0:
+        return values
+    group = ranked.group[tied]
+    row, pos = torch.nonzero(group[:, 1:] == group[:, :-1], as_tuple=True)  # the items a group's sum left (zero)
+    left = n - 1 - pos  # their columns
+    # a column moves right by the items left at columns after it (they close up behind the groups)
+    joined = torch.zeros(tied.numel(), width + 1, dtype=torch.long, device=values.device)
+    joined.index_put_((row, left.clamp_max(width)), torch.ones_like(row), accumulate=True)
+    after = (ranked.n_groups[tied] - n).neg().unsqueeze(1) - torch.cumsum(joined[:, :width], 1)
+    moved = torch.zeros(tied.numel(), n + 1, dtype=values.dtype, device=values.device)
+    target = torch.arange(width, device=values.device) + after
+    target[row[left < width], left[left < width]] = n  # the items left hold zeros: dropped at column n
+    moved.scatter_(1, target, values[tied, :width])
+    values[tied] = moved[:, :n]
+    return values

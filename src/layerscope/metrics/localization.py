@@ -194,6 +194,24 @@ def iou_oracle_from_groups(gp: torch.Tensor, gn: torch.Tensor, n_pos: float) -> 
     return (inter / (n_pos + kept_neg)).amax(-1)
 
 
+def iou_oracle_from_cumsums(gp: torch.Tensor, gn: torch.Tensor, cumsums: torch.Tensor,
+                            n_pos: torch.Tensor) -> torch.Tensor:
+    """``iou_oracle_from_groups`` from the groups' running sums: what a threshold keeps from a group up is the
+    total less what lies below the group, the same integers as the suffix sums (pixel counts: exact).
+
+    Args:
+        gp, gn: (R, G) mask and background pixels per tie group (zero groups allowed anywhere).
+        cumsums: (2, R, G) ``torch.cumsum`` of ``gp`` and ``gn`` along the groups.
+        n_pos: (R, 1) mask pixels, > 0.
+
+    Returns:
+        (R,) float64.
+    """
+    inter = cumsums[0, :, -1:] - cumsums[0] + gp
+    kept_neg = cumsums[1, :, -1:] - cumsums[1] + gn
+    return (inter / (n_pos + kept_neg)).amax(-1)
+
+
 def aupro_from_groups(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float) -> torch.Tensor:
     """Normalised area under PRO(FPR) up to ``fpr_limit`` from tie-group weights in ascending score order.
 
@@ -207,17 +225,38 @@ def aupro_from_groups(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float
     Returns:
         (R,) float64.
     """
-    zero = torch.zeros_like(g_pro[:, :1])
+    return aupro_segments(g_pro, g_fpr, fpr_limit)[0].sum(-1) / fpr_limit
+
+
+def aupro_segments(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float) -> tuple[torch.Tensor, int]:
+    """The area each segment of the PRO(FPR) curve adds below ``fpr_limit`` (``aupro_from_groups`` sums them).
+
+    Args:
+        g_pro, g_fpr: (R, G) each group's share of PRO and of FPR, ascending score order (zero groups allowed
+            anywhere: they add zero-width segments).
+        fpr_limit: in (0, 1].
+
+    Returns:
+        (area, m): (R, G) float64, entry ``[r, s]`` the segment that adds group ``G - 1 - s`` (from the
+        highest); every segment from ``m`` on adds nothing.
+    """
+    n = g_fpr.shape[1]
+    zero = torch.zeros_like(g_fpr[:, :1])
     # from the highest group down; the trailing zero groups come first and add zero-width segments at (0, 0)
-    pro = torch.cat([zero, torch.cumsum(torch.flip(g_pro, [-1]), -1)], -1)
     fpr = torch.cat([zero, torch.cumsum(torch.flip(g_fpr, [-1]), -1)], -1)
-    x0, x1, y0, y1 = fpr[:, :-1], fpr[:, 1:], pro[:, :-1], pro[:, 1:]
+    # a segment that starts at or past the limit adds nothing: only those before the last one that starts below
+    # it in some row are computed (FPR rises fast: about the limit's share of the groups)
+    below = (fpr[:, :-1] < fpr_limit).any(0)
+    m = int(torch.nonzero(below).max()) + 1 if bool(below.any()) else 0
+    pro = torch.cat([zero, torch.cumsum(torch.flip(g_pro[:, n - m:], [-1]), -1)], -1)  # the first m + 1 points
+    x0, x1, y0, y1 = fpr[:, :m], fpr[:, 1:m + 1], pro[:, :-1], pro[:, 1:]
     cut = x1 > fpr_limit  # the segment that crosses the limit ends there, interpolated
     step = torch.where(cut, x1 - x0, torch.ones_like(x1))  # x1 > limit > x0 where it is used: never 0 there
     y1 = torch.where(cut, y0 + (y1 - y0) * (fpr_limit - x0) / step, y1)
     x1 = torch.where(cut, torch.full_like(x1, fpr_limit), x1)
-    area = torch.where(x0 < fpr_limit, (x1 - x0) * (y0 + y1) / 2, torch.zeros_like(x0))
-    return area.sum(-1) / fpr_limit
+    area = torch.zeros_like(g_fpr)
+    area[:, :m] = torch.where(x0 < fpr_limit, (x1 - x0) * (y0 + y1) / 2, torch.zeros_like(x0))
+    return area, m
 
 
 def pro_fpr_weights(cells: Cells) -> tuple[torch.Tensor, torch.Tensor]:
@@ -283,10 +322,14 @@ def pointing_game_counts(scores: torch.Tensor, cells: Cells) -> torch.Tensor:
 
 def top_score(scores: torch.Tensor, fraction: float) -> torch.Tensor:
     """Mean of the top ``fraction`` of a map's cells (at least one): an image-level anomaly score. (...,)"""
+    return scores.float().topk(top_count(scores.shape[-1], fraction), dim=-1).values.mean(-1)
+
+
+def top_count(cells: int, fraction: float) -> int:
+    """The cells ``top_score`` averages: the top ``fraction`` of ``cells``, at least one."""
     if not 0 < fraction <= 1:
         raise ValueError(f"image_topk={fraction}: expected a fraction in (0, 1]")
-    k = max(1, int(round(fraction * scores.shape[-1])))
-    return scores.float().topk(k, dim=-1).values.mean(-1)
+    return max(1, int(round(fraction * cells)))
 
 
 def aupro(scores: torch.Tensor, target: torch.Tensor, fpr_limit: float = 0.3) -> torch.Tensor:

@@ -20,11 +20,13 @@ class Ranked:
         order: (R, n) long, ``order[r, j]`` = the item at sorted position ``j`` of row ``r``.
         group: (R, n) long, tie group of sorted position ``j``, 0-based per row, ascending scores.
         n_groups: (R,) long, tie groups per row (positions ``n_groups[r]..n-1`` of group sums are 0).
+        values: (R, n) the scores sorted ascending, where the sort kept them (else None).
     """
 
     order: torch.Tensor
     group: torch.Tensor
     n_groups: torch.Tensor
+    values: torch.Tensor | None = None
 
     @classmethod
     def from_sorted(cls, values: torch.Tensor, order: torch.Tensor) -> "Ranked":
@@ -65,17 +67,19 @@ def group_sums(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
     return out.squeeze(-1) if weights.ndim == 1 else out
 
 
-def auroc_from_groups(gp: torch.Tensor, gn: torch.Tensor, n_pos: float, n_neg: float) -> torch.Tensor:
+def auroc_from_groups(gp: torch.Tensor, gn: torch.Tensor, n_pos: float, n_neg: float,
+                      gn_cumsum: torch.Tensor | None = None) -> torch.Tensor:
     """Mann-Whitney AUROC, ties counted one half, from tie-group counts in ascending score order.
 
     Args:
-        gp, gn: (R, G) positive and negative pixels per tie group (trailing zero groups allowed).
+        gp, gn: (R, G) positive and negative pixels per tie group (zero groups allowed anywhere).
         n_pos, n_neg: totals, both > 0.
+        gn_cumsum: ``torch.cumsum(gn, -1)`` where the caller has it already.
 
     Returns:
         (R,) float64.
     """
-    neg_below = torch.cumsum(gn, dim=-1) - gn
+    neg_below = (gn_cumsum if gn_cumsum is not None else torch.cumsum(gn, dim=-1)) - gn
     return (gp * (neg_below + 0.5 * gn)).sum(-1) / (n_pos * n_neg)
 
 

@@ -39,6 +39,7 @@ class ScoredMaps:
         shortcuts: the CPU's exact shortcuts (NumPy's sort, the pointing game without a full upsample).
         numpy_sort: NumPy's sort with ``shortcuts``: faster for grid maps, slower for maps smoothed to the image
             (their many equal values send most rows to ``torch.sort`` again).
+        on_grid: ``scored`` is the grid maps flattened (``upsample=nearest``).
     """
 
     maps: torch.Tensor
@@ -52,6 +53,7 @@ class ScoredMaps:
     mask_sums: tuple | None = None
     shortcuts: bool = True
     numpy_sort: bool = True
+    on_grid: bool = True
     computed: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def value(self, name: str, compute: Callable[[ScoredMaps], torch.Tensor]) -> torch.Tensor:
@@ -70,10 +72,31 @@ class ScoredMaps:
         """(B, R, h w) float32 grid maps."""
         return self.maps.flatten(-2).float()
 
+    @property
+    def sorted_flat(self) -> torch.Tensor | None:
+        """(B, R, h w) float32 grid maps sorted ascending, from the threshold's sort, where it sorted every image's
+        float32 grid maps (each image has a ground truth, ``on_grid``); else None."""
+        if not self.on_grid or len(self.with_target) != self.maps.shape[0] or self.maps.dtype != torch.float32:
+            return None
+        return self.kept[2].values.view(self.flat.shape)
+
     @cached_property
-    def scores64(self) -> torch.Tensor:
-        """(B', R, n) float64 ``scored``."""
-        return self.scored.double()
+    def masses(self) -> torch.Tensor:
+        """(B, R, h w) float64 grid maps, each shifted to start at 0 where it has a negative value (entropy and,
+        on the grid, mass in mask read the same)."""
+        from .distribution import shifted_masses
+
+        return shifted_masses(self.maps.flatten(-2))
+
+    @cached_property
+    def scored_masses(self) -> torch.Tensor:
+        """(B', R, n) float64 ``scored``, shifted as ``masses``: ``masses`` itself where ``scored`` is every
+        image's grid maps."""
+        from .distribution import shifted_masses
+
+        if self.on_grid and len(self.with_target) == self.maps.shape[0]:
+            return self.masses
+        return shifted_masses(self.scored)
 
     @cached_property
     def pos(self) -> torch.Tensor:
@@ -111,7 +134,7 @@ class ScoredMaps:
 
     @cached_property
     def group_sums(self) -> torch.Tensor:
-        """(B' x R, n, 4) float64 sums over each ranked map's tie groups (ascending) of the mask pixels, background
+        """(4, B' x R, n) float64 sums over each ranked map's tie groups (ascending) of the mask pixels, background
         pixels, share of PRO and share of FPR of its image's cells (zero where an image has no regions)."""
         b, n = self.pos.shape
         device = self.maps.device
@@ -122,6 +145,12 @@ class ScoredMaps:
                 p, f = pro_fpr_weights(c)
                 pro[j], fpr[j] = p.to(device), f.to(device)
         return group_sums_per_row(self.kept[2], torch.stack([self.pos, self.neg, pro, fpr], -1))
+
+    @cached_property
+    def count_cumsums(self) -> torch.Tensor:
+        """(2, B' x R, n) float64 running sums of ``group_sums``' mask and background pixels along each ranked
+        map (integer counts: exact), which AUROC and the oracle IoU share."""
+        return torch.cumsum(self.group_sums[:2], -1)
 
     def rows_per_image(self, values: torch.Tensor) -> torch.Tensor:
         """(B' x R, ...) values of the ranked rows -> (B', R, ...)."""

@@ -89,6 +89,15 @@ def _axis(n: int, size: int, device: torch.device) -> tuple[torch.Tensor, ...] |
     return lo, hi, w_lo, w_hi, start, length
 
 
+@functools.lru_cache(maxsize=64)
+def _heaviest_pixel(n: int, size: int, device: torch.device) -> torch.Tensor:
+    """(n,) per cell of an axis of ``n`` cells resized to ``size`` pixels, the first pixel that weighs it the most
+    (``_axis``' weights; computed once per axis, not per map)."""
+    lo, hi, w_lo, w_hi = _axis(n, size, device)[:4]
+    cell = torch.arange(n, device=device)[:, None]
+    return torch.where(lo == cell, w_lo, torch.where(hi == cell, w_hi, -1.0)).argmax(1)
+
+
 def pointing_game_tolerance_fast(scores: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int],
                                  tolerance_px: float = 15) -> torch.Tensor:
     """``pointing_game_tolerance`` without upsampling every map to the mask's size: the same values, exactly.
@@ -127,8 +136,7 @@ def pointing_game_tolerance_batch(scores: torch.Tensor, masks: torch.Tensor, gri
         tolerance_px: tolerance in pixels, >= 0.
         fast: find each maximum as ``pointing_game_tolerance_fast`` does (True), by upsampling every map
             (False), or by the cheaper of the two for these shapes and this device (None: the fast way on a
-            CPU past about a million upsampled pixels, e.g. a ViT's 84 maps at 448 px, or where a cell
-            covers 16 pixels or more; a GPU upsamples).
+            CPU past about a million upsampled pixels, e.g. a ViT's 84 maps at 448 px; a GPU upsamples).
         sums: ``mask_sums(masks, tolerance_px)``, when the same masks serve maps of several grids.
 
     Returns:
@@ -142,8 +150,10 @@ def pointing_game_tolerance_batch(scores: torch.Tensor, masks: torch.Tensor, gri
     v = scores.reshape(b * r, n).float()
     image = torch.arange(b, device=device).repeat_interleave(r)
     if fast is None:
-        # the fast way's cost grows with the cells, the upsample's with the pixels (measured on 2 cores)
-        fast = device.type == "cpu" and (b * r * big_h * big_w >= 2 ** 20 or big_h * big_w >= 16 * n)
+        # the fast way's cost grows with the cells and has a floor of many small ops (about 1.5 ms), the
+        # upsample's with the pixels (about 2 ns each with NumPy's argmax; measured on 2 cores): 12 maps of
+        # 224 px upsample in about the fast way's floor whatever their grid
+        fast = device.type == "cpu" and b * r * big_h * big_w >= 2 ** 20
     result = torch.full((b * r,), float("nan"), device=device)
     present = masks.flatten(1).any(1)
     todo = present[image]
@@ -180,10 +190,13 @@ def _upsampled_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: tup
     h, w = grid
     big_h, big_w = size
     step = max(1, chunk_pixels // (big_h * big_w))  # bounds the upsampled block's memory
+    # NumPy's argmax (vectorised: several times torch's on a CPU) gives the same first maximum where every value
+    # is finite; a bilinear mix of finite values is finite
+    numpy_argmax = v.device.type == "cpu" and bool(torch.isfinite(v).all())
     out = []
     for i in range(0, v.shape[0], step):
         up = F.interpolate(v[i:i + step].reshape(-1, 1, h, w), size=size, mode="bilinear", align_corners=False)
-        top = up.flatten(1).argmax(-1)
+        top = torch.from_numpy(up.flatten(1).numpy().argmax(-1)) if numpy_argmax else up.flatten(1).argmax(-1)
         out.append(_hits_at(sums, image[i:i + step], top // big_w, top % big_w).float())
     return torch.cat(out)
 
@@ -207,8 +220,9 @@ def _fast_argmax_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: t
         return torch.zeros(maps, device=device), torch.zeros(maps, dtype=torch.bool, device=device)
     (ylo, yhi, wy_lo, wy_hi, y_start, y_len), (xlo, xhi, wx_lo, wx_hi, x_start, x_len) = ys, xs
     flat = v.double().flatten()
-    finite = torch.isfinite(v).all(1)
-    delta = _ROUNDING * v.abs().amax(1).double().nan_to_num(0.0)  # (P,)
+    largest = v.abs().amax(1)  # NaN or infinite where a map is not finite
+    finite = torch.isfinite(largest)
+    delta = _ROUNDING * largest.double().nan_to_num(0.0)  # (P,)
 
     def value(p: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The exact weighted sum at pixels (y, x) of maps p, float64."""
@@ -222,15 +236,24 @@ def _fast_argmax_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: t
         return torch.full((maps,), float("-inf"), dtype=torch.float64, device=device).scatter_reduce(0, p, r, "amax")
 
     # a lower bound on each map's maximum: the pixel that weighs its largest cell the most
-    cell = v.nan_to_num(float("-inf")).argmax(1)
+    if device.type == "cpu" and bool(finite.all()):  # NumPy's argmax: the same first maximum, several times faster
+        cell = torch.from_numpy(v.numpy().argmax(1))
+    else:
+        cell = v.nan_to_num(float("-inf")).argmax(1)
     ci, cj = cell // w, cell % w
-    y0 = torch.where(ylo == ci[:, None], wy_lo, torch.where(yhi == ci[:, None], wy_hi, -1.0)).argmax(1)
-    x0 = torch.where(xlo == cj[:, None], wx_lo, torch.where(xhi == cj[:, None], wx_hi, -1.0)).argmax(1)
+    y0, x0 = _heaviest_pixel(h, big_h, device)[ci], _heaviest_pixel(w, big_w, device)[cj]
     floor = value(torch.arange(maps, device=device), y0, x0) - 3 * delta  # no pixel whose cells are all below it
     # 1. blocks of pixels reading the same 2 x 2 cells whose largest cell reaches that bound
-    rows = torch.maximum(v.view(-1, h, w)[:, ylo[y_start], :], v.view(-1, h, w)[:, yhi[y_start], :])  # (P, A, w)
-    top = torch.maximum(rows[:, :, xlo[x_start]], rows[:, :, xhi[x_start]])  # (P, A, C)
-    p, a, c = torch.nonzero((top.double() >= floor[:, None, None]) & finite[:, None, None], as_tuple=True)
+    grid_maps = v.view(-1, h, w)  # rows (P, A, w) then columns (P, A, C), each gathered along a middle dim (faster)
+    rows = torch.maximum(grid_maps.index_select(1, ylo[y_start]), grid_maps.index_select(1, yhi[y_start]))
+    across = rows.transpose(1, 2).contiguous()  # (P, w, A)
+    top = torch.maximum(across.index_select(1, xlo[x_start]), across.index_select(1, xhi[x_start])).transpose(1, 2)
+    # compared in float32 with the bound rounded up to a float32 (t >= bound exactly where t >= that, for a
+    # float32 t), NaN for a map that is not finite (no block)
+    bound = floor.float()
+    bound = torch.where(bound.double() < floor, torch.nextafter(bound, torch.full_like(bound, float("inf"))), bound)
+    bound = torch.where(finite, bound, torch.full_like(bound, float("nan")))
+    p, a, c = torch.nonzero(top >= bound[:, None, None], as_tuple=True)
     # 2. their corners: a block peaks at one of them within the weights' rounding
     y_last, x_last = y_start + y_len - 1, x_start + x_len - 1
     corners = torch.stack([value(p, y_start[a], x_start[c]), value(p, y_start[a], x_last[c]),

@@ -201,7 +201,7 @@ def _score(maps: torch.Tensor, targets: Sequence[Target | None], with_pixels: Se
         pointed = [j for j, i in enumerate(with_target) if with_pixels[i]]
         scored_maps = ScoredMaps(maps, opts, with_target, cells, [t.fraction for t in mine], scored, pointed,
                                  torch.stack([mine[j].mask for j in pointed]) if pointed else None, sums_table,
-                                 shortcuts, numpy_sort=nearest)
+                                 shortcuts, numpy_sort=nearest, on_grid=nearest)
     has_mass = (scored_maps.flat.abs().sum(-1) > 0).tolist()
     # a mask metric of a batch without ground truths is not computed: its rows hold the undefined value
     values = {p.metric.name: (p, scored_maps.value(p.metric.name, p.compute).cpu().tolist()

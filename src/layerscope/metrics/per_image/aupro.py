@@ -16,8 +16,10 @@ METRIC = Metric("aupro", "AUPRO", "AUPRO (0–1)", order=40, undefined_when=(NO_
 
 def compute(maps: ScoredMaps) -> torch.Tensor:
     """(B', R) float32; NaN without mask regions or without background pixels."""
-    from ..localization import aupro_from_groups
+    from ..kept_pixels import close_up
+    from ..localization import aupro_segments
 
-    g = maps.group_sums
-    aupro = maps.rows_per_image(aupro_from_groups(g[..., 2], g[..., 3], maps.opts.fpr_limit).float())
+    g = maps.group_sums  # each tie group's sum at its last item: its segment sits there in the area row
+    area = close_up(*aupro_segments(g[2], g[3], maps.opts.fpr_limit), maps.kept[2])
+    aupro = maps.rows_per_image((area.sum(-1) / maps.opts.fpr_limit).float())  # ``aupro_from_groups``' sum
     return maps.per_image([c.n_pos > 0 and c.regions.shape[1] > 0 and c.n_neg > 0 for c in maps.cells], aupro)

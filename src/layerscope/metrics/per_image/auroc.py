@@ -20,6 +20,7 @@ def compute(maps: ScoredMaps) -> torch.Tensor:
     from ..rank_groups import auroc_from_groups
 
     g = maps.group_sums
-    pairs = maps.rows_per_image(auroc_from_groups(g[..., 0], g[..., 1], 1.0, 1.0))  # (B', R) summed over pixel pairs
+    # (B', R) summed over pixel pairs
+    pairs = maps.rows_per_image(auroc_from_groups(g[0], g[1], 1.0, 1.0, maps.count_cumsums[1]))
     auroc = (pairs / (maps.n_pos * maps.n_neg).unsqueeze(-1)).float()
     return maps.per_image([c.n_pos > 0 and c.n_neg > 0 for c in maps.cells], auroc)

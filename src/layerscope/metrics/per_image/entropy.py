@@ -18,4 +18,4 @@ def compute(maps: ScoredMaps) -> torch.Tensor:
     """(B, R) float32."""
     from ..distribution import normalized_entropy
 
-    return normalized_entropy(maps.maps)
+    return normalized_entropy(maps.maps, maps.masses)

@@ -16,9 +16,10 @@ METRIC = Metric("iou_oracle", "oracle IoU", "oracle IoU (0–1)", order=20, unde
 
 def compute(maps: ScoredMaps) -> torch.Tensor:
     """(B', R) float32; NaN without mask pixels."""
-    from ..localization import iou_oracle_from_groups
+    from ..localization import iou_oracle_from_cumsums
 
     g = maps.group_sums
-    rows = g.shape[0] // len(maps.cells)
-    oracle = iou_oracle_from_groups(g[..., 0], g[..., 1], maps.n_pos.repeat_interleave(rows).unsqueeze(-1)).float()
+    rows = g.shape[1] // len(maps.cells)
+    oracle = iou_oracle_from_cumsums(g[0], g[1], maps.count_cumsums,
+                                     maps.n_pos.repeat_interleave(rows).unsqueeze(-1)).float()
     return maps.per_image([c.n_pos > 0 for c in maps.cells], maps.rows_per_image(oracle))

@@ -19,9 +19,7 @@ def compute(maps: ScoredMaps) -> torch.Tensor:
     """(B', R) float32; NaN for a map with no mass."""
     import torch
 
-    s = maps.scores64
-    low = s.amin(-1, keepdim=True)
-    s = torch.where(low < 0, s - low, s)
+    s = maps.scored_masses
     inside = (s * maps.pos.unsqueeze(1)).sum(-1)
     total = (s * (maps.pos + maps.neg).unsqueeze(1)).sum(-1)
     return torch.where(total > 0, inside / total.clamp_min(1e-300), torch.full_like(total, float("nan"))).float()

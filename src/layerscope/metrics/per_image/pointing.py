@@ -18,6 +18,6 @@ def compute(maps: ScoredMaps) -> torch.Tensor:
     """(B', R) float32: the maximum cell holds mask pixels; NaN without mask pixels."""
     import torch
 
-    top = maps.scores64.argmax(-1)  # (B', R)
+    top = maps.scored.argmax(-1)  # (B', R): in float32 as in float64 (exact), the first maximum
     hit = (maps.pos.gather(1, top) > 0).float()
     return torch.where((maps.n_pos > 0).unsqueeze(-1), hit, torch.tensor(float("nan"), device=hit.device))

@@ -17,6 +17,10 @@ METRIC = Metric("score_topk", "top-k score", "mean of the top cells", needs_mask
 
 def compute(maps: ScoredMaps) -> torch.Tensor:
     """(B, R) float32."""
-    from ..localization import top_score
+    from ..localization import top_count, top_score
 
-    return top_score(maps.flat, maps.opts.topk)
+    ascending = maps.sorted_flat
+    if ascending is None:
+        return top_score(maps.flat, maps.opts.topk)
+    # the threshold's sort has them: the top k in topk's descending order, whatever order ties took
+    return ascending[..., ascending.shape[-1] - top_count(ascending.shape[-1], maps.opts.topk):].flip(-1).mean(-1)
