@@ -264,3 +264,14 @@ def test_rescore_writes_the_dataset_table_under_its_options(small_run, tmp_path)
     pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-12)
     assert (got["upsample"] == "bilinear").all()
     assert not got["aupro"].equals(pd.read_csv(run / layout.DATASET_METRICS)["aupro"])  # the options did change it
+
+
+def test_images_without_a_category_get_no_row_that_repeats_all():
+    """A folder of images has no categories: its only row is ``all``, not an unnamed copy of it; beside named
+    defect types the unnamed images keep their own row."""
+    unnamed = pd.DataFrame({"category": ["", "", "good"]})
+    assert [name for name, _ in _categories(unnamed)] == [catalog.AGGREGATE]
+    mixed = pd.DataFrame({"category": ["", "spot", "good"]})
+    rows = dict(_categories(mixed))
+    assert list(rows) == ["", "spot", catalog.AGGREGATE]
+    np.testing.assert_array_equal(rows[""], [True, False, True])

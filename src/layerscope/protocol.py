@@ -57,11 +57,16 @@ def _image_auroc(scores: np.ndarray, defective: np.ndarray) -> float:
 
 def _categories(images: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
     """(name, bool image selection): each defect type with the good images, then ``all`` (a category of the
-    data called ``all`` is named apart from it: ``catalog.data_category``)."""
+    data called ``all`` is named apart from it: ``catalog.data_category``). Images without a category (a folder
+    of images) are no defect type of their own where they and the good ones are every image: that row would
+    be ``all`` again, under an empty name."""
     good = (images["category"] == "good").to_numpy()
     out = []
     for category in sorted(set(images["category"]) - {"good"}):
-        out.append((catalog.data_category(category), (images["category"] == category).to_numpy() | good))
+        chosen = (images["category"] == category).to_numpy() | good
+        if category == "" and chosen.all():
+            continue
+        out.append((catalog.data_category(category), chosen))
     out.append((catalog.AGGREGATE, np.ones(len(images), bool)))
     return out
 
