@@ -370,3 +370,21 @@ if __name__ == "__main__":  # python tests/test_view.py RUN_DIR OUT.png [WIDTHxH
     small = Image.open(target).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
     small.save(target, optimize=True)  # 256 colours: a third of the size, the text stays sharp
     print(target, f"{target.stat().st_size / 1e3:.0f} KB")
+
+
+def test_a_held_out_value_that_is_undefined_reads_as_a_dash(tmp_path):
+    """A held-out choice on images without a good one has no false-alarm rate (JSON null): the page says so
+    instead of stopping."""
+    import json
+    from types import SimpleNamespace
+
+    from layerscope.view.sections import choice_section
+
+    choice = {"metric": "aupro", "threshold": 0.5, "threshold_rule": "fpr", "calibration_images": ["a"],
+              "held_out_images": ["b"], "chosen": {"model": "m", "method": "x", "layer": 3, "head": "mean"},
+              "held_out": {"aupro": {"value": 0.3649, "ci": [0.1651, 0.4623]},
+                           "image_false_alarm_rate": {"value": None, "ci": [None, None]}}}
+    (tmp_path / "choice_aupro.json").write_text(json.dumps(choice))
+    page = choice_section(SimpleNamespace(root=tmp_path))
+    assert "<b>0.365</b></td><td class=ci>[0.165, 0.462]" in page
+    assert "image_false_alarm_rate</td><td class=n><b><span title=undefined>–</span></b>" in page

@@ -15,7 +15,7 @@ from ..analysis.saved import (SEP, Study, head_order, layer_head_scores, line_he
                              smallest_threshold)
 from ..results.table import read_table
 from .charts import line_chart
-from .html import colour_legend, esc, fmt, hex_colour, ink, relpath
+from .html import colour_legend, esc, fmt, hex_colour, ink, num, relpath
 
 
 def job_entries(study: Study) -> tuple[list[dict[str, Any]], int]:
@@ -285,6 +285,13 @@ def curves_section(study: Study, metric: str, scores: dict[str, pd.DataFrame], n
             f"</p><div class=row>{''.join(charts)}</div></section>")
 
 
+def _three(value: object) -> str:
+    """A held-out value to 3 decimals, or ``–`` where it is undefined (JSON null: e.g. a false-alarm rate
+    without a good image)."""
+    v = num(value, 17)
+    return "<span title=undefined>–</span>" if v is None else f"{v:.3f}"
+
+
 def choice_section(study: Study) -> str:
     files = sorted(study.root.rglob(layout.CHOICE_GLOB))
     if not files:
@@ -299,8 +306,8 @@ def choice_section(study: Study) -> str:
             continue
         where = relpath(path.parent, study.root)
         job = "" if c.get("job") in (None, ".") else f" (job {esc(c['job'])})"
-        held = "".join(f"<tr><td>{esc(k)}</td><td class=n><b>{v['value']:.3f}</b></td><td class=ci>[{v['ci'][0]:.3f}, "
-                       f"{v['ci'][1]:.3f}]</td></tr>" for k, v in r.get("held_out", {}).items())
+        held = "".join(f"<tr><td>{esc(k)}</td><td class=n><b>{_three(v['value'])}</b></td><td class=ci>"
+                       f"[{_three(v['ci'][0])}, {_three(v['ci'][1])}]</td></tr>" for k, v in r.get("held_out", {}).items())
         stab = "".join(f"<tr><td>{esc(s['model'])} · {esc(s['method'])}</td><td class=n>{s['layer']}</td>"
                        f"<td>{esc(s['head'])}</td><td class=n>{s['wins']:.2f}</td></tr>" for s in r.get("stability", []))
         econ = r.get("economics", {}).get("verdict", "")
