@@ -23,7 +23,7 @@ import torch
 
 from .pooled import PooledMetrics
 
-__all__ = ["LayerCells", "SortedCells", "descending_keys", "row_metrics", "sort_candidate", "sort_cells"]
+__all__ = ["LayerCells", "CandidateCells", "descending_keys", "row_metrics", "sort_candidate", "sort_cells"]
 
 _SIGN = np.uint32(0x80000000)
 _LOW = np.uint32(0x7FFFFFFF)
@@ -78,7 +78,7 @@ def sort_cells(values: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 @dataclass
-class SortedCells:
+class CandidateCells:
     """One candidate's cells in score order (``sort_candidate``): what its rows read.
 
     Attributes:
@@ -117,7 +117,7 @@ class SortedCells:
 
 
 def sort_candidate(scores: torch.Tensor | np.ndarray, pixels: np.ndarray, pro: np.ndarray, images: np.ndarray,
-                   present: np.ndarray) -> SortedCells:
+                   present: np.ndarray) -> CandidateCells:
     """A candidate's cells sorted from its highest score down, with their counts in that order.
 
     Args:
@@ -131,7 +131,7 @@ def sort_candidate(scores: torch.Tensor | np.ndarray, pixels: np.ndarray, pro: n
     # the two float32 counts of a cell moved as one 64-bit word: one gather instead of two
     packed = np.ascontiguousarray(pixels, dtype=np.float32).reshape(-1).view(np.uint64)
     moved = np.take(packed, order).view(np.float32).reshape(-1, 2)
-    return SortedCells(keys, order, moved[:, 0], moved[:, 1].astype(np.float64), pro, images, present)
+    return CandidateCells(keys, order, moved[:, 0], moved[:, 1].astype(np.float64), pro, images, present)
 
 
 @dataclass
@@ -185,21 +185,16 @@ class LayerCells:
                 joined = torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
                 setattr(self, name, [joined])
         if self._cell_images is None:
-            stored = self.images[0] if self.images else np.zeros(0, np.int64)
-            self._cell_images = np.repeat(stored.astype(np.int32), self.cells)
+            self._cell_images = np.repeat(self.images[0].astype(np.int32), self.cells)
 
-    def sorted(self, k: int) -> SortedCells:
+    def sorted(self, k: int) -> CandidateCells:
         """Map ``k``'s cells over every stored image, sorted from its highest score down."""
-        self.join()
-        images = self._cell_images
-        if not self.images:
-            empty = np.zeros(0, np.float32)
-            return sort_candidate(empty, np.zeros((0, 2), np.float32), np.zeros(0), images, np.zeros(0, np.int64))
+        self.join()  # a layer's cells start with its first batch: there is always one
         return sort_candidate(self.scores[0][:, k].reshape(-1), self.pixels[0].reshape(-1, 2),
-                              self.pro[0].reshape(-1), images, self.images[0])
+                              self.pro[0].reshape(-1), self._cell_images, self.images[0])
 
 
-def row_metrics(cells: SortedCells, weights: np.ndarray | None, n_regions: float,
+def row_metrics(cells: CandidateCells, weights: np.ndarray | None, n_regions: float,
                 fpr_limit: float = 0.3) -> PooledMetrics:
     """Pooled AUROC, AUPRO, AP and best F1 of a candidate's cells over some images, each image weighted (a row of
     ``dataset_metrics``, a bootstrap draw of one).
