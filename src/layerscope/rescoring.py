@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .results.layout import CONFIG, MAPS, RESULTS, map_files
 from .results.maps_io import check_same_layout, load_maps
 from .analysis.pool import warn_missing_maps
-from .analysis.pool_stream import PooledStream, add_scored
+from .analysis.pool_stream import PooledStream
 from .protocol import stream_rows, write_table
 from .runtime import score_threads
 from .results.table import ResultsWriter
@@ -75,11 +75,7 @@ def rescore_dir(run_dir: Path, overrides: list[str], out_name: str, progress: bo
             except ValueError as e:  # checked maps should score; name the file if one does not
                 raise ValueError(f"{path}: {e}") from None
             writer.write(rows)
-            meta = saved["meta"]
-            add_scored(stream, [{"id": str(meta.get("image", path.stem)), "category": meta.get("category"),
-                                 "mask": target.mask if target is not None else None, "valid": target.valid
-                                 if target is not None else None}], {layer: m[None] for layer, m in maps.items()},
-                       [target], saved["names"], str(meta.get("model", "")), str(meta.get("method", "")))
+            stream.add_loaded(path, saved, target.cells if target is not None else None)  # the scorer's cell counts
         if stream.image_rows and not stream.dropped:
             write_table(pd.DataFrame(stream_rows(stream, threads=score_threads())), dataset_table(out))
         ok = True

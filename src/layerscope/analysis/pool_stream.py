@@ -191,14 +191,21 @@ class PooledStream:
             wanted = {layout.map_file(run_dir, i).name for i in ids}
             files = [f for f in files if f.name in wanted]
         for path in files:
-            d = load_maps(path)
-            meta = d["meta"]
-            image = {"id": str(meta.get("image", path.stem)), "category": meta.get("category"),
-                     "mask": torch.from_numpy(d["mask"]) if d["mask"] is not None else None,
-                     "valid": torch.from_numpy(d["valid"]) if d["valid"] is not None else None}
-            maps = {layer: torch.from_numpy(m)[None] for layer, m in d["maps"].items()}
-            self.add_batch([image], maps, d["names"], meta)
+            self.add_loaded(path, load_maps(path))
         return len(files)
+
+    def add_loaded(self, path: Path, saved: Mapping, cells: Callable[[tuple[int, int]], Cells] | None = None) -> None:
+        """Add one image from its saved maps, read already (``results.maps_io.load_maps`` of ``path``).
+
+        Args:
+            cells: grid -> the mask's ``Cells``, where a scorer counted them (``mask_counts``); None: counted here.
+        """
+        meta = saved["meta"]
+        image = {"id": str(meta.get("image", path.stem)), "category": meta.get("category"),
+                 "mask": torch.from_numpy(saved["mask"]) if saved["mask"] is not None else None,
+                 "valid": torch.from_numpy(saved["valid"]) if saved["valid"] is not None else None, "cells": cells}
+        maps = {layer: torch.from_numpy(m)[None] for layer, m in saved["maps"].items()}
+        self.add_batch([image], maps, saved["names"], meta)
 
     def images(self):
         """The image table (``Pool.images``' columns)."""
