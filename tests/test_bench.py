@@ -91,7 +91,8 @@ def test_marginal_is_the_slope_between_two_sizes(monkeypatch):
         loop = 3.0 + n * (0.015 if warm else 0.021)
         after = 0.5 + n * 0.002  # the dataset pass and the rest after the loop
         assert "dataset_metrics=false" not in extra  # whole runs
-        return {"images": n, "loop_seconds": loop, "after_loop_seconds": after,
+        return {"images": n, "loop_seconds": loop, "after_loop_seconds": after, "seconds": 1.0 + loop + after,
+                "dataset_stream_seconds": n * 0.0005, "dataset_seconds": 0.2 + n * 0.001,
                 "backbone_calls": 0 if warm else n // 4}, 4.0 + loop + after
 
     monkeypatch.setattr(pipeline, "_study", fake_study)
@@ -99,9 +100,11 @@ def test_marginal_is_the_slope_between_two_sizes(monkeypatch):
     assert [r["images"] for r in runs] == [[16, 48], [16, 48]]
     assert all(r["warm"] == pytest.approx(0.015) and r["cold"] == pytest.approx(0.021) for r in runs)
     assert all(r["warm_after"] == pytest.approx(0.002) and r["warm_whole"] == pytest.approx(0.017) for r in runs)
+    assert all(r["warm_run"] == pytest.approx(0.017) and r["warm_dataset"] == pytest.approx(0.0015) for r in runs)
     rows = pipeline.marginal_table(["m"], ["cpu"], 1)
     assert [(r["cache"], round(r["seconds_per_image"], 6)) for r in rows] == [
-        ("cold", 0.021), ("warm", 0.015), ("cold-warm", 0.006), ("warm-after-loop", 0.002), ("warm-whole-run", 0.017)]
+        ("cold", 0.021), ("warm", 0.015), ("cold-warm", 0.006), ("warm-after-loop", 0.002),
+        ("warm-dataset-pass", 0.0015), ("warm-run", 0.017), ("warm-whole-run", 0.017)]
 
 
 def test_against_runs_the_other_code_in_the_same_rounds_in_alternating_order(monkeypatch, tmp_path, capsys):
