@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -47,9 +49,58 @@ def save_maps(path: Path, image: np.ndarray, mask: np.ndarray | None, maps: Mapp
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """An ``.npz`` that ``np.load`` reads like ``np.savez_compressed``'s, written several times faster.
 
-    Float maps barely compress (about 10 %), so they are stored; the image and masks are deflated at
-    level 1 (the image is most of the file: level 6 takes 4x longer for 20 % less).
+    Float maps barely compress (about 10 %), so they are stored; the image and masks are deflated by ISA-L's
+    fastest level where ``isal`` is installed (a dependency; 1.2 ms for a 448 px image against zlib's 4.5 ms at
+    level 1, for a file about 15 % larger), else by zlib at level 1. The zip is written here, entry by entry
+    (what ``zipfile`` writes, without its compressor, which is zlib's alone): a local header, the data, and the
+    central directory at the end. A file past the plain zip format's 4 GiB is written by ``zipfile`` (ZIP64).
     """
+    import io
+
+    entries, offset = [], 0
+    for name, value in arrays.items():
+        data = io.BytesIO()
+        np.lib.format.write_array(data, np.asanyarray(value), allow_pickle=False)
+        raw = data.getbuffer()
+        crc = zlib.crc32(raw)
+        stored = np.asanyarray(value).dtype.kind == "f"
+        packed = raw if stored else _deflate(raw)
+        entries.append(((name + ".npy").encode(), 0 if stored else 8, crc, packed, raw.nbytes, offset))
+        offset += _LOCAL.size + len(entries[-1][0]) + len(packed)
+    if offset + sum(_CENTRAL.size + len(e[0]) for e in entries) >= _ZIP32:
+        return _write_npz_zip64(path, arrays)
+    with open(path, "wb") as f:
+        for fname, method, crc, packed, size, _ in entries:
+            f.write(_LOCAL.pack(0x04034B50, 20, 0, method, 0, _DOS_DATE, crc, len(packed), size, len(fname), 0))
+            f.write(fname)
+            f.write(packed)
+        start = f.tell()
+        for fname, method, crc, packed, size, at in entries:
+            f.write(_CENTRAL.pack(0x02014B50, 20, 20, 0, method, 0, _DOS_DATE, crc, len(packed), size, len(fname),
+                                  0, 0, 0, 0, 0o600 << 16, at))
+            f.write(fname)
+        end = f.tell()
+        f.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(entries), len(entries), end - start, start, 0))
+
+
+_LOCAL = struct.Struct("<IHHHHHIIIHH")  # a zip entry's local header (before its name)
+_CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")  # its central directory record
+_DOS_DATE = (0 << 9) | (1 << 5) | 1  # 1980-01-01, the zip format's first day: the same bytes for the same arrays
+_ZIP32 = 2 ** 32 - 1
+
+
+def _deflate(raw: memoryview) -> bytes:
+    """Raw deflate (what a zip entry holds): ISA-L's fastest level where installed, else zlib's level 1."""
+    try:
+        from isal import isal_zlib as codec
+    except ImportError:  # isal has wheels for the usual platforms; elsewhere zlib, slower, the same format
+        codec = zlib
+    packer = codec.compressobj(1, codec.DEFLATED, -15)
+    return packer.compress(raw) + packer.flush()
+
+
+def _write_npz_zip64(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """``write_npz`` through ``zipfile`` (ZIP64 past 4 GiB; zlib at level 1)."""
     import io
     import zipfile
 
