@@ -25,7 +25,7 @@ from layerscope.data.folder import Folder
 from layerscope.data.handover import SHM, no_leftover_segments
 from layerscope.data.ids import path_id, safe_name
 from layerscope.heldout import choose
-from layerscope.protocol import dataset_metrics
+from layerscope.protocol import dataset_metrics, write_dataset_metrics
 from layerscope.results import catalog, layout
 from layerscope.analysis.pool import build_pool
 from layerscope.analysis.leaderboard import dataset_markdown, md, rank_dataset, to_markdown
@@ -233,6 +233,12 @@ def test_a_checkpoint_with_a_nan_weight_finishes_and_counts_its_maps(tmp_path):
     assert "have NaN/inf values" in proc.stdout + proc.stderr
     dm = pd.read_csv(out / layout.DATASET_METRICS)
     assert dm.loc[(dm["layer"] == 1) & (dm["head"].astype(str) == "0"), "aupro"].isna().all()
+    # the study's table (image scores and NaN maps from its scorer's rows) is the pass over its saved maps
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    (again / layout.DATASET_METRICS).unlink()
+    write_dataset_metrics(again, n_boot=0)
+    assert (again / layout.DATASET_METRICS).read_text() == (out / layout.DATASET_METRICS).read_text()
 
 
 # ------------------------------------------------------------------------------------------- 6, 22: categories

@@ -255,7 +255,8 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
                 extras = [merged_columns(f, c) for f, c in zip(faith, columns)]
                 scored, chosen, targets = _score_batch(cfg, plan, backbone, names, items, per_image, logits, extras,
                                                        clock)
-                add_scored(stream, items, chosen, targets, names, backbone.name, method.name)  # dataset-level counts
+                add_scored(stream, items, chosen, targets, names, backbone.name, method.name,  # dataset-level counts
+                           [image_rows for _, _, image_rows in scored])
                 # the batch's representations go to disk with its first image, before any of its done.txt lines
                 before = ([parts.task([item.id for item in items],
                                       representations(captured, items, int(cfg.representation_grid)),

@@ -111,7 +111,8 @@ class PooledStream:
                     self.scores.append({})
 
     def add_batch(self, images: Sequence[Mapping], maps: Mapping[int, torch.Tensor],
-                  names: Mapping[int, Sequence[str]], meta: Mapping) -> None:
+                  names: Mapping[int, Sequence[str]], meta: Mapping,
+                  image_scores: Mapping[int, np.ndarray] | None = None) -> None:
         """Add a batch of images with their chosen maps.
 
         Args:
@@ -121,6 +122,9 @@ class PooledStream:
             maps: layer -> (B, K, h, w) the maps of the batch (any device).
             names: layer -> K map names.
             meta: ``model`` and ``method`` of the run.
+            image_scores: layer -> float64 (B, K, len(SCORES)) the maps' image scores as the scorer computed them
+                (``scored_image_scores``; NaN for a map with NaN/inf values, whose rows hold no number), or None:
+                computed here, the same numbers.
         """
         t0 = time.perf_counter()
         keep = [b for b, image in enumerate(images) if image["mask"] is not None]
@@ -147,17 +151,25 @@ class PooledStream:
             for layer, m in maps.items():
                 m = m[keep].to(device)
                 k = m.shape[1]
-                per_image = self._image_scores(m)  # (B', K, len(SCORES))
                 flat = m.flatten(-2).float() if self.mode == "nearest" else \
                     upsample_maps(m, size, "bilinear").flatten(-2).float()
-                bad = ~torch.isfinite(flat).all(-1)  # (B', K): a NaN weight's maps, out of every pooled metric
-                if bad.any():
+                if image_scores is not None:  # the scorer's: a map with NaN/inf values has none
+                    per_image = np.asarray(image_scores[layer], dtype=np.float64)[keep]  # (B', K, len(SCORES))
+                    bad_np = np.isnan(per_image[..., 0])
+                    bad = torch.from_numpy(bad_np).to(flat.device) if bad_np.any() else None
+                else:
+                    scores = self._image_scores(m)
+                    bad = ~torch.isfinite(flat).all(-1)  # (B', K): a NaN weight's maps, out of every pooled metric
+                    if bad.any():
+                        scores[bad] = float("nan")
+                    else:
+                        bad = None
+                    per_image = scores.cpu().numpy()
+                if bad is not None:
                     flat = torch.where(bad[..., None], torch.zeros((), device=flat.device), flat)
-                    per_image[bad] = float("nan")
                     for kk in torch.nonzero(bad.any(0)).flatten().tolist():
                         c = self.slots[(layer, kk)]
                         self.nonfinite[c] = self.nonfinite.get(c, 0) + int(bad[:, kk].sum())
-                per_image = per_image.cpu().numpy()
                 for j, i in enumerate(idx):
                     for kk in range(k):
                         self.scores[self.slots[(layer, kk)]][i] = per_image[j, kk]
@@ -222,7 +234,8 @@ class PooledStream:
 
 
 def add_scored(stream: "PooledStream | None", items: Sequence, maps: Mapping[int, torch.Tensor],
-               targets: Sequence, names: Mapping[int, Sequence[str]], model: str, method: str) -> None:
+               targets: Sequence, names: Mapping[int, Sequence[str]], model: str, method: str,
+               rows: Sequence[Sequence[Mapping]] | None = None) -> None:
     """Feed a study's scored batch to ``stream``; nothing when there is none (no dataset-level pass).
 
     Args:
@@ -231,6 +244,8 @@ def add_scored(stream: "PooledStream | None", items: Sequence, maps: Mapping[int
         maps: layer -> (B, K, h, w) the chosen maps.
         targets: B ``scoring.target.Target`` or None: the scorer's ground truths, whose cell counts per grid
             the stream reads instead of counting them again.
+        rows: B lists of the images' ``results.csv`` rows (``scoring.batch_image_rows``), whose image scores the
+            stream takes instead of computing them again; None: computed.
     """
     if stream is None or not items:
         return
@@ -241,7 +256,26 @@ def add_scored(stream: "PooledStream | None", items: Sequence, maps: Mapping[int
         if target is not None:
             image["cells"] = target.cells
         images.append(image)
-    stream.add_batch(images, maps, {layer: names[layer] for layer in maps}, {"model": model, "method": method})
+    names = {layer: names[layer] for layer in maps}
+    scores = scored_image_scores(rows, names) if rows is not None else None
+    stream.add_batch(images, maps, names, {"model": model, "method": method}, scores)
+
+
+def scored_image_scores(rows: Sequence[Sequence[Mapping]], names: Mapping[int, Sequence[str]]
+                        ) -> dict[int, np.ndarray]:
+    """layer -> float64 (B, K, len(SCORES)) the image scores of B images' rows (those of their first threshold;
+    every threshold's are the same), in ``names``' order of the maps; NaN where a row holds none."""
+    out = {layer: np.full((len(rows), len(k_names), len(SCORES)), np.nan) for layer, k_names in names.items()}
+    at = {layer: {name: k for k, name in enumerate(k_names)} for layer, k_names in names.items()}
+    for b, image_rows in enumerate(rows):
+        first = image_rows[0]["threshold"] if image_rows else None
+        for row in image_rows:
+            if row["threshold"] == first and row["head"] != "best" and row["layer"] in at:
+                values = out[row["layer"]][b, at[row["layer"]][row["head"]]]
+                for j, name in enumerate(SCORES):
+                    value = row.get(name)
+                    values[j] = value if value is not None else np.nan
+    return out
 
 
 def run_stream(cfg, out_dir: Path, done: Iterable[str], device: torch.device | None = None) -> "PooledStream | None":

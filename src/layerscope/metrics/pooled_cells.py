@@ -101,8 +101,9 @@ class CandidateCells:
 
     @functools.cached_property
     def image(self) -> np.ndarray:
-        """(N,) each sorted cell's image."""
-        return np.take(self.images, self.order)
+        """intp, (N,) each sorted cell's image: an index every row gathers its images' weights with (NumPy converts
+        any other index type to intp first, on every gather)."""
+        return np.take(self.images, self.order).astype(np.intp, copy=False)
 
     @functools.cached_property
     def positive(self) -> np.ndarray:
@@ -222,7 +223,7 @@ def row_metrics(cells: CandidateCells, weights: np.ndarray | None, n_regions: fl
         keys, negatives, positive = cells.keys, cells.negatives, cells.positive
         at, scale = positive, None
     else:
-        w = weights[cells.image]
+        w = np.take(weights, cells.image)
         binary = weights.dtype == bool or bool(np.isin(weights[cells.present], (0, 1)).all())
         if 2 * np.count_nonzero(weights[cells.present]) > cells.present.shape[0]:
             # most images weigh (a bootstrap draw): every cell, a weightless one adding nothing
