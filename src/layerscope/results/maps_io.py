@@ -59,24 +59,31 @@ def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
     entries, offset = [], 0
     for name, value in arrays.items():
-        data = io.BytesIO()
-        np.lib.format.write_array(data, np.asanyarray(value), allow_pickle=False)
-        raw = data.getbuffer()
-        crc = zlib.crc32(raw)
-        stored = np.asanyarray(value).dtype.kind == "f"
-        packed = raw if stored else _deflate(raw)
-        entries.append(((name + ".npy").encode(), 0 if stored else 8, crc, packed, raw.nbytes, offset))
-        offset += _LOCAL.size + len(entries[-1][0]) + len(packed)
+        value = np.ascontiguousarray(value)
+        if value.dtype.hasobject:
+            raise ValueError(f"write_npz: array {name!r} holds Python objects; expected numbers")
+        # the .npy file ``np.save`` writes: its header, then the array's bytes, read in place (no copy)
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(value))
+        parts = [head.getvalue(), value.reshape(-1).view(np.uint8).data]
+        crc = zlib.crc32(parts[1], zlib.crc32(parts[0]))
+        stored = value.dtype.kind == "f"
+        packed = parts if stored else [_deflate(parts)]
+        size = sum(part.nbytes if isinstance(part, memoryview) else len(part) for part in parts)
+        entries.append(((name + ".npy").encode(), 0 if stored else 8, crc, packed,
+                        sum(len(part) if isinstance(part, bytes) else part.nbytes for part in packed), size, offset))
+        offset += _LOCAL.size + len(entries[-1][0]) + entries[-1][4]
     if offset + sum(_CENTRAL.size + len(e[0]) for e in entries) >= _ZIP32:
         return _write_npz_zip64(path, arrays)
     with open(path, "wb") as f:
-        for fname, method, crc, packed, size, _ in entries:
-            f.write(_LOCAL.pack(0x04034B50, 20, 0, method, 0, _DOS_DATE, crc, len(packed), size, len(fname), 0))
+        for fname, method, crc, packed, packed_size, size, _ in entries:
+            f.write(_LOCAL.pack(0x04034B50, 20, 0, method, 0, _DOS_DATE, crc, packed_size, size, len(fname), 0))
             f.write(fname)
-            f.write(packed)
+            for part in packed:
+                f.write(part)
         start = f.tell()
-        for fname, method, crc, packed, size, at in entries:
-            f.write(_CENTRAL.pack(0x02014B50, 20, 20, 0, method, 0, _DOS_DATE, crc, len(packed), size, len(fname),
+        for fname, method, crc, _, packed_size, size, at in entries:
+            f.write(_CENTRAL.pack(0x02014B50, 20, 20, 0, method, 0, _DOS_DATE, crc, packed_size, size, len(fname),
                                   0, 0, 0, 0, 0o600 << 16, at))
             f.write(fname)
         end = f.tell()
@@ -89,14 +96,15 @@ _DOS_DATE = (0 << 9) | (1 << 5) | 1  # 1980-01-01, the zip format's first day: t
 _ZIP32 = 2 ** 32 - 1
 
 
-def _deflate(raw: memoryview) -> bytes:
-    """Raw deflate (what a zip entry holds): ISA-L's fastest level where installed, else zlib's level 1."""
+def _deflate(parts: Sequence[bytes | memoryview]) -> bytes:
+    """The parts deflated as one stream (what a zip entry holds, raw): by ISA-L's fastest level where installed,
+    else by zlib's level 1."""
     try:
         from isal import isal_zlib as codec
     except ImportError:  # isal has wheels for the usual platforms; elsewhere zlib, slower, the same format
         codec = zlib
     packer = codec.compressobj(1, codec.DEFLATED, -15)
-    return packer.compress(raw) + packer.flush()
+    return b"".join([*(packer.compress(part) for part in parts), packer.flush()])
 
 
 def _write_npz_zip64(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
