@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -216,7 +217,6 @@ def row_metrics(cells: CandidateCells, weights: np.ndarray | None, n_regions: fl
     Returns:
         ``PooledMetrics``; a field is NaN where it is undefined (as ``group_metrics``).
     """
-    nan = float("nan")
     # keys and cumulated normal pixels of the row's cells (sorted); its defect cells' positions there, their
     # sorted positions among all cells (``at``), their weights (None: 1) and weighted defect pixels
     if weights is None or bool((weights[cells.present] == 1).all()):
@@ -245,21 +245,46 @@ def row_metrics(cells: CandidateCells, weights: np.ndarray | None, n_regions: fl
         defect *= scale
     n_neg = float(negatives[-1]) if negatives.shape[0] else 0.0
     # the row's distinct scores that hold defect pixels, with their counts
-    start = np.ones(positive.shape[0], dtype=bool)
-    group_keys = keys[positive]
-    np.not_equal(group_keys[1:], group_keys[:-1], out=start[1:])
-    starts = np.flatnonzero(start)
-    group_keys = group_keys[starts]
+    starts, group_keys = _groups(keys[positive])
     gp = np.add.reduceat(defect, starts) if starts.size else np.zeros(0)
     first = np.searchsorted(keys, group_keys, "left")  # each such score's cells in the row
     last = np.searchsorted(keys, group_keys, "right") - 1
     fp = negatives[last] if last.size else np.zeros(0)  # normal pixels scoring >= each such score
     above = np.where(first > 0, negatives[np.maximum(first - 1, 0)], 0.0) if first.size else np.zeros(0)
+
+    def gpro() -> np.ndarray:
+        pro = cells.pro[cells.order[at]]
+        return np.add.reduceat(pro * scale if scale is not None else pro, starts) if starts.size else np.zeros(0)
+
+    return _curves(group_keys, gp, fp, above, first, n_neg, n_regions, fpr_limit, gpro,
+                   lambda: _crossing(keys, negatives, n_neg, fpr_limit))
+
+
+def _groups(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The runs of equal values of ascending ``sorted_keys``: each run's first index, and its key."""
+    start = np.ones(sorted_keys.shape[0], dtype=bool)
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=start[1:])
+    starts = np.flatnonzero(start)
+    return starts, sorted_keys[starts]
+
+
+def _curves(group_keys: np.ndarray, gp: np.ndarray, fp: np.ndarray, above: np.ndarray, first: np.ndarray,
+            n_neg: float, n_regions: float, fpr_limit: float, gpro: Callable[[], np.ndarray],
+            crossing: Callable[[], tuple[int, float, float]]) -> PooledMetrics:
+    """The pooled metrics from the row's distinct scores that hold defect pixels (``row_metrics``).
+
+    Args:
+        group_keys: (G,) those scores' keys, ascending (scores descending).
+        gp: (G,) float64 defect pixels at each; ``fp``, ``above``: normal pixels scoring at or above, and above,
+            each; ``first``: each one's first cell among the row's sorted cells.
+        n_neg: the row's normal pixels.
+        gpro: () -> (G,) PRO weight at each (asked for only where AUPRO is defined).
+        crossing: () -> ``_crossing``'s (cross_first, x_a, x_b).
+    """
+    nan = float("nan")
     aupro = nan
     if n_regions > 0 and n_neg > 0:
-        pro = cells.pro[cells.order[at]]
-        gpro = np.add.reduceat(pro * scale if scale is not None else pro, starts) if starts.size else np.zeros(0)
-        aupro = _aupro(keys, negatives, n_neg, fp, above, np.cumsum(gpro) / n_regions, first, fpr_limit)
+        aupro = _aupro(n_neg, fp, above, np.cumsum(gpro()) / n_regions, first, fpr_limit, *crossing())
     tp = np.cumsum(gp)
     n_pos = float(tp[-1]) if tp.shape[0] else 0.0
     if n_pos == 0:
@@ -275,28 +300,37 @@ def row_metrics(cells: CandidateCells, weights: np.ndarray | None, n_regions: fl
     return PooledMetrics(auroc, aupro, ap, 2.0 * float(f1[best]), threshold)
 
 
-def _aupro(keys: np.ndarray, negatives: np.ndarray, n_neg: float, fp: np.ndarray, above: np.ndarray,
-           y: np.ndarray, first: np.ndarray, fpr_limit: float) -> float:
-    """Normalised area under PRO(FPR) up to ``fpr_limit``, as ``metrics.pooled._aupro``.
-
-    The curve's points are the row's distinct scores; PRO changes only at the scores holding defect pixels
-    (``fp``, ``above``: the normal pixels at or above and strictly above each; ``y`` its PRO there;
-    ``first``: its first cell in the row's ``keys``). Between two of them the curve is flat, so the trapezoids
-    between them add up to one rectangle.
-    """
+def _crossing(keys: np.ndarray, negatives: np.ndarray, n_neg: float, fpr_limit: float) -> tuple[int, float, float]:
+    """Where the row's FPR first passes ``fpr_limit``, along its sorted cells (``keys``; ``negatives``: the normal
+    pixels cumulated): the first cell of that cell's score (-1: FPR never passes it), the FPR of the scores above
+    that one, and the FPR at that score (NaN where none)."""
     # the first cell past the limit: its score is the first point with FPR > limit (checked on the division)
     c = int(np.searchsorted(negatives, fpr_limit * n_neg, side="right"))
     while c < negatives.shape[0] and negatives[c] / n_neg <= fpr_limit:
         c += 1
     while c > 0 and negatives[c - 1] / n_neg > fpr_limit:
         c -= 1
-    if c < negatives.shape[0]:
-        cross_first = int(np.searchsorted(keys, keys[c], "left"))
-        x_a = float(negatives[cross_first - 1]) / n_neg if cross_first else 0.0  # the last point inside
+    if c == negatives.shape[0]:
+        return -1, float(negatives[-1]) / n_neg, float("nan")
+    cross_first = int(np.searchsorted(keys, keys[c], "left"))
+    x_a = float(negatives[cross_first - 1]) / n_neg if cross_first else 0.0  # the last point inside
+    x_b = float(negatives[int(np.searchsorted(keys, keys[c], "right")) - 1]) / n_neg
+    return cross_first, x_a, x_b
+
+
+def _aupro(n_neg: float, fp: np.ndarray, above: np.ndarray, y: np.ndarray, first: np.ndarray, fpr_limit: float,
+           cross_first: int, x_a: float, x_b: float) -> float:
+    """Normalised area under PRO(FPR) up to ``fpr_limit``, as ``metrics.pooled._aupro``.
+
+    The curve's points are the row's distinct scores; PRO changes only at the scores holding defect pixels
+    (``fp``, ``above``: the normal pixels at or above and strictly above each; ``y`` its PRO there;
+    ``first``: its first cell in the row's sorted cells). Between two of them the curve is flat, so the
+    trapezoids between them add up to one rectangle. ``cross_first``, ``x_a``, ``x_b``: ``_crossing``'s.
+    """
+    if cross_first >= 0:
         inside = int(np.searchsorted(first, cross_first, "left"))  # defect scores before the crossing one
     else:
-        cross_first, inside = -1, fp.shape[0]
-        x_a = float(negatives[-1]) / n_neg
+        inside = fp.shape[0]
     x, x_before = fp[:inside] / n_neg, above[:inside] / n_neg
     area = 0.0
     if inside:
@@ -307,7 +341,6 @@ def _aupro(keys: np.ndarray, negatives: np.ndarray, n_neg: float, fp: np.ndarray
     if cross_first >= 0:
         y_a = float(y[inside - 1]) if inside else 0.0
         y_b = float(y[inside]) if inside < first.shape[0] and first[inside] == cross_first else y_a
-        x_b = float(negatives[int(np.searchsorted(keys, keys[c], "right")) - 1]) / n_neg
         y_lim = y_a + (y_b - y_a) * (fpr_limit - x_a) / (x_b - x_a)
         area += 0.5 * (y_a + y_lim) * (fpr_limit - x_a)
     return area / fpr_limit
