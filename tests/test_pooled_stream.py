@@ -78,6 +78,46 @@ def test_layer_cells_rows_equal_the_curves_over_the_distinct_scores_of_all_cells
         store.add(torch.zeros(1, k, 74), np.zeros(1), torch.zeros(1, 74, 2), torch.zeros(1, 74))
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_cells_of_one_size_give_the_rows_of_the_sorted_cells_exactly(seed):
+    """``UniformCells`` (a row's scores sorted alone) against ``row_metrics`` over the candidate's sorted cells:
+    the same numbers to the last bit, for rows of every kind, ties (within and across images, with defect
+    cells among them), cells that are all defect, images without defect pixels, every AUPRO limit."""
+    rng = np.random.default_rng(seed)
+    n_images, cells, k, size = 30, 60, 3, 4
+    scores = np.round(rng.random((n_images, k, cells)), 2).astype(np.float32)  # many ties, also across images
+    scores[3, 0, :5] = -0.0
+    scores[4, 0, :5] = 0.0
+    scores[5, 1, :7] = -np.round(rng.random(7), 1)
+    scores[:, 2] = np.round(scores[:, 2], 1)  # a coarse map: large tie groups
+    pos = np.where(rng.random((n_images, cells)) < 0.2, rng.integers(1, size + 1, (n_images, cells)), 0)
+    category = rng.choice(["good", "spot", "crack"], n_images)
+    pos[category == "good"] = 0
+    pixels = np.stack([pos, size - pos], -1).astype(np.float32)  # every cell counts ``size`` pixels
+    pro = np.where(pos > 0, rng.random((n_images, cells)), 0.0)
+    store = LayerCells(cells)
+    order = rng.permutation(n_images)
+    for start, n in ((0, 4), (4, 11), (15, 15)):
+        at = order[start:start + n]
+        store.add(torch.from_numpy(scores[at]), at, torch.from_numpy(pixels[at]), torch.from_numpy(pro[at]))
+    rows = {"all": None, **{c: category == c for c in ("good", "spot", "crack")},
+            "good and spot": np.isin(category, ["good", "spot"]), "one image": np.arange(n_images) == 7,
+            "none": np.zeros(n_images, bool)}
+    for map_k in range(k):
+        uniform, sorted_cells = store.uniform(map_k), store.sorted(map_k)
+        assert uniform is not None
+        for name, chosen in rows.items():
+            for limit in (0.3, 0.05, 0.5, 1.0):
+                for regions in (5.0, 0.0):
+                    want = astuple(row_metrics(sorted_cells, chosen, regions, limit))
+                    got = astuple(uniform.metrics(chosen, regions, limit))
+                    np.testing.assert_array_equal(np.array(got), np.array(want), err_msg=f"{name} {limit}")
+    odd = LayerCells(cells)  # a cell with an ignored pixel: cells of two sizes, read sorted
+    pixels[0, 0, 1] -= 1
+    odd.add(torch.from_numpy(scores), np.arange(n_images), torch.from_numpy(pixels), torch.from_numpy(pro))
+    assert odd.uniform(0) is None
+
+
 def test_sort_cells_orders_every_float_like_a_stable_descending_sort():
     rng = np.random.default_rng(1)
     values = np.concatenate([rng.normal(size=500), [0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.0, 3.0]])

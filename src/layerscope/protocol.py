@@ -205,12 +205,16 @@ def stream_rows(stream: PooledStream, categories: list[tuple[str, np.ndarray]] |
         image_scores, bad = stream.image_scores(c), stream.nonfinite.get(c, 0)
         layer, k = stream.where[c]
         store = stream.layers[layer]
-        cells = store.sorted(k)  # sorted once; every row selects from it
+        # cells of one size: each row sorts its scores alone; else the cells sorted once, every row selecting
+        uniform = store.uniform(k)
+        cells = store.sorted(k) if uniform is None else None
         rows = []
         for category, chosen in categories:
             sel = chosen & covered
             w = sel.astype(float) * covered  # the images' weights of the pass over every cell
-            m = row_metrics(cells, sel, float((w * regions).sum()), stream.fpr_limit)
+            n_regions = float((w * regions).sum())
+            m = uniform.metrics(sel, n_regions, stream.fpr_limit) if uniform is not None else \
+                row_metrics(cells, sel, n_regions, stream.fpr_limit)
             rows.append(_row(cand, category, sel, m, image_scores, columns, bad,
                              numbers[c] if numbers is not None else c))
         return rows

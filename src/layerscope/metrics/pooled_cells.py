@@ -24,7 +24,8 @@ import torch
 
 from .pooled import PooledMetrics
 
-__all__ = ["LayerCells", "CandidateCells", "descending_keys", "row_metrics", "sort_candidate", "sort_cells"]
+__all__ = ["LayerCells", "CandidateCells", "UniformCells", "descending_keys", "row_metrics", "sort_candidate",
+           "sort_cells"]
 
 _SIGN = np.uint32(0x80000000)
 _LOW = np.uint32(0x7FFFFFFF)
@@ -154,6 +155,7 @@ class LayerCells:
     pixels: list[np.ndarray] = field(default_factory=list)
     pro: list[np.ndarray] = field(default_factory=list)
     _cell_images: np.ndarray | None = field(default=None, init=False, repr=False)  # (R cells,) each cell's image
+    _defects: tuple | None = field(default=None, init=False, repr=False)  # ``_uniform_defects`` of the joined cells
 
     def add(self, scores: torch.Tensor, images: np.ndarray, pixels: torch.Tensor, pro: torch.Tensor) -> int:
         """Keep a batch's cells; returns the bytes now held for them.
@@ -188,12 +190,133 @@ class LayerCells:
                 setattr(self, name, [joined])
         if self._cell_images is None:
             self._cell_images = np.repeat(self.images[0].astype(np.int32), self.cells)
+            self._defects = _uniform_defects(self.scores[0], self.pixels[0], self.pro[0])
 
     def sorted(self, k: int) -> CandidateCells:
         """Map ``k``'s cells over every stored image, sorted from its highest score down."""
         self.join()  # a layer's cells start with its first batch: there is always one
         return sort_candidate(self.scores[0][:, k].reshape(-1), self.pixels[0].reshape(-1, 2),
                               self.pro[0].reshape(-1), self._cell_images, self.images[0])
+
+    def uniform(self, k: int) -> "UniformCells | None":
+        """Map ``k``'s cells read without sorting their positions, where every cell counts the same pixels and the
+        scores are on the CPU (``UniformCells``); None elsewhere (ignored pixels, a GPU's maps): ``sorted``."""
+        self.join()
+        if self._defects is None:
+            return None
+        size, at, defect, pro = self._defects
+        return UniformCells(descending_keys(self.scores[0][:, k]), self.images[0], size, at, defect, pro)
+
+
+def _uniform_defects(scores: np.ndarray | torch.Tensor, pixels: np.ndarray, pro: np.ndarray) -> tuple | None:
+    """(pixels per cell, storage positions of the cells holding defect pixels, their defect pixels, their PRO
+    weights) where every cell counts the same pixels (defect + normal) and the scores are NumPy's; else None."""
+    if isinstance(scores, torch.Tensor) or not pixels.size:
+        return None
+    counted = pixels.sum(-1)  # float32: exact up to 2^24 pixels a cell
+    size = float(counted.flat[0])
+    if not bool((counted == counted.flat[0]).all()):
+        return None
+    defect = pixels[..., 0].reshape(-1)
+    at = np.flatnonzero(defect > 0)
+    return size, at, defect[at], pro.reshape(-1)[at]
+
+
+@dataclass
+class UniformCells:
+    """One candidate's cells where every cell counts the same pixels: each row's metrics from its sorted scores
+    alone (``row_metrics``' values exactly, without sorting the cells' positions).
+
+    With ``s`` pixels a cell, a row's normal pixels at or above a score are ``s`` times its cells there less its
+    defect pixels there: both counts are read off the sorted scores (a binary search) and the few cells with
+    defect pixels, which are sorted by score (ties in storage order, as ``sort_candidate`` orders them). A row
+    then sorts its scores (a plain ``np.sort``: no positions, no gathers, no running sum over its cells).
+
+    Attributes:
+        keys: uint32, (n, cells) ``descending_keys`` of the scores of the n stored images, in storage order.
+        images: int, (n,) each stored image's index in the image table.
+        size: pixels per cell.
+        defect_at: int, (P,) storage positions (image row x cells + cell) of the cells holding defect pixels.
+        defect: float32, (P,) their defect pixels.
+        pro: float64, (P,) their PRO weights.
+    """
+
+    keys: np.ndarray
+    images: np.ndarray
+    size: float
+    defect_at: np.ndarray
+    defect: np.ndarray
+    pro: np.ndarray
+
+    @functools.cached_property
+    def all_sorted(self) -> np.ndarray:
+        """Every stored cell's key, ascending."""
+        return np.sort(self.keys, axis=None)
+
+    def metrics(self, chosen: np.ndarray | None, n_regions: float, fpr_limit: float = 0.3) -> PooledMetrics:
+        """``row_metrics`` of the images ``chosen`` (bool over the image table; None: every image).
+
+        Args:
+            chosen: (n_images,) bool.
+            n_regions: the chosen images' regions.
+            fpr_limit: upper end of the AUPRO integral, in (0, 1].
+        """
+        rows = np.ones(self.images.shape[0], bool) if chosen is None else np.take(chosen, self.images)
+        keys = self.all_sorted if rows.all() else np.sort(self.keys[rows], axis=None)
+        mine = np.take(rows, self.defect_at // self.keys.shape[1])
+        at = self.defect_at[mine]
+        cell_keys = np.take(self.keys, at)
+        order = np.argsort(cell_keys, kind="stable")  # by score, ties in storage order
+        starts, group_keys = _groups(cell_keys[order])
+        defect = self.defect[mine][order].astype(np.float64)
+        gp = np.add.reduceat(defect, starts) if starts.size else np.zeros(0)
+        first = np.searchsorted(keys, group_keys, "left")
+        last = np.searchsorted(keys, group_keys, "right") - 1
+        tp = np.cumsum(gp)
+        n_pos = float(tp[-1]) if tp.shape[0] else 0.0
+        n_neg = self.size * keys.shape[0] - n_pos
+        fp = self.size * (last + 1) - tp  # integers: exact, as the running sum of every cell's normal pixels
+        above = self.size * first - (tp - gp)
+
+        def gpro() -> np.ndarray:
+            return np.add.reduceat(self.pro[mine][order], starts) if starts.size else np.zeros(0)
+
+        return _curves(group_keys, gp, fp, above, first, n_neg, n_regions, fpr_limit, gpro,
+                       lambda: _crossing_uniform(keys, self.size, first, last, tp, n_neg, fpr_limit))
+
+
+def _crossing_uniform(keys: np.ndarray, size: float, first: np.ndarray, last: np.ndarray, tp: np.ndarray,
+                      n_neg: float, fpr_limit: float) -> tuple[int, float, float]:
+    """``_crossing`` of a row of cells of ``size`` pixels each, from its sorted ``keys`` and its scores holding
+    defect pixels (their ``first`` and ``last`` cells, ``tp`` the defect pixels cumulated).
+
+    Along the cells, the normal pixels so far are known at each such score's last cell, and grow by ``size`` a
+    cell between two of them (a stretch). They never fall, so the first such score past the limit, ``j``, bounds
+    the crossing: it lies in the stretch before ``j`` (found by arithmetic, checked on the same division), or
+    at ``j``.
+    """
+    n = keys.shape[0]
+    at_last = size * (last + 1) - tp  # normal pixels up to each such score's last cell
+    passed = at_last / n_neg > fpr_limit
+    j = int(np.argmax(passed)) if passed.any() else last.shape[0]
+    before = float(tp[j - 1]) if j else 0.0  # defect pixels above stretch j
+    lo = int(last[j - 1]) + 1 if j else 0  # its first cell
+    hi = int(first[j]) if j < last.shape[0] else n  # its end: defect score j's first cell
+    if lo < hi:
+        guess = np.floor((fpr_limit * n_neg + before) / size)  # the first cell past the limit, to rounding
+        cell = np.clip(guess + np.arange(-2, 3), lo, hi - 1).astype(np.int64)
+        past = cell[(size * (cell + 1) - before) / n_neg > fpr_limit]
+        if past.size:  # a score of the stretch: its cells
+            c = int(past.min())
+            cross_first = int(np.searchsorted(keys, keys[c], "left"))
+            end = int(np.searchsorted(keys, keys[c], "right")) - 1
+            x_a = (size * cross_first - before) / n_neg if cross_first else 0.0
+            return cross_first, float(x_a), float((size * (end + 1) - before) / n_neg)
+    if j == last.shape[0]:
+        return -1, float(n_neg) / n_neg, float("nan")
+    cross_first = int(first[j])
+    x_a = (size * cross_first - before) / n_neg if cross_first else 0.0
+    return cross_first, float(x_a), float(at_last[j] / n_neg)
 
 
 def row_metrics(cells: CandidateCells, weights: np.ndarray | None, n_regions: float,
