@@ -266,7 +266,7 @@ class UniformCells:
         mine = np.take(rows, self.defect_at // self.keys.shape[1])
         at = self.defect_at[mine]
         cell_keys = np.take(self.keys, at)
-        order = np.argsort(cell_keys, kind="stable")  # by score, ties in storage order
+        order = _stable_order(cell_keys)  # by score, ties in storage order (``at`` ascends)
         starts, group_keys = _groups(cell_keys[order])
         defect = self.defect[mine][order].astype(np.float64)
         gp = np.add.reduceat(defect, starts) if starts.size else np.zeros(0)
@@ -283,6 +283,15 @@ class UniformCells:
 
         return _curves(group_keys, gp, fp, above, first, n_neg, n_regions, fpr_limit, gpro,
                        lambda: _crossing_uniform(keys, self.size, first, last, tp, n_neg, fpr_limit))
+
+
+def _stable_order(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` of uint32 ``keys`` (fewer than 2^32): key and index packed into 64 bits
+    and sorted as plain integers, several times faster."""
+    packed = keys.astype(np.uint64) << np.uint64(32)
+    packed |= np.arange(keys.shape[0], dtype=np.uint64)
+    packed.sort()
+    return (packed & np.uint64(0xFFFFFFFF)).astype(np.intp)
 
 
 def _crossing_uniform(keys: np.ndarray, size: float, first: np.ndarray, last: np.ndarray, tp: np.ndarray,
@@ -303,11 +312,12 @@ def _crossing_uniform(keys: np.ndarray, size: float, first: np.ndarray, last: np
     lo = int(last[j - 1]) + 1 if j else 0  # its first cell
     hi = int(first[j]) if j < last.shape[0] else n  # its end: defect score j's first cell
     if lo < hi:
-        guess = np.floor((fpr_limit * n_neg + before) / size)  # the first cell past the limit, to rounding
-        cell = np.clip(guess + np.arange(-2, 3), lo, hi - 1).astype(np.int64)
-        past = cell[(size * (cell + 1) - before) / n_neg > fpr_limit]
-        if past.size:  # a score of the stretch: its cells
-            c = int(past.min())
+        guess = int((fpr_limit * n_neg + before) // size)  # the first cell past the limit, to rounding
+        start = max(lo, guess - 2)  # the stretch's first cell where it starts past the limit
+        past = [c for c in range(start, min(hi, max(start, guess + 2) + 1))
+                if (size * (c + 1) - before) / n_neg > fpr_limit]
+        if past:  # a score of the stretch: its cells
+            c = past[0]
             cross_first = int(np.searchsorted(keys, keys[c], "left"))
             end = int(np.searchsorted(keys, keys[c], "right")) - 1
             x_a = (size * cross_first - before) / n_neg if cross_first else 0.0
