@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -67,12 +68,20 @@ class MapSource:
         maps, logits, _ = self.fetch(items)
         return maps, logits
 
-    def fetch(self, items: list[Item]) -> tuple[list[dict[int, torch.Tensor]], list[torch.Tensor | None],
-                                                list[dict[str, dict[int, torch.Tensor]]]]:
+    def fetch(self, items: list[Item], images_u8: Sequence[np.ndarray | None] | None = None
+              ) -> tuple[list[dict[int, torch.Tensor]], list[torch.Tensor | None],
+                         list[dict[str, dict[int, torch.Tensor]]]]:
         """As ``__call__``, plus per image the plan's extras on the CPU (name -> layer -> tensor: ``rep_<kind>``
-        (D,), ``attention_distance`` (H,)), captured in the same pass."""
+        (D,), ``attention_distance`` (H,)), captured in the same pass.
+
+        Args:
+            images_u8: per item its image as uint8 (``to_uint8``: what the cache's key hashes), where the caller
+                has it (None: converted here).
+        """
         layers, extras = self.plan.layers, tuple(getattr(self.plan, "extras", ()))
-        keys = [image_key(to_uint8(item.x)) for item in items] if self.cache else [None] * len(items)
+        given = images_u8 if images_u8 is not None else [None] * len(items)
+        keys = [image_key(u if u is not None else to_uint8(item.x)) for item, u in zip(items, given)] \
+            if self.cache else [None] * len(items)
         found = [self.cache.get_all(k, layers, extras) if self.cache else None for k in keys]
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -246,7 +247,9 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
                 gained += [item.mask_rule for item in items if item.mask_rule[0]]
                 if not items:
                     continue
-                per_image, logits, captured = source.fetch(items)
+                # the uint8 images the cache's keys hash, converted once: the saved maps store the same
+                images_u8 = [to_uint8(item.x) for item in items] if cache is not None else [None] * len(items)
+                per_image, logits, captured = source.fetch(items, images_u8)
                 faith = faithfulness_columns(cfg, plan, backbone, items, per_image, logits)
                 faith = batch_columns(cfg, plan, backbone, items, per_image, logits, faith,
                                       functools.partial(chosen_maps, plan))  # metrics.road, metrics.randomisation
@@ -265,7 +268,7 @@ def _study_loop(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone,
                 for i, (item, (meta, chosen, rows)) in enumerate(zip(items, scored)):
                     n_figures += _record(cfg, out_dir, plan, backbone, names, item, meta, chosen, rows, writer,
                                          files, logger, clock, draw=n_figures < int(cfg.figures.max_images),
-                                         columns=columns[i], before=before if i == 0 else ())
+                                         columns=columns[i], before=before if i == 0 else (), image_u8=images_u8[i])
                     scored_now += 1
                     nonfinite += sum(row["notes"] == NONFINITE_NOTE for row in rows
                                      if row["head"] != "best" and row["threshold"] == plan.scoring.thresholds[0])
@@ -364,12 +367,14 @@ def _score_batch(cfg: StudyConfig, plan: Plan, backbone: Backbone, names: dict[i
 def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, names: dict[int, list[str]], item: Item,
             meta: dict, chosen: dict[int, torch.Tensor], rows: list[dict], writer: ResultsWriter,
             files: BackgroundWriter, logger: Logger, clock: dict[str, float], draw: bool,
-            columns: dict | None = None, before: Sequence = ()) -> int:
+            columns: dict | None = None, before: Sequence = (), image_u8: np.ndarray | None = None) -> int:
     """Write one image's rows now, then hand its maps and grid picture to ``files``.
 
     Args:
         columns: per-map columns from the same pass, kept in the saved maps (``attention_distance``).
         before: writer tasks to run before this image's own files (its batch's representations).
+        image_u8: the image as uint8 (``mapsource.to_uint8``), where the loop converted it already; None: the
+            writer converts it.
 
     Returns:
         1 when a grid picture was queued, else 0.
@@ -382,9 +387,9 @@ def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, nam
     all_names = {layer: names[layer] for layer in chosen}
     clock["score"] += time.perf_counter() - t0
     saved = {layer: m.numpy() for layer, m in chosen.items()}  # not modified after this: safe to share
-    x, converted = item.x, {}
+    x, converted = item.x, {} if image_u8 is None else {"image": image_u8}
 
-    def image_u8():  # converted once, by the first task that needs it: in the writer's thread, not here
+    def image_u8_once():  # converted once, by the first task that needs it: in the writer's thread, not here
         if "image" not in converted:
             converted["image"] = to_uint8(x)
         return converted["image"]
@@ -395,16 +400,16 @@ def _record(cfg: StudyConfig, out_dir: Path, plan: Plan, backbone: Backbone, nam
         path, valid_np = layout.map_file(out_dir, item.id), valid.numpy() if valid is not None else None
         info = dict(meta, threshold_rule=plan.scoring.rule)
         saved_columns = {layer: {c: v.numpy() for c, v in cols.items()} for layer, cols in (columns or {}).items()}
-        tasks.append(maps_task(path, image_u8, mask_np, saved, all_names, info, valid=valid_np, columns=saved_columns))
+        tasks.append(maps_task(path, image_u8_once, mask_np, saved, all_names, info, valid=valid_np, columns=saved_columns))
     if logger.wants_maps():
         first = plan.scoring.thresholds[0]
         kept = {layer: upsample(threshold_maps(m, first, plan.scoring.rule), (size, size)).numpy()
                 for layer, m in chosen.items()}
-        logger.log_maps(item.id, item.category, image_u8(), mask_np, saved, all_names, kept)
+        logger.log_maps(item.id, item.category, image_u8_once(), mask_np, saved, all_names, kept)
     drawn = int(bool(draw and cfg.figures.grid))
     if drawn:
         path_png, title = layout.grid_file(out_dir, item.id), f"{item.id} | {backbone.name} | {method.name}"
-        tasks.append(grid_task(path_png, image_u8, mask_np, saved, all_names, title, layer_head_grid))
+        tasks.append(grid_task(path_png, image_u8_once, mask_np, saved, all_names, title, layer_head_grid))
     # the done.txt line, with the image's row count, is appended by the writer after these files
     files.submit(item.id, tasks, line=done_line(item.id, writer.rows - rows_before))
     return drawn
