@@ -236,6 +236,20 @@ def test_fast_pointing_game_equals_the_full_upsample(tolerance):
         pointing_game_tolerance_fast(torch.rand(2, 16), empty, (4, 4), -1)
 
 
+@pytest.mark.parametrize("grid, size", [((5, 5), (15, 15)), ((20, 20), (15, 15)), ((1, 8), (64, 64)),
+                                        ((6, 4), (45, 23))])
+def test_fast_pointing_game_on_odd_scales_equals_the_full_upsample(grid, size):
+    """Scales where a cell is read by three runs of pixels (an odd factor), by one pixel or by none (a shrink)."""
+    g = torch.Generator().manual_seed(4)
+    n = grid[0] * grid[1]
+    for v in (torch.rand(6, n, generator=g), torch.softmax(torch.randn(6, n, generator=g) * 3, -1),
+              (torch.rand(6, n, generator=g) * 3).round() - 1):
+        mask = torch.rand(size, generator=g) > 0.97
+        for tolerance in (0, 2.5):
+            ref = pointing_game_tolerance(v, mask, grid, tolerance)
+            assert torch.equal(pointing_game_tolerance_fast(v, mask, grid, tolerance), ref)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fast", [True, False, None])
 def test_batched_pointing_game_equals_one_image_at_a_time(fast):

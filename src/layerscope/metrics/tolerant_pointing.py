@@ -90,6 +90,17 @@ def _axis(n: int, size: int, device: torch.device) -> tuple[torch.Tensor, ...] |
 
 
 @functools.lru_cache(maxsize=64)
+def _runs_reading(n: int, size: int, device: torch.device) -> torch.Tensor:
+    """(n, m) long per cell of an axis of ``n`` cells resized to ``size`` pixels, the runs of ``_axis`` whose
+    pixels read it (at most 3: a run with its cell below, one with it above, one on it alone), -1 past them."""
+    lo, hi, _, _, start, _ = _axis(n, size, device)
+    cell = torch.arange(n, device=device)[:, None]
+    reads = (lo[start] == cell) | (hi[start] == cell)  # (n, A)
+    runs = torch.arange(start.numel(), device=device).expand_as(reads)
+    return torch.where(reads, runs, -1).sort(1, descending=True).values[:, :max(1, int(reads.sum(1).max()))]
+
+
+@functools.lru_cache(maxsize=64)
 def _heaviest_pixel(n: int, size: int, device: torch.device) -> torch.Tensor:
     """(n,) per cell of an axis of ``n`` cells resized to ``size`` pixels, the first pixel that weighs it the most
     (``_axis``' weights; computed once per axis, not per map)."""
@@ -243,17 +254,21 @@ def _fast_argmax_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: t
     ci, cj = cell // w, cell % w
     y0, x0 = _heaviest_pixel(h, big_h, device)[ci], _heaviest_pixel(w, big_w, device)[cj]
     floor = value(torch.arange(maps, device=device), y0, x0) - 3 * delta  # no pixel whose cells are all below it
-    # 1. blocks of pixels reading the same 2 x 2 cells whose largest cell reaches that bound
-    grid_maps = v.view(-1, h, w)  # rows (P, A, w) then columns (P, A, C), each gathered along a middle dim (faster)
-    rows = torch.maximum(grid_maps.index_select(1, ylo[y_start]), grid_maps.index_select(1, yhi[y_start]))
-    across = rows.transpose(1, 2).contiguous()  # (P, w, A)
-    top = torch.maximum(across.index_select(1, xlo[x_start]), across.index_select(1, xhi[x_start])).transpose(1, 2)
+    # 1. blocks of pixels reading the same 2 x 2 cells whose largest cell reaches that bound: the blocks that read
+    # a cell reaching it (few: the cells near the peak), each block once, in (map, row, column) order
     # compared in float32 with the bound rounded up to a float32 (t >= bound exactly where t >= that, for a
     # float32 t), NaN for a map that is not finite (no block)
     bound = floor.float()
     bound = torch.where(bound.double() < floor, torch.nextafter(bound, torch.full_like(bound, float("inf"))), bound)
     bound = torch.where(finite, bound, torch.full_like(bound, float("nan")))
-    p, a, c = torch.nonzero(top >= bound[:, None, None], as_tuple=True)
+    p, cell = torch.nonzero(v >= bound[:, None], as_tuple=True)
+    ry, rx = _runs_reading(h, big_h, device)[cell // w], _runs_reading(w, big_w, device)[cell % w]  # (H, m) each
+    n_a, n_c = y_start.numel(), x_start.numel()
+    block = (p[:, None, None] * n_a + ry[:, :, None]) * n_c + rx[:, None, :]
+    reached = torch.zeros(maps * n_a * n_c, dtype=torch.bool, device=device)
+    reached[block[(ry >= 0)[:, :, None] & (rx >= 0)[:, None, :]]] = True
+    block = torch.nonzero(reached).flatten()
+    p, a, c = block // (n_a * n_c), block // n_c % n_a, block % n_c
     # 2. their corners: a block peaks at one of them within the weights' rounding
     y_last, x_last = y_start + y_len - 1, x_start + x_len - 1
     corners = torch.stack([value(p, y_start[a], x_start[c]), value(p, y_start[a], x_last[c]),
@@ -267,17 +282,24 @@ def _fast_argmax_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: t
     p, a, c = p[sel], a[sel], c[sel]
     hit = torch.zeros(maps, dtype=torch.float32, device=device)
     if p.numel():
-        # 3. every pixel of the blocks left: those within rounding of the best are the possible maxima
-        bh, bw = int(y_len.max()), int(x_len.max())
-        dy, dx = torch.arange(bh, device=device), torch.arange(bw, device=device)
-        inside = (dy[None, :, None] < y_len[a][:, None, None]) & (dx[None, None, :] < x_len[c][:, None, None])
-        y = (y_start[a][:, None, None] + dy[None, :, None]).expand_as(inside)[inside]
-        x = (x_start[c][:, None, None] + dx[None, None, :]).expand_as(inside)[inside]
-        p = p[:, None, None].expand_as(inside)[inside]
-        r = value(p, y, x)
-        near = r >= per_map_max(p, r)[p] - 2 * delta[p]
-        p, y, x = p[near], y[near], x[near]
-        hits = _hits_at(sums, image[p], y, x).float()
+        # 3. every pixel of the blocks left: those within rounding of the best are the possible maxima. A block
+        # reads the same 2 x 2 cells throughout, so its two rows of cells are mixed along x once per column and
+        # then along y: ``value``'s float64 operations, in its order, for (K, bh, bw) pixels at once
+        dy, dx = torch.arange(int(y_len[a].max()), device=device), torch.arange(int(x_len[c].max()), device=device)
+        y = (y_start[a][:, None] + dy).clamp_max(big_h - 1)  # (K, bh): padded past a block's end (then masked)
+        x = (x_start[c][:, None] + dx).clamp_max(big_w - 1)  # (K, bw)
+        base = p * (h * w)
+        r_lo, r_hi = (base + ylo[y_start[a]] * w)[:, None], (base + yhi[y_start[a]] * w)[:, None]
+        c_lo, c_hi = xlo[x_start[c]][:, None], xhi[x_start[c]][:, None]
+        top = flat[r_lo + c_lo] * wx_lo[x] + flat[r_lo + c_hi] * wx_hi[x]  # (K, bw)
+        bottom = flat[r_hi + c_lo] * wx_lo[x] + flat[r_hi + c_hi] * wx_hi[x]
+        r = top[:, None, :] * wy_lo[y][:, :, None] + bottom[:, None, :] * wy_hi[y][:, :, None]  # (K, bh, bw)
+        inside = (dy < y_len[a][:, None])[:, :, None] & (dx < x_len[c][:, None])[:, None, :]
+        r = torch.where(inside, r, float("-inf"))
+        best = per_map_max(p, r.flatten(1).amax(1))
+        k, dy, dx = torch.nonzero(r >= (best[p] - 2 * delta[p])[:, None, None], as_tuple=True)
+        p = p[k]
+        hits = _hits_at(sums, image[p], y[k, dy], x[k, dx]).float()
         hit = torch.zeros(maps, dtype=torch.float32, device=device).scatter_reduce(0, p, hits, "amax")
         lowest = torch.ones(maps, dtype=torch.float32, device=device).scatter_reduce(0, p, hits, "amin")
         done = done & (hit == lowest)
@@ -315,10 +337,10 @@ def _hits_at(sums: tuple, image: torch.Tensor, y: torch.Tensor, x: torch.Tensor)
     sums: 2 r + 1 lookups per point instead of one per pixel of the disc. Outside the image: no mask.
     """
     table, r, side, dy, half = sums
-    rows = y[:, None] + r + dy  # (P, m)
-    right, left = x[:, None] + side + half + 1, x[:, None] + side - half
-    image = image[:, None]
-    return (table[image, rows, right] - table[image, rows, left] > 0).any(-1)
+    _, rows, columns = table.shape
+    start = ((image * rows + y + r)[:, None] + dy) * columns + x[:, None] + side  # (P, m) each disc row's centre
+    flat = table.view(-1)  # one gather per end of the runs (indexing the (B, H, W) table is slower)
+    return (flat[start + half + 1] - flat[start - half] > 0).any(-1)
 
 
 def _hits(mask: torch.Tensor, y: torch.Tensor, x: torch.Tensor, tolerance_px: float) -> torch.Tensor:
