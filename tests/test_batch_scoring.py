@@ -299,6 +299,20 @@ def test_mask_cells_equal_cells_from_mask():
                 assert torch.equal(a.pos, b.pos) and torch.equal(a.neg, b.neg) and torch.equal(a.regions, b.regions)
 
 
+def test_mask_cells_number_many_regions_as_cells_from_mask():
+    """Regions labelled within the mask's bounding box: the same labels, in the same order, as on the image."""
+    g = torch.Generator().manual_seed(6)
+    for size, share in (((64, 48), 0.97), ((31, 77), 0.9), ((40, 40), 0.5)):
+        mask = torch.zeros(size, dtype=torch.bool)  # many small regions, some joined only diagonally, in a box
+        mask[4:-3, 6:-2] = torch.rand(size, generator=g)[4:-3, 6:-2] > share
+        mask[5:9, 7:30] = True
+        for valid in (None, torch.rand(size, generator=g) > 0.2):
+            cells = MaskCells(mask, valid)
+            for grid in ((7, 7), (8, 6), size):
+                a, b = cells.at(grid), cells_from_mask(mask, grid, valid)
+                assert torch.equal(a.pos, b.pos) and torch.equal(a.neg, b.neg) and torch.equal(a.regions, b.regions)
+
+
 def test_sort_rows_gives_torch_sort_values_and_a_sorting_order():
     g = torch.Generator().manual_seed(2)
     x = torch.rand(40, 300, generator=g)
