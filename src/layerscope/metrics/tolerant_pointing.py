@@ -147,7 +147,7 @@ def pointing_game_tolerance_batch(scores: torch.Tensor, masks: torch.Tensor, gri
         tolerance_px: tolerance in pixels, >= 0.
         fast: find each maximum as ``pointing_game_tolerance_fast`` does (True), by upsampling every map
             (False), or by the cheaper of the two for these shapes and this device (None: the fast way on a
-            CPU past about a million upsampled pixels, e.g. a ViT's 84 maps at 448 px; a GPU upsamples).
+            CPU where the pixels far outnumber the cells, e.g. a ViT's 84 maps at 448 px; a GPU upsamples).
         sums: ``mask_sums(masks, tolerance_px)``, when the same masks serve maps of several grids.
 
     Returns:
@@ -161,16 +161,16 @@ def pointing_game_tolerance_batch(scores: torch.Tensor, masks: torch.Tensor, gri
     v = scores.reshape(b * r, n).float()
     image = torch.arange(b, device=device).repeat_interleave(r)
     if fast is None:
-        # the fast way's cost grows with the cells and has a floor of many small ops (about 1.5 ms), the
-        # upsample's with the pixels (about 2 ns each with NumPy's argmax; measured on 2 cores): 12 maps of
-        # 224 px upsample in about the fast way's floor whatever their grid
-        fast = device.type == "cpu" and b * r * big_h * big_w >= 2 ** 20
+        # the fast way's cost grows with the cells (up to about 12 ns each) from a floor of many small ops (about
+        # 0.9 ms), the upsample's with the pixels (about 2 ns each with NumPy's argmax; measured on 2 cores): the
+        # fast way where the pixels outnumber 6 times the cells by 2^18, e.g. 12 maps of 224 px on a grid of 56
+        # cells or fewer
+        fast = device.type == "cpu" and b * r * (big_h * big_w - 6 * n) >= 2 ** 18
     result = torch.full((b * r,), float("nan"), device=device)
-    present = masks.flatten(1).any(1)
-    todo = present[image]
+    sums = sums if sums is not None else mask_sums(masks, tolerance_px)
+    todo = (sums[0][:, :, -1].amax(1) > 0)[image]  # the maps of images with mask pixels (in their rows' totals)
     if not bool(todo.any()):
         return result.view(b, r).cpu()
-    sums = sums if sums is not None else mask_sums(masks, tolerance_px)
     maps = torch.nonzero(todo).flatten()
     slow = maps
     if fast:
@@ -236,12 +236,15 @@ def _fast_argmax_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: t
     delta = _ROUNDING * largest.double().nan_to_num(0.0)  # (P,)
 
     def value(p: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The exact weighted sum at pixels (y, x) of maps p, float64."""
+        """The exact weighted sums at pixels (y, x) of maps p, float64: y (K, m) and x (K, l) pixels of a block
+        each (reading the cells of its first pixel; past a block's end: meaningless) -> (K, m, l). The block's
+        two rows of cells are mixed along x once per column, then along y."""
         base = p * (h * w)
-        r_lo, r_hi = base + ylo[y] * w, base + yhi[y] * w
-        top = flat[r_lo + xlo[x]] * wx_lo[x] + flat[r_lo + xhi[x]] * wx_hi[x]
-        bottom = flat[r_hi + xlo[x]] * wx_lo[x] + flat[r_hi + xhi[x]] * wx_hi[x]
-        return top * wy_lo[y] + bottom * wy_hi[y]
+        r_lo, r_hi = (base + ylo[y[:, 0]] * w)[:, None], (base + yhi[y[:, 0]] * w)[:, None]
+        c_lo, c_hi = xlo[x[:, :1]], xhi[x[:, :1]]
+        top = flat[r_lo + c_lo] * wx_lo[x] + flat[r_lo + c_hi] * wx_hi[x]  # (K, l)
+        bottom = flat[r_hi + c_lo] * wx_lo[x] + flat[r_hi + c_hi] * wx_hi[x]
+        return top[:, None, :] * wy_lo[y][:, :, None] + bottom[:, None, :] * wy_hi[y][:, :, None]
 
     def per_map_max(p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         return torch.full((maps,), float("-inf"), dtype=torch.float64, device=device).scatter_reduce(0, p, r, "amax")
@@ -253,7 +256,8 @@ def _fast_argmax_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: t
         cell = v.nan_to_num(float("-inf")).argmax(1)
     ci, cj = cell // w, cell % w
     y0, x0 = _heaviest_pixel(h, big_h, device)[ci], _heaviest_pixel(w, big_w, device)[cj]
-    floor = value(torch.arange(maps, device=device), y0, x0) - 3 * delta  # no pixel whose cells are all below it
+    # no pixel whose cells are all below it
+    floor = value(torch.arange(maps, device=device), y0[:, None], x0[:, None]).flatten() - 3 * delta
     # 1. blocks of pixels reading the same 2 x 2 cells whose largest cell reaches that bound: the blocks that read
     # a cell reaching it (few: the cells near the peak), each block once, in (map, row, column) order
     # compared in float32 with the bound rounded up to a float32 (t >= bound exactly where t >= that, for a
@@ -271,8 +275,8 @@ def _fast_argmax_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: t
     p, a, c = block // (n_a * n_c), block // n_c % n_a, block % n_c
     # 2. their corners: a block peaks at one of them within the weights' rounding
     y_last, x_last = y_start + y_len - 1, x_start + x_len - 1
-    corners = torch.stack([value(p, y_start[a], x_start[c]), value(p, y_start[a], x_last[c]),
-                           value(p, y_last[a], x_start[c]), value(p, y_last[a], x_last[c])], 1).amax(1)
+    corners = value(p, torch.stack([y_start[a], y_last[a]], 1), torch.stack([x_start[c], x_last[c]], 1))
+    corners = corners.flatten(1).amax(1)
     best = per_map_max(p, corners)
     keep = corners + delta[p] >= best[p] - 2 * delta[p]
     p, a, c = p[keep], a[keep], c[keep]
@@ -282,18 +286,11 @@ def _fast_argmax_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: t
     p, a, c = p[sel], a[sel], c[sel]
     hit = torch.zeros(maps, dtype=torch.float32, device=device)
     if p.numel():
-        # 3. every pixel of the blocks left: those within rounding of the best are the possible maxima. A block
-        # reads the same 2 x 2 cells throughout, so its two rows of cells are mixed along x once per column and
-        # then along y: ``value``'s float64 operations, in its order, for (K, bh, bw) pixels at once
+        # 3. every pixel of the blocks left: those within rounding of the best are the possible maxima
         dy, dx = torch.arange(int(y_len[a].max()), device=device), torch.arange(int(x_len[c].max()), device=device)
         y = (y_start[a][:, None] + dy).clamp_max(big_h - 1)  # (K, bh): padded past a block's end (then masked)
         x = (x_start[c][:, None] + dx).clamp_max(big_w - 1)  # (K, bw)
-        base = p * (h * w)
-        r_lo, r_hi = (base + ylo[y_start[a]] * w)[:, None], (base + yhi[y_start[a]] * w)[:, None]
-        c_lo, c_hi = xlo[x_start[c]][:, None], xhi[x_start[c]][:, None]
-        top = flat[r_lo + c_lo] * wx_lo[x] + flat[r_lo + c_hi] * wx_hi[x]  # (K, bw)
-        bottom = flat[r_hi + c_lo] * wx_lo[x] + flat[r_hi + c_hi] * wx_hi[x]
-        r = top[:, None, :] * wy_lo[y][:, :, None] + bottom[:, None, :] * wy_hi[y][:, :, None]  # (K, bh, bw)
+        r = value(p, y, x)  # (K, bh, bw)
         inside = (dy < y_len[a][:, None])[:, :, None] & (dx < x_len[c][:, None])[:, None, :]
         r = torch.where(inside, r, float("-inf"))
         best = per_map_max(p, r.flatten(1).amax(1))
