@@ -175,6 +175,8 @@ def _ranked(values: torch.Tensor, order: torch.Tensor, ties: torch.Tensor) -> Ra
     positions = torch.arange(n, device=values.device)
     if tied.numel() == 0:
         return Ranked(order, positions.expand(rows, n), torch.full((rows,), n, device=values.device))
+    if tied.numel() == rows:
+        return Ranked.from_sorted(values, order)
     counted = Ranked.from_sorted(values[tied], order[tied])
     group = positions.repeat(rows, 1)
     group[tied] = counted.group

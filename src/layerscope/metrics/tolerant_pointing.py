@@ -321,10 +321,11 @@ def mask_sums(masks: torch.Tensor, tolerance_px: float) -> tuple:
     so that every disc row's run of columns stays inside, with the disc's rows; computed once per batch."""
     _check_tolerance(tolerance_px)
     r, dy, half = _disc_rows(float(tolerance_px), masks.device)
-    masks = masks.bool()
     side = r + 1
-    padded = F.pad(masks.float(), (side, side, r, r))  # (B, H + 2r, W + 2 side)
-    return F.pad(torch.cumsum(padded, 2), (1, 0)), r, side, dy, half  # [:, :, j]: mask pixels left of column j
+    # (B, H + 2r, 1 + W + 2 side) bytes, their running sums in float32 (exact counts): [:, :, j] the mask pixels left
+    # of column j of the padded (B, H + 2r, W + 2 side) masks
+    padded = F.pad(masks.bool().to(torch.uint8), (side + 1, side, r, r))
+    return torch.cumsum(padded, 2, dtype=torch.float32), r, side, dy, half
 
 
 def _hits_at(sums: tuple, image: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
