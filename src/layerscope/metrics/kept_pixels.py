@@ -169,13 +169,14 @@ def in_sorted_order(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 def _ranked(values: torch.Tensor, order: torch.Tensor, ties: torch.Tensor) -> Ranked:
     """``Ranked.from_sorted`` where only the rows with ties (``ties``, (R,) bool) need their groups counted: a
-    row without ties has one item per group (its groups are its positions)."""
+    row without ties has one item per group (its groups are its positions, as counting finds them). Where at
+    least half the rows have ties (large grids: float collisions), every row is counted, in place."""
     rows, n = values.shape
     tied = torch.nonzero(ties).flatten()
     positions = torch.arange(n, device=values.device)
     if tied.numel() == 0:
         return Ranked(order, positions.expand(rows, n), torch.full((rows,), n, device=values.device))
-    if tied.numel() == rows:
+    if 2 * tied.numel() >= rows:
         return Ranked.from_sorted(values, order)
     counted = Ranked.from_sorted(values[tied], order[tied])
     group = positions.repeat(rows, 1)
@@ -186,15 +187,15 @@ def _ranked(values: torch.Tensor, order: torch.Tensor, ties: torch.Tensor) -> Ra
 
 
 def in_sorted_order_channels(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """``in_sorted_order`` with the channels first: values (B, n, C), order (B x R, n) -> (C, B x R, n).
+    """``in_sorted_order`` with the channels first: values (C, B, n), order (B x R, n) -> (C, B x R, n).
 
     One gather along the cells of the (C, B n) channels (NumPy's ``take`` on a CPU: about twice as fast).
     """
-    b, n, c = values.shape
+    c, b, n = values.shape
     r = order.shape[0] // b
     base = (torch.arange(b, device=order.device) * n).repeat_interleave(r).unsqueeze(1)
     index = (order + base).flatten()
-    channels = values.permute(2, 0, 1).reshape(c, b * n).contiguous()
+    channels = values.reshape(c, b * n).contiguous()
     if values.device.type == "cpu":
         return torch.from_numpy(np.take(channels.numpy(), index.numpy(), axis=1)).view(c, b * r, n)
     return channels.index_select(1, index).view(c, b * r, n)
@@ -202,7 +203,7 @@ def in_sorted_order_channels(values: torch.Tensor, order: torch.Tensor) -> torch
 
 def group_sums_per_row(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
     """Sums of each row's own image's weights over its tie groups, each at its group's last sorted position:
-    (B x R, n) ranked rows, weights (B, n, C) -> (C, B x R, n) float64, channels first (each contiguous, as
+    (B x R, n) ranked rows, weights (C, B, n) -> (C, B x R, n) float64, channels first (each contiguous, as
     the rank metrics read it).
 
     This is ``rank_groups.group_sums`` before it closes the sums up to the row's front (``close_up``), which
@@ -213,11 +214,9 @@ def group_sums_per_row(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
     """
     w = in_sorted_order_channels(weights.double(), ranked.order)  # (C, B x R, n)
     n = ranked.order.shape[1]
-    tied = torch.nonzero(ranked.n_groups < n).flatten()
+    tied, row, pos = ranked.joined  # the items followed by one of their group
     if tied.numel() == 0:
         return w
-    group = ranked.group[tied]
-    row, pos = torch.nonzero(group[:, 1:] == group[:, :-1], as_tuple=True)  # items followed by one of their group
     row = tied[row]
     # each such item's depth in its run of joined items (row-major: ascending positions within a row)
     index = torch.arange(row.numel(), device=w.device)
@@ -226,7 +225,7 @@ def group_sums_per_row(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
     depth = index - torch.cummax(torch.where(chained, 0, index), 0).values
     longest = int(depth.max()) + 1
     if longest > _LONGEST_CHAIN:  # a long tie group (a flat region): one index_add_ for the tied rows
-        c, t = w.shape[0], tied.numel()
+        c, t, group = w.shape[0], tied.numel(), ranked.group[tied]
         offsets = torch.arange(t, device=w.device).unsqueeze(1) * n
         sums = torch.zeros(t * n, c, dtype=torch.float64, device=w.device)
         sums.index_add_(0, (group + offsets).flatten(), w[:, tied].permute(1, 2, 0).reshape(-1, c))
@@ -263,11 +262,9 @@ def close_up(values: torch.Tensor, width: int, ranked: Ranked) -> torch.Tensor:
         ``values``, its rows with ties rewritten.
     """
     n = values.shape[1]
-    tied = torch.nonzero(ranked.n_groups < n).flatten()
+    tied, row, pos = ranked.joined  # the items a group's sum left (zero)
     if tied.numel() == 0 or width == 0:
         return values
-    group = ranked.group[tied]
-    row, pos = torch.nonzero(group[:, 1:] == group[:, :-1], as_tuple=True)  # the items a group's sum left (zero)
     left = n - 1 - pos  # their columns
     # a column moves right by the items left at columns after it (they close up behind the groups)
     joined = torch.zeros(tied.numel(), width + 1, dtype=torch.long, device=values.device)

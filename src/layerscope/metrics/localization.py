@@ -215,9 +215,13 @@ def iou_oracle_from_cumsums(gp: torch.Tensor, gn: torch.Tensor, cumsums: torch.T
     Returns:
         (R,) float64.
     """
-    inter = cumsums[0, :, -1:] - cumsums[0] + gp
-    kept_neg = cumsums[1, :, -1:] - cumsums[1] + gn
-    return (inter / (n_pos + kept_neg)).amax(-1)
+    # in place where an operand is a fresh tensor: the same operations (a sum commutes), fewer (R, G) buffers
+    inter = cumsums[0, :, -1:] - cumsums[0]
+    inter += gp
+    kept_neg = cumsums[1, :, -1:] - cumsums[1]
+    kept_neg += gn
+    kept_neg += n_pos
+    return inter.div_(kept_neg).amax(-1)
 
 
 def aupro_from_groups(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float) -> torch.Tensor:
@@ -254,7 +258,7 @@ def aupro_segments(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float) -
     fpr = torch.cat([zero, torch.cumsum(torch.flip(g_fpr, [-1]), -1)], -1)
     # a segment that starts at or past the limit adds nothing: only those before the last one that starts below
     # it in some row are computed (FPR rises fast: about the limit's share of the groups)
-    below = (fpr[:, :-1] < fpr_limit).any(0)
+    below = (fpr[:, :-1] < fpr_limit).view(torch.uint8).amax(0) > 0  # ``any(0)``, several times faster
     m = int(torch.nonzero(below).max()) + 1 if bool(below.any()) else 0
     pro = torch.cat([zero, torch.cumsum(torch.flip(g_pro[:, n - m:], [-1]), -1)], -1)  # the first m + 1 points
     x0, x1, y0, y1 = fpr[:, :m], fpr[:, 1:m + 1], pro[:, :-1], pro[:, 1:]

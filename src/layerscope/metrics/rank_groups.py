@@ -8,6 +8,7 @@ maps, tie groups or thresholds, so a layer's K maps cost about what one map did.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -40,6 +41,16 @@ class Ranked:
         starts[:, 1:] = values[:, 1:] != values[:, :-1]  # a new group wherever the sorted score changes
         group = torch.cumsum(starts, dim=-1) - 1
         return cls(order, group, group[:, -1] + 1)
+
+    @cached_property
+    def joined(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tied, row, pos): the rows with ties, (T,) long, and every item followed by one of its tie group, row
+        by row: its row (a position in ``tied``) and its sorted position. Found once, for the sums over the tie
+        groups and for the moves that close them up (``kept_pixels``)."""
+        tied = torch.nonzero(self.n_groups < self.order.shape[1]).flatten()
+        group = self.group[tied]
+        row, pos = torch.nonzero(group[:, 1:] == group[:, :-1], as_tuple=True)
+        return tied, row, pos
 
 
 def rank_rows(scores: torch.Tensor) -> Ranked:

@@ -20,6 +20,12 @@ class Target:
     def size(self) -> tuple[int, int]:
         return tuple(self.mask.shape)
 
+    @property
+    def has_pixels(self) -> bool:
+        """Whether the mask has a pixel (ignored ones too): the mask's bytes' maximum, many times faster than
+        ``any`` over its bools."""
+        return bool(self.mask.view(torch.uint8).amax())
+
     @serial
     def mask_cells(self) -> MaskCells:
         """The image-sized work shared by every grid (an integral image, the connected regions), once."""
