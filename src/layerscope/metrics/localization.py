@@ -261,11 +261,13 @@ def aupro_segments(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float) -
     below = (fpr[:, :-1] < fpr_limit).view(torch.uint8).amax(0) > 0  # ``any(0)``, several times faster
     m = int(torch.nonzero(below).max()) + 1 if bool(below.any()) else 0
     pro = torch.cat([zero, torch.cumsum(torch.flip(g_pro[:, n - m:], [-1]), -1)], -1)  # the first m + 1 points
-    x0, x1, y0, y1 = fpr[:, :m], fpr[:, 1:m + 1], pro[:, :-1], pro[:, 1:]
-    cut = x1 > fpr_limit  # the segment that crosses the limit ends there, interpolated
-    step = torch.where(cut, x1 - x0, torch.ones_like(x1))  # x1 > limit > x0 where it is used: never 0 there
-    y1 = torch.where(cut, y0 + (y1 - y0) * (fpr_limit - x0) / step, y1)
-    x1 = torch.where(cut, torch.full_like(x1, fpr_limit), x1)
+    x0, x1, y0, y1 = fpr[:, :m], fpr[:, 1:m + 1].clone(), pro[:, :-1], pro[:, 1:].clone()
+    # the segment that crosses the limit ends there, interpolated (x1 > limit > x0 where it is used: never 0 / 0);
+    # at most one a row counts, so only the segments past the limit are rewritten
+    row, col = torch.nonzero(x1 > fpr_limit, as_tuple=True)
+    a0, a1, b0, b1 = x0[row, col], x1[row, col], y0[row, col], y1[row, col]
+    y1[row, col] = b0 + (b1 - b0) * (fpr_limit - a0) / (a1 - a0)
+    x1[row, col] = fpr_limit
     area = torch.zeros_like(g_fpr)
     area[:, :m] = torch.where(x0 < fpr_limit, (x1 - x0) * (y0 + y1) / 2, torch.zeros_like(x0))
     return area, m

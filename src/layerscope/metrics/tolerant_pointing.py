@@ -239,12 +239,13 @@ def _fast_argmax_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: t
         """The exact weighted sums at pixels (y, x) of maps p, float64: y (K, m) and x (K, l) pixels of a block
         each (reading the cells of its first pixel; past a block's end: meaningless) -> (K, m, l). The block's
         two rows of cells are mixed along x once per column, then along y."""
-        base = p * (h * w)
-        r_lo, r_hi = (base + ylo[y[:, 0]] * w)[:, None], (base + yhi[y[:, 0]] * w)[:, None]
-        c_lo, c_hi = xlo[x[:, :1]], xhi[x[:, :1]]
-        top = flat[r_lo + c_lo] * wx_lo[x] + flat[r_lo + c_hi] * wx_hi[x]  # (K, l)
-        bottom = flat[r_hi + c_lo] * wx_lo[x] + flat[r_hi + c_hi] * wx_hi[x]
-        return top[:, None, :] * wy_lo[y][:, :, None] + bottom[:, None, :] * wy_hi[y][:, :, None]
+        base, first = p * (h * w), y[:, 0]
+        r_lo, r_hi = (base + ylo.take(first) * w)[:, None], (base + yhi.take(first) * w)[:, None]
+        c_lo, c_hi = xlo.take(x[:, :1]), xhi.take(x[:, :1])
+        left, right = wx_lo.take(x), wx_hi.take(x)
+        top = flat.take(r_lo + c_lo) * left + flat.take(r_lo + c_hi) * right  # (K, l)
+        bottom = flat.take(r_hi + c_lo) * left + flat.take(r_hi + c_hi) * right
+        return top[:, None, :] * wy_lo.take(y)[:, :, None] + bottom[:, None, :] * wy_hi.take(y)[:, :, None]
 
     def per_map_max(p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         return torch.full((maps,), float("-inf"), dtype=torch.float64, device=device).scatter_reduce(0, p, r, "amax")
@@ -255,7 +256,7 @@ def _fast_argmax_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: t
     else:
         cell = v.nan_to_num(float("-inf")).argmax(1)
     ci, cj = cell // w, cell % w
-    y0, x0 = _heaviest_pixel(h, big_h, device)[ci], _heaviest_pixel(w, big_w, device)[cj]
+    y0, x0 = _heaviest_pixel(h, big_h, device).take(ci), _heaviest_pixel(w, big_w, device).take(cj)
     # no pixel whose cells are all below it
     floor = value(torch.arange(maps, device=device), y0[:, None], x0[:, None]).flatten() - 3 * delta
     # 1. blocks of pixels reading the same 2 x 2 cells whose largest cell reaches that bound: the blocks that read
@@ -266,7 +267,8 @@ def _fast_argmax_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: t
     bound = torch.where(bound.double() < floor, torch.nextafter(bound, torch.full_like(bound, float("inf"))), bound)
     bound = torch.where(finite, bound, torch.full_like(bound, float("nan")))
     p, cell = torch.nonzero(v >= bound[:, None], as_tuple=True)
-    ry, rx = _runs_reading(h, big_h, device)[cell // w], _runs_reading(w, big_w, device)[cell % w]  # (H, m) each
+    ry = _runs_reading(h, big_h, device).index_select(0, cell // w)  # (H, m) each
+    rx = _runs_reading(w, big_w, device).index_select(0, cell % w)
     n_a, n_c = y_start.numel(), x_start.numel()
     block = (p[:, None, None] * n_a + ry[:, :, None]) * n_c + rx[:, None, :]
     reached = torch.zeros(maps * n_a * n_c, dtype=torch.bool, device=device)
@@ -275,28 +277,28 @@ def _fast_argmax_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: t
     p, a, c = block // (n_a * n_c), block // n_c % n_a, block % n_c
     # 2. their corners: a block peaks at one of them within the weights' rounding
     y_last, x_last = y_start + y_len - 1, x_start + x_len - 1
-    corners = value(p, torch.stack([y_start[a], y_last[a]], 1), torch.stack([x_start[c], x_last[c]], 1))
-    corners = corners.flatten(1).amax(1)
-    best = per_map_max(p, corners)
-    keep = corners + delta[p] >= best[p] - 2 * delta[p]
+    corners = value(p, torch.stack([y_start.take(a), y_last.take(a)], 1),
+                    torch.stack([x_start.take(c), x_last.take(c)], 1)).flatten(1).amax(1)
+    best, margin = per_map_max(p, corners), delta.take(p)
+    keep = corners + margin >= best.take(p) - 2 * margin
     p, a, c = p[keep], a[keep], c[keep]
-    pixels = torch.zeros(maps, dtype=torch.long, device=device).index_add_(0, p, y_len[a] * x_len[c])
+    pixels = torch.zeros(maps, dtype=torch.long, device=device).index_add_(0, p, y_len.take(a) * x_len.take(c))
     done = finite & (pixels > 0) & (pixels <= _MAX_CANDIDATES)
-    sel = done[p]
+    sel = done.take(p)
     p, a, c = p[sel], a[sel], c[sel]
     hit = torch.zeros(maps, dtype=torch.float32, device=device)
     if p.numel():
         # 3. every pixel of the blocks left: those within rounding of the best are the possible maxima
-        dy, dx = torch.arange(int(y_len[a].max()), device=device), torch.arange(int(x_len[c].max()), device=device)
-        y = (y_start[a][:, None] + dy).clamp_max(big_h - 1)  # (K, bh): padded past a block's end (then masked)
-        x = (x_start[c][:, None] + dx).clamp_max(big_w - 1)  # (K, bw)
+        rows, columns = y_len.take(a)[:, None], x_len.take(c)[:, None]  # (K, 1) each
+        dy, dx = torch.arange(int(rows.max()), device=device), torch.arange(int(columns.max()), device=device)
+        y = (y_start.take(a)[:, None] + dy).clamp_max(big_h - 1)  # (K, bh): padded past a block's end (then masked)
+        x = (x_start.take(c)[:, None] + dx).clamp_max(big_w - 1)  # (K, bw)
         r = value(p, y, x)  # (K, bh, bw)
-        inside = (dy < y_len[a][:, None])[:, :, None] & (dx < x_len[c][:, None])[:, None, :]
-        r = torch.where(inside, r, float("-inf"))
+        r = torch.where((dy < rows)[:, :, None] & (dx < columns)[:, None, :], r, float("-inf"))
         best = per_map_max(p, r.flatten(1).amax(1))
-        k, dy, dx = torch.nonzero(r >= (best[p] - 2 * delta[p])[:, None, None], as_tuple=True)
-        p = p[k]
-        hits = _hits_at(sums, image[p], y[k, dy], x[k, dx]).float()
+        k, dy, dx = torch.nonzero(r >= (best.take(p) - 2 * delta.take(p))[:, None, None], as_tuple=True)
+        p = p.take(k)
+        hits = _hits_at(sums, image.take(p), y[k, dy], x[k, dx]).float()
         hit = torch.zeros(maps, dtype=torch.float32, device=device).scatter_reduce(0, p, hits, "amax")
         lowest = torch.ones(maps, dtype=torch.float32, device=device).scatter_reduce(0, p, hits, "amin")
         done = done & (hit == lowest)
@@ -338,7 +340,7 @@ def _hits_at(sums: tuple, image: torch.Tensor, y: torch.Tensor, x: torch.Tensor)
     _, rows, columns = table.shape
     start = ((image * rows + y + r)[:, None] + dy) * columns + x[:, None] + side  # (P, m) each disc row's centre
     flat = table.view(-1)  # one gather per end of the runs (indexing the (B, H, W) table is slower)
-    return (flat[start + half + 1] - flat[start - half] > 0).any(-1)
+    return (flat.take(start + half + 1) - flat.take(start - half) > 0).any(-1)
 
 
 def _hits(mask: torch.Tensor, y: torch.Tensor, x: torch.Tensor, tolerance_px: float) -> torch.Tensor:
