@@ -47,7 +47,9 @@ def kept_pixels(flat: torch.Tensor, thresholds: Sequence[float], rule: str, pos:
         low = rows.amin(dim=-1, keepdim=True)
         shift = (low < 0).squeeze(-1)  # as keep_mass_maps: signed maps start at 0
         signed = shift.view(b, r).any(1)  # per image: its rank metrics then sort a row's ties in float64
-        values = torch.where(shift.unsqueeze(-1), ranked_values - low, ranked_values)
+        # a shifted copy only where a map is signed (a broken row below is one: ranked_values is never written)
+        values = torch.where(shift.unsqueeze(-1), ranked_values - low, ranked_values) if bool(shift.any()) \
+            else ranked_values
         own = own_rank & ~shift  # a shifted row's order is not torch.sort's of its shifted values
         broken = torch.nonzero(low.squeeze(-1) == float("-inf")).flatten()  # -inf - -inf is NaN, which sorts last
         if broken.numel():
@@ -146,11 +148,12 @@ def sort_rows(x: torch.Tensor, shortcuts: bool = True) -> tuple[torch.Tensor, to
     values = x.gather(-1, order)
     equal = values[:, 1:] == values[:, :-1]
     nan = values[:, -1].isnan()  # NaN sorts last in both
-    own = (equal[:, 1:] & equal[:, :-1]).any(-1) | nan
+    # ``any(-1)`` as the bytes' maximum (torch's any over bools is several times slower)
+    own = ((equal[:, 1:] & equal[:, :-1]).view(torch.uint8).amax(-1) > 0) | nan
     if bool(own.any()):
         rows = torch.nonzero(own).flatten()
         values[rows], order[rows] = torch.sort(x[rows], dim=-1)
-    return values, order, equal.any(-1) | nan, own
+    return values, order, (equal.view(torch.uint8).amax(-1) > 0) | nan, own
 
 
 def in_sorted_order(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
