@@ -313,6 +313,33 @@ def test_mask_cells_number_many_regions_as_cells_from_mask():
                 assert torch.equal(a.pos, b.pos) and torch.equal(a.neg, b.neg) and torch.equal(a.regions, b.regions)
 
 
+def test_finite_maps_flag_every_map_holding_a_nan_or_an_infinity():
+    """``finite_maps`` finds the non-finite maps from their extremes: ``isfinite(...).all()``'s answer."""
+    from layerscope.scoring.scorer import finite_maps
+
+    g = torch.Generator().manual_seed(8)
+    maps = torch.randn(3, 5, 6, 7, generator=g)
+    for (b, k), value in zip([(0, 1), (1, 2), (2, 3), (2, 4)],
+                             [float("nan"), float("inf"), float("-inf"), -float("nan")]):
+        maps[b, k, b + 1, k] = value
+    clean, bad = finite_maps({0: maps, 3: maps.double()})
+    for layer in (0, 3):
+        assert torch.equal(bad[layer], ~torch.isfinite(maps).flatten(-2).all(-1))
+        assert torch.isfinite(clean[layer]).all() and not clean[layer][bad[layer]].any()
+
+
+def test_target_counts_from_its_cells_equal_the_image_sized_ones():
+    """``Target.fraction`` and ``has_pixels`` read the mask's cells and bytes: the image-sized formulas' values."""
+    g = torch.Generator().manual_seed(7)
+    for size, share in (((37, 101), 0.5), ((64, 64), 0.999), ((5, 5), 2.0), ((1, 1), 0.0)):
+        mask = torch.rand(size, generator=g) > share
+        for valid in (None, torch.rand(size, generator=g) > 0.3):
+            counted = valid if valid is not None else torch.ones_like(mask)
+            target = Target(mask, valid)
+            assert target.fraction == float((mask & counted).sum() / counted.sum().clamp_min(1))
+            assert target.has_pixels == bool(mask.any())
+
+
 def test_sort_rows_gives_torch_sort_values_and_a_sorting_order():
     g = torch.Generator().manual_seed(2)
     x = torch.rand(40, 300, generator=g)

@@ -105,6 +105,7 @@ class MaskCells:
         self._valid_sums = None if v is None else \
             F.pad(v.to(torch.int32).cumsum(0, dtype=torch.int32).cumsum(1, dtype=torch.int32), (1, 0, 1, 0))
         self._i, self._j = torch.nonzero(inside, as_tuple=True)  # mask pixels only (few, for defects), raster order
+        self.pixels = self._i.numel()  # the mask pixels counted (valid ones)
         self._n_regions = 0
         self._region = self._i
         if self._i.numel():
