@@ -106,8 +106,7 @@ class MaskCells:
             F.pad(v.to(torch.int32).cumsum(0, dtype=torch.int32).cumsum(1, dtype=torch.int32), (1, 0, 1, 0))
         self._i, self._j = torch.nonzero(inside, as_tuple=True)  # mask pixels only (few, for defects), raster order
         self.pixels = self._i.numel()  # the mask pixels counted (valid ones)
-        self._n_regions = 0
-        self._region = self._i
+        self._n_regions, self._region = 0, torch.zeros(0, dtype=torch.long)  # each mask pixel's region
         if self._i.numel():
             # labelled within the mask's bounding box: the same pixels in the same raster order, so the same labels
             top, left = int(self._i[0]), int(self._j.min())
