@@ -202,8 +202,9 @@ def _upsampled_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: tup
     big_h, big_w = size
     step = max(1, chunk_pixels // (big_h * big_w))  # bounds the upsampled block's memory
     # NumPy's argmax (vectorised: several times torch's on a CPU) gives the same first maximum where every value
-    # is finite; a bilinear mix of finite values is finite
-    numpy_argmax = v.device.type == "cpu" and bool(torch.isfinite(v).all())
+    # is finite (then so are the largest and the smallest: a NaN reaches both); a bilinear mix of finite values is
+    # finite
+    numpy_argmax = v.device.type == "cpu" and math.isfinite(v.amax()) and math.isfinite(v.amin())
     out = []
     for i in range(0, v.shape[0], step):
         up = F.interpolate(v[i:i + step].reshape(-1, 1, h, w), size=size, mode="bilinear", align_corners=False)
