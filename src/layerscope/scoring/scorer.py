@@ -205,7 +205,8 @@ def _score(maps: torch.Tensor, targets: Sequence[Target | None], with_pixels: Se
         scored_maps = ScoredMaps(maps, opts, with_target, cells, [t.fraction for t in mine], scored, pointed,
                                  torch.stack([mine[j].mask for j in pointed]) if pointed else None, sums_table,
                                  shortcuts, numpy_sort=nearest, on_grid=nearest)
-    has_mass = (scored_maps.flat.abs().sum(-1) > 0).tolist()
+    flat = scored_maps.flat  # a map has mass where a value is not 0 (sum |map| > 0), read from its extremes
+    has_mass = ((flat.amax(-1) > 0) | (flat.amin(-1) < 0)).tolist()
     # a mask metric of a batch without ground truths is not computed: its rows hold the undefined value
     values = {p.metric.name: (p, scored_maps.value(p.metric.name, p.compute).cpu().tolist()
                               if with_target or not p.metric.needs_mask else None) for p in SCORED if p.enabled(opts)}
