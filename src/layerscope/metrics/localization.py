@@ -252,19 +252,25 @@ def aupro_segments(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float) -
         (area, m): (R, G) float64, entry ``[r, s]`` the segment that adds group ``G - 1 - s`` (from the
         highest); every segment from ``m`` on adds nothing.
     """
-    n = g_fpr.shape[1]
-    zero = torch.zeros_like(g_fpr[:, :1])
+    rows, n = g_fpr.shape
+
+    def curve(g: torch.Tensor) -> torch.Tensor:
+        """0, then the running sums of ``g`` from its last group down: (R, G + 1), summed into place."""
+        points = g.new_zeros(rows, g.shape[1] + 1)
+        torch.cumsum(torch.flip(g, [-1]), -1, out=points[:, 1:])
+        return points
+
     # from the highest group down; the trailing zero groups come first and add zero-width segments at (0, 0)
-    fpr = torch.cat([zero, torch.cumsum(torch.flip(g_fpr, [-1]), -1)], -1)
+    fpr = curve(g_fpr)
     # a segment that starts at or past the limit adds nothing: only those before the last one that starts below
     # it in some row are computed (FPR rises fast: about the limit's share of the groups)
     below = (fpr[:, :-1] < fpr_limit).view(torch.uint8).amax(0) > 0  # ``any(0)``, several times faster
     m = int(torch.nonzero(below).max()) + 1 if bool(below.any()) else 0
-    pro = torch.cat([zero, torch.cumsum(torch.flip(g_pro[:, n - m:], [-1]), -1)], -1)  # the first m + 1 points
+    pro = curve(g_pro[:, n - m:])  # the first m + 1 points
     x0, x1, y0, y1 = fpr[:, :m], fpr[:, 1:m + 1].clone(), pro[:, :-1], pro[:, 1:].clone()
-    # the segment that crosses the limit ends there, interpolated (x1 > limit > x0 where it is used: never 0 / 0);
-    # at most one a row counts, so only the segments past the limit are rewritten
-    row, col = torch.nonzero(x1 > fpr_limit, as_tuple=True)
+    # the segment that crosses the limit ends there, interpolated (x1 > limit > x0: never 0 / 0); one a row at
+    # most, so only those are rewritten (a segment that starts past the limit adds nothing, whatever its ends)
+    row, col = torch.nonzero((x1 > fpr_limit) & (x0 < fpr_limit), as_tuple=True)
     a0, a1, b0, b1 = x0[row, col], x1[row, col], y0[row, col], y1[row, col]
     y1[row, col] = b0 + (b1 - b0) * (fpr_limit - a0) / (a1 - a0)
     x1[row, col] = fpr_limit
