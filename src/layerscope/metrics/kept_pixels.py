@@ -64,7 +64,7 @@ def kept_pixels(flat: torch.Tensor, thresholds: Sequence[float], rule: str, pos:
     # NaN levels. Elsewhere both are checked
     if rule == "keep_mass":
         total = values.sum(dim=-1, keepdim=True)
-        level = torch.cumsum(values / total, dim=-1)
+        level = (values / total).cumsum_(-1)  # summed in place: the same running sum, one buffer fewer
         cut = torch.tensor([1 - t for t in thresholds], dtype=level.dtype, device=flat.device)
         finite = bool(torch.isfinite(low).all()) and bool(torch.isfinite(values[:, -1]).all())  # NaN sorts last
         empty = (total == 0).squeeze(-1) if finite else level.isnan().all(-1)
@@ -100,7 +100,7 @@ def kept_pixels(flat: torch.Tensor, thresholds: Sequence[float], rule: str, pos:
     sorted_counts = in_sorted_order(counts, order)  # (B x R, n, 2) each row's pixels in its sorted order
     if monotone:
         # every threshold keeps a top block of the sorted order, whose size one binary search found
-        prefix = torch.cumsum(sorted_counts, 1, dtype=torch.int32)  # (B x R, n, 2)
+        prefix = sorted_counts.cumsum_(1)  # (B x R, n, 2) int32, in place (the sorted counts are not read again)
         below = prefix.gather(1, (start - 1).clamp_min(0).unsqueeze(-1).expand(-1, -1, 2))  # the cells before start
         kept = (prefix[:, -1:] - torch.where((start > 0).unsqueeze(-1), below, 0)).double()
     else:  # NaN or infinite values somewhere in the batch: cell by cell, as the threshold does

@@ -39,7 +39,7 @@ class Ranked:
         """
         starts = torch.ones_like(values, dtype=torch.bool)
         starts[:, 1:] = values[:, 1:] != values[:, :-1]  # a new group wherever the sorted score changes
-        group = torch.cumsum(starts, dim=-1) - 1
+        group = torch.cumsum(starts, dim=-1).sub_(1)
         return cls(order, group, group[:, -1] + 1)
 
     @cached_property
