@@ -28,7 +28,7 @@ class Target:
 
     @serial
     def mask_cells(self) -> MaskCells:
-        """The image-sized work shared by every grid (an integral image, the connected regions), once."""
+        """The image-sized work shared by every grid (the mask's pixels and connected regions), once."""
         if self._mask_cells is None:
             self._mask_cells = MaskCells(self.mask, self.valid)
         return self._mask_cells
