@@ -236,6 +236,20 @@ def test_fast_pointing_game_equals_the_full_upsample(tolerance):
         pointing_game_tolerance_fast(torch.rand(2, 16), empty, (4, 4), -1)
 
 
+@pytest.mark.parametrize("grid, size", [((5, 5), (15, 15)), ((20, 20), (15, 15)), ((1, 8), (64, 64)),
+                                        ((6, 4), (45, 23))])
+def test_fast_pointing_game_on_odd_scales_equals_the_full_upsample(grid, size):
+    """Scales where a cell is read by three runs of pixels (an odd factor), by one pixel or by none (a shrink)."""
+    g = torch.Generator().manual_seed(4)
+    n = grid[0] * grid[1]
+    for v in (torch.rand(6, n, generator=g), torch.softmax(torch.randn(6, n, generator=g) * 3, -1),
+              (torch.rand(6, n, generator=g) * 3).round() - 1):
+        mask = torch.rand(size, generator=g) > 0.97
+        for tolerance in (0, 2.5):
+            ref = pointing_game_tolerance(v, mask, grid, tolerance)
+            assert torch.equal(pointing_game_tolerance_fast(v, mask, grid, tolerance), ref)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fast", [True, False, None])
 def test_batched_pointing_game_equals_one_image_at_a_time(fast):
@@ -283,6 +297,47 @@ def test_mask_cells_equal_cells_from_mask():
             for grid in ((7, 7), (14, 14), (32, 32), (3, 9), size):
                 a, b = cells.at(grid), cells_from_mask(mask, grid, valid)
                 assert torch.equal(a.pos, b.pos) and torch.equal(a.neg, b.neg) and torch.equal(a.regions, b.regions)
+
+
+def test_mask_cells_number_many_regions_as_cells_from_mask():
+    """Regions labelled within the mask's bounding box: the same labels, in the same order, as on the image."""
+    g = torch.Generator().manual_seed(6)
+    for size, share in (((64, 48), 0.97), ((31, 77), 0.9), ((40, 40), 0.5)):
+        mask = torch.zeros(size, dtype=torch.bool)  # many small regions, some joined only diagonally, in a box
+        mask[4:-3, 6:-2] = torch.rand(size, generator=g)[4:-3, 6:-2] > share
+        mask[5:9, 7:30] = True
+        for valid in (None, torch.rand(size, generator=g) > 0.2):
+            cells = MaskCells(mask, valid)
+            for grid in ((7, 7), (8, 6), size):
+                a, b = cells.at(grid), cells_from_mask(mask, grid, valid)
+                assert torch.equal(a.pos, b.pos) and torch.equal(a.neg, b.neg) and torch.equal(a.regions, b.regions)
+
+
+def test_finite_maps_flag_every_map_holding_a_nan_or_an_infinity():
+    """``finite_maps`` finds the non-finite maps from their extremes: ``isfinite(...).all()``'s answer."""
+    from layerscope.scoring.scorer import finite_maps
+
+    g = torch.Generator().manual_seed(8)
+    maps = torch.randn(3, 5, 6, 7, generator=g)
+    for (b, k), value in zip([(0, 1), (1, 2), (2, 3), (2, 4)],
+                             [float("nan"), float("inf"), float("-inf"), -float("nan")]):
+        maps[b, k, b + 1, k] = value
+    clean, bad = finite_maps({0: maps, 3: maps.double()})
+    for layer in (0, 3):
+        assert torch.equal(bad[layer], ~torch.isfinite(maps).flatten(-2).all(-1))
+        assert torch.isfinite(clean[layer]).all() and not clean[layer][bad[layer]].any()
+
+
+def test_target_counts_from_its_cells_equal_the_image_sized_ones():
+    """``Target.fraction`` and ``has_pixels`` read the mask's cells and bytes: the image-sized formulas' values."""
+    g = torch.Generator().manual_seed(7)
+    for size, share in (((37, 101), 0.5), ((64, 64), 0.999), ((5, 5), 2.0), ((1, 1), 0.0)):
+        mask = torch.rand(size, generator=g) > share
+        for valid in (None, torch.rand(size, generator=g) > 0.3):
+            counted = valid if valid is not None else torch.ones_like(mask)
+            target = Target(mask, valid)
+            assert target.fraction == float((mask & counted).sum() / counted.sum().clamp_min(1))
+            assert target.has_pixels == bool(mask.any())
 
 
 def test_sort_rows_gives_torch_sort_values_and_a_sorting_order():

@@ -507,7 +507,7 @@ def test_tie_group_sums_in_place_equal_index_add_group_sums(levels):
     pos, neg = torch.randint(0, 4, (2, b, n), generator=g).double()
     _, _, ranked = kept_pixels(flat, [0.5], "keep_mass", pos, neg)
     weights = torch.rand(b, n, 3, generator=g, dtype=torch.float64)
-    spread = group_sums_per_row(ranked, weights)  # (3, B x R, n)
+    spread = group_sums_per_row(ranked, weights.permute(2, 0, 1))  # (3, B x R, n)
     closed = [close_up(spread[c].flip(-1).clone(), n, ranked).flip(-1) for c in range(3)]
     for row in range(b * r):
         one = Ranked(ranked.order[row:row + 1], ranked.group[row:row + 1], ranked.n_groups[row:row + 1])

@@ -47,7 +47,9 @@ def kept_pixels(flat: torch.Tensor, thresholds: Sequence[float], rule: str, pos:
         low = rows.amin(dim=-1, keepdim=True)
         shift = (low < 0).squeeze(-1)  # as keep_mass_maps: signed maps start at 0
         signed = shift.view(b, r).any(1)  # per image: its rank metrics then sort a row's ties in float64
-        values = torch.where(shift.unsqueeze(-1), ranked_values - low, ranked_values)
+        # a shifted copy only where a map is signed (a broken row below is one: ranked_values is never written)
+        values = torch.where(shift.unsqueeze(-1), ranked_values - low, ranked_values) if bool(shift.any()) \
+            else ranked_values
         own = own_rank & ~shift  # a shifted row's order is not torch.sort's of its shifted values
         broken = torch.nonzero(low.squeeze(-1) == float("-inf")).flatten()  # -inf - -inf is NaN, which sorts last
         if broken.numel():
@@ -62,7 +64,7 @@ def kept_pixels(flat: torch.Tensor, thresholds: Sequence[float], rule: str, pos:
     # NaN levels. Elsewhere both are checked
     if rule == "keep_mass":
         total = values.sum(dim=-1, keepdim=True)
-        level = torch.cumsum(values / total, dim=-1)
+        level = (values / total).cumsum_(-1)  # summed in place: the same running sum, one buffer fewer
         cut = torch.tensor([1 - t for t in thresholds], dtype=level.dtype, device=flat.device)
         finite = bool(torch.isfinite(low).all()) and bool(torch.isfinite(values[:, -1]).all())  # NaN sorts last
         empty = (total == 0).squeeze(-1) if finite else level.isnan().all(-1)
@@ -98,7 +100,7 @@ def kept_pixels(flat: torch.Tensor, thresholds: Sequence[float], rule: str, pos:
     sorted_counts = in_sorted_order(counts, order)  # (B x R, n, 2) each row's pixels in its sorted order
     if monotone:
         # every threshold keeps a top block of the sorted order, whose size one binary search found
-        prefix = torch.cumsum(sorted_counts, 1, dtype=torch.int32)  # (B x R, n, 2)
+        prefix = sorted_counts.cumsum_(1)  # (B x R, n, 2) int32, in place (the sorted counts are not read again)
         below = prefix.gather(1, (start - 1).clamp_min(0).unsqueeze(-1).expand(-1, -1, 2))  # the cells before start
         kept = (prefix[:, -1:] - torch.where((start > 0).unsqueeze(-1), below, 0)).double()
     else:  # NaN or infinite values somewhere in the batch: cell by cell, as the threshold does
@@ -146,11 +148,12 @@ def sort_rows(x: torch.Tensor, shortcuts: bool = True) -> tuple[torch.Tensor, to
     values = x.gather(-1, order)
     equal = values[:, 1:] == values[:, :-1]
     nan = values[:, -1].isnan()  # NaN sorts last in both
-    own = (equal[:, 1:] & equal[:, :-1]).any(-1) | nan
+    # ``any(-1)`` as the bytes' maximum (torch's any over bools is several times slower)
+    own = ((equal[:, 1:] & equal[:, :-1]).view(torch.uint8).amax(-1) > 0) | nan
     if bool(own.any()):
         rows = torch.nonzero(own).flatten()
         values[rows], order[rows] = torch.sort(x[rows], dim=-1)
-    return values, order, equal.any(-1) | nan, own
+    return values, order, (equal.view(torch.uint8).amax(-1) > 0) | nan, own
 
 
 def in_sorted_order(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -169,12 +172,15 @@ def in_sorted_order(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 def _ranked(values: torch.Tensor, order: torch.Tensor, ties: torch.Tensor) -> Ranked:
     """``Ranked.from_sorted`` where only the rows with ties (``ties``, (R,) bool) need their groups counted: a
-    row without ties has one item per group (its groups are its positions)."""
+    row without ties has one item per group (its groups are its positions, as counting finds them). Where at
+    least half the rows have ties (large grids: float collisions), every row is counted, in place."""
     rows, n = values.shape
     tied = torch.nonzero(ties).flatten()
     positions = torch.arange(n, device=values.device)
     if tied.numel() == 0:
         return Ranked(order, positions.expand(rows, n), torch.full((rows,), n, device=values.device))
+    if 2 * tied.numel() >= rows:
+        return Ranked.from_sorted(values, order)
     counted = Ranked.from_sorted(values[tied], order[tied])
     group = positions.repeat(rows, 1)
     group[tied] = counted.group
@@ -184,15 +190,15 @@ def _ranked(values: torch.Tensor, order: torch.Tensor, ties: torch.Tensor) -> Ra
 
 
 def in_sorted_order_channels(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """``in_sorted_order`` with the channels first: values (B, n, C), order (B x R, n) -> (C, B x R, n).
+    """``in_sorted_order`` with the channels first: values (C, B, n), order (B x R, n) -> (C, B x R, n).
 
     One gather along the cells of the (C, B n) channels (NumPy's ``take`` on a CPU: about twice as fast).
     """
-    b, n, c = values.shape
+    c, b, n = values.shape
     r = order.shape[0] // b
     base = (torch.arange(b, device=order.device) * n).repeat_interleave(r).unsqueeze(1)
     index = (order + base).flatten()
-    channels = values.permute(2, 0, 1).reshape(c, b * n).contiguous()
+    channels = values.reshape(c, b * n).contiguous()
     if values.device.type == "cpu":
         return torch.from_numpy(np.take(channels.numpy(), index.numpy(), axis=1)).view(c, b * r, n)
     return channels.index_select(1, index).view(c, b * r, n)
@@ -200,7 +206,7 @@ def in_sorted_order_channels(values: torch.Tensor, order: torch.Tensor) -> torch
 
 def group_sums_per_row(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
     """Sums of each row's own image's weights over its tie groups, each at its group's last sorted position:
-    (B x R, n) ranked rows, weights (B, n, C) -> (C, B x R, n) float64, channels first (each contiguous, as
+    (B x R, n) ranked rows, weights (C, B, n) -> (C, B x R, n) float64, channels first (each contiguous, as
     the rank metrics read it).
 
     This is ``rank_groups.group_sums`` before it closes the sums up to the row's front (``close_up``), which
@@ -211,11 +217,9 @@ def group_sums_per_row(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
     """
     w = in_sorted_order_channels(weights.double(), ranked.order)  # (C, B x R, n)
     n = ranked.order.shape[1]
-    tied = torch.nonzero(ranked.n_groups < n).flatten()
+    tied, row, pos = ranked.joined  # the items followed by one of their group
     if tied.numel() == 0:
         return w
-    group = ranked.group[tied]
-    row, pos = torch.nonzero(group[:, 1:] == group[:, :-1], as_tuple=True)  # items followed by one of their group
     row = tied[row]
     # each such item's depth in its run of joined items (row-major: ascending positions within a row)
     index = torch.arange(row.numel(), device=w.device)
@@ -224,7 +228,7 @@ def group_sums_per_row(ranked: Ranked, weights: torch.Tensor) -> torch.Tensor:
     depth = index - torch.cummax(torch.where(chained, 0, index), 0).values
     longest = int(depth.max()) + 1
     if longest > _LONGEST_CHAIN:  # a long tie group (a flat region): one index_add_ for the tied rows
-        c, t = w.shape[0], tied.numel()
+        c, t, group = w.shape[0], tied.numel(), ranked.group[tied]
         offsets = torch.arange(t, device=w.device).unsqueeze(1) * n
         sums = torch.zeros(t * n, c, dtype=torch.float64, device=w.device)
         sums.index_add_(0, (group + offsets).flatten(), w[:, tied].permute(1, 2, 0).reshape(-1, c))
@@ -261,11 +265,9 @@ def close_up(values: torch.Tensor, width: int, ranked: Ranked) -> torch.Tensor:
         ``values``, its rows with ties rewritten.
     """
     n = values.shape[1]
-    tied = torch.nonzero(ranked.n_groups < n).flatten()
+    tied, row, pos = ranked.joined  # the items a group's sum left (zero)
     if tied.numel() == 0 or width == 0:
         return values
-    group = ranked.group[tied]
-    row, pos = torch.nonzero(group[:, 1:] == group[:, :-1], as_tuple=True)  # the items a group's sum left (zero)
     left = n - 1 - pos  # their columns
     # a column moves right by the items left at columns after it (they close up behind the groups)
     joined = torch.zeros(tied.numel(), width + 1, dtype=torch.long, device=values.device)

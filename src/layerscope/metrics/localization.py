@@ -82,9 +82,11 @@ def cells_from_mask(mask: torch.Tensor, grid: tuple[int, int], valid: torch.Tens
 class MaskCells:
     """One ground truth's ``Cells`` at any grid: ``cells_from_mask``'s counts, with the image-sized work done once.
 
-    The mask's 2-D cumulative sums and its connected regions are computed once; each grid then costs
-    O(h w) lookups (a cell's pixels are a rectangle of the image, so its count is four corners of the
-    sums) plus one pass over the region pixels. The counts are integers, so they equal ``cells_from_mask``'s.
+    The mask's pixels and their connected regions are found once; each grid then costs one pass over the mask
+    pixels (a cell's mask pixels and each region's are counts of the pixels that fall in it) and, with ignored
+    pixels, O(h w) lookups in the valid pixels' 2-D cumulative sums (a cell's pixels are a rectangle of the
+    image, so its count is four corners of the sums). The counts are integers, so they equal
+    ``cells_from_mask``'s.
 
     Args:
         mask: bool (H, W) ground truth.
@@ -98,14 +100,20 @@ class MaskCells:
         v = valid.bool() if valid is not None else None
         inside = m & v if v is not None else m
         self.shape = tuple(m.shape)
-        # background = counted pixels - mask pixels: the counted ones are every pixel, or the valid ones
-        pixels = torch.stack([inside, v]) if v is not None else inside[None]  # (1 or 2, H, W)
-        sums = pixels.to(torch.int32).cumsum(1, dtype=torch.int32).cumsum(2, dtype=torch.int32)
-        self._sums = F.pad(sums, (1, 0, 1, 0))  # zero first row and column
-        labels = torch.from_numpy(label(inside.numpy(), connectivity=2))
-        self._n_regions = int(labels.max())
-        self._i, self._j = torch.nonzero(labels, as_tuple=True)  # region pixels only (few, for defects)
-        self._region = labels[self._i, self._j].long() - 1 if self._n_regions else None
+        # background = counted pixels - mask pixels: the counted ones are every pixel (a cell's area), or the valid
+        # ones (their integral image)
+        self._valid_sums = None if v is None else \
+            F.pad(v.to(torch.int32).cumsum(0, dtype=torch.int32).cumsum(1, dtype=torch.int32), (1, 0, 1, 0))
+        self._i, self._j = torch.nonzero(inside, as_tuple=True)  # mask pixels only (few, for defects), raster order
+        self.pixels = self._i.numel()  # the mask pixels counted (valid ones)
+        self._n_regions, self._region = 0, torch.zeros(0, dtype=torch.long)  # each mask pixel's region
+        if self._i.numel():
+            # labelled within the mask's bounding box: the same pixels in the same raster order, so the same labels
+            top, left = int(self._i[0]), int(self._j.min())
+            box = inside[top:int(self._i[-1]) + 1, left:int(self._j.max()) + 1]
+            labels = torch.from_numpy(label(box.numpy(), connectivity=2))
+            self._region = labels[self._i - top, self._j - left].long() - 1
+            self._n_regions = int(labels.max())
 
     def at(self, grid: tuple[int, int]) -> Cells:
         """The counts for maps of ``grid`` (h, w), as ``cells_from_mask(mask, grid, valid)``."""
@@ -113,16 +121,16 @@ class MaskCells:
         big_h, big_w = self.shape
         rows, r = _cell_runs(h, big_h)
         cols, c = _cell_runs(w, big_w)
-        s = self._sums
-        corner = s[:, r][:, :, c]  # (1 or 2, h + 1, w + 1)
-        counts = (corner[:, 1:, 1:] - corner[:, :-1, 1:] - corner[:, 1:, :-1] + corner[:, :-1, :-1]).flatten(1)
-        counted = counts[1] if counts.shape[0] == 2 else (torch.diff(r)[:, None] * torch.diff(c)[None, :]).flatten()
-        pos, neg = counts[0].double(), (counted - counts[0]).double()
-        regions = torch.zeros(h * w, self._n_regions, dtype=torch.float64)
-        if self._n_regions:
-            slot = (rows[self._i] * w + cols[self._j]) * self._n_regions + self._region
-            regions = torch.bincount(slot, minlength=h * w * self._n_regions).view(h * w, self._n_regions).double()
-        return Cells(pos, neg, regions)
+        if self._valid_sums is None:
+            counted = (torch.diff(r)[:, None] * torch.diff(c)[None, :]).flatten()
+        else:
+            corner = self._valid_sums[r][:, c]  # (h + 1, w + 1)
+            counted = (corner[1:, 1:] - corner[:-1, 1:] - corner[1:, :-1] + corner[:-1, :-1]).flatten()
+        cell = rows[self._i] * w + cols[self._j]
+        inside = torch.bincount(cell, minlength=h * w)
+        regions = torch.bincount(cell * self._n_regions + self._region, minlength=h * w * self._n_regions) \
+            .view(h * w, self._n_regions).double()
+        return Cells(inside.double(), (counted - inside).double(), regions)
 
 
 @functools.lru_cache(maxsize=64)
@@ -207,9 +215,13 @@ def iou_oracle_from_cumsums(gp: torch.Tensor, gn: torch.Tensor, cumsums: torch.T
     Returns:
         (R,) float64.
     """
-    inter = cumsums[0, :, -1:] - cumsums[0] + gp
-    kept_neg = cumsums[1, :, -1:] - cumsums[1] + gn
-    return (inter / (n_pos + kept_neg)).amax(-1)
+    # in place where an operand is a fresh tensor: the same operations (a sum commutes), fewer (R, G) buffers
+    inter = cumsums[0, :, -1:] - cumsums[0]
+    inter += gp
+    kept_neg = cumsums[1, :, -1:] - cumsums[1]
+    kept_neg += gn
+    kept_neg += n_pos
+    return inter.div_(kept_neg).amax(-1)
 
 
 def aupro_from_groups(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float) -> torch.Tensor:
@@ -240,20 +252,28 @@ def aupro_segments(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float) -
         (area, m): (R, G) float64, entry ``[r, s]`` the segment that adds group ``G - 1 - s`` (from the
         highest); every segment from ``m`` on adds nothing.
     """
-    n = g_fpr.shape[1]
-    zero = torch.zeros_like(g_fpr[:, :1])
+    rows, n = g_fpr.shape
+
+    def curve(g: torch.Tensor) -> torch.Tensor:
+        """0, then the running sums of ``g`` from its last group down: (R, G + 1), summed into place."""
+        points = g.new_zeros(rows, g.shape[1] + 1)
+        torch.cumsum(torch.flip(g, [-1]), -1, out=points[:, 1:])
+        return points
+
     # from the highest group down; the trailing zero groups come first and add zero-width segments at (0, 0)
-    fpr = torch.cat([zero, torch.cumsum(torch.flip(g_fpr, [-1]), -1)], -1)
+    fpr = curve(g_fpr)
     # a segment that starts at or past the limit adds nothing: only those before the last one that starts below
     # it in some row are computed (FPR rises fast: about the limit's share of the groups)
-    below = (fpr[:, :-1] < fpr_limit).any(0)
+    below = (fpr[:, :-1] < fpr_limit).view(torch.uint8).amax(0) > 0  # ``any(0)``, several times faster
     m = int(torch.nonzero(below).max()) + 1 if bool(below.any()) else 0
-    pro = torch.cat([zero, torch.cumsum(torch.flip(g_pro[:, n - m:], [-1]), -1)], -1)  # the first m + 1 points
-    x0, x1, y0, y1 = fpr[:, :m], fpr[:, 1:m + 1], pro[:, :-1], pro[:, 1:]
-    cut = x1 > fpr_limit  # the segment that crosses the limit ends there, interpolated
-    step = torch.where(cut, x1 - x0, torch.ones_like(x1))  # x1 > limit > x0 where it is used: never 0 there
-    y1 = torch.where(cut, y0 + (y1 - y0) * (fpr_limit - x0) / step, y1)
-    x1 = torch.where(cut, torch.full_like(x1, fpr_limit), x1)
+    pro = curve(g_pro[:, n - m:])  # the first m + 1 points
+    x0, x1, y0, y1 = fpr[:, :m], fpr[:, 1:m + 1].clone(), pro[:, :-1], pro[:, 1:].clone()
+    # the segment that crosses the limit ends there, interpolated (x1 > limit > x0: never 0 / 0); one a row at
+    # most, so only those are rewritten (a segment that starts past the limit adds nothing, whatever its ends)
+    row, col = torch.nonzero((x1 > fpr_limit) & (x0 < fpr_limit), as_tuple=True)
+    a0, a1, b0, b1 = x0[row, col], x1[row, col], y0[row, col], y1[row, col]
+    y1[row, col] = b0 + (b1 - b0) * (fpr_limit - a0) / (a1 - a0)
+    x1[row, col] = fpr_limit
     area = torch.zeros_like(g_fpr)
     area[:, :m] = torch.where(x0 < fpr_limit, (x1 - x0) * (y0 + y1) / 2, torch.zeros_like(x0))
     return area, m

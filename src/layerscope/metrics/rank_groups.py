@@ -8,6 +8,7 @@ maps, tie groups or thresholds, so a layer's K maps cost about what one map did.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -38,8 +39,18 @@ class Ranked:
         """
         starts = torch.ones_like(values, dtype=torch.bool)
         starts[:, 1:] = values[:, 1:] != values[:, :-1]  # a new group wherever the sorted score changes
-        group = torch.cumsum(starts, dim=-1) - 1
+        group = torch.cumsum(starts, dim=-1).sub_(1)
         return cls(order, group, group[:, -1] + 1)
+
+    @cached_property
+    def joined(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tied, row, pos): the rows with ties, (T,) long, and every item followed by one of its tie group, row
+        by row: its row (a position in ``tied``) and its sorted position. Found once, for the sums over the tie
+        groups and for the moves that close them up (``kept_pixels``)."""
+        tied = torch.nonzero(self.n_groups < self.order.shape[1]).flatten()
+        group = self.group[tied]
+        row, pos = torch.nonzero(group[:, 1:] == group[:, :-1], as_tuple=True)
+        return tied, row, pos
 
 
 def rank_rows(scores: torch.Tensor) -> Ranked:
@@ -80,7 +91,10 @@ def auroc_from_groups(gp: torch.Tensor, gn: torch.Tensor, n_pos: float, n_neg: f
         (R,) float64.
     """
     neg_below = (gn_cumsum if gn_cumsum is not None else torch.cumsum(gn, dim=-1)) - gn
-    return (gp * (neg_below + 0.5 * gn)).sum(-1) / (n_pos * n_neg)
+    pairs = 0.5 * gn
+    pairs += neg_below  # in place: neg_below + 0.5 gn, then times gp (sums and products commute), fewer buffers
+    pairs *= gp
+    return pairs.sum(-1) / (n_pos * n_neg)
 
 
 def auroc_counts(scores: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:

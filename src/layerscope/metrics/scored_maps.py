@@ -144,7 +144,7 @@ class ScoredMaps:
             if c.regions.shape[1] and c.n_neg and c.n_pos:
                 p, f = pro_fpr_weights(c)
                 pro[j], fpr[j] = p.to(device), f.to(device)
-        return group_sums_per_row(self.kept[2], torch.stack([self.pos, self.neg, pro, fpr], -1))
+        return group_sums_per_row(self.kept[2], torch.stack([self.pos, self.neg, pro, fpr]))
 
     @cached_property
     def count_cumsums(self) -> torch.Tensor:

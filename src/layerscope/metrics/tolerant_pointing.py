@@ -90,6 +90,17 @@ def _axis(n: int, size: int, device: torch.device) -> tuple[torch.Tensor, ...] |
 
 
 @functools.lru_cache(maxsize=64)
+def _runs_reading(n: int, size: int, device: torch.device) -> torch.Tensor:
+    """(n, m) long per cell of an axis of ``n`` cells resized to ``size`` pixels, the runs of ``_axis`` whose
+    pixels read it (at most 3: a run with its cell below, one with it above, one on it alone), -1 past them."""
+    lo, hi, _, _, start, _ = _axis(n, size, device)
+    cell = torch.arange(n, device=device)[:, None]
+    reads = (lo[start] == cell) | (hi[start] == cell)  # (n, A)
+    runs = torch.arange(start.numel(), device=device).expand_as(reads)
+    return torch.where(reads, runs, -1).sort(1, descending=True).values[:, :max(1, int(reads.sum(1).max()))]
+
+
+@functools.lru_cache(maxsize=64)
 def _heaviest_pixel(n: int, size: int, device: torch.device) -> torch.Tensor:
     """(n,) per cell of an axis of ``n`` cells resized to ``size`` pixels, the first pixel that weighs it the most
     (``_axis``' weights; computed once per axis, not per map)."""
@@ -136,7 +147,7 @@ def pointing_game_tolerance_batch(scores: torch.Tensor, masks: torch.Tensor, gri
         tolerance_px: tolerance in pixels, >= 0.
         fast: find each maximum as ``pointing_game_tolerance_fast`` does (True), by upsampling every map
             (False), or by the cheaper of the two for these shapes and this device (None: the fast way on a
-            CPU past about a million upsampled pixels, e.g. a ViT's 84 maps at 448 px; a GPU upsamples).
+            CPU where the pixels far outnumber the cells, e.g. a ViT's 84 maps at 448 px; a GPU upsamples).
         sums: ``mask_sums(masks, tolerance_px)``, when the same masks serve maps of several grids.
 
     Returns:
@@ -150,16 +161,16 @@ def pointing_game_tolerance_batch(scores: torch.Tensor, masks: torch.Tensor, gri
     v = scores.reshape(b * r, n).float()
     image = torch.arange(b, device=device).repeat_interleave(r)
     if fast is None:
-        # the fast way's cost grows with the cells and has a floor of many small ops (about 1.5 ms), the
-        # upsample's with the pixels (about 2 ns each with NumPy's argmax; measured on 2 cores): 12 maps of
-        # 224 px upsample in about the fast way's floor whatever their grid
-        fast = device.type == "cpu" and b * r * big_h * big_w >= 2 ** 20
+        # the fast way's cost grows with the cells (up to about 12 ns each) from a floor of many small ops (about
+        # 0.9 ms), the upsample's with the pixels (about 2 ns each with NumPy's argmax; measured on 2 cores): the
+        # fast way where the pixels outnumber 6 times the cells by 2^18, e.g. 12 maps of 224 px on a grid of 56
+        # cells or fewer
+        fast = device.type == "cpu" and b * r * (big_h * big_w - 6 * n) >= 2 ** 18
     result = torch.full((b * r,), float("nan"), device=device)
-    present = masks.flatten(1).any(1)
-    todo = present[image]
+    sums = sums if sums is not None else mask_sums(masks, tolerance_px)
+    todo = (sums[0][:, :, -1].amax(1) > 0)[image]  # the maps of images with mask pixels (in their rows' totals)
     if not bool(todo.any()):
         return result.view(b, r).cpu()
-    sums = sums if sums is not None else mask_sums(masks, tolerance_px)
     maps = torch.nonzero(todo).flatten()
     slow = maps
     if fast:
@@ -191,8 +202,9 @@ def _upsampled_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: tup
     big_h, big_w = size
     step = max(1, chunk_pixels // (big_h * big_w))  # bounds the upsampled block's memory
     # NumPy's argmax (vectorised: several times torch's on a CPU) gives the same first maximum where every value
-    # is finite; a bilinear mix of finite values is finite
-    numpy_argmax = v.device.type == "cpu" and bool(torch.isfinite(v).all())
+    # is finite (then so are the largest and the smallest: a NaN reaches both); a bilinear mix of finite values is
+    # finite
+    numpy_argmax = v.device.type == "cpu" and math.isfinite(v.amax()) and math.isfinite(v.amin())
     out = []
     for i in range(0, v.shape[0], step):
         up = F.interpolate(v[i:i + step].reshape(-1, 1, h, w), size=size, mode="bilinear", align_corners=False)
@@ -225,12 +237,16 @@ def _fast_argmax_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: t
     delta = _ROUNDING * largest.double().nan_to_num(0.0)  # (P,)
 
     def value(p: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The exact weighted sum at pixels (y, x) of maps p, float64."""
-        base = p * (h * w)
-        r_lo, r_hi = base + ylo[y] * w, base + yhi[y] * w
-        top = flat[r_lo + xlo[x]] * wx_lo[x] + flat[r_lo + xhi[x]] * wx_hi[x]
-        bottom = flat[r_hi + xlo[x]] * wx_lo[x] + flat[r_hi + xhi[x]] * wx_hi[x]
-        return top * wy_lo[y] + bottom * wy_hi[y]
+        """The exact weighted sums at pixels (y, x) of maps p, float64: y (K, m) and x (K, l) pixels of a block
+        each (reading the cells of its first pixel; past a block's end: meaningless) -> (K, m, l). The block's
+        two rows of cells are mixed along x once per column, then along y."""
+        base, first = p * (h * w), y[:, 0]
+        r_lo, r_hi = (base + ylo.take(first) * w)[:, None], (base + yhi.take(first) * w)[:, None]
+        c_lo, c_hi = xlo.take(x[:, :1]), xhi.take(x[:, :1])
+        left, right = wx_lo.take(x), wx_hi.take(x)
+        top = flat.take(r_lo + c_lo) * left + flat.take(r_lo + c_hi) * right  # (K, l)
+        bottom = flat.take(r_hi + c_lo) * left + flat.take(r_hi + c_hi) * right
+        return top[:, None, :] * wy_lo.take(y)[:, :, None] + bottom[:, None, :] * wy_hi.take(y)[:, :, None]
 
     def per_map_max(p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         return torch.full((maps,), float("-inf"), dtype=torch.float64, device=device).scatter_reduce(0, p, r, "amax")
@@ -241,43 +257,49 @@ def _fast_argmax_hits(v: torch.Tensor, image: torch.Tensor, sums: tuple, grid: t
     else:
         cell = v.nan_to_num(float("-inf")).argmax(1)
     ci, cj = cell // w, cell % w
-    y0, x0 = _heaviest_pixel(h, big_h, device)[ci], _heaviest_pixel(w, big_w, device)[cj]
-    floor = value(torch.arange(maps, device=device), y0, x0) - 3 * delta  # no pixel whose cells are all below it
-    # 1. blocks of pixels reading the same 2 x 2 cells whose largest cell reaches that bound
-    grid_maps = v.view(-1, h, w)  # rows (P, A, w) then columns (P, A, C), each gathered along a middle dim (faster)
-    rows = torch.maximum(grid_maps.index_select(1, ylo[y_start]), grid_maps.index_select(1, yhi[y_start]))
-    across = rows.transpose(1, 2).contiguous()  # (P, w, A)
-    top = torch.maximum(across.index_select(1, xlo[x_start]), across.index_select(1, xhi[x_start])).transpose(1, 2)
+    y0, x0 = _heaviest_pixel(h, big_h, device).take(ci), _heaviest_pixel(w, big_w, device).take(cj)
+    # no pixel whose cells are all below it
+    floor = value(torch.arange(maps, device=device), y0[:, None], x0[:, None]).flatten() - 3 * delta
+    # 1. blocks of pixels reading the same 2 x 2 cells whose largest cell reaches that bound: the blocks that read
+    # a cell reaching it (few: the cells near the peak), each block once, in (map, row, column) order
     # compared in float32 with the bound rounded up to a float32 (t >= bound exactly where t >= that, for a
     # float32 t), NaN for a map that is not finite (no block)
     bound = floor.float()
     bound = torch.where(bound.double() < floor, torch.nextafter(bound, torch.full_like(bound, float("inf"))), bound)
     bound = torch.where(finite, bound, torch.full_like(bound, float("nan")))
-    p, a, c = torch.nonzero(top >= bound[:, None, None], as_tuple=True)
+    p, cell = torch.nonzero(v >= bound[:, None], as_tuple=True)
+    ry = _runs_reading(h, big_h, device).index_select(0, cell // w)  # (H, m) each
+    rx = _runs_reading(w, big_w, device).index_select(0, cell % w)
+    n_a, n_c = y_start.numel(), x_start.numel()
+    block = (p[:, None, None] * n_a + ry[:, :, None]) * n_c + rx[:, None, :]
+    reached = torch.zeros(maps * n_a * n_c, dtype=torch.bool, device=device)
+    reached[block[(ry >= 0)[:, :, None] & (rx >= 0)[:, None, :]]] = True
+    block = torch.nonzero(reached).flatten()
+    p, a, c = block // (n_a * n_c), block // n_c % n_a, block % n_c
     # 2. their corners: a block peaks at one of them within the weights' rounding
     y_last, x_last = y_start + y_len - 1, x_start + x_len - 1
-    corners = torch.stack([value(p, y_start[a], x_start[c]), value(p, y_start[a], x_last[c]),
-                           value(p, y_last[a], x_start[c]), value(p, y_last[a], x_last[c])], 1).amax(1)
-    best = per_map_max(p, corners)
-    keep = corners + delta[p] >= best[p] - 2 * delta[p]
+    corners = value(p, torch.stack([y_start.take(a), y_last.take(a)], 1),
+                    torch.stack([x_start.take(c), x_last.take(c)], 1)).flatten(1).amax(1)
+    best, margin = per_map_max(p, corners), delta.take(p)
+    keep = corners + margin >= best.take(p) - 2 * margin
     p, a, c = p[keep], a[keep], c[keep]
-    pixels = torch.zeros(maps, dtype=torch.long, device=device).index_add_(0, p, y_len[a] * x_len[c])
+    pixels = torch.zeros(maps, dtype=torch.long, device=device).index_add_(0, p, y_len.take(a) * x_len.take(c))
     done = finite & (pixels > 0) & (pixels <= _MAX_CANDIDATES)
-    sel = done[p]
+    sel = done.take(p)
     p, a, c = p[sel], a[sel], c[sel]
     hit = torch.zeros(maps, dtype=torch.float32, device=device)
     if p.numel():
         # 3. every pixel of the blocks left: those within rounding of the best are the possible maxima
-        bh, bw = int(y_len.max()), int(x_len.max())
-        dy, dx = torch.arange(bh, device=device), torch.arange(bw, device=device)
-        inside = (dy[None, :, None] < y_len[a][:, None, None]) & (dx[None, None, :] < x_len[c][:, None, None])
-        y = (y_start[a][:, None, None] + dy[None, :, None]).expand_as(inside)[inside]
-        x = (x_start[c][:, None, None] + dx[None, None, :]).expand_as(inside)[inside]
-        p = p[:, None, None].expand_as(inside)[inside]
-        r = value(p, y, x)
-        near = r >= per_map_max(p, r)[p] - 2 * delta[p]
-        p, y, x = p[near], y[near], x[near]
-        hits = _hits_at(sums, image[p], y, x).float()
+        rows, columns = y_len.take(a)[:, None], x_len.take(c)[:, None]  # (K, 1) each
+        dy, dx = torch.arange(int(rows.max()), device=device), torch.arange(int(columns.max()), device=device)
+        y = (y_start.take(a)[:, None] + dy).clamp_max(big_h - 1)  # (K, bh): padded past a block's end (then masked)
+        x = (x_start.take(c)[:, None] + dx).clamp_max(big_w - 1)  # (K, bw)
+        r = value(p, y, x)  # (K, bh, bw)
+        r = torch.where((dy < rows)[:, :, None] & (dx < columns)[:, None, :], r, float("-inf"))
+        best = per_map_max(p, r.flatten(1).amax(1))
+        k, dy, dx = torch.nonzero(r >= (best.take(p) - 2 * delta.take(p))[:, None, None], as_tuple=True)
+        p = p.take(k)
+        hits = _hits_at(sums, image.take(p), y[k, dy], x[k, dx]).float()
         hit = torch.zeros(maps, dtype=torch.float32, device=device).scatter_reduce(0, p, hits, "amax")
         lowest = torch.ones(maps, dtype=torch.float32, device=device).scatter_reduce(0, p, hits, "amin")
         done = done & (hit == lowest)
@@ -302,10 +324,11 @@ def mask_sums(masks: torch.Tensor, tolerance_px: float) -> tuple:
     so that every disc row's run of columns stays inside, with the disc's rows; computed once per batch."""
     _check_tolerance(tolerance_px)
     r, dy, half = _disc_rows(float(tolerance_px), masks.device)
-    masks = masks.bool()
     side = r + 1
-    padded = F.pad(masks.float(), (side, side, r, r))  # (B, H + 2r, W + 2 side)
-    return F.pad(torch.cumsum(padded, 2), (1, 0)), r, side, dy, half  # [:, :, j]: mask pixels left of column j
+    # (B, H + 2r, 1 + W + 2 side) bytes, their running sums in float32 (exact counts): [:, :, j] the mask pixels left
+    # of column j of the padded (B, H + 2r, W + 2 side) masks
+    padded = F.pad(masks.bool().to(torch.uint8), (side + 1, side, r, r))
+    return torch.cumsum(padded, 2, dtype=torch.float32), r, side, dy, half
 
 
 def _hits_at(sums: tuple, image: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -315,10 +338,10 @@ def _hits_at(sums: tuple, image: torch.Tensor, y: torch.Tensor, x: torch.Tensor)
     sums: 2 r + 1 lookups per point instead of one per pixel of the disc. Outside the image: no mask.
     """
     table, r, side, dy, half = sums
-    rows = y[:, None] + r + dy  # (P, m)
-    right, left = x[:, None] + side + half + 1, x[:, None] + side - half
-    image = image[:, None]
-    return (table[image, rows, right] - table[image, rows, left] > 0).any(-1)
+    _, rows, columns = table.shape
+    start = ((image * rows + y + r)[:, None] + dy) * columns + x[:, None] + side  # (P, m) each disc row's centre
+    flat = table.view(-1)  # one gather per end of the runs (indexing the (B, H, W) table is slower)
+    return (flat.take(start + half + 1) - flat.take(start - half) > 0).view(torch.uint8).amax(-1) > 0  # any(-1)
 
 
 def _hits(mask: torch.Tensor, y: torch.Tensor, x: torch.Tensor, tolerance_px: float) -> torch.Tensor:

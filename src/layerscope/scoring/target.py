@@ -20,9 +20,15 @@ class Target:
     def size(self) -> tuple[int, int]:
         return tuple(self.mask.shape)
 
+    @property
+    def has_pixels(self) -> bool:
+        """Whether the mask has a pixel (ignored ones too): the mask's bytes' maximum, many times faster than
+        ``any`` over its bools."""
+        return bool(self.mask.view(torch.uint8).amax())
+
     @serial
     def mask_cells(self) -> MaskCells:
-        """The image-sized work shared by every grid (an integral image, the connected regions), once."""
+        """The image-sized work shared by every grid (the mask's pixels and connected regions), once."""
         if self._mask_cells is None:
             self._mask_cells = MaskCells(self.mask, self.valid)
         return self._mask_cells
@@ -36,7 +42,10 @@ class Target:
     @property
     @serial
     def fraction(self) -> float:
-        if self._fraction is None:  # every layer asks: two passes over an image-sized mask, once
-            valid = self.valid if self.valid is not None else torch.ones_like(self.mask)
-            self._fraction = float((self.mask & valid).sum() / valid.sum().clamp_min(1))
+        if self._fraction is None:  # every layer asks: once (without ignored pixels, the cells' count of the mask)
+            if self.valid is None:
+                inside, counted = torch.tensor(self.mask_cells().pixels), torch.tensor(self.mask.numel())
+            else:
+                inside, counted = (self.mask & self.valid).sum(), self.valid.sum()
+            self._fraction = float(inside / counted.clamp_min(1))  # int64 / int64: float32, as ever
         return self._fraction

@@ -16,8 +16,17 @@ METRIC = Metric("pointing", "pointing", "pointing accuracy (0–1)", order=70, u
 
 def compute(maps: ScoredMaps) -> torch.Tensor:
     """(B', R) float32: the maximum cell holds mask pixels; NaN without mask pixels."""
+    import math
+
     import torch
 
-    top = maps.scored.argmax(-1)  # (B', R): in float32 as in float64 (exact), the first maximum
+    s = maps.scored
+    # (B', R): in float32 as in float64 (exact), the first maximum; NumPy's argmax (several times faster on a CPU)
+    # finds the same one where every value is finite (then so are the largest and the smallest: a NaN reaches both)
+    if s.device.type == "cpu" and s.dtype in (torch.float32, torch.float64) and math.isfinite(s.amax()) \
+            and math.isfinite(s.amin()):
+        top = torch.from_numpy(s.numpy().argmax(-1))
+    else:
+        top = s.argmax(-1)
     hit = (maps.pos.gather(1, top) > 0).float()
     return torch.where((maps.n_pos > 0).unsqueeze(-1), hit, torch.tensor(float("nan"), device=hit.device))
