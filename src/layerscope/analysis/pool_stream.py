@@ -148,6 +148,9 @@ class PooledStream:
                     self.image_rows.append({"id": image_id, "category": str(image.get("category") or ""), **row})
                 counts.append(at)
             idx = [self.index[str(images[b]["id"])] for b in keep]
+            # per grid the batch's (B', cells, 2) pixels and (B', cells) PRO weights, shared by its layers
+            stacked = {grid: (torch.stack([c[grid][0] for c in counts]), torch.stack([c[grid][1] for c in counts]))
+                       for grid in set(grids.values())}
             for layer, m in maps.items():
                 m = m[keep].to(device)
                 k = m.shape[1]
@@ -176,9 +179,7 @@ class PooledStream:
                 store = self.layers.get(layer)
                 if store is None:
                     store = self.layers[layer] = LayerCells(flat.shape[-1])
-                grid = grids[layer]
-                self.held += store.add(flat, np.asarray(idx), torch.stack([c[grid][0] for c in counts]),
-                                       torch.stack([c[grid][1] for c in counts]))
+                self.held += store.add(flat, np.asarray(idx), *stacked[grids[layer]])
         if self.held > STREAM_BYTES:
             log.info("dataset level: the pooled counts passed %.1f GiB; the pass at the end reads the saved maps "
                      "instead", STREAM_BYTES / 2 ** 30)

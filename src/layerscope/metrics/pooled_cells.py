@@ -271,7 +271,10 @@ class UniformCells:
         defect = self.defect[mine][order].astype(np.float64)
         gp = np.add.reduceat(defect, starts) if starts.size else np.zeros(0)
         first = np.searchsorted(keys, group_keys, "left")
-        last = np.searchsorted(keys, group_keys, "right") - 1
+        last = first.copy()  # a score's last cell: its first one, unless the next cell ties with it
+        tied = np.flatnonzero(np.take(keys, np.minimum(first + 1, keys.shape[0] - 1)) == group_keys)
+        tied = tied[first[tied] + 1 < keys.shape[0]]
+        last[tied] = np.searchsorted(keys, group_keys[tied], "right") - 1
         tp = np.cumsum(gp)
         n_pos = float(tp[-1]) if tp.shape[0] else 0.0
         n_neg = self.size * keys.shape[0] - n_pos
