@@ -28,8 +28,22 @@ def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
         n = out.shape[axis]
         if m < n:
             cells = ((2 * np.arange(n) + 1) * m) // (2 * n)  # integer maths: every cell gets >= 1 pixel
-            out = np.logical_or.reduceat(out, np.searchsorted(cells, np.arange(m)), axis=axis)
+            out = _or_runs(out, np.searchsorted(cells, np.arange(m)), axis)
     return _resize_bool(out, target)
+
+
+def _or_runs(x: np.ndarray, starts: np.ndarray, axis: int) -> np.ndarray:
+    """``np.logical_or.reduceat(x, starts, axis)`` for ascending ``starts`` (runs of at least one): the runs'
+    first slices, or-ed with their second, third, ... where they have one (a few gathers, about 5x faster than
+    ``reduceat`` on a bool mask)."""
+    lengths = np.diff(starts, append=x.shape[axis])
+    out = np.take(x, starts, axis=axis)
+    for offset in range(1, int(lengths.max(initial=1))):
+        longer = np.flatnonzero(lengths > offset)
+        at = [slice(None)] * x.ndim
+        at[axis] = longer
+        out[tuple(at)] |= np.take(x, starts[longer] + offset, axis=axis)
+    return out
 
 
 def mask_rule_effect(mask: np.ndarray, resized: torch.Tensor, size: int) -> tuple[int, bool]:
