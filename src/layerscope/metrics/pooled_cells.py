@@ -27,7 +27,6 @@ from .pooled import PooledMetrics
 __all__ = ["LayerCells", "CandidateCells", "UniformCells", "descending_keys", "row_metrics", "sort_candidate",
            "sort_cells"]
 
-_SIGN = np.uint32(0x80000000)
 _LOW = np.uint32(0x7FFFFFFF)
 
 
@@ -43,8 +42,16 @@ def descending_keys(values: np.ndarray) -> np.ndarray:
 
 
 def _flip(bits: np.ndarray) -> np.ndarray:
-    """uint32 -> uint32: the non-negative floats' bits inverted, the negative ones' kept (its own inverse)."""
-    return np.where(bits >= _SIGN, bits, ~bits & _LOW)
+    """uint32 -> uint32: the non-negative floats' bits inverted, the negative ones' kept (its own inverse).
+
+    As integer steps on one buffer: the sign bit, less one, is all ones for a non-negative float and zero for a
+    negative one; its low 31 bits, xor-ed in, invert exactly the former (10x ``np.where``'s speed).
+    """
+    mask = bits >> np.uint32(31)
+    mask -= np.uint32(1)
+    mask &= _LOW
+    mask ^= bits
+    return mask
 
 
 def sort_cells(values: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
