@@ -733,3 +733,18 @@ def test_study_marks_an_image_done_only_after_its_maps_are_on_disk(tmp_path):
     for image in done:
         assert load_maps(layout.map_file(tmp_path, image))["maps"]
     assert len(list((tmp_path / layout.FIGURES).glob("*_grid.png"))) == 2
+
+
+def test_any_true_equals_torch_any_on_every_shape():
+    """``metrics.bools.any_true`` (the bytes' maximum) against ``torch.any``: whole tensors, each dimension,
+    non-contiguous views, all-false and empty tensors."""
+    from layerscope.metrics.bools import any_true
+
+    gen = torch.Generator().manual_seed(3)
+    for shape, p in (((5, 7), 0.1), ((3, 4, 6), 0.02), ((9,), 0.0), ((4, 1), 1.0)):
+        mask = torch.rand(shape, generator=gen) < p
+        for m in (mask, mask.transpose(0, -1)):
+            assert bool(any_true(m)) == bool(m.any())
+            for dim in range(m.ndim):
+                assert torch.equal(any_true(m, dim), m.any(dim))
+    assert not bool(any_true(torch.zeros(0, dtype=torch.bool)))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..methods.upsample import upsample as upsample_maps
+from ..metrics.bools import any_true
 from ..metrics.localization import Cells, MaskCells, top_score
 from ..metrics.pooled_cells import LayerCells
 from ..runtime import one_thread
@@ -59,9 +60,7 @@ def mask_counts(mask: torch.Tensor, valid: torch.Tensor | None, grids: Iterable[
             torch.zeros(pos.shape[0], dtype=torch.float64)
         out[grid] = (torch.stack([pos, neg], 1).float(), pro)
         defect, normal = int(cells.n_pos), int(cells.n_neg)  # every pixel counted in one cell: any grid's sums
-    # any pixel: the bytes' maximum (torch's ``any`` over bools is many times slower)
-    defective = bool(mask.view(torch.uint8).amax()) if mask.numel() else False
-    row = {"defective": defective, "regions": regions, "defect_pixels": defect, "normal_pixels": normal}
+    row = {"defective": bool(any_true(mask)), "regions": regions, "defect_pixels": defect, "normal_pixels": normal}
     return row, out
 
 

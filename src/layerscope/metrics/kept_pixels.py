@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .bools import any_true
 from .rank_groups import Ranked
 
 
@@ -148,12 +149,11 @@ def sort_rows(x: torch.Tensor, shortcuts: bool = True) -> tuple[torch.Tensor, to
     values = x.gather(-1, order)
     equal = values[:, 1:] == values[:, :-1]
     nan = values[:, -1].isnan()  # NaN sorts last in both
-    # ``any(-1)`` as the bytes' maximum (torch's any over bools is several times slower)
-    own = ((equal[:, 1:] & equal[:, :-1]).view(torch.uint8).amax(-1) > 0) | nan
+    own = any_true(equal[:, 1:] & equal[:, :-1], -1) | nan
     if bool(own.any()):
         rows = torch.nonzero(own).flatten()
         values[rows], order[rows] = torch.sort(x[rows], dim=-1)
-    return values, order, (equal.view(torch.uint8).amax(-1) > 0) | nan, own
+    return values, order, any_true(equal, -1) | nan, own
 
 
 def in_sorted_order(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..runtime import serial
+from .bools import any_true
 from .rank_groups import group_sums, rank_rows
 
 
@@ -264,7 +265,7 @@ def aupro_segments(g_pro: torch.Tensor, g_fpr: torch.Tensor, fpr_limit: float) -
     fpr = curve(g_fpr)
     # a segment that starts at or past the limit adds nothing: only those before the last one that starts below
     # it in some row are computed (FPR rises fast: about the limit's share of the groups)
-    below = (fpr[:, :-1] < fpr_limit).view(torch.uint8).amax(0) > 0  # ``any(0)``, several times faster
+    below = any_true(fpr[:, :-1] < fpr_limit, 0)
     m = int(torch.nonzero(below).max()) + 1 if bool(below.any()) else 0
     pro = curve(g_pro[:, n - m:])  # the first m + 1 points
     x0, x1, y0, y1 = fpr[:, :m], fpr[:, 1:m + 1].clone(), pro[:, :-1], pro[:, 1:].clone()

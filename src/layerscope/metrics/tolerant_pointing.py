@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .bools import any_true
+
 
 def pointing_game_tolerance(scores: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int],
                             tolerance_px: float = 15) -> torch.Tensor:
@@ -341,7 +343,7 @@ def _hits_at(sums: tuple, image: torch.Tensor, y: torch.Tensor, x: torch.Tensor)
     _, rows, columns = table.shape
     start = ((image * rows + y + r)[:, None] + dy) * columns + x[:, None] + side  # (P, m) each disc row's centre
     flat = table.view(-1)  # one gather per end of the runs (indexing the (B, H, W) table is slower)
-    return (flat.take(start + half + 1) - flat.take(start - half) > 0).view(torch.uint8).amax(-1) > 0  # any(-1)
+    return any_true(flat.take(start + half + 1) - flat.take(start - half) > 0, -1)
 
 
 def _hits(mask: torch.Tensor, y: torch.Tensor, x: torch.Tensor, tolerance_px: float) -> torch.Tensor:

@@ -69,10 +69,9 @@ def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
         crc = zlib.crc32(parts[1], zlib.crc32(parts[0]))
         stored = value.dtype.kind == "f"
         packed = parts if stored else [_deflate(parts)]
-        size = sum(part.nbytes if isinstance(part, memoryview) else len(part) for part in parts)
-        entries.append(((name + ".npy").encode(), 0 if stored else 8, crc, packed,
-                        sum(len(part) if isinstance(part, bytes) else part.nbytes for part in packed), size, offset))
-        offset += _LOCAL.size + len(entries[-1][0]) + entries[-1][4]
+        size, packed_size = sum(memoryview(p).nbytes for p in parts), sum(memoryview(p).nbytes for p in packed)
+        entries.append(((name + ".npy").encode(), 0 if stored else 8, crc, packed, packed_size, size, offset))
+        offset += _LOCAL.size + len(entries[-1][0]) + packed_size
     if offset + sum(_CENTRAL.size + len(e[0]) for e in entries) >= _ZIP32:
         return _write_npz_zip64(path, arrays)
     with open(path, "wb") as f:
